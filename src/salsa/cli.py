@@ -1,0 +1,153 @@
+"""The `salsa` command line: one command per stage, each a thin layer over the Python API."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from salsa.config import SFTConfig, SoupConfig, describe_fields, load_stage_config
+from salsa.errors import SalsaError
+
+app = typer.Typer(
+    help="salsa: soup-referenced RLHF. Fine-tune K models, average them into a soup, and use the soup as the "
+    "KL reference for RL.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+err = Console(stderr=True)
+
+ConfigOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--config", "-c", help="YAML file: this stage's keys, or a whole-run config with one section per stage."
+    ),
+]
+SetOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--set",
+        "-s",
+        help="Override a config key, e.g. --set learning_rate=1e-5 or --set sft.learning_rate=1e-5 (repeatable).",
+    ),
+]
+QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
+
+
+def _keys_epilog(cls: type) -> str:
+    return "Config keys (YAML or --set):\n\n" + "\n\n".join(describe_fields(cls).splitlines())
+
+
+def _overrides(set_: list[str] | None, **explicit) -> list[str]:
+    """`--set` strings followed by the explicit options, which win over both file and --set."""
+    return list(set_ or []) + [f"{k}={v}" for k, v in explicit.items() if v is not None]
+
+
+def _quiet_libraries() -> None:
+    # Our own bars report progress; the libraries' per-file loading bars would only add noise.
+    import transformers
+
+    transformers.logging.disable_progress_bar()
+    transformers.logging.set_verbosity_error()
+
+
+def _fail(message: str, code: int = 2) -> None:
+    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    sys.exit(code)
+
+
+@app.command(epilog=_keys_epilog(SFTConfig))
+def sft(
+    config: ConfigOption = None,
+    set_: SetOption = None,
+    model: Annotated[str | None, typer.Option(help="Base model: hub id, local dir, .gguf, or smollm2-135m.")] = None,
+    data: Annotated[
+        str | None, typer.Option(help="SFT data: JSONL, Parquet, datasets dir/id, builtin:reviews.")
+    ] = None,
+    output_dir: Annotated[str | None, typer.Option(help="Where sft-0, sft-1, ... are written.")] = None,
+    num_models: Annotated[int | None, typer.Option("--num-models", "-k", help="K: models to train.")] = None,
+    seed: Annotated[int | None, typer.Option(help="First seed; model i uses seed + i.")] = None,
+    max_steps: Annotated[int | None, typer.Option(help="Optimizer steps per model.")] = None,
+    lora: Annotated[bool | None, typer.Option("--lora/--full", help="LoRA adapters or full fine-tuning.")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Retrain models whose directory is already complete.")] = False,
+    quiet: QuietOption = False,
+) -> None:
+    """Fine-tune K models from one base that differ only in seed (the soup's ingredients)."""
+    overrides = _overrides(
+        set_,
+        model=model,
+        data=data,
+        output_dir=output_dir,
+        num_models=num_models,
+        seed=seed,
+        max_steps=max_steps,
+        use_lora=lora,
+    )
+    cfg = load_stage_config(SFTConfig, "sft", config, overrides)
+    from salsa.sft import train_sft
+
+    _quiet_libraries()
+    paths = train_sft(cfg, overwrite=overwrite, show_progress=not quiet)
+    for path in paths:
+        typer.echo(str(path))
+
+
+@app.command(epilog=_keys_epilog(SoupConfig))
+def soup(
+    models: Annotated[list[str] | None, typer.Argument(help="Ingredient model directories (K >= 2).")] = None,
+    out: Annotated[str | None, typer.Option("--out", "-o", help="Output model directory.")] = None,
+    weights: Annotated[
+        list[float] | None, typer.Option("--weights", "-w", help="One weight per model (repeat); default uniform.")
+    ] = None,
+    alpha: Annotated[float | None, typer.Option(help="Two models: (1 - alpha) * A + alpha * B.")] = None,
+    allow_extrapolation: Annotated[
+        bool, typer.Option("--allow-extrapolation", help="Allow negative weights and alpha outside [0, 1].")
+    ] = False,
+    dtype: Annotated[str | None, typer.Option(help="Output dtype: float32, bfloat16 or float16.")] = None,
+    max_shard_size: Annotated[str | None, typer.Option(help="Largest output shard, e.g. 2GB.")] = None,
+    config: ConfigOption = None,
+    set_: SetOption = None,
+) -> None:
+    """Average K fine-tuned models into one (streamed, exact, checked); write provenance next to it."""
+    overrides = _overrides(set_, output_dir=out, alpha=alpha, dtype=dtype, max_shard_size=max_shard_size)
+    if models:
+        overrides.append("models=" + ",".join(models))
+    if weights:
+        overrides.append("weights=" + ",".join(str(w) for w in weights))
+    if allow_extrapolation:
+        overrides.append("allow_extrapolation=true")
+    cfg = load_stage_config(SoupConfig, "soup", config, overrides)
+    from salsa.soup import build_soup_from_config
+
+    typer.echo(str(build_soup_from_config(cfg)))
+
+
+@app.command()
+def demo(
+    output_dir: Annotated[str, typer.Option(help="Run directory of the demo.")] = "runs/demo",
+    quiet: QuietOption = False,
+) -> None:
+    """A quick offline run on the default model (SmolLM2-135M-Instruct) and the built-in task."""
+    from salsa.demo import run_demo
+
+    _quiet_libraries()
+    paths = run_demo(output_dir, show_progress=not quiet)
+    typer.echo("models: " + ", ".join(str(p) for p in paths))
+
+
+def main() -> None:
+    """Entry point: user mistakes become one red line and exit code 2, never a traceback."""
+    try:
+        app()
+    except SalsaError as e:
+        _fail(str(e))
+    except KeyboardInterrupt:
+        _fail("interrupted; rerun the same command to resume from the last checkpoint", code=130)
+
+
+if __name__ == "__main__":
+    main()

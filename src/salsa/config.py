@@ -1,0 +1,208 @@
+"""One dataclass per stage, loaded from YAML and overridden from the command line.
+
+A YAML file holds either one stage's keys at top level, or a whole-run config with one section per
+stage (`sft:`, `soup:`, ...). Overrides are `key=value` strings; the key may carry the section prefix
+(`sft.learning_rate=1e-5`). Unknown keys are errors that name the key and suggest the closest valid one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from salsa.errors import ConfigError
+from salsa.io import atomic_write_text
+
+DEFAULT_MODEL = "smollm2-135m"
+
+
+def option(default: Any = None, help: str = "", factory: Any = None) -> Any:
+    """A config field with its help text (shown by `salsa <stage> --help`)."""
+    if factory is not None:
+        return field(default_factory=factory, metadata={"help": help})
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass
+class SFTConfig:
+    """Supervised fine-tuning of K models that differ only in seed."""
+
+    model: str = option(DEFAULT_MODEL, "hub id, local model dir, .gguf file, or smollm2-135m (offline default)")
+    data: str = option("builtin:reviews", "JSONL/Parquet file, `datasets` dir or hub id, or builtin:<task>")
+    data_split: str = option("train", "split to read from a `datasets` source")
+    output_dir: str = option("runs/sft", "where sft-0, sft-1, ... are written")
+    num_models: int = option(2, "K: how many models to train")
+    seed: int = option(0, "first seed; the K models use seed, seed+1, ...")
+    seeds: list[int] | None = option(None, "explicit seeds (overrides seed and num_models)")
+    max_steps: int | None = option(40, "optimizer steps per model; null trains for num_epochs")
+    num_epochs: float = option(1.0, "epochs per model when max_steps is null")
+    batch_size: int = option(8, "micro-batch size per device")
+    grad_accum_steps: int = option(1, "micro-batches per optimizer step")
+    learning_rate: float = option(3e-5, "peak learning rate (AdamW)")
+    lr_scheduler: str = option("cosine", "cosine | linear | constant (after warmup)")
+    warmup_ratio: float = option(0.1, "fraction of steps spent in linear warmup")
+    weight_decay: float = option(0.0, "AdamW weight decay")
+    max_grad_norm: float = option(1.0, "gradient clipping norm")
+    max_length: int = option(256, "tokens per example (prompt + completion), truncated beyond")
+    completion_only_loss: bool = option(True, "mask prompt tokens out of the loss; false trains on everything")
+    mixed_precision: str = option("auto", "auto (bf16 where the GPU supports it, else fp32) | no | bf16 | fp16")
+    use_lora: bool = option(False, "train LoRA adapters (PEFT) instead of all weights; saved merged")
+    lora_r: int = option(16, "LoRA rank")
+    lora_alpha: int = option(32, "LoRA scaling numerator")
+    lora_dropout: float = option(0.05, "dropout on the LoRA input")
+    lora_target_modules: list[str] | None = option(None, "module names to adapt; null adapts all linear layers")
+    save_steps: int = option(0, "checkpoint every N steps (0: none); a rerun resumes from the newest")
+    logging_steps: int = option(1, "write metrics every N steps")
+
+
+@dataclass
+class SoupConfig:
+    """Weighted average of K >= 2 fine-tuned models, or a point on the line between two."""
+
+    models: list[str] = option(help="ingredient model directories (or LoRA adapter dirs)", factory=list)
+    output_dir: str = option("runs/soup", "where the soup model directory is written")
+    weights: list[float] | None = option(None, "one weight per model; null is uniform")
+    alpha: float | None = option(None, "two models only: result = (1 - alpha) * A + alpha * B")
+    allow_extrapolation: bool = option(False, "allow negative weights and alpha outside [0, 1]")
+    dtype: str | None = option(None, "output dtype: float32 | bfloat16 | float16; null keeps the ingredients'")
+    max_shard_size: str = option("2GB", "largest output shard, e.g. 500MB or 5GB")
+
+
+STAGES: dict[str, type] = {"sft": SFTConfig, "soup": SoupConfig}
+
+C = TypeVar("C")
+
+
+def _suggest(key: str, valid: list[str]) -> str:
+    close = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
+    return f"; did you mean '{close[0]}'?" if close else f"; valid keys: {', '.join(sorted(valid))}"
+
+
+def _coerce(value: Any, annotation: Any, where: str) -> Any:
+    """Convert a YAML or command-line value to the field's declared type."""
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null", "~")):
+            if type(None) in args:
+                return None
+        non_none = [a for a in args if a is not type(None)]
+        return _coerce(value, non_none[0], where)
+    if origin is list:
+        if isinstance(value, str):
+            parsed = yaml.safe_load(value) if value.strip().startswith("[") else value.split(",")
+            value = parsed
+        if not isinstance(value, list):
+            value = [value]
+        return [_coerce(v, args[0] if args else str, where) for v in value]
+    try:
+        if annotation is bool:
+            if isinstance(value, bool):
+                return value
+            if str(value).lower() in ("true", "1", "yes", "on"):
+                return True
+            if str(value).lower() in ("false", "0", "no", "off"):
+                return False
+            raise ValueError(value)
+        if annotation is int:
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError(value)
+            return int(float(value)) if isinstance(value, str) and "e" in value.lower() else int(value)
+        if annotation is float:
+            return float(value)
+        if annotation is str:
+            return str(value)
+    except (TypeError, ValueError):
+        name = getattr(annotation, "__name__", str(annotation))
+        raise ConfigError(f"{where}: expected {name}, got {value!r}") from None
+    return value
+
+
+def build_config(cls: type[C], values: dict[str, Any], where: str = "config") -> C:
+    """Instantiate a stage dataclass from a mapping, checking every key and type."""
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in values.items():
+        if key not in names:
+            raise ConfigError(f"{where}: unknown key '{key}'{_suggest(key, names)}")
+        kwargs[key] = _coerce(value, hints[key], f"{where}: key '{key}'")
+    return cls(**kwargs)
+
+
+def parse_overrides(overrides: list[str], section: str) -> dict[str, Any]:
+    """Turn `key=value` / `section.key=value` strings into a mapping for one stage."""
+    out: dict[str, Any] = {}
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, for example {section}.seed=1")
+        key, value = item.split("=", 1)
+        key = key.strip()
+        prefix, _, rest = key.partition(".")
+        if rest:
+            if prefix not in STAGES:
+                raise ConfigError(f"--set {item!r}: unknown section '{prefix}'{_suggest(prefix, list(STAGES))}")
+            if prefix != section:
+                continue  # meant for another stage of a whole-run config
+            key = rest
+        out[key] = value
+    return out
+
+
+def load_stage_config(
+    cls: type[C], section: str, path: str | Path | None = None, overrides: list[str] | None = None
+) -> C:
+    """Load one stage's config from an optional YAML file plus `--set` overrides."""
+    values: dict[str, Any] = {}
+    where = ""
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        try:
+            raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML ({e.__class__.__name__}: {e})") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: expected a mapping of keys to values at top level")
+        if any(k in STAGES for k in raw):
+            unknown = [k for k in raw if k not in STAGES]
+            if unknown:
+                raise ConfigError(f"{path}: unknown section '{unknown[0]}'{_suggest(unknown[0], list(STAGES))}")
+            raw = raw.get(section) or {}
+            where = f"{path} [{section}]"
+        else:
+            where = str(path)
+        values.update(raw)
+        config = build_config(cls, values, where)
+        values = dataclasses.asdict(config)
+    values.update(parse_overrides(overrides or [], section))
+    if overrides:
+        where = f"{where} / --set" if where else "--set"
+    return build_config(cls, values, where or "config")
+
+
+def describe_fields(cls: type) -> str:
+    """One line per config key: name, default and help, for the CLI's --help."""
+    lines = []
+    for f in dataclasses.fields(cls):
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        lines.append(f"{f.name} = {default!r}: {f.metadata.get('help', '')}")
+    return "\n".join(lines)
+
+
+def config_to_yaml(config: Any, section: str | None = None) -> str:
+    data = dataclasses.asdict(config)
+    return yaml.safe_dump({section: data} if section else data, sort_keys=False)
+
+
+def save_config(config: Any, path: str | Path, section: str | None = None) -> None:
+    """Write the resolved config next to a stage's outputs."""
+    atomic_write_text(path, config_to_yaml(config, section))

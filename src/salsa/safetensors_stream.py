@@ -1,0 +1,132 @@
+"""Streaming safetensors I/O: read one tensor at a time, write a shard tensor by tensor.
+
+safetensors' own loader memory-maps files, and mapped pages count towards a process's RSS; reading each
+tensor with a plain `readinto` keeps resident memory at the size of the tensors in hand. The writer lays
+out a shard's header first (names, dtypes, shapes and offsets are known up front), then appends each
+tensor's bytes as it is produced, so no whole shard is ever held in memory.
+
+Format (https://github.com/huggingface/safetensors): 8-byte little-endian header length N, N bytes of
+JSON header {name: {dtype, shape, data_offsets: [begin, end]}, "__metadata__": {...}}, then the data.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from salsa.errors import SoupError
+
+DTYPES = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+    "BOOL": torch.bool,
+}  # fmt: skip
+DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
+MAX_HEADER_BYTES = 100 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class TensorEntry:
+    """Where one tensor lives: file, dtype, shape and absolute byte range."""
+
+    file: Path
+    dtype: str
+    shape: tuple[int, ...]
+    begin: int
+    end: int
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return DTYPES[self.dtype]
+
+    @property
+    def is_float(self) -> bool:
+        return self.torch_dtype.is_floating_point
+
+
+def read_header(path: Path) -> tuple[dict[str, TensorEntry], dict[str, str]]:
+    """Parse and check a safetensors header; every offset must lie inside the file."""
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            (n,) = struct.unpack("<Q", f.read(8))
+            if n > min(MAX_HEADER_BYTES, size - 8):
+                raise ValueError(f"header length {n} exceeds the file")
+            header = json.loads(f.read(n))
+    except FileNotFoundError:
+        raise SoupError(f"{path}: file is missing") from None
+    except (struct.error, ValueError, UnicodeDecodeError) as e:
+        raise SoupError(f"{path}: corrupt safetensors file ({e}); re-save or re-download it") from None
+    metadata = header.pop("__metadata__", {}) or {}
+    data_start = 8 + n
+    entries = {}
+    for name, info in header.items():
+        begin, end = info["data_offsets"]
+        if info["dtype"] not in DTYPES:
+            raise SoupError(f"{path}: tensor '{name}' has unsupported dtype {info['dtype']}")
+        expected = math.prod(info["shape"]) * DTYPES[info["dtype"]].itemsize
+        if end - begin != expected or data_start + end > size:
+            raise SoupError(f"{path}: corrupt safetensors file (tensor '{name}' is truncated or misplaced)")
+        entries[name] = TensorEntry(path, info["dtype"], tuple(info["shape"]), data_start + begin, data_start + end)
+    return entries, metadata
+
+
+def read_tensor(entry: TensorEntry, handle=None) -> torch.Tensor:
+    """Read one tensor into fresh memory (no memory map)."""
+    buffer = bytearray(entry.end - entry.begin)
+    f = handle or open(entry.file, "rb")  # noqa: SIM115 - closed below when we opened it
+    try:
+        f.seek(entry.begin)
+        if f.readinto(buffer) != len(buffer):
+            raise SoupError(f"{entry.file}: file ended early; it is truncated")
+    finally:
+        if handle is None:
+            f.close()
+    if not buffer:
+        return torch.empty(entry.shape, dtype=entry.torch_dtype)
+    return torch.frombuffer(buffer, dtype=entry.torch_dtype).reshape(entry.shape)
+
+
+def write_streaming(
+    path: Path,
+    layout: list[tuple[str, torch.dtype, tuple[int, ...]]],
+    produce: Callable[[str], torch.Tensor],
+    metadata: dict[str, str] | None = None,
+) -> None:
+    """Write a safetensors file whose tensors are produced one at a time, in `layout` order."""
+    header: dict[str, object] = {"__metadata__": metadata or {"format": "pt"}}
+    offset = 0
+    for name, dtype, shape in layout:
+        nbytes = math.prod(shape) * dtype.itemsize
+        header[name] = {"dtype": DTYPE_NAMES[dtype], "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
+        offset += nbytes
+    encoded = json.dumps(header, separators=(",", ":")).encode()
+    encoded += b" " * (-len(encoded) % 8)  # the data section starts 8-byte aligned
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(encoded)))
+        f.write(encoded)
+        for name, dtype, shape in layout:
+            tensor = produce(name)
+            if tensor.dtype != dtype or tuple(tensor.shape) != shape:
+                raise RuntimeError(f"produced {name} as {tensor.dtype}{tuple(tensor.shape)}, expected {dtype}{shape}")
+            f.write(tensor.contiguous().reshape(-1).view(torch.uint8).numpy().data)
+
+
+def parse_size(text: str) -> int:
+    """'500MB' / '2GB' / '1.5GiB' -> bytes."""
+    units = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
+    cleaned = text.strip().upper()
+    number = cleaned.rstrip("KMGIB")
+    unit = cleaned[len(number) :]
+    if unit not in units:
+        raise SoupError(f"max_shard_size '{text}' is not a size; write for example 500MB or 2GB")
+    try:
+        return int(float(number) * units[unit])
+    except ValueError:
+        raise SoupError(f"max_shard_size '{text}' is not a size; write for example 500MB or 2GB") from None

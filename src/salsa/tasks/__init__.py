@@ -1,0 +1,17 @@
+"""Built-in tasks that run offline end to end."""
+
+from __future__ import annotations
+
+from salsa.errors import DataError
+from salsa.tasks import reviews
+
+BUILTIN_TASKS = {"reviews": reviews}
+
+
+def builtin_split(name: str, split: str) -> list[dict]:
+    """Rows of a built-in dataset split (`builtin:reviews`)."""
+    if name not in BUILTIN_TASKS:
+        raise DataError(f"unknown built-in dataset 'builtin:{name}'; available: {', '.join(BUILTIN_TASKS)}")
+    if split != "train":
+        raise DataError(f"builtin:{name} has only a 'train' split for SFT, not '{split}'")
+    return BUILTIN_TASKS[name].demonstrations()

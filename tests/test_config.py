@@ -1,0 +1,50 @@
+import pytest
+
+from salsa.config import SFTConfig, load_stage_config, save_config
+from salsa.errors import ConfigError
+
+
+def test_yaml_then_overrides_then_types(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("sft:\n  learning_rate: 1.0e-4\n  num_models: 3\n")
+    cfg = load_stage_config(SFTConfig, "sft", path, ["sft.learning_rate=2e-5", "use_lora=true", "seeds=[3, 5]"])
+    assert cfg.learning_rate == 2e-5
+    assert cfg.num_models == 3
+    assert cfg.use_lora is True
+    assert cfg.seeds == [3, 5]
+
+
+def test_stage_level_yaml_and_null(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("max_steps: null\nnum_epochs: 2\n")
+    cfg = load_stage_config(SFTConfig, "sft", path)
+    assert cfg.max_steps is None and cfg.num_epochs == 2.0
+
+
+def test_unknown_key_in_yaml_names_file_and_suggests(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("sft:\n  learning_rte: 1.0e-4\n")
+    with pytest.raises(ConfigError, match=r"c.yaml \[sft\]: unknown key 'learning_rte'; did you mean 'learning_rate'"):
+        load_stage_config(SFTConfig, "sft", path)
+
+
+def test_unknown_section_and_override_key():
+    with pytest.raises(ConfigError, match="unknown section 'sfft'; did you mean 'sft'"):
+        load_stage_config(SFTConfig, "sft", None, ["sfft.seed=1"])
+    with pytest.raises(ConfigError, match="unknown key 'batchsize'; did you mean 'batch_size'"):
+        load_stage_config(SFTConfig, "sft", None, ["batchsize=4"])
+
+
+def test_bad_values_are_errors(tmp_path):
+    with pytest.raises(ConfigError, match="key 'batch_size': expected int, got '4.5'"):
+        load_stage_config(SFTConfig, "sft", None, ["batch_size=4.5"])
+    with pytest.raises(ConfigError, match="expected KEY=VALUE"):
+        load_stage_config(SFTConfig, "sft", None, ["batch_size"])
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_stage_config(SFTConfig, "sft", tmp_path / "missing.yaml")
+
+
+def test_saved_config_round_trips(tmp_path):
+    cfg = SFTConfig(learning_rate=1e-4, seeds=[1, 2], use_lora=True)
+    save_config(cfg, tmp_path / "config.yaml", section="sft")
+    assert load_stage_config(SFTConfig, "sft", tmp_path / "config.yaml") == cfg

@@ -1,0 +1,117 @@
+import dataclasses
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM
+
+import salsa.sft
+from salsa import train_sft
+from salsa.errors import ConfigError, SalsaError
+from salsa.sft import micro_batch_stream, token_cross_entropy_sum
+
+
+def _weights(path):
+    return load_file(str(path / "model.safetensors"))
+
+
+def _same(a, b):
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_cross_entropy_sum_matches_hand_computation():
+    logits = torch.tensor([[[2.0, 0.0], [0.0, 1.0], [1.0, 1.0]]])
+    labels = torch.tensor([[-100, 1, -100]])  # only position 0 predicts a target (token 1)
+    expected = -torch.log_softmax(torch.tensor([2.0, 0.0]), dim=0)[1]
+    assert torch.allclose(token_cross_entropy_sum(logits, labels), expected)
+
+
+def test_micro_batch_stream_is_seeded_and_resumable():
+    first = [b for _, b in zip(range(7), micro_batch_stream(10, 3, seed=1), strict=False)]
+    assert sorted(i for b in first[:4] for i in b) == list(range(10))  # one epoch covers every example once
+    resumed = [b for _, b in zip(range(3), micro_batch_stream(10, 3, seed=1, start=4), strict=False)]
+    assert resumed == first[4:]
+    other = [b for _, b in zip(range(4), micro_batch_stream(10, 3, seed=2), strict=False)]
+    assert other != first[:4]
+
+
+def test_same_seed_same_weights_different_seeds_differ(tiny_sft_config, tmp_path):
+    a = train_sft(dataclasses.replace(tiny_sft_config, output_dir=str(tmp_path / "a")), seeds=[0, 1])
+    b = train_sft(dataclasses.replace(tiny_sft_config, output_dir=str(tmp_path / "b")), seeds=[0])
+    assert _same(_weights(a[0]), _weights(b[0]))
+    assert not _same(_weights(a[0]), _weights(a[1]))
+
+
+def test_loss_decreases_and_outputs_are_standard(tiny_sft_config):
+    cfg = dataclasses.replace(tiny_sft_config, max_steps=25)
+    (path,) = train_sft(cfg)
+    losses = [json.loads(line)["loss"] for line in (path / "metrics.jsonl").read_text().splitlines()]
+    assert len(losses) == 25
+    assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5 - 0.5
+    model = AutoModelForCausalLM.from_pretrained(path)
+    out = model.generate(torch.tensor([[1, 2, 3]]), max_new_tokens=4, do_sample=False)
+    assert out.shape == (1, 7)
+    assert (path / "tensorboard").is_dir()
+    assert (path.parent / "config.yaml").is_file()
+    assert not (path / "checkpoints").exists()
+
+
+def test_lora_saves_merged_model_equal_to_base_plus_adapter(tiny_sft_config, tiny_model_dir):
+    from peft import PeftModel
+
+    cfg = dataclasses.replace(tiny_sft_config, use_lora=True, learning_rate=1e-2, lora_dropout=0.0)
+    (path,) = train_sft(cfg)
+    assert (path / "adapter" / "adapter_config.json").is_file()
+    merged = AutoModelForCausalLM.from_pretrained(path).eval()
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    with_adapter = PeftModel.from_pretrained(base, path / "adapter").eval()
+    ids = torch.tensor([[5, 17, 99, 3]])
+    with torch.no_grad():
+        assert torch.allclose(merged(ids).logits, with_adapter(ids).logits, atol=1e-5)
+    assert not _same(_weights(path), load_file(str(tiny_model_dir / "model.safetensors")))
+
+
+def test_interrupted_run_resumes_to_identical_weights(tiny_sft_config, tmp_path, monkeypatch):
+    cfg = dataclasses.replace(tiny_sft_config, max_steps=8, save_steps=3, grad_accum_steps=2)
+    (reference,) = train_sft(dataclasses.replace(cfg, output_dir=str(tmp_path / "straight")))
+
+    interrupted = dataclasses.replace(cfg, output_dir=str(tmp_path / "resumed"))
+    real_loss = salsa.sft.token_cross_entropy_sum
+    calls = {"n": 0}
+
+    def dying_loss(logits, labels):
+        calls["n"] += 1
+        if calls["n"] == 2 * 5 + 1:  # first micro-batch of step 6: the newest checkpoint is step 3
+            raise KeyboardInterrupt
+        return real_loss(logits, labels)
+
+    monkeypatch.setattr(salsa.sft, "token_cross_entropy_sum", dying_loss)
+    with pytest.raises(KeyboardInterrupt):
+        train_sft(interrupted)
+    out = tmp_path / "resumed" / "sft-0"
+    assert (out / "checkpoints" / "step-0000003").is_dir()
+    assert not (out / "model.safetensors").exists()
+    monkeypatch.setattr(salsa.sft, "token_cross_entropy_sum", real_loss)
+    (resumed,) = train_sft(interrupted)
+    assert _same(_weights(resumed), _weights(reference))
+    steps = [json.loads(line)["step"] for line in (resumed / "metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, 9))
+
+
+def test_complete_models_are_reused_and_config_changes_refused(tiny_sft_config):
+    (path,) = train_sft(tiny_sft_config)
+    stamp = (path / "model.safetensors").stat().st_mtime_ns
+    train_sft(tiny_sft_config)
+    assert (path / "model.safetensors").stat().st_mtime_ns == stamp
+    with pytest.raises(SalsaError, match="different config; pass --overwrite"):
+        train_sft(dataclasses.replace(tiny_sft_config, learning_rate=1e-4))
+    train_sft(dataclasses.replace(tiny_sft_config, learning_rate=1e-4), overwrite=True)
+    assert (path / "model.safetensors").stat().st_mtime_ns != stamp
+
+
+def test_invalid_training_values_are_config_errors(tiny_sft_config):
+    with pytest.raises(ConfigError, match="sft.batch_size must be > 0"):
+        train_sft(dataclasses.replace(tiny_sft_config, batch_size=0))
+    with pytest.raises(ConfigError, match="sft.lr_scheduler must be one of"):
+        train_sft(dataclasses.replace(tiny_sft_config, lr_scheduler="step"))

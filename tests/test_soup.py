@@ -1,0 +1,179 @@
+import json
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file, save_file
+from transformers import AutoModelForCausalLM
+
+from salsa.errors import SoupError
+from salsa.safetensors_stream import read_header, read_tensor
+from salsa.soup import build_soup, soup_state_dict, soup_weights, tensor_index, weighted_average
+
+CONFIG = {"model_type": "toy", "hidden_size": 4, "tie_word_embeddings": False}
+
+
+def _ingredient(path, tensors, config=CONFIG, vocab=None):
+    path.mkdir(parents=True)
+    save_file(tensors, str(path / "model.safetensors"), metadata={"format": "pt"})
+    (path / "config.json").write_text(json.dumps(config))
+    tokenizer = {"model": {"vocab": vocab or {"a": 0, "b": 1}}, "added_tokens": []}
+    (path / "tokenizer.json").write_text(json.dumps(tokenizer))
+    return path
+
+
+def _pair(tmp_path, **b_overrides):
+    a = {"w": torch.tensor([1.0, 2.0, 3.0, 4.0]), "h": torch.tensor([[8.0]], dtype=torch.bfloat16),
+         "steps": torch.tensor([7], dtype=torch.int64)}  # fmt: skip
+    b = {"w": torch.tensor([3.0, 6.0, 9.0, 12.0]), "h": torch.tensor([[0.0]], dtype=torch.bfloat16),
+         "steps": torch.tensor([7], dtype=torch.int64)}  # fmt: skip
+    b.update(b_overrides)
+    return _ingredient(tmp_path / "a", a), _ingredient(tmp_path / "b", b)
+
+
+def test_weights_resolution_and_checks():
+    assert soup_weights(4) == [0.25] * 4
+    assert soup_weights(2, alpha=0.3) == [0.7, 0.3]
+    assert soup_weights(2, alpha=1.5, allow_extrapolation=True) == [-0.5, 1.5]
+    for kwargs, message in [
+        ({"num_models": 1}, "at least two models"),
+        ({"num_models": 2, "weights": [0.5, 0.6]}, "must sum to 1"),
+        ({"num_models": 2, "weights": [-0.5, 1.5]}, "must be >= 0"),
+        ({"num_models": 3, "weights": [0.5, 0.5]}, "one weight per model"),
+        ({"num_models": 2, "alpha": 1.5}, "outside \\[0, 1\\]; pass --allow-extrapolation"),
+        ({"num_models": 3, "alpha": 0.5}, "exactly two models"),
+        ({"num_models": 2, "weights": [float("nan"), 1.0]}, "finite"),
+    ]:
+        with pytest.raises(SoupError, match=message):
+            soup_weights(**kwargs)
+
+
+def test_weighted_average_matches_hand_computation():
+    a, b = torch.tensor([1.0, -2.0]), torch.tensor([5.0, 2.0])
+    assert torch.equal(weighted_average([a, b], [0.25, 0.75]), torch.tensor([4.0, 1.0]))
+    half = torch.tensor([1.0], dtype=torch.bfloat16)
+    assert weighted_average([half, half], [0.5, 0.5]).dtype == torch.float32
+
+
+def test_streamed_soup_equals_hand_computed_average(tmp_path):
+    a, b = _pair(tmp_path)
+    out = build_soup([a, b], tmp_path / "soup", [0.25, 0.75])
+    result = load_file(str(out / "model.safetensors"))
+    assert torch.equal(result["w"], torch.tensor([2.5, 5.0, 7.5, 10.0]))
+    assert result["h"].dtype == torch.bfloat16 and result["h"].item() == 2.0
+    assert torch.equal(result["steps"], torch.tensor([7]))  # integer buffers are copied, not averaged
+    provenance = json.loads((out / "soup.json").read_text())
+    assert [i["weight"] for i in provenance["ingredients"]] == [0.25, 0.75]
+    import hashlib
+
+    digest = hashlib.sha256((a / "model.safetensors").read_bytes()).hexdigest()
+    assert provenance["ingredients"][0]["sha256"]["model.safetensors"] == digest
+    merge = yaml.safe_load((out / "mergekit.yaml").read_text())
+    assert merge["merge_method"] == "linear"
+    assert [m["parameters"]["weight"] for m in merge["models"]] == [0.25, 0.75]
+    assert json.loads((out / "config.json").read_text()) == CONFIG
+
+
+def test_alpha_endpoints_and_extrapolation(tmp_path):
+    a, b = _pair(tmp_path)
+    wa, wb = load_file(str(a / "model.safetensors")), load_file(str(b / "model.safetensors"))
+    at0 = load_file(str(build_soup([a, b], tmp_path / "s0", alpha=0.0) / "model.safetensors"))
+    at1 = load_file(str(build_soup([a, b], tmp_path / "s1", alpha=1.0) / "model.safetensors"))
+    assert all(torch.equal(at0[k], wa[k]) for k in wa)
+    assert all(torch.equal(at1[k], wb[k]) for k in wb)
+    beyond = build_soup([a, b], tmp_path / "s2", alpha=1.5, allow_extrapolation=True)
+    assert torch.equal(load_file(str(beyond / "model.safetensors"))["w"], torch.tensor([4.0, 8.0, 12.0, 16.0]))
+
+
+def test_sharded_output_with_index_and_dtype(tmp_path):
+    tensors = {f"layer{i}": torch.full((64,), float(i)) for i in range(6)}
+    a = _ingredient(tmp_path / "a", tensors)
+    b = _ingredient(tmp_path / "b", {k: v * 3 for k, v in tensors.items()})
+    out = build_soup([a, b], tmp_path / "soup", max_shard_size="300B", dtype="bfloat16")
+    index = json.loads((out / "model.safetensors.index.json").read_text())
+    assert len(set(index["weight_map"].values())) == 3
+    entries = tensor_index(out)
+    for i in range(6):
+        value = read_tensor(entries[f"layer{i}"])
+        assert value.dtype == torch.bfloat16 and torch.equal(value, torch.full((64,), 2.0 * i, dtype=torch.bfloat16))
+    assert json.loads((out / "config.json").read_text())["dtype"] == "bfloat16"
+    # A soup of the sharded soup reads shards back through the index.
+    again = build_soup([out, out], tmp_path / "again")
+    assert torch.equal(read_tensor(tensor_index(again)["layer5"]), torch.full((64,), 10.0, dtype=torch.bfloat16))
+
+
+@pytest.mark.parametrize(
+    ("make_b", "message"),
+    [
+        (lambda p: _ingredient(p, {"w": torch.zeros(4)}, config={**CONFIG, "hidden_size": 8}), "in 'hidden_size'"),
+        (lambda p: _ingredient(p, {"w": torch.zeros(4), "x": torch.zeros(1)}), "different tensor names"),
+        (lambda p: _ingredient(p, {"w": torch.zeros(5)}), "has shape \\(5,\\)"),
+        (lambda p: _ingredient(p, {"w": torch.zeros(4)}, vocab={"a": 0, "c": 1}), "different tokenizer vocabulary"),
+        (lambda p: p.mkdir(), "does not exist|no safetensors weights|missing config.json"),
+    ],
+)
+def test_mismatches_fail_before_anything_is_written(tmp_path, make_b, message):
+    a = _ingredient(tmp_path / "a", {"w": torch.zeros(4)})
+    make_b(tmp_path / "b")
+    with pytest.raises(SoupError, match=message):
+        build_soup([a, tmp_path / "b"], tmp_path / "soup")
+    assert not (tmp_path / "soup").exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".soup")] == []
+
+
+def test_corrupt_and_missing_files_are_named(tmp_path):
+    a, b = _pair(tmp_path)
+    data = (b / "model.safetensors").read_bytes()
+    (b / "model.safetensors").write_bytes(data[:-4])
+    with pytest.raises(SoupError, match="b/model.safetensors: corrupt safetensors file"):
+        build_soup([a, b], tmp_path / "soup")
+    (b / "model.safetensors").write_bytes(b"\x00" * 3)
+    with pytest.raises(SoupError, match="corrupt safetensors file"):
+        read_header(b / "model.safetensors")
+    (b / "model.safetensors").unlink()
+    with pytest.raises(SoupError, match="no safetensors weights"):
+        build_soup([a, b], tmp_path / "soup")
+    with pytest.raises(SoupError, match="at least two models"):
+        build_soup([a], tmp_path / "soup")
+    assert not (tmp_path / "soup").exists()
+
+
+def test_uniform_soup_of_identical_models_is_the_model(tmp_path, tiny_model_dir):
+    for k in (2, 4):
+        out = build_soup([tiny_model_dir] * k, tmp_path / f"soup{k}")
+        original, souped = (
+            load_file(str(tiny_model_dir / "model.safetensors")),
+            load_file(str(out / "model.safetensors")),
+        )
+        assert all(torch.equal(original[name], souped[name]) for name in original)
+
+
+def test_soup_of_real_models_round_trips_through_transformers(tmp_path, tokenizer):
+    from salsa.models import save_tiny_model
+
+    a = save_tiny_model(tmp_path / "a", tokenizer, seed=1)
+    b = save_tiny_model(tmp_path / "b", tokenizer, seed=2)
+    out = build_soup([a, b], tmp_path / "soup", [0.3, 0.7])
+    loaded = AutoModelForCausalLM.from_pretrained(out)
+    models = [AutoModelForCausalLM.from_pretrained(p) for p in (a, b)]
+    in_memory = soup_state_dict(models, [0.3, 0.7])
+    state = loaded.state_dict()
+    assert all(torch.equal(state[name], in_memory[name]) for name in in_memory)
+    # Tied embeddings: the output projection is the souped input embedding.
+    assert torch.equal(loaded.lm_head.weight, loaded.model.embed_tokens.weight)
+    assert (out / "tokenizer.json").is_file() and (out / "generation_config.json").is_file()
+    assert torch.equal(soup_state_dict([a, b], [0.3, 0.7])["model.norm.weight"], in_memory["model.norm.weight"])
+
+
+def test_lora_ingredients_give_the_soup_of_the_merged_models(tiny_sft_config, tmp_path):
+    import dataclasses
+
+    from salsa import train_sft
+
+    cfg = dataclasses.replace(tiny_sft_config, use_lora=True, learning_rate=1e-2, lora_dropout=0.0, max_steps=3)
+    merged = train_sft(cfg, seeds=[0, 1])
+    from_adapters = build_soup([p / "adapter" for p in merged], tmp_path / "from_adapters")
+    from_merged = build_soup(merged, tmp_path / "from_merged")
+    x, y = load_file(str(from_adapters / "model.safetensors")), load_file(str(from_merged / "model.safetensors"))
+    assert x.keys() == y.keys()
+    assert all(torch.allclose(x[k], y[k], atol=1e-7) for k in x)
