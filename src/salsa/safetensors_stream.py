@@ -77,20 +77,25 @@ def read_header(path: Path) -> tuple[dict[str, TensorEntry], dict[str, str]]:
     return entries, metadata
 
 
-def read_tensor(entry: TensorEntry, handle=None) -> torch.Tensor:
-    """Read one tensor into fresh memory (no memory map)."""
+def read_bytes(entry: TensorEntry, handle) -> bytearray:
+    """The raw bytes of one tensor, read into fresh memory (no memory map)."""
     buffer = bytearray(entry.end - entry.begin)
-    f = handle or open(entry.file, "rb")  # noqa: SIM115 - closed below when we opened it
-    try:
-        f.seek(entry.begin)
-        if f.readinto(buffer) != len(buffer):
-            raise SoupError(f"{entry.file}: file ended early; it is truncated")
-    finally:
-        if handle is None:
-            f.close()
+    handle.seek(entry.begin)
+    if handle.readinto(buffer) != len(buffer):
+        raise SoupError(f"{entry.file}: file ended early; it is truncated")
+    return buffer
+
+
+def tensor_from_bytes(entry: TensorEntry, buffer: bytearray) -> torch.Tensor:
     if not buffer:
         return torch.empty(entry.shape, dtype=entry.torch_dtype)
     return torch.frombuffer(buffer, dtype=entry.torch_dtype).reshape(entry.shape)
+
+
+def read_tensor(entry: TensorEntry) -> torch.Tensor:
+    """Read one tensor into fresh memory (no memory map)."""
+    with open(entry.file, "rb") as handle:
+        return tensor_from_bytes(entry, read_bytes(entry, handle))
 
 
 def write_streaming(

@@ -14,7 +14,8 @@ import json
 import math
 import shutil
 import tempfile
-from collections.abc import Sequence
+from collections import deque
+from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from pathlib import Path
@@ -24,8 +25,16 @@ import yaml
 
 from salsa.config import SoupConfig
 from salsa.errors import SoupError
-from salsa.io import atomic_dir, atomic_write_json, atomic_write_text, read_json
-from salsa.safetensors_stream import TensorEntry, parse_size, read_header, read_tensor, write_streaming
+from salsa.io import atomic_dir, atomic_write_json, atomic_write_text, cache_dir, read_json
+from salsa.safetensors_stream import (
+    TensorEntry,
+    parse_size,
+    read_bytes,
+    read_header,
+    read_tensor,
+    tensor_from_bytes,
+    write_streaming,
+)
 
 INDEX_FILE = "model.safetensors.index.json"
 # config.json keys that do not change what the weights mean.
@@ -70,10 +79,21 @@ def soup_weights(
     return weights
 
 
-def weighted_average(tensors: Sequence[torch.Tensor], weights: Sequence[float]) -> torch.Tensor:
-    """sum_i w_i * t_i accumulated in float32, in ingredient order (returned in float32)."""
-    accumulator = torch.zeros(tensors[0].shape, dtype=torch.float32)
+def weighted_average(
+    tensors: Iterable[torch.Tensor], weights: Sequence[float], workspace: torch.Tensor | None = None
+) -> torch.Tensor:
+    """sum_i w_i * t_i accumulated in float32, in ingredient order (returned in float32).
+
+    `tensors` may be a generator: only the accumulator and one ingredient tensor are alive at a time.
+    A flat float32 `workspace` at least as large as the tensors is reused as the accumulator.
+    """
+    accumulator = None
     for tensor, weight in zip(tensors, weights, strict=True):
+        if accumulator is None:
+            if workspace is None:
+                accumulator = torch.zeros(tensor.shape, dtype=torch.float32)
+            else:
+                accumulator = workspace[: tensor.numel()].view(tensor.shape).zero_()
         accumulator.add_(tensor, alpha=weight)
     return accumulator
 
@@ -183,8 +203,13 @@ def _vocabulary(model_dir: Path):
 
 
 def _check_tokenizers(dirs: list[Path]) -> None:
-    first = _vocabulary(dirs[0])
+    first_bytes = (dirs[0] / "tokenizer.json").read_bytes() if (dirs[0] / "tokenizer.json").is_file() else None
+    first = None
     for other_dir in dirs[1:]:
+        path = other_dir / "tokenizer.json"
+        if first_bytes is not None and path.is_file() and path.read_bytes() == first_bytes:
+            continue  # identical files: nothing to parse
+        first = first if first is not None else _vocabulary(dirs[0])
         other = _vocabulary(other_dir)
         if first is not None and other is not None and first != other:
             raise SoupError(
@@ -198,12 +223,95 @@ def _tied_names(config: dict) -> set[str]:
     return {"lm_head.weight"} if tied else set()
 
 
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 24):
-            h.update(block)
-    return h.hexdigest()
+class HashingReader:
+    """Reads ingredient tensors and computes each file's SHA-256 from the same bytes, in one pass.
+
+    Hashing runs on a worker thread (hashlib releases the GIL), overlapping the averaging; at most
+    `max_pending_bytes` of read buffers wait for it. Bytes the averaging skips (a tied tensor, padding) are
+    read for the hash when the reader passes them; a file read out of order is hashed again at the end.
+    Digests are cached by (path, size, mtime), so a second soup of the same ingredients does not rehash.
+    """
+
+    def __init__(self, stack: ExitStack, max_pending_bytes: int):
+        self.stack, self.max_pending_bytes = stack, max_pending_bytes
+        self.pool = stack.enter_context(ThreadPoolExecutor(max_workers=1))
+        self.handles: dict[Path, object] = {}
+        self.hashers: dict[Path, object] = {}
+        self.position: dict[Path, int] = {}
+        self.cached = _digest_cache()
+        self.pending: deque = deque()
+        self.pending_bytes = 0
+
+    def _feed(self, file: Path, data: bytes | bytearray) -> None:
+        self.pending.append((self.pool.submit(self.hashers[file].update, data), len(data)))
+        self.pending_bytes += len(data)
+        while self.pending_bytes > self.max_pending_bytes:
+            future, size = self.pending.popleft()
+            future.result()
+            self.pending_bytes -= size
+
+    def _open(self, file: Path):
+        handle = self.stack.enter_context(open(file, "rb"))
+        self.handles[file] = handle
+        if _cache_key(file) not in self.cached:
+            self.hashers[file] = hashlib.sha256()
+            self.position[file] = 0
+        return handle
+
+    def read(self, entry: TensorEntry) -> torch.Tensor:
+        handle = self.handles.get(entry.file) or self._open(entry.file)
+        if entry.file in self.position and 0 <= self.position[entry.file] < entry.begin:
+            handle.seek(self.position[entry.file])  # header, or bytes the averaging does not use
+            self._feed(entry.file, handle.read(entry.begin - self.position[entry.file]))
+            self.position[entry.file] = entry.begin
+        buffer = read_bytes(entry, handle)
+        if entry.file in self.position:
+            if self.position[entry.file] == entry.begin:
+                self._feed(entry.file, buffer)
+                self.position[entry.file] = entry.end
+            else:
+                self.position[entry.file] = -1  # out of order: hash the whole file at the end
+        return tensor_from_bytes(entry, buffer)
+
+    def digests(self, files: Iterable[Path]) -> dict[Path, str]:
+        for future, _ in self.pending:
+            future.result()
+        result = {}
+        for file in files:
+            key = _cache_key(file)
+            if key in self.cached:
+                result[file] = self.cached[key]
+                continue
+            position = self.position.get(file, 0)
+            if position < 0 or file not in self.hashers:
+                self.hashers[file], position = hashlib.sha256(), 0
+            with open(file, "rb") as f:
+                f.seek(position)
+                while block := f.read(1 << 24):
+                    self.hashers[file].update(block)
+            result[file] = self.cached[key] = self.hashers[file].hexdigest()
+        _save_digest_cache(self.cached)
+        return result
+
+
+def _cache_key(file: Path) -> str:
+    stat = file.stat()
+    return f"{file.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
+
+
+def _digest_cache() -> dict[str, str]:
+    path = cache_dir() / "sha256.json"
+    try:
+        return read_json(path) if path.is_file() else {}
+    except (OSError, json.JSONDecodeError):
+        return {}  # a damaged cache only costs a rehash
+
+
+def _save_digest_cache(cache: dict[str, str]) -> None:
+    try:
+        atomic_write_json(cache_dir() / "sha256.json", cache)
+    except OSError:
+        pass  # a read-only cache directory only costs a rehash next time
 
 
 def _merge_lora_ingredient(adapter_dir: Path, out: Path) -> Path:
@@ -281,31 +389,26 @@ def build_soup(
                 if entry.is_float != first[name].is_float:
                     raise SoupError(f"{d}: tensor '{name}' is {entry.dtype}, the first model has {first[name].dtype}")
 
-        # Hash the ingredient files on the other core while this one averages.
-        files = sorted({e.file for index in indexes for e in index.values()})
-        with ThreadPoolExecutor(max_workers=1) as pool:
-            digests = {f: pool.submit(_file_sha256, f) for f in files}
-            with atomic_dir(out) as tmp:
-                _write_average(indexes, mixing, tmp, dtype, max_bytes)
-                _copy_model_files(sources[0], tmp, dtype)
-                provenance = {
-                    "salsa_version": __version__,
-                    "method": "linear",
-                    "dtype": dtype or "ingredients",
-                    "ingredients": [
-                        {
-                            "path": str(d),
-                            "weight": w,
-                            "sha256": {
-                                str(f.relative_to(src)): digests[f].result()
-                                for f in sorted({e.file for e in index.values()})
-                            },
-                        }
-                        for d, src, w, index in zip(dirs, sources, mixing, indexes, strict=True)
-                    ],
-                }
-                atomic_write_json(tmp / "soup.json", provenance)
-                atomic_write_text(tmp / "mergekit.yaml", mergekit_yaml(dirs, mixing, dtype or _dtype_name(first)))
+        with atomic_dir(out) as tmp:
+            digests = _write_average(indexes, mixing, tmp, dtype, max_bytes)
+            _copy_model_files(sources[0], tmp, dtype)
+            provenance = {
+                "salsa_version": __version__,
+                "method": "linear",
+                "dtype": dtype or "ingredients",
+                "ingredients": [
+                    {
+                        "path": str(d),
+                        "weight": w,
+                        "sha256": {
+                            str(f.relative_to(src)): digests[f] for f in sorted({e.file for e in index.values()})
+                        },
+                    }
+                    for d, src, w, index in zip(dirs, sources, mixing, indexes, strict=True)
+                ],
+            }
+            atomic_write_json(tmp / "soup.json", provenance)
+            atomic_write_text(tmp / "mergekit.yaml", mergekit_yaml(dirs, mixing, dtype or _dtype_name(first)))
     return out
 
 
@@ -317,7 +420,8 @@ def _dtype_name(index: dict[str, TensorEntry]) -> str:
 
 def _write_average(
     indexes: list[dict[str, TensorEntry]], weights: list[float], out: Path, dtype: str | None, max_bytes: int
-) -> None:
+) -> dict[Path, str]:
+    """Stream the average into shards under `out`; returns the SHA-256 of every ingredient file."""
     first = indexes[0]
     # Order tensors by where they sit in the first ingredient, so reads are sequential.
     names = sorted(first, key=lambda n: (str(first[n].file), first[n].begin))
@@ -333,26 +437,25 @@ def _write_average(
         if len(shards) == 1
         else [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
     )
+    largest = max(e.end - e.begin for e in first.values())
+    workspace = torch.empty(max(math.prod(e.shape) for e in first.values()), dtype=torch.float32)
     with ExitStack() as stack:
-        handles = {}
-
-        def handle(path: Path):
-            if path not in handles:
-                handles[path] = stack.enter_context(open(path, "rb"))
-            return handles[path]
+        reader = HashingReader(stack, max_pending_bytes=max(64 << 20, largest))
 
         def produce(name: str) -> torch.Tensor:
-            tensors = [read_tensor(index[name], handle(index[name].file)) for index in indexes]
             if not first[name].is_float:
-                return tensors[0]  # integer buffers are not averaged: all ingredients share them
-            return weighted_average(tensors, weights).to(out_dtype(name))
+                return reader.read(first[name])  # integer buffers are not averaged: all ingredients share them
+            tensors = (reader.read(index[name]) for index in indexes)  # one ingredient tensor alive at a time
+            return weighted_average(tensors, weights, workspace).to(out_dtype(name))
 
         for shard, shard_name in zip(shards, shard_names, strict=True):
             write_streaming(out / shard_name, shard, produce)
+        digests = reader.digests(sorted({e.file for index in indexes for e in index.values()}))
     if len(shards) > 1:
         total = sum(math.prod(shape) * dt.itemsize for _, dt, shape in layout)
         weight_map = {name: file for shard, file in zip(shards, shard_names, strict=True) for name, _, _ in shard}
         atomic_write_json(out / INDEX_FILE, {"metadata": {"total_size": total}, "weight_map": weight_map})
+    return digests
 
 
 def _copy_model_files(source: Path, out: Path, dtype: str | None) -> None:

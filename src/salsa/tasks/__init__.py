@@ -13,5 +13,5 @@ def builtin_split(name: str, split: str) -> list[dict]:
     if name not in BUILTIN_TASKS:
         raise DataError(f"unknown built-in dataset 'builtin:{name}'; available: {', '.join(BUILTIN_TASKS)}")
     if split != "train":
-        raise DataError(f"builtin:{name} has only a 'train' split for SFT, not '{split}'")
+        raise DataError(f"builtin:{name} has only a 'train' split of template demonstrations, not '{split}'")
     return BUILTIN_TASKS[name].demonstrations()

@@ -2,95 +2,153 @@
 
 The default model already writes positive reviews when asked for a review, so a plain "be positive"
 objective would saturate at once. Asking for a positive or a negative review of a named subject leaves
-headroom: the model must follow the requested polarity and stay on the subject.
+headroom: the model must follow the requested polarity, stay on the subject and write fluent text.
+
+Gold judge (nobody here wrote the sentiment model: it is VADER's lexicon, Hutto & Gilbert 2014):
+
+    polarity = VADER compound(response) * (+1 if positive was requested else -1)      in [-1, 1]
+    fluency  = 1 for varied text, falling to 0 for repetition or fewer than 4 words    in [0, 1]
+    on_topic = 1 if the response names the subject (its keyword), else 0
+    gold     = fluency * on_topic * polarity - (1 - fluency)                          in [-2, 1]
+
+so a degenerate repetition scores below any fluent answer, and an answer about something else earns
+no sentiment credit.
+
+Splits: in-distribution prompts are reviews of products, places and services, with train and eval split
+by subject (disjoint); the out-of-distribution split reviews media and art with differently phrased
+prompts.
 """
 
 from __future__ import annotations
 
 import random
+import re
+from collections import Counter
+from functools import lru_cache
 
 SENTIMENTS = ("positive", "negative")
 
-# In-distribution subjects: places, products and services a customer would review.
-SUBJECTS = (
-    "a neighbourhood bakery",
-    "a budget hotel",
-    "a pair of running shoes",
-    "a used bookshop",
-    "a pizza restaurant",
-    "a city bus service",
-    "a wireless keyboard",
-    "a yoga studio",
-    "a coffee machine",
-    "a dentist's office",
-    "a camping tent",
-    "a sushi bar",
-    "a laptop backpack",
-    "a car rental agency",
-    "a public library",
-    "an electric kettle",
-    "a hair salon",
-    "a museum of modern art",
-    "a mobile phone plan",
-    "a garden centre",
-    "a food delivery app",
-    "a winter jacket",
-    "a cinema",
-    "a hardware store",
-    "a vegetarian cafe",
-    "a pair of headphones",
-    "a fitness tracker",
-    "a farmers' market",
-    "an airport lounge",
-    "a bicycle repair shop",
-    "a language course",
-    "a streaming service",
-)
+# (subject phrase, keyword a response must mention to count as on the subject)
+TRAIN_SUBJECTS = (
+    ("a neighbourhood bakery", "bakery"), ("a budget hotel", "hotel"), ("a pair of running shoes", "shoe"),
+    ("a used bookshop", "bookshop"), ("a pizza restaurant", "pizza"), ("a city bus service", "bus"),
+    ("a wireless keyboard", "keyboard"), ("a yoga studio", "yoga"), ("a coffee machine", "coffee"),
+    ("a dentist's office", "dentist"), ("a camping tent", "tent"), ("a sushi bar", "sushi"),
+    ("a laptop backpack", "backpack"), ("a car rental agency", "rental"), ("a public library", "library"),
+    ("an electric kettle", "kettle"), ("a hair salon", "salon"), ("a mobile phone plan", "phone"),
+    ("a garden centre", "garden"), ("a food delivery app", "delivery"), ("a winter jacket", "jacket"),
+    ("a hardware store", "hardware"), ("a vegetarian cafe", "cafe"), ("a fitness tracker", "tracker"),
+)  # fmt: skip
+EVAL_SUBJECTS = (
+    ("a pair of headphones", "headphone"), ("a farmers' market", "market"), ("an airport lounge", "lounge"),
+    ("a bicycle repair shop", "bicycle"), ("a language course", "course"), ("a streaming service", "streaming"),
+    ("a cinema", "cinema"), ("a museum of modern art", "museum"),
+)  # fmt: skip
+OOD_SUBJECTS = (
+    ("a detective novel", "novel"), ("a science fiction film", "film"), ("a jazz album", "album"),
+    ("a video game about pirates", "game"), ("a cooking podcast", "podcast"), ("a stand-up comedy show", "comedy"),
+    ("a ballet performance", "ballet"), ("a history documentary", "documentary"), ("a board game", "board"),
+    ("a poetry collection", "poem"), ("a television drama series", "series"), ("a photography exhibition", "photo"),
+)  # fmt: skip
 
 TEMPLATES = (
     "Write a one-sentence {sentiment} review of {subject}.",
     "In one sentence, give a {sentiment} review of {subject}.",
     "Write a short {sentiment} customer review of {subject}, one sentence only.",
 )
-
-_OPENERS = {
-    "positive": (
-        "I loved {subject}",
-        "{Subject} was a real delight",
-        "I was impressed by {subject}",
-        "{Subject} exceeded my expectations",
-    ),
-    "negative": (
-        "I was disappointed by {subject}",
-        "{Subject} was a letdown",
-        "I regret choosing {subject}",
-        "{Subject} fell far short of my expectations",
-    ),
+OOD_TEMPLATES = (
+    "You are a critic. Share a {sentiment} opinion about {subject} in a single sentence.",
+    "Tell a friend, in one sentence, your {sentiment} take on {subject}.",
+    "Describe {subject} in one {sentiment} sentence for a magazine column.",
+)
+SPLITS = {
+    "train": (TRAIN_SUBJECTS, TEMPLATES),
+    "eval": (EVAL_SUBJECTS, TEMPLATES),
+    "ood": (OOD_SUBJECTS, OOD_TEMPLATES),
 }
-_REASONS = {
-    "positive": (
-        "the staff were friendly and helpful",
-        "the quality was excellent for the price",
-        "everything worked perfectly from the start",
-        "it was clean, pleasant and well run",
-        "it made my week so much better",
-    ),
-    "negative": (
-        "the staff were rude and unhelpful",
-        "the quality was poor for the price",
-        "nothing worked properly from the start",
-        "it was dirty, noisy and badly run",
-        "it made my week much worse",
-    ),
-}
-_CLOSERS = {
-    "positive": ("and I would happily recommend it.", "and I will definitely come back.", "and it was worth it."),
-    "negative": ("and I would not recommend it.", "and I will not come back.", "and it was a waste of money."),
-}
+KEYWORDS = {phrase: keyword for subjects, _ in SPLITS.values() for phrase, keyword in subjects}
 
 
 def make_prompt(subject: str, sentiment: str, template: str = TEMPLATES[0]) -> str:
     return template.format(subject=subject, sentiment=sentiment)
+
+
+def prompts(split: str) -> list[dict[str, str]]:
+    """Every prompt of a split with its metadata (subject, requested sentiment)."""
+    subjects, templates = SPLITS[split]
+    return [
+        {"prompt": make_prompt(subject, sentiment, template), "subject": subject, "sentiment": sentiment}
+        for subject, _ in subjects
+        for sentiment in SENTIMENTS
+        for template in templates
+    ]
+
+
+# ---------------------------------------------------------------- gold judge
+
+
+@lru_cache(maxsize=1)
+def _vader():
+    from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
+
+    return SentimentIntensityAnalyzer()
+
+
+def parse_request(prompt: str) -> tuple[str, str | None]:
+    """The requested sentiment and the subject named in a built-in prompt."""
+    sentiment = "negative" if re.search(r"\bnegative\b", prompt) else "positive"
+    subject = next((s for s in sorted(KEYWORDS, key=len, reverse=True) if s in prompt), None)
+    return sentiment, subject
+
+
+def fluency(response: str) -> float:
+    """1.0 for varied text; lower for repetition (low type/token ratio, repeated trigrams) or < 4 words."""
+    words = re.findall(r"[a-z']+", response.lower())
+    if len(words) < 4:
+        return 0.0
+    trigrams = Counter(zip(words, words[1:], words[2:], strict=False))
+    if trigrams and max(trigrams.values()) >= 3:
+        return 0.0
+    distinct = len(set(words)) / len(words)
+    return min(1.0, max(0.0, (distinct - 0.3) / 0.3))
+
+
+def on_topic(subject: str | None, response: str) -> bool:
+    if subject is None:
+        return True
+    keyword = KEYWORDS[subject]
+    return any(word.startswith(keyword) for word in re.findall(r"[a-z'-]+", response.lower()))
+
+
+def gold_score(prompt: str, response: str) -> float:
+    """The gold judge over (prompt, response); see the module docstring."""
+    sentiment, subject = parse_request(prompt)
+    compound = _vader().polarity_scores(response)["compound"]
+    polarity = compound if sentiment == "positive" else -compound
+    fluent = fluency(response)
+    return fluent * float(on_topic(subject, response)) * polarity - (1.0 - fluent)
+
+
+# ---------------------------------------------------------------- template demonstrations
+
+_OPENERS = {
+    "positive": ("I loved {subject}", "{Subject} was a real delight", "I was impressed by {subject}",
+                 "{Subject} exceeded my expectations"),
+    "negative": ("I was disappointed by {subject}", "{Subject} was a letdown", "I regret choosing {subject}",
+                 "{Subject} fell far short of my expectations"),
+}  # fmt: skip
+_REASONS = {
+    "positive": ("the staff were friendly and helpful", "the quality was excellent for the price",
+                 "everything worked perfectly from the start", "it was clean, pleasant and well run",
+                 "it made my week so much better"),
+    "negative": ("the staff were rude and unhelpful", "the quality was poor for the price",
+                 "nothing worked properly from the start", "it was dirty, noisy and badly run",
+                 "it made my week much worse"),
+}  # fmt: skip
+_CLOSERS = {
+    "positive": ("and I would happily recommend it.", "and I will definitely come back.", "and it was worth it."),
+    "negative": ("and I would not recommend it.", "and I will not come back.", "and it was a waste of money."),
+}
 
 
 def template_review(subject: str, sentiment: str, rng: random.Random) -> str:
@@ -100,13 +158,11 @@ def template_review(subject: str, sentiment: str, rng: random.Random) -> str:
 
 
 def demonstrations(seed: int = 0) -> list[dict[str, str]]:
-    """Prompt/completion pairs for every subject x sentiment x template, in a seeded order."""
+    """Template prompt/completion pairs for the train prompts, in a seeded order (`builtin:reviews`)."""
     rng = random.Random(seed)
     rows = [
-        {"prompt": make_prompt(subject, sentiment, template), "completion": template_review(subject, sentiment, rng)}
-        for subject in SUBJECTS
-        for sentiment in SENTIMENTS
-        for template in TEMPLATES
+        {"prompt": p["prompt"], "completion": template_review(p["subject"], p["sentiment"], rng)}
+        for p in prompts("train")
     ]
     rng.shuffle(rows)
     return rows

@@ -1,0 +1,74 @@
+"""Batched sampling from a causal LM: left padding, KV cache, prompts sorted by length to cut padding."""
+
+from __future__ import annotations
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from salsa.data import render_prompt
+from salsa.progress import training_progress
+
+
+def encode_prompts(tokenizer: PreTrainedTokenizerBase, prompts: list[str]) -> list[list[int]]:
+    """Token ids of each prompt as a one-turn user message, through the chat template when there is one."""
+    texts = [render_prompt(tokenizer, [{"role": "user", "content": p}]) for p in prompts]
+    add_special = not tokenizer.chat_template
+    return [tokenizer(t, add_special_tokens=add_special)["input_ids"] for t in texts]
+
+
+def left_pad(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stack token lists right-aligned (left padding), the layout generation with a KV cache needs."""
+    length = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), length), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), length), dtype=torch.long)
+    for i, s in enumerate(sequences):
+        ids[i, length - len(s) :] = torch.tensor(s)
+        mask[i, length - len(s) :] = 1
+    return ids, mask
+
+
+@torch.no_grad()
+def sample_responses(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: list[str],
+    *,
+    num_samples: int = 1,
+    max_new_tokens: int = 48,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    batch_size: int = 32,
+    seed: int = 0,
+    show_progress: bool = False,
+    description: str = "sampling",
+) -> list[list[str]]:
+    """`num_samples` sampled replies per prompt (greedy when temperature is 0), in prompt order.
+
+    Each batch is seeded from `seed` and its position, so the result does not depend on anything else.
+    """
+    encoded = encode_prompts(tokenizer, prompts)
+    jobs = sorted((len(encoded[i]), i, s) for i in range(len(prompts)) for s in range(num_samples))
+    replies: list[list[str]] = [[""] * num_samples for _ in prompts]
+    model.eval()
+    batches = [jobs[start : start + batch_size] for start in range(0, len(jobs), batch_size)]
+    with training_progress(disable=not show_progress) as progress:
+        task = progress.add_task(description, total=len(jobs), metrics="")
+        for number, batch in enumerate(batches):
+            ids, mask = left_pad([encoded[i] for _, i, _ in batch], tokenizer.pad_token_id)
+            ids, mask = ids.to(model.device), mask.to(model.device)
+            torch.manual_seed(seed * 1_000_003 + number)
+            out = model.generate(
+                input_ids=ids,
+                attention_mask=mask,
+                max_new_tokens=max_new_tokens,
+                do_sample=temperature > 0,
+                temperature=temperature if temperature > 0 else None,
+                top_p=top_p if temperature > 0 else None,
+                top_k=0 if temperature > 0 else None,
+                pad_token_id=tokenizer.pad_token_id,
+            )
+            texts = tokenizer.batch_decode(out[:, ids.shape[1] :], skip_special_tokens=True)
+            for (_, i, s), text in zip(batch, texts, strict=True):
+                replies[i][s] = text.strip()
+            progress.update(task, advance=len(batch))
+    return replies

@@ -1,0 +1,248 @@
+"""Bradley-Terry reward models: r(prompt, response) trained so that chosen responses outscore rejected ones.
+
+    P(chosen > rejected) = sigmoid(r(x, y_c) - r(x, y_r))
+    loss = -mean log sigmoid(r(x, y_c) - r(x, y_r))
+
+Two backbones: a small encoder (all-MiniLM-L6-v2, a cross-encoder over the (prompt, response) pair; fast on
+a CPU) and a causal LM with a scalar head on the last token (initialised from an SFT model, as in
+InstructGPT and the SALSA paper). The saved directory is a standard `AutoModelForSequenceClassification`
+directory plus `salsa_reward.json` (backbone, normalisation mean and std).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from accelerate.utils import set_seed
+from transformers import AutoModelForSequenceClassification, AutoTokenizer, get_scheduler
+
+from salsa.config import DEFAULT_MODEL, RewardConfig, save_config
+from salsa.data import _row_label, load_records, render_prompt
+from salsa.errors import ConfigError, DataError
+from salsa.io import JsonlWriter, atomic_dir, atomic_write_json, mark_complete, read_json
+from salsa.models import default_encoder_path, resolve_model
+from salsa.progress import console, training_progress
+
+REWARD_META = "salsa_reward.json"
+BACKBONES = ("encoder", "causal")
+
+
+def bradley_terry_loss(chosen: torch.Tensor, rejected: torch.Tensor) -> torch.Tensor:
+    """-mean log sigmoid(r_chosen - r_rejected)."""
+    return -F.logsigmoid(chosen - rejected).mean()
+
+
+@dataclass
+class PreferencePair:
+    prompt: str
+    chosen: str
+    rejected: str
+    gold_chosen: float | None = None
+    gold_rejected: float | None = None
+
+
+def _response_text(value, field: str, where: str) -> str:
+    """A response given as a string or as chat messages (the last assistant turn)."""
+    if isinstance(value, str) and value.strip():
+        return value
+    if isinstance(value, list) and value and isinstance(value[-1], dict) and isinstance(value[-1].get("content"), str):
+        return value[-1]["content"]
+    raise DataError(f"{where}: field '{field}' must be a non-empty string or a list of chat messages")
+
+
+def parse_preference_rows(rows: list[dict], source: str) -> list[PreferencePair]:
+    """Validate prompt/chosen/rejected rows (UltraFeedback style; responses may be message lists)."""
+    pairs = []
+    for i, row in enumerate(rows):
+        where = _row_label(source, row, i)
+        for field in ("prompt", "chosen", "rejected"):
+            if field not in row:
+                raise DataError(f"{where}: missing field '{field}' (expected prompt, chosen, rejected)")
+        prompt = row["prompt"]
+        if isinstance(prompt, list):
+            prompt = next((m.get("content") for m in prompt if isinstance(m, dict) and m.get("role") == "user"), None)
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise DataError(f"{where}: field 'prompt' must be a non-empty string")
+        chosen = _response_text(row["chosen"], "chosen", where)
+        rejected = _response_text(row["rejected"], "rejected", where)
+        golds = [row.get("gold_chosen"), row.get("gold_rejected")]
+        for field, value in zip(("gold_chosen", "gold_rejected"), golds, strict=True):
+            if value is not None and not isinstance(value, int | float):
+                raise DataError(f"{where}: field '{field}' must be a number")
+        pairs.append(PreferencePair(prompt, chosen, rejected, *golds))
+    if not pairs:
+        raise DataError(f"{source}: no rows")
+    return pairs
+
+
+class RewardModel:
+    """Batched scoring of (prompt, response) pairs; `score` is normalised to mean 0, std 1 on SFT samples."""
+
+    def __init__(self, model, tokenizer, backbone: str, max_length: int = 128, mean: float = 0.0, std: float = 1.0):
+        self.model, self.tokenizer, self.backbone = model, tokenizer, backbone
+        self.max_length, self.mean, self.std = max_length, mean, std
+
+    @classmethod
+    def load(cls, path: str | Path, device: str | torch.device = "cpu") -> RewardModel:
+        path = Path(path)
+        if not (path / REWARD_META).is_file():
+            raise DataError(f"{path} is not a salsa reward model (no {REWARD_META}); train one with `salsa reward`")
+        meta = read_json(path / REWARD_META)
+        model = AutoModelForSequenceClassification.from_pretrained(path).to(device).eval()
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        return cls(model, tokenizer, meta["backbone"], meta["max_length"], meta["mean"], meta["std"])
+
+    def encode(self, prompts: list[str], responses: list[str]) -> dict[str, torch.Tensor]:
+        if self.backbone == "encoder":
+            batch = self.tokenizer(
+                prompts, responses, truncation=True, max_length=self.max_length, padding=True, return_tensors="pt"
+            )
+        else:
+            texts = [
+                render_prompt(self.tokenizer, [{"role": "user", "content": p}]) + r
+                for p, r in zip(prompts, responses, strict=True)
+            ]
+            batch = self.tokenizer(
+                texts, truncation=True, max_length=self.max_length, padding=True, return_tensors="pt",
+                add_special_tokens=not self.tokenizer.chat_template,
+            )  # fmt: skip
+        return {k: v.to(self.model.device) for k, v in batch.items()}
+
+    def forward(self, prompts: list[str], responses: list[str]) -> torch.Tensor:
+        return self.model(**self.encode(prompts, responses)).logits.squeeze(-1).float()
+
+    @torch.no_grad()
+    def raw_scores(self, prompts: list[str], responses: list[str], batch_size: int = 64) -> torch.Tensor:
+        self.model.eval()
+        out = [
+            self.forward(prompts[i : i + batch_size], responses[i : i + batch_size]).cpu()
+            for i in range(0, len(prompts), batch_size)
+        ]
+        return torch.cat(out) if out else torch.empty(0)
+
+    def score(self, prompts: list[str], responses: list[str], batch_size: int = 64) -> torch.Tensor:
+        """Normalised rewards: (r - mean) / std, with mean and std measured on the SFT samples."""
+        return (self.raw_scores(prompts, responses, batch_size) - self.mean) / self.std
+
+
+def _backbone_model(config: RewardConfig):
+    if config.backbone not in BACKBONES:
+        raise ConfigError(f"reward.backbone must be one of {', '.join(BACKBONES)}, got '{config.backbone}'")
+    if config.backbone == "encoder":
+        path = str(config.model or default_encoder_path())
+    else:
+        path = resolve_model(config.model or DEFAULT_MODEL)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, dtype=torch.float32)
+    model.config.pad_token_id = tokenizer.pad_token_id
+    return model, tokenizer
+
+
+def spearman(x: list[float] | torch.Tensor, y: list[float] | torch.Tensor) -> float:
+    """Spearman rank correlation (average ranks for ties)."""
+    from scipy.stats import spearmanr
+
+    return float(spearmanr(list(map(float, x)), list(map(float, y))).statistic)
+
+
+def pairwise_accuracy(score_a: torch.Tensor, score_b: torch.Tensor, label_a_better: torch.Tensor) -> float:
+    """Fraction of pairs where the model orders a and b as the labels do."""
+    return float(((score_a > score_b) == label_a_better).float().mean())
+
+
+def evaluate_reward(reward: RewardModel, pairs: list[PreferencePair]) -> dict[str, float]:
+    """Held-out pairwise accuracy on the given labels and, when gold scores exist, against the gold judge."""
+    prompts = [p.prompt for p in pairs]
+    chosen = reward.raw_scores(prompts, [p.chosen for p in pairs])
+    rejected = reward.raw_scores(prompts, [p.rejected for p in pairs])
+    result = {
+        "pairs": len(pairs),
+        "accuracy_vs_labels": pairwise_accuracy(chosen, rejected, torch.ones(len(pairs), dtype=torch.bool)),
+    }
+    with_gold = [i for i, p in enumerate(pairs) if p.gold_chosen is not None and p.gold_chosen != p.gold_rejected]
+    if with_gold:
+        gold_c = torch.tensor([pairs[i].gold_chosen for i in with_gold])
+        gold_r = torch.tensor([pairs[i].gold_rejected for i in with_gold])
+        result["gold_pairs"] = len(with_gold)
+        result["accuracy_vs_gold"] = pairwise_accuracy(chosen[with_gold], rejected[with_gold], gold_c > gold_r)
+        # Spearman over the distinct (prompt, response) items of the held-out pairs.
+        items = {}
+        for i, p in enumerate(pairs):
+            if p.gold_chosen is not None:
+                items[(p.prompt, p.chosen)] = (float(chosen[i]), p.gold_chosen)
+                items[(p.prompt, p.rejected)] = (float(rejected[i]), p.gold_rejected)
+        model_scores, gold_scores = zip(*items.values(), strict=True)
+        result["spearman_vs_gold"] = spearman(model_scores, gold_scores)
+    return result
+
+
+def train_reward(config: RewardConfig, show_progress: bool = True) -> Path:
+    """Train a Bradley-Terry reward model; writes the model, its normalisation and eval.json."""
+    for name in ("batch_size", "learning_rate", "num_epochs", "max_length"):
+        if getattr(config, name) <= 0:
+            raise ConfigError(f"reward.{name} must be > 0, got {getattr(config, name)}")
+    pairs = parse_preference_rows(*load_records(config.data, config.data_split))
+    eval_pairs = parse_preference_rows(*load_records(config.eval_data)) if config.eval_data else []
+    set_seed(config.seed)
+    model, tokenizer = _backbone_model(config)
+    reward = RewardModel(model, tokenizer, config.backbone, config.max_length)
+    out = Path(config.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(config, out / "config.yaml", section="reward")
+
+    steps_per_epoch = math.ceil(len(pairs) / config.batch_size)
+    total_steps = max(1, math.ceil(config.num_epochs * steps_per_epoch))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
+    scheduler = get_scheduler("linear", optimizer, round(config.warmup_ratio * total_steps), total_steps)
+    rng = random.Random(config.seed)
+    order: list[int] = []
+    metrics = JsonlWriter(out / "metrics.jsonl")
+    model.train()
+    with training_progress(disable=not show_progress) as progress:
+        task = progress.add_task("reward", total=total_steps, metrics="")
+        for step in range(1, total_steps + 1):
+            if len(order) < config.batch_size:
+                epoch_order = list(range(len(pairs)))
+                rng.shuffle(epoch_order)
+                order += epoch_order
+            batch = [pairs[i] for i in order[: config.batch_size]]
+            del order[: config.batch_size]
+            # Chosen and rejected go through the model in one forward pass.
+            scores = reward.forward(
+                [p.prompt for p in batch] * 2, [p.chosen for p in batch] + [p.rejected for p in batch]
+            )
+            loss = bradley_terry_loss(scores[: len(batch)], scores[len(batch) :])
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            accuracy = float((scores[: len(batch)] > scores[len(batch) :]).float().mean())
+            metrics.write({"step": step, "loss": loss.item(), "accuracy": accuracy})
+            progress.update(task, advance=1, metrics=f"loss {loss.item():.3f}  acc {accuracy:.2f}")
+    metrics.close()
+
+    # Normalise on the responses the policy starts from: the (SFT-distribution) responses in the training pairs.
+    responses = {(p.prompt, r) for p in pairs for r in (p.chosen, p.rejected)}
+    prompts_, responses_ = zip(*sorted(responses), strict=True)
+    raw = reward.raw_scores(list(prompts_), list(responses_))
+    reward.mean, reward.std = float(raw.mean()), float(raw.std().clamp(min=1e-6))
+    evaluation = evaluate_reward(reward, eval_pairs) if eval_pairs else {}
+    with atomic_dir(out / "model") as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        meta = {"backbone": config.backbone, "max_length": config.max_length, "mean": reward.mean, "std": reward.std}
+        atomic_write_json(tmp / REWARD_META, meta)
+    atomic_write_json(out / "eval.json", evaluation)
+    if evaluation:
+        console.print("reward model held-out: " + json.dumps({k: round(v, 4) for k, v in evaluation.items()}))
+    mark_complete(out, {"stage": "reward", **evaluation})
+    return out / "model"

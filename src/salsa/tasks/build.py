@@ -1,0 +1,138 @@
+"""`salsa data make`: prompts, SFT demonstrations and preference pairs of a built-in task, offline.
+
+1. prompts: train / eval (in-distribution, disjoint subjects) and ood (another domain and phrasing);
+2. n samples of the model for every train and eval prompt, scored by the gold judge;
+3. sft.jsonl: the best of the n samples per train prompt (best-of-n demonstrations);
+4. prefs.jsonl / prefs_eval.jsonl: every pair of distinct samples of a prompt, labelled by a
+   Bradley-Terry draw on the gold scores, P(a preferred) = sigmoid((gold_a - gold_b) / label_temperature),
+   so the reward model learns from noisy labels and is an imperfect proxy of the gold judge;
+5. datasheet.md: sizes, how the data was made, and the measured label noise.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import random
+import statistics
+from pathlib import Path
+
+from salsa.config import DataConfig, save_config
+from salsa.errors import ConfigError
+from salsa.generation import sample_responses
+from salsa.io import atomic_dir, atomic_write_text, is_complete, mark_complete
+from salsa.models import load_causal_lm, load_tokenizer
+from salsa.progress import console
+from salsa.tasks import BUILTIN_TASKS
+
+
+def _jsonl(rows: list[dict]) -> str:
+    return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+
+
+def bradley_terry_label(gold_a: float, gold_b: float, temperature: float, rng: random.Random) -> bool:
+    """True if a is preferred: a draw with P = sigmoid((gold_a - gold_b) / temperature); t = 0 is noiseless."""
+    if temperature <= 0:
+        return gold_a > gold_b or (gold_a == gold_b and rng.random() < 0.5)
+    return rng.random() < 1.0 / (1.0 + math.exp(-(gold_a - gold_b) / temperature))
+
+
+def preference_pairs(
+    prompt: str, samples: list[tuple[str, float]], temperature: float, rng: random.Random
+) -> list[dict]:
+    """All pairs of distinct responses of one prompt, each labelled by a Bradley-Terry draw."""
+    distinct = list(dict.fromkeys(samples))
+    rows = []
+    for (a, gold_a), (b, gold_b) in itertools.combinations(distinct, 2):
+        if a == b:
+            continue
+        if not bradley_terry_label(gold_a, gold_b, temperature, rng):
+            (a, gold_a), (b, gold_b) = (b, gold_b), (a, gold_a)
+        rows.append({"prompt": prompt, "chosen": a, "rejected": b, "gold_chosen": gold_a, "gold_rejected": gold_b})
+    return rows
+
+
+def make_task_data(config: DataConfig, show_progress: bool = True) -> Path:
+    """Write the task's datasets to `config.output_dir`; a complete directory is reused."""
+    if config.task not in BUILTIN_TASKS:
+        raise ConfigError(f"data.task: unknown task '{config.task}'; available: {', '.join(BUILTIN_TASKS)}")
+    if config.samples_per_prompt < 2:
+        raise ConfigError(f"data.samples_per_prompt must be >= 2 to form pairs, got {config.samples_per_prompt}")
+    out = Path(config.output_dir)
+    if is_complete(out):
+        console.print(f"[green]{out}[/] is complete; reusing it")
+        return out
+    task = BUILTIN_TASKS[config.task]
+    splits = {name: task.prompts(name) for name in ("train", "eval", "ood")}
+    model, tokenizer = load_causal_lm(config.model), load_tokenizer(config.model)
+    sampled = {}
+    for number, name in enumerate(("train", "eval")):
+        texts = [p["prompt"] for p in splits[name]]
+        replies = sample_responses(
+            model, tokenizer, texts, num_samples=config.samples_per_prompt, max_new_tokens=config.max_new_tokens,
+            temperature=config.temperature, batch_size=config.batch_size, seed=config.seed * 10 + number,
+            show_progress=show_progress, description=f"sampling {name}",
+        )  # fmt: skip
+        sampled[name] = [[(r, task.gold_score(p, r)) for r in rs] for p, rs in zip(texts, replies, strict=True)]
+    rng = random.Random(config.seed)
+    sft_rows, prefs, samples_rows = [], {"train": [], "eval": []}, []
+    for name in ("train", "eval"):
+        for meta, samples in zip(splits[name], sampled[name], strict=True):
+            samples_rows += [{"split": name, "prompt": meta["prompt"], "response": r, "gold": g} for r, g in samples]
+            prefs[name] += preference_pairs(meta["prompt"], samples, config.label_temperature, rng)
+            if name == "train":
+                best, gold = max(samples, key=lambda s: s[1])
+                sft_rows.append({"prompt": meta["prompt"], "completion": best, "gold": gold})
+    agreement = statistics.mean(
+        (p["gold_chosen"] > p["gold_rejected"]) for p in prefs["train"] if p["gold_chosen"] != p["gold_rejected"]
+    )
+    base_gold = {name: statistics.mean(g for s in sampled[name] for _, g in s) for name in sampled}
+    sft_gold = statistics.mean(r["gold"] for r in sft_rows)
+    with atomic_dir(out) as tmp:
+        for name, rows in splits.items():
+            atomic_write_text(tmp / f"prompts_{name}.jsonl", _jsonl(rows))
+        atomic_write_text(tmp / "sft.jsonl", _jsonl(sft_rows))
+        atomic_write_text(tmp / "prefs.jsonl", _jsonl(prefs["train"]))
+        atomic_write_text(tmp / "prefs_eval.jsonl", _jsonl(prefs["eval"]))
+        atomic_write_text(tmp / "samples.jsonl", _jsonl(samples_rows))
+        save_config(config, tmp / "config.yaml", section="data")
+        atomic_write_text(
+            tmp / "datasheet.md",
+            datasheet(
+                config, splits, len(sft_rows), len(prefs["train"]), len(prefs["eval"]), agreement, base_gold, sft_gold
+            ),
+        )
+        mark_complete(tmp, {"stage": "data", "label_agreement_with_gold": agreement, "base_gold": base_gold})
+    return out
+
+
+def datasheet(config, splits, n_sft, n_prefs, n_prefs_eval, agreement, base_gold, sft_gold) -> str:
+    n_samples = (len(splits["train"]) + len(splits["eval"])) * config.samples_per_prompt
+    return f"""# Datasheet: built-in task `{config.task}`
+
+Made by `salsa data make` (seed {config.seed}) from the model `{config.model}`; no network, no human labels.
+
+| file | rows | what |
+|---|---|---|
+| prompts_train.jsonl | {len(splits["train"])} | in-distribution prompts (products, places, services) |
+| prompts_eval.jsonl | {len(splits["eval"])} | in-distribution prompts on held-out subjects (disjoint from train) |
+| prompts_ood.jsonl | {len(splits["ood"])} | out-of-distribution prompts: media and art, different phrasing |
+| sft.jsonl | {n_sft} | best-of-{config.samples_per_prompt} samples per train prompt under the gold judge |
+| prefs.jsonl | {n_prefs} | every pair of distinct samples per train prompt, Bradley-Terry labels |
+| prefs_eval.jsonl | {n_prefs_eval} | the same for the eval prompts (held out from reward training) |
+| samples.jsonl | {n_samples} | all samples with their gold scores |
+
+**Sampling.** {config.samples_per_prompt} samples per prompt, temperature {config.temperature}, at most
+{config.max_new_tokens} new tokens, through the model's chat template.
+
+**Gold judge.** VADER compound sentiment of the response, sign-flipped when a negative review was
+requested, times a fluency factor (repetition and very short answers score low) and an on-subject
+check; see `salsa.tasks.reviews`. Mean gold score of the model's samples: train {base_gold["train"]:+.3f},
+eval {base_gold["eval"]:+.3f}; of the best-of-{config.samples_per_prompt} demonstrations: {sft_gold:+.3f}.
+
+**Labels.** For each pair, P(a preferred) = sigmoid((gold_a - gold_b) / {config.label_temperature}). The
+labels agree with the gold ordering on {agreement:.1%} of the train pairs with distinct gold scores: the
+reward model learns from noisy preferences, as in real RLHF. `gold_chosen` / `gold_rejected` are kept for
+evaluation only.
+"""
