@@ -19,6 +19,13 @@ _API = {
     "soup_state_dict": "salsa.soup",
     "load_causal_lm": "salsa.models",
     "load_tokenizer": "salsa.models",
+    "RLConfig": "salsa.config",
+    "DataConfig": "salsa.config",
+    "RewardConfig": "salsa.config",
+    "train_rl": "salsa.rl.ppo",
+    "train_reward": "salsa.reward",
+    "RewardModel": "salsa.reward",
+    "make_task_data": "salsa.tasks.build",
 }
 
 __all__ = [
@@ -30,13 +37,23 @@ __all__ = [
     "soup_state_dict",
     "load_causal_lm",
     "load_tokenizer",
+    "RLConfig",
+    "DataConfig",
+    "RewardConfig",
+    "train_rl",
+    "train_reward",
+    "RewardModel",
+    "make_task_data",
     "__version__",
 ]
 
 if TYPE_CHECKING:
-    from salsa.config import SFTConfig, SoupConfig
+    from salsa.config import DataConfig, RewardConfig, RLConfig, SFTConfig, SoupConfig
     from salsa.errors import SalsaError
     from salsa.models import load_causal_lm, load_tokenizer
+    from salsa.reward import RewardModel, train_reward
+    from salsa.rl.ppo import train_rl
+    from salsa.tasks.build import make_task_data
     from salsa.sft import train_sft
     from salsa.soup import build_soup, soup_state_dict
 

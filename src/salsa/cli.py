@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from salsa.config import SFTConfig, SoupConfig, describe_fields, load_stage_config
+from salsa.config import DataConfig, RewardConfig, RLConfig, SFTConfig, SoupConfig, describe_fields, load_stage_config
 from salsa.errors import SalsaError
 
 app = typer.Typer(
@@ -20,6 +20,8 @@ app = typer.Typer(
     add_completion=False,
 )
 err = Console(stderr=True)
+data_app = typer.Typer(help="Datasets of the built-in tasks: `salsa data make`.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
 
 ConfigOption = Annotated[
     Path | None,
@@ -124,6 +126,74 @@ def soup(
     from salsa.soup import build_soup_from_config
 
     typer.echo(str(build_soup_from_config(cfg)))
+
+
+@data_app.command("make", epilog=_keys_epilog(DataConfig))
+def data_make(
+    task: Annotated[str | None, typer.Option(help="Built-in task (reviews).")] = None,
+    output_dir: Annotated[str | None, typer.Option(help="Where the JSONL files and datasheet.md go.")] = None,
+    model: Annotated[str | None, typer.Option(help="Model whose samples become demonstrations and pairs.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed of sampling and labelling.")] = None,
+    config: ConfigOption = None,
+    set_: SetOption = None,
+    quiet: QuietOption = False,
+) -> None:
+    """Make prompts (train/eval/ood), best-of-n SFT demonstrations and Bradley-Terry preference pairs."""
+    cfg = load_stage_config(
+        DataConfig, "data", config, _overrides(set_, task=task, output_dir=output_dir, model=model, seed=seed)
+    )
+    from salsa.tasks.build import make_task_data
+
+    _quiet_libraries()
+    typer.echo(str(make_task_data(cfg, show_progress=not quiet)))
+
+
+@app.command(epilog=_keys_epilog(RewardConfig))
+def reward(
+    data: Annotated[str | None, typer.Option(help="Training pairs: prompt/chosen/rejected.")] = None,
+    eval_data: Annotated[str | None, typer.Option(help="Held-out pairs (gold_* fields give gold accuracy).")] = None,
+    backbone: Annotated[str | None, typer.Option(help="encoder (MiniLM) or causal (LM + scalar head).")] = None,
+    model: Annotated[str | None, typer.Option(help="Backbone weights (default per backbone).")] = None,
+    output_dir: Annotated[str | None, typer.Option(help="Where the reward model goes.")] = None,
+    config: ConfigOption = None,
+    set_: SetOption = None,
+    quiet: QuietOption = False,
+) -> None:
+    """Train a Bradley-Terry reward model and report held-out accuracy and Spearman vs the gold judge."""
+    overrides = _overrides(set_, data=data, eval_data=eval_data, backbone=backbone, model=model, output_dir=output_dir)
+    cfg = load_stage_config(RewardConfig, "reward", config, overrides)
+    from salsa.reward import train_reward
+
+    _quiet_libraries()
+    typer.echo(str(train_reward(cfg, show_progress=not quiet)))
+
+
+@app.command(epilog=_keys_epilog(RLConfig))
+def rl(
+    algorithm: Annotated[str | None, typer.Option(help="ppo, rloo, grpo or dpo.")] = None,
+    init: Annotated[str | None, typer.Option(help="Policy start: an SFT model or a soup directory.")] = None,
+    reference: Annotated[str | None, typer.Option(help="KL anchor: sft, soup, ema or none.")] = None,
+    reference_model: Annotated[str | None, typer.Option(help="Reference directory (default: init).")] = None,
+    reward_model: Annotated[str | None, typer.Option(help="Reward model directory from `salsa reward`.")] = None,
+    output_dir: Annotated[str | None, typer.Option(help="Run directory.")] = None,
+    steps: Annotated[int | None, typer.Option(help="RL iterations.")] = None,
+    config: ConfigOption = None,
+    set_: SetOption = None,
+    quiet: QuietOption = False,
+) -> None:
+    """RL from the reward model with a choice of KL reference: PPO (default), RLOO, GRPO, or offline DPO."""
+    overrides = _overrides(
+        set_, algorithm=algorithm, init=init, reference=reference, reference_model=reference_model,
+        reward_model=reward_model, output_dir=output_dir, steps=steps,
+    )  # fmt: skip
+    cfg = load_stage_config(RLConfig, "rl", config, overrides)
+    from salsa.rl.ppo import train_rl
+
+    _quiet_libraries()
+    typer.echo(str(train_rl(cfg, show_progress=not quiet)))
+
+
+app.command("ppo", help="Alias of `salsa rl` (PPO is its default algorithm).", epilog=_keys_epilog(RLConfig))(rl)
 
 
 @app.command()

@@ -111,7 +111,62 @@ class RewardConfig:
     max_length: int = option(128, "tokens per (prompt, response)")
 
 
-STAGES: dict[str, type] = {"sft": SFTConfig, "soup": SoupConfig, "data": DataConfig, "reward": RewardConfig}
+@dataclass
+class RLConfig:
+    """Online RL (PPO, RLOO, GRPO) or offline DPO with a choice of KL reference."""
+
+    algorithm: str = option("ppo", "ppo | rloo | grpo | dpo")
+    init: str = option("runs/sft/sft-0", "policy start: an SFT model or a soup directory")
+    reference: str = option("sft", "KL anchor: sft | soup | ema | none")
+    reference_model: str | None = option(None, "sft/soup: the reference directory; default: init")
+    reference_models: list[str] | None = option(None, "soup: average these models in memory instead")
+    reference_weights: list[float] | None = option(None, "weights of reference_models; default uniform")
+    ema_decay: float = option(0.99, "ema: reference <- decay * reference + (1 - decay) * policy, every step")
+    sft_model: str | None = option(None, "also log KL to this SFT model (an extra forward pass per step)")
+    reward_model: str = option("runs/reward/model", "reward model directory from `salsa reward`")
+    prompts: str = option("runs/data/prompts_train.jsonl", "training prompts (JSONL/Parquet/datasets with 'prompt')")
+    preference_data: str = option("runs/data/prefs.jsonl", "dpo: prompt/chosen/rejected pairs")
+    task: str | None = option("reviews", "built-in task whose gold judge is logged; null for none")
+    output_dir: str = option("runs/rl", "checkpoints/, metrics.jsonl, tensorboard/, final/")
+    seed: int = option(0, "seed of prompt order, sampling and initialisation")
+    steps: int = option(30, "RL iterations (rollout + update); dpo: optimizer steps")
+    prompts_per_step: int = option(16, "prompts per iteration")
+    samples_per_prompt: int = option(1, "completions per prompt (rloo/grpo need >= 2)")
+    max_new_tokens: int = option(40, "longest response")
+    temperature: float = option(1.0, "sampling temperature (log-probs use the same temperature)")
+    learning_rate: float = option(1e-5, "AdamW learning rate (constant)")
+    ppo_epochs: int = option(1, "passes over each rollout")
+    minibatch_size: int = option(16, "sequences per gradient step within a rollout")
+    clip_range: float = option(0.2, "PPO ratio clip epsilon")
+    value_clip_range: float = option(0.2, "value clip epsilon")
+    vf_coef: float = option(0.1, "value loss weight")
+    gamma: float = option(1.0, "discount")
+    lam: float = option(0.95, "GAE lambda")
+    kl_coef: float = option(0.05, "beta: KL penalty coefficient (initial value when adaptive)")
+    adaptive_kl: bool = option(False, "Ziegler et al. adaptive beta towards target_kl")
+    target_kl: float = option(6.0, "adaptive KL target (nats per sequence)")
+    kl_horizon: int = option(10000, "adaptive KL horizon (samples)")
+    whiten_advantages: bool = option(True, "normalise advantages per rollout")
+    reward_clip: float = option(5.0, "clip normalised reward-model scores to +-this")
+    missing_eos_penalty: float | None = option(None, "subtract from the score of responses cut at max_new_tokens")
+    value_head: str = option("shared", "shared (head on the policy trunk) | separate (own critic model)")
+    use_lora: bool = option(False, "train LoRA adapters on the policy")
+    lora_r: int = option(16, "LoRA rank")
+    lora_alpha: int = option(32, "LoRA scaling numerator")
+    max_grad_norm: float = option(1.0, "gradient clipping norm")
+    dpo_beta: float = option(0.1, "dpo: beta")
+    dpo_batch_size: int = option(8, "dpo: pairs per step")
+    save_steps: int = option(10, "checkpoint every N steps (0: none); a rerun resumes from the newest")
+    collapse_fraction: float = option(0.25, "flag a collapse when mean length falls below this fraction of step 1's")
+
+
+STAGES: dict[str, type] = {
+    "sft": SFTConfig,
+    "soup": SoupConfig,
+    "data": DataConfig,
+    "reward": RewardConfig,
+    "rl": RLConfig,
+}
 
 C = TypeVar("C")
 

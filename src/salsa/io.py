@@ -109,6 +109,14 @@ def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
         return [json.loads(line) for line in f if line.strip()]
 
 
+def truncate_jsonl(path: str | os.PathLike, step: int) -> None:
+    """On resume, drop log lines written after the checkpoint's step so the log has each step once."""
+    path = Path(path)
+    if path.is_file():
+        kept = [r for r in read_jsonl(path) if r["step"] <= step]
+        atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
+
+
 def mark_complete(stage_dir: str | os.PathLike, info: dict[str, Any] | None = None) -> None:
     """Write the completion marker: the last file a stage writes."""
     atomic_write_json(Path(stage_dir) / COMPLETE_MARKER, info or {})

@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
-import json
 import math
 import shutil
 import tempfile
@@ -40,11 +39,10 @@ from salsa.io import (
     JsonlWriter,
     atomic_dir,
     atomic_write_json,
-    atomic_write_text,
     is_complete,
     mark_complete,
     read_json,
-    read_jsonl,
+    truncate_jsonl,
 )
 from salsa.models import load_causal_lm, load_tokenizer
 from salsa.progress import console, training_progress
@@ -208,7 +206,7 @@ def _train_one(
         state = read_json(resume_from / TRAINER_STATE)
         step, micro_step = state["step"], state["micro_step"]
         console.print(f"resuming {out} from {resume_from.name}")
-    _truncate_metrics(out / "metrics.jsonl", step)
+    truncate_jsonl(out / "metrics.jsonl", step)
     metrics_log = JsonlWriter(out / "metrics.jsonl")
     tensorboard = SummaryWriter(str(out / "tensorboard"))
 
@@ -294,10 +292,3 @@ def _save_final(accelerator: Accelerator, model, tokenizer: PreTrainedTokenizerB
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         _move_into(tmp, out)
-
-
-def _truncate_metrics(path: Path, step: int) -> None:
-    """On resume, drop log lines written after the checkpoint so the log has each step once."""
-    if path.is_file():
-        kept = [r for r in read_jsonl(path) if r["step"] <= step]
-        atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in kept))

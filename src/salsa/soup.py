@@ -80,22 +80,29 @@ def soup_weights(
 
 
 def weighted_average(
-    tensors: Iterable[torch.Tensor], weights: Sequence[float], workspace: torch.Tensor | None = None
+    tensors: Iterable[torch.Tensor],
+    weights: Sequence[float],
+    accumulator: torch.Tensor | None = None,
+    scratch: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """sum_i w_i * t_i accumulated in float32, in ingredient order (returned in float32).
 
     `tensors` may be a generator: only the accumulator and one ingredient tensor are alive at a time.
-    A flat float32 `workspace` at least as large as the tensors is reused as the accumulator.
+    Flat float32 `accumulator` / `scratch` buffers at least as large as the tensors are reused if given.
     """
-    accumulator = None
+    total = None
     for tensor, weight in zip(tensors, weights, strict=True):
-        if accumulator is None:
-            if workspace is None:
-                accumulator = torch.zeros(tensor.shape, dtype=torch.float32)
-            else:
-                accumulator = workspace[: tensor.numel()].view(tensor.shape).zero_()
-        accumulator.add_(tensor, alpha=weight)
-    return accumulator
+        shape, numel = tensor.shape, tensor.numel()
+        if tensor.dtype != torch.float32:
+            # Converting first is ~3x faster on a CPU than a mixed-dtype add_.
+            converted = scratch[:numel].view(shape) if scratch is not None else torch.empty(shape)
+            tensor = converted.copy_(tensor)
+        if total is None:
+            total = accumulator[:numel].view(shape) if accumulator is not None else torch.empty(shape)
+            torch.mul(tensor, weight, out=total)
+        else:
+            total.add_(tensor, alpha=weight)
+    return total
 
 
 def soup_state_dict(
@@ -438,7 +445,8 @@ def _write_average(
         else [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
     )
     largest = max(e.end - e.begin for e in first.values())
-    workspace = torch.empty(max(math.prod(e.shape) for e in first.values()), dtype=torch.float32)
+    largest_numel = max(math.prod(e.shape) for e in first.values())
+    accumulator, scratch = torch.empty(largest_numel), torch.empty(largest_numel)
     with ExitStack() as stack:
         reader = HashingReader(stack, max_pending_bytes=max(64 << 20, largest))
 
@@ -446,7 +454,10 @@ def _write_average(
             if not first[name].is_float:
                 return reader.read(first[name])  # integer buffers are not averaged: all ingredients share them
             tensors = (reader.read(index[name]) for index in indexes)  # one ingredient tensor alive at a time
-            return weighted_average(tensors, weights, workspace).to(out_dtype(name))
+            average = weighted_average(tensors, weights, accumulator, scratch)
+            if average.dtype == out_dtype(name):
+                return average  # written out before the accumulator is reused
+            return torch.empty(average.shape, dtype=out_dtype(name)).copy_(average)
 
         for shard, shard_name in zip(shards, shard_names, strict=True):
             write_streaming(out / shard_name, shard, produce)

@@ -1,0 +1,72 @@
+"""Forward passes of a policy for RL: log-probs (and values, entropy) of response tokens only.
+
+Sequences are [left-padded prompt | response]; the prompt part has the same length P for every row.
+Only the hidden states that predict response tokens go through the LM head, which skips the vocabulary
+projection for every prompt token.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from salsa.rl.core import entropy_from_logits
+
+
+def _base(model: nn.Module) -> nn.Module:
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Positions that skip left padding, as `generate` uses them."""
+    return (attention_mask.cumsum(-1) - 1).clamp(min=0)
+
+
+@dataclass
+class ResponseForward:
+    logprobs: torch.Tensor  # [B, R] log p(token) of the response tokens
+    hidden: torch.Tensor  # [B, R, H] states that predicted them (for a value head)
+    entropy: torch.Tensor | None = None  # [B, R]
+
+
+def response_forward(
+    model: nn.Module,
+    sequences: torch.Tensor,
+    attention_mask: torch.Tensor,
+    prompt_length: int,
+    temperature: float = 1.0,
+    with_entropy: bool = False,
+) -> ResponseForward:
+    """One forward pass; log-probs of tokens sequences[:, P:] under `model` at `temperature`."""
+    base = _base(model)
+    hidden = base.get_decoder()(
+        input_ids=sequences, attention_mask=attention_mask, position_ids=position_ids(attention_mask)
+    ).last_hidden_state[:, prompt_length - 1 : -1]
+    logits = base.get_output_embeddings()(hidden).float() / temperature
+    logprobs = torch.gather(logits.log_softmax(-1), -1, sequences[:, prompt_length:, None]).squeeze(-1)
+    entropy = entropy_from_logits(logits.detach()) if with_entropy else None
+    return ResponseForward(logprobs, hidden, entropy)
+
+
+class ValueHead(nn.Module):
+    """V(s_t) = w . h_t + b on the hidden state that predicts token t."""
+
+    def __init__(self, hidden_size: int):
+        super().__init__()
+        self.linear = nn.Linear(hidden_size, 1)
+        nn.init.zeros_(self.linear.weight)
+        nn.init.zeros_(self.linear.bias)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.linear(hidden.float()).squeeze(-1)
+
+
+def response_mask(responses: torch.Tensor, eos_token_ids: set[int]) -> torch.Tensor:
+    """1 on response tokens up to and including the first EOS, 0 after it."""
+    is_eos = torch.zeros_like(responses, dtype=torch.bool)
+    for eos in eos_token_ids:
+        is_eos |= responses == eos
+    after_eos = (is_eos.long().cumsum(1) - is_eos.long()) > 0
+    return (~after_eos).float()

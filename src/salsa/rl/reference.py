@@ -1,0 +1,66 @@
+"""The KL reference, the one thing SALSA changes: sft | soup | ema | none.
+
+- sft:  a frozen SFT model (the standard RLHF baseline).
+- soup: a frozen model soup, from a soup directory or averaged in memory from SFT models (SALSA).
+- ema:  a moving average of the policy, updated after every step (as in WARP); starts at the policy init.
+- none: no reference and no KL penalty (ablation).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from salsa.config import RLConfig
+from salsa.errors import ConfigError
+from salsa.models import load_causal_lm
+
+REFERENCES = ("sft", "soup", "ema", "none")
+
+
+def load_reference(config: RLConfig) -> nn.Module | None:
+    """Load the reference once, frozen, in eval mode; None for `reference: none`."""
+    if config.reference not in REFERENCES:
+        raise ConfigError(f"rl.reference must be one of {', '.join(REFERENCES)}, got '{config.reference}'")
+    if config.reference == "none":
+        return None
+    if config.reference == "soup" and config.reference_models:
+        from salsa.soup import soup_state_dict
+
+        model = load_causal_lm(config.reference_models[0])
+        missing, unexpected = model.load_state_dict(
+            soup_state_dict(config.reference_models, config.reference_weights), strict=False
+        )
+        tied = {"lm_head.weight"} if model.config.tie_word_embeddings else set()
+        if set(missing) - tied or unexpected:
+            raise ConfigError(
+                f"rl.reference_models do not match their architecture: missing {missing}, unexpected {unexpected}"
+            )
+        model.tie_weights()
+    elif config.reference == "ema":
+        model = load_causal_lm(config.init)
+    else:
+        model = load_causal_lm(config.reference_model or config.init)
+    model.eval().requires_grad_(False)
+    return model
+
+
+def _policy_weights(policy: nn.Module) -> dict[str, torch.Tensor]:
+    """The policy's full weights by plain model names (LoRA adapters must be merged by the caller)."""
+    base = policy.get_base_model() if hasattr(policy, "get_base_model") else policy
+    return {name.replace(".base_layer", ""): p for name, p in base.named_parameters() if "lora_" not in name}
+
+
+@torch.no_grad()
+def ema_update(reference: nn.Module, policy: nn.Module, decay: float) -> None:
+    """reference <- decay * reference + (1 - decay) * policy (LoRA policies: with adapters merged)."""
+    lora = hasattr(policy, "merge_adapter")
+    if lora:
+        policy.merge_adapter()
+    try:
+        weights = _policy_weights(policy)
+        for name, ref_param in reference.named_parameters():
+            ref_param.mul_(decay).add_(weights[name].to(ref_param.dtype), alpha=1.0 - decay)
+    finally:
+        if lora:
+            policy.unmerge_adapter()

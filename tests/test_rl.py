@@ -1,0 +1,167 @@
+"""RL on tiny models: the reference is what it claims to be, and a simple reward is learned."""
+
+import dataclasses
+import json
+from collections import Counter
+
+import pytest
+import torch
+
+from salsa.config import RLConfig
+from salsa.errors import ConfigError
+from salsa.generation import encode_prompts, left_pad, sample_responses
+from salsa.models import load_causal_lm, save_tiny_model
+from salsa.rl.policy import response_forward, response_mask
+from salsa.rl.ppo import train_rl
+from salsa.rl.reference import load_reference
+from salsa.soup import build_soup
+
+PROMPTS = ["Say something.", "Write a word.", "Tell me a story.", "Describe the sea.",
+           "Name a colour.", "Count to three.", "Greet me.", "Sing a song."]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def peaked_model(tmp_path_factory, tokenizer):
+    """A tiny model with a peaked next-token distribution (a random 49k-way uniform one learns too slowly)."""
+    return save_tiny_model(tmp_path_factory.mktemp("peaked") / "base", tokenizer, seed=0, initializer_range=1.0)
+
+
+@pytest.fixture(scope="module")
+def token_reward(peaked_model, tokenizer):
+    """A simple reward: how often the response contains the token the model emits most at the start."""
+    model = load_causal_lm(str(peaked_model))
+    samples = sample_responses(model, tokenizer, PROMPTS, num_samples=8, max_new_tokens=8)
+    counts = Counter(t for rs in samples for r in rs for t in tokenizer.encode(r, add_special_tokens=False))
+    target = tokenizer.decode([counts.most_common(1)[0][0]])
+    return lambda prompts, responses: torch.tensor([10 * r.count(target) / 8 for r in responses])
+
+
+@pytest.fixture(scope="module")
+def prompts_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("prompts") / "prompts.jsonl"
+    path.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in PROMPTS))
+    return str(path)
+
+
+def _config(tmp_path, model_dir, prompts_file, **overrides):
+    base = RLConfig(
+        algorithm="rloo", init=str(model_dir), reference="sft", prompts=prompts_file, task=None,
+        output_dir=str(tmp_path / "rl"), steps=20, prompts_per_step=8, samples_per_prompt=4, max_new_tokens=8,
+        learning_rate=1e-2, kl_coef=0.0, save_steps=0,
+    )  # fmt: skip
+    return dataclasses.replace(base, **overrides)
+
+
+def _metrics(out):
+    return [json.loads(line) for line in (out.parent / "metrics.jsonl").read_text().splitlines()]
+
+
+def _mean(values):
+    return sum(values) / len(values)
+
+
+@pytest.fixture(scope="module")
+def free_rloo_run(tmp_path_factory, peaked_model, prompts_file, token_reward):
+    cfg = _config(tmp_path_factory.mktemp("free"), peaked_model, prompts_file)
+    return _metrics(train_rl(cfg, show_progress=False, reward_fn=token_reward))
+
+
+def test_response_logprobs_match_the_sampling_distribution(tokenizer, tiny_model_dir):
+    model = load_causal_lm(str(tiny_model_dir)).eval()
+    ids, attention = left_pad(encode_prompts(tokenizer, ["Hi", "A much longer prompt than the first one"]), 0)
+    torch.manual_seed(0)
+    out = model.generate(input_ids=ids, attention_mask=attention, max_new_tokens=5, do_sample=True, top_k=0,
+                         output_scores=True, return_dict_in_generate=True, pad_token_id=0)  # fmt: skip
+    responses = out.sequences[:, ids.shape[1] :]
+    expected = torch.stack([s.log_softmax(-1) for s in out.scores], 1).gather(-1, responses[..., None]).squeeze(-1)
+    mask = response_mask(responses, {tokenizer.eos_token_id})
+    full_attention = torch.cat([attention, mask.long()], 1)
+    with torch.no_grad():
+        got = response_forward(model, out.sequences, full_attention, ids.shape[1]).logprobs
+    assert torch.allclose(got * mask, expected * mask, atol=1e-4)
+
+
+def test_soup_reference_uses_the_averaged_weights(tmp_path, tokenizer, prompts_file):
+    a = save_tiny_model(tmp_path / "a", tokenizer, seed=1)
+    b = save_tiny_model(tmp_path / "b", tokenizer, seed=2)
+    soup_dir = build_soup([a, b], tmp_path / "soup", [0.25, 0.75])
+    in_memory = load_reference(RLConfig(reference="soup", init=str(a), reference_models=[str(a), str(b)],
+                                        reference_weights=[0.25, 0.75]))  # fmt: skip
+    from_dir = load_reference(RLConfig(reference="soup", init=str(a), reference_model=str(soup_dir)))
+    soup_model = load_causal_lm(str(soup_dir)).eval()
+    sequences = torch.randint(0, len(tokenizer), (3, 12))
+    attention = torch.ones_like(sequences)
+    with torch.no_grad():
+        expected = response_forward(soup_model, sequences, attention, 5).logprobs
+        assert torch.equal(response_forward(in_memory, sequences, attention, 5).logprobs, expected)
+        assert torch.equal(response_forward(from_dir, sequences, attention, 5).logprobs, expected)
+        plain_a = response_forward(load_causal_lm(str(a)), sequences, attention, 5).logprobs
+    assert not torch.allclose(plain_a, expected)
+    assert not any(p.requires_grad for p in in_memory.parameters())
+
+
+def test_rloo_learns_a_simple_reward_from_its_reference(free_rloo_run):
+    rewards = [m["reward"] for m in free_rloo_run]
+    assert _mean(rewards[-5:]) > _mean(rewards[:5]) + 0.5, rewards
+    assert free_rloo_run[0]["kl_ref"] == pytest.approx(0.0, abs=1e-4)  # the policy starts at its reference
+
+
+@pytest.mark.parametrize("algorithm", ["ppo", "grpo"])
+def test_ppo_and_grpo_learn_a_simple_reward(tmp_path, peaked_model, prompts_file, token_reward, algorithm):
+    cfg = _config(tmp_path, peaked_model, prompts_file, algorithm=algorithm, minibatch_size=16)
+    final = train_rl(cfg, show_progress=False, reward_fn=token_reward)
+    rewards = [m["reward"] for m in _metrics(final)]
+    assert _mean(rewards[-5:]) > _mean(rewards[:5]) + 0.3, rewards
+    assert (final / "config.json").is_file() and (final / "tokenizer.json").is_file()
+
+
+def test_large_kl_coefficient_keeps_the_policy_near_its_reference(tmp_path, peaked_model, prompts_file, token_reward):
+    # A small learning rate: with Adam's fixed step size a large one moves any policy far within a few steps.
+    runs = {}
+    for beta in (0.0, 5.0):
+        cfg = _config(tmp_path / str(beta), peaked_model, prompts_file, kl_coef=beta, learning_rate=1e-3)
+        runs[beta] = _metrics(train_rl(cfg, show_progress=False, reward_fn=token_reward))
+    kl_free, kl_anchored = (_mean([m["kl_ref"] for m in runs[b][10:]]) for b in (0.0, 5.0))
+    assert kl_anchored < 0.75 * kl_free, (kl_anchored, kl_free)
+    gain_free, gain_anchored = (_mean([m["reward"] for m in runs[b][10:]]) - runs[b][0]["reward"] for b in (0.0, 5.0))
+    assert gain_anchored < gain_free
+
+
+def test_interrupted_ema_run_resumes_to_the_same_policy(
+    tmp_path, peaked_model, prompts_file, token_reward, monkeypatch
+):
+    import salsa.rl.ppo
+
+    cfg = _config(
+        tmp_path / "straight", peaked_model, prompts_file, reference="ema", steps=4, kl_coef=0.1, save_steps=2
+    )
+    straight = train_rl(cfg, False, token_reward)
+    resumed_cfg = dataclasses.replace(cfg, output_dir=str(tmp_path / "resumed"))
+    real_update, calls = salsa.rl.ppo.rl_update, {"n": 0}
+
+    def dying_update(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise KeyboardInterrupt
+        return real_update(*args, **kwargs)
+
+    monkeypatch.setattr(salsa.rl.ppo, "rl_update", dying_update)
+    with pytest.raises(KeyboardInterrupt):
+        train_rl(resumed_cfg, False, token_reward)
+    monkeypatch.setattr(salsa.rl.ppo, "rl_update", real_update)
+    resumed = train_rl(resumed_cfg, False, token_reward)
+    a, b = load_causal_lm(str(straight)).state_dict(), load_causal_lm(str(resumed)).state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert [m["step"] for m in _metrics(resumed)] == [1, 2, 3, 4]
+
+
+def test_no_reference_means_no_kl_penalty(tmp_path, peaked_model, prompts_file, token_reward):
+    none = _config(tmp_path, peaked_model, prompts_file, reference="none", steps=2)
+    assert all(m["kl_coef"] == 0.0 and m["kl_ref"] == 0.0 for m in _metrics(train_rl(none, False, token_reward)))
+
+
+def test_invalid_rl_settings(tmp_path, peaked_model, prompts_file, token_reward):
+    with pytest.raises(ConfigError, match="samples_per_prompt must be >= 2 for rloo"):
+        train_rl(_config(tmp_path, peaked_model, prompts_file, samples_per_prompt=1), False, token_reward)
+    with pytest.raises(ConfigError, match="rl.reference must be one of"):
+        train_rl(_config(tmp_path, peaked_model, prompts_file, reference="base"), False, token_reward)

@@ -1,0 +1,117 @@
+"""Each RL formula against a hand computation."""
+
+import math
+
+import pytest
+import torch
+
+from salsa.rl.core import (
+    AdaptiveKLController,
+    clipped_policy_loss,
+    clipped_value_loss,
+    discounted_returns,
+    dpo_loss,
+    entropy_from_logits,
+    gae,
+    grpo_advantages,
+    kl_k1,
+    kl_k3,
+    masked_mean,
+    masked_whiten,
+    rloo_advantages,
+    token_rewards,
+)
+
+
+def test_gae_matches_hand_computation():
+    rewards = torch.tensor([[1.0, 0.0, 2.0]])
+    values = torch.tensor([[0.5, 1.0, 1.5]])
+    mask = torch.ones(1, 3)
+    gamma, lam = 0.9, 0.8
+    # t=2: delta = 2 - 1.5 = 0.5                 A2 = 0.5
+    # t=1: delta = 0 + 0.9*1.5 - 1.0 = 0.35       A1 = 0.35 + 0.72*0.5 = 0.71
+    # t=0: delta = 1 + 0.9*1.0 - 0.5 = 1.4        A0 = 1.4 + 0.72*0.71 = 1.9112
+    advantages, returns = gae(rewards, values, mask, gamma, lam)
+    assert torch.allclose(advantages, torch.tensor([[1.9112, 0.71, 0.5]]))
+    assert torch.allclose(returns, advantages + values)
+
+
+def test_gae_stops_at_the_end_of_each_response():
+    rewards = torch.tensor([[0.0, 1.0, 5.0]])
+    values = torch.tensor([[0.0, 0.0, 9.0]])
+    mask = torch.tensor([[1.0, 1.0, 0.0]])  # the third position is padding after EOS
+    advantages, _ = gae(rewards, values, mask, gamma=1.0, lam=1.0)
+    assert torch.allclose(advantages, torch.tensor([[1.0, 1.0, 0.0]]))
+
+
+def test_discounted_returns():
+    returns = discounted_returns(torch.tensor([[1.0, 2.0, 3.0]]), torch.ones(1, 3), gamma=0.5)
+    assert torch.allclose(returns, torch.tensor([[1 + 0.5 * 2 + 0.25 * 3, 2 + 0.5 * 3, 3.0]]))
+
+
+def test_kl_estimators_are_unbiased_for_exact_kl():
+    p = torch.tensor([0.5, 0.3, 0.2])
+    q = torch.tensor([0.2, 0.5, 0.3])
+    exact = float((p * (p / q).log()).sum())
+    logp, logq = p.log(), q.log()
+    # Expectation under p, computed exactly over the support.
+    assert float((p * kl_k1(logp, logq)).sum()) == pytest.approx(exact, rel=1e-6)
+    assert float((p * kl_k3(logp, logq)).sum()) == pytest.approx(exact, rel=1e-6)
+    assert (kl_k3(logp, logq) >= 0).all()
+    # Monte Carlo with samples from p agrees too.
+    torch.manual_seed(0)
+    y = torch.multinomial(p, 200_000, replacement=True)
+    assert float(kl_k3(logp[y], logq[y]).mean()) == pytest.approx(exact, abs=5e-3)
+
+
+def test_token_rewards_put_the_score_on_the_last_response_token():
+    kl = torch.tensor([[0.1, 0.2, 0.3], [0.5, 0.5, 0.5]])
+    mask = torch.tensor([[1.0, 1.0, 1.0], [1.0, 0.0, 0.0]])
+    rewards = token_rewards(torch.tensor([1.0, 2.0]), kl, mask, kl_coef=0.5)
+    assert torch.allclose(rewards, torch.tensor([[-0.05, -0.1, 1 - 0.15], [2 - 0.25, 0.0, 0.0]]))
+
+
+def test_clipped_policy_loss():
+    logp = torch.log(torch.tensor([[1.5, 0.5]]))  # ratios 1.5 and 0.5 against old log-probs 0
+    old = torch.zeros(1, 2)
+    adv = torch.tensor([[1.0, -1.0]])
+    loss, clip_fraction, _ = clipped_policy_loss(logp, old, adv, torch.ones(1, 2), clip=0.2)
+    # token 0: max(-1.5, -1.2) = -1.2 (clipped); token 1: max(0.5, 0.8) = 0.8 (clipped)
+    assert loss.item() == pytest.approx((-1.2 + 0.8) / 2)
+    assert clip_fraction.item() == 1.0
+    loss, clip_fraction, approx_kl = clipped_policy_loss(old, old, adv, torch.ones(1, 2), clip=0.2)
+    assert loss.item() == pytest.approx(0.0) and clip_fraction.item() == 0.0 and approx_kl.item() == 0.0
+
+
+def test_clipped_value_loss():
+    values, old, returns = torch.tensor([[2.0]]), torch.tensor([[1.0]]), torch.tensor([[3.0]])
+    # unclipped (2-3)^2 = 1; clipped V = 1.2, (1.2-3)^2 = 3.24 -> max 3.24, times 0.5
+    assert clipped_value_loss(values, old, returns, torch.ones(1, 1), clip=0.2).item() == pytest.approx(1.62)
+
+
+def test_rloo_and_grpo_advantages():
+    scores = torch.tensor([1.0, 2.0, 3.0, 0.0, 0.0, 6.0])
+    assert torch.allclose(
+        rloo_advantages(scores, 3), torch.tensor([1 - 2.5, 2 - 2.0, 3 - 1.5, 0 - 3.0, 0 - 3.0, 6 - 0.0])
+    )
+    g = grpo_advantages(scores, 3, eps=0.0)
+    assert torch.allclose(g[:3], torch.tensor([-1.0, 0.0, 1.0]))
+    assert g[3:].sum().abs() < 1e-6
+
+
+def test_masked_statistics_and_entropy():
+    x, mask = torch.tensor([[1.0, 3.0, 100.0]]), torch.tensor([[1.0, 1.0, 0.0]])
+    assert masked_mean(x, mask).item() == 2.0
+    w = masked_whiten(x, mask)
+    assert masked_mean(w, mask).abs().item() < 1e-6
+    assert entropy_from_logits(torch.zeros(1, 4)).item() == pytest.approx(math.log(4))
+
+
+def test_dpo_loss_and_adaptive_kl():
+    zero = torch.zeros(2)
+    assert dpo_loss(zero, zero, zero, zero, beta=0.1).item() == pytest.approx(math.log(2))
+    chosen = torch.tensor([1.0, 1.0])
+    assert dpo_loss(chosen, zero, zero, zero, beta=1.0).item() == pytest.approx(math.log(1 + math.exp(-1)))
+    controller = AdaptiveKLController(0.1, target=6.0, horizon=10_000)
+    controller.update(current_kl=12.0, num_samples=1000)  # error clipped at +0.2
+    assert controller.value == pytest.approx(0.1 * (1 + 0.2 * 0.1))

@@ -1,0 +1,77 @@
+import json
+import random
+
+import pytest
+
+from salsa.config import DataConfig
+from salsa.tasks import reviews
+from salsa.tasks.build import bradley_terry_label, make_task_data, preference_pairs
+
+
+def test_gold_judge_prefers_fluent_on_topic_requested_sentiment():
+    prompt = reviews.make_prompt("a neighbourhood bakery", "positive")
+    fluent = "The bakery was wonderful, with delicious bread and friendly staff."
+    degenerate = "great great great great great great great great"
+    wrong_polarity = "The bakery was awful, with stale bread and rude staff."
+    off_topic = "The weather was wonderful and the sea was lovely today."
+    assert reviews.gold_score(prompt, fluent) > 0.5
+    assert reviews.gold_score(prompt, degenerate) < reviews.gold_score(prompt, wrong_polarity) < 0
+    assert reviews.gold_score(prompt, off_topic) == 0.0
+    negative = reviews.make_prompt("a neighbourhood bakery", "negative")
+    assert reviews.gold_score(negative, wrong_polarity) > 0.5 > reviews.gold_score(negative, fluent)
+
+
+def test_fluency_penalises_repetition_and_short_answers():
+    assert reviews.fluency("I really enjoyed the quiet garden and the kind staff.") == 1.0
+    assert reviews.fluency("so good so good so good so good") == 0.0
+    assert reviews.fluency("Nice.") == 0.0
+
+
+def test_splits_are_disjoint_and_ood_is_another_domain():
+    splits = {name: reviews.prompts(name) for name in ("train", "eval", "ood")}
+    texts = {name: {p["prompt"] for p in rows} for name, rows in splits.items()}
+    assert not texts["train"] & texts["eval"] and not texts["train"] & texts["ood"] and not texts["eval"] & texts["ood"]
+    subjects = {name: {p["subject"] for p in rows} for name, rows in splits.items()}
+    assert not subjects["train"] & subjects["eval"]
+    assert all(
+        reviews.parse_request(p["prompt"]) == (p["sentiment"], p["subject"]) for rows in splits.values() for p in rows
+    )
+
+
+def test_bradley_terry_labels_follow_gold_without_noise_and_are_seeded():
+    rng = random.Random(0)
+    assert all(bradley_terry_label(0.5, -0.5, 0.0, rng) for _ in range(20))
+    draws = [bradley_terry_label(0.1, 0.0, 0.1, random.Random(s)) for s in range(400)]
+    assert 0.65 < sum(draws) / len(draws) < 0.80  # sigmoid(1) = 0.731
+    rows = preference_pairs("p", [("a", 1.0), ("b", 0.0), ("c", -1.0), ("a", 1.0)], 0.0, random.Random(0))
+    assert len(rows) == 3  # pairs of distinct responses only
+    assert all(r["gold_chosen"] > r["gold_rejected"] for r in rows)
+
+
+@pytest.fixture(scope="module")
+def task_data(tmp_path_factory, tiny_model_dir):
+    cfg = DataConfig(model=str(tiny_model_dir), samples_per_prompt=2, max_new_tokens=6, batch_size=96)
+    first = make_task_data(DataConfig(**{**cfg.__dict__, "output_dir": str(tmp_path_factory.mktemp("d1"))}), False)
+    second = make_task_data(DataConfig(**{**cfg.__dict__, "output_dir": str(tmp_path_factory.mktemp("d2"))}), False)
+    return first, second
+
+
+def test_task_data_is_deterministic_and_complete(task_data):
+    first, second = task_data
+    for name in ("prompts_train", "prompts_eval", "prompts_ood", "sft", "prefs", "prefs_eval", "samples"):
+        assert (first / f"{name}.jsonl").read_text() == (second / f"{name}.jsonl").read_text(), name
+    sft = [json.loads(line) for line in (first / "sft.jsonl").read_text().splitlines()]
+    assert len(sft) == len(reviews.prompts("train"))
+    assert "Datasheet" in (first / "datasheet.md").read_text()
+    prefs = [json.loads(line) for line in (first / "prefs.jsonl").read_text().splitlines()]
+    eval_prompts = {p["prompt"] for p in reviews.prompts("eval")}
+    assert prefs and not {p["prompt"] for p in prefs} & eval_prompts
+
+
+def test_data_make_rejects_bad_settings(tmp_path):
+    from salsa.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="unknown task 'movies'"):
+        make_task_data(DataConfig(task="movies", output_dir=str(tmp_path)))
+    with pytest.raises(ConfigError, match="samples_per_prompt must be >= 2"):
+        make_task_data(DataConfig(samples_per_prompt=1, output_dir=str(tmp_path)))
