@@ -4,9 +4,9 @@ and mergekit's linear merge, side by side in one run.
 Models: the default SmolLM2-135M-Instruct (fp32, 0.54 GB) and a synthetic Llama-shaped model generated
 on the fly (bf16, ~1.9 GB: hidden 2048, 16 layers, vocab 32000, untied head). For K = 2, 4, 8 distinct
 ingredients, each method runs in a fresh child process that reports its wall time and its peak RSS above
-the RSS it had after imports. "read" is the time to simply read every ingredient file once. salsa computes the SHA-256 of every
-ingredient for soup.json; "salsa-cached" is a second soup of the same ingredients (as the reward landscape
-builds), which finds the digests cached.
+the RSS it had after imports. "read" is the time to simply read every ingredient file once. salsa
+computes the SHA-256 of every ingredient for soup.json; "salsa-cached" is a second soup of the same
+ingredients (as the reward landscape builds), which finds the digests cached.
 
     .venv/bin/python benchmarks/soup.py [--ks 2 4 8] [--workdir DIR]
 """

@@ -11,7 +11,7 @@ from salsa.rl.core import (
     clipped_value_loss,
     discounted_returns,
     dpo_loss,
-    entropy_from_logits,
+    entropy_from_logprobs,
     gae,
     grpo_advantages,
     kl_k1,
@@ -104,7 +104,8 @@ def test_masked_statistics_and_entropy():
     assert masked_mean(x, mask).item() == 2.0
     w = masked_whiten(x, mask)
     assert masked_mean(w, mask).abs().item() < 1e-6
-    assert entropy_from_logits(torch.zeros(1, 4)).item() == pytest.approx(math.log(4))
+    assert entropy_from_logprobs(torch.zeros(1, 4).log_softmax(-1)).item() == pytest.approx(math.log(4))
+    assert entropy_from_logprobs(torch.tensor([[0.0, -1e9]])).item() == pytest.approx(0.0)
 
 
 def test_dpo_loss_and_adaptive_kl():

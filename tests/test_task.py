@@ -43,8 +43,8 @@ def test_bradley_terry_labels_follow_gold_without_noise_and_are_seeded():
     assert all(bradley_terry_label(0.5, -0.5, 0.0, rng) for _ in range(20))
     draws = [bradley_terry_label(0.1, 0.0, 0.1, random.Random(s)) for s in range(400)]
     assert 0.65 < sum(draws) / len(draws) < 0.80  # sigmoid(1) = 0.731
-    rows = preference_pairs("p", [("a", 1.0), ("b", 0.0), ("c", -1.0), ("a", 1.0)], 0.0, random.Random(0))
-    assert len(rows) == 3  # pairs of distinct responses only
+    rows = preference_pairs("p", [("a", 1.0), ("b", 0.0), ("c", -1.0), ("a", 1.0), ("d", 0.0)], 0.0, random.Random(0))
+    assert len(rows) == 5  # distinct responses with distinct gold scores: (a,b) (a,c) (a,d) (b,c) (c,d)
     assert all(r["gold_chosen"] > r["gold_rejected"] for r in rows)
 
 

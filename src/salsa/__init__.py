@@ -53,9 +53,9 @@ if TYPE_CHECKING:
     from salsa.models import load_causal_lm, load_tokenizer
     from salsa.reward import RewardModel, train_reward
     from salsa.rl.ppo import train_rl
-    from salsa.tasks.build import make_task_data
     from salsa.sft import train_sft
     from salsa.soup import build_soup, soup_state_dict
+    from salsa.tasks.build import make_task_data
 
 
 def __getattr__(name: str):

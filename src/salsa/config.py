@@ -85,11 +85,12 @@ class DataConfig:
     seed: int = option(0, "seed of sampling and labelling")
     samples_per_prompt: int = option(4, "n: samples per prompt (best-of-n demonstrations, all pairs of n)")
     max_new_tokens: int = option(40, "longest sampled response")
-    temperature: float = option(1.0, "sampling temperature")
+    temperature: float = option(0.8, "sampling temperature")
+    top_p: float = option(0.95, "nucleus sampling: the smallest token set with this much probability")
     label_temperature: float = option(
         0.1, "Bradley-Terry label noise: P(a > b) = sigmoid((gold_a - gold_b) / t); 0 = none"
     )
-    batch_size: int = option(48, "prompts sampled together")
+    batch_size: int = option(96, "sequences sampled together")
 
 
 @dataclass

@@ -112,10 +112,9 @@ def clipped_value_loss(
     return 0.5 * masked_mean(torch.maximum((values - returns) ** 2, (clipped - returns) ** 2), mask)
 
 
-def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
-    """Per-position entropy H = logsumexp(z) - sum softmax(z) z."""
-    probs = F.softmax(logits, dim=-1)
-    return torch.logsumexp(logits, dim=-1) - (probs * logits).sum(-1)
+def entropy_from_logprobs(logprobs: torch.Tensor) -> torch.Tensor:
+    """Per-position entropy H = -sum_v p(v) log p(v), from normalised log-probabilities."""
+    return -(logprobs.exp() * logprobs).sum(-1)
 
 
 def dpo_loss(

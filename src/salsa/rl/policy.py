@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from salsa.rl.core import entropy_from_logits
+from salsa.rl.core import entropy_from_logprobs
 
 
 def _base(model: nn.Module) -> nn.Module:
@@ -45,8 +45,9 @@ def response_forward(
         input_ids=sequences, attention_mask=attention_mask, position_ids=position_ids(attention_mask)
     ).last_hidden_state[:, prompt_length - 1 : -1]
     logits = base.get_output_embeddings()(hidden).float() / temperature
-    logprobs = torch.gather(logits.log_softmax(-1), -1, sequences[:, prompt_length:, None]).squeeze(-1)
-    entropy = entropy_from_logits(logits.detach()) if with_entropy else None
+    all_logprobs = logits.log_softmax(-1)
+    logprobs = torch.gather(all_logprobs, -1, sequences[:, prompt_length:, None]).squeeze(-1)
+    entropy = entropy_from_logprobs(all_logprobs.detach()) if with_entropy else None
     return ResponseForward(logprobs, hidden, entropy)
 
 

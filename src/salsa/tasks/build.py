@@ -3,7 +3,7 @@
 1. prompts: train / eval (in-distribution, disjoint subjects) and ood (another domain and phrasing);
 2. n samples of the model for every train and eval prompt, scored by the gold judge;
 3. sft.jsonl: the best of the n samples per train prompt (best-of-n demonstrations);
-4. prefs.jsonl / prefs_eval.jsonl: every pair of distinct samples of a prompt, labelled by a
+4. prefs.jsonl / prefs_eval.jsonl: every pair of samples of a prompt with distinct gold scores, labelled by a
    Bradley-Terry draw on the gold scores, P(a preferred) = sigmoid((gold_a - gold_b) / label_temperature),
    so the reward model learns from noisy labels and is an imperfect proxy of the gold judge;
 5. datasheet.md: sizes, how the data was made, and the measured label noise.
@@ -41,11 +41,14 @@ def bradley_terry_label(gold_a: float, gold_b: float, temperature: float, rng: r
 def preference_pairs(
     prompt: str, samples: list[tuple[str, float]], temperature: float, rng: random.Random
 ) -> list[dict]:
-    """All pairs of distinct responses of one prompt, each labelled by a Bradley-Terry draw."""
+    """All pairs of distinct responses of one prompt, each labelled by a Bradley-Terry draw.
+
+    Pairs whose gold scores tie are dropped: the judge states no preference, and a coin-flip label is noise.
+    """
     distinct = list(dict.fromkeys(samples))
     rows = []
     for (a, gold_a), (b, gold_b) in itertools.combinations(distinct, 2):
-        if a == b:
+        if a == b or gold_a == gold_b:
             continue
         if not bradley_terry_label(gold_a, gold_b, temperature, rng):
             (a, gold_a), (b, gold_b) = (b, gold_b), (a, gold_a)
@@ -71,7 +74,8 @@ def make_task_data(config: DataConfig, show_progress: bool = True) -> Path:
         texts = [p["prompt"] for p in splits[name]]
         replies = sample_responses(
             model, tokenizer, texts, num_samples=config.samples_per_prompt, max_new_tokens=config.max_new_tokens,
-            temperature=config.temperature, batch_size=config.batch_size, seed=config.seed * 10 + number,
+            temperature=config.temperature, top_p=config.top_p, batch_size=config.batch_size,
+            seed=config.seed * 10 + number,
             show_progress=show_progress, description=f"sampling {name}",
         )  # fmt: skip
         sampled[name] = [[(r, task.gold_score(p, r)) for r in rs] for p, rs in zip(texts, replies, strict=True)]
@@ -84,9 +88,7 @@ def make_task_data(config: DataConfig, show_progress: bool = True) -> Path:
             if name == "train":
                 best, gold = max(samples, key=lambda s: s[1])
                 sft_rows.append({"prompt": meta["prompt"], "completion": best, "gold": gold})
-    agreement = statistics.mean(
-        (p["gold_chosen"] > p["gold_rejected"]) for p in prefs["train"] if p["gold_chosen"] != p["gold_rejected"]
-    )
+    agreement = statistics.mean(p["gold_chosen"] > p["gold_rejected"] for p in prefs["train"])
     base_gold = {name: statistics.mean(g for s in sampled[name] for _, g in s) for name in sampled}
     sft_gold = statistics.mean(r["gold"] for r in sft_rows)
     with atomic_dir(out) as tmp:
@@ -119,12 +121,12 @@ Made by `salsa data make` (seed {config.seed}) from the model `{config.model}`; 
 | prompts_eval.jsonl | {len(splits["eval"])} | in-distribution prompts on held-out subjects (disjoint from train) |
 | prompts_ood.jsonl | {len(splits["ood"])} | out-of-distribution prompts: media and art, different phrasing |
 | sft.jsonl | {n_sft} | best-of-{config.samples_per_prompt} samples per train prompt under the gold judge |
-| prefs.jsonl | {n_prefs} | every pair of distinct samples per train prompt, Bradley-Terry labels |
+| prefs.jsonl | {n_prefs} | pairs of samples per train prompt with distinct gold scores, Bradley-Terry labels |
 | prefs_eval.jsonl | {n_prefs_eval} | the same for the eval prompts (held out from reward training) |
 | samples.jsonl | {n_samples} | all samples with their gold scores |
 
-**Sampling.** {config.samples_per_prompt} samples per prompt, temperature {config.temperature}, at most
-{config.max_new_tokens} new tokens, through the model's chat template.
+**Sampling.** {config.samples_per_prompt} samples per prompt, temperature {config.temperature},
+top-p {config.top_p}, at most {config.max_new_tokens} new tokens, through the model's chat template.
 
 **Gold judge.** VADER compound sentiment of the response, sign-flipped when a negative review was
 requested, times a fluency factor (repetition and very short answers score low) and an on-subject
@@ -132,7 +134,8 @@ check; see `salsa.tasks.reviews`. Mean gold score of the model's samples: train 
 eval {base_gold["eval"]:+.3f}; of the best-of-{config.samples_per_prompt} demonstrations: {sft_gold:+.3f}.
 
 **Labels.** For each pair, P(a preferred) = sigmoid((gold_a - gold_b) / {config.label_temperature}). The
-labels agree with the gold ordering on {agreement:.1%} of the train pairs with distinct gold scores: the
+labels agree with the gold ordering on {agreement:.1%} of the train pairs (pairs whose gold scores tie
+are dropped): the
 reward model learns from noisy preferences, as in real RLHF. `gold_chosen` / `gold_rejected` are kept for
 evaluation only.
 """
