@@ -21,6 +21,12 @@ def test_gold_judge_prefers_fluent_on_topic_requested_sentiment():
     assert reviews.gold_score(negative, wrong_polarity) > 0.5 > reviews.gold_score(negative, fluent)
 
 
+def test_counterpart_swaps_the_requested_sentiment():
+    prompt = reviews.make_prompt("a cinema", "positive", reviews.TEMPLATES[1])
+    assert reviews.counterpart(prompt) == reviews.make_prompt("a cinema", "negative", reviews.TEMPLATES[1])
+    assert reviews.counterpart(reviews.counterpart(prompt)) == prompt
+
+
 def test_fluency_penalises_repetition_and_short_answers():
     assert reviews.fluency("I really enjoyed the quiet garden and the kind staff.") == 1.0
     assert reviews.fluency("so good so good so good so good") == 0.0
@@ -66,6 +72,15 @@ def test_task_data_is_deterministic_and_complete(task_data):
     prefs = [json.loads(line) for line in (first / "prefs.jsonl").read_text().splitlines()]
     eval_prompts = {p["prompt"] for p in reviews.prompts("eval")}
     assert prefs and not {p["prompt"] for p in prefs} & eval_prompts
+    # Training pairs also use the twin prompt's samples, scored by the judge under this prompt.
+    samples = [json.loads(line) for line in (first / "samples.jsonl").read_text().splitlines()]
+    own = {(s["prompt"], s["response"]) for s in samples}
+    borrowed = [(p, r) for p in prefs for r in (p["chosen"], p["rejected"]) if (p["prompt"], r) not in own]
+    assert borrowed
+    twin_responses = {(s["prompt"], s["response"]) for s in samples}
+    assert all((reviews.counterpart(p["prompt"]), r) in twin_responses for p, r in borrowed)
+    assert all(p["gold_chosen"] == reviews.gold_score(p["prompt"], p["chosen"]) for p in prefs)
+    assert all(p["gold_chosen"] != p["gold_rejected"] for p in prefs)
 
 
 def test_data_make_rejects_bad_settings(tmp_path):

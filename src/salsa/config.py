@@ -87,6 +87,7 @@ class DataConfig:
     max_new_tokens: int = option(40, "longest sampled response")
     temperature: float = option(0.8, "sampling temperature")
     top_p: float = option(0.95, "nucleus sampling: the smallest token set with this much probability")
+    pairs_per_prompt: int = option(8, "training pairs kept per prompt (drawn from its own and its twin's samples)")
     label_temperature: float = option(
         0.1, "Bradley-Terry label noise: P(a > b) = sigmoid((gold_a - gold_b) / t); 0 = none"
     )

@@ -8,7 +8,8 @@ turn is the assistant's. Every malformed row is reported with its file, row numb
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+import random
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -78,7 +79,7 @@ def _read_jsonl(path: Path) -> list[dict]:
     return rows
 
 
-def _row_label(source: str, row: dict, index: int) -> str:
+def row_label(source: str, row: dict, index: int) -> str:
     return f"{source} row {row.get('_row', index + 1)}"
 
 
@@ -104,7 +105,7 @@ def parse_sft_rows(rows: list[dict], source: str) -> list[Conversation]:
     """Validate SFT rows (prompt/completion or messages) into conversations."""
     out = []
     for i, row in enumerate(rows):
-        where = _row_label(source, row, i)
+        where = row_label(source, row, i)
         if "messages" in row:
             messages = row["messages"]
             if not isinstance(messages, list) or not messages:
@@ -197,3 +198,15 @@ def collate(examples: list[dict[str, list[int]]], pad_token_id: int) -> dict[str
         labels[i, :n] = torch.tensor(e["labels"])
         attention_mask[i, :n] = 1
     return {"input_ids": input_ids, "labels": labels, "attention_mask": attention_mask}
+
+
+def shuffled_batches(num_items: int, batch_size: int, rng: random.Random) -> Iterator[list[int]]:
+    """Index batches over endless reshuffled epochs (a batch may span two epochs)."""
+    order: list[int] = []
+    while True:
+        while len(order) < batch_size:
+            epoch = list(range(num_items))
+            rng.shuffle(epoch)
+            order += epoch
+        yield order[:batch_size]
+        del order[:batch_size]

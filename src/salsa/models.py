@@ -122,6 +122,20 @@ def load_causal_lm(name_or_path: str, dtype: torch.dtype = torch.float32) -> Pre
         raise SalsaError(f"could not load model '{name_or_path}': {str(e).splitlines()[0]}") from None
 
 
+def add_lora(model: PreTrainedModel, r: int, alpha: int, dropout: float = 0.0, target_modules=None):
+    """Wrap a causal LM in PEFT LoRA adapters (all linear layers unless `target_modules`)."""
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(
+        r=r,
+        lora_alpha=alpha,
+        lora_dropout=dropout,
+        target_modules=target_modules or "all-linear",
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, config)
+
+
 def tiny_llama_config(vocab_size: int, hidden_size: int = 32, num_layers: int = 2, **overrides) -> LlamaConfig:
     """A small Llama-style config for tests: fast on a CPU, same code paths as the real model."""
     kwargs = dict(

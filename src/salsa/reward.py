@@ -23,7 +23,7 @@ from accelerate.utils import set_seed
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, get_scheduler
 
 from salsa.config import DEFAULT_MODEL, RewardConfig, save_config
-from salsa.data import _row_label, load_records, render_prompt
+from salsa.data import load_records, render_prompt, row_label, shuffled_batches
 from salsa.errors import ConfigError, DataError
 from salsa.io import JsonlWriter, atomic_dir, atomic_write_json, mark_complete, read_json
 from salsa.models import default_encoder_path, resolve_model
@@ -60,7 +60,7 @@ def parse_preference_rows(rows: list[dict], source: str) -> list[PreferencePair]
     """Validate prompt/chosen/rejected rows (UltraFeedback style; responses may be message lists)."""
     pairs = []
     for i, row in enumerate(rows):
-        where = _row_label(source, row, i)
+        where = row_label(source, row, i)
         for field in ("prompt", "chosen", "rejected"):
             if field not in row:
                 raise DataError(f"{where}: missing field '{field}' (expected prompt, chosen, rejected)")
@@ -202,19 +202,13 @@ def train_reward(config: RewardConfig, show_progress: bool = True) -> Path:
     total_steps = max(1, math.ceil(config.num_epochs * steps_per_epoch))
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
     scheduler = get_scheduler("linear", optimizer, round(config.warmup_ratio * total_steps), total_steps)
-    rng = random.Random(config.seed)
-    order: list[int] = []
+    batches = shuffled_batches(len(pairs), config.batch_size, random.Random(config.seed))
     metrics = JsonlWriter(out / "metrics.jsonl")
     model.train()
     with training_progress(disable=not show_progress) as progress:
         task = progress.add_task("reward", total=total_steps, metrics="")
         for step in range(1, total_steps + 1):
-            if len(order) < config.batch_size:
-                epoch_order = list(range(len(pairs)))
-                rng.shuffle(epoch_order)
-                order += epoch_order
-            batch = [pairs[i] for i in order[: config.batch_size]]
-            del order[: config.batch_size]
+            batch = [pairs[i] for i in next(batches)]
             # Chosen and rejected go through the model in one forward pass.
             scores = reward.forward(
                 [p.prompt for p in batch] * 2, [p.chosen for p in batch] + [p.rejected for p in batch]

@@ -44,7 +44,7 @@ from salsa.io import (
     read_json,
     truncate_jsonl,
 )
-from salsa.models import load_causal_lm, load_tokenizer
+from salsa.models import add_lora, load_causal_lm, load_tokenizer
 from salsa.progress import console, training_progress
 
 SCHEDULERS = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}
@@ -174,16 +174,7 @@ def _train_one(
     set_seed(seed)
     model = load_causal_lm(config.model)
     if config.use_lora:
-        from peft import LoraConfig, get_peft_model
-
-        lora = LoraConfig(
-            r=config.lora_r,
-            lora_alpha=config.lora_alpha,
-            lora_dropout=config.lora_dropout,
-            target_modules=config.lora_target_modules or "all-linear",
-            task_type="CAUSAL_LM",
-        )
-        model = get_peft_model(model, lora)
+        model = add_lora(model, config.lora_r, config.lora_alpha, config.lora_dropout, config.lora_target_modules)
     model.train()
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate, weight_decay=config.weight_decay)

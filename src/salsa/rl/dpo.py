@@ -14,9 +14,9 @@ import torch
 from torch.utils.tensorboard import SummaryWriter
 
 from salsa.config import RLConfig, save_config
-from salsa.data import IGNORE_INDEX, Conversation, collate, load_records, tokenize_conversation
+from salsa.data import IGNORE_INDEX, Conversation, collate, load_records, shuffled_batches, tokenize_conversation
 from salsa.io import JsonlWriter, mark_complete
-from salsa.models import load_causal_lm, load_tokenizer
+from salsa.models import add_lora, load_causal_lm, load_tokenizer
 from salsa.progress import training_progress
 from salsa.reward import parse_preference_rows
 from salsa.rl.core import dpo_loss
@@ -38,12 +38,7 @@ def train_dpo(config: RLConfig, show_progress: bool = True) -> Path:
     tokenizer = load_tokenizer(config.init)
     policy = load_causal_lm(config.init)
     if config.use_lora:
-        from peft import LoraConfig, get_peft_model
-
-        lora = LoraConfig(
-            r=config.lora_r, lora_alpha=config.lora_alpha, target_modules="all-linear", task_type="CAUSAL_LM"
-        )
-        policy = get_peft_model(policy, lora)
+        policy = add_lora(policy, config.lora_r, config.lora_alpha)
     policy.train()
     reference = load_reference(config)
     optimizer = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=config.learning_rate)
@@ -51,17 +46,11 @@ def train_dpo(config: RLConfig, show_progress: bool = True) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     save_config(config, out / "config.yaml", section="rl")
     metrics, tensorboard = JsonlWriter(out / "metrics.jsonl"), SummaryWriter(str(out / "tensorboard"))
-    order: list[int] = []
-    rng = random.Random(config.seed)
+    batches = shuffled_batches(len(pairs), config.dpo_batch_size, random.Random(config.seed))
     with training_progress(disable=not show_progress) as progress:
         task = progress.add_task(f"dpo ({config.reference} ref)", total=config.steps, metrics="")
         for step in range(1, config.steps + 1):
-            if len(order) < config.dpo_batch_size:
-                fresh = list(range(len(pairs)))
-                rng.shuffle(fresh)
-                order += fresh
-            batch_pairs = [pairs[i] for i in order[: config.dpo_batch_size]]
-            del order[: config.dpo_batch_size]
+            batch_pairs = [pairs[i] for i in next(batches)]
             # Chosen and rejected sequences of the batch go through each model in one forward pass.
             examples = [
                 tokenize_conversation(tokenizer, Conversation([{"role": "user", "content": p.prompt}], response), 512)

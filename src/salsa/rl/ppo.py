@@ -37,7 +37,7 @@ from salsa.data import load_records
 from salsa.errors import ConfigError, DataError, SalsaError
 from salsa.generation import encode_prompts, left_pad
 from salsa.io import COMPLETE_MARKER, JsonlWriter, atomic_dir, is_complete, mark_complete, read_json, truncate_jsonl
-from salsa.models import load_causal_lm, load_tokenizer
+from salsa.models import add_lora, load_causal_lm, load_tokenizer
 from salsa.progress import console, training_progress
 from salsa.reward import RewardModel
 from salsa.rl.core import (
@@ -109,12 +109,7 @@ class Learner:
         self.config = config
         policy = load_causal_lm(config.init)
         if config.use_lora:
-            from peft import LoraConfig, get_peft_model
-
-            lora = LoraConfig(
-                r=config.lora_r, lora_alpha=config.lora_alpha, target_modules="all-linear", task_type="CAUSAL_LM"
-            )
-            policy = get_peft_model(policy, lora)
+            policy = add_lora(policy, config.lora_r, config.lora_alpha)
         self.policy = policy.to(device)
         self.critic = None
         self.value_head = None

@@ -3,9 +3,13 @@
 1. prompts: train / eval (in-distribution, disjoint subjects) and ood (another domain and phrasing);
 2. n samples of the model for every train and eval prompt, scored by the gold judge;
 3. sft.jsonl: the best of the n samples per train prompt (best-of-n demonstrations);
-4. prefs.jsonl / prefs_eval.jsonl: every pair of samples of a prompt with distinct gold scores, labelled by a
-   Bradley-Terry draw on the gold scores, P(a preferred) = sigmoid((gold_a - gold_b) / label_temperature),
-   so the reward model learns from noisy labels and is an imperfect proxy of the gold judge;
+4. prefs.jsonl: for each train prompt, pairs drawn from its own samples and those of its twin (the same
+   request with the opposite sentiment), every response scored by the gold judge under this prompt; the
+   same two responses are then preferred one way or the other depending on what was asked, so a reward
+   model must read the prompt. prefs_eval.jsonl: every pair of an eval prompt's own samples. Pairs whose
+   gold scores tie are dropped; labels are Bradley-Terry draws on the gold scores,
+   P(a preferred) = sigmoid((gold_a - gold_b) / label_temperature), so the reward model learns from noisy
+   labels and is an imperfect proxy of the gold judge;
 5. datasheet.md: sizes, how the data was made, and the measured label noise.
 """
 
@@ -81,13 +85,23 @@ def make_task_data(config: DataConfig, show_progress: bool = True) -> Path:
         sampled[name] = [[(r, task.gold_score(p, r)) for r in rs] for p, rs in zip(texts, replies, strict=True)]
     rng = random.Random(config.seed)
     sft_rows, prefs, samples_rows = [], {"train": [], "eval": []}, []
+    train_index = {meta["prompt"]: i for i, meta in enumerate(splits["train"])}
     for name in ("train", "eval"):
         for meta, samples in zip(splits[name], sampled[name], strict=True):
-            samples_rows += [{"split": name, "prompt": meta["prompt"], "response": r, "gold": g} for r, g in samples]
-            prefs[name] += preference_pairs(meta["prompt"], samples, config.label_temperature, rng)
-            if name == "train":
-                best, gold = max(samples, key=lambda s: s[1])
-                sft_rows.append({"prompt": meta["prompt"], "completion": best, "gold": gold})
+            prompt = meta["prompt"]
+            samples_rows += [{"split": name, "prompt": prompt, "response": r, "gold": g} for r, g in samples]
+            if name == "eval":
+                prefs[name] += preference_pairs(prompt, samples, config.label_temperature, rng)
+                continue
+            twin = train_index.get(task.counterpart(prompt))
+            pooled = list(samples)
+            if twin is not None:
+                pooled += [(r, task.gold_score(prompt, r)) for r, _ in sampled["train"][twin]]
+            pairs = preference_pairs(prompt, pooled, config.label_temperature, rng)
+            rng.shuffle(pairs)
+            prefs[name] += pairs[: config.pairs_per_prompt]
+            best, gold = max(samples, key=lambda s: s[1])
+            sft_rows.append({"prompt": prompt, "completion": best, "gold": gold})
     agreement = statistics.mean(p["gold_chosen"] > p["gold_rejected"] for p in prefs["train"])
     base_gold = {name: statistics.mean(g for s in sampled[name] for _, g in s) for name in sampled}
     sft_gold = statistics.mean(r["gold"] for r in sft_rows)
@@ -121,8 +135,8 @@ Made by `salsa data make` (seed {config.seed}) from the model `{config.model}`; 
 | prompts_eval.jsonl | {len(splits["eval"])} | in-distribution prompts on held-out subjects (disjoint from train) |
 | prompts_ood.jsonl | {len(splits["ood"])} | out-of-distribution prompts: media and art, different phrasing |
 | sft.jsonl | {n_sft} | best-of-{config.samples_per_prompt} samples per train prompt under the gold judge |
-| prefs.jsonl | {n_prefs} | pairs of samples per train prompt with distinct gold scores, Bradley-Terry labels |
-| prefs_eval.jsonl | {n_prefs_eval} | the same for the eval prompts (held out from reward training) |
+| prefs.jsonl | {n_prefs} | up to {config.pairs_per_prompt} pairs per train prompt from its and its twin's samples |
+| prefs_eval.jsonl | {n_prefs_eval} | every pair of an eval prompt's own samples (held out from reward training) |
 | samples.jsonl | {n_samples} | all samples with their gold scores |
 
 **Sampling.** {config.samples_per_prompt} samples per prompt, temperature {config.temperature},

@@ -84,6 +84,12 @@ def prompts(split: str) -> list[dict[str, str]]:
     ]
 
 
+def counterpart(prompt: str) -> str:
+    """The same request with the opposite sentiment (its twin prompt)."""
+    swap = {"positive": "negative", "negative": "positive"}
+    return re.sub(r"\b(positive|negative)\b", lambda m: swap[m.group(1)], prompt)
+
+
 # ---------------------------------------------------------------- gold judge
 
 
