@@ -147,9 +147,8 @@ requested, times a fluency factor (repetition and very short answers score low) 
 check; see `salsa.tasks.reviews`. Mean gold score of the model's samples: train {base_gold["train"]:+.3f},
 eval {base_gold["eval"]:+.3f}; of the best-of-{config.samples_per_prompt} demonstrations: {sft_gold:+.3f}.
 
-**Labels.** For each pair, P(a preferred) = sigmoid((gold_a - gold_b) / {config.label_temperature}). The
-labels agree with the gold ordering on {agreement:.1%} of the train pairs (pairs whose gold scores tie
-are dropped): the
-reward model learns from noisy preferences, as in real RLHF. `gold_chosen` / `gold_rejected` are kept for
-evaluation only.
+**Labels.** For each pair, P(a preferred) = sigmoid((gold_a - gold_b) / {config.label_temperature}); pairs
+whose gold scores tie are dropped. The labels agree with the gold ordering on {agreement:.1%} of the train
+pairs: the reward model learns from noisy preferences, as in real RLHF. `gold_chosen` / `gold_rejected` are
+kept for evaluation only.
 """
