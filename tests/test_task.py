@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import random
 
@@ -57,8 +58,8 @@ def test_bradley_terry_labels_follow_gold_without_noise_and_are_seeded():
 @pytest.fixture(scope="module")
 def task_data(tmp_path_factory, tiny_model_dir):
     cfg = DataConfig(model=str(tiny_model_dir), samples_per_prompt=2, max_new_tokens=6, batch_size=96)
-    first = make_task_data(DataConfig(**{**cfg.__dict__, "output_dir": str(tmp_path_factory.mktemp("d1"))}), False)
-    second = make_task_data(DataConfig(**{**cfg.__dict__, "output_dir": str(tmp_path_factory.mktemp("d2"))}), False)
+    first = make_task_data(dataclasses.replace(cfg, output_dir=str(tmp_path_factory.mktemp("d1"))), False)
+    second = make_task_data(dataclasses.replace(cfg, output_dir=str(tmp_path_factory.mktemp("d2"))), False)
     return first, second
 
 

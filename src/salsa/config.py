@@ -296,6 +296,14 @@ def config_to_yaml(config: Any, section: str | None = None) -> str:
     return yaml.safe_dump({section: data} if section else data, sort_keys=False)
 
 
+def fingerprint(config: Any, **ignored: Any) -> str:
+    """A short hash of a config, with `ignored` fields replaced (those that do not change the result)."""
+    import hashlib
+
+    relevant = dataclasses.replace(config, **ignored)
+    return hashlib.sha256(config_to_yaml(relevant).encode()).hexdigest()[:16]
+
+
 def save_config(config: Any, path: str | Path, section: str | None = None) -> None:
     """Write the resolved config next to a stage's outputs."""
     atomic_write_text(path, config_to_yaml(config, section))

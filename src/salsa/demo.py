@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import torch
@@ -30,7 +31,7 @@ def sample_reply(model_dir: Path, prompt: str, max_new_tokens: int = 40, seed: i
 
 def run_demo(output_dir: str | Path = "runs/demo", show_progress: bool = True) -> list[Path]:
     """Fine-tune the default model twice (two seeds) on the built-in reviews data and show a reply of each."""
-    config = SFTConfig(**{**DEMO_SFT.__dict__, "output_dir": str(Path(output_dir) / "sft")})
+    config = dataclasses.replace(DEMO_SFT, output_dir=str(Path(output_dir) / "sft"))
     paths = train_sft(config, show_progress=show_progress)
     prompt = make_prompt("a neighbourhood bakery", "negative")
     console.print(f"\n[bold]prompt:[/] {prompt}")

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import math
 import shutil
 import tempfile
@@ -31,7 +30,7 @@ from accelerate.utils import set_seed
 from torch.utils.tensorboard import SummaryWriter
 from transformers import PreTrainedTokenizerBase, get_scheduler
 
-from salsa.config import SFTConfig, config_to_yaml, save_config
+from salsa.config import SFTConfig, fingerprint, save_config
 from salsa.data import IGNORE_INDEX, collate, load_records, parse_sft_rows, tokenize_sft_rows
 from salsa.errors import ConfigError, SalsaError
 from salsa.io import (
@@ -106,12 +105,6 @@ def count_targets(labels: torch.Tensor) -> int:
     return int((labels[:, 1:] != IGNORE_INDEX).sum())
 
 
-def _fingerprint(config: SFTConfig, seed: int) -> str:
-    # The output location does not change what is trained, so it is not part of the fingerprint.
-    relevant = dataclasses.replace(config, output_dir="", seeds=None, seed=seed, num_models=1)
-    return hashlib.sha256(config_to_yaml(relevant).encode()).hexdigest()[:16]
-
-
 def _latest_checkpoint(checkpoints: Path) -> Path | None:
     found = sorted(p for p in checkpoints.glob("step-*") if (p / TRAINER_STATE).is_file())
     return found[-1] if found else None
@@ -146,9 +139,10 @@ def train_sft(
     paths = []
     for index, seed in enumerate(seeds_of(config)):
         out = out_root / f"sft-{index}"
-        fingerprint = _fingerprint(config, seed)
+        # The output location does not change what is trained.
+        config_hash = fingerprint(config, output_dir="", seeds=None, seed=seed, num_models=1)
         if is_complete(out) and not overwrite:
-            if read_json(out / COMPLETE_MARKER).get("fingerprint") != fingerprint:
+            if read_json(out / COMPLETE_MARKER).get("fingerprint") != config_hash:
                 raise SalsaError(
                     f"{out} holds a model trained with a different config; pass --overwrite or another output_dir"
                 )
@@ -156,7 +150,7 @@ def train_sft(
         else:
             if overwrite and out.exists():
                 shutil.rmtree(out)
-            _train_one(config, seed, fingerprint, examples, tokenizer, out, accelerator, show_progress)
+            _train_one(config, seed, config_hash, examples, tokenizer, out, accelerator, show_progress)
         paths.append(out)
     return paths
 
@@ -164,7 +158,7 @@ def train_sft(
 def _train_one(
     config: SFTConfig,
     seed: int,
-    fingerprint: str,
+    config_hash: str,
     examples: list[dict[str, list[int]]],
     tokenizer: PreTrainedTokenizerBase,
     out: Path,
@@ -253,7 +247,7 @@ def _train_one(
     tensorboard.close()
     _save_final(accelerator, model, tokenizer, out, config.use_lora)
     if accelerator.is_main_process:
-        mark_complete(out, {"stage": "sft", "seed": seed, "steps": total_steps, "fingerprint": fingerprint})
+        mark_complete(out, {"stage": "sft", "seed": seed, "steps": total_steps, "fingerprint": config_hash})
         shutil.rmtree(checkpoints, ignore_errors=True)
     accelerator.free_memory()
 

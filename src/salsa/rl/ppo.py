@@ -18,8 +18,6 @@ Every random choice is seeded from (seed, step), so a run resumed from a checkpo
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import hashlib
 import os
 import random
 import shutil
@@ -32,7 +30,7 @@ import torch
 from accelerate import Accelerator
 from torch.utils.tensorboard import SummaryWriter
 
-from salsa.config import RLConfig, config_to_yaml, save_config
+from salsa.config import RLConfig, fingerprint, save_config
 from salsa.data import load_records
 from salsa.errors import ConfigError, DataError, SalsaError
 from salsa.generation import encode_prompts, left_pad
@@ -272,11 +270,6 @@ def rl_update(learner: Learner, rollout: Rollout, config: RLConfig, optimizer, b
     return result
 
 
-def _fingerprint(config: RLConfig) -> str:
-    relevant = dataclasses.replace(config, output_dir="", save_steps=0)
-    return hashlib.sha256(config_to_yaml(relevant).encode()).hexdigest()[:16]
-
-
 RewardFn = Callable[[list[str], list[str]], torch.Tensor]
 
 
@@ -291,9 +284,9 @@ def train_rl(config: RLConfig, show_progress: bool = True, reward_fn: RewardFn |
 
         return train_dpo(config, show_progress)
     out = Path(config.output_dir)
-    fingerprint = _fingerprint(config)
+    config_hash = fingerprint(config, output_dir="", save_steps=0)
     if is_complete(out):
-        if read_json(out / COMPLETE_MARKER).get("fingerprint") != fingerprint:
+        if read_json(out / COMPLETE_MARKER).get("fingerprint") != config_hash:
             raise SalsaError(f"{out} holds a run with a different config; remove it or choose another output_dir")
         console.print(f"[green]{out}[/] is complete; reusing it")
         return out / "final"
@@ -393,7 +386,7 @@ def train_rl(config: RLConfig, show_progress: bool = True, reward_fn: RewardFn |
     tensorboard.close()
     save_policy(learner.policy, tokenizer, out / "final")
     mark_complete(
-        out, {"stage": "rl", "algorithm": config.algorithm, "reference": config.reference, "fingerprint": fingerprint}
+        out, {"stage": "rl", "algorithm": config.algorithm, "reference": config.reference, "fingerprint": config_hash}
     )
     shutil.rmtree(out / "checkpoints", ignore_errors=True)
     return out / "final"
