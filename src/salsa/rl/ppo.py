@@ -299,7 +299,9 @@ def train_rl(config: RLConfig, show_progress: bool = True, reward_fn: RewardFn |
     reference = load_reference(config)
     reference = reference.to(accelerator.device) if reference is not None else None
     same_as_reference = config.reference == "sft" and config.sft_model in (None, config.reference_model or config.init)
-    sft_model = None if config.sft_model is None or same_as_reference else load_causal_lm(config.sft_model).eval()
+    sft_model = None
+    if config.sft_model is not None and not same_as_reference:
+        sft_model = load_causal_lm(config.sft_model).to(accelerator.device).eval().requires_grad_(False)
     reward = reward_fn or RewardModel.load(config.reward_model, accelerator.device).score
     gold_fn = None
     if config.task:
