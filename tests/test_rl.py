@@ -165,3 +165,10 @@ def test_invalid_rl_settings(tmp_path, peaked_model, prompts_file, token_reward)
         train_rl(_config(tmp_path, peaked_model, prompts_file, samples_per_prompt=1), False, token_reward)
     with pytest.raises(ConfigError, match="rl.reference must be one of"):
         train_rl(_config(tmp_path, peaked_model, prompts_file, reference="base"), False, token_reward)
+
+
+def test_kl_to_a_separate_sft_model_is_logged(tmp_path, peaked_model, prompts_file, token_reward):
+    cfg = _config(tmp_path, peaked_model, prompts_file, reference="ema", sft_model=str(peaked_model), steps=2)
+    metrics = _metrics(train_rl(cfg, show_progress=False, reward_fn=token_reward))
+    assert metrics[0]["kl_sft"] == pytest.approx(0.0, abs=1e-4)  # the policy starts at the SFT model
+    assert metrics[1]["kl_sft"] != 0.0

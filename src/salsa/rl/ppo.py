@@ -69,8 +69,6 @@ def validate_rl_config(config: RLConfig) -> None:
         raise ConfigError(f"rl.value_head must be shared or separate, got '{config.value_head}'")
     if config.temperature <= 0:
         raise ConfigError(f"rl.temperature must be > 0 for sampling, got {config.temperature}")
-    if config.reference == "soup" and not (config.reference_model or config.reference_models or config.init):
-        raise ConfigError("rl.reference soup needs reference_model (a soup dir) or reference_models")
 
 
 def load_prompts(source: str) -> list[str]:
