@@ -9,9 +9,9 @@ import torch
 
 from salsa.config import RLConfig
 from salsa.errors import ConfigError
-from salsa.generation import encode_prompts, left_pad, sample_responses
+from salsa.generation import encode_prompts, left_pad, response_mask, sample_responses
 from salsa.models import load_causal_lm, save_tiny_model
-from salsa.rl.policy import response_forward, response_mask
+from salsa.rl.policy import response_forward
 from salsa.rl.ppo import train_rl
 from salsa.rl.reference import load_reference
 from salsa.soup import build_soup

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
@@ -72,3 +74,62 @@ def sample_responses(
                 replies[i][s] = text.strip()
             progress.update(task, advance=len(batch))
     return replies
+
+
+def response_mask(responses: torch.Tensor, eos_token_ids: set[int]) -> torch.Tensor:
+    """1 on response tokens up to and including the first EOS, 0 after it."""
+    is_eos = torch.zeros_like(responses, dtype=torch.bool)
+    for eos in eos_token_ids:
+        is_eos |= responses == eos
+    after_eos = (is_eos.long().cumsum(1) - is_eos.long()) > 0
+    return (~after_eos).float()
+
+
+def eos_token_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> set[int]:
+    """The tokenizer's EOS and every EOS of the model's generation config (chat models often have several)."""
+    eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    extra = [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
+    return {tokenizer.eos_token_id, *extra}
+
+
+@dataclass
+class Generation:
+    """Sampled responses with the tensors needed to score them again under any model."""
+
+    prompts: list[str]
+    responses: list[str]  # decoded, up to the first EOS
+    sequences: torch.Tensor  # [N, P + R] left-padded prompt, then response
+    attention_mask: torch.Tensor  # [N, P + R] prompt attention, then the response mask
+    prompt_length: int  # P
+    mask: torch.Tensor  # [N, R] 1 on response tokens up to and including EOS
+
+
+@torch.no_grad()
+def generate(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: list[str],
+    *,
+    max_new_tokens: int,
+    temperature: float,
+    seed: int,
+    top_p: float = 1.0,
+) -> Generation:
+    """One batch of samples (pure temperature sampling by default, so log-probs at `temperature` are exact)."""
+    device = next(model.parameters()).device
+    ids, attention = left_pad(encode_prompts(tokenizer, prompts), tokenizer.pad_token_id)
+    ids, attention = ids.to(device), attention.to(device)
+    was_training = model.training
+    model.eval()
+    torch.manual_seed(seed)
+    sequences = model.generate(
+        input_ids=ids, attention_mask=attention, max_new_tokens=max_new_tokens, do_sample=True,
+        temperature=temperature, top_k=0, top_p=top_p, pad_token_id=tokenizer.pad_token_id,
+    )  # fmt: skip
+    model.train(was_training)
+    responses = sequences[:, ids.shape[1] :]
+    mask = response_mask(responses, eos_token_ids(model, tokenizer))
+    texts = [
+        tokenizer.decode(r[m.bool()], skip_special_tokens=True).strip() for r, m in zip(responses, mask, strict=True)
+    ]
+    return Generation(list(prompts), texts, sequences, torch.cat([attention, mask.long()], dim=1), ids.shape[1], mask)

@@ -62,12 +62,3 @@ class ValueHead(nn.Module):
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.linear(hidden.float()).squeeze(-1)
-
-
-def response_mask(responses: torch.Tensor, eos_token_ids: set[int]) -> torch.Tensor:
-    """1 on response tokens up to and including the first EOS, 0 after it."""
-    is_eos = torch.zeros_like(responses, dtype=torch.bool)
-    for eos in eos_token_ids:
-        is_eos |= responses == eos
-    after_eos = (is_eos.long().cumsum(1) - is_eos.long()) > 0
-    return (~after_eos).float()

@@ -33,7 +33,7 @@ from torch.utils.tensorboard import SummaryWriter
 from salsa.config import RLConfig, fingerprint, save_config
 from salsa.data import load_records
 from salsa.errors import ConfigError, DataError, SalsaError
-from salsa.generation import encode_prompts, left_pad
+from salsa.generation import eos_token_ids, generate
 from salsa.io import COMPLETE_MARKER, JsonlWriter, atomic_dir, is_complete, mark_complete, read_json, truncate_jsonl
 from salsa.models import add_lora, load_causal_lm, load_tokenizer
 from salsa.progress import console, training_progress
@@ -50,7 +50,7 @@ from salsa.rl.core import (
     rloo_advantages,
     token_rewards,
 )
-from salsa.rl.policy import ValueHead, response_forward, response_mask
+from salsa.rl.policy import ValueHead, response_forward
 from salsa.rl.reference import ema_update, load_reference
 
 ONLINE = ("ppo", "rloo", "grpo")
@@ -154,48 +154,29 @@ def collect_rollout(
     seed: int,
 ) -> Rollout:
     """Sample, score and anchor one batch of responses: every model runs once on it."""
-    policy = learner.policy
-    device = next(policy.parameters()).device
     texts = [p for p in prompts for _ in range(config.samples_per_prompt)]
-    ids, attention = left_pad(encode_prompts(tokenizer, texts), tokenizer.pad_token_id)
-    ids, attention = ids.to(device), attention.to(device)
-    policy.eval()
-    torch.manual_seed(seed)
-    sequences = policy.generate(
-        input_ids=ids, attention_mask=attention, max_new_tokens=config.max_new_tokens, do_sample=True,
-        temperature=config.temperature, top_k=0, top_p=1.0, pad_token_id=tokenizer.pad_token_id,
+    sample = generate(
+        learner.policy, tokenizer, texts,
+        max_new_tokens=config.max_new_tokens, temperature=config.temperature, seed=seed,
     )  # fmt: skip
-    policy.train()
-    prompt_length = ids.shape[1]
-    responses = sequences[:, prompt_length:]
-    eos_ids = {tokenizer.eos_token_id, *_generation_eos(policy)}
-    mask = response_mask(responses, eos_ids)
-    full_attention = torch.cat([attention, mask.long()], dim=1)
-    response_texts = [
-        tokenizer.decode(r[m.bool()], skip_special_tokens=True).strip() for r, m in zip(responses, mask, strict=True)
-    ]
+    device = sample.sequences.device
     scores = (
-        torch.as_tensor(reward(texts, response_texts), dtype=torch.float32)
+        torch.as_tensor(reward(texts, sample.responses), dtype=torch.float32)
         .to(device)
         .clamp(-config.reward_clip, config.reward_clip)
     )
     if config.missing_eos_penalty is not None:
-        ended = torch.zeros(len(texts), dtype=torch.bool, device=device)
-        for eos in eos_ids:
-            ended |= (responses == eos).any(1)
+        eos = torch.tensor(sorted(eos_token_ids(learner.policy, tokenizer)), device=device)
+        ended = torch.isin(sample.sequences[:, sample.prompt_length :], eos).any(1)
         scores = scores - config.missing_eos_penalty * (~ended).float()
-    args = (sequences, full_attention, prompt_length, config.temperature)
+    args = (sample.sequences, sample.attention_mask, sample.prompt_length, config.temperature)
     ref_logprobs = response_forward(reference, *args).logprobs if reference is not None else None
     sft_logprobs = response_forward(sft_model, *args).logprobs if sft_model is not None else None
-    gold = [gold_fn(p, r) for p, r in zip(texts, response_texts, strict=True)] if gold_fn else None
+    gold = [gold_fn(p, r) for p, r in zip(texts, sample.responses, strict=True)] if gold_fn else None
     return Rollout(
-        texts, response_texts, sequences, full_attention, prompt_length, mask, scores, gold, ref_logprobs, sft_logprobs
-    )
-
-
-def _generation_eos(model) -> list[int]:
-    eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-    return [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
+        texts, sample.responses, sample.sequences, sample.attention_mask, sample.prompt_length, sample.mask, scores,
+        gold, ref_logprobs, sft_logprobs,
+    )  # fmt: skip
 
 
 def advantages(
