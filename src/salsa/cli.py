@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -9,7 +10,17 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from salsa.config import DataConfig, RewardConfig, RLConfig, SFTConfig, SoupConfig, describe_fields, load_stage_config
+from salsa.config import (
+    DataConfig,
+    EvalConfig,
+    RewardConfig,
+    RLConfig,
+    RunConfig,
+    SFTConfig,
+    SoupConfig,
+    describe_fields,
+    load_stage_config,
+)
 from salsa.errors import SalsaError
 
 app = typer.Typer(
@@ -51,10 +62,14 @@ def _overrides(set_: list[str] | None, **explicit) -> list[str]:
 
 def _quiet_libraries() -> None:
     # Our own bars report progress; the libraries' per-file loading bars would only add noise.
+    import logging
+
     import transformers
 
     transformers.logging.disable_progress_bar()
     transformers.logging.set_verbosity_error()
+    # Accelerate warns that tied embeddings are saved once, which is what we want.
+    logging.getLogger("accelerate").setLevel(logging.ERROR)
 
 
 def _fail(message: str, code: int = 2) -> None:
@@ -196,17 +211,79 @@ def rl(
 app.command("ppo", help="Alias of `salsa rl` (PPO is its default algorithm).", epilog=_keys_epilog(RLConfig))(rl)
 
 
+@app.command("eval", epilog=_keys_epilog(EvalConfig))
+def eval_(
+    policy: Annotated[
+        list[str] | None,
+        typer.Option("--policy", "-p", help="NAME=MODEL_DIR (repeat; repeat a name for several seeds)."),
+    ] = None,
+    output_dir: Annotated[str | None, typer.Option(help="Where results.json and samples.jsonl go.")] = None,
+    config: ConfigOption = None,
+    set_: SetOption = None,
+    quiet: QuietOption = False,
+) -> None:
+    """Compare policies on held-out prompts: win rates with bootstrap CIs, KL to SFT and soup, reward landscape."""
+    overrides = _overrides(set_, output_dir=output_dir)
+    if policy:
+        policies: dict[str, list[str]] = {}
+        for item in policy:
+            name, sep, path = item.partition("=")
+            if not sep or not name or not path:
+                raise typer.BadParameter(f"expected NAME=MODEL_DIR, got {item!r}", param_hint="--policy")
+            policies.setdefault(name, []).append(path)
+        overrides.append("policies=" + json.dumps(policies))
+    cfg = load_stage_config(EvalConfig, "eval", config, overrides)
+    from salsa.evaluate import evaluate
+
+    _quiet_libraries()
+    typer.echo(str(evaluate(cfg, show_progress=not quiet)))
+
+
+@app.command()
+def report(
+    eval_dir: Annotated[Path, typer.Argument(help="An eval directory (holds results.json).")],
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Report directory; default: next to eval_dir.")
+    ] = None,
+) -> None:
+    """Write report.md, report.html, PNG plots and summary.json from an evaluation."""
+    from salsa.report import print_summary, write_report
+
+    path = write_report(eval_dir, out)
+    print_summary(path)
+
+
+@app.command(epilog=_keys_epilog(RunConfig))
+def run(
+    config: Annotated[Path | None, typer.Argument(help="Whole-run YAML: sections run, data, sft, soup, ...")] = None,
+    set_: SetOption = None,
+    seeds: Annotated[int | None, typer.Option(help="RL seeds per method; results aggregate over them.")] = None,
+    output_dir: Annotated[str | None, typer.Option(help="Run directory.")] = None,
+    quiet: QuietOption = False,
+) -> None:
+    """The whole pipeline: data, K SFT models, soup, reward model, PPO and SALSA, eval, report.
+
+    Finished stages are skipped on a rerun; an interrupted stage resumes from its checkpoints.
+    """
+    overrides = list(set_ or [])
+    overrides += [f"run.{k}={v}" for k, v in (("seeds", seeds), ("output_dir", output_dir)) if v is not None]
+    from salsa.pipeline import run_pipeline
+    from salsa.report import print_summary
+
+    _quiet_libraries()
+    print_summary(run_pipeline(config, overrides, show_progress=not quiet))
+
+
 @app.command()
 def demo(
     output_dir: Annotated[str, typer.Option(help="Run directory of the demo.")] = "runs/demo",
     quiet: QuietOption = False,
 ) -> None:
-    """A quick offline run on the default model (SmolLM2-135M-Instruct) and the built-in task."""
+    """`salsa run` on a quick preset: the default model (SmolLM2-135M-Instruct) and the built-in task, offline."""
     from salsa.demo import run_demo
 
     _quiet_libraries()
-    paths = run_demo(output_dir, show_progress=not quiet)
-    typer.echo("models: " + ", ".join(str(p) for p in paths))
+    run_demo(output_dir, show_progress=not quiet)
 
 
 def main() -> None:

@@ -162,12 +162,58 @@ class RLConfig:
     collapse_fraction: float = option(0.25, "flag a collapse when mean length falls below this fraction of step 1's")
 
 
+@dataclass
+class EvalConfig:
+    """Policies compared on held-out prompts: win rates with bootstrap intervals, KL, reward landscape."""
+
+    policies: dict[str, list[str]] = option(
+        help="name: model dir, or a list of dirs (one per RL seed), e.g. {sft: [runs/sft/sft-0], ppo: [...]}",
+        factory=dict,
+    )
+    comparisons: list[str] | None = option(None, "pairs 'a:b' to compare (a against b); null: every pair")
+    prompts: str = option("runs/data/prompts_eval.jsonl", "in-distribution held-out prompts")
+    ood_prompts: str | None = option("runs/data/prompts_ood.jsonl", "out-of-distribution prompts; null for none")
+    reward_model: str | None = option("runs/reward/model", "reward model judge; null for none")
+    task: str | None = option("reviews", "built-in task whose gold judge scores responses; null for none")
+    sft_model: str | None = option("runs/sft/sft-0", "KL of each policy to this SFT model (in-distribution prompts)")
+    soup_model: str | None = option("runs/soup", "KL of each policy to this soup")
+    landscape_models: list[str] | None = option(
+        None, "two models, SFT-1 and SFT-2: score the line (1 - alpha) * SFT-1 + alpha * SFT-2"
+    )
+    landscape_alphas: list[float] = option(
+        help="alphas of the landscape (0 and 1 are the endpoints, 0.5 the soup)",
+        factory=lambda: [-0.5, -0.25, 0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5],
+    )
+    max_new_tokens: int = option(40, "longest response")
+    temperature: float = option(0.7, "sampling temperature (pure sampling; KL is between the tempered models)")
+    batch_size: int = option(64, "prompts sampled together")
+    seed: int = option(0, "sampling seed, the same for every policy (common random numbers)")
+    tie_margin: float = option(0.0, "scores closer than this count as a tie")
+    bootstrap_samples: int = option(2000, "bootstrap resamples for the confidence intervals")
+    confidence: float = option(0.95, "confidence level of the intervals")
+    output_dir: str = option("runs/eval", "where results.json and samples.jsonl are written")
+
+
+@dataclass
+class RunConfig:
+    """`salsa run`: the whole pipeline. Stage paths left at their defaults are wired into the run directory."""
+
+    output_dir: str = option("runs/salsa", "run directory: data/, reward/, sft/, soup/, rl/, eval/, report/")
+    seeds: int = option(1, "RL seeds per method (PPO and SALSA); results aggregate over them")
+    methods: list[str] = option(
+        help="RL runs to compare: ppo (init and reference sft-0) and salsa (init and reference soup)",
+        factory=lambda: ["salsa", "ppo"],
+    )
+
+
 STAGES: dict[str, type] = {
+    "run": RunConfig,
     "sft": SFTConfig,
     "soup": SoupConfig,
     "data": DataConfig,
     "reward": RewardConfig,
     "rl": RLConfig,
+    "eval": EvalConfig,
 }
 
 C = TypeVar("C")
@@ -188,6 +234,12 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
                 return None
         non_none = [a for a in args if a is not type(None)]
         return _coerce(value, non_none[0], where)
+    if origin is dict:
+        if isinstance(value, str):
+            value = yaml.safe_load(value)
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping of name: value, got {value!r}")
+        return {str(k): _coerce(v, args[1], f"{where}[{k}]") for k, v in value.items()}
     if origin is list:
         if isinstance(value, str):
             parsed = yaml.safe_load(value) if value.strip().startswith("[") else value.split(",")

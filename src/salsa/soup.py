@@ -130,6 +130,28 @@ def soup_state_dict(
     return out
 
 
+def soup_model(
+    models: Sequence[str | Path],
+    weights: Sequence[float] | None = None,
+    alpha: float | None = None,
+    allow_extrapolation: bool = False,
+) -> torch.nn.Module:
+    """A causal LM holding the in-memory soup of model directories (for references and the reward landscape)."""
+    from salsa.models import load_causal_lm
+
+    model = load_causal_lm(str(models[0]))
+    missing, unexpected = model.load_state_dict(
+        soup_state_dict(models, weights, alpha, allow_extrapolation), strict=False
+    )
+    tied = {"lm_head.weight"} if model.config.tie_word_embeddings else set()
+    if set(missing) - tied or unexpected:
+        raise SoupError(
+            f"{models[0]}: soup tensors do not match the architecture (missing {missing}, unexpected {unexpected})"
+        )
+    model.tie_weights()
+    return model
+
+
 def _as_state_dict(source) -> dict[str, torch.Tensor]:
     if isinstance(source, torch.nn.Module):
         return {k: v.detach().cpu() for k, v in source.state_dict().items()}

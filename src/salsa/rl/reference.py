@@ -25,18 +25,9 @@ def load_reference(config: RLConfig) -> nn.Module | None:
     if config.reference == "none":
         return None
     if config.reference == "soup" and config.reference_models:
-        from salsa.soup import soup_state_dict
+        from salsa.soup import soup_model
 
-        model = load_causal_lm(config.reference_models[0])
-        missing, unexpected = model.load_state_dict(
-            soup_state_dict(config.reference_models, config.reference_weights), strict=False
-        )
-        tied = {"lm_head.weight"} if model.config.tie_word_embeddings else set()
-        if set(missing) - tied or unexpected:
-            raise ConfigError(
-                f"rl.reference_models do not match their architecture: missing {missing}, unexpected {unexpected}"
-            )
-        model.tie_weights()
+        model = soup_model(config.reference_models, config.reference_weights)
     elif config.reference == "ema":
         model = load_causal_lm(config.init)
     else:

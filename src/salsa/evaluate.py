@@ -1,0 +1,404 @@
+"""`salsa eval`: do the policies differ, and by how much? Win rates with intervals, KL, the reward landscape.
+
+1. samples: every policy answers the same held-out prompts (in-distribution and out-of-distribution) with
+   the same sampling settings and seeds (common random numbers, so differences come from the weights);
+2. judges: the gold judge of the task and the reward model score every response;
+3. win / tie / loss of policy A against B, prompt by prompt, with 95% bootstrap intervals. With several
+   RL seeds the outcomes form a [seeds x prompts] matrix and the bootstrap resamples both axes, so the
+   interval covers seed-to-seed variation too;
+4. KL of each policy to the SFT model and to the soup on its own samples (k1 summed over the response);
+5. the reward landscape: gold and reward-model score of (1 - alpha) * SFT-1 + alpha * SFT-2;
+6. the frontier: reward against KL-to-SFT along training (from the RL runs' metrics.jsonl), and each
+   run's score at the largest KL both reached, so a higher score bought with a larger KL shows as such.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from salsa.config import EvalConfig, save_config
+from salsa.errors import ConfigError, DataError
+from salsa.generation import Generation, generate
+from salsa.io import atomic_dir, atomic_write_json, atomic_write_text, mark_complete, read_jsonl
+from salsa.models import load_causal_lm, load_tokenizer
+from salsa.progress import training_progress
+from salsa.rl.core import kl_k1
+from salsa.rl.policy import response_forward
+
+SPLITS = ("in_distribution", "out_of_distribution")
+
+
+# --- Pure statistics -----------------------------------------------------------------------------------
+
+
+def outcomes(scores_a, scores_b, tie_margin: float = 0.0) -> np.ndarray:
+    """+1 where A scores higher than B by more than `tie_margin`, -1 where lower, 0 for a tie."""
+    diff = np.asarray(scores_a, dtype=float) - np.asarray(scores_b, dtype=float)
+    return np.where(diff > tie_margin, 1, np.where(diff < -tie_margin, -1, 0))
+
+
+def win_tie_loss(results: np.ndarray) -> dict[str, float]:
+    """Rates of +1 / 0 / -1, and the win rate that counts a tie as half a win."""
+    results = np.asarray(results)
+    win, tie, loss = (float((results == v).mean()) for v in (1, 0, -1))
+    return {"win": win, "tie": tie, "loss": loss, "win_rate": win + tie / 2}
+
+
+def bootstrap_resamples(matrix: np.ndarray, num_samples: int, seed: int) -> np.ndarray:
+    """[num_samples, S, N] resamples of a [S seeds, N prompts] matrix: seeds and prompts drawn with replacement.
+
+    Prompts are shared by all seeds, so one draw of prompt indices is applied to every resampled seed.
+    """
+    matrix = np.atleast_2d(matrix)
+    rng = np.random.default_rng(seed)
+    rows = rng.integers(0, matrix.shape[0], size=(num_samples, matrix.shape[0]))
+    cols = rng.integers(0, matrix.shape[1], size=(num_samples, matrix.shape[1]))
+    return matrix[rows[:, :, None], cols[:, None, :]]
+
+
+def percentile_interval(values: np.ndarray, confidence: float = 0.95) -> tuple[float, float]:
+    tail = (1 - confidence) / 2 * 100
+    low, high = np.percentile(values, [tail, 100 - tail])
+    return float(low), float(high)
+
+
+def compare(
+    scores_a: np.ndarray,
+    scores_b: np.ndarray,
+    tie_margin: float = 0.0,
+    num_samples: int = 2000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> dict:
+    """Win / tie / loss of A against B on paired [S, N] scores, each with a percentile bootstrap interval."""
+    results = outcomes(np.atleast_2d(scores_a), np.atleast_2d(scores_b), tie_margin)
+    point = win_tie_loss(results)
+    flat = bootstrap_resamples(results, num_samples, seed).reshape(num_samples, -1)
+    resampled = {
+        "win": (flat == 1).mean(1),
+        "tie": (flat == 0).mean(1),
+        "loss": (flat == -1).mean(1),
+    }
+    resampled["win_rate"] = resampled["win"] + resampled["tie"] / 2
+    intervals = {key: percentile_interval(values, confidence) for key, values in resampled.items()}
+    return {**point, "ci": intervals, "n": int(results.size)}
+
+
+def mean_with_interval(matrix: np.ndarray, num_samples: int = 2000, confidence: float = 0.95, seed: int = 0) -> dict:
+    matrix = np.atleast_2d(np.asarray(matrix, dtype=float))
+    resampled = bootstrap_resamples(matrix, num_samples, seed).reshape(num_samples, -1).mean(1)
+    return {"mean": float(matrix.mean()), "ci": percentile_interval(resampled, confidence)}
+
+
+def moving_average(values, window: int) -> np.ndarray:
+    """Trailing mean over `window` points (shorter at the start), to read a noisy training curve."""
+    values = np.asarray(values, dtype=float)
+    sums = np.cumsum(np.insert(values, 0, 0.0))
+    counts = np.minimum(np.arange(1, len(values) + 1), window)
+    return (sums[1:] - sums[np.arange(1, len(values) + 1) - counts]) / counts
+
+
+def score_at_kl(kl, score, target: float) -> float:
+    """Linear interpolation of a (smoothed) score-vs-KL curve at `target` KL."""
+    kl, score = np.asarray(kl, dtype=float), np.asarray(score, dtype=float)
+    order = np.argsort(kl)
+    return float(np.interp(target, kl[order], score[order]))
+
+
+def matched_kl(curves: dict[str, dict[str, list[float]]], keys: tuple[str, ...] = ("gold", "reward")) -> dict:
+    """Each curve's scores at the largest KL every curve reached; curves map name -> {kl_sft: [...], key: [...]}."""
+    target = min(max(c["kl_sft"]) for c in curves.values())
+    scores = {
+        name: {key: score_at_kl(c["kl_sft"], c[key], target) for key in keys if c.get(key)}
+        for name, c in curves.items()
+    }
+    return {"kl_sft": float(target), "scores": scores}
+
+
+def sequence_kl(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """KL(policy || reference) of whole responses, estimated on the policy's own samples (k1 summed)."""
+    return (kl_k1(logprobs, ref_logprobs) * mask).sum(1)
+
+
+# --- Sampling and scoring --------------------------------------------------------------------------------
+
+
+def _load_prompts(source: str) -> list[str]:
+    from salsa.rl.ppo import load_prompts
+
+    return load_prompts(source)
+
+
+def comparison_pairs(config: EvalConfig) -> list[tuple[str, str]]:
+    if config.comparisons is None:
+        return list(itertools.combinations(config.policies, 2))
+    pairs = []
+    for item in config.comparisons:
+        a, sep, b = item.partition(":")
+        if not sep or a not in config.policies or b not in config.policies:
+            raise ConfigError(
+                f"eval.comparisons: '{item}' must be 'a:b' with policy names from {', '.join(config.policies)}"
+            )
+        pairs.append((a, b))
+    return pairs
+
+
+def validate_eval_config(config: EvalConfig) -> None:
+    if not config.policies:
+        raise ConfigError("eval.policies is empty; give at least one name: model_dir")
+    for name, paths in config.policies.items():
+        if not paths:
+            raise ConfigError(f"eval.policies.{name}: no model directory")
+        for path in paths:
+            if not Path(path).is_dir():
+                raise ConfigError(f"eval.policies.{name}: {path} is not a model directory")
+    if config.reward_model is None and config.task is None:
+        raise ConfigError("eval: set reward_model or task (a judge); both are null")
+    if config.landscape_models is not None and len(config.landscape_models) != 2:
+        raise ConfigError(f"eval.landscape_models needs exactly two models, got {len(config.landscape_models)}")
+    for name in ("max_new_tokens", "batch_size", "bootstrap_samples", "temperature"):
+        if getattr(config, name) <= 0:
+            raise ConfigError(f"eval.{name} must be > 0, got {getattr(config, name)}")
+    if not 0 < config.confidence < 1:
+        raise ConfigError(f"eval.confidence must lie in (0, 1), got {config.confidence}")
+    comparison_pairs(config)
+
+
+class Judges:
+    """The gold judge and the reward model, both optional, scoring (prompt, response) pairs."""
+
+    def __init__(self, task: str | None, reward_model: str | None):
+        self.gold_fn: Callable[[str, str], float] | None = None
+        if task:
+            from salsa.tasks import BUILTIN_TASKS
+
+            if task not in BUILTIN_TASKS:
+                raise ConfigError(f"eval.task: unknown task '{task}'; available: {', '.join(BUILTIN_TASKS)}")
+            self.gold_fn = BUILTIN_TASKS[task].gold_score
+        self.reward = None
+        if reward_model:
+            from salsa.reward import RewardModel
+
+            self.reward = RewardModel.load(reward_model)
+
+    @property
+    def names(self) -> list[str]:
+        return [name for name, judge in (("gold", self.gold_fn), ("reward", self.reward)) if judge is not None]
+
+    def score(self, prompts: list[str], responses: list[str]) -> dict[str, list[float]]:
+        scores = {}
+        if self.gold_fn is not None:
+            scores["gold"] = [self.gold_fn(p, r) for p, r in zip(prompts, responses, strict=True)]
+        if self.reward is not None:
+            scores["reward"] = self.reward.score(prompts, responses).tolist()
+        return scores
+
+
+def _batches(prompts: list[str], size: int) -> list[list[str]]:
+    return [prompts[i : i + size] for i in range(0, len(prompts), size)]
+
+
+@torch.no_grad()
+def sample_and_score(
+    model: torch.nn.Module,
+    tokenizer,
+    prompts: list[str],
+    config: EvalConfig,
+    judges: Judges,
+    kl_references: dict[str, torch.nn.Module] | None = None,
+    on_batch: Callable[[int], None] | None = None,
+) -> list[dict]:
+    """One response per prompt with its judges' scores and, given references, its KL to each."""
+    rows = []
+    for number, batch in enumerate(_batches(prompts, config.batch_size)):
+        sample: Generation = generate(
+            model, tokenizer, batch, max_new_tokens=config.max_new_tokens, temperature=config.temperature,
+            seed=config.seed * 1_000_003 + number,
+        )  # fmt: skip
+        scores = judges.score(batch, sample.responses)
+        kls = {}
+        if kl_references:
+            args = (sample.sequences, sample.attention_mask, sample.prompt_length, config.temperature)
+            logprobs = response_forward(model, *args).logprobs
+            for name, reference in kl_references.items():
+                kl = logprobs.new_zeros(len(batch)) if reference is model else None
+                if kl is None:
+                    kl = sequence_kl(logprobs, response_forward(reference, *args).logprobs, sample.mask)
+                kls[f"kl_{name}"] = kl.tolist()
+        lengths = sample.mask.sum(1).tolist()
+        for i, (prompt, response) in enumerate(zip(batch, sample.responses, strict=True)):
+            row = {"prompt": prompt, "response": response, "length": lengths[i]}
+            row.update({key: values[i] for key, values in {**scores, **kls}.items()})
+            rows.append(row)
+        if on_batch:
+            on_batch(len(batch))
+    return rows
+
+
+def _frozen(path: str) -> torch.nn.Module:
+    return load_causal_lm(path).eval().requires_grad_(False)
+
+
+def training_curves(policy_paths: list[str], window: int = 3) -> dict[str, list[float]] | None:
+    """Smoothed KL-to-SFT, reward and gold along training, averaged over seeds (RL runs only)."""
+    runs = []
+    for path in policy_paths:
+        log = Path(path).parent / "metrics.jsonl"
+        if not log.is_file():
+            return None
+        runs.append(read_jsonl(log))
+    steps = min(len(r) for r in runs)
+    if steps == 0:
+        return None
+    curves: dict[str, list[float]] = {"step": [float(s + 1) for s in range(steps)]}
+    for key in ("kl_sft", "reward", "gold", "response_length"):
+        values = [[rec.get(key) for rec in run[:steps]] for run in runs]
+        if any(v is None for run in values for v in run):
+            if key == "kl_sft":
+                return None  # without KL to the SFT model the runs are not on a common axis
+            continue
+        curves[key] = moving_average(np.mean(values, axis=0), window).tolist()
+    return curves
+
+
+def evaluate(config: EvalConfig, show_progress: bool = True) -> Path:
+    """Sample, judge and compare the configured policies; writes results.json and samples.jsonl."""
+    validate_eval_config(config)
+    splits = {"in_distribution": _load_prompts(config.prompts)}
+    if config.ood_prompts:
+        splits["out_of_distribution"] = _load_prompts(config.ood_prompts)
+    judges = Judges(config.task, config.reward_model)
+    kl_paths = {name: p for name, p in (("sft", config.sft_model), ("soup", config.soup_model)) if p}
+    for name, path in kl_paths.items():
+        if not Path(path).is_dir():
+            raise ConfigError(f"eval.{name}_model: {path} is not a model directory")
+    first_policy = next(iter(config.policies.values()))[0]
+    tokenizer = load_tokenizer(first_policy)
+    kl_references = {name: _frozen(path) for name, path in kl_paths.items()}
+
+    num_policy_models = sum(len(paths) for paths in config.policies.values())
+    total = num_policy_models * sum(len(p) for p in splits.values())
+    if config.landscape_models:
+        total += len(config.landscape_alphas) * len(splits["in_distribution"])
+    samples: list[dict] = []
+    with training_progress(disable=not show_progress) as progress:
+        task = progress.add_task("evaluating", total=total, metrics="")
+        advance = lambda n: progress.update(task, advance=n)  # noqa: E731
+        for name, paths in config.policies.items():
+            for seed_index, path in enumerate(paths):
+                progress.update(task, metrics=f"{name} [{seed_index}]")
+                model = _frozen(path)
+                # A policy that *is* a KL reference has KL 0 to it; reuse the loaded model instead of a copy.
+                references = {
+                    ref: (model if Path(kl_paths[ref]).resolve() == Path(path).resolve() else m)
+                    for ref, m in kl_references.items()
+                }
+                for split, prompts in splits.items():
+                    rows = sample_and_score(
+                        model, tokenizer, prompts, config, judges,
+                        references if split == "in_distribution" else None, advance,
+                    )  # fmt: skip
+                    samples += [{"policy": name, "seed_index": seed_index, "split": split, **r} for r in rows]
+                del model
+        landscape_rows: list[dict] = []
+        if config.landscape_models:
+            from salsa.soup import soup_model
+
+            for alpha in config.landscape_alphas:
+                progress.update(task, metrics=f"landscape alpha={alpha:+.2f}")
+                model = soup_model(config.landscape_models, alpha=alpha, allow_extrapolation=True)
+                model.eval().requires_grad_(False)
+                rows = sample_and_score(model, tokenizer, splits["in_distribution"], config, judges, None, advance)
+                landscape_rows += [{"alpha": alpha, **r} for r in rows]
+                del model
+
+    results = summarise(config, samples, landscape_rows, judges.names, list(splits))
+    out = Path(config.output_dir)
+    with atomic_dir(out) as tmp:
+        atomic_write_text(tmp / "samples.jsonl", "".join(json.dumps(r) + "\n" for r in samples + landscape_rows))
+        atomic_write_json(tmp / "results.json", results)
+        save_config(config, tmp / "config.yaml", section="eval")
+        mark_complete(tmp, {"stage": "eval"})
+    return out
+
+
+def _score_matrix(samples: list[dict], policy: str, split: str, key: str) -> np.ndarray:
+    """[seeds, prompts] scores of one policy on one split (prompts in file order)."""
+    rows = [r for r in samples if r["policy"] == policy and r["split"] == split]
+    num_seeds = 1 + max(r["seed_index"] for r in rows)
+    return np.array([[r[key] for r in rows if r["seed_index"] == s] for s in range(num_seeds)], dtype=float)
+
+
+def _paired(a: np.ndarray, b: np.ndarray, names: tuple[str, str]) -> tuple[np.ndarray, np.ndarray]:
+    """Pair seed i of A with seed i of B; a single model (the SFT, say) is paired with every seed."""
+    if a.shape[0] == b.shape[0]:
+        return a, b
+    if a.shape[0] == 1:
+        return np.repeat(a, b.shape[0], 0), b
+    if b.shape[0] == 1:
+        return a, np.repeat(b, a.shape[0], 0)
+    raise DataError(f"eval: {names[0]} has {a.shape[0]} seeds and {names[1]} {b.shape[0]}; give equal numbers")
+
+
+def summarise(
+    config: EvalConfig, samples: list[dict], landscape_rows: list[dict], judges: list[str], splits: list[str]
+) -> dict:
+    """Every number the report shows, computed from the samples."""
+    stats = {"num_samples": config.bootstrap_samples, "confidence": config.confidence, "seed": config.seed}
+    first = next(iter(config.policies))
+    num_prompts = {split: _score_matrix(samples, first, split, "length").shape[1] for split in splits}
+    policies = {}
+    for name, paths in config.policies.items():
+        entry: dict = {"paths": list(paths), "splits": {}}
+        for split in splits:
+            entry["splits"][split] = {
+                key: mean_with_interval(_score_matrix(samples, name, split, key), **stats)
+                for key in (*judges, "length")
+            }
+        for ref in ("sft", "soup"):
+            key = f"kl_{ref}"
+            rows = [r for r in samples if r["policy"] == name and key in r]
+            if rows:
+                entry[key] = mean_with_interval(_score_matrix(samples, name, "in_distribution", key), **stats)
+        policies[name] = entry
+    comparisons = []
+    for a, b in comparison_pairs(config):
+        for split in splits:
+            for judge in judges:
+                scores_a, scores_b = _paired(
+                    _score_matrix(samples, a, split, judge), _score_matrix(samples, b, split, judge), (a, b)
+                )
+                result = compare(scores_a, scores_b, config.tie_margin, **stats)
+                comparisons.append({"a": a, "b": b, "split": split, "judge": judge, **result})
+    landscape = []
+    for alpha in dict.fromkeys(r["alpha"] for r in landscape_rows):
+        rows = [r for r in landscape_rows if r["alpha"] == alpha]
+        point = {"alpha": alpha}
+        for key in (*judges, "length"):
+            point[key] = mean_with_interval(np.array([[r[key] for r in rows]]), **stats)
+        landscape.append(point)
+    curves = {name: training_curves(paths) for name, paths in config.policies.items()}
+    curves = {name: c for name, c in curves.items() if c}
+    return {
+        "settings": {
+            "temperature": config.temperature,
+            "max_new_tokens": config.max_new_tokens,
+            "seed": config.seed,
+            "tie_margin": config.tie_margin,
+            "confidence": config.confidence,
+            "bootstrap_samples": config.bootstrap_samples,
+            "prompts": num_prompts,
+        },
+        "judges": judges,
+        "policies": policies,
+        "comparisons": comparisons,
+        "landscape": landscape,
+        "frontier": curves,
+        "matched_kl": matched_kl(curves, tuple(j for j in judges)) if len(curves) >= 2 else None,
+    }

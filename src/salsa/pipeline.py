@@ -1,0 +1,218 @@
+"""`salsa run`: the whole SALSA pipeline from one YAML file, cached and resumable.
+
+    data -> reward -> sft (K seeds) -> soup -> rl/<method>/seed-<s> -> eval -> report
+
+Every stage writes into the run directory and ends with a completion marker. `pipeline.json` records
+each finished stage's fingerprint: a hash of its resolved config and of the fingerprints of the stages it
+reads. A rerun skips a stage whose fingerprint is unchanged and whose directory is complete, redoes one
+whose config (or an upstream stage) changed, and resumes an interrupted one from its checkpoints (SFT
+and RL save them every `save_steps`).
+
+PPO and SALSA get the same RL config (steps, prompts, batch, seeds); only the start and the KL anchor
+differ: ppo starts from and is anchored to sft-0, salsa to the soup of all SFT models. Both log KL to
+sft-0, so their frontiers share an axis.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from salsa.config import (
+    STAGES,
+    DataConfig,
+    EvalConfig,
+    RewardConfig,
+    RLConfig,
+    RunConfig,
+    SFTConfig,
+    SoupConfig,
+    config_to_yaml,
+    load_stage_config,
+)
+from salsa.errors import ConfigError
+from salsa.io import atomic_write_json, atomic_write_text, is_complete, mark_complete, read_json
+from salsa.progress import console
+
+METHODS = {
+    # method: (policy init and KL reference, the reference kind)
+    "ppo": ("sft", "sft"),
+    "salsa": ("soup", "soup"),
+}
+STATE_FILE = "pipeline.json"
+
+
+@dataclasses.dataclass
+class RunPlan:
+    """The resolved config of every stage, with paths wired into the run directory."""
+
+    run: RunConfig
+    data: DataConfig
+    reward: RewardConfig
+    sft: SFTConfig
+    soup: SoupConfig
+    rl_base: RLConfig  # the `rl:` section, shared by every method and seed
+    rl: dict[str, RLConfig]  # "rl/<method>/seed-<s>" -> its config
+    eval: EvalConfig
+
+    def to_yaml(self) -> str:
+        """The resolved whole-run config; `salsa run` accepts it back."""
+        sections = {
+            "run": self.run, "data": self.data, "reward": self.reward, "sft": self.sft, "soup": self.soup,
+            "rl": self.rl_base, "eval": self.eval,
+        }  # fmt: skip
+        return "".join(config_to_yaml(c, name) for name, c in sections.items())
+
+
+def _default(cls: type, name: str) -> Any:
+    field = next(f for f in dataclasses.fields(cls) if f.name == name)
+    return field.default_factory() if field.default_factory is not dataclasses.MISSING else field.default
+
+
+def _wire(config: Any, **paths: Any) -> Any:
+    """Set each path the user left at its default; a path the user chose is kept."""
+    kept = {k: v for k, v in paths.items() if getattr(config, k) == _default(type(config), k)}
+    return dataclasses.replace(config, **kept)
+
+
+def plan_run(config_path: str | Path | None = None, overrides: list[str] | None = None) -> RunPlan:
+    """Resolve every stage's config from one YAML file (sections per stage) and `--set section.key=value`."""
+    overrides = list(overrides or [])
+    for item in overrides:
+        section = item.split("=", 1)[0].partition(".")[0]
+        if "." not in item.split("=", 1)[0] or section not in STAGES:
+            raise ConfigError(f"--set {item!r}: in `salsa run` every key needs its section, e.g. rl.steps=10")
+    load = lambda cls, section: load_stage_config(cls, section, config_path, overrides)  # noqa: E731
+    run = load(RunConfig, "run")
+    if run.seeds < 1:
+        raise ConfigError(f"run.seeds must be >= 1, got {run.seeds}")
+    unknown = [m for m in run.methods if m not in METHODS]
+    if unknown or not run.methods:
+        raise ConfigError(f"run.methods: unknown method '{unknown[0] if unknown else ''}'; use {', '.join(METHODS)}")
+    root = Path(run.output_dir)
+    data = _wire(load(DataConfig, "data"), output_dir=str(root / "data"))
+    data_dir = Path(data.output_dir)
+    reward = _wire(
+        load(RewardConfig, "reward"),
+        data=str(data_dir / "prefs.jsonl"), eval_data=str(data_dir / "prefs_eval.jsonl"),
+        output_dir=str(root / "reward"),
+    )  # fmt: skip
+    sft = _wire(load(SFTConfig, "sft"), data=str(data_dir / "sft.jsonl"), output_dir=str(root / "sft"))
+    from salsa.sft import seeds_of
+
+    sft_dirs = [str(Path(sft.output_dir) / f"sft-{i}") for i in range(len(seeds_of(sft)))]
+    if len(sft_dirs) < 2:
+        raise ConfigError(f"sft: a soup needs K >= 2 models, got {len(sft_dirs)} (set sft.num_models)")
+    soup = _wire(load(SoupConfig, "soup"), models=sft_dirs, output_dir=str(root / "soup"))
+    rl_base = load(RLConfig, "rl")
+    if rl_base.algorithm == "dpo":
+        raise ConfigError("rl.algorithm: `salsa run` compares online RL (ppo, rloo, grpo); run dpo with `salsa rl`")
+    anchors = {"sft": sft_dirs[0], "soup": soup.output_dir}
+    rl = {}
+    for method in run.methods:
+        start, reference = METHODS[method]
+        for s in range(run.seeds):
+            name = f"rl/{method}/seed-{s}"
+            rl[name] = dataclasses.replace(
+                rl_base, init=anchors[start], reference=reference, reference_model=anchors[start],
+                reference_models=None, sft_model=sft_dirs[0], reward_model=str(Path(reward.output_dir) / "model"),
+                prompts=str(data_dir / "prompts_train.jsonl"), output_dir=str(root / name), seed=rl_base.seed + s,
+            )  # fmt: skip
+    policies = {
+        m: [str(Path(rl[f"rl/{m}/seed-{s}"].output_dir) / "final") for s in range(run.seeds)] for m in run.methods
+    }
+    policies["sft"] = [sft_dirs[0]]
+    comparisons = [f"{a}:{b}" for a, b in zip(run.methods, run.methods[1:], strict=False)]
+    comparisons += [f"{m}:sft" for m in run.methods]
+    evaluation = _wire(
+        load(EvalConfig, "eval"),
+        policies=policies, comparisons=comparisons, prompts=str(data_dir / "prompts_eval.jsonl"),
+        ood_prompts=str(data_dir / "prompts_ood.jsonl"), reward_model=str(Path(reward.output_dir) / "model"),
+        sft_model=sft_dirs[0], soup_model=soup.output_dir, landscape_models=sft_dirs[:2],
+        output_dir=str(root / "eval"),
+    )  # fmt: skip
+    return RunPlan(run, data, reward, sft, soup, rl_base, rl, evaluation)
+
+
+def _hash(*parts: str) -> str:
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
+
+
+class StageRunner:
+    """Runs stages in order, skipping those already finished with the same fingerprint."""
+
+    def __init__(self, root: Path, show_progress: bool):
+        self.root, self.show_progress = root, show_progress
+        self.state_file = root / STATE_FILE
+        self.state = read_json(self.state_file) if self.state_file.is_file() else {"stages": {}}
+        self.fingerprints: dict[str, str] = {}
+
+    def run(self, name: str, config: Any, out: str | Path, work: Callable[[], Any], after: tuple[str, ...] = ()):
+        """Run `work` unless stage `name` finished before with the same config and inputs."""
+        out = Path(out)
+        fingerprint = _hash(yaml.safe_dump(dataclasses.asdict(config)), *(self.fingerprints[a] for a in after))
+        self.fingerprints[name] = fingerprint
+        recorded = self.state["stages"].get(name, {})
+        if recorded.get("fingerprint") == fingerprint and is_complete(out):
+            console.print(f"[green]{name}[/]: finished before, skipping ({out})")
+            return
+        if recorded.get("fingerprint") not in (None, fingerprint) and out.exists():
+            console.print(f"[yellow]{name}[/]: its config or inputs changed; redoing it")
+            shutil.rmtree(out)
+        console.rule(f"[bold]{name}")
+        # Recorded before the work, so an interrupted stage resumes (same fingerprint) rather than restarts.
+        self.state["stages"][name] = {"fingerprint": fingerprint}
+        atomic_write_json(self.state_file, self.state)
+        started = time.perf_counter()
+        work()
+        if not is_complete(out):
+            mark_complete(out, {"stage": name})
+        self.state["stages"][name]["seconds"] = round(time.perf_counter() - started, 1)
+        atomic_write_json(self.state_file, self.state)
+
+    @property
+    def timings(self) -> dict[str, float]:
+        stages = self.state["stages"].items()
+        return {name: s["seconds"] for name, s in stages if name in self.fingerprints and "seconds" in s}
+
+
+def run_pipeline(
+    config_path: str | Path | None = None, overrides: list[str] | None = None, show_progress: bool = True
+) -> Path:
+    """Run (or finish) the whole pipeline; returns the report directory."""
+    from salsa.evaluate import evaluate
+    from salsa.report import write_report
+    from salsa.reward import train_reward
+    from salsa.rl.ppo import train_rl
+    from salsa.sft import train_sft
+    from salsa.soup import build_soup_from_config
+    from salsa.tasks.build import make_task_data
+
+    plan = plan_run(config_path, overrides)
+    root = Path(plan.run.output_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(root / "config.yaml", plan.to_yaml())
+    stages = StageRunner(root, show_progress)
+    quiet = not show_progress
+    stages.run("data", plan.data, plan.data.output_dir, lambda: make_task_data(plan.data, show_progress=not quiet))
+    stages.run(
+        "reward", plan.reward, plan.reward.output_dir, lambda: train_reward(plan.reward, not quiet), after=("data",)
+    )
+    stages.run("sft", plan.sft, plan.sft.output_dir, lambda: train_sft(plan.sft, show_progress=not quiet), ("data",))
+    stages.run("soup", plan.soup, plan.soup.output_dir, lambda: build_soup_from_config(plan.soup), after=("sft",))
+    for name, rl_config in plan.rl.items():
+        stages.run(
+            name, rl_config, rl_config.output_dir, lambda c=rl_config: train_rl(c, not quiet), ("reward", "sft", "soup")
+        )
+    stages.run("eval", plan.eval, plan.eval.output_dir, lambda: evaluate(plan.eval, not quiet), tuple(plan.rl))
+    report_dir = root / "report"
+    run_info = {"timings": stages.timings, "config": plan.to_yaml()}
+    write_report(plan.eval.output_dir, report_dir, run_info)
+    return report_dir

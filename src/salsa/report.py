@@ -1,0 +1,363 @@
+"""`salsa report`: the evaluation as a Markdown file, a static HTML page, PNG plots and summary.json.
+
+The report is a list of blocks (headings, paragraphs, tables, images) rendered twice, to Markdown and to
+HTML, so the two always say the same thing. The verdict is computed, never written by hand: SALSA beat
+PPO only if the lower end of the win rate's interval lies above 50%.
+"""
+
+from __future__ import annotations
+
+import html
+import platform
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from salsa.errors import DataError
+from salsa.io import atomic_dir, atomic_write_json, atomic_write_text, read_json
+
+SPLIT_TITLES = {"in_distribution": "in-distribution", "out_of_distribution": "out-of-distribution"}
+JUDGE_TITLES = {"gold": "gold judge", "reward": "reward model"}
+
+
+@dataclass
+class Block:
+    kind: str  # heading | text | table | image | code
+    content: object
+
+
+def verdict(comparison: dict, confidence: float) -> str:
+    """One plain sentence: did A beat B, with the interval that decides it."""
+    a, b = comparison["a"], comparison["b"]
+    low, high = comparison["ci"]["win_rate"]
+    rate = comparison["win_rate"]
+    where = f"{SPLIT_TITLES[comparison['split']]} prompts, {JUDGE_TITLES[comparison['judge']]}"
+    interval = f"win rate {rate:.1%}, {confidence:.0%} CI [{low:.1%}, {high:.1%}], n = {comparison['n']}"
+    if low > 0.5:
+        return f"{a} beat {b} on this run ({where}: {interval})."
+    if high < 0.5:
+        return f"{a} did not beat {b}: {b} won on this run ({where}: {interval})."
+    return f"{a} did not beat {b} on this run: the interval includes 50% ({where}: {interval})."
+
+
+def _pct(x: float) -> str:
+    return f"{x:.1%}"
+
+
+def _with_ci(entry: dict, fmt: str = "{:+.3f}") -> str:
+    low, high = entry["ci"]
+    return f"{fmt.format(entry['mean'])} [{fmt.format(low)}, {fmt.format(high)}]"
+
+
+def _policy_table(results: dict) -> list[list[str]]:
+    splits = list(results["settings"]["prompts"])
+    judges = results["judges"]
+    header = ["policy"]
+    header += [f"{judge} ({SPLIT_TITLES[split]})" for judge in judges for split in splits]
+    header += ["KL to SFT (nats)", "KL to soup (nats)", "length (tokens)"]
+    rows = [header]
+    for name, entry in results["policies"].items():
+        row = [name]
+        row += [_with_ci(entry["splits"][split][judge]) for judge in judges for split in splits]
+        row += [_with_ci(entry[k], "{:.2f}") if k in entry else "-" for k in ("kl_sft", "kl_soup")]
+        row.append(f"{entry['splits'][splits[0]]['length']['mean']:.1f}")
+        rows.append(row)
+    return rows
+
+
+def _comparison_table(results: dict) -> list[list[str]]:
+    rows = [["A vs B", "prompts", "judge", "win", "tie", "loss", "win rate [CI]", "n"]]
+    for c in results["comparisons"]:
+        low, high = c["ci"]["win_rate"]
+        rows.append([
+            f"{c['a']} vs {c['b']}", SPLIT_TITLES[c["split"]], JUDGE_TITLES[c["judge"]],
+            _pct(c["win"]), _pct(c["tie"]), _pct(c["loss"]), f"{_pct(c['win_rate'])} [{_pct(low)}, {_pct(high)}]",
+            str(c["n"]),
+        ])  # fmt: skip
+    return rows
+
+
+# --- Plots ---------------------------------------------------------------------------------------------------
+
+
+def _plot_win_rates(results: dict, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    comparisons = results["comparisons"]
+    labels = [f"{c['a']} vs {c['b']}\n{SPLIT_TITLES[c['split']]}, {JUDGE_TITLES[c['judge']]}" for c in comparisons]
+    rates = [100 * c["win_rate"] for c in comparisons]
+    errors = [
+        [100 * (c["win_rate"] - c["ci"]["win_rate"][0]) for c in comparisons],
+        [100 * (c["ci"]["win_rate"][1] - c["win_rate"]) for c in comparisons],
+    ]
+    fig, ax = plt.subplots(figsize=(8, 0.55 * len(comparisons) + 1.5))
+    y = range(len(comparisons))
+    ax.barh(y, rates, xerr=errors, color="tab:blue", alpha=0.8, capsize=4, label="win rate (ties count half)")
+    ax.axvline(50, color="black", linestyle="--", linewidth=1, label="50%: no difference")
+    ax.set_yticks(list(y), labels, fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlim(0, 100)
+    ax.set_xlabel(f"win rate of A against B (%), {results['settings']['confidence']:.0%} bootstrap CI")
+    ax.set_title("Pairwise win rates")
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _plot_landscape(results: dict, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    points = results["landscape"]
+    alphas = [p["alpha"] for p in points]
+    judges = results["judges"]
+    fig, axes = plt.subplots(1, len(judges), figsize=(5 * len(judges), 4), squeeze=False)
+    for ax, judge in zip(axes[0], judges, strict=True):
+        means = [p[judge]["mean"] for p in points]
+        low = [p[judge]["ci"][0] for p in points]
+        high = [p[judge]["ci"][1] for p in points]
+        ax.plot(alphas, means, marker="o", color="tab:green", label=f"mean {JUDGE_TITLES[judge]} score")
+        ax.fill_between(alphas, low, high, color="tab:green", alpha=0.2, label="bootstrap CI")
+        for alpha, name in ((0.0, "SFT-1"), (0.5, "soup"), (1.0, "SFT-2")):
+            ax.axvline(alpha, color="grey", linestyle=":", linewidth=1)
+            ax.annotate(name, (alpha, 1.0), xycoords=("data", "axes fraction"), ha="center", va="bottom", fontsize=8)
+        ax.set_xlabel("alpha: model = (1 - alpha) * SFT-1 + alpha * SFT-2")
+        ax.set_ylabel(f"{JUDGE_TITLES[judge]} score (in-distribution)")
+        ax.legend(fontsize=8)
+    fig.suptitle("Reward landscape between two SFT models")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _plot_frontier(results: dict, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    curves = results["frontier"]
+    judges = [j for j in results["judges"] if all(j in c for c in curves.values())]
+    fig, axes = plt.subplots(1, len(judges), figsize=(5 * len(judges), 4), squeeze=False)
+    matched = results.get("matched_kl")
+    for ax, judge in zip(axes[0], judges, strict=True):
+        for name, curve in curves.items():
+            ax.plot(curve["kl_sft"], curve[judge], marker=".", label=name)
+        if matched:
+            ax.axvline(matched["kl_sft"], color="grey", linestyle="--", linewidth=1, label="matched KL")
+        ax.set_xlabel("KL to the SFT model (nats per response)")
+        ax.set_ylabel(f"{JUDGE_TITLES[judge]} score (training rollouts)")
+        ax.legend(fontsize=8)
+    fig.suptitle("Reward against KL along training (moving average of 3 steps)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _plot_training(results: dict, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    curves = results["frontier"]
+    keys = [k for k in ("gold", "reward", "kl_sft", "response_length") if all(k in c for c in curves.values())]
+    units = {
+        "gold": "gold score",
+        "reward": "reward-model score",
+        "kl_sft": "KL to SFT (nats)",
+        "response_length": "response length (tokens)",
+    }
+    fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3.5), squeeze=False)
+    for ax, key in zip(axes[0], keys, strict=True):
+        for name, curve in curves.items():
+            ax.plot(curve["step"], curve[key], label=name)
+        ax.set_xlabel("RL step")
+        ax.set_ylabel(units[key])
+        ax.legend(fontsize=8)
+    fig.suptitle("Training curves (moving average of 3 steps, mean over seeds)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+# --- Rendering -----------------------------------------------------------------------------------------------
+
+
+def _markdown(blocks: list[Block]) -> str:
+    parts = []
+    for block in blocks:
+        if block.kind == "heading":
+            level, text = block.content
+            parts.append("#" * level + " " + text)
+        elif block.kind == "text":
+            parts.append(str(block.content))
+        elif block.kind == "table":
+            rows = block.content
+            lines = ["| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
+            lines += ["| " + " | ".join(r) + " |" for r in rows[1:]]
+            parts.append("\n".join(lines))
+        elif block.kind == "image":
+            file, alt = block.content
+            parts.append(f"![{alt}]({file})")
+        elif block.kind == "code":
+            parts.append("```\n" + str(block.content).rstrip() + "\n```")
+    return "\n\n".join(parts) + "\n"
+
+
+def _html(blocks: list[Block], title: str) -> str:
+    body = []
+    for block in blocks:
+        if block.kind == "heading":
+            level, text = block.content
+            body.append(f"<h{level}>{html.escape(text)}</h{level}>")
+        elif block.kind == "text":
+            text = re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", html.escape(str(block.content)))
+            body.append(f"<p>{text}</p>")
+        elif block.kind == "table":
+            rows = block.content
+            head = "".join(f"<th>{html.escape(c)}</th>" for c in rows[0])
+            cells = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows[1:])
+            body.append(f"<table><thead><tr>{head}</tr></thead><tbody>{cells}</tbody></table>")
+        elif block.kind == "image":
+            file, alt = block.content
+            body.append(f'<figure><img src="{html.escape(file)}" alt="{html.escape(alt)}"></figure>')
+        elif block.kind == "code":
+            body.append(f"<pre>{html.escape(str(block.content))}</pre>")
+    style = (
+        "body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;line-height:1.45}"
+        "table{border-collapse:collapse;margin:1em 0;font-size:0.9em}"
+        "td,th{border:1px solid #ccc;padding:4px 8px;text-align:left}th{background:#f3f3f3}"
+        "img{max-width:100%}pre{background:#f6f6f6;padding:1em;overflow-x:auto;font-size:0.85em}"
+    )
+    return (
+        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
+        f"<style>{style}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n"
+    )
+
+
+def versions() -> dict[str, str]:
+    import torch
+    import transformers
+
+    from salsa import __version__
+
+    return {
+        "salsa": __version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "platform": platform.platform(),
+    }
+
+
+def write_report(eval_dir: str | Path, out: str | Path | None = None, run_info: dict | None = None) -> Path:
+    """Render `eval_dir/results.json` (and the run's config and timings, if given) into `out`."""
+    eval_dir = Path(eval_dir)
+    results_file = eval_dir / "results.json"
+    if not results_file.is_file():
+        raise DataError(f"{results_file} does not exist; run `salsa eval` first")
+    results = read_json(results_file)
+    out = Path(out) if out is not None else eval_dir.parent / "report"
+    confidence = results["settings"]["confidence"]
+    headline = results["comparisons"][0] if results["comparisons"] else None
+    title = "salsa report"
+    blocks = [Block("heading", (1, title))]
+    if headline:
+        blocks.append(Block("text", "**Verdict.** " + verdict(headline, confidence)))
+        others = [
+            verdict(c, confidence)
+            for c in results["comparisons"][1:]
+            if (c["a"], c["b"]) == (headline["a"], headline["b"])
+        ]
+        if others:
+            blocks.append(Block("text", "Other judges and prompts: " + " ".join(others)))
+    matched = results.get("matched_kl")
+    if matched:
+        parts = [
+            f"{name}: " + ", ".join(f"{judge} {value:+.3f}" for judge, value in scores.items())
+            for name, scores in matched["scores"].items()
+        ]
+        blocks.append(
+            Block(
+                "text",
+                f"**At matched KL.** At {matched['kl_sft']:.2f} nats from the SFT model (the largest KL every run "
+                f"reached), the training-rollout scores were: {'; '.join(parts)}. A higher final score with a larger "
+                "KL is bought with distance from the SFT model; compare at matched KL.",
+            )
+        )
+    settings = results["settings"]
+    blocks += [
+        Block("heading", (2, "Policies")),
+        Block(
+            "text",
+            f"One sample per prompt at temperature {settings['temperature']}, at most {settings['max_new_tokens']} new "
+            f"tokens, the same seed for every policy; prompts: "
+            + ", ".join(f"{n} {SPLIT_TITLES[s]}" for s, n in settings["prompts"].items())
+            + f". Means with {confidence:.0%} bootstrap intervals; KL on in-distribution prompts, nats per response.",
+        ),
+        Block("table", _policy_table(results)),
+        Block("heading", (2, "Win rates")),
+        Block(
+            "text",
+            f"Prompt by prompt: A wins if its score exceeds B's by more than {settings['tie_margin']}. Intervals: "
+            f"percentile bootstrap over prompts (and seeds), {settings['bootstrap_samples']} resamples.",
+        ),
+        Block("table", _comparison_table(results)),
+    ]
+    plots = []
+    if results["comparisons"]:
+        plots.append(("win_rates.png", "Pairwise win rates with confidence intervals", _plot_win_rates))
+    if results["landscape"]:
+        plots.append(("landscape.png", "Reward landscape between SFT-1 and SFT-2", _plot_landscape))
+    if results["frontier"]:
+        plots.append(("frontier.png", "Reward against KL to the SFT model", _plot_frontier))
+        plots.append(("training.png", "Training curves", _plot_training))
+    if run_info:
+        if run_info.get("timings"):
+            rows = [["stage", "seconds"]] + [[k, f"{v:.0f}"] for k, v in run_info["timings"].items()]
+            blocks += [Block("heading", (2, "Timings")), Block("table", rows)]
+        if run_info.get("config"):
+            blocks += [Block("heading", (2, "Resolved config")), Block("code", run_info["config"])]
+    environment = versions()
+    blocks += [
+        Block("heading", (2, "Versions")),
+        Block("table", [["package", "version"]] + [[k, v] for k, v in environment.items()]),
+    ]
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    with atomic_dir(out) as tmp:
+        figure_blocks = [Block("heading", (2, "Plots"))]
+        for file, alt, plot in plots:
+            plot(results, tmp / file)
+            figure_blocks.append(Block("image", (file, alt)))
+        insert_at = next(i for i, b in enumerate(blocks) if b.content == (2, "Policies"))
+        all_blocks = blocks[:insert_at] + figure_blocks + blocks[insert_at:] if plots else blocks
+        atomic_write_text(tmp / "report.md", _markdown(all_blocks))
+        atomic_write_text(tmp / "report.html", _html(all_blocks, title))
+        summary = {
+            "verdict": verdict(headline, confidence) if headline else None,
+            "headline": headline,
+            "policies": results["policies"],
+            "comparisons": results["comparisons"],
+            "matched_kl": matched,
+            "table": _policy_table(results),
+            "win_rates": _comparison_table(results),
+            "timings": (run_info or {}).get("timings"),
+            "versions": environment,
+        }
+        atomic_write_json(tmp / "summary.json", summary)
+    return out
+
+
+def print_summary(out: str | Path) -> None:
+    """The verdict and the result tables of a written report, on the terminal."""
+    from rich.table import Table
+
+    from salsa.progress import console
+
+    summary = read_json(Path(out) / "summary.json")
+    for rows in (summary["table"], summary["win_rates"]):
+        table = Table(*rows[0])
+        for row in rows[1:]:
+            table.add_row(*row)
+        console.print(table)
+    if summary["verdict"]:
+        console.print(f"[bold]verdict:[/] {summary['verdict']}")
+    console.print(f"report: {Path(out) / 'report.html'} ({Path(out) / 'report.md'})")

@@ -1,0 +1,101 @@
+"""Win rates, bootstrap intervals and the matched-KL reading, against hand computations."""
+
+import numpy as np
+import pytest
+import torch
+
+from salsa.evaluate import (
+    bootstrap_resamples,
+    compare,
+    matched_kl,
+    mean_with_interval,
+    moving_average,
+    outcomes,
+    score_at_kl,
+    sequence_kl,
+    win_tie_loss,
+)
+from salsa.report import verdict
+
+
+def test_outcomes_and_rates_by_hand_with_ties():
+    a = [0.9, 0.5, 0.2, 0.0, -0.3]
+    b = [0.1, 0.5, 0.4, 0.0, -0.5]
+    assert outcomes(a, b).tolist() == [1, 0, -1, 0, 1]
+    # 2 wins, 2 ties, 1 loss of 5: win rate counts a tie as half a win.
+    assert win_tie_loss(outcomes(a, b)) == pytest.approx({"win": 0.4, "tie": 0.4, "loss": 0.2, "win_rate": 0.6})
+    # A margin turns the near-misses into ties: |0.2| and |0.2| <= 0.25.
+    assert outcomes(a, b, tie_margin=0.25).tolist() == [1, 0, 0, 0, 0]
+
+
+def test_bootstrap_of_a_constant_is_that_constant():
+    result = compare(np.ones((1, 30)), np.zeros((1, 30)), num_samples=500)
+    assert result["win"] == 1.0 and result["n"] == 30
+    assert result["ci"]["win"] == (1.0, 1.0) and result["ci"]["win_rate"] == (1.0, 1.0)
+
+
+def test_bootstrap_interval_matches_the_normal_approximation():
+    rng = np.random.default_rng(0)
+    wins = (rng.random(2000) < 0.6).astype(float)
+    result = compare(wins[None], np.full((1, 2000), 0.5), num_samples=4000, seed=1)
+    low, high = result["ci"]["win"]
+    half_width = 1.96 * np.sqrt(result["win"] * (1 - result["win"]) / 2000)  # ~0.0215
+    assert low == pytest.approx(result["win"] - half_width, abs=0.004)
+    assert high == pytest.approx(result["win"] + half_width, abs=0.004)
+
+
+def test_bootstrap_resamples_seeds_as_well_as_prompts():
+    # Seed 0 always wins, seed 1 always loses: the seed-level resampling must widen the interval
+    # far beyond what 100 prompts alone would give.
+    a = np.array([[1.0] * 100, [0.0] * 100])
+    b = np.full((2, 100), 0.5)
+    result = compare(a, b, num_samples=2000)
+    assert result["win_rate"] == 0.5
+    low, high = result["ci"]["win_rate"]
+    assert low == 0.0 and high == 1.0
+    resamples = bootstrap_resamples(np.arange(6).reshape(2, 3), num_samples=50, seed=0)
+    assert resamples.shape == (50, 2, 3)
+    # Every resampled row is one of the original rows with its columns drawn from the same column draw.
+    for draw in resamples:
+        assert all(set(row.tolist()) <= ({0, 1, 2} if row.min() < 3 else {3, 4, 5}) for row in draw)
+
+
+def test_mean_with_interval_brackets_the_mean():
+    result = mean_with_interval(np.array([[0.0, 1.0, 2.0, 3.0]]), num_samples=1000)
+    assert result["mean"] == 1.5
+    assert 0.0 <= result["ci"][0] < 1.5 < result["ci"][1] <= 3.0
+
+
+def test_moving_average_by_hand():
+    assert moving_average([1, 2, 3, 4], 2).tolist() == [1.0, 1.5, 2.5, 3.5]
+    assert moving_average([3, 6, 9], 3).tolist() == [3.0, 4.5, 6.0]
+
+
+def test_score_at_matched_kl_interpolates_each_curve():
+    curves = {
+        "salsa": {"kl_sft": [0.0, 2.0, 4.0], "gold": [0.0, 0.4, 0.8]},
+        "ppo": {"kl_sft": [0.0, 1.0, 3.0], "gold": [0.0, 0.5, 0.6]},
+    }
+    assert score_at_kl([0.0, 2.0], [1.0, 3.0], 1.5) == 2.5
+    result = matched_kl(curves, ("gold",))
+    # The largest KL both reached is ppo's 3.0; salsa at 3.0 lies half way between 0.4 and 0.8.
+    assert result["kl_sft"] == 3.0
+    assert result["scores"]["salsa"]["gold"] == pytest.approx(0.6)
+    assert result["scores"]["ppo"]["gold"] == pytest.approx(0.6)
+
+
+def test_sequence_kl_sums_log_ratios_over_the_response():
+    logprobs = torch.tensor([[-1.0, -2.0, -0.5]])
+    ref = torch.tensor([[-1.5, -1.0, -9.0]])
+    mask = torch.tensor([[1.0, 1.0, 0.0]])  # the third token is after EOS
+    assert sequence_kl(logprobs, ref, mask).tolist() == [0.5 - 1.0]
+
+
+@pytest.mark.parametrize(
+    ("interval", "expected"),
+    [((0.55, 0.7), "salsa beat ppo"), ((0.3, 0.45), "ppo won"), ((0.45, 0.6), "the interval includes 50%")],
+)
+def test_verdict_follows_the_interval(interval, expected):
+    comparison = {"a": "salsa", "b": "ppo", "split": "in_distribution", "judge": "gold", "n": 48}
+    comparison.update(win_rate=sum(interval) / 2, ci={"win_rate": interval})
+    assert expected in verdict(comparison, 0.95)

@@ -1,0 +1,111 @@
+"""`salsa run` on tiny models: the whole pipeline, its report, stage caching and resume after an interruption."""
+
+import json
+
+import pytest
+import yaml
+
+from salsa.errors import ConfigError
+from salsa.io import read_jsonl
+from salsa.pipeline import plan_run, run_pipeline
+
+
+@pytest.fixture()
+def run_yaml(tmp_path, tiny_model_dir):
+    config = {
+        "run": {"output_dir": str(tmp_path / "run")},
+        "data": {"model": str(tiny_model_dir), "samples_per_prompt": 2, "max_new_tokens": 6},
+        "reward": {"backbone": "causal", "model": str(tiny_model_dir), "num_epochs": 0.2, "max_length": 64},
+        "sft": {"model": str(tiny_model_dir), "max_steps": 2, "batch_size": 4, "max_length": 64, "save_steps": 1},
+        "rl": {"steps": 2, "prompts_per_step": 4, "max_new_tokens": 6, "save_steps": 1, "learning_rate": 1e-3},
+        "eval": {"max_new_tokens": 6, "landscape_alphas": [0.0, 0.5, 1.0], "bootstrap_samples": 200},
+    }
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def _forbid(monkeypatch, *targets):
+    """Make these stage functions fail if the pipeline calls them (it should skip their stages)."""
+    for target in targets:
+
+        def boom(*args, _target=target, **kwargs):
+            raise AssertionError(f"{_target} ran although its stage was finished")
+
+        monkeypatch.setattr(target, boom)
+
+
+def test_plan_wires_every_stage_into_the_run_directory(run_yaml, tmp_path):
+    plan = plan_run(run_yaml, ["run.seeds=2"])
+    root = tmp_path / "run"
+    assert plan.soup.models == [str(root / "sft" / "sft-0"), str(root / "sft" / "sft-1")]
+    assert sorted(plan.rl) == ["rl/ppo/seed-0", "rl/ppo/seed-1", "rl/salsa/seed-0", "rl/salsa/seed-1"]
+    salsa, ppo = plan.rl["rl/salsa/seed-1"], plan.rl["rl/ppo/seed-1"]
+    assert (salsa.init, salsa.reference) == (str(root / "soup"), "soup")
+    assert (ppo.init, ppo.reference) == (str(root / "sft" / "sft-0"), "sft")
+    # Equal budgets and seeds: the two methods differ only in start, anchor and directory.
+    differing = {k for k in vars(salsa) if getattr(salsa, k) != getattr(ppo, k)}
+    assert differing == {"init", "reference", "reference_model", "output_dir"}
+    assert salsa.seed == plan.rl["rl/salsa/seed-0"].seed + 1
+    assert plan.eval.policies["salsa"] == [str(root / "rl/salsa/seed-0/final"), str(root / "rl/salsa/seed-1/final")]
+    assert plan.eval.comparisons[0] == "salsa:ppo"
+
+
+def test_plan_rejects_unsectioned_overrides_and_single_sft(run_yaml):
+    with pytest.raises(ConfigError, match="needs its section"):
+        plan_run(run_yaml, ["steps=3"])
+    with pytest.raises(ConfigError, match="K >= 2"):
+        plan_run(run_yaml, ["sft.num_models=1"])
+
+
+def test_run_resumes_after_interruption_then_skips_finished_stages(run_yaml, tmp_path, monkeypatch):
+    import salsa.rl.ppo as ppo
+
+    root = tmp_path / "run"
+    real_update, calls = ppo.rl_update, []
+
+    def interrupted_update(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:  # step 2 of the first RL run (rl/salsa/seed-0), after its step-1 checkpoint
+            raise KeyboardInterrupt
+        return real_update(*args, **kwargs)
+
+    monkeypatch.setattr(ppo, "rl_update", interrupted_update)
+    with pytest.raises(KeyboardInterrupt):
+        run_pipeline(run_yaml, show_progress=False)
+    assert (root / "rl/salsa/seed-0/checkpoints/state.pt").is_file()
+    assert not (root / "eval").exists()
+    monkeypatch.setattr(ppo, "rl_update", real_update)
+
+    # Rerun: finished stages are skipped; the interrupted RL run continues from its step-1 checkpoint.
+    _forbid(
+        monkeypatch, "salsa.tasks.build.make_task_data", "salsa.reward.train_reward", "salsa.sft.train_sft",
+        "salsa.soup.build_soup_from_config",
+    )  # fmt: skip
+    report = run_pipeline(run_yaml, show_progress=False)
+    assert [r["step"] for r in read_jsonl(root / "rl/salsa/seed-0/metrics.jsonl")] == [1, 2]
+    state = json.loads((root / "pipeline.json").read_text())
+    assert set(state["stages"]) == {"data", "reward", "sft", "soup", "rl/salsa/seed-0", "rl/ppo/seed-0", "eval"}
+
+    # The report: Markdown, HTML, every plot, a computed verdict and machine-readable numbers.
+    for name in ("report.md", "report.html", "summary.json", "win_rates.png", "landscape.png", "frontier.png"):
+        assert (report / name).is_file(), name
+    summary = json.loads((report / "summary.json").read_text())
+    assert summary["verdict"].startswith("salsa ")
+    assert summary["headline"]["a"] == "salsa" and summary["headline"]["b"] == "ppo"
+    assert set(summary["policies"]) == {"salsa", "ppo", "sft"}
+    assert summary["policies"]["sft"]["kl_sft"]["mean"] == 0.0  # the SFT policy is the KL reference itself
+    markdown = (report / "report.md").read_text()
+    assert summary["verdict"] in markdown and "![Reward landscape" in markdown
+    results = json.loads((root / "eval/results.json").read_text())
+    assert [p["alpha"] for p in results["landscape"]] == [0.0, 0.5, 1.0]
+    assert set(results["frontier"]) == {"salsa", "ppo"}
+
+    # A changed RL budget redoes RL and eval only.
+    _forbid(monkeypatch, "salsa.tasks.build.make_task_data")
+    run_pipeline(run_yaml, ["rl.steps=3"], show_progress=False)
+    assert [r["step"] for r in read_jsonl(root / "rl/ppo/seed-0/metrics.jsonl")] == [1, 2, 3]
+
+    # Everything finished with this config: nothing runs but the report.
+    _forbid(monkeypatch, "salsa.rl.ppo.train_rl", "salsa.evaluate.evaluate")
+    run_pipeline(run_yaml, ["rl.steps=3"], show_progress=False)
