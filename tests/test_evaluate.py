@@ -99,3 +99,17 @@ def test_verdict_follows_the_interval(interval, expected):
     comparison = {"a": "salsa", "b": "ppo", "split": "in_distribution", "judge": "gold", "n": 48}
     comparison.update(win_rate=sum(interval) / 2, ci={"win_rate": interval})
     assert expected in verdict(comparison, 0.95)
+
+
+def test_generation_logprobs_equal_a_forward_pass(tokenizer, tiny_model_dir):
+    from salsa.generation import generate
+    from salsa.models import load_causal_lm
+    from salsa.rl.policy import response_forward
+
+    model = load_causal_lm(str(tiny_model_dir)).eval()
+    prompts = ["Say something.", "Write a one-sentence review of a cinema."]
+    sample = generate(model, tokenizer, prompts, max_new_tokens=6, temperature=0.7, seed=3, with_logprobs=True)
+    with torch.no_grad():
+        forward = response_forward(model, sample.sequences, sample.attention_mask, sample.prompt_length, 0.7)
+    mask = sample.mask.bool()
+    assert torch.allclose(sample.logprobs[mask], forward.logprobs[mask], atol=1e-4)

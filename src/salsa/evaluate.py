@@ -219,18 +219,18 @@ def sample_and_score(
     for number, batch in enumerate(_batches(prompts, config.batch_size)):
         sample: Generation = generate(
             model, tokenizer, batch, max_new_tokens=config.max_new_tokens, temperature=config.temperature,
-            seed=config.seed * 1_000_003 + number,
+            seed=config.seed * 1_000_003 + number, with_logprobs=bool(kl_references),
         )  # fmt: skip
         scores = judges.score(batch, sample.responses)
         kls = {}
         if kl_references:
             args = (sample.sequences, sample.attention_mask, sample.prompt_length, config.temperature)
-            logprobs = response_forward(model, *args).logprobs
             for name, reference in kl_references.items():
-                kl = logprobs.new_zeros(len(batch)) if reference is model else None
-                if kl is None:
-                    kl = sequence_kl(logprobs, response_forward(reference, *args).logprobs, sample.mask)
-                kls[f"kl_{name}"] = kl.tolist()
+                if reference is model:
+                    kls[f"kl_{name}"] = [0.0] * len(batch)
+                else:
+                    ref_logprobs = response_forward(reference, *args).logprobs
+                    kls[f"kl_{name}"] = sequence_kl(sample.logprobs, ref_logprobs, sample.mask).tolist()
         lengths = sample.mask.sum(1).tolist()
         for i, (prompt, response) in enumerate(zip(batch, sample.responses, strict=True)):
             row = {"prompt": prompt, "response": response, "length": lengths[i]}
@@ -281,6 +281,7 @@ def evaluate(config: EvalConfig, show_progress: bool = True) -> Path:
     first_policy = next(iter(config.policies.values()))[0]
     tokenizer = load_tokenizer(first_policy)
     kl_references = {name: _frozen(path) for name, path in kl_paths.items()}
+    loaded = {Path(kl_paths[name]).resolve(): model for name, model in kl_references.items()}
 
     num_policy_models = sum(len(paths) for paths in config.policies.values())
     total = num_policy_models * sum(len(p) for p in splits.values())
@@ -293,16 +294,12 @@ def evaluate(config: EvalConfig, show_progress: bool = True) -> Path:
         for name, paths in config.policies.items():
             for seed_index, path in enumerate(paths):
                 progress.update(task, metrics=f"{name} [{seed_index}]")
-                model = _frozen(path)
-                # A policy that *is* a KL reference has KL 0 to it; reuse the loaded model instead of a copy.
-                references = {
-                    ref: (model if Path(kl_paths[ref]).resolve() == Path(path).resolve() else m)
-                    for ref, m in kl_references.items()
-                }
+                # A policy that is also a KL reference (the SFT model, say) is that loaded model: KL 0 to it.
+                model = loaded.get(Path(path).resolve()) or _frozen(path)
                 for split, prompts in splits.items():
                     rows = sample_and_score(
                         model, tokenizer, prompts, config, judges,
-                        references if split == "in_distribution" else None, advance,
+                        kl_references if split == "in_distribution" else None, advance,
                     )  # fmt: skip
                     samples += [{"policy": name, "seed_index": seed_index, "split": split, **r} for r in rows]
                 del model

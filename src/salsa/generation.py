@@ -102,6 +102,7 @@ class Generation:
     attention_mask: torch.Tensor  # [N, P + R] prompt attention, then the response mask
     prompt_length: int  # P
     mask: torch.Tensor  # [N, R] 1 on response tokens up to and including EOS
+    logprobs: torch.Tensor | None = None  # [N, R] log-probs of the sampled tokens at the sampling temperature
 
 
 @torch.no_grad()
@@ -114,22 +115,35 @@ def generate(
     temperature: float,
     seed: int,
     top_p: float = 1.0,
+    with_logprobs: bool = False,
 ) -> Generation:
-    """One batch of samples (pure temperature sampling by default, so log-probs at `temperature` are exact)."""
+    """One batch of samples (pure temperature sampling by default, so log-probs at `temperature` are exact).
+
+    `with_logprobs` keeps the sampling distribution of every step, which saves a forward pass over the
+    responses when their log-probs are needed (not with top_p < 1, where the kept scores are truncated).
+    """
     device = next(model.parameters()).device
     ids, attention = left_pad(encode_prompts(tokenizer, prompts), tokenizer.pad_token_id)
     ids, attention = ids.to(device), attention.to(device)
     was_training = model.training
     model.eval()
     torch.manual_seed(seed)
-    sequences = model.generate(
+    out = model.generate(
         input_ids=ids, attention_mask=attention, max_new_tokens=max_new_tokens, do_sample=True,
         temperature=temperature, top_k=0, top_p=top_p, pad_token_id=tokenizer.pad_token_id,
+        output_scores=with_logprobs, return_dict_in_generate=True,
     )  # fmt: skip
     model.train(was_training)
+    sequences = out.sequences
     responses = sequences[:, ids.shape[1] :]
+    logprobs = None
+    if with_logprobs:
+        # `scores` are the logits after the temperature warper: log_softmax gives the sampling distribution.
+        step_logprobs = torch.stack(out.scores, dim=1).float().log_softmax(-1)
+        logprobs = torch.gather(step_logprobs, -1, responses[..., None]).squeeze(-1)
     mask = response_mask(responses, eos_token_ids(model, tokenizer))
     texts = [
         tokenizer.decode(r[m.bool()], skip_special_tokens=True).strip() for r, m in zip(responses, mask, strict=True)
     ]
-    return Generation(list(prompts), texts, sequences, torch.cat([attention, mask.long()], dim=1), ids.shape[1], mask)
+    full_attention = torch.cat([attention, mask.long()], dim=1)
+    return Generation(list(prompts), texts, sequences, full_attention, ids.shape[1], mask, logprobs)
