@@ -63,13 +63,16 @@ def _overrides(set_: list[str] | None, **explicit) -> list[str]:
 def _quiet_libraries() -> None:
     # Our own bars report progress; the libraries' per-file loading bars would only add noise.
     import logging
+    import warnings
 
     import transformers
 
     transformers.logging.disable_progress_bar()
     transformers.logging.set_verbosity_error()
-    # Accelerate warns that tied embeddings are saved once, which is what we want.
+    # Accelerate warns that tied embeddings are saved once, which is what we want; PEFT still calls a
+    # transformers method that transformers 5 deprecates.
     logging.getLogger("accelerate").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
 
 
 def _fail(message: str, code: int = 2) -> None:

@@ -107,7 +107,10 @@ class RewardConfig:
     seed: int = option(0, "seed of initialisation and data order")
     num_epochs: float = option(2.0, "passes over the training pairs")
     batch_size: int = option(16, "pairs per step")
-    learning_rate: float = option(5e-5, "peak learning rate (AdamW, linear decay after warmup)")
+    learning_rate: float = option(5e-5, "peak learning rate of the backbone (AdamW, linear decay after warmup)")
+    head_learning_rate: float = option(
+        1e-3, "peak learning rate of the freshly initialised scalar head (it must move far; the backbone not)"
+    )
     warmup_ratio: float = option(0.1, "fraction of steps in linear warmup")
     weight_decay: float = option(0.01, "AdamW weight decay")
     max_length: int = option(128, "tokens per (prompt, response)")

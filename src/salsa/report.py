@@ -80,9 +80,24 @@ def _comparison_table(results: dict) -> list[list[str]]:
 # --- Plots ---------------------------------------------------------------------------------------------------
 
 
-def _plot_win_rates(results: dict, path: Path) -> None:
+def _panels(count: int, width: float, height: float):
+    """A row of `count` axes."""
     import matplotlib.pyplot as plt
 
+    fig, axes = plt.subplots(1, count, figsize=(width * count, height), squeeze=False)
+    return fig, axes[0]
+
+
+def _save(fig, path: Path, title: str) -> None:
+    import matplotlib.pyplot as plt
+
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _plot_win_rates(results: dict, path: Path) -> None:
     comparisons = results["comparisons"]
     labels = [f"{c['a']} vs {c['b']}\n{SPLIT_TITLES[c['split']]}, {JUDGE_TITLES[c['judge']]}" for c in comparisons]
     rates = [100 * c["win_rate"] for c in comparisons]
@@ -90,7 +105,7 @@ def _plot_win_rates(results: dict, path: Path) -> None:
         [100 * (c["win_rate"] - c["ci"]["win_rate"][0]) for c in comparisons],
         [100 * (c["ci"]["win_rate"][1] - c["win_rate"]) for c in comparisons],
     ]
-    fig, ax = plt.subplots(figsize=(8, 0.55 * len(comparisons) + 1.5))
+    fig, (ax,) = _panels(1, 8, 0.55 * len(comparisons) + 1.5)
     y = range(len(comparisons))
     ax.barh(y, rates, xerr=errors, color="tab:blue", alpha=0.8, capsize=4, label="win rate (ties count half)")
     ax.axvline(50, color="black", linestyle="--", linewidth=1, label="50%: no difference")
@@ -98,21 +113,16 @@ def _plot_win_rates(results: dict, path: Path) -> None:
     ax.invert_yaxis()
     ax.set_xlim(0, 100)
     ax.set_xlabel(f"win rate of A against B (%), {results['settings']['confidence']:.0%} bootstrap CI")
-    ax.set_title("Pairwise win rates")
     ax.legend(loc="lower right", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save(fig, path, "Pairwise win rates")
 
 
 def _plot_landscape(results: dict, path: Path) -> None:
-    import matplotlib.pyplot as plt
-
     points = results["landscape"]
     alphas = [p["alpha"] for p in points]
     judges = results["judges"]
-    fig, axes = plt.subplots(1, len(judges), figsize=(5 * len(judges), 4), squeeze=False)
-    for ax, judge in zip(axes[0], judges, strict=True):
+    fig, axes = _panels(len(judges), 5, 4)
+    for ax, judge in zip(axes, judges, strict=True):
         means = [p[judge]["mean"] for p in points]
         low = [p[judge]["ci"][0] for p in points]
         high = [p[judge]["ci"][1] for p in points]
@@ -124,20 +134,15 @@ def _plot_landscape(results: dict, path: Path) -> None:
         ax.set_xlabel("alpha: model = (1 - alpha) * SFT-1 + alpha * SFT-2")
         ax.set_ylabel(f"{JUDGE_TITLES[judge]} score (in-distribution)")
         ax.legend(fontsize=8)
-    fig.suptitle("Reward landscape between two SFT models")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save(fig, path, "Reward landscape between two SFT models")
 
 
 def _plot_frontier(results: dict, path: Path) -> None:
-    import matplotlib.pyplot as plt
-
     curves = results["frontier"]
     judges = [j for j in results["judges"] if all(j in c for c in curves.values())]
-    fig, axes = plt.subplots(1, len(judges), figsize=(5 * len(judges), 4), squeeze=False)
+    fig, axes = _panels(len(judges), 5, 4)
     matched = results.get("matched_kl")
-    for ax, judge in zip(axes[0], judges, strict=True):
+    for ax, judge in zip(axes, judges, strict=True):
         for name, curve in curves.items():
             ax.plot(curve["kl_sft"], curve[judge], marker=".", label=name)
         if matched:
@@ -145,15 +150,10 @@ def _plot_frontier(results: dict, path: Path) -> None:
         ax.set_xlabel("KL to the SFT model (nats per response)")
         ax.set_ylabel(f"{JUDGE_TITLES[judge]} score (training rollouts)")
         ax.legend(fontsize=8)
-    fig.suptitle("Reward against KL along training (moving average of 3 steps)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save(fig, path, "Reward against KL along training (moving average of 3 steps)")
 
 
 def _plot_training(results: dict, path: Path) -> None:
-    import matplotlib.pyplot as plt
-
     curves = results["frontier"]
     keys = [k for k in ("gold", "reward", "kl_sft", "response_length") if all(k in c for c in curves.values())]
     units = {
@@ -162,17 +162,14 @@ def _plot_training(results: dict, path: Path) -> None:
         "kl_sft": "KL to SFT (nats)",
         "response_length": "response length (tokens)",
     }
-    fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3.5), squeeze=False)
-    for ax, key in zip(axes[0], keys, strict=True):
+    fig, axes = _panels(len(keys), 4, 3.5)
+    for ax, key in zip(axes, keys, strict=True):
         for name, curve in curves.items():
             ax.plot(curve["step"], curve[key], label=name)
         ax.set_xlabel("RL step")
         ax.set_ylabel(units[key])
         ax.legend(fontsize=8)
-    fig.suptitle("Training curves (moving average of 3 steps, mean over seeds)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save(fig, path, "Training curves (moving average of 3 steps, mean over seeds)")
 
 
 # --- Rendering -----------------------------------------------------------------------------------------------

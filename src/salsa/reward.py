@@ -186,7 +186,7 @@ def evaluate_reward(reward: RewardModel, pairs: list[PreferencePair]) -> dict[st
 
 def train_reward(config: RewardConfig, show_progress: bool = True) -> Path:
     """Train a Bradley-Terry reward model; writes the model, its normalisation and eval.json."""
-    for name in ("batch_size", "learning_rate", "num_epochs", "max_length"):
+    for name in ("batch_size", "learning_rate", "head_learning_rate", "num_epochs", "max_length"):
         if getattr(config, name) <= 0:
             raise ConfigError(f"reward.{name} must be > 0, got {getattr(config, name)}")
     pairs = parse_preference_rows(*load_records(config.data, config.data_split))
@@ -200,7 +200,15 @@ def train_reward(config: RewardConfig, show_progress: bool = True) -> Path:
 
     steps_per_epoch = math.ceil(len(pairs) / config.batch_size)
     total_steps = max(1, math.ceil(config.num_epochs * steps_per_epoch))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
+    backbone = {id(p) for p in model.base_model.parameters()}
+    head = [p for p in model.parameters() if id(p) not in backbone]
+    optimizer = torch.optim.AdamW(
+        [
+            {"params": list(model.base_model.parameters()), "lr": config.learning_rate},
+            {"params": head, "lr": config.head_learning_rate},
+        ],
+        weight_decay=config.weight_decay,
+    )
     scheduler = get_scheduler("linear", optimizer, round(config.warmup_ratio * total_steps), total_steps)
     batches = shuffled_batches(len(pairs), config.batch_size, random.Random(config.seed))
     metrics = JsonlWriter(out / "metrics.jsonl")
