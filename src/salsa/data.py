@@ -210,3 +210,17 @@ def shuffled_batches(num_items: int, batch_size: int, rng: random.Random) -> Ite
             order += epoch
         yield order[:batch_size]
         del order[:batch_size]
+
+
+def load_prompts(source: str) -> list[str]:
+    """The 'prompt' field of every row (RL and evaluation prompts), each checked to be a non-empty string."""
+    rows, name = load_records(source)
+    prompts = []
+    for i, row in enumerate(rows):
+        prompt = row.get("prompt")
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise DataError(f"{name} row {row.get('_row', i + 1)}: field 'prompt' must be a non-empty string")
+        prompts.append(prompt)
+    if not prompts:
+        raise DataError(f"{name}: no prompts")
+    return prompts

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from salsa.config import EvalConfig, save_config
+from salsa.data import load_prompts
 from salsa.errors import ConfigError, DataError
 from salsa.generation import Generation, generate
 from salsa.io import atomic_dir, atomic_write_json, atomic_write_text, mark_complete, read_jsonl
@@ -127,12 +128,6 @@ def sequence_kl(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, mask: torch.
 
 
 # --- Sampling and scoring --------------------------------------------------------------------------------
-
-
-def _load_prompts(source: str) -> list[str]:
-    from salsa.rl.ppo import load_prompts
-
-    return load_prompts(source)
 
 
 def comparison_pairs(config: EvalConfig) -> list[tuple[str, str]]:
@@ -270,9 +265,9 @@ def training_curves(policy_paths: list[str], window: int = 3) -> dict[str, list[
 def evaluate(config: EvalConfig, show_progress: bool = True) -> Path:
     """Sample, judge and compare the configured policies; writes results.json and samples.jsonl."""
     validate_eval_config(config)
-    splits = {"in_distribution": _load_prompts(config.prompts)}
+    splits = {"in_distribution": load_prompts(config.prompts)}
     if config.ood_prompts:
-        splits["out_of_distribution"] = _load_prompts(config.ood_prompts)
+        splits["out_of_distribution"] = load_prompts(config.ood_prompts)
     judges = Judges(config.task, config.reward_model)
     kl_paths = {name: p for name, p in (("sft", config.sft_model), ("soup", config.soup_model)) if p}
     for name, path in kl_paths.items():

@@ -48,30 +48,19 @@ def sample_responses(
 
     Each batch is seeded from `seed` and its position, so the result does not depend on anything else.
     """
-    encoded = encode_prompts(tokenizer, prompts)
-    jobs = sorted((len(encoded[i]), i, s) for i in range(len(prompts)) for s in range(num_samples))
+    lengths = [len(ids) for ids in encode_prompts(tokenizer, prompts)]
+    jobs = sorted((lengths[i], i, s) for i in range(len(prompts)) for s in range(num_samples))
     replies: list[list[str]] = [[""] * num_samples for _ in prompts]
-    model.eval()
     batches = [jobs[start : start + batch_size] for start in range(0, len(jobs), batch_size)]
     with training_progress(disable=not show_progress) as progress:
         task = progress.add_task(description, total=len(jobs), metrics="")
         for number, batch in enumerate(batches):
-            ids, mask = left_pad([encoded[i] for _, i, _ in batch], tokenizer.pad_token_id)
-            ids, mask = ids.to(model.device), mask.to(model.device)
-            torch.manual_seed(seed * 1_000_003 + number)
-            out = model.generate(
-                input_ids=ids,
-                attention_mask=mask,
-                max_new_tokens=max_new_tokens,
-                do_sample=temperature > 0,
-                temperature=temperature if temperature > 0 else None,
-                top_p=top_p if temperature > 0 else None,
-                top_k=0 if temperature > 0 else None,
-                pad_token_id=tokenizer.pad_token_id,
-            )
-            texts = tokenizer.batch_decode(out[:, ids.shape[1] :], skip_special_tokens=True)
-            for (_, i, s), text in zip(batch, texts, strict=True):
-                replies[i][s] = text.strip()
+            sample = generate(
+                model, tokenizer, [prompts[i] for _, i, _ in batch], max_new_tokens=max_new_tokens,
+                temperature=temperature, top_p=top_p, seed=seed * 1_000_003 + number,
+            )  # fmt: skip
+            for (_, i, s), text in zip(batch, sample.responses, strict=True):
+                replies[i][s] = text
             progress.update(task, advance=len(batch))
     return replies
 
@@ -117,7 +106,8 @@ def generate(
     top_p: float = 1.0,
     with_logprobs: bool = False,
 ) -> Generation:
-    """One batch of samples (pure temperature sampling by default, so log-probs at `temperature` are exact).
+    """One batch of samples (pure temperature sampling by default, so log-probs at `temperature` are exact;
+    greedy when temperature is 0).
 
     `with_logprobs` keeps the sampling distribution of every step, which saves a forward pass over the
     responses when their log-probs are needed (not with top_p < 1, where the kept scores are truncated).
@@ -128,10 +118,14 @@ def generate(
     was_training = model.training
     model.eval()
     torch.manual_seed(seed)
+    sampling = (
+        {"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": top_p}
+        if temperature > 0
+        else {"do_sample": False}
+    )
     out = model.generate(
-        input_ids=ids, attention_mask=attention, max_new_tokens=max_new_tokens, do_sample=True,
-        temperature=temperature, top_k=0, top_p=top_p, pad_token_id=tokenizer.pad_token_id,
-        output_scores=with_logprobs, return_dict_in_generate=True,
+        input_ids=ids, attention_mask=attention, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
+        output_scores=with_logprobs, return_dict_in_generate=True, **sampling,
     )  # fmt: skip
     model.train(was_training)
     sequences = out.sequences

@@ -148,15 +148,14 @@ def _hash(*parts: str) -> str:
 class StageRunner:
     """Runs stages in order, skipping those already finished with the same fingerprint."""
 
-    def __init__(self, root: Path, show_progress: bool):
-        self.root, self.show_progress = root, show_progress
-        self.state_file = root / STATE_FILE
+    def __init__(self, state_file: Path):
+        self.state_file = state_file
         self.state = read_json(self.state_file) if self.state_file.is_file() else {"stages": {}}
         self.fingerprints: dict[str, str] = {}
 
-    def run(self, name: str, config: Any, out: str | Path, work: Callable[[], Any], after: tuple[str, ...] = ()):
-        """Run `work` unless stage `name` finished before with the same config and inputs."""
-        out = Path(out)
+    def run(self, name: str, config: Any, work: Callable[[], Any], after: tuple[str, ...] = ()):
+        """Run `work` unless stage `name` finished before (in `config.output_dir`) with the same config and inputs."""
+        out = Path(config.output_dir)
         fingerprint = _hash(yaml.safe_dump(dataclasses.asdict(config)), *(self.fingerprints[a] for a in after))
         self.fingerprints[name] = fingerprint
         recorded = self.state["stages"].get(name, {})
@@ -198,21 +197,16 @@ def run_pipeline(
     plan = plan_run(config_path, overrides)
     root = Path(plan.run.output_dir)
     root.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(root / "config.yaml", plan.to_yaml())
-    stages = StageRunner(root, show_progress)
-    quiet = not show_progress
-    stages.run("data", plan.data, plan.data.output_dir, lambda: make_task_data(plan.data, show_progress=not quiet))
-    stages.run(
-        "reward", plan.reward, plan.reward.output_dir, lambda: train_reward(plan.reward, not quiet), after=("data",)
-    )
-    stages.run("sft", plan.sft, plan.sft.output_dir, lambda: train_sft(plan.sft, show_progress=not quiet), ("data",))
-    stages.run("soup", plan.soup, plan.soup.output_dir, lambda: build_soup_from_config(plan.soup), after=("sft",))
+    resolved = plan.to_yaml()
+    atomic_write_text(root / "config.yaml", resolved)
+    stages = StageRunner(root / STATE_FILE)
+    stages.run("data", plan.data, lambda: make_task_data(plan.data, show_progress))
+    stages.run("reward", plan.reward, lambda: train_reward(plan.reward, show_progress), after=("data",))
+    stages.run("sft", plan.sft, lambda: train_sft(plan.sft, show_progress=show_progress), after=("data",))
+    stages.run("soup", plan.soup, lambda: build_soup_from_config(plan.soup), after=("sft",))
     for name, rl_config in plan.rl.items():
-        stages.run(
-            name, rl_config, rl_config.output_dir, lambda c=rl_config: train_rl(c, not quiet), ("reward", "sft", "soup")
-        )
-    stages.run("eval", plan.eval, plan.eval.output_dir, lambda: evaluate(plan.eval, not quiet), tuple(plan.rl))
+        stages.run(name, rl_config, lambda c=rl_config: train_rl(c, show_progress), after=("reward", "sft", "soup"))
+    stages.run("eval", plan.eval, lambda: evaluate(plan.eval, show_progress), after=tuple(plan.rl))
     report_dir = root / "report"
-    run_info = {"timings": stages.timings, "config": plan.to_yaml()}
-    write_report(plan.eval.output_dir, report_dir, run_info)
+    write_report(plan.eval.output_dir, report_dir, {"timings": stages.timings, "config": resolved})
     return report_dir

@@ -254,8 +254,9 @@ def write_report(eval_dir: str | Path, out: str | Path | None = None, run_info: 
     headline = results["comparisons"][0] if results["comparisons"] else None
     title = "salsa report"
     blocks = [Block("heading", (1, title))]
+    headline_verdict = verdict(headline, confidence) if headline else None
     if headline:
-        blocks.append(Block("text", "**Verdict.** " + verdict(headline, confidence)))
+        blocks.append(Block("text", "**Verdict.** " + headline_verdict))
         others = [
             verdict(c, confidence)
             for c in results["comparisons"][1:]
@@ -277,7 +278,19 @@ def write_report(eval_dir: str | Path, out: str | Path | None = None, run_info: 
                 "KL is bought with distance from the SFT model; compare at matched KL.",
             )
         )
+    plots = []
+    if results["comparisons"]:
+        plots.append(("win_rates.png", "Pairwise win rates with confidence intervals", _plot_win_rates))
+    if results["landscape"]:
+        plots.append(("landscape.png", "Reward landscape between SFT-1 and SFT-2", _plot_landscape))
+    if results["frontier"]:
+        plots.append(("frontier.png", "Reward against KL to the SFT model", _plot_frontier))
+        plots.append(("training.png", "Training curves", _plot_training))
+    if plots:
+        blocks.append(Block("heading", (2, "Plots")))
+        blocks += [Block("image", (file, alt)) for file, alt, _ in plots]
     settings = results["settings"]
+    policy_table, comparison_table = _policy_table(results), _comparison_table(results)
     blocks += [
         Block("heading", (2, "Policies")),
         Block(
@@ -287,23 +300,15 @@ def write_report(eval_dir: str | Path, out: str | Path | None = None, run_info: 
             + ", ".join(f"{n} {SPLIT_TITLES[s]}" for s, n in settings["prompts"].items())
             + f". Means with {confidence:.0%} bootstrap intervals; KL on in-distribution prompts, nats per response.",
         ),
-        Block("table", _policy_table(results)),
+        Block("table", policy_table),
         Block("heading", (2, "Win rates")),
         Block(
             "text",
             f"Prompt by prompt: A wins if its score exceeds B's by more than {settings['tie_margin']}. Intervals: "
             f"percentile bootstrap over prompts (and seeds), {settings['bootstrap_samples']} resamples.",
         ),
-        Block("table", _comparison_table(results)),
+        Block("table", comparison_table),
     ]
-    plots = []
-    if results["comparisons"]:
-        plots.append(("win_rates.png", "Pairwise win rates with confidence intervals", _plot_win_rates))
-    if results["landscape"]:
-        plots.append(("landscape.png", "Reward landscape between SFT-1 and SFT-2", _plot_landscape))
-    if results["frontier"]:
-        plots.append(("frontier.png", "Reward against KL to the SFT model", _plot_frontier))
-        plots.append(("training.png", "Training curves", _plot_training))
     if run_info:
         if run_info.get("timings"):
             rows = [["stage", "seconds"]] + [[k, f"{v:.0f}"] for k, v in run_info["timings"].items()]
@@ -320,22 +325,18 @@ def write_report(eval_dir: str | Path, out: str | Path | None = None, run_info: 
 
     matplotlib.use("Agg")
     with atomic_dir(out) as tmp:
-        figure_blocks = [Block("heading", (2, "Plots"))]
-        for file, alt, plot in plots:
+        for file, _, plot in plots:
             plot(results, tmp / file)
-            figure_blocks.append(Block("image", (file, alt)))
-        insert_at = next(i for i, b in enumerate(blocks) if b.content == (2, "Policies"))
-        all_blocks = blocks[:insert_at] + figure_blocks + blocks[insert_at:] if plots else blocks
-        atomic_write_text(tmp / "report.md", _markdown(all_blocks))
-        atomic_write_text(tmp / "report.html", _html(all_blocks, title))
+        atomic_write_text(tmp / "report.md", _markdown(blocks))
+        atomic_write_text(tmp / "report.html", _html(blocks, title))
         summary = {
-            "verdict": verdict(headline, confidence) if headline else None,
+            "verdict": headline_verdict,
             "headline": headline,
             "policies": results["policies"],
             "comparisons": results["comparisons"],
             "matched_kl": matched,
-            "table": _policy_table(results),
-            "win_rates": _comparison_table(results),
+            "table": policy_table,
+            "win_rates": comparison_table,
             "timings": (run_info or {}).get("timings"),
             "versions": environment,
         }

@@ -31,8 +31,8 @@ from accelerate import Accelerator
 from torch.utils.tensorboard import SummaryWriter
 
 from salsa.config import RLConfig, fingerprint, save_config
-from salsa.data import load_records
-from salsa.errors import ConfigError, DataError, SalsaError
+from salsa.data import load_prompts
+from salsa.errors import ConfigError, SalsaError
 from salsa.generation import eos_token_ids, generate
 from salsa.io import COMPLETE_MARKER, JsonlWriter, atomic_dir, is_complete, mark_complete, read_json, truncate_jsonl
 from salsa.models import add_lora, load_causal_lm, load_tokenizer
@@ -69,19 +69,6 @@ def validate_rl_config(config: RLConfig) -> None:
         raise ConfigError(f"rl.value_head must be shared or separate, got '{config.value_head}'")
     if config.temperature <= 0:
         raise ConfigError(f"rl.temperature must be > 0 for sampling, got {config.temperature}")
-
-
-def load_prompts(source: str) -> list[str]:
-    rows, name = load_records(source)
-    prompts = []
-    for i, row in enumerate(rows):
-        prompt = row.get("prompt")
-        if not isinstance(prompt, str) or not prompt.strip():
-            raise DataError(f"{name} row {row.get('_row', i + 1)}: field 'prompt' must be a non-empty string")
-        prompts.append(prompt)
-    if not prompts:
-        raise DataError(f"{name}: no prompts")
-    return prompts
 
 
 @dataclass
