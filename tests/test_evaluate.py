@@ -7,6 +7,7 @@ import torch
 from salsa.evaluate import (
     bootstrap_resamples,
     compare,
+    match_steps,
     matched_kl,
     mean_with_interval,
     moving_average,
@@ -82,6 +83,15 @@ def test_score_at_matched_kl_interpolates_each_curve():
     assert result["kl_sft"] == 3.0
     assert result["scores"]["salsa"]["gold"] == pytest.approx(0.6)
     assert result["scores"]["ppo"]["gold"] == pytest.approx(0.6)
+
+
+def test_match_steps_picks_the_saved_policies_nearest_the_kl_both_runs_reached():
+    salsa = {2: 0.5, 4: 1.0, 6: 1.6, 8: 2.0}  # step -> training KL to SFT
+    ppo = {2: 0.4, 4: 0.9, 6: 1.1, 8: 1.5}
+    # Both reached 1.5 (ppo's largest): ppo at its final step 8, salsa at step 6 (|1.6 - 1.5| = 0.1).
+    assert match_steps(salsa, ppo) == (6, 8, 1.5)
+    # A tie in distance goes to the earlier step; the run with the smaller reach keeps its largest.
+    assert match_steps({1: 0.0, 2: 1.0, 3: 2.0}, {5: 1.5}) == (2, 5, 1.5)
 
 
 def test_sequence_kl_sums_log_ratios_over_the_response():

@@ -17,7 +17,8 @@ def run_yaml(tmp_path, tiny_model_dir):
         "data": {"model": str(tiny_model_dir), "samples_per_prompt": 2, "max_new_tokens": 6},
         "reward": {"backbone": "causal", "model": str(tiny_model_dir), "num_epochs": 0.2, "max_length": 64},
         "sft": {"model": str(tiny_model_dir), "max_steps": 2, "batch_size": 4, "max_length": 64, "save_steps": 1},
-        "rl": {"steps": 2, "prompts_per_step": 4, "max_new_tokens": 6, "save_steps": 1, "learning_rate": 1e-3},
+        "rl": {"steps": 2, "prompts_per_step": 4, "max_new_tokens": 6, "save_steps": 1, "learning_rate": 1e-3,
+               "snapshot_steps": 1},
         "eval": {"max_new_tokens": 6, "landscape_alphas": [0.0, 0.5, 1.0], "bootstrap_samples": 200},
     }
     path = tmp_path / "run.yaml"
@@ -100,6 +101,17 @@ def test_run_resumes_after_interruption_then_skips_finished_stages(run_yaml, tmp
     results = json.loads((root / "eval/results.json").read_text())
     assert [p["alpha"] for p in results["landscape"]] == [0.0, 0.5, 1.0]
     assert set(results["frontier"]) == {"salsa", "ppo"}
+    # The landscape's alpha = 0 endpoint is the SFT policy: its samples are reused, not drawn again.
+    samples = read_jsonl(root / "eval/samples.jsonl")
+    sft_responses = [r["response"] for r in samples if r.get("policy") == "sft" and r["split"] == "in_distribution"]
+    assert [r["response"] for r in samples if r.get("alpha") == 0.0] == sft_responses
+
+    # SALSA against PPO at matched KL, from the snapshots of step 1 and the final policies of step 2.
+    (matched,) = results["matched_kl_comparisons"]
+    assert (matched["a"], matched["b"]) == ("salsa", "ppo")
+    assert {r["policy"] for r in matched["runs"]} == {"salsa", "ppo"} and {r["step"] for r in matched["runs"]} <= {1, 2}
+    assert [c["judge"] for c in matched["comparisons"]] == ["gold", "reward"]
+    assert "at matched KL" in markdown and "(matched KL)" in markdown
 
     # A changed RL budget redoes RL and eval only.
     _forbid(monkeypatch, "salsa.tasks.build.make_task_data")

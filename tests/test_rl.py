@@ -14,6 +14,7 @@ from salsa.models import load_causal_lm, save_tiny_model
 from salsa.rl.policy import response_forward
 from salsa.rl.ppo import train_rl
 from salsa.rl.reference import load_reference
+from salsa.rl.snapshots import list_snapshots, load_snapshot
 from salsa.soup import build_soup
 
 PROMPTS = ["Say something.", "Write a word.", "Tell me a story.", "Describe the sea.",
@@ -172,3 +173,20 @@ def test_kl_to_a_separate_sft_model_is_logged(tmp_path, peaked_model, prompts_fi
     metrics = _metrics(train_rl(cfg, show_progress=False, reward_fn=token_reward))
     assert metrics[0]["kl_sft"] == pytest.approx(0.0, abs=1e-4)  # the policy starts at the SFT model
     assert metrics[1]["kl_sft"] != 0.0
+
+
+@pytest.mark.parametrize("use_lora", [True, False])
+def test_a_snapshot_is_the_policy_at_its_step(tmp_path, peaked_model, prompts_file, token_reward, use_lora):
+    cfg = _config(
+        tmp_path / "long", peaked_model, prompts_file, steps=3, snapshot_steps=2, use_lora=use_lora,
+        prompts_per_step=4, samples_per_prompt=2,
+    )  # fmt: skip
+    run_dir = train_rl(cfg, False, token_reward).parent
+    assert list(list_snapshots(run_dir)) == [2]  # step 3 is final/
+    # The same run stopped after 2 steps: its final policy is the snapshot (every draw is seeded by step).
+    short = train_rl(dataclasses.replace(cfg, steps=2, output_dir=str(tmp_path / "short")), False, token_reward)
+    expected, snapshot = load_causal_lm(str(short)).state_dict(), load_snapshot(run_dir, 2).state_dict()
+    assert expected.keys() == snapshot.keys()
+    assert all(torch.allclose(expected[k], snapshot[k], atol=1e-6) for k in expected)
+    base = load_causal_lm(str(peaked_model)).state_dict()
+    assert any(not torch.equal(snapshot[k], base[k]) for k in base)  # and it is not the initial policy

@@ -132,7 +132,7 @@ class RLConfig:
     prompts: str = option("runs/data/prompts_train.jsonl", "training prompts (JSONL/Parquet/datasets with 'prompt')")
     preference_data: str = option("runs/data/prefs.jsonl", "dpo: prompt/chosen/rejected pairs")
     task: str | None = option("reviews", "built-in task whose gold judge is logged; null for none")
-    output_dir: str = option("runs/rl", "checkpoints/, metrics.jsonl, tensorboard/, final/")
+    output_dir: str = option("runs/rl", "checkpoints/, snapshots/, metrics.jsonl, tensorboard/, final/")
     seed: int = option(0, "seed of prompt order, sampling and initialisation")
     steps: int = option(30, "RL iterations (rollout + update); dpo: optimizer steps")
     prompts_per_step: int = option(16, "prompts per iteration")
@@ -162,6 +162,9 @@ class RLConfig:
     dpo_beta: float = option(0.1, "dpo: beta")
     dpo_batch_size: int = option(8, "dpo: pairs per step")
     save_steps: int = option(10, "checkpoint every N steps (0: none); a rerun resumes from the newest")
+    snapshot_steps: int = option(
+        0, "keep the trained weights (LoRA: adapters only) every N steps, for eval at matched KL (0: none)"
+    )
     collapse_fraction: float = option(0.25, "flag a collapse when mean length falls below this fraction of step 1's")
 
 
@@ -186,6 +189,9 @@ class EvalConfig:
     landscape_alphas: list[float] = option(
         help="alphas of the landscape (0 and 1 are the endpoints, 0.5 the soup)",
         factory=lambda: [-0.5, -0.25, 0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5],
+    )
+    matched_kl: bool = option(
+        True, "also compare two RL runs at matched KL to SFT, using their snapshots (rl.snapshot_steps)"
     )
     max_new_tokens: int = option(40, "longest response")
     temperature: float = option(0.7, "sampling temperature (pure sampling; KL is between the tempered models)")

@@ -17,6 +17,7 @@ from __future__ import annotations
 import itertools
 import json
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +32,7 @@ from salsa.models import load_causal_lm, load_tokenizer
 from salsa.progress import training_progress
 from salsa.rl.core import kl_k1
 from salsa.rl.policy import response_forward
+from salsa.rl.snapshots import list_snapshots, load_snapshot
 
 SPLITS = ("in_distribution", "out_of_distribution")
 
@@ -120,6 +122,16 @@ def matched_kl(curves: dict[str, dict[str, list[float]]], keys: tuple[str, ...] 
         for name, c in curves.items()
     }
     return {"kl_sft": float(target), "scores": scores}
+
+
+def match_steps(kl_a: dict[int, float], kl_b: dict[int, float]) -> tuple[int, int, float]:
+    """The step of each run whose KL to the SFT model lies closest to the largest KL both runs reached.
+
+    `kl_a` / `kl_b` map the steps that have a saved policy to the (smoothed) training KL there.
+    """
+    target = min(max(kl_a.values()), max(kl_b.values()))
+    closest = lambda kl: min(kl, key=lambda step: (abs(kl[step] - target), step))  # noqa: E731
+    return closest(kl_a), closest(kl_b), float(target)
 
 
 def sequence_kl(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -262,6 +274,73 @@ def training_curves(policy_paths: list[str], window: int = 3) -> dict[str, list[
     return curves
 
 
+@dataclass
+class MatchedPolicy:
+    """One side of a matched-KL comparison: a run's policy at `step` (its last step is the final policy)."""
+
+    comparison: str  # "a:b"
+    policy: str
+    seed_index: int
+    run_dir: Path
+    step: int
+    final: bool
+    kl_train: float  # smoothed training KL to the SFT model at `step`
+    target: float  # the KL both runs were matched at
+
+
+def _saved_policy_kls(final_path: str, window: int = 3) -> dict[int, float] | None:
+    """step -> smoothed training KL to SFT for every step with a saved policy (snapshots and the final)."""
+    run_dir = Path(final_path).parent
+    log = run_dir / "metrics.jsonl"
+    snapshots = list_snapshots(run_dir)
+    if not snapshots or not log.is_file():
+        return None
+    records = read_jsonl(log)
+    if not records or any(r.get("kl_sft") is None for r in records):
+        return None
+    kl = moving_average([r["kl_sft"] for r in records], window)
+    steps = [*snapshots, len(records)]
+    return {step: float(kl[step - 1]) for step in steps if step <= len(records)}
+
+
+def plan_matched_kl(config: EvalConfig) -> list[MatchedPolicy]:
+    """For each comparison of two RL runs that kept snapshots: seed by seed, the policies at matched KL."""
+    plan = []
+    for a, b in comparison_pairs(config):
+        paths_a, paths_b = config.policies[a], config.policies[b]
+        if len(paths_a) != len(paths_b):
+            continue
+        for seed_index, (path_a, path_b) in enumerate(zip(paths_a, paths_b, strict=True)):
+            kls = [_saved_policy_kls(path_a), _saved_policy_kls(path_b)]
+            if kls[0] is None or kls[1] is None:
+                break
+            steps = match_steps(*kls)
+            for name, path, kl, step in zip((a, b), (path_a, path_b), kls, steps, strict=False):
+                plan.append(
+                    MatchedPolicy(f"{a}:{b}", name, seed_index, Path(path).parent, step, step == max(kl), kl[step],
+                                  steps[2])
+                )  # fmt: skip
+    return plan
+
+
+LANDSCAPE_KEYS = ("prompt", "response", "length", "gold", "reward")
+
+
+def _policy_at(config: EvalConfig, path: str) -> tuple[str, int] | None:
+    """(policy name, seed index) of the policy model at `path`, if one is."""
+    for name, paths in config.policies.items():
+        for seed_index, policy_path in enumerate(paths):
+            if Path(policy_path).resolve() == Path(path).resolve():
+                return name, seed_index
+    return None
+
+
+def _drawn(samples: list[dict], policy: str, seed_index: int) -> list[dict]:
+    """The in-distribution samples already drawn from one policy model, in prompt order."""
+    key = (policy, seed_index, "in_distribution")
+    return [r for r in samples if (r["policy"], r["seed_index"], r["split"]) == key]
+
+
 def evaluate(config: EvalConfig, show_progress: bool = True) -> Path:
     """Sample, judge and compare the configured policies; writes results.json and samples.jsonl."""
     validate_eval_config(config)
@@ -282,6 +361,8 @@ def evaluate(config: EvalConfig, show_progress: bool = True) -> Path:
     total = num_policy_models * sum(len(p) for p in splits.values())
     if config.landscape_models:
         total += len(config.landscape_alphas) * len(splits["in_distribution"])
+    matched_plan = plan_matched_kl(config) if config.matched_kl else []
+    total += sum(not m.final for m in matched_plan) * len(splits["in_distribution"])
     samples: list[dict] = []
     with training_progress(disable=not show_progress) as progress:
         task = progress.add_task("evaluating", total=total, metrics="")
@@ -298,22 +379,43 @@ def evaluate(config: EvalConfig, show_progress: bool = True) -> Path:
                     )  # fmt: skip
                     samples += [{"policy": name, "seed_index": seed_index, "split": split, **r} for r in rows]
                 del model
+        matched_rows: list[dict] = []
+        for m in matched_plan:
+            progress.update(task, metrics=f"{m.policy} [{m.seed_index}] at step {m.step} (matched KL)")
+            if m.final:  # the final policy's samples are already drawn, with the same prompts and seeds
+                rows = _drawn(samples, m.policy, m.seed_index)
+            else:
+                model = load_snapshot(m.run_dir, m.step).eval().requires_grad_(False)
+                rows = sample_and_score(
+                    model, tokenizer, splits["in_distribution"], config, judges, kl_references, advance
+                )
+                del model
+            meta = {"matched": m.comparison, "policy": m.policy, "seed_index": m.seed_index, "split": "in_distribution",
+                    "step": m.step, "kl_train": m.kl_train, "target_kl": m.target}  # fmt: skip
+            matched_rows += [{**r, **meta} for r in rows]
         landscape_rows: list[dict] = []
         if config.landscape_models:
             from salsa.soup import soup_model
 
+            endpoints = {0.0: config.landscape_models[0], 1.0: config.landscape_models[1]}
             for alpha in config.landscape_alphas:
                 progress.update(task, metrics=f"landscape alpha={alpha:+.2f}")
-                model = soup_model(config.landscape_models, alpha=alpha, allow_extrapolation=True)
-                model.eval().requires_grad_(False)
-                rows = sample_and_score(model, tokenizer, splits["in_distribution"], config, judges, None, advance)
+                policy = _policy_at(config, endpoints[alpha]) if alpha in endpoints else None
+                if policy is not None:  # an endpoint that is also a policy: its samples are already drawn
+                    rows = [{k: v for k, v in r.items() if k in LANDSCAPE_KEYS} for r in _drawn(samples, *policy)]
+                    advance(len(rows))
+                else:
+                    model = soup_model(config.landscape_models, alpha=alpha, allow_extrapolation=True)
+                    model.eval().requires_grad_(False)
+                    rows = sample_and_score(model, tokenizer, splits["in_distribution"], config, judges, None, advance)
+                    del model
                 landscape_rows += [{"alpha": alpha, **r} for r in rows]
-                del model
 
-    results = summarise(config, samples, landscape_rows, judges.names, list(splits))
+    results = summarise(config, samples, landscape_rows, judges.names, list(splits), matched_rows)
     out = Path(config.output_dir)
     with atomic_dir(out) as tmp:
-        atomic_write_text(tmp / "samples.jsonl", "".join(json.dumps(r) + "\n" for r in samples + landscape_rows))
+        everything = samples + matched_rows + landscape_rows
+        atomic_write_text(tmp / "samples.jsonl", "".join(json.dumps(r) + "\n" for r in everything))
         atomic_write_json(tmp / "results.json", results)
         save_config(config, tmp / "config.yaml", section="eval")
         mark_complete(tmp, {"stage": "eval"})
@@ -338,8 +440,39 @@ def _paired(a: np.ndarray, b: np.ndarray, names: tuple[str, str]) -> tuple[np.nd
     raise DataError(f"eval: {names[0]} has {a.shape[0]} seeds and {names[1]} {b.shape[0]}; give equal numbers")
 
 
+def summarise_matched(matched_rows: list[dict], judges: list[str], config: EvalConfig, stats: dict) -> list[dict]:
+    """Per compared pair of runs: the steps chosen at matched KL, their KL on the eval prompts, and win rates."""
+    out = []
+    for comparison in dict.fromkeys(r["matched"] for r in matched_rows):
+        rows = [r for r in matched_rows if r["matched"] == comparison]
+        a, b = comparison.split(":")
+        entry: dict = {"a": a, "b": b, "split": "in_distribution", "runs": [], "kl_sft": {}, "comparisons": []}
+        for name in (a, b):
+            picked = {r["seed_index"]: r for r in rows if r["policy"] == name}
+            keys = ("step", "kl_train", "target_kl")
+            entry["runs"] += [
+                {"policy": name, "seed_index": i, **{k: r[k] for k in keys}} for i, r in sorted(picked.items())
+            ]
+            if "kl_sft" in rows[0]:
+                kl = _score_matrix(rows, name, "in_distribution", "kl_sft")
+                entry["kl_sft"][name] = mean_with_interval(kl, **stats)
+        for judge in judges:
+            scores = [_score_matrix(rows, name, "in_distribution", judge) for name in (a, b)]
+            result = compare(*scores, config.tie_margin, **stats)
+            entry["comparisons"].append(
+                {"a": a, "b": b, "split": "in_distribution", "judge": judge, "matched_kl": True, **result}
+            )
+        out.append(entry)
+    return out
+
+
 def summarise(
-    config: EvalConfig, samples: list[dict], landscape_rows: list[dict], judges: list[str], splits: list[str]
+    config: EvalConfig,
+    samples: list[dict],
+    landscape_rows: list[dict],
+    judges: list[str],
+    splits: list[str],
+    matched_rows: list[dict] | None = None,
 ) -> dict:
     """Every number the report shows, computed from the samples."""
     stats = {"num_samples": config.bootstrap_samples, "confidence": config.confidence, "seed": config.seed}
@@ -393,4 +526,5 @@ def summarise(
         "landscape": landscape,
         "frontier": curves,
         "matched_kl": matched_kl(curves, tuple(j for j in judges)) if len(curves) >= 2 else None,
+        "matched_kl_comparisons": summarise_matched(matched_rows or [], judges, config, stats),
     }

@@ -32,12 +32,31 @@ def verdict(comparison: dict, confidence: float) -> str:
     low, high = comparison["ci"]["win_rate"]
     rate = comparison["win_rate"]
     where = f"{SPLIT_TITLES[comparison['split']]} prompts, {JUDGE_TITLES[comparison['judge']]}"
+    if comparison.get("matched_kl"):
+        where += ", at matched KL"
     interval = f"win rate {rate:.1%}, {confidence:.0%} CI [{low:.1%}, {high:.1%}], n = {comparison['n']}"
     if low > 0.5:
         return f"{a} beat {b} on this run ({where}: {interval})."
     if high < 0.5:
         return f"{a} did not beat {b}: {b} won on this run ({where}: {interval})."
     return f"{a} did not beat {b} on this run: the interval includes 50% ({where}: {interval})."
+
+
+def _matched_kl_text(entry: dict, confidence: float) -> str:
+    """Which saved policies were compared at matched KL, their KL on the eval prompts, and the verdicts."""
+    picked = "; ".join(
+        f"{r['policy']}" + (f" seed {r['seed_index']}" if r["seed_index"] else "")
+        + f" at step {r['step']} (training KL {r['kl_train']:.2f})"
+        for r in entry["runs"]
+    )  # fmt: skip
+    measured = ", ".join(f"{name} {_with_ci(kl, '{:.2f}')}" for name, kl in entry["kl_sft"].items())
+    text = (
+        f"**Win rate at matched KL.** From each run's saved policies, the one whose training KL to the SFT model "
+        f"lies closest to the largest KL both runs reached: {picked}."
+    )
+    if measured:
+        text += f" Their KL to SFT on the evaluation prompts (nats): {measured}."
+    return text + " " + " ".join(verdict(c, confidence) for c in entry["comparisons"])
 
 
 def _pct(x: float) -> str:
@@ -65,12 +84,22 @@ def _policy_table(results: dict) -> list[list[str]]:
     return rows
 
 
+def _all_comparisons(results: dict) -> list[dict]:
+    """The final policies' comparisons, then those at matched KL."""
+    matched = [c for entry in results.get("matched_kl_comparisons", []) for c in entry["comparisons"]]
+    return results["comparisons"] + matched
+
+
+def _pair_label(c: dict) -> str:
+    return f"{c['a']} vs {c['b']}" + (" (matched KL)" if c.get("matched_kl") else "")
+
+
 def _comparison_table(results: dict) -> list[list[str]]:
     rows = [["A vs B", "prompts", "judge", "win", "tie", "loss", "win rate [CI]", "n"]]
-    for c in results["comparisons"]:
+    for c in _all_comparisons(results):
         low, high = c["ci"]["win_rate"]
         rows.append([
-            f"{c['a']} vs {c['b']}", SPLIT_TITLES[c["split"]], JUDGE_TITLES[c["judge"]],
+            _pair_label(c), SPLIT_TITLES[c["split"]], JUDGE_TITLES[c["judge"]],
             _pct(c["win"]), _pct(c["tie"]), _pct(c["loss"]), f"{_pct(c['win_rate'])} [{_pct(low)}, {_pct(high)}]",
             str(c["n"]),
         ])  # fmt: skip
@@ -98,8 +127,8 @@ def _save(fig, path: Path, title: str) -> None:
 
 
 def _plot_win_rates(results: dict, path: Path) -> None:
-    comparisons = results["comparisons"]
-    labels = [f"{c['a']} vs {c['b']}\n{SPLIT_TITLES[c['split']]}, {JUDGE_TITLES[c['judge']]}" for c in comparisons]
+    comparisons = _all_comparisons(results)
+    labels = [f"{_pair_label(c)}\n{SPLIT_TITLES[c['split']]}, {JUDGE_TITLES[c['judge']]}" for c in comparisons]
     rates = [100 * c["win_rate"] for c in comparisons]
     errors = [
         [100 * (c["win_rate"] - c["ci"]["win_rate"][0]) for c in comparisons],
@@ -273,11 +302,13 @@ def write_report(eval_dir: str | Path, out: str | Path | None = None, run_info: 
         blocks.append(
             Block(
                 "text",
-                f"**At matched KL.** At {matched['kl_sft']:.2f} nats from the SFT model (the largest KL every run "
-                f"reached), the training-rollout scores were: {'; '.join(parts)}. A higher final score with a larger "
-                "KL is bought with distance from the SFT model; compare at matched KL.",
+                f"**At matched KL (training rollouts).** At {matched['kl_sft']:.2f} nats from the SFT model (the "
+                f"largest KL every run reached), the training-rollout scores were: {'; '.join(parts)}. A higher final "
+                "score with a larger KL is bought with distance from the SFT model; compare at matched KL.",
             )
         )
+    for entry in results.get("matched_kl_comparisons", []):
+        blocks.append(Block("text", _matched_kl_text(entry, confidence)))
     plots = []
     if results["comparisons"]:
         plots.append(("win_rates.png", "Pairwise win rates with confidence intervals", _plot_win_rates))
@@ -335,6 +366,7 @@ def write_report(eval_dir: str | Path, out: str | Path | None = None, run_info: 
             "policies": results["policies"],
             "comparisons": results["comparisons"],
             "matched_kl": matched,
+            "matched_kl_comparisons": results.get("matched_kl_comparisons", []),
             "table": policy_table,
             "win_rates": comparison_table,
             "timings": (run_info or {}).get("timings"),

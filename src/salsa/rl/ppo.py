@@ -10,7 +10,7 @@ Each iteration, in order (CleanRL style):
        grpo  A = (score - group mean) / group std;  beta * KL_k3 is added to the loss instead;
   5. update:    `ppo_epochs` passes of the clipped policy (and value) loss over minibatches. With one epoch
                 and one minibatch the rollout forward pass is also the training forward pass;
-  6. log, adapt beta, move an EMA reference, checkpoint.
+  6. log, adapt beta, move an EMA reference, checkpoint, keep a snapshot of the trained weights.
 
 Every random choice is seeded from (seed, step), so a run resumed from a checkpoint continues exactly.
 """
@@ -52,6 +52,7 @@ from salsa.rl.core import (
 )
 from salsa.rl.policy import ValueHead, response_forward
 from salsa.rl.reference import ema_update, load_reference
+from salsa.rl.snapshots import save_snapshot
 
 ONLINE = ("ppo", "rloo", "grpo")
 CHECKPOINT = "state.pt"
@@ -65,6 +66,9 @@ def validate_rl_config(config: RLConfig) -> None:
     for name in ("steps", "prompts_per_step", "samples_per_prompt", "max_new_tokens", "ppo_epochs", "minibatch_size"):
         if getattr(config, name) <= 0:
             raise ConfigError(f"rl.{name} must be > 0, got {getattr(config, name)}")
+    for name in ("save_steps", "snapshot_steps"):
+        if getattr(config, name) < 0:
+            raise ConfigError(f"rl.{name} must be >= 0 (0: never), got {getattr(config, name)}")
     if config.value_head not in ("shared", "separate"):
         raise ConfigError(f"rl.value_head must be shared or separate, got '{config.value_head}'")
     if config.temperature <= 0:
@@ -344,6 +348,8 @@ def train_rl(config: RLConfig, show_progress: bool = True, reward_fn: RewardFn |
                 metrics=f"reward {record['reward']:+.3f}{gold}  kl {record['kl_ref']:.2f}  len {length:.0f}  "
                 f"{record['tokens_per_s']:.0f} tok/s",
             )  # fmt: skip
+            if config.snapshot_steps and step % config.snapshot_steps == 0 and step < config.steps:
+                save_snapshot(learner.policy, out, step)  # the final step is `final/`
             if config.save_steps and step % config.save_steps == 0 and step < config.steps:
                 state = {"learner": learner.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
                          "beta": beta, "first_length": first_length}  # fmt: skip

@@ -1,0 +1,62 @@
+"""Policy snapshots along an RL run, so that runs can be compared at equal KL from the SFT model.
+
+A snapshot holds only the weights RL trains (the LoRA adapters, or every weight without LoRA) as
+`snapshots/step-NNNNNN.safetensors` in the run directory; the run's config.yaml says how to rebuild the
+policy around them (its init model and LoRA settings).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from salsa.config import RLConfig, load_stage_config
+from salsa.errors import DataError
+from salsa.models import add_lora, load_causal_lm
+
+SNAPSHOT_DIR = "snapshots"
+_NAME = re.compile(r"step-(\d+)\.safetensors")
+
+
+def save_snapshot(policy: torch.nn.Module, run_dir: Path, step: int) -> Path:
+    """Write the policy's trainable weights at `step` (atomically)."""
+    path = run_dir / SNAPSHOT_DIR / f"step-{step:06d}.safetensors"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    trained = {name: p.detach().contiguous() for name, p in policy.named_parameters() if p.requires_grad}
+    tmp = path.with_suffix(".tmp")
+    save_file(trained, str(tmp))
+    os.replace(tmp, path)
+    return path
+
+
+def list_snapshots(run_dir: str | Path) -> dict[int, Path]:
+    """step -> snapshot file of a run, in step order (empty if it saved none)."""
+    folder = Path(run_dir) / SNAPSHOT_DIR
+    found = {int(m.group(1)): p for p in folder.glob("step-*.safetensors") if (m := _NAME.fullmatch(p.name))}
+    return dict(sorted(found.items()))
+
+
+def load_snapshot(run_dir: str | Path, step: int) -> torch.nn.Module:
+    """The policy of a run at `step`, as a plain causal LM (LoRA merged)."""
+    run_dir = Path(run_dir)
+    snapshots = list_snapshots(run_dir)
+    if step not in snapshots:
+        raise DataError(f"{run_dir}: no snapshot of step {step} (has {sorted(snapshots) or 'none'})")
+    config = load_stage_config(RLConfig, "rl", run_dir / "config.yaml")
+    policy = load_causal_lm(config.init)
+    if config.use_lora:
+        policy = add_lora(policy, config.lora_r, config.lora_alpha)
+    params = dict(policy.named_parameters())
+    weights = load_file(str(snapshots[step]))
+    trainable = {name for name, p in params.items() if p.requires_grad}
+    if set(weights) != trainable:
+        odd = sorted(set(weights) ^ trainable)[0]
+        raise DataError(f"{snapshots[step]}: weight '{odd}' does not match the policy of {run_dir / 'config.yaml'}")
+    with torch.no_grad():
+        for name, value in weights.items():
+            params[name].copy_(value)
+    return policy.merge_and_unload() if config.use_lora else policy
