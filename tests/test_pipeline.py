@@ -17,8 +17,14 @@ def run_yaml(tmp_path, tiny_model_dir):
         "data": {"model": str(tiny_model_dir), "samples_per_prompt": 2, "max_new_tokens": 6},
         "reward": {"backbone": "causal", "model": str(tiny_model_dir), "num_epochs": 0.2, "max_length": 64},
         "sft": {"model": str(tiny_model_dir), "max_steps": 2, "batch_size": 4, "max_length": 64, "save_steps": 1},
-        "rl": {"steps": 2, "prompts_per_step": 4, "max_new_tokens": 6, "save_steps": 1, "learning_rate": 1e-3,
-               "snapshot_steps": 1},
+        "rl": {
+            "steps": 2,
+            "prompts_per_step": 4,
+            "max_new_tokens": 6,
+            "save_steps": 1,
+            "learning_rate": 1e-3,
+            "snapshot_steps": 1,
+        },
         "eval": {"max_new_tokens": 6, "landscape_alphas": [0.0, 0.5, 1.0], "bootstrap_samples": 200},
     }
     path = tmp_path / "run.yaml"
