@@ -94,6 +94,35 @@ def test_match_steps_picks_the_saved_policies_nearest_the_kl_both_runs_reached()
     assert match_steps({1: 0.0, 2: 1.0, 3: 2.0}, {5: 1.5}) == (2, 5, 1.5)
 
 
+def test_matched_kl_plan_reads_each_runs_log_and_snapshots(tmp_path):
+    import json
+
+    from salsa.config import EvalConfig
+    from salsa.evaluate import plan_matched_kl
+
+    def run(name, kls, snapshot_steps):
+        run_dir = tmp_path / name
+        (run_dir / "snapshots").mkdir(parents=True)
+        for step in snapshot_steps:
+            (run_dir / "snapshots" / f"step-{step:06d}.safetensors").touch()
+        (run_dir / "metrics.jsonl").write_text(
+            "".join(json.dumps({"step": i + 1, "kl_sft": k}) + "\n" for i, k in enumerate(kls))
+        )
+        return str(run_dir / "final")
+
+    # Smoothed (3-step trailing mean) KLs: salsa 0, 1, 2, 3 -> 0, 0.5, 1, 2; ppo 0, 0.5, 1 -> 0, 0.25, 0.5.
+    config = EvalConfig(
+        policies={"salsa": [run("salsa", [0, 1, 2, 3], [2])], "ppo": [run("ppo", [0, 0.5, 1], [1, 2])]},
+        comparisons=["salsa:ppo"],
+    )
+    plan = plan_matched_kl(config)
+    assert [(m.policy, m.step, m.final) for m in plan] == [("salsa", 2, False), ("ppo", 3, True)]
+    assert plan[0].kl_train == pytest.approx(0.5) and plan[0].target == pytest.approx(0.5)
+    # A run without snapshots (or an SFT model) gives no matched-KL comparison.
+    no_snapshots = EvalConfig(policies={"salsa": config.policies["salsa"], "sft": [str(tmp_path / "sft")]})
+    assert plan_matched_kl(no_snapshots) == []
+
+
 def test_sequence_kl_sums_log_ratios_over_the_response():
     logprobs = torch.tensor([[-1.0, -2.0, -0.5]])
     ref = torch.tensor([[-1.5, -1.0, -9.0]])
