@@ -32,6 +32,20 @@ def _fsync_dir(path: Path) -> None:
             os.close(fd)
 
 
+def _umask() -> int:
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return umask
+
+
+def usual_permissions(path: str | os.PathLike) -> None:
+    """Give a file or tree the permissions plain open/mkdir would (mkstemp, mkdtemp and safetensors make
+    them owner-only), so that a run directory on a shared machine is readable as usual."""
+    umask, path = _umask(), Path(path)
+    for entry in [path, *path.rglob("*")] if path.is_dir() else [path]:
+        os.chmod(entry, (0o777 if entry.is_dir() else 0o666) & ~umask)
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -41,6 +55,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        usual_permissions(tmp)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -77,6 +92,7 @@ def atomic_dir(target: str | os.PathLike) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    usual_permissions(tmp)
     old = None
     if target.exists():
         old = target.parent / f".{target.name}.old-{os.getpid()}"

@@ -16,6 +16,7 @@ from safetensors.torch import load_file, save_file
 
 from salsa.config import RLConfig, load_stage_config
 from salsa.errors import DataError
+from salsa.io import usual_permissions
 from salsa.models import add_lora, load_causal_lm
 
 SNAPSHOT_DIR = "snapshots"
@@ -29,6 +30,7 @@ def save_snapshot(policy: torch.nn.Module, run_dir: Path, step: int) -> Path:
     trained = {name: p.detach().contiguous() for name, p in policy.named_parameters() if p.requires_grad}
     tmp = path.with_suffix(".tmp")
     save_file(trained, str(tmp))
+    usual_permissions(tmp)
     os.replace(tmp, path)
     return path
 
