@@ -4,7 +4,8 @@ Same model (the default SmolLM2-135M-Instruct, fp32 on a CPU), same prompts (the
 prompts through the chat template), 16 completions per step (4 prompts x 4 samples) of at most 32 new
 tokens at temperature 1, the same reward function (the task's gold judge), a KL penalty against a frozen
 copy of the initial model (beta 0.05), one optimisation pass per rollout. Processed tokens are prompt plus
-completion tokens (no padding) per step; the first --warmup steps of each are not timed.
+completion tokens (no padding) per step; the first --warmup steps of each are not timed. salsa also runs
+with LoRA adapters (r 16 on every linear layer) in place of full-weight updates.
 
     .venv/bin/python benchmarks/rl_throughput.py [--steps 3] [--warmup 1]
 """
@@ -28,17 +29,17 @@ def gold_reward(prompts: list[str], responses: list[str]) -> list[float]:
     return [gold_score(p, r) for p, r in zip(prompts, responses, strict=True)]
 
 
-def salsa_run(algorithm: str, args, workdir: Path, prompts_file: Path) -> float:
+def salsa_run(algorithm: str, args, workdir: Path, prompts_file: Path, use_lora: bool = False) -> float:
     from salsa.config import RLConfig
     from salsa.models import resolve_model
     from salsa.rl.ppo import train_rl
 
     cfg = RLConfig(
         algorithm=algorithm, init=resolve_model("smollm2-135m"), reference="sft", prompts=str(prompts_file), task=None,
-        output_dir=str(workdir / f"salsa-{algorithm}"), steps=args.warmup + args.steps,
+        output_dir=str(workdir / f"salsa-{algorithm}-{'lora' if use_lora else 'full'}"), steps=args.warmup + args.steps,
         prompts_per_step=PROMPTS_PER_STEP,
         samples_per_prompt=SAMPLES, max_new_tokens=NEW_TOKENS, kl_coef=BETA, minibatch_size=PROMPTS_PER_STEP * SAMPLES,
-        save_steps=0, learning_rate=1e-6,
+        save_steps=0, learning_rate=1e-6, use_lora=use_lora,
     )  # fmt: skip
     final = train_rl(cfg, show_progress=False, reward_fn=lambda p, r: torch.tensor(gold_reward(p, r)))
     records = [json.loads(line) for line in (final.parent / "metrics.jsonl").read_text().splitlines()][args.warmup :]
@@ -112,12 +113,16 @@ def main() -> None:
         results["trl GRPOTrainer"] = trl_run("grpo", args, workdir)
         results["salsa rloo"] = salsa_run("rloo", args, workdir, prompts_file)
         results["salsa ppo"] = salsa_run("ppo", args, workdir, prompts_file)
+        results["salsa rloo, LoRA"] = salsa_run("rloo", args, workdir, prompts_file, use_lora=True)
+        results["salsa ppo, LoRA"] = salsa_run("ppo", args, workdir, prompts_file, use_lora=True)
     print(f"{PROMPTS_PER_STEP * SAMPLES} completions of <= {NEW_TOKENS} tokens per step, {args.steps} timed steps")
     for name, value in results.items():
         print(f"{name:18} {value:8.1f} processed tokens/s")
     base = results["trl RLOOTrainer"]
     rloo, ppo = results["salsa rloo"] / base, results["salsa ppo"] / base
     print(f"salsa rloo / trl rloo: {rloo:.2f}x   salsa ppo / trl rloo: {ppo:.2f}x   (target >= 1.5x)")
+    lora = [results[f"salsa {a}, LoRA"] / results[f"salsa {a}"] for a in ("rloo", "ppo")]
+    print(f"LoRA (r 16, all linear layers) / full weights in salsa: rloo {lora[0]:.2f}x   ppo {lora[1]:.2f}x")
 
 
 if __name__ == "__main__":
