@@ -18,7 +18,6 @@ Every random choice is seeded from (seed, step), so a run resumed from a checkpo
 from __future__ import annotations
 
 import contextlib
-import os
 import random
 import shutil
 import time
@@ -34,7 +33,16 @@ from salsa.config import RLConfig, fingerprint, save_config
 from salsa.data import load_prompts
 from salsa.errors import ConfigError, SalsaError
 from salsa.generation import eos_token_ids, generate
-from salsa.io import COMPLETE_MARKER, JsonlWriter, atomic_dir, is_complete, mark_complete, read_json, truncate_jsonl
+from salsa.io import (
+    COMPLETE_MARKER,
+    JsonlWriter,
+    atomic_dir,
+    atomic_file,
+    is_complete,
+    mark_complete,
+    read_json,
+    truncate_jsonl,
+)
 from salsa.models import add_lora, load_causal_lm, load_tokenizer
 from salsa.progress import console, training_progress
 from salsa.reward import RewardModel
@@ -355,7 +363,8 @@ def train_rl(config: RLConfig, show_progress: bool = True, reward_fn: RewardFn |
                          "beta": beta, "first_length": first_length}  # fmt: skip
                 if config.reference == "ema" and reference is not None:
                     state["reference"] = reference.state_dict()
-                _atomic_torch_save(state, checkpoint)
+                with atomic_file(checkpoint) as tmp:
+                    torch.save(state, tmp)
     metrics.close()
     tensorboard.close()
     save_policy(learner.policy, tokenizer, out / "final")
@@ -377,13 +386,6 @@ def _prompt_batch(prompts: list[str], config: RLConfig, step: int) -> list[str]:
         batch += [prompts[i] for i in order[offset:]]
         epoch, offset = epoch + 1, 0
     return batch[: config.prompts_per_step]
-
-
-def _atomic_torch_save(state: dict, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
 
 
 def save_policy(policy, tokenizer, out: Path) -> None:

@@ -7,7 +7,6 @@ policy around them (its init model and LoRA settings).
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 
@@ -16,7 +15,7 @@ from safetensors.torch import load_file, save_file
 
 from salsa.config import RLConfig, load_stage_config
 from salsa.errors import DataError
-from salsa.io import usual_permissions
+from salsa.io import atomic_file
 from salsa.models import add_lora, load_causal_lm
 
 SNAPSHOT_DIR = "snapshots"
@@ -26,12 +25,9 @@ _NAME = re.compile(r"step-(\d+)\.safetensors")
 def save_snapshot(policy: torch.nn.Module, run_dir: Path, step: int) -> Path:
     """Write the policy's trainable weights at `step` (atomically)."""
     path = run_dir / SNAPSHOT_DIR / f"step-{step:06d}.safetensors"
-    path.parent.mkdir(parents=True, exist_ok=True)
     trained = {name: p.detach().contiguous() for name, p in policy.named_parameters() if p.requires_grad}
-    tmp = path.with_suffix(".tmp")
-    save_file(trained, str(tmp))
-    usual_permissions(tmp)
-    os.replace(tmp, path)
+    with atomic_file(path) as tmp:
+        save_file(trained, str(tmp))
     return path
 
 
