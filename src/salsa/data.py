@@ -219,7 +219,7 @@ def load_prompts(source: str) -> list[str]:
     for i, row in enumerate(rows):
         prompt = row.get("prompt")
         if not isinstance(prompt, str) or not prompt.strip():
-            raise DataError(f"{name} row {row.get('_row', i + 1)}: field 'prompt' must be a non-empty string")
+            raise DataError(f"{row_label(name, row, i)}: field 'prompt' must be a non-empty string")
         prompts.append(prompt)
     if not prompts:
         raise DataError(f"{name}: no prompts")

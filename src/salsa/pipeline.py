@@ -23,8 +23,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from salsa.config import (
     STAGES,
     DataConfig,
@@ -37,6 +35,7 @@ from salsa.config import (
     config_to_yaml,
     load_stage_config,
 )
+from salsa.config import fingerprint as config_fingerprint
 from salsa.errors import ConfigError
 from salsa.io import atomic_write_json, atomic_write_text, is_complete, mark_complete, read_json
 from salsa.progress import console
@@ -156,7 +155,7 @@ class StageRunner:
     def run(self, name: str, config: Any, work: Callable[[], Any], after: tuple[str, ...] = ()):
         """Run `work` unless stage `name` finished before (in `config.output_dir`) with the same config and inputs."""
         out = Path(config.output_dir)
-        fingerprint = _hash(yaml.safe_dump(dataclasses.asdict(config)), *(self.fingerprints[a] for a in after))
+        fingerprint = _hash(config_fingerprint(config), *(self.fingerprints[a] for a in after))
         self.fingerprints[name] = fingerprint
         recorded = self.state["stages"].get(name, {})
         if recorded.get("fingerprint") == fingerprint and is_complete(out):
