@@ -121,6 +121,15 @@ def test_matched_kl_plan_reads_each_runs_log_and_snapshots(tmp_path):
     # A run without snapshots (or an SFT model) gives no matched-KL comparison.
     no_snapshots = EvalConfig(policies={"salsa": config.policies["salsa"], "sft": [str(tmp_path / "sft")]})
     assert plan_matched_kl(no_snapshots) == []
+    # Two seeds, the second without snapshots: no comparison over only some of the seeds.
+    two_seeds = EvalConfig(
+        policies={
+            "salsa": [*config.policies["salsa"], run("salsa-1", [0, 1], [])],
+            "ppo": [*config.policies["ppo"], run("ppo-1", [0, 1], [1])],
+        },
+        comparisons=["salsa:ppo"],
+    )
+    assert plan_matched_kl(two_seeds) == []
 
 
 def test_sequence_kl_sums_log_ratios_over_the_response():

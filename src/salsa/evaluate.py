@@ -304,22 +304,25 @@ def _saved_policy_kls(final_path: str, window: int = 3) -> dict[int, float] | No
 
 
 def plan_matched_kl(config: EvalConfig) -> list[MatchedPolicy]:
-    """For each comparison of two RL runs that kept snapshots: seed by seed, the policies at matched KL."""
+    """For each comparison of two RL runs whose every seed kept snapshots: seed by seed, the policies at matched KL."""
     plan = []
     for a, b in comparison_pairs(config):
         paths_a, paths_b = config.policies[a], config.policies[b]
         if len(paths_a) != len(paths_b):
             continue
+        pair_plan = []
         for seed_index, (path_a, path_b) in enumerate(zip(paths_a, paths_b, strict=True)):
-            kls = [_saved_policy_kls(path_a), _saved_policy_kls(path_b)]
-            if kls[0] is None or kls[1] is None:
+            kl_a, kl_b = _saved_policy_kls(path_a), _saved_policy_kls(path_b)
+            if kl_a is None or kl_b is None:
                 break
-            steps = match_steps(*kls)
-            for name, path, kl, step in zip((a, b), (path_a, path_b), kls, steps, strict=False):
-                plan.append(
-                    MatchedPolicy(f"{a}:{b}", name, seed_index, Path(path).parent, step, step == max(kl), kl[step],
-                                  steps[2])
-                )  # fmt: skip
+            step_a, step_b, target = match_steps(kl_a, kl_b)
+            for name, path, kl, step in ((a, path_a, kl_a, step_a), (b, path_b, kl_b, step_b)):
+                final = step == max(kl)  # the largest saved step is the final policy
+                pair_plan.append(
+                    MatchedPolicy(f"{a}:{b}", name, seed_index, Path(path).parent, step, final, kl[step], target)
+                )
+        else:  # every seed of both runs has saved policies: a comparison over only some seeds would mislead
+            plan += pair_plan
     return plan
 
 

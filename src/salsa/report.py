@@ -44,8 +44,9 @@ def verdict(comparison: dict, confidence: float) -> str:
 
 def _matched_kl_text(entry: dict, confidence: float) -> str:
     """Which saved policies were compared at matched KL, their KL on the eval prompts, and the verdicts."""
+    several_seeds = len({r["seed_index"] for r in entry["runs"]}) > 1
     picked = "; ".join(
-        f"{r['policy']}" + (f" seed {r['seed_index']}" if r["seed_index"] else "")
+        f"{r['policy']}" + (f" seed {r['seed_index']}" if several_seeds else "")
         + f" at step {r['step']} (training KL {r['kl_train']:.2f})"
         for r in entry["runs"]
     )  # fmt: skip
