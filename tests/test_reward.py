@@ -7,10 +7,16 @@ import torch
 from salsa.config import RewardConfig
 from salsa.errors import DataError
 from salsa.reward import (
+    SCORE_HEAD,
+    PreferencePair,
     RewardModel,
     bradley_terry_loss,
+    fill_batches,
+    pair_scores,
     pairwise_accuracy,
     parse_preference_rows,
+    prompt_batches,
+    prompt_groups,
     spearman,
     train_reward,
 )
@@ -28,6 +34,45 @@ def test_accuracy_and_spearman():
     ) == pytest.approx(1 / 3)
     assert spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
     assert spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
+
+
+def test_prompt_batches_keep_prompts_whole_and_see_every_pair_once_per_epoch():
+    import random
+
+    prompts = ["a", "b", "a", "c", "b", "a", "d", "e", "e"]
+    assert prompt_groups(prompts) == [[0, 2, 5], [1, 4], [3], [6], [7, 8]]
+    assert list(fill_batches(prompt_groups(prompts), 4)) == [[0, 2, 5, 1, 4], [3, 6, 7, 8]]
+    batches = prompt_batches(prompts, 3, random.Random(0))
+    for _ in range(3):  # epochs
+        epoch, seen = [], 0
+        while seen < len(prompts):
+            epoch.append(next(batches))
+            seen += len(epoch[-1])
+        assert sorted(i for b in epoch for i in b) == list(range(len(prompts)))
+        for batch in epoch:
+            assert all(set(g) <= set(batch) or not set(g) & set(batch) for g in prompt_groups(prompts))
+            assert len(batch) >= 3 or batch is epoch[-1]
+
+
+class _CountingReward:
+    """Scores a response by its length and records how many texts were forwarded."""
+
+    def __init__(self):
+        self.forwarded = 0
+
+    def forward(self, prompts, responses):
+        self.forwarded += len(responses)
+        return torch.tensor([float(len(r)) for r in responses])
+
+
+def test_pair_scores_forward_each_distinct_response_once():
+    batch = [PreferencePair("p", "long answer", "no"), PreferencePair("p", "long answer", "meh"),
+             PreferencePair("p", "meh", "no"), PreferencePair("q", "no", "meh")]  # fmt: skip
+    reward = _CountingReward()
+    chosen, rejected = pair_scores(reward, batch)
+    assert reward.forwarded == 5  # (p, long answer), (p, no), (p, meh), (q, no), (q, meh)
+    assert chosen.tolist() == [11.0, 11.0, 3.0, 2.0]
+    assert rejected.tolist() == [2.0, 3.0, 2.0, 3.0]
 
 
 def test_preference_rows_accept_strings_and_messages_and_name_bad_rows(tmp_path):
@@ -77,6 +122,10 @@ def test_encoder_reward_model_learns_a_preference_and_round_trips(tmp_path):
     responses = POSITIVE + NEGATIVE
     train_scores = reward.score(["Review number 0."] * len(responses), responses)
     assert abs(float(train_scores.mean())) < 1.0
+    # The trained head is part of the saved model: without it, loading is refused rather than scoring at random.
+    (path / SCORE_HEAD).unlink()
+    with pytest.raises(DataError, match=SCORE_HEAD):
+        RewardModel.load(path)
 
 
 def test_causal_backbone_trains_and_scores(tmp_path, tiny_model_dir):

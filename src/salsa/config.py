@@ -87,7 +87,9 @@ class DataConfig:
     max_new_tokens: int = option(40, "longest sampled response")
     temperature: float = option(0.8, "sampling temperature")
     top_p: float = option(0.95, "nucleus sampling: the smallest token set with this much probability")
-    pairs_per_prompt: int = option(8, "training pairs kept per prompt (drawn from its own and its twin's samples)")
+    pairs_per_prompt: int | None = option(
+        None, "training pairs kept per prompt (drawn from its own and its twin's samples); null: every pair"
+    )
     label_temperature: float = option(
         0.1, "Bradley-Terry label noise: P(a > b) = sigmoid((gold_a - gold_b) / t); 0 = none"
     )
@@ -105,9 +107,13 @@ class RewardConfig:
     eval_data: str | None = option("runs/data/prefs_eval.jsonl", "held-out pairs; with gold_* fields, gold accuracy")
     output_dir: str = option("runs/reward", "where the reward model directory is written")
     seed: int = option(0, "seed of initialisation and data order")
-    num_epochs: float = option(2.0, "passes over the training pairs")
-    batch_size: int = option(16, "pairs per step")
-    learning_rate: float = option(5e-5, "peak learning rate of the backbone (AdamW, linear decay after warmup)")
+    num_epochs: float = option(4.0, "passes over the training pairs")
+    batch_size: int = option(
+        32, "pairs per step, in whole prompts: a prompt's pairs share a step and each response is forwarded once"
+    )
+    learning_rate: float = option(
+        2e-4, "peak learning rate of the backbone (AdamW, linear decay after warmup; ~1e-5 for a causal LM)"
+    )
     head_learning_rate: float = option(
         1e-3, "peak learning rate of the freshly initialised scalar head (it must move far; the backbone not)"
     )

@@ -4,9 +4,11 @@
     loss = -mean log sigmoid(r(x, y_c) - r(x, y_r))
 
 Two backbones: a small encoder (all-MiniLM-L6-v2, a cross-encoder over the (prompt, response) pair; fast on
-a CPU) and a causal LM with a scalar head on the last token (initialised from an SFT model, as in
-InstructGPT and the SALSA paper). The saved directory is a standard `AutoModelForSequenceClassification`
-directory plus `salsa_reward.json` (backbone, normalisation mean and std).
+a CPU), scored by a linear head on the mean of its token states, the pooling it was trained to embed text
+with; and a causal LM with a scalar head on the last token (initialised from an SFT model, as in
+InstructGPT and the SALSA paper). The saved directory holds the backbone as a standard Hugging Face model
+(`AutoModel` for the encoder, with its head in `score_head.safetensors`; `AutoModelForSequenceClassification`
+for the causal LM), its tokenizer, and `salsa_reward.json` (backbone, normalisation mean and std).
 """
 
 from __future__ import annotations
@@ -14,22 +16,26 @@ from __future__ import annotations
 import json
 import math
 import random
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from accelerate.utils import set_seed
-from transformers import AutoModelForSequenceClassification, AutoTokenizer, get_scheduler
+from safetensors.torch import load_file, save_file
+from torch import nn
+from transformers import AutoModel, AutoModelForSequenceClassification, AutoTokenizer, get_scheduler
 
 from salsa.config import DEFAULT_MODEL, RewardConfig, save_config
-from salsa.data import load_records, render_prompt, row_label, shuffled_batches
+from salsa.data import load_records, render_prompt, row_label
 from salsa.errors import ConfigError, DataError
 from salsa.io import JsonlWriter, atomic_dir, atomic_write_json, mark_complete, read_json
 from salsa.models import default_encoder_path, resolve_model
 from salsa.progress import console, training_progress
 
 REWARD_META = "salsa_reward.json"
+SCORE_HEAD = "score_head.safetensors"
 BACKBONES = ("encoder", "causal")
 
 
@@ -81,6 +87,37 @@ def parse_preference_rows(rows: list[dict], source: str) -> list[PreferencePair]
     return pairs
 
 
+class MeanPooledScorer(nn.Module):
+    """score = w . mean_t(h_t) + b over the encoder's non-padding token states."""
+
+    def __init__(self, encoder: nn.Module):
+        super().__init__()
+        self.base_model = encoder
+        self.config = encoder.config
+        self.score = nn.Linear(encoder.config.hidden_size, 1)
+
+    def forward(self, input_ids, attention_mask, **inputs) -> torch.Tensor:
+        states = self.base_model(input_ids=input_ids, attention_mask=attention_mask, **inputs).last_hidden_state
+        mask = attention_mask.unsqueeze(-1).to(states.dtype)
+        return self.score((states * mask).sum(1) / mask.sum(1)).squeeze(-1)
+
+    @property
+    def device(self) -> torch.device:
+        return self.score.weight.device
+
+    def save_pretrained(self, path: Path) -> None:
+        self.base_model.save_pretrained(path)
+        save_file(self.score.state_dict(), Path(path) / SCORE_HEAD)
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, **kwargs) -> MeanPooledScorer:
+        scorer = cls(AutoModel.from_pretrained(path, **kwargs))
+        head = Path(path) / SCORE_HEAD
+        if head.is_file():
+            scorer.score.load_state_dict(load_file(head))
+        return scorer
+
+
 class RewardModel:
     """Batched scoring of (prompt, response) pairs; `score` is normalised to mean 0, std 1 on SFT samples."""
 
@@ -94,7 +131,9 @@ class RewardModel:
         if not (path / REWARD_META).is_file():
             raise DataError(f"{path} is not a salsa reward model (no {REWARD_META}); train one with `salsa reward`")
         meta = read_json(path / REWARD_META)
-        model = AutoModelForSequenceClassification.from_pretrained(path).to(device).eval()
+        if meta["backbone"] == "encoder" and not (path / SCORE_HEAD).is_file():
+            raise DataError(f"{path}: no {SCORE_HEAD}; an older salsa trained it, retrain it with `salsa reward`")
+        model = _architecture(meta["backbone"]).from_pretrained(path).to(device).eval()
         tokenizer = AutoTokenizer.from_pretrained(path)
         return cls(model, tokenizer, meta["backbone"], meta["max_length"], meta["mean"], meta["std"])
 
@@ -115,7 +154,8 @@ class RewardModel:
         return {k: v.to(self.model.device) for k, v in batch.items()}
 
     def forward(self, prompts: list[str], responses: list[str]) -> torch.Tensor:
-        return self.model(**self.encode(prompts, responses)).logits.squeeze(-1).float()
+        scores = self.model(**self.encode(prompts, responses))
+        return (scores if self.backbone == "encoder" else scores.logits.squeeze(-1)).float()
 
     @torch.no_grad()
     def raw_scores(self, prompts: list[str], responses: list[str], batch_size: int = 64) -> torch.Tensor:
@@ -131,6 +171,10 @@ class RewardModel:
         return (self.raw_scores(prompts, responses, batch_size) - self.mean) / self.std
 
 
+def _architecture(backbone: str):
+    return MeanPooledScorer if backbone == "encoder" else AutoModelForSequenceClassification
+
+
 def _backbone_model(config: RewardConfig):
     if config.backbone not in BACKBONES:
         raise ConfigError(f"reward.backbone must be one of {', '.join(BACKBONES)}, got '{config.backbone}'")
@@ -141,7 +185,10 @@ def _backbone_model(config: RewardConfig):
     tokenizer = AutoTokenizer.from_pretrained(path)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, dtype=torch.float32)
+    if config.backbone == "encoder":
+        model = MeanPooledScorer.from_pretrained(path, dtype=torch.float32)
+    else:
+        model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, dtype=torch.float32)
     model.config.pad_token_id = tokenizer.pad_token_id
     return model, tokenizer
 
@@ -184,6 +231,49 @@ def evaluate_reward(reward: RewardModel, pairs: list[PreferencePair]) -> dict[st
     return result
 
 
+def prompt_groups(prompts: list[str]) -> list[list[int]]:
+    """Pair indices grouped by prompt, in order of first appearance."""
+    groups: dict[str, list[int]] = {}
+    for i, prompt in enumerate(prompts):
+        groups.setdefault(prompt, []).append(i)
+    return list(groups.values())
+
+
+def fill_batches(groups: list[list[int]], pairs_per_batch: int) -> Iterator[list[int]]:
+    """Whole groups, in order, into batches of at least `pairs_per_batch` pairs (the last one may hold fewer)."""
+    batch: list[int] = []
+    for group in groups:
+        batch += group
+        if len(batch) >= pairs_per_batch:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def prompt_batches(prompts: list[str], pairs_per_batch: int, rng: random.Random) -> Iterator[list[int]]:
+    """Endless epochs of pair-index batches that keep each prompt's pairs together.
+
+    Every epoch shuffles the prompts, then fills batches with whole prompts; a batch never spans two epochs,
+    so each pair is seen once per epoch. Pairs of one prompt share responses, which a step forwards once
+    (see `pair_scores`), and contrast every response of the prompt with the others.
+    """
+    groups = prompt_groups(prompts)
+    while True:
+        rng.shuffle(groups)
+        yield from fill_batches(groups, pairs_per_batch)
+
+
+def pair_scores(reward: RewardModel, batch: list[PreferencePair]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scores of the chosen and rejected responses, with every distinct (prompt, response) forwarded once."""
+    texts = list(dict.fromkeys((p.prompt, r) for p in batch for r in (p.chosen, p.rejected)))
+    row = {text: i for i, text in enumerate(texts)}
+    scores = reward.forward([t[0] for t in texts], [t[1] for t in texts])
+    chosen = scores[[row[(p.prompt, p.chosen)] for p in batch]]
+    rejected = scores[[row[(p.prompt, p.rejected)] for p in batch]]
+    return chosen, rejected
+
+
 def train_reward(config: RewardConfig, show_progress: bool = True) -> Path:
     """Train a Bradley-Terry reward model; writes the model, its normalisation and eval.json."""
     for name in ("batch_size", "learning_rate", "head_learning_rate", "num_epochs", "max_length"):
@@ -198,7 +288,8 @@ def train_reward(config: RewardConfig, show_progress: bool = True) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     save_config(config, out / "config.yaml", section="reward")
 
-    steps_per_epoch = math.ceil(len(pairs) / config.batch_size)
+    prompts = [p.prompt for p in pairs]
+    steps_per_epoch = len(list(fill_batches(prompt_groups(prompts), config.batch_size)))
     total_steps = max(1, math.ceil(config.num_epochs * steps_per_epoch))
     backbone = {id(p) for p in model.base_model.parameters()}
     head = [p for p in model.parameters() if id(p) not in backbone]
@@ -210,24 +301,20 @@ def train_reward(config: RewardConfig, show_progress: bool = True) -> Path:
         weight_decay=config.weight_decay,
     )
     scheduler = get_scheduler("linear", optimizer, round(config.warmup_ratio * total_steps), total_steps)
-    batches = shuffled_batches(len(pairs), config.batch_size, random.Random(config.seed))
+    batches = prompt_batches(prompts, config.batch_size, random.Random(config.seed))
     metrics = JsonlWriter(out / "metrics.jsonl")
     model.train()
     with training_progress(disable=not show_progress) as progress:
         task = progress.add_task("reward", total=total_steps, metrics="")
         for step in range(1, total_steps + 1):
-            batch = [pairs[i] for i in next(batches)]
-            # Chosen and rejected go through the model in one forward pass.
-            scores = reward.forward(
-                [p.prompt for p in batch] * 2, [p.chosen for p in batch] + [p.rejected for p in batch]
-            )
-            loss = bradley_terry_loss(scores[: len(batch)], scores[len(batch) :])
+            chosen, rejected = pair_scores(reward, [pairs[i] for i in next(batches)])
+            loss = bradley_terry_loss(chosen, rejected)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
-            accuracy = float((scores[: len(batch)] > scores[len(batch) :]).float().mean())
+            accuracy = float((chosen > rejected).float().mean())
             metrics.write({"step": step, "loss": loss.item(), "accuracy": accuracy})
             progress.update(task, advance=1, metrics=f"loss {loss.item():.3f}  acc {accuracy:.2f}")
     metrics.close()

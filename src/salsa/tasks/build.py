@@ -64,6 +64,8 @@ def make_task_data(config: DataConfig, show_progress: bool = True) -> Path:
     """Write the task's datasets to `config.output_dir`; a complete directory is reused."""
     if config.task not in BUILTIN_TASKS:
         raise ConfigError(f"data.task: unknown task '{config.task}'; available: {', '.join(BUILTIN_TASKS)}")
+    if config.pairs_per_prompt is not None and config.pairs_per_prompt < 1:
+        raise ConfigError(f"data.pairs_per_prompt must be >= 1 or null (every pair), got {config.pairs_per_prompt}")
     if config.samples_per_prompt < 2:
         raise ConfigError(f"data.samples_per_prompt must be >= 2 to form pairs, got {config.samples_per_prompt}")
     out = Path(config.output_dir)
@@ -125,6 +127,7 @@ def make_task_data(config: DataConfig, show_progress: bool = True) -> Path:
 
 def datasheet(config, splits, n_sft, n_prefs, n_prefs_eval, agreement, base_gold, sft_gold) -> str:
     n_samples = (len(splits["train"]) + len(splits["eval"])) * config.samples_per_prompt
+    kept = "every pair" if config.pairs_per_prompt is None else f"up to {config.pairs_per_prompt} pairs"
     return f"""# Datasheet: built-in task `{config.task}`
 
 Made by `salsa data make` (seed {config.seed}) from the model `{config.model}`; no network, no human labels.
@@ -135,7 +138,7 @@ Made by `salsa data make` (seed {config.seed}) from the model `{config.model}`; 
 | prompts_eval.jsonl | {len(splits["eval"])} | in-distribution prompts on held-out subjects (disjoint from train) |
 | prompts_ood.jsonl | {len(splits["ood"])} | out-of-distribution prompts: media and art, different phrasing |
 | sft.jsonl | {n_sft} | best-of-{config.samples_per_prompt} samples per train prompt under the gold judge |
-| prefs.jsonl | {n_prefs} | up to {config.pairs_per_prompt} pairs per train prompt from its and its twin's samples |
+| prefs.jsonl | {n_prefs} | {kept} per train prompt from its and its twin's samples |
 | prefs_eval.jsonl | {n_prefs_eval} | every pair of an eval prompt's own samples (held out from reward training) |
 | samples.jsonl | {n_samples} | all samples with their gold scores |
 
