@@ -63,7 +63,8 @@ def _mean(values):
 
 @pytest.fixture(scope="module")
 def free_rloo_run(tmp_path_factory, peaked_model, prompts_file, token_reward):
-    cfg = _config(tmp_path_factory.mktemp("free"), peaked_model, prompts_file)
+    # One minibatch of the whole rollout (32 sequences): the update reuses the rollout's own forward pass.
+    cfg = _config(tmp_path_factory.mktemp("free"), peaked_model, prompts_file, minibatch_size=32)
     return _metrics(train_rl(cfg, show_progress=False, reward_fn=token_reward))
 
 
@@ -105,6 +106,8 @@ def test_rloo_learns_a_simple_reward_from_its_reference(free_rloo_run):
     rewards = [m["reward"] for m in free_rloo_run]
     assert _mean(rewards[-5:]) > _mean(rewards[:5]) + 0.5, rewards
     assert free_rloo_run[0]["kl_ref"] == pytest.approx(0.0, abs=1e-4)  # the policy starts at its reference
+    # One update per rollout from the weights that scored it: every ratio is exactly 1, nothing is clipped.
+    assert all(m["approx_kl"] == 0.0 and m["clip_fraction"] == 0.0 for m in free_rloo_run)
 
 
 @pytest.mark.parametrize("algorithm", ["ppo", "grpo"])

@@ -221,8 +221,8 @@ def rl_update(learner: Learner, rollout: Rollout, config: RLConfig, optimizer, b
         order = torch.randperm(n, generator=generator)
         for start in range(0, n, config.minibatch_size):
             rows = order[start : start + config.minibatch_size]
-            if fused:
-                logp, values = live_logp, live_values
+            if fused:  # the one minibatch is the whole rollout, in `order`'s row order like everything below
+                logp, values = live_logp[rows], live_values[rows] if live_values is not None else None
             else:
                 logp, values, _ = learner.evaluate(rollout, rows)
             m = mask[rows]
