@@ -1,11 +1,13 @@
-"""Batched sampling from a causal LM: left padding, KV cache, prompts sorted by length to cut padding."""
+"""Batched sampling from a causal LM: left padding, KV cache, prompts sorted by length to cut padding, and
+each distinct prompt run once when several samples share it."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import torch
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from torch import nn
+from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
 from salsa.data import render_prompt
 from salsa.progress import training_progress
@@ -27,6 +29,46 @@ def left_pad(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, tor
         ids[i, length - len(s) :] = torch.tensor(s)
         mask[i, length - len(s) :] = 1
     return ids, mask
+
+
+def base_model(model: nn.Module) -> nn.Module:
+    """The transformers model under a PEFT wrapper (LoRA layers stay in place inside it)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Positions that skip left padding, as `generate` uses them."""
+    return (attention_mask.cumsum(-1) - 1).clamp(min=0)
+
+
+def distinct_rows(ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(one row index per distinct (ids, mask) row, each row's position in that list)."""
+    distinct, inverse = torch.unique(torch.cat([ids, attention_mask], 1), dim=0, return_inverse=True)
+    first = torch.empty(len(distinct), dtype=torch.long, device=ids.device)
+    first[inverse] = torch.arange(len(ids), device=ids.device)  # any occurrence will do: they are equal
+    return first, inverse
+
+
+def shared_prompt_cache(
+    model: nn.Module, ids: torch.Tensor, attention_mask: torch.Tensor
+) -> tuple[DynamicCache, torch.Tensor] | None:
+    """Run each distinct left-padded prompt row once and give every row its keys/values.
+
+    Returns (the cache over all rows, each row's hidden state at the last prompt position [N, 1, H]), or None
+    when no two rows are equal. With k samples per prompt this cuts the prompt work k-fold.
+    """
+    first, inverse = distinct_rows(ids, attention_mask)
+    if len(first) == len(ids):
+        return None
+    base = base_model(model)
+    cache = DynamicCache(config=base.config)
+    mask = attention_mask[first]
+    hidden = base.get_decoder()(
+        input_ids=ids[first], attention_mask=mask, position_ids=position_ids(mask), past_key_values=cache,
+        use_cache=True,
+    ).last_hidden_state[:, -1:]  # fmt: skip
+    cache.batch_select_indices(inverse)
+    return cache, hidden[inverse]
 
 
 @torch.no_grad()
@@ -117,6 +159,9 @@ def generate(
     ids, attention = ids.to(device), attention.to(device)
     was_training = model.training
     model.eval()
+    # Prompts repeated for several samples are prefilled once; generate() then runs only the last prompt token.
+    shared = shared_prompt_cache(model, ids[:, :-1], attention[:, :-1]) if ids.shape[1] > 1 else None
+    cache = shared[0] if shared else None
     torch.manual_seed(seed)
     sampling = (
         {"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": top_p}
@@ -125,7 +170,7 @@ def generate(
     )
     out = model.generate(
         input_ids=ids, attention_mask=attention, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
-        output_scores=with_logprobs, return_dict_in_generate=True, **sampling,
+        output_scores=with_logprobs, return_dict_in_generate=True, past_key_values=cache, **sampling,
     )  # fmt: skip
     model.train(was_training)
     sequences = out.sequences

@@ -2,7 +2,7 @@
 
 Sequences are [left-padded prompt | response]; the prompt part has the same length P for every row.
 Only the hidden states that predict response tokens go through the LM head, which skips the vocabulary
-projection for every prompt token.
+projection for every prompt token, and a prompt shared by several samples (RLOO, GRPO) runs once.
 """
 
 from __future__ import annotations
@@ -12,16 +12,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from salsa.generation import base_model, position_ids, shared_prompt_cache
 from salsa.rl.core import entropy_from_logprobs
-
-
-def _base(model: nn.Module) -> nn.Module:
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
-
-
-def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
-    """Positions that skip left padding, as `generate` uses them."""
-    return (attention_mask.cumsum(-1) - 1).clamp(min=0)
 
 
 @dataclass
@@ -39,11 +31,27 @@ def response_forward(
     temperature: float = 1.0,
     with_entropy: bool = False,
 ) -> ResponseForward:
-    """One forward pass; log-probs of tokens sequences[:, P:] under `model` at `temperature`."""
-    base = _base(model)
-    hidden = base.get_decoder()(
-        input_ids=sequences, attention_mask=attention_mask, position_ids=position_ids(attention_mask)
-    ).last_hidden_state[:, prompt_length - 1 : -1]
+    """One forward pass; log-probs of tokens sequences[:, P:] under `model` at `temperature`.
+
+    Gradients flow through both parts of the shared-prompt pass (the prompt's keys/values included), so it
+    trains exactly like a plain forward pass over every row.
+    """
+    base = base_model(model)
+    positions = position_ids(attention_mask)
+    shared = None
+    if sequences.shape[1] - prompt_length > 1:
+        shared = shared_prompt_cache(model, sequences[:, :prompt_length], attention_mask[:, :prompt_length])
+    if shared is None:
+        hidden = base.get_decoder()(
+            input_ids=sequences, attention_mask=attention_mask, position_ids=positions
+        ).last_hidden_state[:, prompt_length - 1 : -1]
+    else:
+        cache, last_prompt_state = shared
+        response_states = base.get_decoder()(
+            input_ids=sequences[:, prompt_length:-1], attention_mask=attention_mask[:, :-1],
+            position_ids=positions[:, prompt_length:-1], past_key_values=cache, use_cache=True,
+        ).last_hidden_state  # fmt: skip
+        hidden = torch.cat([last_prompt_state, response_states], 1)
     logits = base.get_output_embeddings()(hidden).float() / temperature
     all_logprobs = logits.log_softmax(-1)
     logprobs = torch.gather(all_logprobs, -1, sequences[:, prompt_length:, None]).squeeze(-1)

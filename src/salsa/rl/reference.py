@@ -13,6 +13,7 @@ from torch import nn
 
 from salsa.config import RLConfig
 from salsa.errors import ConfigError
+from salsa.generation import base_model
 from salsa.models import load_causal_lm
 
 REFERENCES = ("sft", "soup", "ema", "none")
@@ -38,8 +39,8 @@ def load_reference(config: RLConfig) -> nn.Module | None:
 
 def _policy_weights(policy: nn.Module) -> dict[str, torch.Tensor]:
     """The policy's full weights by plain model names (LoRA adapters must be merged by the caller)."""
-    base = policy.get_base_model() if hasattr(policy, "get_base_model") else policy
-    return {name.replace(".base_layer", ""): p for name, p in base.named_parameters() if "lora_" not in name}
+    weights = base_model(policy).named_parameters()
+    return {name.replace(".base_layer", ""): p for name, p in weights if "lora_" not in name}
 
 
 @torch.no_grad()
