@@ -8,7 +8,11 @@ the RSS it had after imports. "read" is the time to simply read every ingredient
 computes the SHA-256 of every ingredient for soup.json; "salsa-cached" is a second soup of the same
 ingredients (as the reward landscape builds), which finds the digests cached.
 
-    .venv/bin/python benchmarks/soup.py [--ks 2 4 8] [--workdir DIR]
+By default the ingredients sit in the page cache (they were just written), so "read" is a memory copy.
+With --cold every ingredient file is dropped from the page cache (posix_fadvise DONTNEED) before each
+read and each merge, as when a soup reads checkpoints larger than RAM from disk.
+
+    .venv/bin/python benchmarks/soup.py [--ks 2 4 8] [--workdir DIR] [--cold]
 """
 
 from __future__ import annotations
@@ -87,6 +91,16 @@ def make_ingredients(kind: str, k: int, workdir: Path) -> list[Path]:
     return dirs
 
 
+def drop_from_page_cache(dirs: list[Path]) -> None:
+    for d in dirs:
+        for file in d.glob("*.safetensors"):
+            fd = os.open(file, os.O_RDONLY)
+            try:
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            finally:
+                os.close(fd)
+
+
 def read_all(dirs: list[Path]) -> float:
     buffer = bytearray(64 << 20)
     started = time.perf_counter()
@@ -137,9 +151,11 @@ def child(method: str, out: Path, dirs: list[Path]) -> None:
     del torch
 
 
-def measure(method: str, dirs: list[Path], out: Path, cache: Path) -> dict | None:
+def measure(method: str, dirs: list[Path], out: Path, cache: Path, cold: bool) -> dict | None:
     """One merge in a fresh process; `cache` is its SALSA_CACHE (salsa's digest cache lives there)."""
     shutil.rmtree(out, ignore_errors=True)
+    if cold:
+        drop_from_page_cache(dirs)
     cmd = [sys.executable, __file__, "--child", method, "--out", str(out), *map(str, dirs)]
     result = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "SALSA_CACHE": str(cache)})
     shutil.rmtree(out, ignore_errors=True)
@@ -155,6 +171,7 @@ def main() -> None:
     parser.add_argument("--ks", type=int, nargs="+", default=[2, 4, 8])
     parser.add_argument("--kinds", nargs="+", default=["default", "large"])
     parser.add_argument("--workdir", type=Path, default=None)
+    parser.add_argument("--cold", action="store_true", help="read every ingredient from disk, not the page cache")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, default=None, help=argparse.SUPPRESS)
     parser.add_argument("dirs", nargs="*", type=Path, help=argparse.SUPPRESS)
@@ -171,6 +188,8 @@ def main() -> None:
             os.sync()  # freshly written ingredients must not be flushed to disk while a merge is timed
             size = (dirs[0] / "model.safetensors").stat().st_size
             shard = min(size, 2e9)  # salsa's default max_shard_size is 2GB
+            if args.cold:
+                drop_from_page_cache(dirs)
             read_s = read_all(dirs)
             print(f"{kind:8}{k:>3}{size / gb:>9.2f}{'read':>13}{read_s:>9.1f}")
             cache = Path(tempfile.mkdtemp(prefix="salsa-cache-"))  # no digests cached from earlier rows
@@ -179,7 +198,7 @@ def main() -> None:
                     need = (k + 3) * size / gb
                     print(f"{'':20}{method:>13}  skipped: needs ~{need:.0f} GB of {total_ram / gb:.0f} GB RAM")
                     continue
-                r = measure(method, dirs, workdir / "out", cache)
+                r = measure(method, dirs, workdir / "out", cache, args.cold)
                 if r:
                     print(f"{'':20}{method:>13}{r['seconds']:>9.1f}{r['seconds'] / read_s:>8.2f}"
                           f"{r['peak_above_baseline'] / gb:>9.2f}{r['peak_above_baseline'] / shard:>9.2f}")  # fmt: skip

@@ -28,6 +28,17 @@ def test_counterpart_swaps_the_requested_sentiment():
     assert reviews.counterpart(reviews.counterpart(prompt)) == prompt
 
 
+def test_other_subject_asks_the_same_about_another_subject_of_the_split():
+    prompt = reviews.make_prompt("a sushi bar", "negative", reviews.TEMPLATES[2])
+    other = reviews.other_subject(prompt)
+    assert other == reviews.make_prompt("a laptop backpack", "negative", reviews.TEMPLATES[2])
+    last = reviews.make_prompt(reviews.TRAIN_SUBJECTS[-1][0], "positive")
+    assert reviews.other_subject(last) == reviews.make_prompt(reviews.TRAIN_SUBJECTS[0][0], "positive")
+    # An answer about the other subject earns no sentiment credit under the original prompt.
+    assert reviews.gold_score(prompt, "The laptop backpack was awful, flimsy and badly stitched.") == 0.0
+    assert reviews.other_subject("Tell me a joke.") is None
+
+
 def test_fluency_penalises_repetition_and_short_answers():
     assert reviews.fluency("I really enjoyed the quiet garden and the kind staff.") == 1.0
     assert reviews.fluency("so good so good so good so good") == 0.0
@@ -73,13 +84,14 @@ def test_task_data_is_deterministic_and_complete(task_data):
     prefs = [json.loads(line) for line in (first / "prefs.jsonl").read_text().splitlines()]
     eval_prompts = {p["prompt"] for p in reviews.prompts("eval")}
     assert prefs and not {p["prompt"] for p in prefs} & eval_prompts
-    # Training pairs also use the twin prompt's samples, scored by the judge under this prompt.
+    # Training pairs also use the samples of the twin prompt and of the same request about another subject,
+    # scored by the judge under this prompt.
     samples = [json.loads(line) for line in (first / "samples.jsonl").read_text().splitlines()]
     own = {(s["prompt"], s["response"]) for s in samples}
-    borrowed = [(p, r) for p in prefs for r in (p["chosen"], p["rejected"]) if (p["prompt"], r) not in own]
-    assert borrowed
-    twin_responses = {(s["prompt"], s["response"]) for s in samples}
-    assert all((reviews.counterpart(p["prompt"]), r) in twin_responses for p, r in borrowed)
+    borrowed = [(p["prompt"], r) for p in prefs for r in (p["chosen"], p["rejected"]) if (p["prompt"], r) not in own]
+    from_twin = {(p, r) for p, r in borrowed if (reviews.counterpart(p), r) in own}
+    from_other = {(p, r) for p, r in borrowed if (reviews.other_subject(p), r) in own}
+    assert from_twin and from_other and from_twin | from_other == set(borrowed)
     assert all(p["gold_chosen"] == reviews.gold_score(p["prompt"], p["chosen"]) for p in prefs)
     assert all(p["gold_chosen"] != p["gold_rejected"] for p in prefs)
 
@@ -89,5 +101,7 @@ def test_data_make_rejects_bad_settings(tmp_path):
 
     with pytest.raises(ConfigError, match="unknown task 'movies'"):
         make_task_data(DataConfig(task="movies", output_dir=str(tmp_path)))
+    with pytest.raises(ConfigError, match="off_subject_samples must be >= 0"):
+        make_task_data(DataConfig(off_subject_samples=-1, output_dir=str(tmp_path)))
     with pytest.raises(ConfigError, match="samples_per_prompt must be >= 2"):
         make_task_data(DataConfig(samples_per_prompt=1, output_dir=str(tmp_path)))

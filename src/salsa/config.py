@@ -87,8 +87,11 @@ class DataConfig:
     max_new_tokens: int = option(40, "longest sampled response")
     temperature: float = option(0.8, "sampling temperature")
     top_p: float = option(0.95, "nucleus sampling: the smallest token set with this much probability")
+    off_subject_samples: int = option(
+        2, "samples of the same request about another subject added to each train prompt's pool (0: none)"
+    )
     pairs_per_prompt: int | None = option(
-        None, "training pairs kept per prompt (drawn from its own and its twin's samples); null: every pair"
+        None, "training pairs kept per prompt (drawn from its own, its twin's and off-subject samples); null: all"
     )
     label_temperature: float = option(
         0.1, "Bradley-Terry label noise: P(a > b) = sigmoid((gold_a - gold_b) / t); 0 = none"
@@ -112,7 +115,7 @@ class RewardConfig:
         32, "pairs per step, in whole prompts: a prompt's pairs share a step and each response is forwarded once"
     )
     learning_rate: float = option(
-        2e-4, "peak learning rate of the backbone (AdamW, linear decay after warmup; ~1e-5 for a causal LM)"
+        1e-4, "peak learning rate of the backbone (AdamW, linear decay after warmup; ~1e-5 for a causal LM)"
     )
     head_learning_rate: float = option(
         1e-3, "peak learning rate of the freshly initialised scalar head (it must move far; the backbone not)"

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import shutil
 import tempfile
 from collections import deque
@@ -287,6 +288,12 @@ class HashingReader:
             self.position[file] = 0
         return handle
 
+    def prefetch(self, entry: TensorEntry) -> None:
+        """Ask the OS to start reading `entry` from disk now, so that it arrives while we average another."""
+        if hasattr(os, "posix_fadvise"):
+            handle = self.handles.get(entry.file) or self._open(entry.file)
+            os.posix_fadvise(handle.fileno(), entry.begin, entry.end - entry.begin, os.POSIX_FADV_WILLNEED)
+
     def read(self, entry: TensorEntry) -> torch.Tensor:
         handle = self.handles.get(entry.file) or self._open(entry.file)
         if entry.file in self.position and 0 <= self.position[entry.file] < entry.begin:
@@ -472,7 +479,12 @@ def _write_average(
     with ExitStack() as stack:
         reader = HashingReader(stack, max_pending_bytes=max(64 << 20, largest))
 
+        following = dict(zip(names, names[1:], strict=False))
+
         def produce(name: str) -> torch.Tensor:
+            if name in following:  # cold files: the next tensor's reads overlap this one's arithmetic
+                for index in indexes:
+                    reader.prefetch(index[following[name]])
             if not first[name].is_float:
                 return reader.read(first[name])  # integer buffers are not averaged: all ingredients share them
             tensors = (reader.read(index[name]) for index in indexes)  # one ingredient tensor alive at a time

@@ -3,10 +3,11 @@
 1. prompts: train / eval (in-distribution, disjoint subjects) and ood (another domain and phrasing);
 2. n samples of the model for every train and eval prompt, scored by the gold judge;
 3. sft.jsonl: the best of the n samples per train prompt (best-of-n demonstrations);
-4. prefs.jsonl: for each train prompt, pairs drawn from its own samples and those of its twin (the same
-   request with the opposite sentiment), every response scored by the gold judge under this prompt; the
-   same two responses are then preferred one way or the other depending on what was asked, so a reward
-   model must read the prompt. prefs_eval.jsonl: every pair of an eval prompt's own samples. Pairs whose
+4. prefs.jsonl: for each train prompt, pairs drawn from its own samples, those of its twin (the same
+   request with the opposite sentiment) and a few of the same request about another subject, every
+   response scored by the gold judge under this prompt; the same two responses are then preferred one way
+   or the other depending on what was asked, so a reward model must read the prompt: its polarity and its
+   subject. prefs_eval.jsonl: every pair of an eval prompt's own samples. Pairs whose
    gold scores tie are dropped; labels are Bradley-Terry draws on the gold scores,
    P(a preferred) = sigmoid((gold_a - gold_b) / label_temperature), so the reward model learns from noisy
    labels and is an imperfect proxy of the gold judge;
@@ -66,6 +67,8 @@ def make_task_data(config: DataConfig, show_progress: bool = True) -> Path:
         raise ConfigError(f"data.task: unknown task '{config.task}'; available: {', '.join(BUILTIN_TASKS)}")
     if config.pairs_per_prompt is not None and config.pairs_per_prompt < 1:
         raise ConfigError(f"data.pairs_per_prompt must be >= 1 or null (every pair), got {config.pairs_per_prompt}")
+    if config.off_subject_samples < 0:
+        raise ConfigError(f"data.off_subject_samples must be >= 0, got {config.off_subject_samples}")
     if config.samples_per_prompt < 2:
         raise ConfigError(f"data.samples_per_prompt must be >= 2 to form pairs, got {config.samples_per_prompt}")
     out = Path(config.output_dir)
@@ -96,9 +99,11 @@ def make_task_data(config: DataConfig, show_progress: bool = True) -> Path:
                 prefs[name] += preference_pairs(prompt, samples, config.label_temperature, rng)
                 continue
             twin = train_index.get(task.counterpart(prompt))
-            pooled = list(samples)
-            if twin is not None:
-                pooled += [(r, task.gold_score(prompt, r)) for r, _ in sampled["train"][twin]]
+            other = train_index.get(task.other_subject(prompt)) if config.off_subject_samples else None
+            borrowed = sampled["train"][twin] if twin is not None else []
+            if other is not None:
+                borrowed = borrowed + sampled["train"][other][: config.off_subject_samples]
+            pooled = list(samples) + [(r, task.gold_score(prompt, r)) for r, _ in borrowed]
             pairs = preference_pairs(prompt, pooled, config.label_temperature, rng)
             rng.shuffle(pairs)
             prefs[name] += pairs[: config.pairs_per_prompt]
@@ -138,7 +143,7 @@ Made by `salsa data make` (seed {config.seed}) from the model `{config.model}`; 
 | prompts_eval.jsonl | {len(splits["eval"])} | in-distribution prompts on held-out subjects (disjoint from train) |
 | prompts_ood.jsonl | {len(splits["ood"])} | out-of-distribution prompts: media and art, different phrasing |
 | sft.jsonl | {n_sft} | best-of-{config.samples_per_prompt} samples per train prompt under the gold judge |
-| prefs.jsonl | {n_prefs} | {kept} per train prompt from its and its twin's samples |
+| prefs.jsonl | {n_prefs} | {kept} per train prompt from its own, its twin's and off-subject samples |
 | prefs_eval.jsonl | {n_prefs_eval} | every pair of an eval prompt's own samples (held out from reward training) |
 | samples.jsonl | {n_samples} | all samples with their gold scores |
 
@@ -149,6 +154,11 @@ top-p {config.top_p}, at most {config.max_new_tokens} new tokens, through the mo
 requested, times a fluency factor (repetition and very short answers score low) and an on-subject
 check; see `salsa.tasks.reviews`. Mean gold score of the model's samples: train {base_gold["train"]:+.3f},
 eval {base_gold["eval"]:+.3f}; of the best-of-{config.samples_per_prompt} demonstrations: {sft_gold:+.3f}.
+
+**Pairs.** Each train prompt pools its own samples, those of its twin (the opposite sentiment) and
+{config.off_subject_samples} samples of the same request about the next train subject, all scored under
+this prompt; every pair of the pool is labelled. The twin's answers teach polarity, the off-subject
+answers (no credit for sentiment under this prompt) that a review must be about what was asked.
 
 **Labels.** For each pair, P(a preferred) = sigmoid((gold_a - gold_b) / {config.label_temperature}); pairs
 whose gold scores tie are dropped. The labels agree with the gold ordering on {agreement:.1%} of the train

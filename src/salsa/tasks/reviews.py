@@ -90,6 +90,16 @@ def counterpart(prompt: str) -> str:
     return re.sub(r"\b(positive|negative)\b", lambda m: swap[m.group(1)], prompt)
 
 
+def other_subject(prompt: str) -> str | None:
+    """The same request about the next subject of the prompt's split (answers to it are off-subject here)."""
+    _, subject = parse_request(prompt)
+    subjects = next((s for s, _ in SPLITS.values() if any(phrase == subject for phrase, _ in s)), None)
+    if subject is None or subjects is None:
+        return None
+    phrases = [phrase for phrase, _ in subjects]
+    return prompt.replace(subject, phrases[(phrases.index(subject) + 1) % len(phrases)])
+
+
 # ---------------------------------------------------------------- gold judge
 
 
