@@ -61,6 +61,21 @@ def test_bootstrap_resamples_seeds_as_well_as_prompts():
         assert all(set(row.tolist()) <= ({0, 1, 2} if row.min() < 3 else {3, 4, 5}) for row in draw)
 
 
+def test_mean_difference_is_paired_and_resampled_with_the_outcomes():
+    a = np.array([[0.9, 0.2, 0.5, 0.1]])
+    b = np.array([[0.1, 0.4, 0.5, 0.0]])
+    result = compare(a, b, num_samples=1000, seed=3)
+    # (0.8 - 0.2 + 0.0 + 0.1) / 4 = 0.175: A wins by much on one prompt, loses by a little on another.
+    assert result["mean_difference"] == pytest.approx(0.175)
+    low, high = result["ci"]["mean_difference"]
+    assert -0.2 <= low < 0.175 < high <= 0.8
+    # Each resample's difference comes from the same prompt draw as its win rate: by hand for the draws.
+    draws = bootstrap_resamples(a - b, 1000, 3).reshape(1000, -1).mean(1)
+    assert (low, high) == pytest.approx(tuple(np.percentile(draws, [2.5, 97.5])))
+    wins = bootstrap_resamples(outcomes(a, b), 1000, 3).reshape(1000, -1)
+    assert np.all((wins == 1).mean(1)[draws > 0.5] >= 0.5)  # a large mean gain needs the big win drawn
+
+
 def test_mean_with_interval_brackets_the_mean():
     result = mean_with_interval(np.array([[0.0, 1.0, 2.0, 3.0]]), num_samples=1000)
     assert result["mean"] == 1.5

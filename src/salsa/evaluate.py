@@ -79,8 +79,13 @@ def compare(
     confidence: float = 0.95,
     seed: int = 0,
 ) -> dict:
-    """Win / tie / loss of A against B on paired [S, N] scores, each with a percentile bootstrap interval."""
-    results = outcomes(np.atleast_2d(scores_a), np.atleast_2d(scores_b), tie_margin)
+    """Win / tie / loss of A against B on paired [S, N] scores, and the mean paired difference A - B.
+
+    Each has a percentile bootstrap interval; the difference is resampled with the same draws as the
+    outcomes. A win rate says how often A is better, the difference by how much.
+    """
+    scores_a, scores_b = np.atleast_2d(scores_a).astype(float), np.atleast_2d(scores_b).astype(float)
+    results = outcomes(scores_a, scores_b, tie_margin)
     point = win_tie_loss(results)
     flat = bootstrap_resamples(results, num_samples, seed).reshape(num_samples, -1)
     resampled = {
@@ -89,8 +94,10 @@ def compare(
         "loss": (flat == -1).mean(1),
     }
     resampled["win_rate"] = resampled["win"] + resampled["tie"] / 2
+    difference = scores_a - scores_b
+    resampled["mean_difference"] = bootstrap_resamples(difference, num_samples, seed).reshape(num_samples, -1).mean(1)
     intervals = {key: percentile_interval(values, confidence) for key, values in resampled.items()}
-    return {**point, "ci": intervals, "n": int(results.size)}
+    return {**point, "mean_difference": float(difference.mean()), "ci": intervals, "n": int(results.size)}
 
 
 def mean_with_interval(matrix: np.ndarray, num_samples: int = 2000, confidence: float = 0.95, seed: int = 0) -> dict:

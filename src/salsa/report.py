@@ -96,13 +96,14 @@ def _pair_label(c: dict) -> str:
 
 
 def _comparison_table(results: dict) -> list[list[str]]:
-    rows = [["A vs B", "prompts", "judge", "win", "tie", "loss", "win rate [CI]", "n"]]
+    rows = [["A vs B", "prompts", "judge", "win", "tie", "loss", "win rate [CI]", "mean A - B [CI]", "n"]]
     for c in _all_comparisons(results):
         low, high = c["ci"]["win_rate"]
+        difference = {"mean": c["mean_difference"], "ci": c["ci"]["mean_difference"]}
         rows.append([
             _pair_label(c), SPLIT_TITLES[c["split"]], JUDGE_TITLES[c["judge"]],
             _pct(c["win"]), _pct(c["tie"]), _pct(c["loss"]), f"{_pct(c['win_rate'])} [{_pct(low)}, {_pct(high)}]",
-            str(c["n"]),
+            _with_ci(difference), str(c["n"]),
         ])  # fmt: skip
     return rows
 
