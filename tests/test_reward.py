@@ -10,6 +10,7 @@ from salsa.reward import (
     SCORE_HEAD,
     PreferencePair,
     RewardModel,
+    backbone_learning_rate,
     bradley_terry_loss,
     fill_batches,
     pair_scores,
@@ -136,3 +137,9 @@ def test_causal_backbone_trains_and_scores(tmp_path, tiny_model_dir):
     reward = RewardModel.load(train_reward(cfg, show_progress=False))
     assert reward.backbone == "causal"
     assert reward.score(["a", "b", "c"], ["x", "y", "z"]).shape == (3,)
+
+
+def test_backbone_learning_rate_defaults_by_kind_and_an_explicit_one_wins():
+    assert backbone_learning_rate(RewardConfig()) == 1e-4  # the small encoder must move to learn
+    assert backbone_learning_rate(RewardConfig(backbone="causal")) == 1e-5  # a pretrained LM must not forget
+    assert backbone_learning_rate(RewardConfig(backbone="causal", learning_rate=3e-6)) == 3e-6

@@ -114,8 +114,8 @@ class RewardConfig:
     batch_size: int = option(
         32, "pairs per step, in whole prompts: a prompt's pairs share a step and each response is forwarded once"
     )
-    learning_rate: float = option(
-        1e-4, "peak learning rate of the backbone (AdamW, linear decay after warmup; ~1e-5 for a causal LM)"
+    learning_rate: float | None = option(
+        None, "peak learning rate of the backbone (AdamW, linear decay after warmup); null: 1e-4 encoder, 1e-5 causal"
     )
     head_learning_rate: float = option(
         1e-3, "peak learning rate of the freshly initialised scalar head (it must move far; the backbone not)"

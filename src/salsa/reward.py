@@ -274,10 +274,19 @@ def pair_scores(reward: RewardModel, batch: list[PreferencePair]) -> tuple[torch
     return chosen, rejected
 
 
+# A pretrained LM moves far at 1e-4 and forgets; the small encoder needs it to learn in a few epochs.
+DEFAULT_LEARNING_RATES = {"encoder": 1e-4, "causal": 1e-5}
+
+
+def backbone_learning_rate(config: RewardConfig) -> float:
+    """The backbone's peak learning rate: the configured one, or the default of its kind."""
+    return config.learning_rate if config.learning_rate is not None else DEFAULT_LEARNING_RATES[config.backbone]
+
+
 def train_reward(config: RewardConfig, show_progress: bool = True) -> Path:
     """Train a Bradley-Terry reward model; writes the model, its normalisation and eval.json."""
     for name in ("batch_size", "learning_rate", "head_learning_rate", "num_epochs", "max_length"):
-        if getattr(config, name) <= 0:
+        if getattr(config, name) is not None and getattr(config, name) <= 0:
             raise ConfigError(f"reward.{name} must be > 0, got {getattr(config, name)}")
     pairs = parse_preference_rows(*load_records(config.data, config.data_split))
     eval_pairs = parse_preference_rows(*load_records(config.eval_data)) if config.eval_data else []
@@ -295,7 +304,7 @@ def train_reward(config: RewardConfig, show_progress: bool = True) -> Path:
     head = [p for p in model.parameters() if id(p) not in backbone]
     optimizer = torch.optim.AdamW(
         [
-            {"params": list(model.base_model.parameters()), "lr": config.learning_rate},
+            {"params": list(model.base_model.parameters()), "lr": backbone_learning_rate(config)},
             {"params": head, "lr": config.head_learning_rate},
         ],
         weight_decay=config.weight_decay,
