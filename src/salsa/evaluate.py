@@ -54,7 +54,8 @@ def win_tie_loss(results: np.ndarray) -> dict[str, float]:
 
 
 def bootstrap_resamples(matrix: np.ndarray, num_samples: int, seed: int) -> np.ndarray:
-    """[num_samples, S, N] resamples of a [S seeds, N prompts] matrix: seeds and prompts drawn with replacement.
+    """[num_samples, S, N, ...] resamples of a [S seeds, N prompts, ...] array: seeds and prompts drawn with
+    replacement (trailing axes ride along, so stacked quantities share one draw).
 
     Prompts are shared by all seeds, so one draw of prompt indices is applied to every resampled seed.
     """
@@ -86,16 +87,17 @@ def compare(
     """
     scores_a, scores_b = np.atleast_2d(scores_a).astype(float), np.atleast_2d(scores_b).astype(float)
     results = outcomes(scores_a, scores_b, tie_margin)
+    difference = scores_a - scores_b
     point = win_tie_loss(results)
-    flat = bootstrap_resamples(results, num_samples, seed).reshape(num_samples, -1)
+    drawn = bootstrap_resamples(np.stack([results, difference], -1), num_samples, seed).reshape(num_samples, -1, 2)
+    flat = drawn[..., 0]
     resampled = {
         "win": (flat == 1).mean(1),
         "tie": (flat == 0).mean(1),
         "loss": (flat == -1).mean(1),
     }
     resampled["win_rate"] = resampled["win"] + resampled["tie"] / 2
-    difference = scores_a - scores_b
-    resampled["mean_difference"] = bootstrap_resamples(difference, num_samples, seed).reshape(num_samples, -1).mean(1)
+    resampled["mean_difference"] = drawn[..., 1].mean(1)
     intervals = {key: percentile_interval(values, confidence) for key, values in resampled.items()}
     return {**point, "mean_difference": float(difference.mean()), "ci": intervals, "n": int(results.size)}
 

@@ -286,8 +286,9 @@ def backbone_learning_rate(config: RewardConfig) -> float:
 def train_reward(config: RewardConfig, show_progress: bool = True) -> Path:
     """Train a Bradley-Terry reward model; writes the model, its normalisation and eval.json."""
     for name in ("batch_size", "learning_rate", "head_learning_rate", "num_epochs", "max_length"):
-        if getattr(config, name) is not None and getattr(config, name) <= 0:
-            raise ConfigError(f"reward.{name} must be > 0, got {getattr(config, name)}")
+        value = getattr(config, name)
+        if value is not None and value <= 0:  # learning_rate may be null: the backbone's default
+            raise ConfigError(f"reward.{name} must be > 0, got {value}")
     pairs = parse_preference_rows(*load_records(config.data, config.data_split))
     eval_pairs = parse_preference_rows(*load_records(config.eval_data)) if config.eval_data else []
     set_seed(config.seed)

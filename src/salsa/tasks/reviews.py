@@ -93,10 +93,9 @@ def counterpart(prompt: str) -> str:
 def other_subject(prompt: str) -> str | None:
     """The same request about the next subject of the prompt's split (answers to it are off-subject here)."""
     _, subject = parse_request(prompt)
-    subjects = next((s for s, _ in SPLITS.values() if any(phrase == subject for phrase, _ in s)), None)
-    if subject is None or subjects is None:
+    phrases = next(([p for p, _ in s] for s, _ in SPLITS.values() if subject in dict(s)), None)
+    if phrases is None:
         return None
-    phrases = [phrase for phrase, _ in subjects]
     return prompt.replace(subject, phrases[(phrases.index(subject) + 1) % len(phrases)])
 
 
