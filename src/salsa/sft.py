@@ -41,6 +41,7 @@ from salsa.io import (
     is_complete,
     mark_complete,
     read_json,
+    record_digests,
     truncate_jsonl,
 )
 from salsa.models import add_lora, load_causal_lm, load_tokenizer
@@ -277,3 +278,4 @@ def _save_final(accelerator: Accelerator, model, tokenizer: PreTrainedTokenizerB
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         _move_into(tmp, out)
+    record_digests(out)  # a soup of these models then reads each weight file once, without hashing it

@@ -41,6 +41,7 @@ from salsa.io import (
     is_complete,
     mark_complete,
     read_json,
+    record_digests,
     truncate_jsonl,
 )
 from salsa.models import add_lora, load_causal_lm, load_tokenizer
@@ -395,3 +396,4 @@ def save_policy(policy, tokenizer, out: Path) -> None:
     with atomic_dir(out) as tmp:
         policy.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
+    record_digests(out)  # policies are soup ingredients too (e.g. a soup of RL runs)
