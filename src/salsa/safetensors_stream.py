@@ -1,4 +1,4 @@
-"""Streaming safetensors I/O: read one tensor at a time, write a shard tensor by tensor.
+"""Streaming safetensors I/O: read byte ranges of tensors, write a shard piece by piece.
 
 safetensors' own loader memory-maps files, and mapped pages count towards a process's RSS; reading each
 tensor with a plain `readinto` keeps resident memory at the size of the tensors in hand. The writer lays
