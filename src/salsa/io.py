@@ -153,12 +153,17 @@ def is_complete(stage_dir: str | os.PathLike) -> bool:
 # ---------------------------------------------------------------- SHA-256 digests of model files
 
 
-def sha256_file(path: str | os.PathLike, chunk: int = 1 << 24) -> str:
-    h = hashlib.sha256()
+def hash_file(hasher, path: str | os.PathLike, start: int = 0, chunk: int = 1 << 24):
+    """Feed the bytes of `path` from offset `start` to its end into `hasher` (a hashlib object); returns it."""
     with open(path, "rb") as f:
+        f.seek(start)
         while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
+            hasher.update(block)
+    return hasher
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    return hash_file(hashlib.sha256(), path).hexdigest()
 
 
 def digest_key(file: Path) -> str:

@@ -16,7 +16,7 @@ import math
 import struct
 from collections import deque
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -94,6 +94,30 @@ def read_tensor(entry: TensorEntry) -> torch.Tensor:
         return read_range(handle, entry.file, entry.begin, entry.end).view(entry.torch_dtype).reshape(entry.shape)
 
 
+class Backlog:
+    """Futures of work on byte buffers, at most `max_bytes` of them outstanding: adding more waits for the
+    oldest, so buffers handed to a worker thread cannot pile up in memory."""
+
+    def __init__(self, max_bytes: int):
+        self.max_bytes, self.bytes = max_bytes, 0
+        self.futures: deque[tuple[Future, int]] = deque()
+
+    def add(self, future: Future, nbytes: int) -> None:
+        self.futures.append((future, nbytes))
+        self.bytes += nbytes
+        while self.bytes > self.max_bytes:
+            self._collect_oldest()
+
+    def wait(self) -> None:
+        while self.futures:
+            self._collect_oldest()
+
+    def _collect_oldest(self) -> None:
+        future, nbytes = self.futures.popleft()
+        future.result()  # re-raises the worker's error here
+        self.bytes -= nbytes
+
+
 def write_streaming(
     path: Path,
     layout: list[tuple[str, torch.dtype, tuple[int, ...]]],
@@ -116,26 +140,21 @@ def write_streaming(
         offset += nbytes
     encoded = json.dumps(header, separators=(",", ":")).encode()
     encoded += b" " * (-len(encoded) % 8)  # the data section starts 8-byte aligned
-    pending: deque = deque()
+    pending = Backlog(max_pending_bytes)
     with open(path, "wb") as f, ThreadPoolExecutor(max_workers=1) as writer:
         f.write(struct.pack("<Q", len(encoded)))
         f.write(encoded)
-        pending_bytes = 0
         for name, dtype, shape in layout:
             written = 0
             for piece in produce(name):
                 if piece.dtype != dtype:
                     raise RuntimeError(f"produced {name} as {piece.dtype}, expected {dtype}")
                 data = piece.contiguous().reshape(-1).view(torch.uint8).numpy()
-                pending.append(writer.submit(f.write, data))
-                pending_bytes += len(data)
+                pending.add(writer.submit(f.write, data), len(data))
                 written += piece.numel()
-                while pending_bytes > max_pending_bytes:
-                    pending_bytes -= pending.popleft().result()
             if written != math.prod(shape):
                 raise RuntimeError(f"produced {written} elements of {name}, expected {math.prod(shape)} ({shape})")
-        for future in pending:
-            future.result()
+        pending.wait()
 
 
 def parse_size(text: str) -> int:

@@ -15,7 +15,6 @@ import math
 import os
 import shutil
 import tempfile
-from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
@@ -31,11 +30,20 @@ from salsa.io import (
     atomic_write_json,
     atomic_write_text,
     digest_key,
+    hash_file,
     load_digest_cache,
     read_json,
     save_digest_cache,
 )
-from salsa.safetensors_stream import TensorEntry, parse_size, read_header, read_range, read_tensor, write_streaming
+from salsa.safetensors_stream import (
+    Backlog,
+    TensorEntry,
+    parse_size,
+    read_header,
+    read_range,
+    read_tensor,
+    write_streaming,
+)
 
 INDEX_FILE = "model.safetensors.index.json"
 # config.json keys that do not change what the weights mean.
@@ -269,7 +277,7 @@ class HashingReader:
     """
 
     def __init__(self, stack: ExitStack, max_pending_bytes: int, workers: int):
-        self.stack, self.max_pending_bytes = stack, max_pending_bytes
+        self.stack = stack
         # One single-thread pool per worker keeps each file's updates in order; files take turns among them.
         self.pools = [stack.enter_context(ThreadPoolExecutor(max_workers=1)) for _ in range(workers)]
         self.pool_of: dict[Path, ThreadPoolExecutor] = {}
@@ -278,16 +286,10 @@ class HashingReader:
         self.position: dict[Path, int] = {}
         self.advised: dict[Path, int] = {}
         self.cached = load_digest_cache()
-        self.pending: deque = deque()
-        self.pending_bytes = 0
+        self.pending = Backlog(max_pending_bytes)
 
     def _feed(self, file: Path, data) -> None:
-        self.pending.append((self.pool_of[file].submit(self.hashers[file].update, data), len(data)))
-        self.pending_bytes += len(data)
-        while self.pending_bytes > self.max_pending_bytes:
-            future, size = self.pending.popleft()
-            future.result()
-            self.pending_bytes -= size
+        self.pending.add(self.pool_of[file].submit(self.hashers[file].update, data), len(data))
 
     def _open(self, file: Path):
         handle = self.stack.enter_context(open(file, "rb"))
@@ -325,8 +327,7 @@ class HashingReader:
         return buffer.view(entry.torch_dtype)
 
     def digests(self, files: Iterable[Path]) -> dict[Path, str]:
-        for future, _ in self.pending:
-            future.result()
+        self.pending.wait()
         result = {}
         for file in files:
             key = digest_key(file)
@@ -336,11 +337,7 @@ class HashingReader:
             position = self.position.get(file, 0)
             if position < 0 or file not in self.hashers:
                 self.hashers[file], position = hashlib.sha256(), 0
-            with open(file, "rb") as f:
-                f.seek(position)
-                while block := f.read(1 << 24):
-                    self.hashers[file].update(block)
-            result[file] = self.cached[key] = self.hashers[file].hexdigest()
+            result[file] = self.cached[key] = hash_file(self.hashers[file], file, start=position).hexdigest()
         save_digest_cache(self.cached)
         return result
 
