@@ -117,6 +117,47 @@ def test_generation_with_a_repeated_prompt_equals_generating_it_alone(tokenizer,
     assert together.responses[0] == together.responses[2]
 
 
+def test_nucleus_sampling_distribution_by_hand():
+    from salsa.generation import sampling_logprobs
+
+    logits = torch.tensor([[0.5, 0.3, 0.2]]).log()
+    # top-p 0.7: ascending cumulative mass 0.2, 0.5, 1.0; the token whose mass (0.2) fits in 1 - 0.7 goes.
+    assert torch.allclose(sampling_logprobs(logits, 1.0, 0.7).exp(), torch.tensor([[0.625, 0.375, 0.0]]))
+    # temperature 0.5 squares the probabilities before renormalising: 25 : 9 : 4.
+    assert torch.allclose(sampling_logprobs(logits, 0.5).exp(), torch.tensor([[25.0, 9.0, 4.0]]) / 38)
+    assert torch.allclose(sampling_logprobs(logits, 0.0).exp(), torch.tensor([[0.5, 0.3, 0.2]]))
+    # The most likely token stays however small top_p is.
+    assert torch.equal(sampling_logprobs(logits, 1.0, 0.01).exp(), torch.tensor([[1.0, 0.0, 0.0]]))
+
+
+def test_rows_that_end_early_leave_the_batch_without_changing_the_others(tokenizer, peaked_model):
+    """Greedy samples equal transformers' `generate`, with an end-of-sequence token that some rows hit early."""
+    from salsa.generation import left_pad
+
+    model = load_causal_lm(str(peaked_model)).eval()
+    ids, attention = left_pad(encode_prompts(tokenizer, PROMPTS), tokenizer.pad_token_id)
+    first_tokens = generate(model, tokenizer, PROMPTS, max_new_tokens=3, temperature=0, seed=0).sequences[:, -3:]
+    stop = int(first_tokens[0, 1])  # row 0 now ends at its second token; rows without it run on
+    model.generation_config.eos_token_id = [tokenizer.eos_token_id, stop]
+    ours = generate(model, tokenizer, PROMPTS, max_new_tokens=8, temperature=0, seed=0)
+    reference = model.generate(
+        input_ids=ids, attention_mask=attention, do_sample=False, max_new_tokens=8, pad_token_id=tokenizer.pad_token_id
+    )[:, ids.shape[1] :]
+    reference_mask = response_mask(reference, {tokenizer.eos_token_id, stop})
+    assert ours.mask[0].sum() == 2 and any(m.sum() > 2 for m in ours.mask)
+    for row, (tokens, mask) in enumerate(zip(reference, reference_mask, strict=True)):
+        assert torch.equal(ours.sequences[row, ids.shape[1] :][ours.mask[row].bool()], tokens[mask.bool()])
+
+
+def test_generation_is_determined_by_its_seed(tokenizer, peaked_model):
+    model = load_causal_lm(str(peaked_model))
+    first, again, other = (
+        generate(model, tokenizer, PROMPTS, max_new_tokens=6, temperature=1.0, top_p=0.9, seed=seed).responses
+        for seed in (1, 1, 2)
+    )
+    assert first == again and first != other
+
+
 def test_soup_reference_uses_the_averaged_weights(tmp_path, tokenizer, prompts_file):
     a = save_tiny_model(tmp_path / "a", tokenizer, seed=1)
     b = save_tiny_model(tmp_path / "b", tokenizer, seed=2)

@@ -10,6 +10,7 @@ from torch import nn
 from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
 from salsa.data import render_prompt
+from salsa.errors import ConfigError
 from salsa.progress import training_progress
 
 
@@ -136,6 +137,38 @@ class Generation:
     logprobs: torch.Tensor | None = None  # [N, R] log-probs of the sampled tokens at the sampling temperature
 
 
+def sampling_logprobs(logits: torch.Tensor, temperature: float, top_p: float = 1.0) -> torch.Tensor:
+    """Log-probs of the next-token distribution that sampling draws from: softmax(logits / temperature),
+    restricted to the nucleus (the most likely tokens holding `top_p` of the mass; at least one); the
+    plain softmax of the logits for greedy decoding (temperature 0)."""
+    logits = logits.float()
+    if temperature <= 0:
+        return logits.log_softmax(-1)
+    logits = logits / temperature
+    if top_p < 1.0:
+        ascending, order = logits.sort(-1)
+        outside = ascending.softmax(-1).cumsum(-1) <= 1.0 - top_p
+        outside[..., -1] = False  # the most likely token always stays
+        logits = logits.masked_fill(outside.scatter(-1, order, outside), float("-inf"))
+    return logits.log_softmax(-1)
+
+
+def prefill(model: nn.Module, ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[DynamicCache, torch.Tensor]:
+    """Keys/values of the prompts and each row's hidden state at its last prompt token [N, H]; a prompt that
+    several rows share runs once."""
+    shared = shared_prompt_cache(model, ids, attention_mask)
+    if shared is not None:
+        cache, hidden = shared
+    else:
+        base = base_model(model)
+        cache = DynamicCache(config=base.config)
+        hidden = base.get_decoder()(
+            input_ids=ids, attention_mask=attention_mask, position_ids=position_ids(attention_mask),
+            past_key_values=cache, use_cache=True,
+        ).last_hidden_state[:, -1:]  # fmt: skip
+    return cache, hidden[:, -1]
+
+
 @torch.no_grad()
 def generate(
     model: PreTrainedModel,
@@ -149,40 +182,56 @@ def generate(
     with_logprobs: bool = False,
 ) -> Generation:
     """One batch of samples (pure temperature sampling by default, so log-probs at `temperature` are exact;
-    greedy when temperature is 0).
+    greedy when temperature is 0), drawn from a generator seeded with `seed`.
 
-    `with_logprobs` keeps the sampling distribution of every step, which saves a forward pass over the
-    responses when their log-probs are needed (not with top_p < 1, where the kept scores are truncated).
+    A row leaves the batch when it samples an end-of-sequence token (its keys/values are dropped from the
+    cache), so the work is the total length of the responses rather than batch size x the longest one.
+    `with_logprobs` keeps the log-prob of every sampled token under the sampling distribution, which saves a
+    forward pass over the responses when they are needed (with top_p < 1 that distribution is truncated).
     """
+    if max_new_tokens < 1:
+        raise ConfigError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     device = next(model.parameters()).device
     ids, attention = left_pad(encode_prompts(tokenizer, prompts), tokenizer.pad_token_id)
-    ids, attention = ids.to(device), attention.to(device)
+    ids, prompt_attention = ids.to(device), attention.to(device)
     was_training = model.training
     model.eval()
-    # Prompts repeated for several samples are prefilled once; generate() then runs only the last prompt token.
-    shared = shared_prompt_cache(model, ids[:, :-1], attention[:, :-1]) if ids.shape[1] > 1 else None
-    cache = shared[0] if shared else None
-    torch.manual_seed(seed)
-    sampling = (
-        {"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": top_p}
-        if temperature > 0
-        else {"do_sample": False}
-    )
-    out = model.generate(
-        input_ids=ids, attention_mask=attention, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
-        output_scores=with_logprobs, return_dict_in_generate=True, past_key_values=cache, **sampling,
-    )  # fmt: skip
+    base = base_model(model)
+    generator = torch.Generator(device).manual_seed(seed)
+    eos = torch.tensor(sorted(eos_token_ids(model, tokenizer)), device=device)
+    tokens = torch.full((len(ids), max_new_tokens), tokenizer.pad_token_id, dtype=torch.long, device=device)
+    token_logprobs = torch.zeros(tokens.shape, device=device)
+    cache, hidden = prefill(model, ids, prompt_attention)
+    attention = prompt_attention
+    active = torch.arange(len(ids), device=device)  # rows still generating
+    for step in range(max_new_tokens):
+        logprobs = sampling_logprobs(base.get_output_embeddings()(hidden), temperature, top_p)
+        if temperature > 0:
+            token = torch.multinomial(logprobs.exp(), 1, generator=generator).squeeze(1)
+        else:
+            token = logprobs.argmax(-1)
+        tokens[active, step] = token
+        token_logprobs[active, step] = logprobs.gather(-1, token[:, None]).squeeze(1)
+        running = ~torch.isin(token, eos)
+        if step == max_new_tokens - 1 or not running.any():
+            break
+        if not running.all():
+            keep = running.nonzero().squeeze(1)
+            cache.batch_select_indices(keep)
+            active, token, attention = active[keep], token[keep], attention[keep]
+        attention = torch.cat([attention, attention.new_ones(len(active), 1)], 1)
+        hidden = base.get_decoder()(
+            input_ids=token[:, None], attention_mask=attention, position_ids=attention.sum(1, keepdim=True) - 1,
+            past_key_values=cache, use_cache=True,
+        ).last_hidden_state[:, -1]  # fmt: skip
     model.train(was_training)
-    sequences = out.sequences
-    responses = sequences[:, ids.shape[1] :]
-    logprobs = None
-    if with_logprobs:
-        # `scores` are the logits after the temperature warper: log_softmax gives the sampling distribution.
-        step_logprobs = torch.stack(out.scores, dim=1).float().log_softmax(-1)
-        logprobs = torch.gather(step_logprobs, -1, responses[..., None]).squeeze(-1)
+    responses = tokens[:, : step + 1]
     mask = response_mask(responses, eos_token_ids(model, tokenizer))
     texts = [
         tokenizer.decode(r[m.bool()], skip_special_tokens=True).strip() for r, m in zip(responses, mask, strict=True)
     ]
-    full_attention = torch.cat([attention, mask.long()], dim=1)
-    return Generation(list(prompts), texts, sequences, full_attention, ids.shape[1], mask, logprobs)
+    return Generation(
+        list(prompts), texts, torch.cat([ids, responses], 1), torch.cat([prompt_attention, mask.long()], 1),
+        ids.shape[1], mask,
+        token_logprobs[:, : step + 1] if with_logprobs else None,
+    )  # fmt: skip
