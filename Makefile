@@ -31,4 +31,6 @@ lint: install
 bench: install
 	$(BIN)/pip install -q -e ".[bench]"
 	$(BIN)/python benchmarks/sft_throughput.py
+	$(BIN)/python benchmarks/rl_throughput.py
+	$(BIN)/python benchmarks/sampling.py
 	$(BIN)/python benchmarks/soup.py

@@ -1,5 +1,5 @@
-"""Batched sampling from a causal LM: left padding, KV cache, prompts sorted by length to cut padding, and
-each distinct prompt run once when several samples share it."""
+"""Batched sampling from a causal LM: left padding, KV cache, prompts sorted by length to cut padding, each
+distinct prompt run once when several samples share it, and rows leaving the batch as they end."""
 
 from __future__ import annotations
 
