@@ -19,6 +19,7 @@ from salsa.reward import (
     prompt_batches,
     prompt_groups,
     spearman,
+    stayed_at_chance,
     train_reward,
 )
 
@@ -27,6 +28,13 @@ def test_bradley_terry_loss_matches_hand_computation():
     chosen, rejected = torch.tensor([1.0, 0.0]), torch.tensor([0.0, 2.0])
     expected = (math.log(1 + math.exp(-1.0)) + math.log(1 + math.exp(2.0))) / 2
     assert bradley_terry_loss(chosen, rejected).item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_a_loss_that_stays_at_ln_2_is_flagged():
+    constant_score = bradley_terry_loss(torch.zeros(4), torch.zeros(4)).item()
+    assert stayed_at_chance([0.70] * 5 + [constant_score] * 5)
+    assert not stayed_at_chance([constant_score] * 18 + [0.60, 0.55])  # the last tenth learned
+    assert not stayed_at_chance([constant_score] * 9 + [0.5] * 11, tail=0.5)
 
 
 def test_accuracy_and_spearman():

@@ -278,6 +278,13 @@ def pair_scores(reward: RewardModel, batch: list[PreferencePair]) -> tuple[torch
 DEFAULT_LEARNING_RATES = {"encoder": 1e-4, "causal": 1e-5}
 
 
+def stayed_at_chance(losses: list[float], tail: float = 0.1, tolerance: float = 0.01) -> bool:
+    """True when the loss over the last `tail` of training is still ln 2 (within `tolerance`): the loss of a
+    model that gives every response the same score, i.e. one that learned nothing."""
+    last = losses[-max(1, round(tail * len(losses))) :]
+    return sum(last) / len(last) > math.log(2) - tolerance
+
+
 def backbone_learning_rate(config: RewardConfig) -> float:
     """The backbone's peak learning rate: the configured one, or the default of its kind."""
     return config.learning_rate if config.learning_rate is not None else DEFAULT_LEARNING_RATES[config.backbone]
@@ -313,6 +320,7 @@ def train_reward(config: RewardConfig, show_progress: bool = True) -> Path:
     scheduler = get_scheduler("linear", optimizer, round(config.warmup_ratio * total_steps), total_steps)
     batches = prompt_batches(prompts, config.batch_size, random.Random(config.seed))
     metrics = JsonlWriter(out / "metrics.jsonl")
+    losses = []
     model.train()
     with training_progress(disable=not show_progress) as progress:
         task = progress.add_task("reward", total=total_steps, metrics="")
@@ -325,9 +333,15 @@ def train_reward(config: RewardConfig, show_progress: bool = True) -> Path:
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             accuracy = float((chosen > rejected).float().mean())
+            losses.append(loss.item())
             metrics.write({"step": step, "loss": loss.item(), "accuracy": accuracy})
             progress.update(task, advance=1, metrics=f"loss {loss.item():.3f}  acc {accuracy:.2f}")
     metrics.close()
+    if stayed_at_chance(losses):
+        console.print(
+            "[yellow]warning:[/] the reward model learned nothing: its training loss stayed at ln 2 = 0.693, the loss "
+            "of a constant score; retrain with another reward.seed or learning rate"
+        )
 
     # Normalise on the responses the policy starts from: the (SFT-distribution) responses in the training pairs.
     responses = {(p.prompt, r) for p in pairs for r in (p.chosen, p.rejected)}
