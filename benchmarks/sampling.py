@@ -22,7 +22,7 @@ import torch
 
 def generate_peer(model, tokenizer, prompts: list[str], batch_size: int, args) -> list[str]:
     """transformers' `generate` over the same length-sorted batches; the decoded response of every job."""
-    from salsa.generation import encode_prompts, eos_token_ids, left_pad, response_mask
+    from salsa.generation import decode_responses, encode_prompts, eos_token_ids, left_pad, response_mask
 
     encoded = encode_prompts(tokenizer, prompts)
     jobs = sorted((len(encoded[i]), i) for i in range(len(prompts)) for _ in range(args.samples))
@@ -35,10 +35,7 @@ def generate_peer(model, tokenizer, prompts: list[str], batch_size: int, args) -
             top_p=args.top_p, max_new_tokens=args.max_new_tokens, pad_token_id=tokenizer.pad_token_id,
         )  # fmt: skip
         tokens = out[:, ids.shape[1] :]
-        mask = response_mask(tokens, eos_token_ids(model, tokenizer)).bool()
-        responses += [
-            tokenizer.decode(t[m], skip_special_tokens=True).strip() for t, m in zip(tokens, mask, strict=True)
-        ]
+        responses += decode_responses(tokenizer, tokens, response_mask(tokens, eos_token_ids(model, tokenizer)))
     return responses
 
 

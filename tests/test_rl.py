@@ -132,8 +132,6 @@ def test_nucleus_sampling_distribution_by_hand():
 
 def test_rows_that_end_early_leave_the_batch_without_changing_the_others(tokenizer, peaked_model):
     """Greedy samples equal transformers' `generate`, with an end-of-sequence token that some rows hit early."""
-    from salsa.generation import left_pad
-
     model = load_causal_lm(str(peaked_model)).eval()
     ids, attention = left_pad(encode_prompts(tokenizer, PROMPTS), tokenizer.pad_token_id)
     first_tokens = generate(model, tokenizer, PROMPTS, max_new_tokens=3, temperature=0, seed=0).sequences[:, -3:]

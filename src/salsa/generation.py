@@ -50,17 +50,18 @@ def distinct_rows(ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torc
     return first, inverse
 
 
-def shared_prompt_cache(
-    model: nn.Module, ids: torch.Tensor, attention_mask: torch.Tensor
-) -> tuple[DynamicCache, torch.Tensor] | None:
+def prefill(
+    model: nn.Module,
+    ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    rows: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> tuple[DynamicCache, torch.Tensor]:
     """Run each distinct left-padded prompt row once and give every row its keys/values.
 
-    Returns (the cache over all rows, each row's hidden state at the last prompt position [N, 1, H]), or None
-    when no two rows are equal. With k samples per prompt this cuts the prompt work k-fold.
+    Returns (the cache over all rows, each row's hidden state at the last prompt position [N, 1, H]). `rows`
+    is `distinct_rows(ids, attention_mask)` when the caller already has it.
     """
-    first, inverse = distinct_rows(ids, attention_mask)
-    if len(first) == len(ids):
-        return None
+    first, inverse = rows if rows is not None else distinct_rows(ids, attention_mask)
     base = base_model(model)
     cache = DynamicCache(config=base.config)
     mask = attention_mask[first]
@@ -70,6 +71,24 @@ def shared_prompt_cache(
     ).last_hidden_state[:, -1:]  # fmt: skip
     cache.batch_select_indices(inverse)
     return cache, hidden[inverse]
+
+
+def shared_prompt_cache(
+    model: nn.Module, ids: torch.Tensor, attention_mask: torch.Tensor
+) -> tuple[DynamicCache, torch.Tensor] | None:
+    """`prefill`, or None when no two rows are equal (then one plain pass over whole rows is cheaper).
+
+    With k samples per prompt this cuts the prompt work k-fold.
+    """
+    rows = distinct_rows(ids, attention_mask)
+    return None if len(rows[0]) == len(ids) else prefill(model, ids, attention_mask, rows)
+
+
+def decode_responses(tokenizer: PreTrainedTokenizerBase, responses: torch.Tensor, mask: torch.Tensor) -> list[str]:
+    """The text of each response row up to its end (mask 1), special tokens removed."""
+    return [
+        tokenizer.decode(r[m.bool()], skip_special_tokens=True).strip() for r, m in zip(responses, mask, strict=True)
+    ]
 
 
 @torch.no_grad()
@@ -153,22 +172,6 @@ def sampling_logprobs(logits: torch.Tensor, temperature: float, top_p: float = 1
     return logits.log_softmax(-1)
 
 
-def prefill(model: nn.Module, ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[DynamicCache, torch.Tensor]:
-    """Keys/values of the prompts and each row's hidden state at its last prompt token [N, H]; a prompt that
-    several rows share runs once."""
-    shared = shared_prompt_cache(model, ids, attention_mask)
-    if shared is not None:
-        cache, hidden = shared
-    else:
-        base = base_model(model)
-        cache = DynamicCache(config=base.config)
-        hidden = base.get_decoder()(
-            input_ids=ids, attention_mask=attention_mask, position_ids=position_ids(attention_mask),
-            past_key_values=cache, use_cache=True,
-        ).last_hidden_state[:, -1:]  # fmt: skip
-    return cache, hidden[:, -1]
-
-
 @torch.no_grad()
 def generate(
     model: PreTrainedModel,
@@ -192,17 +195,17 @@ def generate(
     if max_new_tokens < 1:
         raise ConfigError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     device = next(model.parameters()).device
-    ids, attention = left_pad(encode_prompts(tokenizer, prompts), tokenizer.pad_token_id)
-    ids, prompt_attention = ids.to(device), attention.to(device)
+    ids, prompt_attention = (t.to(device) for t in left_pad(encode_prompts(tokenizer, prompts), tokenizer.pad_token_id))
     was_training = model.training
     model.eval()
     base = base_model(model)
     generator = torch.Generator(device).manual_seed(seed)
-    eos = torch.tensor(sorted(eos_token_ids(model, tokenizer)), device=device)
+    eos_ids = eos_token_ids(model, tokenizer)
+    eos = torch.tensor(sorted(eos_ids), device=device)
     tokens = torch.full((len(ids), max_new_tokens), tokenizer.pad_token_id, dtype=torch.long, device=device)
     token_logprobs = torch.zeros(tokens.shape, device=device)
     cache, hidden = prefill(model, ids, prompt_attention)
-    attention = prompt_attention
+    hidden, attention = hidden[:, -1], prompt_attention
     active = torch.arange(len(ids), device=device)  # rows still generating
     for step in range(max_new_tokens):
         logprobs = sampling_logprobs(base.get_output_embeddings()(hidden), temperature, top_p)
@@ -226,12 +229,9 @@ def generate(
         ).last_hidden_state[:, -1]  # fmt: skip
     model.train(was_training)
     responses = tokens[:, : step + 1]
-    mask = response_mask(responses, eos_token_ids(model, tokenizer))
-    texts = [
-        tokenizer.decode(r[m.bool()], skip_special_tokens=True).strip() for r, m in zip(responses, mask, strict=True)
-    ]
+    mask = response_mask(responses, eos_ids)
     return Generation(
-        list(prompts), texts, torch.cat([ids, responses], 1), torch.cat([prompt_attention, mask.long()], 1),
-        ids.shape[1], mask,
+        list(prompts), decode_responses(tokenizer, responses, mask), torch.cat([ids, responses], 1),
+        torch.cat([prompt_attention, mask.long()], 1), ids.shape[1], mask,
         token_logprobs[:, : step + 1] if with_logprobs else None,
     )  # fmt: skip

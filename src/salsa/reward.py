@@ -334,8 +334,8 @@ def train_reward(config: RewardConfig, show_progress: bool = True) -> Path:
             optimizer.zero_grad(set_to_none=True)
             accuracy = float((chosen > rejected).float().mean())
             losses.append(loss.item())
-            metrics.write({"step": step, "loss": loss.item(), "accuracy": accuracy})
-            progress.update(task, advance=1, metrics=f"loss {loss.item():.3f}  acc {accuracy:.2f}")
+            metrics.write({"step": step, "loss": losses[-1], "accuracy": accuracy})
+            progress.update(task, advance=1, metrics=f"loss {losses[-1]:.3f}  acc {accuracy:.2f}")
     metrics.close()
     if stayed_at_chance(losses):
         console.print(
