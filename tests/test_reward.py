@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from salsa.config import RewardConfig
-from salsa.errors import DataError
+from salsa.errors import ConfigError, DataError
+from salsa.io import COMPLETE_MARKER, read_json, read_jsonl
 from salsa.reward import (
     SCORE_HEAD,
     PreferencePair,
@@ -135,6 +136,26 @@ def test_encoder_reward_model_learns_a_preference_and_round_trips(tmp_path):
     (path / SCORE_HEAD).unlink()
     with pytest.raises(DataError, match=SCORE_HEAD):
         RewardModel.load(path)
+
+
+def test_a_run_stuck_at_ln_2_after_its_first_epoch_starts_again_with_the_next_seed(tmp_path):
+    # Every pair also appears reversed: no score ordering beats ln 2, so each try stays stuck.
+    rows = [
+        {"prompt": f"Review number {i}.", "chosen": a, "rejected": b}
+        for i in range(4) for a, b in ((POSITIVE[i % 3], NEGATIVE[i % 3]), (NEGATIVE[i % 3], POSITIVE[i % 3]))
+    ]  # fmt: skip
+    (tmp_path / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = RewardConfig(
+        data=str(tmp_path / "train.jsonl"), eval_data=None, output_dir=str(tmp_path / "rm"), num_epochs=2,
+        batch_size=2, max_length=32, restarts=1, seed=5,
+    )  # fmt: skip
+    train_reward(cfg, show_progress=False)
+    log = read_jsonl(tmp_path / "rm" / "metrics.jsonl")
+    # Seed 5 gives up after its first epoch (4 steps of one prompt); seed 6, the last try, trains to the end.
+    assert [(r["seed"], r["step"]) for r in log] == [(5, s) for s in range(1, 5)] + [(6, s) for s in range(1, 9)]
+    assert read_json(tmp_path / "rm" / COMPLETE_MARKER)["seed"] == 6
+    with pytest.raises(ConfigError, match="reward.restarts"):
+        train_reward(RewardConfig(data=str(tmp_path / "train.jsonl"), restarts=-1), show_progress=False)
 
 
 def test_causal_backbone_trains_and_scores(tmp_path, tiny_model_dir):

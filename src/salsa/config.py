@@ -123,6 +123,9 @@ class RewardConfig:
     warmup_ratio: float = option(0.1, "fraction of steps in linear warmup")
     weight_decay: float = option(0.01, "AdamW weight decay")
     max_length: int = option(128, "tokens per (prompt, response)")
+    restarts: int = option(
+        2, "fresh starts (seed + 1, + 2, ...) when the loss is still ln 2 after one epoch: a stuck run rarely recovers"
+    )
 
 
 @dataclass

@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from accelerate.utils import set_seed
+from rich.progress import Progress
 from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import AutoModel, AutoModelForSequenceClassification, AutoTokenizer, get_scheduler
@@ -30,7 +31,7 @@ from transformers import AutoModel, AutoModelForSequenceClassification, AutoToke
 from salsa.config import DEFAULT_MODEL, RewardConfig, save_config
 from salsa.data import load_records, render_prompt, row_label
 from salsa.errors import ConfigError, DataError
-from salsa.io import JsonlWriter, atomic_dir, atomic_write_json, mark_complete, read_json
+from salsa.io import JsonlWriter, atomic_dir, atomic_write_json, mark_complete, read_json, truncate_jsonl
 from salsa.models import default_encoder_path, resolve_model
 from salsa.progress import console, training_progress
 
@@ -290,21 +291,19 @@ def backbone_learning_rate(config: RewardConfig) -> float:
     return config.learning_rate if config.learning_rate is not None else DEFAULT_LEARNING_RATES[config.backbone]
 
 
-def train_reward(config: RewardConfig, show_progress: bool = True) -> Path:
-    """Train a Bradley-Terry reward model; writes the model, its normalisation and eval.json."""
-    for name in ("batch_size", "learning_rate", "head_learning_rate", "num_epochs", "max_length"):
-        value = getattr(config, name)
-        if value is not None and value <= 0:  # learning_rate may be null: the backbone's default
-            raise ConfigError(f"reward.{name} must be > 0, got {value}")
-    pairs = parse_preference_rows(*load_records(config.data, config.data_split))
-    eval_pairs = parse_preference_rows(*load_records(config.eval_data)) if config.eval_data else []
-    set_seed(config.seed)
+def _fit(
+    config: RewardConfig,
+    pairs: list[PreferencePair],
+    seed: int,
+    metrics: JsonlWriter,
+    progress: Progress,
+    may_give_up: bool,
+) -> tuple[RewardModel, list[float]] | None:
+    """Train from the pretrained backbone with `seed`. Returns the trained RewardModel and its step losses, or
+    None when `may_give_up` and the loss is still ln 2 at the end of the first epoch (of a run with more)."""
+    set_seed(seed)
     model, tokenizer = _backbone_model(config)
     reward = RewardModel(model, tokenizer, config.backbone, config.max_length)
-    out = Path(config.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    save_config(config, out / "config.yaml", section="reward")
-
     prompts = [p.prompt for p in pairs]
     steps_per_epoch = len(list(fill_batches(prompt_groups(prompts), config.batch_size)))
     total_steps = max(1, math.ceil(config.num_epochs * steps_per_epoch))
@@ -318,29 +317,64 @@ def train_reward(config: RewardConfig, show_progress: bool = True) -> Path:
         weight_decay=config.weight_decay,
     )
     scheduler = get_scheduler("linear", optimizer, round(config.warmup_ratio * total_steps), total_steps)
-    batches = prompt_batches(prompts, config.batch_size, random.Random(config.seed))
-    metrics = JsonlWriter(out / "metrics.jsonl")
+    batches = prompt_batches(prompts, config.batch_size, random.Random(seed))
     losses = []
     model.train()
+    task = progress.add_task(f"reward (seed {seed})", total=total_steps, metrics="")
+    for step in range(1, total_steps + 1):
+        chosen, rejected = pair_scores(reward, [pairs[i] for i in next(batches)])
+        loss = bradley_terry_loss(chosen, rejected)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        accuracy = float((chosen > rejected).float().mean())
+        losses.append(loss.item())
+        metrics.write({"seed": seed, "step": step, "loss": losses[-1], "accuracy": accuracy})
+        progress.update(task, advance=1, metrics=f"loss {losses[-1]:.3f}  acc {accuracy:.2f}")
+        if may_give_up and step == steps_per_epoch < total_steps and stayed_at_chance(losses, tail=0.25):
+            return None
+    return reward, losses
+
+
+def train_reward(config: RewardConfig, show_progress: bool = True) -> Path:
+    """Train a Bradley-Terry reward model; writes the model, its normalisation and eval.json.
+
+    The encoder sometimes never leaves the initial plateau (loss ln 2: every response scored alike) whatever
+    the number of epochs; such a run is recognised at the end of its first epoch and started again from the
+    pretrained weights with the next seed, up to `restarts` times.
+    """
+    for name in ("batch_size", "learning_rate", "head_learning_rate", "num_epochs", "max_length"):
+        value = getattr(config, name)
+        if value is not None and value <= 0:  # learning_rate may be null: the backbone's default
+            raise ConfigError(f"reward.{name} must be > 0, got {value}")
+    if config.restarts < 0:
+        raise ConfigError(f"reward.restarts must be >= 0, got {config.restarts}")
+    pairs = parse_preference_rows(*load_records(config.data, config.data_split))
+    eval_pairs = parse_preference_rows(*load_records(config.eval_data)) if config.eval_data else []
+    out = Path(config.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(config, out / "config.yaml", section="reward")
+    truncate_jsonl(out / "metrics.jsonl", 0)  # a rerun logs afresh
+    metrics = JsonlWriter(out / "metrics.jsonl")
+    last_seed = config.seed + config.restarts
     with training_progress(disable=not show_progress) as progress:
-        task = progress.add_task("reward", total=total_steps, metrics="")
-        for step in range(1, total_steps + 1):
-            chosen, rejected = pair_scores(reward, [pairs[i] for i in next(batches)])
-            loss = bradley_terry_loss(chosen, rejected)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            accuracy = float((chosen > rejected).float().mean())
-            losses.append(loss.item())
-            metrics.write({"step": step, "loss": losses[-1], "accuracy": accuracy})
-            progress.update(task, advance=1, metrics=f"loss {losses[-1]:.3f}  acc {accuracy:.2f}")
+        for seed in range(config.seed, last_seed + 1):
+            fitted = _fit(config, pairs, seed, metrics, progress, may_give_up=seed < last_seed)
+            if fitted is not None:
+                break
+            console.print(
+                f"[yellow]reward:[/] the loss is still ln 2 = 0.693 after the first epoch with seed {seed}; "
+                f"starting again from the pretrained weights with seed {seed + 1}"
+            )
     metrics.close()
+    reward, losses = fitted
+    model, tokenizer = reward.model, reward.tokenizer
     if stayed_at_chance(losses):
         console.print(
             "[yellow]warning:[/] the reward model learned nothing: its training loss stayed at ln 2 = 0.693, the loss "
-            "of a constant score; retrain with another reward.seed or learning rate"
+            "of a constant score; retrain with another reward.seed, more reward.restarts or another learning rate"
         )
 
     # Normalise on the responses the policy starts from: the (SFT-distribution) responses in the training pairs.
@@ -357,5 +391,5 @@ def train_reward(config: RewardConfig, show_progress: bool = True) -> Path:
     atomic_write_json(out / "eval.json", evaluation)
     if evaluation:
         console.print("reward model held-out: " + json.dumps({k: round(v, 4) for k, v in evaluation.items()}))
-    mark_complete(out, {"stage": "reward", **evaluation})
+    mark_complete(out, {"stage": "reward", "seed": seed, **evaluation})
     return out / "model"
