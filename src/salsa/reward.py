@@ -31,7 +31,7 @@ from transformers import AutoModel, AutoModelForSequenceClassification, AutoToke
 from salsa.config import DEFAULT_MODEL, RewardConfig, save_config
 from salsa.data import load_records, render_prompt, row_label
 from salsa.errors import ConfigError, DataError
-from salsa.io import JsonlWriter, atomic_dir, atomic_write_json, mark_complete, read_json, truncate_jsonl
+from salsa.io import JsonlWriter, atomic_dir, atomic_write_json, mark_complete, read_json
 from salsa.models import default_encoder_path, resolve_model
 from salsa.progress import console, training_progress
 
@@ -356,7 +356,7 @@ def train_reward(config: RewardConfig, show_progress: bool = True) -> Path:
     out = Path(config.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     save_config(config, out / "config.yaml", section="reward")
-    truncate_jsonl(out / "metrics.jsonl", 0)  # a rerun logs afresh
+    (out / "metrics.jsonl").unlink(missing_ok=True)  # a rerun logs afresh
     metrics = JsonlWriter(out / "metrics.jsonl")
     last_seed = config.seed + config.restarts
     with training_progress(disable=not show_progress) as progress:
@@ -370,7 +370,6 @@ def train_reward(config: RewardConfig, show_progress: bool = True) -> Path:
             )
     metrics.close()
     reward, losses = fitted
-    model, tokenizer = reward.model, reward.tokenizer
     if stayed_at_chance(losses):
         console.print(
             "[yellow]warning:[/] the reward model learned nothing: its training loss stayed at ln 2 = 0.693, the loss "
@@ -384,8 +383,8 @@ def train_reward(config: RewardConfig, show_progress: bool = True) -> Path:
     reward.mean, reward.std = float(raw.mean()), float(raw.std().clamp(min=1e-6))
     evaluation = evaluate_reward(reward, eval_pairs) if eval_pairs else {}
     with atomic_dir(out / "model") as tmp:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
+        reward.model.save_pretrained(tmp)
+        reward.tokenizer.save_pretrained(tmp)
         meta = {"backbone": config.backbone, "max_length": config.max_length, "mean": reward.mean, "std": reward.std}
         atomic_write_json(tmp / REWARD_META, meta)
     atomic_write_json(out / "eval.json", evaluation)
