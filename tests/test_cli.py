@@ -27,7 +27,7 @@ def test_help_lists_every_stage_and_documents_config_keys():
     [
         (["sft", "--set", "learning_rte=1e-4"], "unknown key 'learning_rte'; did you mean 'learning_rate'?"),
         (["sft", "--data", "/nonexistent.jsonl", "-q"], "data file /nonexistent.jsonl does not exist"),
-        (["soup", "/nonexistent/a", "/nonexistent/b", "--out", "/tmp/x"], "model directory does not exist"),
+        (["soup", "/nonexistent/a", "/nonexistent/b", "--out", "/tmp/x"], "/nonexistent/a is not a model directory"),
         (["soup", "a", "--weights", "1.0"], "at least two models"),
     ],
 )

@@ -1,6 +1,7 @@
 import pytest
 
-from salsa.config import SFTConfig, load_stage_config, save_config
+from salsa.config import SFTConfig
+from salsa.config_loading import load_stage_config, save_config
 from salsa.errors import ConfigError
 
 
@@ -36,7 +37,7 @@ def test_unknown_section_and_override_key():
 
 
 def test_bad_values_are_errors(tmp_path):
-    with pytest.raises(ConfigError, match="key 'batch_size': expected int, got '4.5'"):
+    with pytest.raises(ConfigError, match="--set 'batch_size=4.5': expected an integer, got '4.5'"):
         load_stage_config(SFTConfig, "sft", None, ["batch_size=4.5"])
     with pytest.raises(ConfigError, match="expected KEY=VALUE"):
         load_stage_config(SFTConfig, "sft", None, ["batch_size"])

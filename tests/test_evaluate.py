@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from salsa.evaluate import (
+from salsa.evaluation.judging import sequence_kl
+from salsa.evaluation.stats import (
     bootstrap_resamples,
     compare,
     match_steps,
@@ -13,7 +14,6 @@ from salsa.evaluate import (
     moving_average,
     outcomes,
     score_at_kl,
-    sequence_kl,
     win_tie_loss,
 )
 from salsa.report import verdict

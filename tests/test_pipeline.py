@@ -80,7 +80,7 @@ def test_run_resumes_after_interruption_then_skips_finished_stages(run_yaml, tmp
     monkeypatch.setattr(ppo, "rl_update", interrupted_update)
     with pytest.raises(KeyboardInterrupt):
         run_pipeline(run_yaml, show_progress=False)
-    assert (root / "rl/salsa/seed-0/checkpoints/state.pt").is_file()
+    assert (root / "rl/salsa/seed-0/checkpoints/step-0000001/weights.safetensors").is_file()
     assert not (root / "eval").exists()
     monkeypatch.setattr(ppo, "rl_update", real_update)
 

@@ -5,24 +5,22 @@ import pytest
 import torch
 
 from salsa.config import RewardConfig
+from salsa.data import PreferencePair, parse_preference_rows
 from salsa.errors import ConfigError, DataError
 from salsa.io import COMPLETE_MARKER, read_json, read_jsonl
 from salsa.reward import (
     SCORE_HEAD,
-    PreferencePair,
     RewardModel,
     backbone_learning_rate,
     bradley_terry_loss,
-    fill_batches,
     pair_scores,
     pairwise_accuracy,
-    parse_preference_rows,
-    prompt_batches,
     prompt_groups,
     spearman,
     stayed_at_chance,
     train_reward,
 )
+from salsa.seeding import batch_stream
 
 
 def test_bradley_terry_loss_matches_hand_computation():
@@ -47,21 +45,19 @@ def test_accuracy_and_spearman():
 
 
 def test_prompt_batches_keep_prompts_whole_and_see_every_pair_once_per_epoch():
-    import random
-
     prompts = ["a", "b", "a", "c", "b", "a", "d", "e", "e"]
-    assert prompt_groups(prompts) == [[0, 2, 5], [1, 4], [3], [6], [7, 8]]
-    assert list(fill_batches(prompt_groups(prompts), 4)) == [[0, 2, 5, 1, 4], [3, 6, 7, 8]]
-    batches = prompt_batches(prompts, 3, random.Random(0))
-    for _ in range(3):  # epochs
-        epoch, seen = [], 0
-        while seen < len(prompts):
-            epoch.append(next(batches))
-            seen += len(epoch[-1])
-        assert sorted(i for b in epoch for i in b) == list(range(len(prompts)))
-        for batch in epoch:
-            assert all(set(g) <= set(batch) or not set(g) & set(batch) for g in prompt_groups(prompts))
-            assert len(batch) >= 3 or batch is epoch[-1]
+    groups = prompt_groups(prompts)
+    assert groups == [[0, 2, 5], [1, 4], [3], [6], [7, 8]]
+    batches = batch_stream([len(g) for g in groups], 3, seed=0)
+    stream = []  # the groups in the order the batches take them
+    for _ in range(12):
+        batch = next(batches)
+        assert sum(len(groups[g]) for g in batch) >= 3  # whole prompts until the batch holds 3 pairs
+        assert sum(len(groups[g]) for g in batch[:-1]) < 3  # and not one prompt more
+        stream += batch
+    for epoch in range(3):  # every prompt once per epoch, in a fresh order each time
+        assert sorted(stream[5 * epoch : 5 * epoch + 5]) == list(range(5))
+    assert stream[:5] != stream[5:10] or stream[5:10] != stream[10:15]
 
 
 class _CountingReward:

@@ -7,10 +7,10 @@ import yaml
 from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM
 
-from salsa.errors import SoupError
+from salsa.errors import SalsaError, SoupError
 from salsa.io import digest_key, load_digest_cache, record_digests, save_digest_cache, sha256_file
-from salsa.safetensors_stream import read_header, read_tensor
 from salsa.soup import build_soup, soup_state_dict, soup_weights, tensor_index, weighted_average
+from salsa.weights.stream import read_header, read_tensor
 
 CONFIG = {"model_type": "toy", "hidden_size": 4, "tie_word_embeddings": False}
 
@@ -146,13 +146,13 @@ def test_sharded_output_with_index_and_dtype(tmp_path):
         (lambda p: _ingredient(p, {"w": torch.zeros(4), "x": torch.zeros(1)}), "different tensor names"),
         (lambda p: _ingredient(p, {"w": torch.zeros(5)}), "has shape \\(5,\\)"),
         (lambda p: _ingredient(p, {"w": torch.zeros(4)}, vocab={"a": 0, "c": 1}), "different tokenizer vocabulary"),
-        (lambda p: p.mkdir(), "does not exist|no safetensors weights|missing config.json"),
+        (lambda p: p.mkdir(), "b is not a model directory"),
     ],
 )
 def test_mismatches_fail_before_anything_is_written(tmp_path, make_b, message):
     a = _ingredient(tmp_path / "a", {"w": torch.zeros(4)})
     make_b(tmp_path / "b")
-    with pytest.raises(SoupError, match=message):
+    with pytest.raises(SalsaError, match=message):
         build_soup([a, tmp_path / "b"], tmp_path / "soup")
     assert not (tmp_path / "soup").exists()
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".soup")] == []

@@ -99,7 +99,7 @@ def test_task_data_is_deterministic_and_complete(task_data):
 def test_data_make_rejects_bad_settings(tmp_path):
     from salsa.errors import ConfigError
 
-    with pytest.raises(ConfigError, match="unknown task 'movies'"):
+    with pytest.raises(ConfigError, match="data.task must be a built-in task \\(reviews\\), got 'movies'"):
         make_task_data(DataConfig(task="movies", output_dir=str(tmp_path)))
     with pytest.raises(ConfigError, match="off_subject_samples must be >= 0"):
         make_task_data(DataConfig(off_subject_samples=-1, output_dir=str(tmp_path)))

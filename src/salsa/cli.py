@@ -9,6 +9,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.text import Text
 
 from salsa.config import (
     DataConfig,
@@ -18,9 +19,8 @@ from salsa.config import (
     RunConfig,
     SFTConfig,
     SoupConfig,
-    describe_fields,
-    load_stage_config,
 )
+from salsa.config_loading import describe_fields, load_stage_config
 from salsa.errors import SalsaError
 
 app = typer.Typer(
@@ -49,6 +49,10 @@ SetOption = Annotated[
     ),
 ]
 QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
+OverwriteOption = Annotated[
+    bool,
+    typer.Option(help="Start over in an output directory that salsa wrote with another config (never a foreign one)."),
+]
 
 
 def _keys_epilog(cls: type) -> str:
@@ -76,8 +80,18 @@ def _quiet_libraries() -> None:
 
 
 def _fail(message: str, code: int = 2) -> None:
-    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    # The message is user text (paths, values): printed as is, never read as rich markup.
+    err.print(Text.assemble(("error: ", "bold red"), message), highlight=False, soft_wrap=True)
     sys.exit(code)
+
+
+def _echo(result) -> None:
+    """Print a stage's output path(s) once, from the main process of a multi-process launch."""
+    from salsa.runtime import is_main_process
+
+    if is_main_process():
+        for path in result if isinstance(result, list) else [result]:
+            typer.echo(str(path))
 
 
 @app.command(epilog=_keys_epilog(SFTConfig))
@@ -93,7 +107,7 @@ def sft(
     seed: Annotated[int | None, typer.Option(help="First seed; model i uses seed + i.")] = None,
     max_steps: Annotated[int | None, typer.Option(help="Optimizer steps per model.")] = None,
     lora: Annotated[bool | None, typer.Option("--lora/--full", help="LoRA adapters or full fine-tuning.")] = None,
-    overwrite: Annotated[bool, typer.Option(help="Retrain models whose directory is already complete.")] = False,
+    overwrite: OverwriteOption = False,
     quiet: QuietOption = False,
 ) -> None:
     """Fine-tune K models from one base that differ only in seed (the soup's ingredients)."""
@@ -111,9 +125,7 @@ def sft(
     from salsa.sft import train_sft
 
     _quiet_libraries()
-    paths = train_sft(cfg, overwrite=overwrite, show_progress=not quiet)
-    for path in paths:
-        typer.echo(str(path))
+    _echo(train_sft(cfg, overwrite=overwrite, show_progress=not quiet))
 
 
 @app.command(epilog=_keys_epilog(SoupConfig))
@@ -131,6 +143,7 @@ def soup(
     max_shard_size: Annotated[str | None, typer.Option(help="Largest output shard, e.g. 2GB.")] = None,
     config: ConfigOption = None,
     set_: SetOption = None,
+    overwrite: OverwriteOption = False,
 ) -> None:
     """Average K fine-tuned models into one (streamed, exact, checked); write provenance next to it."""
     overrides = _overrides(set_, output_dir=out, alpha=alpha, dtype=dtype, max_shard_size=max_shard_size)
@@ -143,7 +156,7 @@ def soup(
     cfg = load_stage_config(SoupConfig, "soup", config, overrides)
     from salsa.soup import build_soup_from_config
 
-    typer.echo(str(build_soup_from_config(cfg)))
+    _echo(build_soup_from_config(cfg, overwrite))
 
 
 @data_app.command("make", epilog=_keys_epilog(DataConfig))
@@ -154,6 +167,7 @@ def data_make(
     seed: Annotated[int | None, typer.Option(help="Seed of sampling and labelling.")] = None,
     config: ConfigOption = None,
     set_: SetOption = None,
+    overwrite: OverwriteOption = False,
     quiet: QuietOption = False,
 ) -> None:
     """Make prompts (train/eval/ood), best-of-n SFT demonstrations and Bradley-Terry preference pairs."""
@@ -163,7 +177,7 @@ def data_make(
     from salsa.tasks.build import make_task_data
 
     _quiet_libraries()
-    typer.echo(str(make_task_data(cfg, show_progress=not quiet)))
+    _echo(make_task_data(cfg, show_progress=not quiet, overwrite=overwrite))
 
 
 @app.command(epilog=_keys_epilog(RewardConfig))
@@ -175,6 +189,7 @@ def reward(
     output_dir: Annotated[str | None, typer.Option(help="Where the reward model goes.")] = None,
     config: ConfigOption = None,
     set_: SetOption = None,
+    overwrite: OverwriteOption = False,
     quiet: QuietOption = False,
 ) -> None:
     """Train a Bradley-Terry reward model and report held-out accuracy and Spearman vs the gold judge."""
@@ -183,7 +198,7 @@ def reward(
     from salsa.reward import train_reward
 
     _quiet_libraries()
-    typer.echo(str(train_reward(cfg, show_progress=not quiet)))
+    _echo(train_reward(cfg, show_progress=not quiet, overwrite=overwrite))
 
 
 @app.command(epilog=_keys_epilog(RLConfig))
@@ -197,6 +212,7 @@ def rl(
     steps: Annotated[int | None, typer.Option(help="RL iterations.")] = None,
     config: ConfigOption = None,
     set_: SetOption = None,
+    overwrite: OverwriteOption = False,
     quiet: QuietOption = False,
 ) -> None:
     """RL from the reward model with a choice of KL reference: PPO (default), RLOO, GRPO, or offline DPO."""
@@ -208,7 +224,7 @@ def rl(
     from salsa.rl.ppo import train_rl
 
     _quiet_libraries()
-    typer.echo(str(train_rl(cfg, show_progress=not quiet)))
+    _echo(train_rl(cfg, show_progress=not quiet, overwrite=overwrite))
 
 
 app.command("ppo", help="Alias of `salsa rl` (PPO is its default algorithm).", epilog=_keys_epilog(RLConfig))(rl)
@@ -223,6 +239,7 @@ def eval_(
     output_dir: Annotated[str | None, typer.Option(help="Where results.json and samples.jsonl go.")] = None,
     config: ConfigOption = None,
     set_: SetOption = None,
+    overwrite: OverwriteOption = False,
     quiet: QuietOption = False,
 ) -> None:
     """Compare policies on held-out prompts: win rates with bootstrap CIs, KL to SFT and soup, reward landscape."""
@@ -232,14 +249,14 @@ def eval_(
         for item in policy:
             name, sep, path = item.partition("=")
             if not sep or not name or not path:
-                raise typer.BadParameter(f"expected NAME=MODEL_DIR, got {item!r}", param_hint="--policy")
+                raise SalsaError(f"--policy {item!r}: expected NAME=MODEL_DIR, e.g. --policy ppo=runs/rl-ppo/final")
             policies.setdefault(name, []).append(path)
         overrides.append("policies=" + json.dumps(policies))
     cfg = load_stage_config(EvalConfig, "eval", config, overrides)
     from salsa.evaluate import evaluate
 
     _quiet_libraries()
-    typer.echo(str(evaluate(cfg, show_progress=not quiet)))
+    _echo(evaluate(cfg, show_progress=not quiet, overwrite=overwrite))
 
 
 @app.command()
@@ -291,12 +308,29 @@ def demo(
 
 def main() -> None:
     """Entry point: user mistakes become one red line and exit code 2, never a traceback."""
+    from salsa.engine import os_error_message
+
     try:
-        app()
+        app(standalone_mode=False)
     except SalsaError as e:
         _fail(str(e))
     except KeyboardInterrupt:
         _fail("interrupted; rerun the same command to resume from the last checkpoint", code=130)
+    except typer.Exit as e:
+        sys.exit(e.exit_code)
+    except typer.TyperException as e:  # a usage mistake: unknown option, missing argument, a value of the wrong type
+        if type(e).__name__ == "NoArgsIsHelpError":  # `salsa` or `salsa data` alone: the help, as usual
+            e.show()
+            sys.exit(e.exit_code)
+        command = " ".join(a for a in sys.argv[1:3] if not a.startswith("-"))
+        _fail(f"{e.format_message()} (see `salsa {command} --help`)".replace("  ", " "))
+    except typer.Abort:
+        _fail("aborted", code=130)
+    except OSError as e:
+        message = os_error_message(e)
+        if message is None:
+            raise
+        _fail(message)
 
 
 if __name__ == "__main__":

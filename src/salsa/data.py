@@ -8,8 +8,8 @@ turn is the assistant's. Every malformed row is reported with its file, row numb
 from __future__ import annotations
 
 import json
-import random
-from collections.abc import Iterator, Sequence
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,7 +45,13 @@ def load_records(source: str | Sequence[dict[str, Any]], split: str = "train") -
     import datasets
 
     if path.is_dir():
-        loaded = datasets.load_from_disk(str(path))
+        try:
+            loaded = datasets.load_from_disk(str(path))
+        except FileNotFoundError:
+            raise DataError(
+                f"{path} is a directory but not a saved `datasets` dataset (no dataset_info.json / "
+                "dataset_dict.json); pass a JSONL or Parquet file, or a directory written by save_to_disk"
+            ) from None
     else:
         try:
             loaded = datasets.load_dataset(source, split=split)
@@ -60,10 +66,14 @@ def load_records(source: str | Sequence[dict[str, Any]], split: str = "train") -
 
 def _read_jsonl(path: Path) -> list[dict]:
     if not path.is_file():
-        raise DataError(f"data file {path} does not exist")
+        raise DataError(f"data file {path} {'is not a regular file' if path.exists() else 'does not exist'}")
     rows = []
-    with open(path, encoding="utf-8") as f:
-        for line_no, line in enumerate(f, start=1):
+    with open(path, "rb") as f:
+        for line_no, raw in enumerate(f, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise DataError(f"{path} row {line_no}: not UTF-8 text (byte {e.start}); save it as UTF-8") from None
             if not line.strip():
                 continue
             try:
@@ -200,18 +210,6 @@ def collate(examples: list[dict[str, list[int]]], pad_token_id: int) -> dict[str
     return {"input_ids": input_ids, "labels": labels, "attention_mask": attention_mask}
 
 
-def shuffled_batches(num_items: int, batch_size: int, rng: random.Random) -> Iterator[list[int]]:
-    """Index batches over endless reshuffled epochs (a batch may span two epochs)."""
-    order: list[int] = []
-    while True:
-        while len(order) < batch_size:
-            epoch = list(range(num_items))
-            rng.shuffle(epoch)
-            order += epoch
-        yield order[:batch_size]
-        del order[:batch_size]
-
-
 def load_prompts(source: str) -> list[str]:
     """The 'prompt' field of every row (RL and evaluation prompts), each checked to be a non-empty string."""
     rows, name = load_records(source)
@@ -224,3 +222,46 @@ def load_prompts(source: str) -> list[str]:
     if not prompts:
         raise DataError(f"{name}: no prompts")
     return prompts
+
+
+@dataclass
+class PreferencePair:
+    prompt: str
+    chosen: str
+    rejected: str
+    gold_chosen: float | None = None
+    gold_rejected: float | None = None
+
+
+def _response_text(value, field: str, where: str) -> str:
+    """A response given as a string or as chat messages (the last assistant turn)."""
+    if isinstance(value, str) and value.strip():
+        return value
+    if isinstance(value, list) and value and isinstance(value[-1], dict) and isinstance(value[-1].get("content"), str):
+        return value[-1]["content"]
+    raise DataError(f"{where}: field '{field}' must be a non-empty string or a list of chat messages")
+
+
+def parse_preference_rows(rows: list[dict], source: str) -> list[PreferencePair]:
+    """Validate prompt/chosen/rejected rows (UltraFeedback style; responses may be message lists)."""
+    pairs = []
+    for i, row in enumerate(rows):
+        where = row_label(source, row, i)
+        for field in ("prompt", "chosen", "rejected"):
+            if field not in row:
+                raise DataError(f"{where}: missing field '{field}' (expected prompt, chosen, rejected)")
+        prompt = row["prompt"]
+        if isinstance(prompt, list):
+            prompt = next((m.get("content") for m in prompt if isinstance(m, dict) and m.get("role") == "user"), None)
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise DataError(f"{where}: field 'prompt' must be a non-empty string")
+        chosen = _response_text(row["chosen"], "chosen", where)
+        rejected = _response_text(row["rejected"], "rejected", where)
+        golds = [row.get("gold_chosen"), row.get("gold_rejected")]
+        for field, value in zip(("gold_chosen", "gold_rejected"), golds, strict=True):
+            if value is not None and (not isinstance(value, int | float) or not math.isfinite(value)):
+                raise DataError(f"{where}: field '{field}' must be a finite number")
+        pairs.append(PreferencePair(prompt, chosen, rejected, *golds))
+    if not pairs:
+        raise DataError(f"{source}: no rows")
+    return pairs

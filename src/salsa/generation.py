@@ -10,8 +10,10 @@ from torch import nn
 from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
 from salsa.data import render_prompt
-from salsa.errors import ConfigError
+from salsa.errors import ConfigError, DataError
+from salsa.models import base_model, lm_logits
 from salsa.progress import training_progress
+from salsa.seeding import derive_seed
 
 
 def encode_prompts(tokenizer: PreTrainedTokenizerBase, prompts: list[str]) -> list[list[int]]:
@@ -30,11 +32,6 @@ def left_pad(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, tor
         ids[i, length - len(s) :] = torch.tensor(s)
         mask[i, length - len(s) :] = 1
     return ids, mask
-
-
-def base_model(model: nn.Module) -> nn.Module:
-    """The transformers model under a PEFT wrapper (LoRA layers stay in place inside it)."""
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
 def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -66,8 +63,7 @@ def prefill(
     cache = DynamicCache(config=base.config)
     mask = attention_mask[first]
     hidden = base.get_decoder()(
-        input_ids=ids[first], attention_mask=mask, position_ids=position_ids(mask), past_key_values=cache,
-        use_cache=True,
+        input_ids=ids[first], attention_mask=mask, position_ids=position_ids(mask), cache=cache, use_cache=True,
     ).last_hidden_state[:, -1:]  # fmt: skip
     cache.batch_select_indices(inverse)
     return cache, hidden[inverse]
@@ -82,6 +78,21 @@ def shared_prompt_cache(
     """
     rows = distinct_rows(ids, attention_mask)
     return None if len(rows[0]) == len(ids) else prefill(model, ids, attention_mask, rows)
+
+
+def check_prompt_lengths(
+    tokenizer: PreTrainedTokenizerBase, prompts: list[str], max_new_tokens: int, model: nn.Module, source: str
+) -> None:
+    """Every prompt plus `max_new_tokens` must fit in the model's positions; name the first that does not."""
+    limit = getattr(base_model(model).config, "max_position_embeddings", None)
+    if limit is None:
+        return
+    for number, ids in enumerate(encode_prompts(tokenizer, prompts), start=1):
+        if len(ids) + max_new_tokens > limit:
+            raise DataError(
+                f"{source}: prompt {number} is {len(ids)} tokens; with max_new_tokens {max_new_tokens} it exceeds "
+                f"the model's {limit} positions. Shorten it or lower max_new_tokens"
+            )
 
 
 def decode_responses(tokenizer: PreTrainedTokenizerBase, responses: torch.Tensor, mask: torch.Tensor) -> list[str]:
@@ -119,7 +130,7 @@ def sample_responses(
         for number, batch in enumerate(batches):
             sample = generate(
                 model, tokenizer, [prompts[i] for _, i, _ in batch], max_new_tokens=max_new_tokens,
-                temperature=temperature, top_p=top_p, seed=seed * 1_000_003 + number,
+                temperature=temperature, top_p=top_p, seed=derive_seed(seed, "sample", number),
             )  # fmt: skip
             for (_, i, s), text in zip(batch, sample.responses, strict=True):
                 replies[i][s] = text
@@ -208,7 +219,7 @@ def generate(
     hidden, attention = hidden[:, -1], prompt_attention
     active = torch.arange(len(ids), device=device)  # rows still generating
     for step in range(max_new_tokens):
-        logprobs = sampling_logprobs(base.get_output_embeddings()(hidden), temperature, top_p)
+        logprobs = sampling_logprobs(lm_logits(model, hidden), temperature, top_p)
         if temperature > 0:
             token = torch.multinomial(logprobs.exp(), 1, generator=generator).squeeze(1)
         else:
@@ -225,7 +236,7 @@ def generate(
         attention = torch.cat([attention, attention.new_ones(len(active), 1)], 1)
         hidden = base.get_decoder()(
             input_ids=token[:, None], attention_mask=attention, position_ids=attention.sum(1, keepdim=True) - 1,
-            past_key_values=cache, use_cache=True,
+            cache=cache, use_cache=True,
         ).last_hidden_state[:, -1]  # fmt: skip
     model.train(was_training)
     responses = tokens[:, : step + 1]

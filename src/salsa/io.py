@@ -81,8 +81,14 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
 
 
 def read_json(path: str | os.PathLike) -> Any:
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
+    """A JSON file salsa wrote; a damaged one is a one-line error naming it."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        from salsa.errors import DataError
+
+        raise DataError(f"{path}: corrupt JSON ({e}); remove or regenerate it") from None
 
 
 @contextlib.contextmanager
@@ -112,33 +118,15 @@ def atomic_dir(target: str | os.PathLike) -> Iterator[Path]:
         shutil.rmtree(old, ignore_errors=True)
 
 
-class JsonlWriter:
-    """Append-only JSONL log; each record is flushed so a crash loses at most the line being written."""
-
-    def __init__(self, path: str | os.PathLike):
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
-
-    def write(self, record: dict[str, Any]) -> None:
-        self._file.write(json.dumps(record, default=float) + "\n")
-        self._file.flush()
-
-    def close(self) -> None:
-        self._file.close()
-
-
 def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
+    """A JSONL file salsa wrote; a damaged one is a one-line error naming it."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return [json.loads(line) for line in f if line.strip()]
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        from salsa.errors import DataError
 
-
-def truncate_jsonl(path: str | os.PathLike, step: int) -> None:
-    """On resume, drop log lines written after the checkpoint's step so the log has each step once."""
-    path = Path(path)
-    if path.is_file():
-        kept = [r for r in read_jsonl(path) if r["step"] <= step]
-        atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
+        raise DataError(f"{path}: corrupt JSONL ({e}); remove or regenerate it") from None
 
 
 def mark_complete(stage_dir: str | os.PathLike, info: dict[str, Any] | None = None) -> None:
@@ -176,7 +164,7 @@ def load_digest_cache() -> dict[str, str]:
     path = cache_dir() / "sha256.json"
     try:
         return read_json(path) if path.is_file() else {}
-    except (OSError, json.JSONDecodeError):
+    except (OSError, ValueError):
         return {}  # a damaged cache only costs a rehash
 
 

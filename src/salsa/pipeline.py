@@ -17,11 +17,12 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from rich.markup import escape
 
 from salsa.config import (
     STAGES,
@@ -32,12 +33,12 @@ from salsa.config import (
     RunConfig,
     SFTConfig,
     SoupConfig,
-    config_to_yaml,
-    load_stage_config,
 )
-from salsa.config import fingerprint as config_fingerprint
+from salsa.config_loading import config_to_yaml, load_stage_config, validate_values
+from salsa.config_loading import fingerprint as config_fingerprint
+from salsa.engine import Stage
 from salsa.errors import ConfigError
-from salsa.io import atomic_write_json, atomic_write_text, is_complete, mark_complete, read_json
+from salsa.io import atomic_write_json, atomic_write_text, is_complete, read_json
 from salsa.progress import console
 
 METHODS = {
@@ -90,11 +91,7 @@ def plan_run(config_path: str | Path | None = None, overrides: list[str] | None 
             raise ConfigError(f"--set {item!r}: in `salsa run` every key needs its section, e.g. rl.steps=10")
     load = lambda cls, section: load_stage_config(cls, section, config_path, overrides)  # noqa: E731
     run = load(RunConfig, "run")
-    if run.seeds < 1:
-        raise ConfigError(f"run.seeds must be >= 1, got {run.seeds}")
-    unknown = [m for m in run.methods if m not in METHODS]
-    if unknown or not run.methods:
-        raise ConfigError(f"run.methods: unknown method '{unknown[0] if unknown else ''}'; use {', '.join(METHODS)}")
+    validate_values(run)
     root = Path(run.output_dir)
     data = _wire(load(DataConfig, "data"), output_dir=str(root / "data"))
     data_dir = Path(data.output_dir)
@@ -137,7 +134,12 @@ def plan_run(config_path: str | Path | None = None, overrides: list[str] | None 
         sft_model=sft_dirs[0], soup_model=soup.output_dir, landscape_models=sft_dirs[:2],
         output_dir=str(root / "eval"),
     )  # fmt: skip
-    return RunPlan(run, data, reward, sft, soup, rl_base, rl, evaluation)
+    plan = RunPlan(run, data, reward, sft, soup, rl_base, rl, evaluation)
+    # Every value of every stage is checked now, not when its stage comes (an hour into the run); the inputs of
+    # each stage are checked when it starts, once the stages before it have written them.
+    for config in (data, reward, sft, soup, *rl.values(), evaluation):
+        validate_values(config)
+    return plan
 
 
 def _hash(*parts: str) -> str:
@@ -152,26 +154,28 @@ class StageRunner:
         self.state = read_json(self.state_file) if self.state_file.is_file() else {"stages": {}}
         self.fingerprints: dict[str, str] = {}
 
-    def run(self, name: str, config: Any, work: Callable[[], Any], after: tuple[str, ...] = ()):
-        """Run `work` unless stage `name` finished before (in `config.output_dir`) with the same config and inputs."""
+    def run(self, name: str, config: Any, work: Callable[[bool], Any], after: tuple[str, ...] = ()):
+        """Run `work(overwrite)` unless stage `name` finished before with the same config and inputs.
+
+        A stage whose config or upstream stages changed since this run directory last ran it is redone
+        (`overwrite`: the stage replaces its own earlier output).
+        """
         out = Path(config.output_dir)
         fingerprint = _hash(config_fingerprint(config), *(self.fingerprints[a] for a in after))
         self.fingerprints[name] = fingerprint
         recorded = self.state["stages"].get(name, {})
         if recorded.get("fingerprint") == fingerprint and is_complete(out):
-            console.print(f"[green]{name}[/]: finished before, skipping ({out})")
+            console.print(f"[green]{name}[/]: finished before, skipping ({escape(str(out))})")
             return
-        if recorded.get("fingerprint") not in (None, fingerprint) and out.exists():
+        changed = recorded.get("fingerprint") not in (None, fingerprint)
+        if changed:
             console.print(f"[yellow]{name}[/]: its config or inputs changed; redoing it")
-            shutil.rmtree(out)
         console.rule(f"[bold]{name}")
         # Recorded before the work, so an interrupted stage resumes (same fingerprint) rather than restarts.
         self.state["stages"][name] = {"fingerprint": fingerprint}
         atomic_write_json(self.state_file, self.state)
         started = time.perf_counter()
-        work()
-        if not is_complete(out):
-            mark_complete(out, {"stage": name})
+        work(changed)
         self.state["stages"][name]["seconds"] = round(time.perf_counter() - started, 1)
         atomic_write_json(self.state_file, self.state)
 
@@ -194,18 +198,27 @@ def run_pipeline(
     from salsa.tasks.build import make_task_data
 
     plan = plan_run(config_path, overrides)
-    root = Path(plan.run.output_dir)
-    root.mkdir(parents=True, exist_ok=True)
-    resolved = plan.to_yaml()
-    atomic_write_text(root / "config.yaml", resolved)
-    stages = StageRunner(root / STATE_FILE)
-    stages.run("data", plan.data, lambda: make_task_data(plan.data, show_progress))
-    stages.run("reward", plan.reward, lambda: train_reward(plan.reward, show_progress), after=("data",))
-    stages.run("sft", plan.sft, lambda: train_sft(plan.sft, show_progress=show_progress), after=("data",))
-    stages.run("soup", plan.soup, lambda: build_soup_from_config(plan.soup), after=("sft",))
-    for name, rl_config in plan.rl.items():
-        stages.run(name, rl_config, lambda c=rl_config: train_rl(c, show_progress), after=("reward", "sft", "soup"))
-    stages.run("eval", plan.eval, lambda: evaluate(plan.eval, show_progress), after=tuple(plan.rl))
-    report_dir = root / "report"
-    write_report(plan.eval.output_dir, report_dir, {"timings": stages.timings, "config": resolved})
+    # The run directory is a stage of its own: salsa's, locked while a run works in it. What changes between
+    # runs (seeds, methods) is handled stage by stage below.
+    with Stage(plan.run, ignore=("seeds", "methods"), inputs={}) as run:
+        root = run.out
+        resolved = plan.to_yaml()
+        atomic_write_text(root / "config.yaml", resolved)
+        stages = StageRunner(root / STATE_FILE)
+        stages.run("data", plan.data, lambda redo: make_task_data(plan.data, show_progress, redo))
+        stages.run("reward", plan.reward, lambda redo: train_reward(plan.reward, show_progress, redo), after=("data",))
+        stages.run(
+            "sft", plan.sft, lambda redo: train_sft(plan.sft, overwrite=redo, show_progress=show_progress),
+            after=("data",),
+        )  # fmt: skip
+        stages.run("soup", plan.soup, lambda redo: build_soup_from_config(plan.soup, redo), after=("sft",))
+        for name, rl_config in plan.rl.items():
+            stages.run(
+                name, rl_config, lambda redo, c=rl_config: train_rl(c, show_progress, overwrite=redo),
+                after=("reward", "sft", "soup"),
+            )  # fmt: skip
+        stages.run("eval", plan.eval, lambda redo: evaluate(plan.eval, show_progress, redo), after=tuple(plan.rl))
+        report_dir = root / "report"
+        write_report(plan.eval.output_dir, report_dir, {"timings": stages.timings, "config": resolved})
+        run.finish()
     return report_dir

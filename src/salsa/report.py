@@ -13,8 +13,9 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from salsa.errors import DataError
-from salsa.io import atomic_dir, atomic_write_json, atomic_write_text, read_json
+from salsa.config import ReportConfig
+from salsa.engine import Stage
+from salsa.io import atomic_file, atomic_write_json, atomic_write_text, read_json
 
 SPLIT_TITLES = {"in_distribution": "in-distribution", "out_of_distribution": "out-of-distribution"}
 JUDGE_TITLES = {"gold": "gold judge", "reward": "reward model"}
@@ -124,7 +125,7 @@ def _save(fig, path: Path, title: str) -> None:
 
     fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, format="png")
     plt.close(fig)
 
 
@@ -274,13 +275,19 @@ def versions() -> dict[str, str]:
 
 
 def write_report(eval_dir: str | Path, out: str | Path | None = None, run_info: dict | None = None) -> Path:
-    """Render `eval_dir/results.json` (and the run's config and timings, if given) into `out`."""
-    eval_dir = Path(eval_dir)
-    results_file = eval_dir / "results.json"
-    if not results_file.is_file():
-        raise DataError(f"{results_file} does not exist; run `salsa eval` first")
-    results = read_json(results_file)
-    out = Path(out) if out is not None else eval_dir.parent / "report"
+    """Render `eval_dir/results.json` (and the run's config and timings, if given) into `out`.
+
+    A report is always rendered afresh; it replaces only an earlier report (never the evaluation or other files).
+    """
+    config = ReportConfig(eval_dir=str(eval_dir), output_dir=None if out is None else str(out))
+    out = Path(out) if out is not None else Path(eval_dir).parent / "report"
+    with Stage(config, out, overwrite=True) as stage:
+        _render(stage.inputs["eval_dir"], stage.out, run_info)
+        stage.finish()
+    return out
+
+
+def _render(results: dict, out: Path, run_info: dict | None) -> None:
     confidence = results["settings"]["confidence"]
     headline = results["comparisons"][0] if results["comparisons"] else None
     title = "salsa report"
@@ -357,29 +364,29 @@ def write_report(eval_dir: str | Path, out: str | Path | None = None, run_info: 
     import matplotlib
 
     matplotlib.use("Agg")
-    with atomic_dir(out) as tmp:
-        for file, _, plot in plots:
-            plot(results, tmp / file)
-        atomic_write_text(tmp / "report.md", _markdown(blocks))
-        atomic_write_text(tmp / "report.html", _html(blocks, title))
-        summary = {
-            "verdict": headline_verdict,
-            "headline": headline,
-            "policies": results["policies"],
-            "comparisons": results["comparisons"],
-            "matched_kl": matched,
-            "matched_kl_comparisons": results.get("matched_kl_comparisons", []),
-            "table": policy_table,
-            "win_rates": comparison_table,
-            "timings": (run_info or {}).get("timings"),
-            "versions": environment,
-        }
-        atomic_write_json(tmp / "summary.json", summary)
-    return out
+    for file, _, plot in plots:
+        with atomic_file(out / file) as tmp:
+            plot(results, tmp)
+    atomic_write_text(out / "report.md", _markdown(blocks))
+    atomic_write_text(out / "report.html", _html(blocks, title))
+    summary = {
+        "verdict": headline_verdict,
+        "headline": headline,
+        "policies": results["policies"],
+        "comparisons": results["comparisons"],
+        "matched_kl": matched,
+        "matched_kl_comparisons": results.get("matched_kl_comparisons", []),
+        "table": policy_table,
+        "win_rates": comparison_table,
+        "timings": (run_info or {}).get("timings"),
+        "versions": environment,
+    }
+    atomic_write_json(out / "summary.json", summary)
 
 
 def print_summary(out: str | Path) -> None:
     """The verdict and the result tables of a written report, on the terminal."""
+    from rich.markup import escape
     from rich.table import Table
 
     from salsa.progress import console
@@ -391,5 +398,5 @@ def print_summary(out: str | Path) -> None:
             table.add_row(*row)
         console.print(table)
     if summary["verdict"]:
-        console.print(f"[bold]verdict:[/] {summary['verdict']}")
+        console.print(f"[bold]verdict:[/] {escape(summary['verdict'])}")
     console.print(f"report: {Path(out) / 'report.html'} ({Path(out) / 'report.md'})")

@@ -15,9 +15,6 @@ from __future__ import annotations
 
 import json
 import math
-import random
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -28,12 +25,15 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import AutoModel, AutoModelForSequenceClassification, AutoTokenizer, get_scheduler
 
-from salsa.config import DEFAULT_MODEL, RewardConfig, save_config
-from salsa.data import load_records, render_prompt, row_label
-from salsa.errors import ConfigError, DataError
-from salsa.io import JsonlWriter, atomic_dir, atomic_write_json, mark_complete, read_json
+from salsa import runtime
+from salsa.config import DEFAULT_MODEL, RewardConfig
+from salsa.data import PreferencePair, render_prompt
+from salsa.engine import Stage
+from salsa.io import atomic_dir, atomic_write_json, read_json
+from salsa.logs import FiniteGuard, MetricsLog, NonFiniteError, check_finite_weights
 from salsa.models import default_encoder_path, resolve_model
 from salsa.progress import console, training_progress
+from salsa.seeding import batch_stream
 
 REWARD_META = "salsa_reward.json"
 SCORE_HEAD = "score_head.safetensors"
@@ -43,49 +43,6 @@ BACKBONES = ("encoder", "causal")
 def bradley_terry_loss(chosen: torch.Tensor, rejected: torch.Tensor) -> torch.Tensor:
     """-mean log sigmoid(r_chosen - r_rejected)."""
     return -F.logsigmoid(chosen - rejected).mean()
-
-
-@dataclass
-class PreferencePair:
-    prompt: str
-    chosen: str
-    rejected: str
-    gold_chosen: float | None = None
-    gold_rejected: float | None = None
-
-
-def _response_text(value, field: str, where: str) -> str:
-    """A response given as a string or as chat messages (the last assistant turn)."""
-    if isinstance(value, str) and value.strip():
-        return value
-    if isinstance(value, list) and value and isinstance(value[-1], dict) and isinstance(value[-1].get("content"), str):
-        return value[-1]["content"]
-    raise DataError(f"{where}: field '{field}' must be a non-empty string or a list of chat messages")
-
-
-def parse_preference_rows(rows: list[dict], source: str) -> list[PreferencePair]:
-    """Validate prompt/chosen/rejected rows (UltraFeedback style; responses may be message lists)."""
-    pairs = []
-    for i, row in enumerate(rows):
-        where = row_label(source, row, i)
-        for field in ("prompt", "chosen", "rejected"):
-            if field not in row:
-                raise DataError(f"{where}: missing field '{field}' (expected prompt, chosen, rejected)")
-        prompt = row["prompt"]
-        if isinstance(prompt, list):
-            prompt = next((m.get("content") for m in prompt if isinstance(m, dict) and m.get("role") == "user"), None)
-        if not isinstance(prompt, str) or not prompt.strip():
-            raise DataError(f"{where}: field 'prompt' must be a non-empty string")
-        chosen = _response_text(row["chosen"], "chosen", where)
-        rejected = _response_text(row["rejected"], "rejected", where)
-        golds = [row.get("gold_chosen"), row.get("gold_rejected")]
-        for field, value in zip(("gold_chosen", "gold_rejected"), golds, strict=True):
-            if value is not None and not isinstance(value, int | float):
-                raise DataError(f"{where}: field '{field}' must be a number")
-        pairs.append(PreferencePair(prompt, chosen, rejected, *golds))
-    if not pairs:
-        raise DataError(f"{source}: no rows")
-    return pairs
 
 
 class MeanPooledScorer(nn.Module):
@@ -128,12 +85,11 @@ class RewardModel:
 
     @classmethod
     def load(cls, path: str | Path, device: str | torch.device = "cpu") -> RewardModel:
+        from salsa.inputs import check_reward_model
+
         path = Path(path)
-        if not (path / REWARD_META).is_file():
-            raise DataError(f"{path} is not a salsa reward model (no {REWARD_META}); train one with `salsa reward`")
+        check_reward_model(str(path), "reward model")
         meta = read_json(path / REWARD_META)
-        if meta["backbone"] == "encoder" and not (path / SCORE_HEAD).is_file():
-            raise DataError(f"{path}: no {SCORE_HEAD}; an older salsa trained it, retrain it with `salsa reward`")
         model = _architecture(meta["backbone"]).from_pretrained(path).to(device).eval()
         tokenizer = AutoTokenizer.from_pretrained(path)
         return cls(model, tokenizer, meta["backbone"], meta["max_length"], meta["mean"], meta["std"])
@@ -177,8 +133,6 @@ def _architecture(backbone: str):
 
 
 def _backbone_model(config: RewardConfig):
-    if config.backbone not in BACKBONES:
-        raise ConfigError(f"reward.backbone must be one of {', '.join(BACKBONES)}, got '{config.backbone}'")
     if config.backbone == "encoder":
         path = str(config.model or default_encoder_path())
     else:
@@ -240,31 +194,6 @@ def prompt_groups(prompts: list[str]) -> list[list[int]]:
     return list(groups.values())
 
 
-def fill_batches(groups: list[list[int]], pairs_per_batch: int) -> Iterator[list[int]]:
-    """Whole groups, in order, into batches of at least `pairs_per_batch` pairs (the last one may hold fewer)."""
-    batch: list[int] = []
-    for group in groups:
-        batch += group
-        if len(batch) >= pairs_per_batch:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
-
-
-def prompt_batches(prompts: list[str], pairs_per_batch: int, rng: random.Random) -> Iterator[list[int]]:
-    """Endless epochs of pair-index batches that keep each prompt's pairs together.
-
-    Every epoch shuffles the prompts, then fills batches with whole prompts; a batch never spans two epochs,
-    so each pair is seen once per epoch. Pairs of one prompt share responses, which a step forwards once
-    (see `pair_scores`), and contrast every response of the prompt with the others.
-    """
-    groups = prompt_groups(prompts)
-    while True:
-        rng.shuffle(groups)
-        yield from fill_batches(groups, pairs_per_batch)
-
-
 def pair_scores(reward: RewardModel, batch: list[PreferencePair]) -> tuple[torch.Tensor, torch.Tensor]:
     """Scores of the chosen and rejected responses, with every distinct (prompt, response) forwarded once."""
     texts = list(dict.fromkeys((p.prompt, r) for p in batch for r in (p.chosen, p.rejected)))
@@ -295,17 +224,23 @@ def _fit(
     config: RewardConfig,
     pairs: list[PreferencePair],
     seed: int,
-    metrics: JsonlWriter,
+    log: MetricsLog,
+    guard: FiniteGuard,
     progress: Progress,
     may_give_up: bool,
 ) -> tuple[RewardModel, list[float]] | None:
     """Train from the pretrained backbone with `seed`. Returns the trained RewardModel and its step losses, or
-    None when `may_give_up` and the loss is still ln 2 at the end of the first epoch (of a run with more)."""
+    None when `may_give_up` and the loss is still ln 2 after the first epoch's steps (of a run with more).
+
+    A step holds whole prompts (all of a prompt's pairs, as in InstructGPT): the pairs of one prompt share
+    responses, which `pair_scores` forwards once, and contrast every response of the prompt with the others.
+    """
     set_seed(seed)
     model, tokenizer = _backbone_model(config)
+    model.to(runtime.accelerator().device)
     reward = RewardModel(model, tokenizer, config.backbone, config.max_length)
-    prompts = [p.prompt for p in pairs]
-    steps_per_epoch = len(list(fill_batches(prompt_groups(prompts), config.batch_size)))
+    groups = prompt_groups([p.prompt for p in pairs])
+    steps_per_epoch = math.ceil(len(pairs) / config.batch_size)
     total_steps = max(1, math.ceil(config.num_epochs * steps_per_epoch))
     backbone = {id(p) for p in model.base_model.parameters()}
     head = [p for p in model.parameters() if id(p) not in backbone]
@@ -317,78 +252,83 @@ def _fit(
         weight_decay=config.weight_decay,
     )
     scheduler = get_scheduler("linear", optimizer, round(config.warmup_ratio * total_steps), total_steps)
-    batches = prompt_batches(prompts, config.batch_size, random.Random(seed))
+    batches = batch_stream([len(g) for g in groups], config.batch_size, seed)
     losses = []
     model.train()
     task = progress.add_task(f"reward (seed {seed})", total=total_steps, metrics="")
     for step in range(1, total_steps + 1):
-        chosen, rejected = pair_scores(reward, [pairs[i] for i in next(batches)])
+        batch = [pairs[i] for group in next(batches) for i in groups[group]]
+        chosen, rejected = pair_scores(reward, batch)
         loss = bradley_terry_loss(chosen, rejected)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        if guard.ok(step, loss=loss, grad_norm=grad_norm):
+            optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         accuracy = float((chosen > rejected).float().mean())
         losses.append(loss.item())
-        metrics.write({"seed": seed, "step": step, "loss": losses[-1], "accuracy": accuracy})
+        record = {"seed": seed, "step": step, "loss": losses[-1], "accuracy": accuracy, "skipped_steps": guard.skipped}
+        log.write(record)
         progress.update(task, advance=1, metrics=f"loss {losses[-1]:.3f}  acc {accuracy:.2f}")
         if may_give_up and step == steps_per_epoch < total_steps and stayed_at_chance(losses, tail=0.25):
             return None
     return reward, losses
 
 
-def train_reward(config: RewardConfig, show_progress: bool = True) -> Path:
+def normalisation(reward: RewardModel, pairs: list[PreferencePair]) -> tuple[float, float]:
+    """Mean and std of the raw scores on the responses the policy starts from (those of the training pairs)."""
+    responses = sorted({(p.prompt, r) for p in pairs for r in (p.chosen, p.rejected)})
+    raw = reward.raw_scores([p for p, _ in responses], [r for _, r in responses])
+    mean, std = float(raw.mean()), float(raw.std()) if len(raw) > 1 else float("nan")
+    if not (math.isfinite(mean) and math.isfinite(std) and std > 0):
+        raise NonFiniteError(
+            f"reward: the normalisation statistics of the trained model are mean {mean}, std {std} over "
+            f"{len(raw)} distinct responses; a reward model needs finite scores that differ between responses "
+            "(check the data: are chosen and rejected responses distinct?)"
+        )
+    return mean, std
+
+
+def train_reward(config: RewardConfig, show_progress: bool = True, overwrite: bool = False) -> Path:
     """Train a Bradley-Terry reward model; writes the model, its normalisation and eval.json.
 
     The encoder sometimes never leaves the initial plateau (loss ln 2: every response scored alike) whatever
     the number of epochs; such a run is recognised at the end of its first epoch and started again from the
     pretrained weights with the next seed, up to `restarts` times.
     """
-    for name in ("batch_size", "learning_rate", "head_learning_rate", "num_epochs", "max_length"):
-        value = getattr(config, name)
-        if value is not None and value <= 0:  # learning_rate may be null: the backbone's default
-            raise ConfigError(f"reward.{name} must be > 0, got {value}")
-    if config.restarts < 0:
-        raise ConfigError(f"reward.restarts must be >= 0, got {config.restarts}")
-    pairs = parse_preference_rows(*load_records(config.data, config.data_split))
-    eval_pairs = parse_preference_rows(*load_records(config.eval_data)) if config.eval_data else []
-    out = Path(config.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    save_config(config, out / "config.yaml", section="reward")
-    (out / "metrics.jsonl").unlink(missing_ok=True)  # a rerun logs afresh
-    metrics = JsonlWriter(out / "metrics.jsonl")
-    last_seed = config.seed + config.restarts
-    with training_progress(disable=not show_progress) as progress:
-        for seed in range(config.seed, last_seed + 1):
-            fitted = _fit(config, pairs, seed, metrics, progress, may_give_up=seed < last_seed)
-            if fitted is not None:
-                break
+    with Stage(config, overwrite=overwrite) as stage:
+        if stage.reused:
+            return stage.out / "model"
+        pairs, eval_pairs = stage.inputs["data"], stage.inputs.get("eval_data") or []
+        guard = FiniteGuard("reward", config.on_nonfinite)
+        last_seed = config.seed + config.restarts
+        with MetricsLog(stage.out, "reward") as log, training_progress(disable=not show_progress) as progress:
+            for seed in range(config.seed, last_seed + 1):
+                fitted = _fit(config, pairs, seed, log, guard, progress, may_give_up=seed < last_seed)
+                if fitted is not None:
+                    break
+                console.print(
+                    f"[yellow]reward:[/] the loss is still ln 2 = 0.693 after the first epoch with seed {seed}; "
+                    f"starting again from the pretrained weights with seed {seed + 1}"
+                )
+        reward, losses = fitted
+        if stayed_at_chance(losses):
             console.print(
-                f"[yellow]reward:[/] the loss is still ln 2 = 0.693 after the first epoch with seed {seed}; "
-                f"starting again from the pretrained weights with seed {seed + 1}"
+                "[yellow]warning:[/] the reward model learned nothing: its training loss stayed at ln 2 = 0.693, the "
+                "loss of a constant score; retrain with another reward.seed, more reward.restarts or another "
+                "learning rate"
             )
-    metrics.close()
-    reward, losses = fitted
-    if stayed_at_chance(losses):
-        console.print(
-            "[yellow]warning:[/] the reward model learned nothing: its training loss stayed at ln 2 = 0.693, the loss "
-            "of a constant score; retrain with another reward.seed, more reward.restarts or another learning rate"
-        )
-
-    # Normalise on the responses the policy starts from: the (SFT-distribution) responses in the training pairs.
-    responses = {(p.prompt, r) for p in pairs for r in (p.chosen, p.rejected)}
-    prompts_, responses_ = zip(*sorted(responses), strict=True)
-    raw = reward.raw_scores(list(prompts_), list(responses_))
-    reward.mean, reward.std = float(raw.mean()), float(raw.std().clamp(min=1e-6))
-    evaluation = evaluate_reward(reward, eval_pairs) if eval_pairs else {}
-    with atomic_dir(out / "model") as tmp:
-        reward.model.save_pretrained(tmp)
-        reward.tokenizer.save_pretrained(tmp)
-        meta = {"backbone": config.backbone, "max_length": config.max_length, "mean": reward.mean, "std": reward.std}
-        atomic_write_json(tmp / REWARD_META, meta)
-    atomic_write_json(out / "eval.json", evaluation)
-    if evaluation:
-        console.print("reward model held-out: " + json.dumps({k: round(v, 4) for k, v in evaluation.items()}))
-    mark_complete(out, {"stage": "reward", "seed": seed, **evaluation})
-    return out / "model"
+        reward.mean, reward.std = normalisation(reward, pairs)
+        evaluation = evaluate_reward(reward, eval_pairs) if eval_pairs else {}
+        check_finite_weights(reward.model, str(stage.out / "model"))
+        with atomic_dir(stage.out / "model") as tmp:
+            reward.model.save_pretrained(tmp)
+            reward.tokenizer.save_pretrained(tmp)
+            meta = {"backbone": config.backbone, "max_length": config.max_length}
+            atomic_write_json(tmp / REWARD_META, {**meta, "mean": reward.mean, "std": reward.std})
+        atomic_write_json(stage.out / "eval.json", evaluation)
+        if evaluation:
+            console.print("reward model held-out: " + json.dumps({k: round(v, 4) for k, v in evaluation.items()}))
+        stage.finish({"seed": seed, "skipped_steps": guard.skipped, **evaluation})
+    return stage.out / "model"

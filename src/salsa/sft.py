@@ -18,81 +18,34 @@ import contextlib
 import dataclasses
 import math
 import shutil
-import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from accelerate import Accelerator
 from accelerate.utils import set_seed
-from torch.utils.tensorboard import SummaryWriter
+from rich.markup import escape
 from transformers import PreTrainedTokenizerBase, get_scheduler
 
-from salsa.config import SFTConfig, fingerprint, save_config
-from salsa.data import IGNORE_INDEX, collate, load_records, parse_sft_rows, tokenize_sft_rows
+from salsa import runtime
+from salsa.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from salsa.config import SFTConfig
+from salsa.data import IGNORE_INDEX, collate, tokenize_sft_rows
+from salsa.engine import Stage, owner
 from salsa.errors import ConfigError, SalsaError
-from salsa.io import (
-    COMPLETE_MARKER,
-    JsonlWriter,
-    atomic_dir,
-    atomic_write_json,
-    is_complete,
-    mark_complete,
-    read_json,
-    record_digests,
-    truncate_jsonl,
-)
-from salsa.models import add_lora, load_causal_lm, load_tokenizer
+from salsa.io import COMPLETE_MARKER, atomic_write_json
+from salsa.logs import FiniteGuard, MetricsLog, check_finite_weights
+from salsa.models import add_lora, load_causal_lm, load_tokenizer, model_config, save_model
 from salsa.progress import console, training_progress
+from salsa.seeding import batch_stream
 
 SCHEDULERS = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}
-TRAINER_STATE = "trainer_state.json"
-
-
-def validate_sft_config(config: SFTConfig) -> None:
-    positive = ["num_models", "batch_size", "grad_accum_steps", "max_length", "learning_rate", "lora_r"]
-    for name in positive:
-        if getattr(config, name) <= 0:
-            raise ConfigError(f"sft.{name} must be > 0, got {getattr(config, name)}")
-    if config.max_steps is not None and config.max_steps <= 0:
-        raise ConfigError(f"sft.max_steps must be > 0 or null (train for num_epochs), got {config.max_steps}")
-    if config.max_steps is None and config.num_epochs <= 0:
-        raise ConfigError(f"sft.num_epochs must be > 0, got {config.num_epochs}")
-    if config.lr_scheduler not in SCHEDULERS:
-        raise ConfigError(f"sft.lr_scheduler must be one of {', '.join(SCHEDULERS)}, got '{config.lr_scheduler}'")
-    if not 0 <= config.warmup_ratio < 1:
-        raise ConfigError(f"sft.warmup_ratio must be in [0, 1), got {config.warmup_ratio}")
-    if config.mixed_precision not in ("auto", "no", "bf16", "fp16"):
-        raise ConfigError(f"sft.mixed_precision must be auto, no, bf16 or fp16, got '{config.mixed_precision}'")
-    if config.seeds is not None and len(set(config.seeds)) != len(config.seeds):
-        raise ConfigError(f"sft.seeds must be distinct, got {config.seeds}")
-
-
-def resolve_mixed_precision(mode: str) -> str:
-    """'auto' means bf16 where the GPU supports it and fp32 elsewhere (bf16 on a CPU is slow and lossy)."""
-    if mode != "auto":
-        return mode
-    return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+# The K models of one stage differ only in these; a finished model is reused when K grows.
+MEMBER_FIELDS = ("num_models", "seeds", "seed")
 
 
 def seeds_of(config: SFTConfig) -> list[int]:
     return list(config.seeds) if config.seeds is not None else [config.seed + i for i in range(config.num_models)]
-
-
-def micro_batch_stream(num_examples: int, batch_size: int, seed: int, start: int = 0) -> Iterator[list[int]]:
-    """Example indices of each micro-batch, epoch after epoch, in an order fixed by the seed.
-
-    `start` skips that many micro-batches, so a resumed run sees exactly the data it would have seen.
-    """
-    per_epoch = math.ceil(num_examples / batch_size)
-    epoch, offset = divmod(start, per_epoch)
-    while True:
-        order = torch.randperm(num_examples, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
-        for b in range(offset, per_epoch):
-            yield order[b * batch_size : (b + 1) * batch_size].tolist()
-        epoch, offset = epoch + 1, 0
 
 
 def token_cross_entropy_sum(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -106,101 +59,105 @@ def count_targets(labels: torch.Tensor) -> int:
     return int((labels[:, 1:] != IGNORE_INDEX).sum())
 
 
-def _latest_checkpoint(checkpoints: Path) -> Path | None:
-    found = sorted(p for p in checkpoints.glob("step-*") if (p / TRAINER_STATE).is_file())
-    return found[-1] if found else None
-
-
-def _move_into(src: Path, dst: Path) -> None:
-    """Move every file of `src` into `dst`, each by an atomic rename (subfolders as a whole)."""
-    for item in src.iterdir():
-        target = dst / item.name
-        if target.is_dir():
-            shutil.rmtree(target)
-        item.replace(target)
-
-
 def train_sft(
     config: SFTConfig, *, seeds: list[int] | None = None, overwrite: bool = False, show_progress: bool = True
 ) -> list[Path]:
     """Train one model per seed from `config.model`; returns the model directories (`sft-0`, `sft-1`, ...).
 
-    A model whose directory is already complete with the same config is reused; an unfinished one resumes
-    from its newest checkpoint.
+    A model whose directory is already complete with the same config and seed is reused (so raising K trains
+    only the new models); an unfinished one resumes from its newest checkpoint.
     """
     if seeds is not None:
         config = dataclasses.replace(config, seeds=list(seeds), num_models=len(seeds))
-    validate_sft_config(config)
-    out_root = Path(config.output_dir)
-    tokenizer = load_tokenizer(config.model)
-    conversations = parse_sft_rows(*load_records(config.data, config.data_split))
-    examples = tokenize_sft_rows(tokenizer, conversations, config.max_length, config.completion_only_loss)
-    save_config(config, out_root / "config.yaml", section="sft")
-    accelerator = Accelerator(mixed_precision=resolve_mixed_precision(config.mixed_precision))
-    paths = []
-    for index, seed in enumerate(seeds_of(config)):
-        out = out_root / f"sft-{index}"
-        # The output location does not change what is trained.
-        config_hash = fingerprint(config, output_dir="", seeds=None, seed=seed, num_models=1)
-        if is_complete(out) and not overwrite:
-            if read_json(out / COMPLETE_MARKER).get("fingerprint") != config_hash:
-                raise SalsaError(
-                    f"{out} holds a model trained with a different config; pass --overwrite or another output_dir"
-                )
-            console.print(f"[green]{out}[/] is complete; reusing it")
-        else:
-            if overwrite and out.exists():
-                shutil.rmtree(out)
-            _train_one(config, seed, config_hash, examples, tokenizer, out, accelerator, show_progress)
-        paths.append(out)
+    with Stage(config, overwrite=overwrite, ignore=MEMBER_FIELDS) as stage:
+        tokenizer = load_tokenizer(config.model)
+        positions = getattr(model_config(config.model), "max_position_embeddings", None)
+        if positions is not None and config.max_length > positions:
+            raise ConfigError(f"sft.max_length {config.max_length} exceeds the model's {positions} positions")
+        examples = tokenize_sft_rows(tokenizer, stage.inputs["data"], config.max_length, config.completion_only_loss)
+        paths = []
+        for index, seed in enumerate(seeds_of(config)):
+            out = stage.out / f"sft-{index}"
+            if _member_finished(out, seed, stage.fingerprint):
+                console.print(f"[green]{escape(str(out))}[/] is complete; reusing it")
+            else:
+                _train_one(config, seed, stage.fingerprint, examples, tokenizer, out, show_progress)
+            paths.append(out)
+        stage.finish({"seeds": seeds_of(config)})
     return paths
+
+
+def _member_finished(out: Path, seed: int, fingerprint: str) -> bool:
+    """Whether model directory `out` holds a finished model of this seed; refuses one of another seed."""
+    recorded = owner(out) if out.is_dir() else None
+    if recorded is None:
+        return False
+    trained_seed = recorded.get("seed")
+    if trained_seed != seed or recorded.get("fingerprint") != fingerprint:
+        raise SalsaError(
+            f"{out} holds a model of seed {trained_seed}, and this config asks seed {seed} there; pass --overwrite "
+            "to retrain, or choose another output_dir"
+        )
+    return (out / COMPLETE_MARKER).is_file()
 
 
 def _train_one(
     config: SFTConfig,
     seed: int,
-    config_hash: str,
+    fingerprint: str,
     examples: list[dict[str, list[int]]],
     tokenizer: PreTrainedTokenizerBase,
     out: Path,
-    accelerator: Accelerator,
     show_progress: bool,
 ) -> None:
+    accelerator = runtime.accelerator()
+    main = accelerator.is_main_process
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(out / "salsa_stage.json", {"stage": "sft", "seed": seed, "fingerprint": fingerprint})
     set_seed(seed)
     model = load_causal_lm(config.model)
     if config.use_lora:
         model = add_lora(model, config.lora_r, config.lora_alpha, config.lora_dropout, config.lora_target_modules)
     model.train()
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate, weight_decay=config.weight_decay)
-    micro_per_epoch = math.ceil(len(examples) / (config.batch_size * accelerator.num_processes))
+    trainable = {name: p for name, p in model.named_parameters() if p.requires_grad}
+    optimizer = torch.optim.AdamW(trainable.values(), lr=config.learning_rate, weight_decay=config.weight_decay)
+    world, rank = accelerator.num_processes, accelerator.process_index
+    global_batch = config.batch_size * world
+    micro_per_epoch = math.ceil(len(examples) / global_batch)
     total_steps = config.max_steps or max(1, math.ceil(config.num_epochs * micro_per_epoch / config.grad_accum_steps))
+    # The scheduler is stepped by hand once per optimizer step (a prepared one steps once per process).
     scheduler = get_scheduler(
         SCHEDULERS[config.lr_scheduler],
         optimizer,
         num_warmup_steps=round(config.warmup_ratio * total_steps),
         num_training_steps=total_steps,
     )
-    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    model, optimizer = accelerator.prepare(model, optimizer)
 
-    out.mkdir(parents=True, exist_ok=True)
     checkpoints = out / "checkpoints"
     step, micro_step = 0, 0
-    resume_from = _latest_checkpoint(checkpoints)
+    resume_from = latest_checkpoint(checkpoints)
     if resume_from is not None:
-        accelerator.load_state(str(resume_from))
-        state = read_json(resume_from / TRAINER_STATE)
-        step, micro_step = state["step"], state["micro_step"]
+        weights, counters = load_checkpoint(resume_from, optimizer, scheduler, rank)
+        if counters.get("seed") != seed or counters.get("world_size", 1) != world:
+            raise SalsaError(
+                f"{resume_from} was saved by a run with seed {counters.get('seed')} on "
+                f"{counters.get('world_size', 1)} processes; this one has seed {seed} on {world}. Resume it as it "
+                "was launched, or pass --overwrite to start over"
+            )
+        with torch.no_grad():
+            for name, value in weights.items():
+                trainable[name].copy_(value)
+        step, micro_step = counters["step"], counters["micro_step"]
         console.print(f"resuming {out} from {resume_from.name}")
-    truncate_jsonl(out / "metrics.jsonl", step)
-    metrics_log = JsonlWriter(out / "metrics.jsonl")
-    tensorboard = SummaryWriter(str(out / "tensorboard"))
+    log = MetricsLog(out, "sft", resume_step=step, enabled=main)
+    guard = FiniteGuard("sft", config.on_nonfinite)
+    dtype = runtime.compute_dtype(config.mixed_precision)
 
     # Every rank walks the same global order and takes its own slice of each global micro-batch.
-    global_batch = config.batch_size * accelerator.num_processes
-    stream = micro_batch_stream(len(examples), global_batch, seed, start=micro_step)
-    rank, world = accelerator.process_index, accelerator.num_processes
-    with training_progress(disable=not show_progress or not accelerator.is_main_process) as progress:
+    stream = batch_stream([1] * len(examples), global_batch, seed, start=micro_step)
+    with log, training_progress(disable=not show_progress or not main) as progress:
         task = progress.add_task(f"sft seed {seed}", total=total_steps, completed=step, metrics="")
         while step < total_steps:
             started = time.perf_counter()
@@ -208,74 +165,56 @@ def _train_one(
                 collate([examples[i] for i in next(stream)[rank::world]], tokenizer.pad_token_id)
                 for _ in range(config.grad_accum_steps)
             ]
-            local_targets = torch.tensor(sum(count_targets(b["labels"]) for b in window), device=accelerator.device)
-            num_targets = accelerator.reduce(local_targets, reduction="sum").clamp(min=1)
-            loss_sum, tokens = 0.0, 0
+            # [target tokens, summed loss, input tokens] of this process, reduced over processes for the logs.
+            local = torch.zeros(3, dtype=torch.float64, device=accelerator.device)
+            local[0] = sum(count_targets(b["labels"]) for b in window)
+            num_targets = accelerator.reduce(local[0].clone(), reduction="sum").clamp(min=1)
             for i, batch in enumerate(window):
                 batch = {k: v.to(accelerator.device) for k, v in batch.items()}
                 sync = i == len(window) - 1
-                with contextlib.nullcontext() if sync else accelerator.no_sync(model):
+                with contextlib.nullcontext() if sync else accelerator.no_sync(model), runtime.autocast(dtype):
                     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
                     summed = token_cross_entropy_sum(logits, batch["labels"])
-                    # DDP averages gradients over ranks, hence the factor `world`.
-                    accelerator.backward(summed * world / num_targets)
-                loss_sum += summed.item()
-                tokens += int(batch["attention_mask"].sum())
-            grad_norm = accelerator.clip_grad_norm_(trainable, config.max_grad_norm)
-            optimizer.step()
+                # DDP averages gradients over ranks, hence the factor `world`.
+                accelerator.backward(summed * world / num_targets)
+                local[1] += summed.detach()
+                local[2] += batch["attention_mask"].sum()
+            grad_norm = accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+            totals = accelerator.reduce(local, reduction="sum")
+            loss = float(totals[1] / totals[0].clamp(min=1))
+            applied = guard.ok(step + 1, loss=loss, grad_norm=float(grad_norm))
+            if applied:
+                optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
             micro_step += config.grad_accum_steps
-            elapsed = time.perf_counter() - started
             record = {
                 "step": step,
-                "loss": loss_sum / max(1, int(local_targets)),
+                "loss": loss,
                 "grad_norm": float(grad_norm),
                 "lr": scheduler.get_last_lr()[0],
-                "tokens": tokens,
-                "tokens_per_s": tokens / elapsed,
+                "tokens": int(totals[2]),
+                "tokens_per_s": float(totals[2]) / (time.perf_counter() - started),
+                "skipped_steps": guard.skipped,
             }
-            if accelerator.is_main_process and (step % config.logging_steps == 0 or step == total_steps):
-                metrics_log.write(record)
-                for key, value in record.items():
-                    if key != "step":
-                        tensorboard.add_scalar(f"sft/{key}", value, step)
-            progress.update(task, advance=1, metrics=f"loss {record['loss']:.3f}  {record['tokens_per_s']:.0f} tok/s")
+            if step % config.logging_steps == 0 or step == total_steps:
+                log.write(record)
+            progress.update(task, advance=1, metrics=f"loss {loss:.3f}  {record['tokens_per_s']:.0f} tok/s")
             if config.save_steps and step % config.save_steps == 0 and step < total_steps:
-                _save_checkpoint(accelerator, checkpoints / f"step-{step:07d}", step, micro_step, seed)
-    metrics_log.close()
-    tensorboard.close()
-    _save_final(accelerator, model, tokenizer, out, config.use_lora)
-    if accelerator.is_main_process:
-        mark_complete(out, {"stage": "sft", "seed": seed, "steps": total_steps, "fingerprint": config_hash})
+                counters = {"step": step, "micro_step": micro_step, "seed": seed, "world_size": world}
+                _save_checkpoint(trainable, optimizer, scheduler, checkpoints / f"step-{step:07d}", counters)
+    accelerator.wait_for_everyone()
+    if main:
+        save_model(accelerator.unwrap_model(model), tokenizer, out, adapter=config.use_lora)
+        marker = {"stage": "sft", "seed": seed, "steps": total_steps, "fingerprint": fingerprint}
+        atomic_write_json(out / COMPLETE_MARKER, {**marker, "skipped_steps": guard.skipped})
         shutil.rmtree(checkpoints, ignore_errors=True)
+    accelerator.wait_for_everyone()
     accelerator.free_memory()
 
 
-def _save_checkpoint(accelerator: Accelerator, path: Path, step: int, micro_step: int, seed: int) -> None:
-    """Full training state (model, optimizer, scheduler, RNG) plus the data position; older ones removed."""
-    if accelerator.is_main_process:
-        with atomic_dir(path) as tmp:
-            accelerator.save_state(str(tmp))
-            atomic_write_json(tmp / TRAINER_STATE, {"step": step, "micro_step": micro_step, "seed": seed})
-        for older in path.parent.glob("step-*"):
-            if older.name < path.name:
-                shutil.rmtree(older, ignore_errors=True)
-    accelerator.wait_for_everyone()
-
-
-def _save_final(accelerator: Accelerator, model, tokenizer: PreTrainedTokenizerBase, out: Path, lora: bool) -> None:
-    accelerator.wait_for_everyone()
-    if not accelerator.is_main_process:
-        return
-    model = accelerator.unwrap_model(model)
-    with tempfile.TemporaryDirectory(dir=out, prefix=".final-") as tmp:
-        tmp = Path(tmp)
-        if lora:
-            model.save_pretrained(tmp / "adapter")
-            model = model.merge_and_unload()
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        _move_into(tmp, out)
-    record_digests(out)  # a soup of these models then reads each weight file once, without hashing it
+def _save_checkpoint(trainable: dict, optimizer, scheduler, path: Path, counters: dict) -> None:
+    """Model, optimizer, scheduler, every process's RNG and the data position (safetensors and JSON only)."""
+    check_finite_weights(trainable, str(path))
+    save_checkpoint(path, trainable, optimizer, scheduler, counters)

@@ -12,7 +12,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from salsa.generation import base_model, position_ids, shared_prompt_cache
+from salsa.generation import position_ids, shared_prompt_cache
+from salsa.models import base_model, lm_logits
 from salsa.rl.core import entropy_from_logprobs
 
 
@@ -49,10 +50,10 @@ def response_forward(
         cache, last_prompt_state = shared
         response_states = base.get_decoder()(
             input_ids=sequences[:, prompt_length:-1], attention_mask=attention_mask[:, :-1],
-            position_ids=positions[:, prompt_length:-1], past_key_values=cache, use_cache=True,
+            position_ids=positions[:, prompt_length:-1], cache=cache, use_cache=True,
         ).last_hidden_state  # fmt: skip
         hidden = torch.cat([last_prompt_state, response_states], 1)
-    logits = base.get_output_embeddings()(hidden).float() / temperature
+    logits = lm_logits(model, hidden).float() / temperature
     all_logprobs = logits.log_softmax(-1)
     logprobs = torch.gather(all_logprobs, -1, sequences[:, prompt_length:, None]).squeeze(-1)
     entropy = entropy_from_logprobs(all_logprobs.detach()) if with_entropy else None

@@ -22,29 +22,19 @@ import random
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
-from accelerate import Accelerator
-from torch.utils.tensorboard import SummaryWriter
 
-from salsa.config import RLConfig, fingerprint, save_config
-from salsa.data import load_prompts
-from salsa.errors import ConfigError, SalsaError
-from salsa.generation import eos_token_ids, generate
-from salsa.io import (
-    COMPLETE_MARKER,
-    JsonlWriter,
-    atomic_dir,
-    atomic_file,
-    is_complete,
-    mark_complete,
-    read_json,
-    record_digests,
-    truncate_jsonl,
-)
-from salsa.models import add_lora, load_causal_lm, load_tokenizer
+from salsa import runtime
+from salsa.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from salsa.config import RLConfig
+from salsa.engine import Stage
+from salsa.errors import SalsaError
+from salsa.generation import check_prompt_lengths, eos_token_ids, generate
+from salsa.logs import FiniteGuard, MetricsLog, check_finite_weights
+from salsa.models import add_lora, load_causal_lm, load_tokenizer, save_model
 from salsa.progress import console, training_progress
 from salsa.reward import RewardModel
 from salsa.rl.core import (
@@ -60,28 +50,9 @@ from salsa.rl.core import (
     token_rewards,
 )
 from salsa.rl.policy import ValueHead, response_forward
-from salsa.rl.reference import ema_update, load_reference
+from salsa.rl.reference import ema_update, load_reference, reference_weights, restore_reference
 from salsa.rl.snapshots import save_snapshot
-
-ONLINE = ("ppo", "rloo", "grpo")
-CHECKPOINT = "state.pt"
-
-
-def validate_rl_config(config: RLConfig) -> None:
-    if config.algorithm not in (*ONLINE, "dpo"):
-        raise ConfigError(f"rl.algorithm must be one of ppo, rloo, grpo, dpo; got '{config.algorithm}'")
-    if config.algorithm in ("rloo", "grpo") and config.samples_per_prompt < 2:
-        raise ConfigError(f"rl.samples_per_prompt must be >= 2 for {config.algorithm}, got {config.samples_per_prompt}")
-    for name in ("steps", "prompts_per_step", "samples_per_prompt", "max_new_tokens", "ppo_epochs", "minibatch_size"):
-        if getattr(config, name) <= 0:
-            raise ConfigError(f"rl.{name} must be > 0, got {getattr(config, name)}")
-    for name in ("save_steps", "snapshot_steps"):
-        if getattr(config, name) < 0:
-            raise ConfigError(f"rl.{name} must be >= 0 (0: never), got {getattr(config, name)}")
-    if config.value_head not in ("shared", "separate"):
-        raise ConfigError(f"rl.value_head must be shared or separate, got '{config.value_head}'")
-    if config.temperature <= 0:
-        raise ConfigError(f"rl.temperature must be > 0 for sampling, got {config.temperature}")
+from salsa.seeding import batch_stream, derive_seed, generator
 
 
 @dataclass
@@ -128,17 +99,25 @@ class Learner:
             values = self.value_head(hidden)
         return out.logprobs, values, out.entropy
 
-    def state_dict(self) -> dict:
+    def _modules(self) -> dict[str, torch.nn.Module]:
         modules = {"policy": self.policy, "critic": self.critic, "value_head": self.value_head}
-        return {k: {n: p.detach() for n, p in m.named_parameters() if p.requires_grad} for k, m in modules.items() if m}
+        return {name: module for name, module in modules.items() if module is not None}
 
-    def load_state_dict(self, state: dict) -> None:
-        for key, module in (("policy", self.policy), ("critic", self.critic), ("value_head", self.value_head)):
-            if module is not None:
-                params = dict(module.named_parameters())
-                with torch.no_grad():
-                    for name, value in state[key].items():
-                        params[name].copy_(value)
+    def weights(self) -> dict[str, torch.Tensor]:
+        """The trained tensors, as `policy.<name>`, `critic.<name>`, `value_head.<name>`."""
+        return {
+            f"{key}.{name}": p.detach()
+            for key, module in self._modules().items()
+            for name, p in module.named_parameters()
+            if p.requires_grad
+        }
+
+    def load_weights(self, weights: dict[str, torch.Tensor]) -> None:
+        params = {f"{key}.{n}": p for key, m in self._modules().items() for n, p in m.named_parameters()}
+        with torch.no_grad():
+            for name, value in weights.items():
+                if not name.startswith("reference."):
+                    params[name].copy_(value)
 
 
 @torch.no_grad()
@@ -203,8 +182,20 @@ def advantages(
     return adv, returns
 
 
-def rl_update(learner: Learner, rollout: Rollout, config: RLConfig, optimizer, beta: float, generator) -> dict:
-    """Advantages, then `ppo_epochs` passes of clipped updates over minibatches; returns the step's stats."""
+def rl_update(
+    learner: Learner,
+    rollout: Rollout,
+    config: RLConfig,
+    optimizer,
+    beta: float,
+    generator: torch.Generator,
+    guard: FiniteGuard,
+    step: int,
+) -> dict:
+    """Advantages, then `ppo_epochs` passes of clipped updates over minibatches; returns the step's stats.
+
+    A minibatch whose loss or gradient is not finite is never applied (`guard` stops the run or skips it).
+    """
     n = len(rollout.prompts)
     everything = torch.arange(n)
     fused = config.ppo_epochs == 1 and config.minibatch_size >= n
@@ -236,8 +227,9 @@ def rl_update(learner: Learner, rollout: Rollout, config: RLConfig, optimizer, b
                 loss = loss + config.vf_coef * value_loss
                 stats["value_loss"].append(value_loss.item())
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(learner.parameters(), config.max_grad_norm)
-            optimizer.step()
+            grad_norm = torch.nn.utils.clip_grad_norm_(learner.parameters(), config.max_grad_norm)
+            if guard.ok(step, loss=loss, grad_norm=grad_norm):
+                optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             stats["clip_fraction"].append(clip_fraction.item())
             stats["approx_kl"].append(approx_kl.item())
@@ -252,36 +244,43 @@ def rl_update(learner: Learner, rollout: Rollout, config: RLConfig, optimizer, b
 RewardFn = Callable[[list[str], list[str]], torch.Tensor]
 
 
-def train_rl(config: RLConfig, show_progress: bool = True, reward_fn: RewardFn | None = None) -> Path:
+def train_rl(
+    config: RLConfig, show_progress: bool = True, reward_fn: RewardFn | None = None, overwrite: bool = False
+) -> Path:
     """Run RL as configured; returns the directory of the final policy (`output_dir/final`).
 
-    `reward_fn(prompts, responses) -> scores` replaces the reward model (a rule-based reward, say).
+    `reward_fn(prompts, responses) -> scores` replaces the reward model (a rule-based reward, say); the run then
+    records `reward_model: null`.
     """
-    validate_rl_config(config)
+    if reward_fn is not None:
+        config = replace(config, reward_model=None)
     if config.algorithm == "dpo":
         from salsa.rl.dpo import train_dpo
 
-        return train_dpo(config, show_progress)
-    out = Path(config.output_dir)
-    config_hash = fingerprint(config, output_dir="", save_steps=0)
-    if is_complete(out):
-        if read_json(out / COMPLETE_MARKER).get("fingerprint") != config_hash:
-            raise SalsaError(f"{out} holds a run with a different config; remove it or choose another output_dir")
-        console.print(f"[green]{out}[/] is complete; reusing it")
-        return out / "final"
-    accelerator = Accelerator()
+        return train_dpo(config, show_progress, overwrite)
+    if reward_fn is None and config.reward_model is None:
+        raise SalsaError("rl.reward_model is null: give a reward model directory (or reward_fn in Python)")
+    with Stage(config, overwrite=overwrite) as stage:
+        if not stage.reused:
+            _run(config, stage, reward_fn, show_progress)
+    return stage.out / "final"
+
+
+def _run(config: RLConfig, stage: Stage, reward_fn: RewardFn | None, show_progress: bool) -> None:
+    out, device = stage.out, runtime.accelerator().device
     torch.manual_seed(config.seed)
     random.seed(config.seed)
-    prompts = load_prompts(config.prompts)
+    prompts = stage.inputs["prompts"]
     tokenizer = load_tokenizer(config.init)
-    learner = Learner(config, accelerator.device)
+    learner = Learner(config, device)
+    check_prompt_lengths(tokenizer, prompts, config.max_new_tokens, learner.policy, f"rl.prompts ({config.prompts})")
     reference = load_reference(config)
-    reference = reference.to(accelerator.device) if reference is not None else None
+    reference = reference.to(device) if reference is not None else None
     same_as_reference = config.reference == "sft" and config.sft_model in (None, config.reference_model or config.init)
     sft_model = None
     if config.sft_model is not None and not same_as_reference:
-        sft_model = load_causal_lm(config.sft_model).to(accelerator.device).eval().requires_grad_(False)
-    reward = reward_fn or RewardModel.load(config.reward_model, accelerator.device).score
+        sft_model = load_causal_lm(config.sft_model).to(device).eval().requires_grad_(False)
+    reward = reward_fn or RewardModel.load(config.reward_model, device).score
     gold_fn = None
     if config.task:
         from salsa.tasks import BUILTIN_TASKS
@@ -291,37 +290,37 @@ def train_rl(config: RLConfig, show_progress: bool = True, reward_fn: RewardFn |
     beta = 0.0 if reference is None else config.kl_coef
     controller = AdaptiveKLController(beta, config.target_kl, config.kl_horizon) if config.adaptive_kl else None
 
-    out.mkdir(parents=True, exist_ok=True)
-    save_config(config, out / "config.yaml", section="rl")
-    checkpoint = out / "checkpoints" / CHECKPOINT
+    checkpoints = out / "checkpoints"
     step, first_length, collapsed = 0, None, False
-    if checkpoint.is_file():
-        state = torch.load(checkpoint, weights_only=False)
-        learner.load_state_dict(state["learner"])
-        optimizer.load_state_dict(state["optimizer"])
-        step, beta, first_length = state["step"], state["beta"], state["first_length"]
+    resume_from = latest_checkpoint(checkpoints)
+    if resume_from is not None:
+        weights, counters = load_checkpoint(resume_from, optimizer)
+        learner.load_weights(weights)
+        if config.reference == "ema":
+            restore_reference(reference, weights)
+        step, beta, first_length = counters["step"], counters["beta"], counters["first_length"]
         if controller is not None:
             controller.value = beta
-        if reference is not None and "reference" in state:
-            reference.load_state_dict(state["reference"])
         console.print(f"resuming {out} from step {step}")
-    truncate_jsonl(out / "metrics.jsonl", step)
-    metrics = JsonlWriter(out / "metrics.jsonl")
-    tensorboard = SummaryWriter(str(out / "tensorboard"))
+    guard = FiniteGuard("rl", config.on_nonfinite)
+    batches = batch_stream([1] * len(prompts), config.prompts_per_step, derive_seed(config.seed, "prompts"), step)
 
-    with training_progress(disable=not show_progress) as progress:
+    with MetricsLog(out, "rl", resume_step=step) as log, training_progress(disable=not show_progress) as progress:
         task = progress.add_task(
             f"{config.algorithm} ({config.reference} ref)", total=config.steps, completed=step, metrics=""
         )
         while step < config.steps:
             started = time.perf_counter()
-            batch = _prompt_batch(prompts, config, step)
+            batch = [prompts[i] for i in next(batches)]
             rollout = collect_rollout(
-                learner, tokenizer, batch, config, reward, reference, sft_model, gold_fn, config.seed * 1_000_003 + step
-            )
-            generator = torch.Generator().manual_seed(config.seed * 7_919 + step)
-            stats = rl_update(learner, rollout, config, optimizer, beta, generator)
+                learner, tokenizer, batch, config, reward, reference, sft_model, gold_fn,
+                derive_seed(config.seed, "sample", step),
+            )  # fmt: skip
             step += 1
+            stats = {}
+            if guard.ok(step, reward=rollout.scores):
+                stats = rl_update(learner, rollout, config, optimizer, beta, generator(config.seed, "minibatch", step),
+                                  guard, step)  # fmt: skip
             length = float(rollout.mask.sum(1).mean())
             first_length = first_length or length
             record = {
@@ -333,8 +332,9 @@ def train_rl(config: RLConfig, show_progress: bool = True, reward_fn: RewardFn |
                 "response_length": length,
                 "tokens_per_s": float(rollout.attention_mask.sum()) / (time.perf_counter() - started),
                 "collapse": length < config.collapse_fraction * first_length,
+                "skipped": guard.skipped,
             }
-            if "kl_sft" not in record and same_as_reference:
+            if "kl_sft" not in record and same_as_reference and "kl_ref" in record:
                 record["kl_sft"] = record["kl_ref"]  # the reference is the SFT model
             if record["collapse"] and not collapsed:
                 console.print(
@@ -342,11 +342,8 @@ def train_rl(config: RLConfig, show_progress: bool = True, reward_fn: RewardFn |
                     f"{first_length:.1f} at step 1); consider a different kl_coef"
                 )
                 collapsed = True
-            metrics.write(record)
-            for key, value in record.items():
-                if key != "step" and value is not None:
-                    tensorboard.add_scalar(f"rl/{key}", float(value), step)
-            if controller is not None:
+            log.write(record)
+            if controller is not None and "kl_ref" in record:
                 controller.update(record["kl_ref"], len(rollout.prompts))
                 beta = controller.value
             if config.reference == "ema" and reference is not None:
@@ -354,46 +351,18 @@ def train_rl(config: RLConfig, show_progress: bool = True, reward_fn: RewardFn |
             gold = f"  gold {record['gold']:+.3f}" if record["gold"] is not None else ""
             progress.update(
                 task, advance=1,
-                metrics=f"reward {record['reward']:+.3f}{gold}  kl {record['kl_ref']:.2f}  len {length:.0f}  "
-                f"{record['tokens_per_s']:.0f} tok/s",
+                metrics=f"reward {record['reward']:+.3f}{gold}  kl {record.get('kl_ref', float('nan')):.2f}  "
+                f"len {length:.0f}  {record['tokens_per_s']:.0f} tok/s",
             )  # fmt: skip
             if config.snapshot_steps and step % config.snapshot_steps == 0 and step < config.steps:
                 save_snapshot(learner.policy, out, step)  # the final step is `final/`
             if config.save_steps and step % config.save_steps == 0 and step < config.steps:
-                state = {"learner": learner.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
-                         "beta": beta, "first_length": first_length}  # fmt: skip
+                weights = learner.weights()
                 if config.reference == "ema" and reference is not None:
-                    state["reference"] = reference.state_dict()
-                with atomic_file(checkpoint) as tmp:
-                    torch.save(state, tmp)
-    metrics.close()
-    tensorboard.close()
-    save_policy(learner.policy, tokenizer, out / "final")
-    mark_complete(
-        out, {"stage": "rl", "algorithm": config.algorithm, "reference": config.reference, "fingerprint": config_hash}
-    )
-    shutil.rmtree(out / "checkpoints", ignore_errors=True)
-    return out / "final"
-
-
-def _prompt_batch(prompts: list[str], config: RLConfig, step: int) -> list[str]:
-    """Prompts of iteration `step`: epochs of seeded permutations, so the position is a function of step."""
-    start = step * config.prompts_per_step
-    epoch, offset = divmod(start, len(prompts))
-    batch: list[str] = []
-    while len(batch) < config.prompts_per_step:
-        order = list(range(len(prompts)))
-        random.Random(config.seed * 100_003 + epoch).shuffle(order)
-        batch += [prompts[i] for i in order[offset:]]
-        epoch, offset = epoch + 1, 0
-    return batch[: config.prompts_per_step]
-
-
-def save_policy(policy, tokenizer, out: Path) -> None:
-    """The final policy as a standard model directory (LoRA merged)."""
-    if hasattr(policy, "merge_and_unload"):
-        policy = policy.merge_and_unload()
-    with atomic_dir(out) as tmp:
-        policy.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-    record_digests(out)  # policies are soup ingredients too (e.g. a soup of RL runs)
+                    weights.update(reference_weights(reference))
+                check_finite_weights(weights, str(checkpoints))
+                counters = {"step": step, "beta": beta, "first_length": first_length, "seed": config.seed}
+                save_checkpoint(checkpoints / f"step-{step:07d}", weights, optimizer, counters=counters)
+    save_model(learner.policy, tokenizer, out / "final")
+    stage.finish({"algorithm": config.algorithm, "reference": config.reference, "skipped_steps": guard.skipped})
+    shutil.rmtree(checkpoints, ignore_errors=True)

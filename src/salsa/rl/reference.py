@@ -12,17 +12,11 @@ import torch
 from torch import nn
 
 from salsa.config import RLConfig
-from salsa.errors import ConfigError
-from salsa.generation import base_model
-from salsa.models import load_causal_lm
-
-REFERENCES = ("sft", "soup", "ema", "none")
+from salsa.models import base_model, load_causal_lm
 
 
 def load_reference(config: RLConfig) -> nn.Module | None:
     """Load the reference once, frozen, in eval mode; None for `reference: none`."""
-    if config.reference not in REFERENCES:
-        raise ConfigError(f"rl.reference must be one of {', '.join(REFERENCES)}, got '{config.reference}'")
     if config.reference == "none":
         return None
     if config.reference == "soup" and config.reference_models:
@@ -56,3 +50,16 @@ def ema_update(reference: nn.Module, policy: nn.Module, decay: float) -> None:
     finally:
         if lora:
             policy.unmerge_adapter()
+
+
+def reference_weights(reference: nn.Module) -> dict[str, torch.Tensor]:
+    """A moving (EMA) reference's weights for a checkpoint, as `reference.<name>`."""
+    return {f"reference.{name}": p.detach() for name, p in reference.named_parameters()}
+
+
+@torch.no_grad()
+def restore_reference(reference: nn.Module, weights: dict[str, torch.Tensor]) -> None:
+    """Load the `reference.<name>` entries of a checkpoint back into a moving reference."""
+    for name, value in weights.items():
+        if name.startswith("reference."):
+            reference.get_parameter(name.removeprefix("reference.")).copy_(value)

@@ -13,7 +13,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from salsa.config import RLConfig, load_stage_config
+from salsa.config import RLConfig
+from salsa.config_loading import load_stage_config
 from salsa.errors import DataError
 from salsa.io import atomic_file
 from salsa.models import add_lora, load_causal_lm

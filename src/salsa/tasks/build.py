@@ -23,12 +23,13 @@ import random
 import statistics
 from pathlib import Path
 
-from salsa.config import DataConfig, save_config
-from salsa.errors import ConfigError
-from salsa.generation import sample_responses
-from salsa.io import atomic_dir, atomic_write_text, is_complete, mark_complete
+from salsa import runtime
+from salsa.config import DataConfig
+from salsa.engine import Stage
+from salsa.generation import check_prompt_lengths, sample_responses
+from salsa.io import atomic_write_text
 from salsa.models import load_causal_lm, load_tokenizer
-from salsa.progress import console
+from salsa.seeding import derive_seed
 from salsa.tasks import BUILTIN_TASKS
 
 
@@ -61,34 +62,31 @@ def preference_pairs(
     return rows
 
 
-def make_task_data(config: DataConfig, show_progress: bool = True) -> Path:
-    """Write the task's datasets to `config.output_dir`; a complete directory is reused."""
-    if config.task not in BUILTIN_TASKS:
-        raise ConfigError(f"data.task: unknown task '{config.task}'; available: {', '.join(BUILTIN_TASKS)}")
-    if config.pairs_per_prompt is not None and config.pairs_per_prompt < 1:
-        raise ConfigError(f"data.pairs_per_prompt must be >= 1 or null (every pair), got {config.pairs_per_prompt}")
-    if config.off_subject_samples < 0:
-        raise ConfigError(f"data.off_subject_samples must be >= 0, got {config.off_subject_samples}")
-    if config.samples_per_prompt < 2:
-        raise ConfigError(f"data.samples_per_prompt must be >= 2 to form pairs, got {config.samples_per_prompt}")
-    out = Path(config.output_dir)
-    if is_complete(out):
-        console.print(f"[green]{out}[/] is complete; reusing it")
-        return out
+def make_task_data(config: DataConfig, show_progress: bool = True, overwrite: bool = False) -> Path:
+    """Write the task's datasets to `config.output_dir`; a complete directory made with this config is reused."""
+    with Stage(config, overwrite=overwrite) as stage:
+        if not stage.reused:
+            _make(config, stage, show_progress)
+    return stage.out
+
+
+def _make(config: DataConfig, stage: Stage, show_progress: bool) -> None:
     task = BUILTIN_TASKS[config.task]
     splits = {name: task.prompts(name) for name in ("train", "eval", "ood")}
-    model, tokenizer = load_causal_lm(config.model), load_tokenizer(config.model)
+    model, tokenizer = load_causal_lm(config.model).to(runtime.accelerator().device), load_tokenizer(config.model)
+    for name, rows in splits.items():
+        check_prompt_lengths(tokenizer, [r["prompt"] for r in rows], config.max_new_tokens, model, f"{name} prompts")
     sampled = {}
-    for number, name in enumerate(("train", "eval")):
+    for name in ("train", "eval"):
         texts = [p["prompt"] for p in splits[name]]
         replies = sample_responses(
             model, tokenizer, texts, num_samples=config.samples_per_prompt, max_new_tokens=config.max_new_tokens,
             temperature=config.temperature, top_p=config.top_p, batch_size=config.batch_size,
-            seed=config.seed * 10 + number,
+            seed=derive_seed(config.seed, "data", name),
             show_progress=show_progress, description=f"sampling {name}",
         )  # fmt: skip
         sampled[name] = [[(r, task.gold_score(p, r)) for r in rs] for p, rs in zip(texts, replies, strict=True)]
-    rng = random.Random(config.seed)
+    rng = random.Random(derive_seed(config.seed, "labels"))
     sft_rows, prefs, samples_rows = [], {"train": [], "eval": []}, []
     train_index = {meta["prompt"]: i for i, meta in enumerate(splits["train"])}
     for name in ("train", "eval"):
@@ -112,22 +110,18 @@ def make_task_data(config: DataConfig, show_progress: bool = True) -> Path:
     agreement = statistics.mean(p["gold_chosen"] > p["gold_rejected"] for p in prefs["train"])
     base_gold = {name: statistics.mean(g for s in sampled[name] for _, g in s) for name in sampled}
     sft_gold = statistics.mean(r["gold"] for r in sft_rows)
-    with atomic_dir(out) as tmp:
-        for name, rows in splits.items():
-            atomic_write_text(tmp / f"prompts_{name}.jsonl", _jsonl(rows))
-        atomic_write_text(tmp / "sft.jsonl", _jsonl(sft_rows))
-        atomic_write_text(tmp / "prefs.jsonl", _jsonl(prefs["train"]))
-        atomic_write_text(tmp / "prefs_eval.jsonl", _jsonl(prefs["eval"]))
-        atomic_write_text(tmp / "samples.jsonl", _jsonl(samples_rows))
-        save_config(config, tmp / "config.yaml", section="data")
-        atomic_write_text(
-            tmp / "datasheet.md",
-            datasheet(
-                config, splits, len(sft_rows), len(prefs["train"]), len(prefs["eval"]), agreement, base_gold, sft_gold
-            ),
-        )
-        mark_complete(tmp, {"stage": "data", "label_agreement_with_gold": agreement, "base_gold": base_gold})
-    return out
+    out = stage.out
+    for name, rows in splits.items():
+        atomic_write_text(out / f"prompts_{name}.jsonl", _jsonl(rows))
+    atomic_write_text(out / "sft.jsonl", _jsonl(sft_rows))
+    atomic_write_text(out / "prefs.jsonl", _jsonl(prefs["train"]))
+    atomic_write_text(out / "prefs_eval.jsonl", _jsonl(prefs["eval"]))
+    atomic_write_text(out / "samples.jsonl", _jsonl(samples_rows))
+    sheet = datasheet(
+        config, splits, len(sft_rows), len(prefs["train"]), len(prefs["eval"]), agreement, base_gold, sft_gold
+    )
+    atomic_write_text(out / "datasheet.md", sheet)
+    stage.finish({"label_agreement_with_gold": agreement, "base_gold": base_gold})
 
 
 def datasheet(config, splits, n_sft, n_prefs, n_prefs_eval, agreement, base_gold, sft_gold) -> str:

@@ -1,0 +1,283 @@
+"""The lifecycle every stage shares, so that each stage module keeps only its algorithm.
+
+    with Stage(config, overwrite=overwrite) as stage:   # validate everything, then own the output directory
+        if stage.reused:                               # finished before with this config
+            return ...
+        ...                                            # the algorithm, writing into stage.out
+        stage.finish({...})                            # the completion marker, written last
+
+1. Validate: every field's rule, the stage's cross-field rules, and every input it reads (paths, data files
+   parsed up to the rows, reward models), before any model loads (`salsa.inputs`). The output directory may
+   not be an input, nor hold one, nor sit inside one.
+2. Decide from what the output directory holds (`decide`):
+
+       missing, or an empty directory          fresh
+       salsa_stage.json of this stage:
+         the same fingerprint, finished          reuse
+         the same fingerprint, unfinished        resume (from the stage's checkpoints, if it keeps them)
+         another fingerprint                     refused, naming the keys that differ (--overwrite: start over)
+       anything else                             refused: salsa replaces only what salsa wrote
+
+3. Own the directory: create it, lock it (`.salsa.lock` names the holder's pid; a second process gets an
+   error), write `salsa_stage.json` (stage, fingerprint, config) and `config.yaml`, and clear salsa's own
+   temporary debris of an interrupted run. A stage that fails before writing anything leaves nothing behind.
+4. Turn the operating system's refusals (disk full, permissions, read-only) into one-line errors naming the path.
+
+Only the main process touches the directory; the others receive its decision.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import fcntl
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+from rich.markup import escape
+
+from salsa import runtime
+from salsa.config_loading import fingerprint, result_values, save_config, validate_values
+from salsa.errors import SalsaError
+from salsa.io import COMPLETE_MARKER, atomic_write_json, read_json
+from salsa.progress import console
+
+OWNER_MARKER = "salsa_stage.json"
+LOCK_FILE = ".salsa.lock"
+# atomic_file / atomic_dir name their temporaries `.<name>.<8 random characters>.tmp`; atomic_dir's replaced
+# directory was `.<name>.old-<pid>`.
+TEMPORARY = re.compile(r"\..+\.(tmp|old-\d+)")
+OS_ERRORS = {
+    errno.ENOSPC: "no space left on the device; free some space or choose another output directory",
+    errno.EDQUOT: "disk quota exceeded; free some space or choose another output directory",
+    errno.EACCES: "permission denied; choose a directory you can write to",
+    errno.EPERM: "operation not permitted; choose a directory you can write to",
+    errno.EROFS: "read-only file system; choose another output directory",
+    errno.ENOTDIR: "a part of the path is a file, not a directory",
+    errno.EISDIR: "is a directory, where a file was expected",
+    errno.EEXIST: "already exists",
+}
+
+
+def os_error_message(error: BaseException) -> str | None:
+    """A one-line message for an OS refusal (also when a library wrapped it), or None for anything else."""
+    code = getattr(error, "errno", None)
+    if code not in OS_ERRORS:
+        found = re.search(r"(?:os error|errno|code:?) ?(\d+)", str(error), re.IGNORECASE)
+        code = int(found.group(1)) if found and int(found.group(1)) in OS_ERRORS else None
+        if code is None and "No space left on device" in str(error):
+            code = errno.ENOSPC
+    if code is None:
+        return None
+    path = getattr(error, "filename", None)
+    return f"{path}: {OS_ERRORS[code]}" if path else f"could not write: {OS_ERRORS[code]}"
+
+
+def owner(folder: Path) -> dict | None:
+    """What salsa recorded about the directory it wrote (its stage and fingerprint), or None."""
+    for marker in (OWNER_MARKER, COMPLETE_MARKER):
+        if (folder / marker).is_file():
+            recorded = read_json(folder / marker)
+            if isinstance(recorded, dict) and "stage" in recorded:
+                return recorded
+    return None
+
+
+def differing_keys(recorded: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    keys = sorted(set(recorded) | set(current))
+    return [f"{k}: {recorded.get(k)!r} -> {current.get(k)!r}" for k in keys if recorded.get(k) != current.get(k)]
+
+
+def decide(out: Path, stage: str, print_: str, values: dict[str, Any], overwrite: bool) -> str:
+    """fresh | reuse | resume | restart (overwrite of salsa's own output), or a SalsaError saying why not."""
+    if not out.exists():
+        return "fresh"
+    if not out.is_dir():
+        raise SalsaError(f"{out} is a file, not a directory; choose another output directory")
+    recorded = owner(out)
+    if recorded is None:
+        foreign = sorted(p.name for p in out.iterdir() if p.name != LOCK_FILE)
+        if foreign:
+            raise SalsaError(
+                f"{out} holds files salsa did not write (e.g. {foreign[0]}); salsa only replaces its own output: "
+                "choose another output directory"
+            )
+        return "fresh"
+    if recorded["stage"] != stage:
+        raise SalsaError(
+            f"{out} holds the output of `salsa {recorded['stage']}`; choose another output directory for {stage}"
+        )
+    if overwrite:
+        return "restart"
+    if recorded.get("fingerprint") != print_:
+        changes = differing_keys(recorded.get("config", {}), values) or ["the config fingerprint"]
+        raise SalsaError(
+            f"{out} was made with another config ({'; '.join(changes)}); rerun with the same config, pass "
+            "--overwrite to start over, or choose another output directory"
+        )
+    return "reuse" if (out / COMPLETE_MARKER).is_file() else "resume"
+
+
+def remove_debris(folder: Path, depth: int = 3) -> None:
+    """Delete salsa's temporary files and directories (`.name.xxxxxxxx.tmp`) that an interrupted run left."""
+    for entry in list(folder.iterdir()) if folder.is_dir() else []:
+        if TEMPORARY.fullmatch(entry.name):
+            shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+        elif depth > 1 and entry.is_dir() and not entry.is_symlink():
+            remove_debris(entry, depth - 1)
+
+
+class DirectoryLock:
+    """An exclusive lock on a directory held for a stage's lifetime; the kernel drops it if the process dies."""
+
+    def __init__(self, folder: Path):
+        self.path = folder / LOCK_FILE
+        self.fd: int | None = None
+
+    def acquire(self) -> None:
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
+                os.close(fd)
+                raise SalsaError(
+                    f"{self.path.parent} is in use by another salsa process (pid {holder}); wait for it to end "
+                    "or choose another output directory"
+                ) from None
+            if os.path.exists(self.path) and os.stat(self.path).st_ino == os.fstat(fd).st_ino:
+                break  # otherwise the holder removed the file between our open and lock: take the new one
+            os.close(fd)
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        self.fd = fd
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.unlink(self.path)
+            os.close(self.fd)
+            self.fd = None
+
+
+class Stage:
+    """One run of a stage into its output directory; see the module docstring for the lifecycle."""
+
+    def __init__(
+        self,
+        config: Any,
+        out: str | Path | None = None,
+        *,
+        overwrite: bool = False,
+        ignore: tuple[str, ...] = (),
+        inputs: dict[str, Any] | None = None,
+    ):
+        self.config, self.name = config, type(config).STAGE
+        self.out = Path(out if out is not None else config.output_dir)
+        self.overwrite, self.ignore = overwrite, ignore
+        self.inputs = inputs
+        self.fingerprint = fingerprint(config, ignore)
+        self.decision = ""
+        self._lock: DirectoryLock | None = None
+        self._created = False
+
+    @property
+    def reused(self) -> bool:
+        return self.decision == "reuse"
+
+    @property
+    def resumed(self) -> bool:
+        return self.decision == "resume"
+
+    def __enter__(self) -> Stage:
+        if self.inputs is None:
+            self.inputs = validate(self.config, self.out)
+        outcome: tuple[str, str] = ("", "")
+        if runtime.is_main_process():
+            try:
+                outcome = ("ok", self._claim())
+            except SalsaError as e:
+                outcome = ("error", str(e))
+            except OSError as e:
+                outcome = ("error", os_error_message(e) or f"{self.out}: {e}")
+        outcome = runtime.broadcast(outcome)
+        if outcome[0] == "error":
+            raise SalsaError(outcome[1])
+        self.decision = outcome[1]
+        if self.decision == "reuse":
+            console.print(f"[green]{self.name}[/]: {escape(str(self.out))} is complete with this config; reusing it")
+        elif self.decision == "resume":
+            console.print(f"[yellow]{self.name}[/]: resuming the unfinished run in {escape(str(self.out))}")
+        runtime.barrier()
+        return self
+
+    def _claim(self) -> str:
+        values = result_values(self.config, self.ignore)
+        decision = decide(self.out, self.name, self.fingerprint, values, self.overwrite)
+        self._created = not self.out.exists()
+        self.out.mkdir(parents=True, exist_ok=True)
+        self._lock = DirectoryLock(self.out)
+        self._lock.acquire()
+        if decision == "restart":
+            for entry in self.out.iterdir():
+                if entry.name != LOCK_FILE:
+                    shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+        remove_debris(self.out)
+        for stale in self.out.parent.glob(f".{self.out.name}.*"):
+            if TEMPORARY.fullmatch(stale.name) and stale.is_dir():
+                shutil.rmtree(stale)  # left by an older salsa that built whole directories beside their target
+        if decision != "reuse":
+            from salsa import __version__
+
+            record = {"stage": self.name, "fingerprint": self.fingerprint, "config": values, "salsa": __version__}
+            atomic_write_json(self.out / OWNER_MARKER, record)
+            save_config(self.config, self.out / "config.yaml", section=self.name)
+        return decision
+
+    def finish(self, info: dict[str, Any] | None = None) -> None:
+        """Write the completion marker (main process; the last file of the stage)."""
+        if runtime.is_main_process():
+            atomic_write_json(
+                self.out / COMPLETE_MARKER, {"stage": self.name, "fingerprint": self.fingerprint, **(info or {})}
+            )
+        runtime.barrier()
+
+    def __exit__(self, kind, error, traceback) -> bool:
+        try:
+            if error is not None and self.decision in ("fresh", "restart") and runtime.is_main_process():
+                self._remove_if_untouched()
+        finally:
+            if self._lock is not None:
+                self._lock.release()
+        if isinstance(error, Exception) and not isinstance(error, SalsaError):
+            message = os_error_message(error)
+            if message:
+                raise SalsaError(message) from None
+        return False
+
+    def _remove_if_untouched(self) -> None:
+        """A stage that failed before writing any output leaves the directory as it found it."""
+        own = {OWNER_MARKER, LOCK_FILE, "config.yaml"}
+        if self.out.is_dir() and {p.name for p in self.out.iterdir()} <= own:
+            for name in own - {LOCK_FILE}:
+                (self.out / name).unlink(missing_ok=True)
+            if self._created:
+                self._lock.release()
+                self._lock = None
+                self.out.rmdir()
+
+
+def validate(config: Any, out: Path | None = None) -> dict[str, Any]:
+    """Check the config's values and every input it names (before any model loads); returns parsed inputs."""
+    from salsa.inputs import check_inputs
+
+    validate_values(config)
+    return check_inputs(config, out)
+
+
+def stage_config(config: Any, **changes: Any) -> Any:
+    """A copy of a stage config with `changes` (for stages that run per member: SFT seeds)."""
+    return dataclasses.replace(config, **changes)

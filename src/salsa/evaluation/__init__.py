@@ -1,0 +1,1 @@
+"""The parts of `salsa eval`: pure statistics, sampling and judging, matched-KL planning, the summary."""

@@ -1,0 +1,119 @@
+"""Every number of the report, computed from the sampled and judged responses (`results.json`)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from salsa.config import EvalConfig
+from salsa.errors import DataError
+from salsa.evaluation.judging import comparison_pairs
+from salsa.evaluation.matched import training_curves
+from salsa.evaluation.stats import compare, matched_kl, mean_with_interval
+
+
+def _score_matrix(samples: list[dict], policy: str, split: str, key: str) -> np.ndarray:
+    """[seeds, prompts] scores of one policy on one split (prompts in file order)."""
+    rows = [r for r in samples if r["policy"] == policy and r["split"] == split]
+    num_seeds = 1 + max(r["seed_index"] for r in rows)
+    return np.array([[r[key] for r in rows if r["seed_index"] == s] for s in range(num_seeds)], dtype=float)
+
+
+def _paired(a: np.ndarray, b: np.ndarray, names: tuple[str, str]) -> tuple[np.ndarray, np.ndarray]:
+    """Pair seed i of A with seed i of B; a single model (the SFT, say) is paired with every seed."""
+    if a.shape[0] == b.shape[0]:
+        return a, b
+    if a.shape[0] == 1:
+        return np.repeat(a, b.shape[0], 0), b
+    if b.shape[0] == 1:
+        return a, np.repeat(b, a.shape[0], 0)
+    raise DataError(f"eval: {names[0]} has {a.shape[0]} seeds and {names[1]} {b.shape[0]}; give equal numbers")
+
+
+def summarise_matched(matched_rows: list[dict], judges: list[str], config: EvalConfig, stats: dict) -> list[dict]:
+    """Per compared pair of runs: the steps chosen at matched KL, their KL on the eval prompts, and win rates."""
+    out = []
+    for comparison in dict.fromkeys(r["matched"] for r in matched_rows):
+        rows = [r for r in matched_rows if r["matched"] == comparison]
+        a, b = comparison.split(":")
+        entry: dict = {"a": a, "b": b, "split": "in_distribution", "runs": [], "kl_sft": {}, "comparisons": []}
+        for name in (a, b):
+            picked = {r["seed_index"]: r for r in rows if r["policy"] == name}
+            keys = ("step", "kl_train", "target_kl")
+            entry["runs"] += [
+                {"policy": name, "seed_index": i, **{k: r[k] for k in keys}} for i, r in sorted(picked.items())
+            ]
+            if "kl_sft" in rows[0]:
+                kl = _score_matrix(rows, name, "in_distribution", "kl_sft")
+                entry["kl_sft"][name] = mean_with_interval(kl, **stats)
+        for judge in judges:
+            scores = [_score_matrix(rows, name, "in_distribution", judge) for name in (a, b)]
+            result = compare(*scores, config.tie_margin, **stats)
+            entry["comparisons"].append(
+                {"a": a, "b": b, "split": "in_distribution", "judge": judge, "matched_kl": True, **result}
+            )
+        out.append(entry)
+    return out
+
+
+def summarise(
+    config: EvalConfig,
+    samples: list[dict],
+    landscape_rows: list[dict],
+    judges: list[str],
+    splits: list[str],
+    matched_rows: list[dict] | None = None,
+) -> dict:
+    """Every number the report shows, computed from the samples."""
+    stats = {"num_samples": config.bootstrap_samples, "confidence": config.confidence, "seed": config.seed}
+    first = next(iter(config.policies))
+    num_prompts = {split: _score_matrix(samples, first, split, "length").shape[1] for split in splits}
+    policies = {}
+    for name, paths in config.policies.items():
+        entry: dict = {"paths": list(paths), "splits": {}}
+        for split in splits:
+            entry["splits"][split] = {
+                key: mean_with_interval(_score_matrix(samples, name, split, key), **stats)
+                for key in (*judges, "length")
+            }
+        for ref in ("sft", "soup"):
+            key = f"kl_{ref}"
+            rows = [r for r in samples if r["policy"] == name and key in r]
+            if rows:
+                entry[key] = mean_with_interval(_score_matrix(samples, name, "in_distribution", key), **stats)
+        policies[name] = entry
+    comparisons = []
+    for a, b in comparison_pairs(config):
+        for split in splits:
+            for judge in judges:
+                scores_a, scores_b = _paired(
+                    _score_matrix(samples, a, split, judge), _score_matrix(samples, b, split, judge), (a, b)
+                )
+                result = compare(scores_a, scores_b, config.tie_margin, **stats)
+                comparisons.append({"a": a, "b": b, "split": split, "judge": judge, **result})
+    landscape = []
+    for alpha in dict.fromkeys(r["alpha"] for r in landscape_rows):
+        rows = [r for r in landscape_rows if r["alpha"] == alpha]
+        point = {"alpha": alpha}
+        for key in (*judges, "length"):
+            point[key] = mean_with_interval(np.array([[r[key] for r in rows]]), **stats)
+        landscape.append(point)
+    curves = {name: training_curves(paths) for name, paths in config.policies.items()}
+    curves = {name: c for name, c in curves.items() if c}
+    return {
+        "settings": {
+            "temperature": config.temperature,
+            "max_new_tokens": config.max_new_tokens,
+            "seed": config.seed,
+            "tie_margin": config.tie_margin,
+            "confidence": config.confidence,
+            "bootstrap_samples": config.bootstrap_samples,
+            "prompts": num_prompts,
+        },
+        "judges": judges,
+        "policies": policies,
+        "comparisons": comparisons,
+        "landscape": landscape,
+        "frontier": curves,
+        "matched_kl": matched_kl(curves, tuple(j for j in judges)) if len(curves) >= 2 else None,
+        "matched_kl_comparisons": summarise_matched(matched_rows or [], judges, config, stats),
+    }

@@ -1,0 +1,167 @@
+"""Every input a stage names, checked before any model loads.
+
+A config field declares the kind of input it names (`option(..., input="prompts")`); `check_inputs` checks
+each kind the same way for every stage and returns what it parsed (data rows), so the stage does not read
+its data twice. Nothing here loads model weights or converts the default model: a mistake in row 900 of a
+data file, or a model path with a typo, is reported in a second, not after a model has loaded.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from salsa.config import DEFAULT_MODEL
+from salsa.errors import ConfigError, DataError, SalsaError
+
+
+def _looks_like_path(ref: str) -> bool:
+    # A hub id is `name` or `org/name`; anything else with a slash, or starting like a path, is a path.
+    return ref.startswith(("/", "./", "../", "~", ".\\")) or ref.count("/") > 1 or "\\" in ref
+
+
+def check_model_reference(ref: str, where: str) -> None:
+    """A model salsa can load: the default alias, a .gguf file, a local model directory or a hub id."""
+    if ref == DEFAULT_MODEL:
+        from salsa.models import default_gguf_path
+
+        default_gguf_path()
+        return
+    path = Path(ref).expanduser()
+    if ref.endswith(".gguf"):
+        if not path.is_file():
+            raise ConfigError(f"{where}: GGUF file {ref} does not exist")
+        return
+    if path.exists():
+        if not path.is_dir():
+            raise ConfigError(f"{where}: {ref} is a file, not a model directory")
+        if not (path / "config.json").is_file():
+            raise ConfigError(f"{where}: {ref} is not a model directory (no config.json)")
+        return
+    if _looks_like_path(ref):
+        raise ConfigError(f"{where}: model directory {ref} does not exist")
+    from huggingface_hub import is_offline_mode, try_to_load_from_cache
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(ref)
+    except HFValidationError:
+        raise ConfigError(f"{where}: '{ref}' is neither a local model directory nor a hub id (org/name)") from None
+    if is_offline_mode() and not isinstance(try_to_load_from_cache(ref, "config.json"), str):
+        raise ConfigError(
+            f"{where}: '{ref}' is not a local directory and not in the Hugging Face cache, and the hub is offline "
+            "(HF_HUB_OFFLINE); download it first or pass a local model directory"
+        )
+
+
+def check_model_directory(ref: str, where: str, adapters: bool = False) -> None:
+    """A local directory holding a model (or, with `adapters`, a LoRA adapter directory)."""
+    path = Path(ref)
+    if not path.is_dir():
+        raise ConfigError(f"{where}: {ref} {'is a file, not' if path.exists() else 'is not'} a model directory")
+    markers = ("config.json", "adapter_config.json") if adapters else ("config.json",)
+    if not any((path / m).is_file() for m in markers):
+        raise ConfigError(f"{where}: {ref} is not a model directory (no {' or '.join(markers)})")
+
+
+def check_reward_model(ref: str, where: str) -> None:
+    """A directory written by `salsa reward`: its backbone, tokenizer and normalisation."""
+    from salsa.reward import BACKBONES, REWARD_META, SCORE_HEAD
+
+    path = Path(ref)
+    if not path.is_dir():
+        raise ConfigError(f"{where}: reward model directory {ref} does not exist")
+    meta_file = path / REWARD_META
+    if not meta_file.is_file():
+        raise DataError(f"{where}: {ref} is not a salsa reward model (no {REWARD_META}); train one with `salsa reward`")
+    try:
+        meta = json.loads(meta_file.read_text(encoding="utf-8"))
+        problems = [
+            meta["backbone"] not in BACKBONES,
+            not isinstance(meta["max_length"], int),
+            not all(isinstance(meta[k], int | float) and math.isfinite(meta[k]) for k in ("mean", "std")),
+            meta["std"] <= 0,
+        ]
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError):
+        problems = [True]
+    if any(problems):
+        raise DataError(
+            f"{meta_file}: corrupt (expects backbone, max_length and a finite mean and std > 0); "
+            "retrain it with `salsa reward`"
+        )
+    if meta["backbone"] == "encoder" and not (path / SCORE_HEAD).is_file():
+        raise DataError(f"{where}: {ref} has no {SCORE_HEAD}; retrain it with `salsa reward`")
+
+
+def check_eval_directory(ref: str, where: str) -> dict:
+    """A directory written by `salsa eval`; returns its results."""
+    results_file = Path(ref) / "results.json"
+    if not results_file.is_file():
+        raise DataError(f"{where}: {results_file} does not exist; run `salsa eval` first")
+    try:
+        results = json.loads(results_file.read_text(encoding="utf-8"))
+        if not all(k in results for k in ("settings", "policies", "comparisons", "judges")):
+            raise KeyError
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError):
+        raise DataError(f"{results_file}: corrupt results; run `salsa eval` again") from None
+    return results
+
+
+def _parse_data(kind: str, source: str, split: str) -> Any:
+    from salsa import data
+
+    if kind == "prompts":
+        return data.load_prompts(source)
+    rows, name = data.load_records(source, split)
+    return data.parse_sft_rows(rows, name) if kind == "sft_data" else data.parse_preference_rows(rows, name)
+
+
+def _check_one(kind: str, value: str, where: str, split: str) -> Any:
+    if kind == "model":
+        return check_model_reference(value, where)
+    if kind in ("model_dir", "ingredient"):
+        return check_model_directory(value, where, adapters=kind == "ingredient")
+    if kind == "reward_model":
+        return check_reward_model(value, where)
+    if kind == "eval_dir":
+        return check_eval_directory(value, where)
+    return _parse_data(kind, value, split)
+
+
+def _values(value: Any) -> list[str]:
+    if isinstance(value, dict):
+        return [v for paths in value.values() for v in paths]
+    return list(value) if isinstance(value, list) else [value]
+
+
+def check_inputs(config: Any, out: Path | None = None) -> dict[str, Any]:
+    """Check every input field of `config` that its stage will read; returns {field: parsed} for data fields."""
+    stage = type(config).STAGE
+    parsed: dict[str, Any] = {}
+    local: list[tuple[str, Path]] = []
+    for f in dataclasses.fields(config):
+        kind, value = f.metadata.get("input"), getattr(config, f.name)
+        needed = f.metadata.get("needed")
+        if kind is None or value is None or (needed is not None and not needed(config)):
+            continue
+        split = getattr(config, f"{f.name}_split", "train")
+        results = [_check_one(kind, v, f"{stage}.{f.name}", split) for v in _values(value)]
+        if kind in ("sft_data", "preferences", "prompts", "eval_dir"):
+            parsed[f.name] = results[0]
+        local += [(f"{stage}.{f.name}", Path(v)) for v in _values(value) if Path(v).exists()]
+    if out is not None:
+        check_output_apart(out, local)
+    return parsed
+
+
+def check_output_apart(out: Path, inputs: list[tuple[str, Path]]) -> None:
+    """The output directory may not be an input, hold one, or lie inside one: writing it would touch the input."""
+    target = out.resolve()
+    for where, path in inputs:
+        source = path.resolve()
+        if target == source or source in target.parents or target in source.parents:
+            relation = "is" if target == source else "lies inside" if source in target.parents else "holds"
+            raise SalsaError(f"the output directory {out} {relation} the input {where} ({path}); choose another")

@@ -1,0 +1,109 @@
+"""What every training stage records and refuses: metrics logs, and non-finite numbers.
+
+`MetricsLog` writes one JSON line per step to `metrics.jsonl` and the same scalars to TensorBoard, from the
+main process only; a resumed stage first drops what the interrupted run logged after its checkpoint.
+`FiniteGuard` stops a stage at the first NaN or infinity in a loss, a reward or a statistic (naming the step
+and the quantity), or skips that step when the user asked for it, counting the skips.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.markup import escape
+
+from salsa.errors import SalsaError
+from salsa.io import atomic_write_text, read_jsonl
+from salsa.progress import console
+
+ON_NONFINITE = ("stop", "skip")
+
+
+class NonFiniteError(SalsaError):
+    """A loss, reward, statistic or weight became NaN or infinite."""
+
+
+class MetricsLog:
+    """`metrics.jsonl` + TensorBoard scalars under `prefix/`; a no-op on processes other than the main one."""
+
+    def __init__(self, folder: Path, prefix: str, resume_step: int = 0, enabled: bool = True):
+        self.enabled, self.prefix = enabled, prefix
+        self.path = Path(folder) / "metrics.jsonl"
+        if not enabled:
+            return
+        kept = [r for r in read_jsonl(self.path) if r.get("step", 0) <= resume_step] if self.path.is_file() else []
+        atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in kept))
+        self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
+        from torch.utils.tensorboard import SummaryWriter
+
+        # purge_step hides the events the interrupted run wrote after its checkpoint.
+        self._tensorboard = SummaryWriter(str(Path(folder) / "tensorboard"), purge_step=resume_step + 1)
+
+    def write(self, record: dict[str, Any]) -> None:
+        """One step's record; it must hold `step`. Numbers go to TensorBoard as `prefix/key`."""
+        if not self.enabled:
+            return
+        self._file.write(json.dumps(record, default=float) + "\n")
+        self._file.flush()
+        for key, value in record.items():
+            if key != "step" and isinstance(value, int | float) and not isinstance(value, bool):
+                self._tensorboard.add_scalar(f"{self.prefix}/{key}", value, record["step"])
+
+    def close(self) -> None:
+        if self.enabled:
+            self._file.close()
+            self._tensorboard.close()
+
+    def __enter__(self) -> MetricsLog:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _first_nonfinite(value) -> str | None:
+    """'nan' / 'inf' (with the index of the first bad element of a tensor), or None when all finite."""
+    if isinstance(value, torch.Tensor):
+        bad = ~torch.isfinite(value.detach())
+        if not bad.any():
+            return None
+        index = tuple(int(i) for i in bad.nonzero()[0])
+        element = float(value.detach()[index])
+        return f"{element} at index {index[0] if len(index) == 1 else index}"
+    return None if value is None or math.isfinite(value) else str(float(value))
+
+
+class FiniteGuard:
+    """Checks the numbers of a step: stop on the first non-finite one, or skip the step when `policy` is 'skip'."""
+
+    def __init__(self, stage: str, policy: str = "stop"):
+        self.stage, self.policy, self.skipped = stage, policy, 0
+
+    def ok(self, step: int, **values) -> bool:
+        """True when every value is finite. Otherwise raise (policy 'stop') or count a skip and return False."""
+        for name, value in values.items():
+            problem = _first_nonfinite(value)
+            if problem is None:
+                continue
+            message = f"{self.stage} step {step}: {name} is not finite ({problem})"
+            if self.policy == "stop":
+                raise NonFiniteError(
+                    f"{message}; nothing was saved from this step. Lower the learning rate, check the "
+                    f"reward, or set {self.stage}.on_nonfinite=skip to skip such steps"
+                )
+            self.skipped += 1
+            console.print(f"[yellow]warning:[/] {escape(message)}; step skipped ({self.skipped} so far)")
+            return False
+        return True
+
+
+def check_finite_weights(module: torch.nn.Module | dict[str, torch.Tensor], where: str) -> None:
+    """Refuse to save weights that hold NaN or infinity."""
+    items = module.items() if isinstance(module, dict) else module.named_parameters()
+    for name, tensor in items:
+        if tensor.is_floating_point() and not torch.isfinite(tensor.detach()).all():
+            raise NonFiniteError(f"{where}: weight '{name}' is not finite; refusing to save it")
