@@ -41,8 +41,8 @@ def make_ingredients(kind: str, k: int, workdir: Path) -> list[Path]:
     from transformers import LlamaConfig
 
     from salsa.models import resolve_model
-    from salsa.safetensors_stream import read_tensor, write_streaming
     from salsa.soup import tensor_index
+    from salsa.weights.stream import read_tensor, write_streaming
 
     dirs = []
     for i in range(k):

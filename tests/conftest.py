@@ -39,3 +39,26 @@ def tiny_sft_config(tiny_model_dir, tmp_path):
         max_length=64,
         num_models=1,
     )
+
+
+@pytest.fixture()
+def interrupt(monkeypatch):
+    """`restore = interrupt("salsa.sft.token_cross_entropy_sum", at_call=7)`: that function raises
+    KeyboardInterrupt on its 7th call (a kill in the middle of a stage); `restore()` puts the real one back."""
+    import importlib
+
+    def arm(target: str, at_call: int):
+        module_name, name = target.rsplit(".", 1)
+        module = importlib.import_module(module_name)
+        real, calls = getattr(module, name), {"n": 0}
+
+        def dying(*args, **kwargs):
+            calls["n"] += 1
+            if calls["n"] == at_call:
+                raise KeyboardInterrupt
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(module, name, dying)
+        return lambda: monkeypatch.setattr(module, name, real)
+
+    return arm

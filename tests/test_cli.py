@@ -1,5 +1,6 @@
 """The command line as a user meets it: help, one-line errors, exit codes."""
 
+import os
 import subprocess
 import sys
 
@@ -8,8 +9,8 @@ import pytest
 SALSA = [sys.executable, "-m", "salsa.cli"]
 
 
-def _run(*args):
-    return subprocess.run([*SALSA, *args], capture_output=True, text=True, timeout=300)
+def _run(*args, env=None):
+    return subprocess.run([*SALSA, *args], capture_output=True, text=True, timeout=300, env=env)
 
 
 def test_help_lists_every_stage_and_documents_config_keys():
@@ -45,3 +46,16 @@ def test_soup_command_writes_a_model(tmp_path, tiny_model_dir):
     )
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "soup" / "soup.json").is_file()
+
+
+def test_a_bad_input_is_reported_before_any_model_loads_even_with_a_cold_cache(tmp_path):
+    # The default model is converted into the cache on first use; a data mistake must not wait for that.
+    cache = tmp_path / "cache"
+    (tmp_path / "bad.jsonl").write_text('{"prompt": oops}\n')
+    env = {**os.environ, "SALSA_CACHE": str(cache)}
+    result = _run("sft", "--data", str(tmp_path / "bad.jsonl"), "--output-dir", str(tmp_path / "out"), env=env)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"error: {tmp_path / 'bad.jsonl'} row 1: not valid JSON (Expecting value)"
+    ]
+    assert not cache.exists() and not (tmp_path / "out").exists()

@@ -2,16 +2,9 @@ import json
 
 import pytest
 
-from salsa.data import (
-    IGNORE_INDEX,
-    Conversation,
-    collate,
-    load_records,
-    parse_sft_rows,
-    render_prompt,
-    tokenize_conversation,
-)
+from salsa.data import Conversation, load_records, parse_sft_rows
 from salsa.errors import DataError
+from salsa.tokenization import IGNORE_INDEX, collate, render_prompt, tokenize_conversation
 
 
 def _conversation():

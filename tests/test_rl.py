@@ -6,6 +6,7 @@ from collections import Counter
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from salsa.config import RLConfig
 from salsa.errors import ConfigError
@@ -205,28 +206,16 @@ def test_large_kl_coefficient_keeps_the_policy_near_its_reference(tmp_path, peak
     assert gain_anchored < gain_free
 
 
-def test_interrupted_ema_run_resumes_to_the_same_policy(
-    tmp_path, peaked_model, prompts_file, token_reward, monkeypatch
-):
-    import salsa.rl.ppo
-
+def test_interrupted_ema_run_resumes_to_the_same_policy(tmp_path, peaked_model, prompts_file, token_reward, interrupt):
     cfg = _config(
         tmp_path / "straight", peaked_model, prompts_file, reference="ema", steps=4, kl_coef=0.1, save_steps=2
     )
     straight = train_rl(cfg, False, token_reward)
     resumed_cfg = dataclasses.replace(cfg, output_dir=str(tmp_path / "resumed"))
-    real_update, calls = salsa.rl.ppo.rl_update, {"n": 0}
-
-    def dying_update(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 4:
-            raise KeyboardInterrupt
-        return real_update(*args, **kwargs)
-
-    monkeypatch.setattr(salsa.rl.ppo, "rl_update", dying_update)
+    restore = interrupt("salsa.rl.ppo.rl_update", at_call=4)
     with pytest.raises(KeyboardInterrupt):
         train_rl(resumed_cfg, False, token_reward)
-    monkeypatch.setattr(salsa.rl.ppo, "rl_update", real_update)
+    restore()
     resumed = train_rl(resumed_cfg, False, token_reward)
     a, b = load_causal_lm(str(straight)).state_dict(), load_causal_lm(str(resumed)).state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -267,3 +256,59 @@ def test_a_snapshot_is_the_policy_at_its_step(tmp_path, peaked_model, prompts_fi
     assert all(torch.allclose(expected[k], snapshot[k], atol=1e-6) for k in expected)
     base = load_causal_lm(str(peaked_model)).state_dict()
     assert any(not torch.equal(snapshot[k], base[k]) for k in base)  # and it is not the initial policy
+
+
+def _nan_on_one_response(reward_fn, at_step):
+    """The reward, with NaN for response 3 of the rollout of step `at_step`."""
+    calls = {"n": 0}
+
+    def scores(prompts, responses):
+        calls["n"] += 1
+        values = torch.as_tensor(reward_fn(prompts, responses), dtype=torch.float32)
+        if calls["n"] == at_step:
+            values[3] = float("nan")
+        return values
+
+    return scores
+
+
+def test_a_nan_reward_stops_the_run_or_skips_the_step_and_no_weight_turns_nan(
+    tmp_path, peaked_model, prompts_file, token_reward
+):
+    from salsa.errors import SalsaError
+
+    cfg = _config(tmp_path / "stop", peaked_model, prompts_file, algorithm="ppo", steps=3, save_steps=1)
+    with pytest.raises(SalsaError, match=r"rl step 2: reward is not finite \(nan at index 3\)"):
+        train_rl(cfg, False, _nan_on_one_response(token_reward, at_step=2))
+    out = tmp_path / "stop" / "rl"
+    assert not (out / "final").exists() and not (out / "salsa_complete.json").exists()
+    saved = load_file(str(out / "checkpoints" / "step-0000001" / "weights.safetensors"))
+    assert all(torch.isfinite(t).all() for t in saved.values())
+
+    skip = dataclasses.replace(cfg, output_dir=str(tmp_path / "skip"), on_nonfinite="skip")
+    final = train_rl(skip, False, _nan_on_one_response(token_reward, at_step=2))
+    records = _metrics(final)
+    assert [r["skipped"] for r in records] == [0, 1, 1]
+    assert "policy_loss" in records[0] and "policy_loss" not in records[1]  # step 2 made no update
+    weights = load_causal_lm(str(final)).state_dict()
+    assert all(torch.isfinite(t).all() for t in weights.values())
+
+
+def test_an_interrupted_dpo_run_resumes_to_the_same_policy(tmp_path, peaked_model, interrupt):
+    prefs = tmp_path / "prefs.jsonl"
+    rows = [{"prompt": p, "chosen": "Yes, gladly.", "rejected": "No."} for p in PROMPTS]
+    prefs.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = RLConfig(algorithm="dpo", init=str(peaked_model), reference="ema", preference_data=str(prefs), task=None,
+                   output_dir=str(tmp_path / "straight"), steps=4, dpo_batch_size=3, learning_rate=1e-3,
+                   save_steps=2)  # fmt: skip
+    straight = train_rl(cfg, False)
+    resumed_cfg = dataclasses.replace(cfg, output_dir=str(tmp_path / "resumed"))
+    restore = interrupt("salsa.rl.dpo.dpo_loss", at_call=4)
+    with pytest.raises(KeyboardInterrupt):
+        train_rl(resumed_cfg, False)
+    restore()
+    resumed = train_rl(resumed_cfg, False)
+    a, b = load_causal_lm(str(straight)).state_dict(), load_causal_lm(str(resumed)).state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert [m["step"] for m in _metrics(resumed)] == [1, 2, 3, 4]
+    assert _metrics(resumed)[-1]["loss"] < _metrics(resumed)[0]["loss"]

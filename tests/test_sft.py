@@ -6,7 +6,6 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
-import salsa.sft
 from salsa import train_sft
 from salsa.errors import ConfigError, SalsaError
 from salsa.sft import token_cross_entropy_sum
@@ -63,27 +62,19 @@ def test_lora_saves_merged_model_equal_to_base_plus_adapter(tiny_sft_config, tin
     assert not _same(_weights(path), load_file(str(tiny_model_dir / "model.safetensors")))
 
 
-def test_interrupted_run_resumes_to_identical_weights(tiny_sft_config, tmp_path, monkeypatch):
+def test_interrupted_run_resumes_to_identical_weights(tiny_sft_config, tmp_path, interrupt):
     cfg = dataclasses.replace(tiny_sft_config, max_steps=8, save_steps=3, grad_accum_steps=2)
     (reference,) = train_sft(dataclasses.replace(cfg, output_dir=str(tmp_path / "straight")))
 
     interrupted = dataclasses.replace(cfg, output_dir=str(tmp_path / "resumed"))
-    real_loss = salsa.sft.token_cross_entropy_sum
-    calls = {"n": 0}
-
-    def dying_loss(logits, labels):
-        calls["n"] += 1
-        if calls["n"] == 2 * 5 + 1:  # first micro-batch of step 6: the newest checkpoint is step 3
-            raise KeyboardInterrupt
-        return real_loss(logits, labels)
-
-    monkeypatch.setattr(salsa.sft, "token_cross_entropy_sum", dying_loss)
+    # The first micro-batch of step 6 dies: the newest checkpoint is step 3.
+    restore = interrupt("salsa.sft.token_cross_entropy_sum", at_call=2 * 5 + 1)
     with pytest.raises(KeyboardInterrupt):
         train_sft(interrupted)
     out = tmp_path / "resumed" / "sft-0"
     assert (out / "checkpoints" / "step-0000003").is_dir()
     assert not (out / "model.safetensors").exists()
-    monkeypatch.setattr(salsa.sft, "token_cross_entropy_sum", real_loss)
+    restore()
     (resumed,) = train_sft(interrupted)
     assert _same(_weights(resumed), _weights(reference))
     steps = [json.loads(line)["step"] for line in (resumed / "metrics.jsonl").read_text().splitlines()]

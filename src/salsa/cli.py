@@ -14,6 +14,7 @@ from rich.text import Text
 from salsa.config import (
     DataConfig,
     EvalConfig,
+    ReportConfig,
     RewardConfig,
     RLConfig,
     RunConfig,
@@ -85,6 +86,15 @@ def _fail(message: str, code: int = 2) -> None:
     sys.exit(code)
 
 
+def _checked(config, out: str | Path | None = None):
+    """The config, after every check of its values and inputs: before torch and the stage's module load, so a
+    mistake is reported at once (the stage itself reuses this check)."""
+    from salsa.inputs import validate
+
+    validate(config, Path(out if out is not None else config.output_dir))
+    return config
+
+
 def _echo(result) -> None:
     """Print a stage's output path(s) once, from the main process of a multi-process launch."""
     from salsa.runtime import is_main_process
@@ -121,7 +131,7 @@ def sft(
         max_steps=max_steps,
         use_lora=lora,
     )
-    cfg = load_stage_config(SFTConfig, "sft", config, overrides)
+    cfg = _checked(load_stage_config(SFTConfig, "sft", config, overrides))
     from salsa.sft import train_sft
 
     _quiet_libraries()
@@ -153,7 +163,7 @@ def soup(
         overrides.append("weights=" + ",".join(str(w) for w in weights))
     if allow_extrapolation:
         overrides.append("allow_extrapolation=true")
-    cfg = load_stage_config(SoupConfig, "soup", config, overrides)
+    cfg = _checked(load_stage_config(SoupConfig, "soup", config, overrides))
     from salsa.soup import build_soup_from_config
 
     _echo(build_soup_from_config(cfg, overwrite))
@@ -171,9 +181,8 @@ def data_make(
     quiet: QuietOption = False,
 ) -> None:
     """Make prompts (train/eval/ood), best-of-n SFT demonstrations and Bradley-Terry preference pairs."""
-    cfg = load_stage_config(
-        DataConfig, "data", config, _overrides(set_, task=task, output_dir=output_dir, model=model, seed=seed)
-    )
+    overrides = _overrides(set_, task=task, output_dir=output_dir, model=model, seed=seed)
+    cfg = _checked(load_stage_config(DataConfig, "data", config, overrides))
     from salsa.tasks.build import make_task_data
 
     _quiet_libraries()
@@ -194,7 +203,7 @@ def reward(
 ) -> None:
     """Train a Bradley-Terry reward model and report held-out accuracy and Spearman vs the gold judge."""
     overrides = _overrides(set_, data=data, eval_data=eval_data, backbone=backbone, model=model, output_dir=output_dir)
-    cfg = load_stage_config(RewardConfig, "reward", config, overrides)
+    cfg = _checked(load_stage_config(RewardConfig, "reward", config, overrides))
     from salsa.reward import train_reward
 
     _quiet_libraries()
@@ -220,7 +229,7 @@ def rl(
         set_, algorithm=algorithm, init=init, reference=reference, reference_model=reference_model,
         reward_model=reward_model, output_dir=output_dir, steps=steps,
     )  # fmt: skip
-    cfg = load_stage_config(RLConfig, "rl", config, overrides)
+    cfg = _checked(load_stage_config(RLConfig, "rl", config, overrides))
     from salsa.rl.ppo import train_rl
 
     _quiet_libraries()
@@ -252,7 +261,7 @@ def eval_(
                 raise SalsaError(f"--policy {item!r}: expected NAME=MODEL_DIR, e.g. --policy ppo=runs/rl-ppo/final")
             policies.setdefault(name, []).append(path)
         overrides.append("policies=" + json.dumps(policies))
-    cfg = load_stage_config(EvalConfig, "eval", config, overrides)
+    cfg = _checked(load_stage_config(EvalConfig, "eval", config, overrides))
     from salsa.evaluate import evaluate
 
     _quiet_libraries()
@@ -267,6 +276,7 @@ def report(
     ] = None,
 ) -> None:
     """Write report.md, report.html, PNG plots and summary.json from an evaluation."""
+    _checked(ReportConfig(str(eval_dir), None if out is None else str(out)), out or eval_dir.parent / "report")
     from salsa.report import print_summary, write_report
 
     path = write_report(eval_dir, out)
@@ -308,7 +318,7 @@ def demo(
 
 def main() -> None:
     """Entry point: user mistakes become one red line and exit code 2, never a traceback."""
-    from salsa.engine import os_error_message
+    from salsa.errors import os_error_message
 
     try:
         app(standalone_mode=False)

@@ -13,6 +13,7 @@ from salsa.errors import ConfigError
 from salsa.options import above, at_least, fraction, known_task, one_of, option
 
 DEFAULT_MODEL = "smollm2-135m"
+REWARD_BACKBONES = ("encoder", "causal")
 NONFINITE_HELP = "on a NaN/inf loss, reward or statistic: stop (error naming the step) | skip (the step; counted)"
 
 
@@ -47,9 +48,8 @@ class SFTConfig:
     max_length: int = option(256, "tokens per example (prompt + completion), truncated beyond", check=at_least(2))
     completion_only_loss: bool = option(True, "mask prompt tokens out of the loss; false trains on everything")
     mixed_precision: str = option(
-        "auto", "auto (bf16 where the GPU supports it, else fp32) | no | bf16 | fp16",
-        check=one_of("auto", "no", "bf16", "fp16"),
-    )  # fmt: skip
+        "auto", "auto (bf16 where the GPU supports it, else fp32) | no | bf16", check=one_of("auto", "no", "bf16")
+    )
     use_lora: bool = option(False, "train LoRA adapters (PEFT) instead of all weights; saved merged")
     lora_r: int = option(16, "LoRA rank", check=at_least(1))
     lora_alpha: int = option(32, "LoRA scaling numerator", check=above(0))
@@ -100,9 +100,7 @@ class DataConfig:
     STAGE: ClassVar[str] = "data"
 
     task: str = option("reviews", "built-in task name", check=known_task)
-    model: str = option(
-        DEFAULT_MODEL, "model whose samples become demonstrations and preference pairs", input="model"
-    )
+    model: str = option(DEFAULT_MODEL, "model whose samples become demonstrations and preference pairs", input="model")
     output_dir: str = option("runs/data", "where the JSONL files and datasheet.md are written")
     seed: int = option(0, "seed of sampling and labelling")
     samples_per_prompt: int = option(
@@ -136,7 +134,7 @@ class RewardConfig:
 
     backbone: str = option(
         "encoder", "encoder (all-MiniLM-L6-v2, fast on a CPU) | causal (LM + scalar head)",
-        check=one_of("encoder", "causal"),
+        check=one_of(*REWARD_BACKBONES),
     )  # fmt: skip
     model: str | None = option(
         None, "backbone weights; default MiniLM (encoder) or smollm2-135m (causal)", input="model"
@@ -190,9 +188,7 @@ class RLConfig:
     reference_model: str | None = option(
         None, "the reference directory; sft: default init; soup: required unless reference_models", input="model"
     )
-    reference_models: list[str] | None = option(
-        None, "soup: average these models in memory instead", input="model"
-    )
+    reference_models: list[str] | None = option(None, "soup: average these models in memory instead", input="model")
     reference_weights: list[float] | None = option(None, "weights of reference_models; default uniform")
     ema_decay: float = option(
         0.99, "ema: reference <- decay * reference + (1 - decay) * policy, every step", check=fraction()

@@ -1,8 +1,9 @@
-"""Loading and validating datasets, and turning SFT rows into masked token sequences.
+"""Reading and validating datasets: rows in, checked conversations, prompts and preference pairs out.
 
 Sources: a JSONL or Parquet file, a `datasets` directory (`save_to_disk`) or hub id, a `builtin:<task>`
 name, or rows already in memory. SFT rows are `prompt`/`completion` pairs or chat `messages` whose last
-turn is the assistant's. Every malformed row is reported with its file, row number and field.
+turn is the assistant's. Every malformed row is reported with its file, row number and field. Nothing here
+needs torch: the engine checks a stage's data with it before any model (or library) loads.
 """
 
 from __future__ import annotations
@@ -14,12 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-from transformers import PreTrainedTokenizerBase
-
 from salsa.errors import DataError
-
-IGNORE_INDEX = -100
 
 
 def load_records(source: str | Sequence[dict[str, Any]], split: str = "train") -> tuple[list[dict], str]:
@@ -140,74 +136,6 @@ def parse_sft_rows(rows: list[dict], source: str) -> list[Conversation]:
     if not out:
         raise DataError(f"{source}: no rows")
     return out
-
-
-def render_prompt(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, str]]) -> str:
-    """The text the model sees before it answers: the chat template with a generation prompt, if any."""
-    if tokenizer.chat_template:
-        return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-    return "\n".join(m["content"] for m in messages) + "\n"
-
-
-def render_completion(tokenizer: PreTrainedTokenizerBase, conversation: Conversation, prompt_text: str) -> str:
-    """The completion text including the template's end-of-turn (or EOS without a template)."""
-    if tokenizer.chat_template:
-        full = tokenizer.apply_chat_template(
-            [*conversation.prompt_messages, {"role": "assistant", "content": conversation.completion}],
-            tokenize=False,
-        )
-        if full.startswith(prompt_text):
-            return full[len(prompt_text) :]
-    return conversation.completion + (tokenizer.eos_token or "")
-
-
-def tokenize_conversation(
-    tokenizer: PreTrainedTokenizerBase,
-    conversation: Conversation,
-    max_length: int,
-    completion_only_loss: bool = True,
-) -> dict[str, list[int]]:
-    """Token ids and labels; labels are IGNORE_INDEX on prompt tokens when `completion_only_loss`.
-
-    Prompt and completion are tokenized separately and concatenated, so the boundary is exact.
-    """
-    prompt_text = render_prompt(tokenizer, conversation.prompt_messages)
-    completion_text = render_completion(tokenizer, conversation, prompt_text)
-    add_special = not tokenizer.chat_template  # a chat template already writes BOS when the model uses one
-    prompt_ids = tokenizer(prompt_text, add_special_tokens=add_special)["input_ids"]
-    completion_ids = tokenizer(completion_text, add_special_tokens=False)["input_ids"]
-    input_ids = (prompt_ids + completion_ids)[:max_length]
-    prompt_labels = [IGNORE_INDEX] * len(prompt_ids) if completion_only_loss else list(prompt_ids)
-    labels = (prompt_labels + completion_ids)[:max_length]
-    return {"input_ids": input_ids, "labels": labels}
-
-
-def tokenize_sft_rows(
-    tokenizer: PreTrainedTokenizerBase,
-    conversations: list[Conversation],
-    max_length: int,
-    completion_only_loss: bool = True,
-) -> list[dict[str, list[int]]]:
-    """Tokenize every conversation; drop the ones whose completion was truncated away entirely."""
-    examples = [tokenize_conversation(tokenizer, c, max_length, completion_only_loss) for c in conversations]
-    kept = [e for e in examples if any(label != IGNORE_INDEX for label in e["labels"])]
-    if not kept:
-        raise DataError(f"every example lost its completion to truncation; raise max_length (now {max_length})")
-    return kept
-
-
-def collate(examples: list[dict[str, list[int]]], pad_token_id: int) -> dict[str, torch.Tensor]:
-    """Right-pad a batch to its longest sequence; padding gets label IGNORE_INDEX and mask 0."""
-    length = max(len(e["input_ids"]) for e in examples)
-    input_ids = torch.full((len(examples), length), pad_token_id, dtype=torch.long)
-    labels = torch.full((len(examples), length), IGNORE_INDEX, dtype=torch.long)
-    attention_mask = torch.zeros((len(examples), length), dtype=torch.long)
-    for i, e in enumerate(examples):
-        n = len(e["input_ids"])
-        input_ids[i, :n] = torch.tensor(e["input_ids"])
-        labels[i, :n] = torch.tensor(e["labels"])
-        attention_mask[i, :n] = 1
-    return {"input_ids": input_ids, "labels": labels, "attention_mask": attention_mask}
 
 
 def load_prompts(source: str) -> list[str]:

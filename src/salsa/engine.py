@@ -28,20 +28,20 @@ Only the main process touches the directory; the others receive its decision.
 
 from __future__ import annotations
 
-import dataclasses
-import errno
 import fcntl
 import os
 import re
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from rich.markup import escape
 
 from salsa import runtime
-from salsa.config_loading import fingerprint, result_values, save_config, validate_values
-from salsa.errors import SalsaError
+from salsa.config_loading import fingerprint, result_values, save_config
+from salsa.errors import SalsaError, os_error_message
+from salsa.inputs import validate
 from salsa.io import COMPLETE_MARKER, atomic_write_json, read_json
 from salsa.progress import console
 
@@ -50,30 +50,6 @@ LOCK_FILE = ".salsa.lock"
 # atomic_file / atomic_dir name their temporaries `.<name>.<8 random characters>.tmp`; atomic_dir's replaced
 # directory was `.<name>.old-<pid>`.
 TEMPORARY = re.compile(r"\..+\.(tmp|old-\d+)")
-OS_ERRORS = {
-    errno.ENOSPC: "no space left on the device; free some space or choose another output directory",
-    errno.EDQUOT: "disk quota exceeded; free some space or choose another output directory",
-    errno.EACCES: "permission denied; choose a directory you can write to",
-    errno.EPERM: "operation not permitted; choose a directory you can write to",
-    errno.EROFS: "read-only file system; choose another output directory",
-    errno.ENOTDIR: "a part of the path is a file, not a directory",
-    errno.EISDIR: "is a directory, where a file was expected",
-    errno.EEXIST: "already exists",
-}
-
-
-def os_error_message(error: BaseException) -> str | None:
-    """A one-line message for an OS refusal (also when a library wrapped it), or None for anything else."""
-    code = getattr(error, "errno", None)
-    if code not in OS_ERRORS:
-        found = re.search(r"(?:os error|errno|code:?) ?(\d+)", str(error), re.IGNORECASE)
-        code = int(found.group(1)) if found and int(found.group(1)) in OS_ERRORS else None
-        if code is None and "No space left on device" in str(error):
-            code = errno.ENOSPC
-    if code is None:
-        return None
-    path = getattr(error, "filename", None)
-    return f"{path}: {OS_ERRORS[code]}" if path else f"could not write: {OS_ERRORS[code]}"
 
 
 def owner(folder: Path) -> dict | None:
@@ -270,14 +246,9 @@ class Stage:
                 self.out.rmdir()
 
 
-def validate(config: Any, out: Path | None = None) -> dict[str, Any]:
-    """Check the config's values and every input it names (before any model loads); returns parsed inputs."""
-    from salsa.inputs import check_inputs
-
-    validate_values(config)
-    return check_inputs(config, out)
-
-
-def stage_config(config: Any, **changes: Any) -> Any:
-    """A copy of a stage config with `changes` (for stages that run per member: SFT seeds)."""
-    return dataclasses.replace(config, **changes)
+def run_stage(config: Any, work: Callable[[Stage], None], overwrite: bool = False) -> Path:
+    """Run `work(stage)` in the stage's output directory unless it finished before with this config; returns it."""
+    with Stage(config, overwrite=overwrite) as stage:
+        if not stage.reused:
+            work(stage)
+    return stage.out

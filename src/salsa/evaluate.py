@@ -19,7 +19,7 @@ from pathlib import Path
 
 from salsa import runtime
 from salsa.config import EvalConfig
-from salsa.engine import Stage
+from salsa.engine import Stage, run_stage
 from salsa.evaluation.judging import Judges, frozen, sample_and_score
 from salsa.evaluation.matched import plan_matched_kl
 from salsa.evaluation.summary import summarise
@@ -49,10 +49,7 @@ def _drawn(samples: list[dict], policy: str, seed_index: int) -> list[dict]:
 
 def evaluate(config: EvalConfig, show_progress: bool = True, overwrite: bool = False) -> Path:
     """Sample, judge and compare the configured policies; writes results.json and samples.jsonl."""
-    with Stage(config, overwrite=overwrite) as stage:
-        if not stage.reused:
-            _evaluate(config, stage, show_progress)
-    return stage.out
+    return run_stage(config, lambda stage: _evaluate(config, stage, show_progress), overwrite)
 
 
 def _evaluate(config: EvalConfig, stage: Stage, show_progress: bool) -> None:
@@ -130,5 +127,3 @@ def _evaluate(config: EvalConfig, stage: Stage, show_progress: bool) -> None:
     atomic_write_text(stage.out / "samples.jsonl", "".join(json.dumps(r) + "\n" for r in everything))
     atomic_write_json(stage.out / "results.json", results)
     stage.finish()
-
-

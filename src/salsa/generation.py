@@ -9,11 +9,11 @@ import torch
 from torch import nn
 from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
-from salsa.data import render_prompt
 from salsa.errors import ConfigError, DataError
 from salsa.models import base_model, lm_logits
 from salsa.progress import training_progress
 from salsa.seeding import derive_seed
+from salsa.tokenization import render_prompt
 
 
 def encode_prompts(tokenizer: PreTrainedTokenizerBase, prompts: list[str]) -> list[list[int]]:

@@ -14,8 +14,11 @@ import math
 from pathlib import Path
 from typing import Any
 
-from salsa.config import DEFAULT_MODEL
+from salsa.config import DEFAULT_MODEL, REWARD_BACKBONES
+from salsa.config_loading import validate_values
 from salsa.errors import ConfigError, DataError, SalsaError
+from salsa.io import REWARD_META, SCORE_HEAD
+from salsa.shipped import default_gguf_path
 
 
 def _looks_like_path(ref: str) -> bool:
@@ -26,8 +29,6 @@ def _looks_like_path(ref: str) -> bool:
 def check_model_reference(ref: str, where: str) -> None:
     """A model salsa can load: the default alias, a .gguf file, a local model directory or a hub id."""
     if ref == DEFAULT_MODEL:
-        from salsa.models import default_gguf_path
-
         default_gguf_path()
         return
     path = Path(ref).expanduser()
@@ -69,8 +70,6 @@ def check_model_directory(ref: str, where: str, adapters: bool = False) -> None:
 
 def check_reward_model(ref: str, where: str) -> None:
     """A directory written by `salsa reward`: its backbone, tokenizer and normalisation."""
-    from salsa.reward import BACKBONES, REWARD_META, SCORE_HEAD
-
     path = Path(ref)
     if not path.is_dir():
         raise ConfigError(f"{where}: reward model directory {ref} does not exist")
@@ -80,7 +79,7 @@ def check_reward_model(ref: str, where: str) -> None:
     try:
         meta = json.loads(meta_file.read_text(encoding="utf-8"))
         problems = [
-            meta["backbone"] not in BACKBONES,
+            meta["backbone"] not in REWARD_BACKBONES,
             not isinstance(meta["max_length"], int),
             not all(isinstance(meta[k], int | float) and math.isfinite(meta[k]) for k in ("mean", "std")),
             meta["std"] <= 0,
@@ -135,6 +134,26 @@ def _values(value: Any) -> list[str]:
     if isinstance(value, dict):
         return [v for paths in value.values() for v in paths]
     return list(value) if isinstance(value, list) else [value]
+
+
+_last: tuple[Any, tuple, dict[str, Any]] | None = None
+
+
+def validate(config: Any, out: Path | None = None) -> dict[str, Any]:
+    """Check the config's values and every input it names (before any model loads); returns the parsed inputs.
+
+    The command line validates before it imports torch and the stage's module (so a mistake is reported in
+    about a second); the stage then asks again with the same config object and gets the same answer without
+    reading its data twice.
+    """
+    global _last
+    key = (dataclasses.asdict(config), out)
+    if _last is not None and _last[0] is config and _last[1] == key:
+        return _last[2]
+    validate_values(config)
+    parsed = check_inputs(config, out)
+    _last = (config, key, parsed)
+    return parsed
 
 
 def check_inputs(config: Any, out: Path | None = None) -> dict[str, Any]:

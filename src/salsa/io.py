@@ -17,6 +17,9 @@ from pathlib import Path
 from typing import Any
 
 COMPLETE_MARKER = "salsa_complete.json"
+# A reward model directory: its normalisation and backbone, and the encoder's scalar head.
+REWARD_META = "salsa_reward.json"
+SCORE_HEAD = "score_head.safetensors"
 
 
 def cache_dir() -> Path:

@@ -27,17 +27,15 @@ from transformers import AutoModel, AutoModelForSequenceClassification, AutoToke
 
 from salsa import runtime
 from salsa.config import DEFAULT_MODEL, RewardConfig
-from salsa.data import PreferencePair, render_prompt
-from salsa.engine import Stage
-from salsa.io import atomic_dir, atomic_write_json, read_json
+from salsa.data import PreferencePair
+from salsa.engine import Stage, run_stage
+from salsa.io import REWARD_META, SCORE_HEAD, atomic_dir, atomic_write_json, read_json
 from salsa.logs import FiniteGuard, MetricsLog, NonFiniteError, check_finite_weights
-from salsa.models import default_encoder_path, resolve_model
+from salsa.models import resolve_model
 from salsa.progress import console, training_progress
 from salsa.seeding import batch_stream
-
-REWARD_META = "salsa_reward.json"
-SCORE_HEAD = "score_head.safetensors"
-BACKBONES = ("encoder", "causal")
+from salsa.shipped import default_encoder_path
+from salsa.tokenization import render_prompt
 
 
 def bradley_terry_loss(chosen: torch.Tensor, rejected: torch.Tensor) -> torch.Tensor:
@@ -297,38 +295,38 @@ def train_reward(config: RewardConfig, show_progress: bool = True, overwrite: bo
     the number of epochs; such a run is recognised at the end of its first epoch and started again from the
     pretrained weights with the next seed, up to `restarts` times.
     """
-    with Stage(config, overwrite=overwrite) as stage:
-        if stage.reused:
-            return stage.out / "model"
-        pairs, eval_pairs = stage.inputs["data"], stage.inputs.get("eval_data") or []
-        guard = FiniteGuard("reward", config.on_nonfinite)
-        last_seed = config.seed + config.restarts
-        with MetricsLog(stage.out, "reward") as log, training_progress(disable=not show_progress) as progress:
-            for seed in range(config.seed, last_seed + 1):
-                fitted = _fit(config, pairs, seed, log, guard, progress, may_give_up=seed < last_seed)
-                if fitted is not None:
-                    break
-                console.print(
-                    f"[yellow]reward:[/] the loss is still ln 2 = 0.693 after the first epoch with seed {seed}; "
-                    f"starting again from the pretrained weights with seed {seed + 1}"
-                )
-        reward, losses = fitted
-        if stayed_at_chance(losses):
+    return run_stage(config, lambda stage: _train(config, stage, show_progress), overwrite) / "model"
+
+
+def _train(config: RewardConfig, stage: Stage, show_progress: bool) -> None:
+    pairs, eval_pairs = stage.inputs["data"], stage.inputs.get("eval_data") or []
+    guard = FiniteGuard("reward", config.on_nonfinite)
+    last_seed = config.seed + config.restarts
+    with MetricsLog(stage.out, "reward") as log, training_progress(disable=not show_progress) as progress:
+        for seed in range(config.seed, last_seed + 1):
+            fitted = _fit(config, pairs, seed, log, guard, progress, may_give_up=seed < last_seed)
+            if fitted is not None:
+                break
             console.print(
-                "[yellow]warning:[/] the reward model learned nothing: its training loss stayed at ln 2 = 0.693, the "
-                "loss of a constant score; retrain with another reward.seed, more reward.restarts or another "
-                "learning rate"
+                f"[yellow]reward:[/] the loss is still ln 2 = 0.693 after the first epoch with seed {seed}; "
+                f"starting again from the pretrained weights with seed {seed + 1}"
             )
-        reward.mean, reward.std = normalisation(reward, pairs)
-        evaluation = evaluate_reward(reward, eval_pairs) if eval_pairs else {}
-        check_finite_weights(reward.model, str(stage.out / "model"))
-        with atomic_dir(stage.out / "model") as tmp:
-            reward.model.save_pretrained(tmp)
-            reward.tokenizer.save_pretrained(tmp)
-            meta = {"backbone": config.backbone, "max_length": config.max_length}
-            atomic_write_json(tmp / REWARD_META, {**meta, "mean": reward.mean, "std": reward.std})
-        atomic_write_json(stage.out / "eval.json", evaluation)
-        if evaluation:
-            console.print("reward model held-out: " + json.dumps({k: round(v, 4) for k, v in evaluation.items()}))
-        stage.finish({"seed": seed, "skipped_steps": guard.skipped, **evaluation})
-    return stage.out / "model"
+    reward, losses = fitted
+    if stayed_at_chance(losses):
+        console.print(
+            "[yellow]warning:[/] the reward model learned nothing: its training loss stayed at ln 2 = 0.693, the "
+            "loss of a constant score; retrain with another reward.seed, more reward.restarts or another "
+            "learning rate"
+        )
+    reward.mean, reward.std = normalisation(reward, pairs)
+    evaluation = evaluate_reward(reward, eval_pairs) if eval_pairs else {}
+    check_finite_weights(reward.model, str(stage.out / "model"))
+    with atomic_dir(stage.out / "model") as tmp:
+        reward.model.save_pretrained(tmp)
+        reward.tokenizer.save_pretrained(tmp)
+        meta = {"backbone": config.backbone, "max_length": config.max_length}
+        atomic_write_json(tmp / REWARD_META, {**meta, "mean": reward.mean, "std": reward.std})
+    atomic_write_json(stage.out / "eval.json", evaluation)
+    if evaluation:
+        console.print("reward model held-out: " + json.dumps({k: round(v, 4) for k, v in evaluation.items()}))
+    stage.finish({"seed": seed, "skipped_steps": guard.skipped, **evaluation})

@@ -30,14 +30,14 @@ from transformers import PreTrainedTokenizerBase, get_scheduler
 from salsa import runtime
 from salsa.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from salsa.config import SFTConfig
-from salsa.data import IGNORE_INDEX, collate, tokenize_sft_rows
-from salsa.engine import Stage, owner
+from salsa.engine import OWNER_MARKER, Stage, owner
 from salsa.errors import ConfigError, SalsaError
 from salsa.io import COMPLETE_MARKER, atomic_write_json
 from salsa.logs import FiniteGuard, MetricsLog, check_finite_weights
 from salsa.models import add_lora, load_causal_lm, load_tokenizer, model_config, save_model
 from salsa.progress import console, training_progress
 from salsa.seeding import batch_stream
+from salsa.tokenization import IGNORE_INDEX, collate, tokenize_sft_rows
 
 SCHEDULERS = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}
 # The K models of one stage differ only in these; a finished model is reused when K grows.
@@ -112,9 +112,6 @@ def _train_one(
 ) -> None:
     accelerator = runtime.accelerator()
     main = accelerator.is_main_process
-    if main:
-        out.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(out / "salsa_stage.json", {"stage": "sft", "seed": seed, "fingerprint": fingerprint})
     set_seed(seed)
     model = load_causal_lm(config.model)
     if config.use_lora:
@@ -134,6 +131,9 @@ def _train_one(
         num_training_steps=total_steps,
     )
     model, optimizer = accelerator.prepare(model, optimizer)
+    if main:  # the model directory of this seed, from here on a run that can resume
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(out / OWNER_MARKER, {"stage": "sft", "seed": seed, "fingerprint": fingerprint})
 
     checkpoints = out / "checkpoints"
     step, micro_step = 0, 0

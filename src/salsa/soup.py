@@ -20,7 +20,7 @@ import torch
 import yaml
 
 from salsa.config import SoupConfig
-from salsa.engine import Stage
+from salsa.engine import Stage, run_stage
 from salsa.errors import SoupError
 from salsa.io import atomic_file, atomic_write_json, atomic_write_text, read_json
 from salsa.weights.average import soup_state_dict, soup_weights, weighted_average
@@ -86,10 +86,7 @@ def build_soup(
 
 
 def build_soup_from_config(config: SoupConfig, overwrite: bool = False) -> Path:
-    with Stage(config, overwrite=overwrite) as stage:
-        if not stage.reused:
-            _build(config, stage)
-    return stage.out
+    return run_stage(config, lambda stage: _build(config, stage), overwrite)
 
 
 def _build(config: SoupConfig, stage: Stage) -> None:
@@ -240,5 +237,3 @@ def mergekit_yaml(models: Sequence[Path], weights: Sequence[float], dtype: str) 
         "dtype": dtype,
     }
     return yaml.safe_dump(config, sort_keys=False)
-
-

@@ -16,23 +16,26 @@ import torch
 from salsa import runtime
 from salsa.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from salsa.config import RLConfig
-from salsa.data import IGNORE_INDEX, Conversation, collate, tokenize_conversation
-from salsa.engine import Stage
+from salsa.data import Conversation
+from salsa.engine import Stage, run_stage
 from salsa.logs import FiniteGuard, MetricsLog, check_finite_weights
 from salsa.models import add_lora, base_model, lm_logits, load_causal_lm, load_tokenizer, save_model
 from salsa.progress import console, training_progress
 from salsa.rl.core import dpo_loss
 from salsa.rl.reference import ema_update, load_reference, reference_weights, restore_reference
 from salsa.seeding import batch_stream, derive_seed
+from salsa.tokenization import IGNORE_INDEX, collate, tokenize_conversation
 
 MAX_LENGTH = 512
 
 
 def sequence_logprobs(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """sum over completion tokens of log p(token): one number per sequence (the LM head runs on those only)."""
-    hidden = base_model(model).get_decoder()(
-        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
-    ).last_hidden_state[:, :-1]
+    hidden = (
+        base_model(model)
+        .get_decoder()(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+        .last_hidden_state[:, :-1]
+    )
     labels = batch["labels"][:, 1:]
     targets = labels != IGNORE_INDEX
     logprobs = lm_logits(model, hidden[targets]).float().log_softmax(-1)
@@ -42,10 +45,7 @@ def sequence_logprobs(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
 
 
 def train_dpo(config: RLConfig, show_progress: bool = True, overwrite: bool = False) -> Path:
-    with Stage(config, overwrite=overwrite) as stage:
-        if not stage.reused:
-            _run(config, stage, show_progress)
-    return stage.out / "final"
+    return run_stage(config, lambda stage: _run(config, stage, show_progress), overwrite) / "final"
 
 
 def _run(config: RLConfig, stage: Stage, show_progress: bool) -> None:

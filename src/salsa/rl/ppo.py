@@ -30,7 +30,7 @@ import torch
 from salsa import runtime
 from salsa.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from salsa.config import RLConfig
-from salsa.engine import Stage
+from salsa.engine import Stage, run_stage
 from salsa.errors import SalsaError
 from salsa.generation import check_prompt_lengths, eos_token_ids, generate
 from salsa.logs import FiniteGuard, MetricsLog, check_finite_weights
@@ -260,10 +260,7 @@ def train_rl(
         return train_dpo(config, show_progress, overwrite)
     if reward_fn is None and config.reward_model is None:
         raise SalsaError("rl.reward_model is null: give a reward model directory (or reward_fn in Python)")
-    with Stage(config, overwrite=overwrite) as stage:
-        if not stage.reused:
-            _run(config, stage, reward_fn, show_progress)
-    return stage.out / "final"
+    return run_stage(config, lambda stage: _run(config, stage, reward_fn, show_progress), overwrite) / "final"
 
 
 def _run(config: RLConfig, stage: Stage, reward_fn: RewardFn | None, show_progress: bool) -> None:

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from salsa import runtime
 from salsa.config import DataConfig
-from salsa.engine import Stage
+from salsa.engine import Stage, run_stage
 from salsa.generation import check_prompt_lengths, sample_responses
 from salsa.io import atomic_write_text
 from salsa.models import load_causal_lm, load_tokenizer
@@ -64,10 +64,7 @@ def preference_pairs(
 
 def make_task_data(config: DataConfig, show_progress: bool = True, overwrite: bool = False) -> Path:
     """Write the task's datasets to `config.output_dir`; a complete directory made with this config is reused."""
-    with Stage(config, overwrite=overwrite) as stage:
-        if not stage.reused:
-            _make(config, stage, show_progress)
-    return stage.out
+    return run_stage(config, lambda stage: _make(config, stage, show_progress), overwrite)
 
 
 def _make(config: DataConfig, stage: Stage, show_progress: bool) -> None:

@@ -1,7 +1,7 @@
 """The weight math of a soup, apart from any file I/O (as in mergekit): mixing weights and weighted averages.
 
-    soup = sum_i w_i * theta_i        (uniform w_i = 1/K by default; sum_i w_i = 1)
-    line(alpha) = (1 - alpha) * A + alpha * B      (alpha outside [0, 1] extrapolates)
+soup = sum_i w_i * theta_i        (uniform w_i = 1/K by default; sum_i w_i = 1)
+line(alpha) = (1 - alpha) * A + alpha * B      (alpha outside [0, 1] extrapolates)
 """
 
 from __future__ import annotations

@@ -1,0 +1,39 @@
+"""Logits from hidden states as each architecture computes them, and model directories salsa writes."""
+
+import pytest
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM
+
+from salsa.models import lm_logits
+from salsa.rl.policy import response_forward
+
+# Tiny configs of architectures whose final logits are not just the output projection.
+FAMILIES = {
+    "llama": {},
+    "gemma2": {"final_logit_softcapping": 0.5, "head_dim": 8, "query_pre_attn_scalar": 8},
+    "cohere": {"logit_scale": 0.3},
+    "granite": {"logits_scaling": 4.0},
+}
+
+
+def _tiny(family: str):
+    config = AutoConfig.for_model(
+        family, vocab_size=96, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=64, initializer_range=1.0, **FAMILIES[family],
+    )  # fmt: skip
+    torch.manual_seed(0)
+    return AutoModelForCausalLM.from_config(config).eval()
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_logits_from_hidden_states_equal_the_models_own(family):
+    model = _tiny(family)
+    ids = torch.randint(0, 96, (2, 9))
+    with torch.no_grad():
+        expected = model(input_ids=ids).logits
+        hidden = model.get_decoder()(input_ids=ids).last_hidden_state
+        assert torch.allclose(lm_logits(model, hidden), expected, atol=1e-4)
+        # and so the log-probs RL and evaluation score responses with
+        got = response_forward(model, ids, torch.ones_like(ids), prompt_length=4).logprobs
+    want = expected[:, 3:-1].log_softmax(-1).gather(-1, ids[:, 4:, None]).squeeze(-1)
+    assert torch.allclose(got, want, atol=1e-4)
