@@ -171,7 +171,7 @@ def test_generation_logprobs_equal_a_forward_pass(tokenizer, tiny_model_dir):
 
     model = load_causal_lm(str(tiny_model_dir)).eval()
     prompts = ["Say something.", "Write a one-sentence review of a cinema."]
-    sample = generate(model, tokenizer, prompts, max_new_tokens=6, temperature=0.7, seed=3, with_logprobs=True)
+    sample = generate(model, tokenizer, prompts, max_new_tokens=6, temperature=0.7, seeds=3, with_logprobs=True)
     with torch.no_grad():
         forward = response_forward(model, sample.sequences, sample.attention_mask, sample.prompt_length, 0.7)
     mask = sample.mask.bool()

@@ -4,7 +4,7 @@ import pytest
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from salsa.models import lm_logits
+from salsa.models import forward_logits
 from salsa.rl.policy import response_forward
 
 # Tiny configs of architectures whose final logits are not just the output projection.
@@ -26,14 +26,18 @@ def _tiny(family: str):
 
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))
-def test_logits_from_hidden_states_equal_the_models_own(family):
+def test_scores_use_the_final_logits_of_each_architecture(family):
     model = _tiny(family)
     ids = torch.randint(0, 96, (2, 9))
     with torch.no_grad():
         expected = model(input_ids=ids).logits
-        hidden = model.get_decoder()(input_ids=ids).last_hidden_state
-        assert torch.allclose(lm_logits(model, hidden), expected, atol=1e-4)
-        # and so the log-probs RL and evaluation score responses with
+        kept, _ = forward_logits(model, ids, torch.ones_like(ids), keep=3)
+        assert torch.allclose(kept, expected[:, -3:], atol=1e-4)
+        # the log-probs RL, evaluation and sampling score responses with: processed, not the raw output layer's
         got = response_forward(model, ids, torch.ones_like(ids), prompt_length=4).logprobs
+        raw = model.get_output_embeddings()(model.get_decoder()(input_ids=ids).last_hidden_state)
     want = expected[:, 3:-1].log_softmax(-1).gather(-1, ids[:, 4:, None]).squeeze(-1)
     assert torch.allclose(got, want, atol=1e-4)
+    if family != "llama":  # these architectures change the logits after the output layer
+        unprocessed = raw[:, 3:-1].log_softmax(-1).gather(-1, ids[:, 4:, None]).squeeze(-1)
+        assert not torch.allclose(got, unprocessed, atol=1e-3)

@@ -111,9 +111,9 @@ def test_a_prompt_shared_by_several_samples_runs_once_with_the_same_result(token
 def test_generation_with_a_repeated_prompt_equals_generating_it_alone(tokenizer, peaked_model):
     model = load_causal_lm(str(peaked_model))
     prompts = ["Describe the sea.", "Greet me.", "Describe the sea."]
-    together = generate(model, tokenizer, prompts, max_new_tokens=6, temperature=0, seed=0)
+    together = generate(model, tokenizer, prompts, max_new_tokens=6, temperature=0, seeds=0)
     for i, prompt in enumerate(prompts):
-        alone = generate(model, tokenizer, [prompt], max_new_tokens=6, temperature=0, seed=0)
+        alone = generate(model, tokenizer, [prompt], max_new_tokens=6, temperature=0, seeds=0)
         assert together.responses[i] == alone.responses[0]
     assert together.responses[0] == together.responses[2]
 
@@ -135,10 +135,10 @@ def test_rows_that_end_early_leave_the_batch_without_changing_the_others(tokeniz
     """Greedy samples equal transformers' `generate`, with an end-of-sequence token that some rows hit early."""
     model = load_causal_lm(str(peaked_model)).eval()
     ids, attention = left_pad(encode_prompts(tokenizer, PROMPTS), tokenizer.pad_token_id)
-    first_tokens = generate(model, tokenizer, PROMPTS, max_new_tokens=3, temperature=0, seed=0).sequences[:, -3:]
+    first_tokens = generate(model, tokenizer, PROMPTS, max_new_tokens=3, temperature=0, seeds=0).sequences[:, -3:]
     stop = int(first_tokens[0, 1])  # row 0 now ends at its second token; rows without it run on
     model.generation_config.eos_token_id = [tokenizer.eos_token_id, stop]
-    ours = generate(model, tokenizer, PROMPTS, max_new_tokens=8, temperature=0, seed=0)
+    ours = generate(model, tokenizer, PROMPTS, max_new_tokens=8, temperature=0, seeds=0)
     reference = model.generate(
         input_ids=ids, attention_mask=attention, do_sample=False, max_new_tokens=8, pad_token_id=tokenizer.pad_token_id
     )[:, ids.shape[1] :]
@@ -151,7 +151,7 @@ def test_rows_that_end_early_leave_the_batch_without_changing_the_others(tokeniz
 def test_generation_is_determined_by_its_seed(tokenizer, peaked_model):
     model = load_causal_lm(str(peaked_model))
     first, again, other = (
-        generate(model, tokenizer, PROMPTS, max_new_tokens=6, temperature=1.0, top_p=0.9, seed=seed).responses
+        generate(model, tokenizer, PROMPTS, max_new_tokens=6, temperature=1.0, top_p=0.9, seeds=seed).responses
         for seed in (1, 1, 2)
     )
     assert first == again and first != other
@@ -161,9 +161,10 @@ def test_soup_reference_uses_the_averaged_weights(tmp_path, tokenizer, prompts_f
     a = save_tiny_model(tmp_path / "a", tokenizer, seed=1)
     b = save_tiny_model(tmp_path / "b", tokenizer, seed=2)
     soup_dir = build_soup([a, b], tmp_path / "soup", [0.25, 0.75])
+    cpu = torch.device("cpu")
     in_memory = load_reference(RLConfig(reference="soup", init=str(a), reference_models=[str(a), str(b)],
-                                        reference_weights=[0.25, 0.75]))  # fmt: skip
-    from_dir = load_reference(RLConfig(reference="soup", init=str(a), reference_model=str(soup_dir)))
+                                        reference_weights=[0.25, 0.75]), None, cpu).model  # fmt: skip
+    from_dir = load_reference(RLConfig(reference="soup", init=str(a), reference_model=str(soup_dir)), None, cpu).model
     soup_model = load_causal_lm(str(soup_dir)).eval()
     sequences = torch.randint(0, len(tokenizer), (3, 12))
     attention = torch.ones_like(sequences)
@@ -196,13 +197,18 @@ def test_ppo_and_grpo_learn_a_simple_reward(tmp_path, peaked_model, prompts_file
 
 def test_large_kl_coefficient_keeps_the_policy_near_its_reference(tmp_path, peaked_model, prompts_file, token_reward):
     # A small learning rate: with Adam's fixed step size a large one moves any policy far within a few steps.
-    runs = {}
-    for beta in (0.0, 5.0):
-        cfg = _config(tmp_path / str(beta), peaked_model, prompts_file, kl_coef=beta, learning_rate=1e-3)
-        runs[beta] = _metrics(train_rl(cfg, show_progress=False, reward_fn=token_reward))
-    kl_free, kl_anchored = (_mean([m["kl_ref"] for m in runs[b][10:]]) for b in (0.0, 5.0))
+    # Two seeds, pooled: one run's KL is noisy (seed 0 alone: 0.73 of the free run's, seed 1: 0.54).
+    runs = {0.0: [], 5.0: []}
+    for beta in runs:
+        for seed in (0, 1):
+            cfg = _config(tmp_path / f"{beta}-{seed}", peaked_model, prompts_file, kl_coef=beta, learning_rate=1e-3,
+                          seed=seed)  # fmt: skip
+            runs[beta].append(_metrics(train_rl(cfg, show_progress=False, reward_fn=token_reward)))
+    kl_free, kl_anchored = (_mean([m["kl_ref"] for run in runs[b] for m in run[10:]]) for b in runs)
     assert kl_anchored < 0.75 * kl_free, (kl_anchored, kl_free)
-    gain_free, gain_anchored = (_mean([m["reward"] for m in runs[b][10:]]) - runs[b][0]["reward"] for b in (0.0, 5.0))
+    gain_free, gain_anchored = (
+        _mean([_mean([m["reward"] for m in run[10:]]) - run[0]["reward"] for run in runs[b]]) for b in runs
+    )
     assert gain_anchored < gain_free
 
 

@@ -3,7 +3,7 @@
 A checkpoint is a directory `checkpoints/step-NNNNNNN/`:
 
     weights.safetensors     the trained tensors, by name (LoRA: the adapters; RL: policy, value head, ...)
-    optimizer.safetensors   every tensor of the optimizer state, as state.<param index>.<key>
+    optimizer.safetensors   every tensor of the optimizer state, as state/<parameter index or name>/<key>
     state.json              the optimizer's param groups and scalar state, the scheduler, the stage's own
                             counters (step, data position, ...)
     rng.safetensors         every process's torch CPU (and CUDA) random generator states
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,40 +31,45 @@ from salsa.io import atomic_dir, atomic_write_json, read_json
 STATE_FILE = "state.json"
 
 
-def _optimizer_parts(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    state = optimizer.state_dict()
+def _optimizer_parts(state: dict) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """An optimizer state dict as tensors (for safetensors) and the rest (for JSON). Parameters are keyed by
+    index (torch's own state dict) or by name (a sharded model's gathered one)."""
     tensors, scalars = {}, {}
-    for index, values in state["state"].items():
+    for param, values in state["state"].items():
         for key, value in values.items():
             if isinstance(value, torch.Tensor):
-                tensors[f"state.{index}.{key}"] = value.detach().contiguous().cpu()
+                tensors[f"state/{param}/{key}"] = value.detach().contiguous().cpu()
             else:
-                scalars[f"{index}.{key}"] = value
+                scalars[f"{param}/{key}"] = value
     return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
 
 
+def _param_key(text: str) -> int | str:
+    return int(text) if text.isdigit() else text
+
+
 def _optimizer_state(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> dict[str, Any]:
-    state: dict[int, dict[str, Any]] = {}
+    state: dict[int | str, dict[str, Any]] = {}
     for name, value in tensors.items():
-        _, index, key = name.split(".", 2)
-        state.setdefault(int(index), {})[key] = value
+        _, param, key = name.split("/", 2)
+        state.setdefault(_param_key(param), {})[key] = value
     for name, value in meta["scalars"].items():
-        index, key = name.split(".", 1)
-        state.setdefault(int(index), {})[key] = value
+        param, key = name.split("/", 1)
+        state.setdefault(_param_key(param), {})[key] = value
     return {"state": state, "param_groups": meta["param_groups"]}
 
 
 def save_checkpoint(
     path: Path,
     weights: dict[str, torch.Tensor],
-    optimizer: torch.optim.Optimizer,
+    optimizer_state: dict,
     scheduler=None,
     counters: dict[str, Any] | None = None,
 ) -> None:
     """Write one checkpoint directory (atomically), then remove the older `step-*` siblings.
 
-    Every process calls it (their RNG states are gathered); the main process writes. Weights and optimizer
-    state are the main process's, which data-parallel training keeps equal on every process.
+    Every process calls it (their RNG states are gathered); the main process writes. The weights and optimizer
+    state are whole (`runtime.trainable_state`, `runtime.optimizer_state`), the same for every process.
     """
     from accelerate.utils import gather_object
 
@@ -75,12 +81,12 @@ def save_checkpoint(
     states = gather_object([own]) if runtime.process_state().num_processes > 1 else [own]
     if runtime.is_main_process():
         rng = {f"{kind}.{rank}": state for rank, states_of in enumerate(states) for kind, state in states_of.items()}
-        _write(path, weights, optimizer, scheduler, counters, rng)
+        _write(path, weights, optimizer_state, scheduler, counters, rng)
     runtime.barrier()
 
 
-def _write(path: Path, weights, optimizer, scheduler, counters, rng) -> None:
-    optimizer_tensors, optimizer_meta = _optimizer_parts(optimizer)
+def _write(path: Path, weights, optimizer_state, scheduler, counters, rng) -> None:
+    optimizer_tensors, optimizer_meta = _optimizer_parts(optimizer_state)
     with atomic_dir(path) as tmp:
         save_file({k: v.detach().contiguous().cpu() for k, v in weights.items()}, str(tmp / "weights.safetensors"))
         save_file(optimizer_tensors, str(tmp / "optimizer.safetensors"))
@@ -102,16 +108,21 @@ def latest_checkpoint(folder: Path) -> Path | None:
     return found[-1] if found else None
 
 
-def load_checkpoint(
-    path: Path, optimizer: torch.optim.Optimizer, scheduler=None, rank: int = 0
-) -> tuple[dict, dict[str, Any]]:
-    """Restore the optimizer, scheduler and this process's RNG from `path`; returns (saved weights, counters)."""
+@dataclass
+class Checkpoint:
+    weights: dict[str, torch.Tensor]
+    optimizer_state: dict
+    counters: dict[str, Any]
+
+
+def load_checkpoint(path: Path, scheduler=None, rank: int = 0) -> Checkpoint:
+    """Read a checkpoint and restore the scheduler and this process's RNG from it; the caller restores the weights
+    and the optimizer state (`runtime.load_trainable_state`, `runtime.load_optimizer_state`)."""
     try:
         state = read_json(path / STATE_FILE)
         weights = load_file(str(path / "weights.safetensors"))
-        optimizer_tensors = load_file(str(path / "optimizer.safetensors"))
+        optimizer_state = _optimizer_state(load_file(str(path / "optimizer.safetensors")), state["optimizer"])
         rng = load_file(str(path / "rng.safetensors"))
-        optimizer.load_state_dict(_optimizer_state(optimizer_tensors, state["optimizer"]))
     except (OSError, json.JSONDecodeError, SafetensorError, KeyError, ValueError) as e:
         raise DataError(
             f"{path}: unreadable checkpoint ({type(e).__name__}: {e}); remove it to restart from the previous one"
@@ -122,4 +133,4 @@ def load_checkpoint(
         torch.set_rng_state(rng[f"cpu.{rank}"])
     if f"cuda.{rank}" in rng and torch.cuda.is_available():
         torch.cuda.set_rng_state(rng[f"cuda.{rank}"])
-    return weights, state["counters"]
+    return Checkpoint(weights, optimizer_state, state["counters"])

@@ -14,6 +14,14 @@ from salsa.options import above, at_least, fraction, known_task, one_of, option
 
 DEFAULT_MODEL = "smollm2-135m"
 REWARD_BACKBONES = ("encoder", "causal")
+PRECISIONS = ("auto", "no", "bf16")
+PRECISION_HELP = "auto (bf16 on a GPU that supports it, else fp32) | no (fp32) | bf16: forward passes under autocast"
+CHECKPOINTING_HELP = "recompute activations in the backward pass of trained models: less memory, ~30% more time"
+SHARDINGS = ("none", "fsdp2")
+SHARDING_HELP = (
+    "none (every process holds the whole model: data parallel) | fsdp2 (torch FSDP2 shards the trained model "
+    "over the processes: for models that do not fit one device)"
+)
 NONFINITE_HELP = "on a NaN/inf loss, reward or statistic: stop (error naming the step) | skip (the step; counted)"
 
 
@@ -47,9 +55,9 @@ class SFTConfig:
     max_grad_norm: float = option(1.0, "gradient clipping norm", check=above(0))
     max_length: int = option(256, "tokens per example (prompt + completion), truncated beyond", check=at_least(2))
     completion_only_loss: bool = option(True, "mask prompt tokens out of the loss; false trains on everything")
-    mixed_precision: str = option(
-        "auto", "auto (bf16 where the GPU supports it, else fp32) | no | bf16", check=one_of("auto", "no", "bf16")
-    )
+    mixed_precision: str = option("auto", PRECISION_HELP, check=one_of(*PRECISIONS))
+    gradient_checkpointing: bool = option(False, CHECKPOINTING_HELP)
+    sharding: str = option("none", SHARDING_HELP, check=one_of(*SHARDINGS))
     use_lora: bool = option(False, "train LoRA adapters (PEFT) instead of all weights; saved merged")
     lora_r: int = option(16, "LoRA rank", check=at_least(1))
     lora_alpha: int = option(32, "LoRA scaling numerator", check=above(0))
@@ -124,6 +132,7 @@ class DataConfig:
         0.1, "Bradley-Terry label noise: P(a > b) = sigmoid((gold_a - gold_b) / t); 0 = none", check=at_least(0)
     )
     batch_size: int = option(96, "sequences sampled together", check=at_least(1), result=False)
+    mixed_precision: str = option("auto", PRECISION_HELP, check=one_of(*PRECISIONS))
 
 
 @dataclass
@@ -169,6 +178,8 @@ class RewardConfig:
         2, "fresh starts (seed + 1, + 2, ...) when the loss is still ln 2 after one epoch: a stuck run rarely recovers",
         check=at_least(0),
     )  # fmt: skip
+    mixed_precision: str = option("auto", PRECISION_HELP, check=one_of(*PRECISIONS))
+    gradient_checkpointing: bool = option(False, CHECKPOINTING_HELP)
     on_nonfinite: str = option("stop", NONFINITE_HELP, check=one_of("stop", "skip"))
 
 
@@ -251,6 +262,9 @@ class RLConfig:
     collapse_fraction: float = option(
         0.25, "flag a collapse when mean length falls below this fraction of step 1's", check=fraction(), result=False
     )
+    mixed_precision: str = option("auto", PRECISION_HELP, check=one_of(*PRECISIONS))
+    gradient_checkpointing: bool = option(False, CHECKPOINTING_HELP)
+    sharding: str = option("none", SHARDING_HELP, check=one_of(*SHARDINGS))
     on_nonfinite: str = option("stop", NONFINITE_HELP, check=one_of("stop", "skip"))
 
     def check(self) -> None:
@@ -269,6 +283,11 @@ class RLConfig:
             from salsa.weights.average import soup_weights
 
             soup_weights(len(self.reference_models), self.reference_weights)
+        if self.sharding == "fsdp2" and (self.algorithm == "dpo" or (self.reference == "ema" and self.use_lora)):
+            raise ConfigError(
+                "rl.sharding fsdp2 shards the online RL policy (ppo, rloo, grpo) and its critic; use none for dpo "
+                "and for an ema reference of a LoRA policy"
+            )
         if self.reference_model and self.reference in ("ema", "none"):
             raise ConfigError(
                 f"rl.reference_model is set but rl.reference is '{self.reference}', which does not use it"
@@ -313,6 +332,7 @@ class EvalConfig:
         0.7, "sampling temperature (pure sampling; KL is between the tempered models)", check=above(0)
     )
     batch_size: int = option(64, "prompts sampled together", check=at_least(1), result=False)
+    mixed_precision: str = option("auto", PRECISION_HELP, check=one_of(*PRECISIONS))
     seed: int = option(0, "sampling seed, the same for every policy (common random numbers)")
     tie_margin: float = option(0.0, "scores closer than this count as a tie", check=at_least(0))
     bootstrap_samples: int = option(2000, "bootstrap resamples for the confidence intervals", check=at_least(100))

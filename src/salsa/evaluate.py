@@ -75,7 +75,7 @@ def _evaluate(config: EvalConfig, stage: Stage, show_progress: bool) -> None:
     matched_plan = plan_matched_kl(config) if config.matched_kl else []
     total += sum(not m.final for m in matched_plan) * len(splits["in_distribution"])
     samples: list[dict] = []
-    with training_progress(disable=not show_progress) as progress:
+    with training_progress(disable=not show_progress or not runtime.is_main_process()) as progress:
         task = progress.add_task("evaluating", total=total, metrics="")
         advance = lambda n: progress.update(task, advance=n)  # noqa: E731
         for name, paths in config.policies.items():
@@ -85,7 +85,7 @@ def _evaluate(config: EvalConfig, stage: Stage, show_progress: bool) -> None:
                 model = loaded.get(Path(path).resolve()) or frozen(path, device)
                 for split, prompts in splits.items():
                     rows = sample_and_score(
-                        model, tokenizer, prompts, config, judges,
+                        model, tokenizer, prompts, split, config, judges,
                         kl_references if split == "in_distribution" else None, advance,
                     )  # fmt: skip
                     samples += [{"policy": name, "seed_index": seed_index, "split": split, **r} for r in rows]
@@ -98,8 +98,9 @@ def _evaluate(config: EvalConfig, stage: Stage, show_progress: bool) -> None:
             else:
                 model = load_snapshot(m.run_dir, m.step).to(device).eval().requires_grad_(False)
                 rows = sample_and_score(
-                    model, tokenizer, splits["in_distribution"], config, judges, kl_references, advance
-                )
+                    model, tokenizer, splits["in_distribution"], "in_distribution", config, judges, kl_references,
+                    advance,
+                )  # fmt: skip
                 del model
             meta = {"matched": m.comparison, "policy": m.policy, "seed_index": m.seed_index, "split": "in_distribution",
                     "step": m.step, "kl_train": m.kl_train, "target_kl": m.target}  # fmt: skip
@@ -118,12 +119,15 @@ def _evaluate(config: EvalConfig, stage: Stage, show_progress: bool) -> None:
                 else:
                     model = soup_model(config.landscape_models, alpha=alpha, allow_extrapolation=True)
                     model.to(device).eval().requires_grad_(False)
-                    rows = sample_and_score(model, tokenizer, splits["in_distribution"], config, judges, None, advance)
+                    rows = sample_and_score(
+                        model, tokenizer, splits["in_distribution"], "in_distribution", config, judges, None, advance
+                    )
                     del model
                 landscape_rows += [{"alpha": alpha, **r} for r in rows]
 
     results = summarise(config, samples, landscape_rows, judges.names, list(splits), matched_rows)
-    everything = samples + matched_rows + landscape_rows
-    atomic_write_text(stage.out / "samples.jsonl", "".join(json.dumps(r) + "\n" for r in everything))
-    atomic_write_json(stage.out / "results.json", results)
+    if runtime.is_main_process():
+        everything = samples + matched_rows + landscape_rows
+        atomic_write_text(stage.out / "samples.jsonl", "".join(json.dumps(r) + "\n" for r in everything))
+        atomic_write_json(stage.out / "results.json", results)
     stage.finish()

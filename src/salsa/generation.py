@@ -10,7 +10,7 @@ from torch import nn
 from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
 from salsa.errors import ConfigError, DataError
-from salsa.models import base_model, lm_logits
+from salsa.models import base_model, forward_logits
 from salsa.progress import training_progress
 from salsa.seeding import derive_seed
 from salsa.tokenization import render_prompt
@@ -52,32 +52,30 @@ def prefill(
     ids: torch.Tensor,
     attention_mask: torch.Tensor,
     rows: tuple[torch.Tensor, torch.Tensor] | None = None,
-) -> tuple[DynamicCache, torch.Tensor]:
+    hidden: bool = False,
+) -> tuple[DynamicCache, torch.Tensor, torch.Tensor | None]:
     """Run each distinct left-padded prompt row once and give every row its keys/values.
 
-    Returns (the cache over all rows, each row's hidden state at the last prompt position [N, 1, H]). `rows`
-    is `distinct_rows(ids, attention_mask)` when the caller already has it.
+    Returns (the cache over all rows, each row's logits at the last prompt position [N, 1, V], and with `hidden`
+    its final hidden state there [N, 1, H]). `rows` is `distinct_rows(ids, attention_mask)` when known.
     """
     first, inverse = rows if rows is not None else distinct_rows(ids, attention_mask)
-    base = base_model(model)
-    cache = DynamicCache(config=base.config)
+    cache = DynamicCache(config=base_model(model).config)
     mask = attention_mask[first]
-    hidden = base.get_decoder()(
-        input_ids=ids[first], attention_mask=mask, position_ids=position_ids(mask), cache=cache, use_cache=True,
-    ).last_hidden_state[:, -1:]  # fmt: skip
+    logits, states = forward_logits(model, ids[first], mask, position_ids(mask), cache=cache, keep=1, hidden=hidden)
     cache.batch_select_indices(inverse)
-    return cache, hidden[inverse]
+    return cache, logits[inverse], states[inverse] if hidden else None
 
 
 def shared_prompt_cache(
-    model: nn.Module, ids: torch.Tensor, attention_mask: torch.Tensor
-) -> tuple[DynamicCache, torch.Tensor] | None:
+    model: nn.Module, ids: torch.Tensor, attention_mask: torch.Tensor, hidden: bool = False
+) -> tuple[DynamicCache, torch.Tensor, torch.Tensor | None] | None:
     """`prefill`, or None when no two rows are equal (then one plain pass over whole rows is cheaper).
 
     With k samples per prompt this cuts the prompt work k-fold.
     """
     rows = distinct_rows(ids, attention_mask)
-    return None if len(rows[0]) == len(ids) else prefill(model, ids, attention_mask, rows)
+    return None if len(rows[0]) == len(ids) else prefill(model, ids, attention_mask, rows, hidden)
 
 
 def check_prompt_lengths(
@@ -119,23 +117,28 @@ def sample_responses(
 ) -> list[list[str]]:
     """`num_samples` sampled replies per prompt (greedy when temperature is 0), in prompt order.
 
-    Each batch is seeded from `seed` and its position, so the result does not depend on anything else.
+    Sample s of prompt i is drawn with seed (seed, i, s) whatever the batch it lands in, so the result depends
+    on nothing else. Under several processes each samples its share of the prompts and every process gets
+    all the replies, the same as one process would draw.
     """
+    from salsa import runtime
+
     lengths = [len(ids) for ids in encode_prompts(tokenizer, prompts)]
     jobs = sorted((lengths[i], i, s) for i in range(len(prompts)) for s in range(num_samples))
-    replies: list[list[str]] = [[""] * num_samples for _ in prompts]
-    batches = [jobs[start : start + batch_size] for start in range(0, len(jobs), batch_size)]
-    with training_progress(disable=not show_progress) as progress:
-        task = progress.add_task(description, total=len(jobs), metrics="")
-        for number, batch in enumerate(batches):
+    replies: dict[tuple[int, int], str] = {}
+    batches = runtime.my_batches(jobs, batch_size)
+    with training_progress(disable=not show_progress or not runtime.is_main_process()) as progress:
+        task = progress.add_task(description, total=sum(len(b) for b in batches), metrics="")
+        for batch in batches:
             sample = generate(
                 model, tokenizer, [prompts[i] for _, i, _ in batch], max_new_tokens=max_new_tokens,
-                temperature=temperature, top_p=top_p, seed=derive_seed(seed, "sample", number),
+                temperature=temperature, top_p=top_p, seeds=[derive_seed(seed, "sample", i, s) for _, i, s in batch],
             )  # fmt: skip
             for (_, i, s), text in zip(batch, sample.responses, strict=True):
-                replies[i][s] = text
+                replies[(i, s)] = text
             progress.update(task, advance=len(batch))
-    return replies
+    everything = runtime.gather_dict(replies)
+    return [[everything[(i, s)] for s in range(num_samples)] for i in range(len(prompts))]
 
 
 def response_mask(responses: torch.Tensor, eos_token_ids: set[int]) -> torch.Tensor:
@@ -183,6 +186,15 @@ def sampling_logprobs(logits: torch.Tensor, temperature: float, top_p: float = 1
     return logits.log_softmax(-1)
 
 
+def inverse_cdf_sample(probs: torch.Tensor, uniform: torch.Tensor) -> torch.Tensor:
+    """Token i of each row with probability probs[i]: the first i whose cumulative probability exceeds u * total.
+
+    A token of probability 0 (outside the nucleus) spans an empty interval and is never drawn.
+    """
+    cdf = probs.cumsum(-1)
+    return torch.searchsorted(cdf, (uniform * cdf[:, -1])[:, None], right=True).squeeze(1)
+
+
 @torch.no_grad()
 def generate(
     model: PreTrainedModel,
@@ -191,12 +203,16 @@ def generate(
     *,
     max_new_tokens: int,
     temperature: float,
-    seed: int,
+    seeds: int | list[int],
     top_p: float = 1.0,
     with_logprobs: bool = False,
 ) -> Generation:
     """One batch of samples (pure temperature sampling by default, so log-probs at `temperature` are exact;
-    greedy when temperature is 0), drawn from a generator seeded with `seed`.
+    greedy when temperature is 0).
+
+    Every row draws from its own random stream, seeded by `seeds[i]` (or, for one int, by it and the row's
+    position): its sample is the inverse CDF of the next-token distribution at a uniform draw of that stream,
+    so a row's sample does not depend on which other rows share its batch, or on the process it runs in.
 
     A row leaves the batch when it samples an end-of-sequence token (its keys/values are dropped from the
     cache), so the work is the total length of the responses rather than batch size x the longest one.
@@ -209,19 +225,20 @@ def generate(
     ids, prompt_attention = (t.to(device) for t in left_pad(encode_prompts(tokenizer, prompts), tokenizer.pad_token_id))
     was_training = model.training
     model.eval()
-    base = base_model(model)
-    generator = torch.Generator(device).manual_seed(seed)
+    row_seeds = seeds if isinstance(seeds, list) else [derive_seed(seeds, "row", i) for i in range(len(prompts))]
+    streams = [torch.Generator(device).manual_seed(s) for s in row_seeds]
     eos_ids = eos_token_ids(model, tokenizer)
     eos = torch.tensor(sorted(eos_ids), device=device)
     tokens = torch.full((len(ids), max_new_tokens), tokenizer.pad_token_id, dtype=torch.long, device=device)
     token_logprobs = torch.zeros(tokens.shape, device=device)
-    cache, hidden = prefill(model, ids, prompt_attention)
-    hidden, attention = hidden[:, -1], prompt_attention
+    cache, logits, _ = prefill(model, ids, prompt_attention)
+    logits, attention = logits[:, -1], prompt_attention
     active = torch.arange(len(ids), device=device)  # rows still generating
     for step in range(max_new_tokens):
-        logprobs = sampling_logprobs(lm_logits(model, hidden), temperature, top_p)
+        logprobs = sampling_logprobs(logits, temperature, top_p)
         if temperature > 0:
-            token = torch.multinomial(logprobs.exp(), 1, generator=generator).squeeze(1)
+            uniform = torch.stack([torch.rand((), generator=streams[row], device=device) for row in active.tolist()])
+            token = inverse_cdf_sample(logprobs.exp(), uniform)
         else:
             token = logprobs.argmax(-1)
         tokens[active, step] = token
@@ -234,10 +251,8 @@ def generate(
             cache.batch_select_indices(keep)
             active, token, attention = active[keep], token[keep], attention[keep]
         attention = torch.cat([attention, attention.new_ones(len(active), 1)], 1)
-        hidden = base.get_decoder()(
-            input_ids=token[:, None], attention_mask=attention, position_ids=attention.sum(1, keepdim=True) - 1,
-            cache=cache, use_cache=True,
-        ).last_hidden_state[:, -1]  # fmt: skip
+        positions = attention.sum(1, keepdim=True) - 1
+        logits = forward_logits(model, token[:, None], attention, positions, cache=cache, keep=1)[0][:, -1]
     model.train(was_training)
     responses = tokens[:, : step + 1]
     mask = response_mask(responses, eos_ids)

@@ -84,21 +84,28 @@ class FiniteGuard:
         self.stage, self.policy, self.skipped = stage, policy, 0
 
     def ok(self, step: int, **values) -> bool:
-        """True when every value is finite. Otherwise raise (policy 'stop') or count a skip and return False."""
-        for name, value in values.items():
-            problem = _first_nonfinite(value)
-            if problem is None:
-                continue
-            message = f"{self.stage} step {step}: {name} is not finite ({problem})"
-            if self.policy == "stop":
-                raise NonFiniteError(
-                    f"{message}; nothing was saved from this step. Lower the learning rate, check the "
-                    f"reward, or set {self.stage}.on_nonfinite=skip to skip such steps"
-                )
-            self.skipped += 1
-            console.print(f"[yellow]warning:[/] {escape(message)}; step skipped ({self.skipped} so far)")
-            return False
-        return True
+        """True when every value is finite. Otherwise raise (policy 'stop') or count a skip and return False.
+
+        Every process decides the same: a non-finite value on any one of them stops or skips the step on all.
+        """
+        from salsa import runtime
+
+        found = next(((name, p) for name, v in values.items() if (p := _first_nonfinite(v)) is not None), None)
+        anywhere = found is not None
+        if runtime.world_size() > 1:
+            anywhere = bool(runtime.all_sum(torch.tensor(float(anywhere))) > 0)
+        if not anywhere:
+            return True
+        name, problem = found or ("a value", "on another process")
+        message = f"{self.stage} step {step}: {name} is not finite ({problem})"
+        if self.policy == "stop":
+            raise NonFiniteError(
+                f"{message}; nothing was saved from this step. Lower the learning rate, check the "
+                f"reward, or set {self.stage}.on_nonfinite=skip to skip such steps"
+            )
+        self.skipped += 1
+        console.print(f"[yellow]warning:[/] {escape(message)}; step skipped ({self.skipped} so far)")
+        return False
 
 
 def check_finite_weights(module: torch.nn.Module | dict[str, torch.Tensor], where: str) -> None:

@@ -121,21 +121,31 @@ def base_model(model: torch.nn.Module) -> torch.nn.Module:
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
-def lm_logits(model: torch.nn.Module, hidden: torch.Tensor) -> torch.Tensor:
-    """Next-token logits from the decoder's final hidden states, as the model's own forward computes them: the
-    output projection, then any final-logit processing of its architecture (Gemma-2 soft-capping, Cohere's
-    logit scale, Granite's logit divisor). Sampling, RL scoring and DPO all go through here."""
-    base = base_model(model)
-    logits = base.get_output_embeddings()(hidden)
-    config = base.config
-    if getattr(config, "final_logit_softcapping", None):
-        cap = config.final_logit_softcapping
-        logits = torch.tanh(logits / cap) * cap
-    if getattr(config, "logit_scale", None) is not None:
-        logits = logits * config.logit_scale
-    if getattr(config, "logits_scaling", None) is not None:
-        logits = logits / config.logits_scaling
-    return logits
+def forward_logits(
+    model: torch.nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    position_ids: torch.Tensor | None = None,
+    cache=None,
+    keep: int = 0,
+    hidden: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The model's own next-token logits (float32) at the last `keep` positions (0: all), and with `hidden` the
+    final hidden states there. Sampling, RL scoring, evaluation and DPO all compute logits here.
+
+    It runs the model's own forward, so any final-logit processing of its architecture (Gemma-2 soft-capping,
+    Cohere's logit scale, Granite's divisor, ...) is applied, and sharded (FSDP2) models see their usual hooks;
+    `logits_to_keep` sends only the positions asked for through the output layer.
+    """
+    out = model(
+        input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, cache=cache,
+        use_cache=cache is not None, logits_to_keep=keep, output_hidden_states=hidden,
+    )  # fmt: skip
+    states = None
+    if hidden:
+        states = out.hidden_states[-1]
+        states = states[:, -keep:] if keep else states
+    return out.logits.float(), states
 
 
 def save_model(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, out: str | Path, adapter: bool = False):

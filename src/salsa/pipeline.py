@@ -24,6 +24,7 @@ from typing import Any
 
 from rich.markup import escape
 
+from salsa import runtime
 from salsa.config import (
     STAGES,
     DataConfig,
@@ -173,11 +174,15 @@ class StageRunner:
         console.rule(f"[bold]{name}")
         # Recorded before the work, so an interrupted stage resumes (same fingerprint) rather than restarts.
         self.state["stages"][name] = {"fingerprint": fingerprint}
-        atomic_write_json(self.state_file, self.state)
+        self._save()
         started = time.perf_counter()
         work(changed)
         self.state["stages"][name]["seconds"] = round(time.perf_counter() - started, 1)
-        atomic_write_json(self.state_file, self.state)
+        self._save()
+
+    def _save(self) -> None:
+        if runtime.is_main_process():
+            atomic_write_json(self.state_file, self.state)
 
     @property
     def timings(self) -> dict[str, float]:
@@ -203,7 +208,8 @@ def run_pipeline(
     with Stage(plan.run, ignore=("seeds", "methods"), inputs={}) as run:
         root = run.out
         resolved = plan.to_yaml()
-        atomic_write_text(root / "config.yaml", resolved)
+        if runtime.is_main_process():
+            atomic_write_text(root / "config.yaml", resolved)
         stages = StageRunner(root / STATE_FILE)
         stages.run("data", plan.data, lambda redo: make_task_data(plan.data, show_progress, redo))
         stages.run("reward", plan.reward, lambda redo: train_reward(plan.reward, show_progress, redo), after=("data",))

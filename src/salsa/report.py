@@ -13,6 +13,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from salsa import runtime
 from salsa.config import ReportConfig
 from salsa.engine import Stage
 from salsa.io import atomic_file, atomic_write_json, atomic_write_text, read_json
@@ -282,7 +283,8 @@ def write_report(eval_dir: str | Path, out: str | Path | None = None, run_info: 
     config = ReportConfig(eval_dir=str(eval_dir), output_dir=None if out is None else str(out))
     out = Path(out) if out is not None else Path(eval_dir).parent / "report"
     with Stage(config, out, overwrite=True) as stage:
-        _render(stage.inputs["eval_dir"], stage.out, run_info)
+        if runtime.is_main_process():
+            _render(stage.inputs["eval_dir"], stage.out, run_info)
         stage.finish()
     return out
 
@@ -391,6 +393,8 @@ def print_summary(out: str | Path) -> None:
 
     from salsa.progress import console
 
+    if not runtime.is_main_process():
+        return
     summary = read_json(Path(out) / "summary.json")
     for rows in (summary["table"], summary["win_rates"]):
         table = Table(*rows[0])

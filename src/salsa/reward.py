@@ -29,6 +29,7 @@ from salsa import runtime
 from salsa.config import DEFAULT_MODEL, RewardConfig
 from salsa.data import PreferencePair
 from salsa.engine import Stage, run_stage
+from salsa.errors import ConfigError
 from salsa.io import REWARD_META, SCORE_HEAD, atomic_dir, atomic_write_json, read_json
 from salsa.logs import FiniteGuard, MetricsLog, NonFiniteError, check_finite_weights
 from salsa.models import resolve_model
@@ -38,9 +39,10 @@ from salsa.shipped import default_encoder_path
 from salsa.tokenization import render_prompt
 
 
-def bradley_terry_loss(chosen: torch.Tensor, rejected: torch.Tensor) -> torch.Tensor:
-    """-mean log sigmoid(r_chosen - r_rejected)."""
-    return -F.logsigmoid(chosen - rejected).mean()
+def bradley_terry_loss(chosen: torch.Tensor, rejected: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    """-mean log sigmoid(r_chosen - r_rejected) (each pair's term with reduction 'none')."""
+    losses = -F.logsigmoid(chosen - rejected)
+    return losses.mean() if reduction == "mean" else losses
 
 
 class MeanPooledScorer(nn.Module):
@@ -234,9 +236,12 @@ def _fit(
     responses, which `pair_scores` forwards once, and contrast every response of the prompt with the others.
     """
     set_seed(seed)
+    accelerator = runtime.accelerator()
+    world, rank = accelerator.num_processes, accelerator.process_index
     model, tokenizer = _backbone_model(config)
-    model.to(runtime.accelerator().device)
-    reward = RewardModel(model, tokenizer, config.backbone, config.max_length)
+    if config.gradient_checkpointing:
+        model.base_model.gradient_checkpointing_enable({"use_reentrant": False})
+    model.to(accelerator.device)
     groups = prompt_groups([p.prompt for p in pairs])
     steps_per_epoch = math.ceil(len(pairs) / config.batch_size)
     total_steps = max(1, math.ceil(config.num_epochs * steps_per_epoch))
@@ -251,26 +256,33 @@ def _fit(
     )
     scheduler = get_scheduler("linear", optimizer, round(config.warmup_ratio * total_steps), total_steps)
     batches = batch_stream([len(g) for g in groups], config.batch_size, seed)
+    # DDP when launched on several processes; the saved model and the scores after training are the plain one.
+    reward = RewardModel(accelerator.prepare(model), tokenizer, config.backbone, config.max_length)
+    dtype = runtime.compute_dtype(config.mixed_precision)
     losses = []
     model.train()
     task = progress.add_task(f"reward (seed {seed})", total=total_steps, metrics="")
     for step in range(1, total_steps + 1):
         batch = [pairs[i] for group in next(batches) for i in groups[group]]
-        chosen, rejected = pair_scores(reward, batch)
-        loss = bradley_terry_loss(chosen, rejected)
-        loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        mine = batch[rank::world]  # every process takes its share of the step's pairs
+        with runtime.autocast(dtype):
+            chosen, rejected = pair_scores(reward, mine)
+        terms = bradley_terry_loss(chosen, rejected, reduction="none")
+        (terms.sum() * world / len(batch)).backward()  # DDP averages: the mean over the whole batch
+        grad_norm = runtime.clip_gradients(list(model.parameters()), 1.0)
+        totals = runtime.all_sum(torch.stack([terms.sum().detach(), (chosen > rejected).float().sum()]))
+        loss, accuracy = float(totals[0]) / len(batch), float(totals[1]) / len(batch)
         if guard.ok(step, loss=loss, grad_norm=grad_norm):
             optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
-        accuracy = float((chosen > rejected).float().mean())
-        losses.append(loss.item())
+        losses.append(loss)
         record = {"seed": seed, "step": step, "loss": losses[-1], "accuracy": accuracy, "skipped_steps": guard.skipped}
         log.write(record)
         progress.update(task, advance=1, metrics=f"loss {losses[-1]:.3f}  acc {accuracy:.2f}")
         if may_give_up and step == steps_per_epoch < total_steps and stayed_at_chance(losses, tail=0.25):
             return None
+    reward.model = model
     return reward, losses
 
 
@@ -300,9 +312,13 @@ def train_reward(config: RewardConfig, show_progress: bool = True, overwrite: bo
 
 def _train(config: RewardConfig, stage: Stage, show_progress: bool) -> None:
     pairs, eval_pairs = stage.inputs["data"], stage.inputs.get("eval_data") or []
+    main, world = runtime.is_main_process(), runtime.world_size()
+    if config.batch_size < world:
+        raise ConfigError(f"reward.batch_size ({config.batch_size}) must be at least the {world} processes")
     guard = FiniteGuard("reward", config.on_nonfinite)
     last_seed = config.seed + config.restarts
-    with MetricsLog(stage.out, "reward") as log, training_progress(disable=not show_progress) as progress:
+    progress_bar = training_progress(disable=not show_progress or not main)
+    with MetricsLog(stage.out, "reward", enabled=main) as log, progress_bar as progress:
         for seed in range(config.seed, last_seed + 1):
             fitted = _fit(config, pairs, seed, log, guard, progress, may_give_up=seed < last_seed)
             if fitted is not None:
@@ -321,12 +337,13 @@ def _train(config: RewardConfig, stage: Stage, show_progress: bool) -> None:
     reward.mean, reward.std = normalisation(reward, pairs)
     evaluation = evaluate_reward(reward, eval_pairs) if eval_pairs else {}
     check_finite_weights(reward.model, str(stage.out / "model"))
-    with atomic_dir(stage.out / "model") as tmp:
-        reward.model.save_pretrained(tmp)
-        reward.tokenizer.save_pretrained(tmp)
-        meta = {"backbone": config.backbone, "max_length": config.max_length}
-        atomic_write_json(tmp / REWARD_META, {**meta, "mean": reward.mean, "std": reward.std})
-    atomic_write_json(stage.out / "eval.json", evaluation)
-    if evaluation:
-        console.print("reward model held-out: " + json.dumps({k: round(v, 4) for k, v in evaluation.items()}))
+    if main:
+        with atomic_dir(stage.out / "model") as tmp:
+            reward.model.save_pretrained(tmp)
+            reward.tokenizer.save_pretrained(tmp)
+            meta = {"backbone": config.backbone, "max_length": config.max_length}
+            atomic_write_json(tmp / REWARD_META, {**meta, "mean": reward.mean, "std": reward.std})
+        atomic_write_json(stage.out / "eval.json", evaluation)
+        if evaluation:
+            console.print("reward model held-out: " + json.dumps({k: round(v, 4) for k, v in evaluation.items()}))
     stage.finish({"seed": seed, "skipped_steps": guard.skipped, **evaluation})

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator, PartialState
-from accelerate.utils import broadcast_object_list
+from accelerate.utils import broadcast_object_list, gather_object
 
 
 def process_state() -> PartialState:
@@ -29,11 +29,68 @@ def barrier() -> None:
     process_state().wait_for_everyone()
 
 
+def world_size() -> int:
+    return process_state().num_processes
+
+
 def broadcast(value: Any) -> Any:
     """The main process's `value`, on every process."""
-    if process_state().num_processes == 1:
+    if world_size() == 1:
         return value
     return broadcast_object_list([value], from_process=0)[0]
+
+
+def my_share(num_items: int) -> list[int]:
+    """The item indices this process works on: every world_size-th, starting at its rank."""
+    state = process_state()
+    return list(range(state.process_index, num_items, state.num_processes))
+
+
+def my_batches(items: list, batch_size: int) -> list[list]:
+    """This process's batches of `items`: the batches one process would make, dealt out in turn. A batch holds the
+    same items whatever the number of processes, so its numbers are bit for bit those of a one-process run."""
+    state = process_state()
+    batches = [items[start : start + batch_size] for start in range(0, len(items), batch_size)]
+    return batches[state.process_index :: state.num_processes]
+
+
+def gather_dict(local: dict) -> dict:
+    """The union of every process's `local` results, on every process (keys are disjoint)."""
+    if world_size() == 1:
+        return local
+    merged: dict = {}
+    for part in gather_object([local]):
+        merged.update(part)
+    return merged
+
+
+def all_sum(values: torch.Tensor) -> torch.Tensor:
+    """The sum of `values` over every process (a copy; the input is left alone)."""
+    if world_size() == 1:
+        return values.detach().clone()
+    summed = values.detach().to(process_state().device, copy=True)  # NCCL reduces only GPU tensors
+    torch.distributed.all_reduce(summed, op=torch.distributed.ReduceOp.SUM)
+    return summed.to(values.device)
+
+
+def average_gradients(parameters: list[torch.nn.Parameter]) -> None:
+    """Average the gradients of replicated parameters over the processes, in one flat all-reduce per dtype.
+
+    A rank's loss is its share of the global sum scaled by world / global count, so the average is the
+    gradient of the one-process loss over the whole global batch (also when ranks hold unequal shares).
+    """
+    if world_size() == 1:
+        return
+    grads = [p.grad for p in parameters if p.grad is not None and not hasattr(p, "device_mesh")]
+    for dtype in {g.dtype for g in grads}:
+        same = [g for g in grads if g.dtype == dtype]
+        flat = torch.cat([g.reshape(-1) for g in same])
+        torch.distributed.all_reduce(flat, op=torch.distributed.ReduceOp.SUM)  # gloo has no AVG
+        flat /= world_size()
+        offset = 0
+        for g in same:
+            g.copy_(flat[offset : offset + g.numel()].view_as(g))
+            offset += g.numel()
 
 
 @functools.cache
@@ -55,8 +112,133 @@ def compute_dtype(mixed_precision: str) -> torch.dtype | None:
     return None
 
 
+def clip_gradients(parameters: list[torch.nn.Parameter], max_norm: float) -> float:
+    """Clip the global gradient norm (over every process's shard when sharded); returns the norm before clipping."""
+    norm = torch.nn.utils.clip_grad_norm_(parameters, max_norm)
+    return float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
+
+
+def gradient_sync(model: torch.nn.Module, sync: bool):
+    """Whether this backward pass reduces gradients over the processes (off for all but the last micro-batch of
+    an accumulation window): DDP's no_sync, FSDP2's requires_gradient_sync."""
+    if sync:
+        return contextlib.nullcontext()
+    if hasattr(model, "set_requires_gradient_sync"):  # FSDP2
+        return _fsdp_no_sync(model)
+    return accelerator().no_sync(model)
+
+
+@contextlib.contextmanager
+def _fsdp_no_sync(model):
+    model.set_requires_gradient_sync(False)
+    try:
+        yield
+    finally:
+        model.set_requires_gradient_sync(True)
+
+
 def autocast(dtype: torch.dtype | None):
     """Run the forward passes inside in `dtype` (weights and optimizer stay in float32); a no-op for None."""
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device_type=accelerator().device.type, dtype=dtype)
+
+
+# ---------------------------------------------------------------- sharded (FSDP2) and replicated models
+
+
+def place(model: torch.nn.Module, device: torch.device, sharding: str = "none") -> torch.nn.Module:
+    """Put a model on `device`; with `sharding` 'fsdp2' and several processes, shard it with torch's FSDP2:
+    each transformer block (every element of a ModuleList) is one unit, the rest of the model the root unit."""
+    model.to(device)
+    if sharding != "fsdp2" or world_size() == 1:
+        return model
+    from torch.distributed.fsdp import fully_shard
+
+    for module in list(model.modules()):
+        if isinstance(module, torch.nn.ModuleList):
+            for block in module:
+                fully_shard(block)
+    fully_shard(model)
+    return model
+
+
+def is_sharded(module: torch.nn.Module) -> bool:
+    from torch.distributed.tensor import DTensor
+
+    return any(isinstance(p, DTensor) for p in module.parameters())
+
+
+def trainable_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Whole CPU copies of a module's trainable weights. A sharded module is gathered (every process must call
+    this); the main process receives the weights, the others an empty dict."""
+    if not is_sharded(module):
+        return {n: p.detach().cpu() for n, p in module.named_parameters() if p.requires_grad}
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True, ignore_frozen_params=True)
+    return get_model_state_dict(module, options=options)
+
+
+def load_trainable_state(module: torch.nn.Module, weights: dict[str, torch.Tensor]) -> None:
+    """Copy whole weights (from `trainable_state`) into a module, sharding them if it is sharded."""
+    if not weights:
+        return
+    if is_sharded(module):
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+        set_model_state_dict(module, weights, options=StateDictOptions(full_state_dict=True, strict=False))
+        return
+    params = dict(module.named_parameters())
+    with torch.no_grad():
+        for name, value in weights.items():
+            params[name].copy_(value)
+
+
+def optimizer_state(module: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict:
+    """The optimizer's state with whole tensors (gathered from the shards of a sharded `module`)."""
+    if not is_sharded(module):
+        return optimizer.state_dict()
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+    return get_optimizer_state_dict(module, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
+def load_optimizer_state(module: torch.nn.Module, optimizer: torch.optim.Optimizer, state: dict) -> None:
+    if not is_sharded(module):
+        optimizer.load_state_dict(state)
+        return
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+    set_optimizer_state_dict(module, optimizer, state, options=StateDictOptions(full_state_dict=True))
+
+
+def full_model(module: torch.nn.Module, build) -> torch.nn.Module | None:
+    """A whole, unsharded model equal to `module`, on the main process (None elsewhere); `module` itself when it
+    is not sharded. `build()` makes an unsharded model of the same architecture to load the gathered weights into."""
+    if not is_sharded(module):
+        return module if is_main_process() else None
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    state = get_model_state_dict(module, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    if not is_main_process():
+        return None
+    whole = build()
+    whole.load_state_dict(state, strict=False)
+    return whole
+
+
+def check_replicas_agree(*modules: torch.nn.Module, what: str = "weights") -> None:
+    """Data-parallel replicas must end identical; a mismatch (a bug, or non-deterministic kernels) is an error
+    rather than a silently arbitrary result. Compares a checksum of every replicated weight over the processes."""
+    if world_size() == 1:
+        return
+    parts = [p.detach().double() for m in modules for p in m.parameters() if not is_sharded(m)]
+    if not parts:
+        return
+    local = torch.stack([sum(p.sum() for p in parts), sum((p * p).sum() for p in parts)])
+    sums = gather_object([local.tolist()])
+    if any(s != sums[0] for s in sums):
+        from salsa.errors import SalsaError
+
+        raise SalsaError(f"the {what} differ between the {world_size()} processes (checksums {sums}); please report it")

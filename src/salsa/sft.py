@@ -14,7 +14,6 @@ One explicit training loop, in the order it runs:
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import math
 import shutil
@@ -113,12 +112,10 @@ def _train_one(
     accelerator = runtime.accelerator()
     main = accelerator.is_main_process
     set_seed(seed)
-    model = load_causal_lm(config.model)
-    if config.use_lora:
-        model = add_lora(model, config.lora_r, config.lora_alpha, config.lora_dropout, config.lora_target_modules)
-    model.train()
-    trainable = {name: p for name, p in model.named_parameters() if p.requires_grad}
-    optimizer = torch.optim.AdamW(trainable.values(), lr=config.learning_rate, weight_decay=config.weight_decay)
+    core = runtime.place(_fresh_model(config), accelerator.device, config.sharding)  # sharded with fsdp2
+    core.train()
+    trainable = [p for p in core.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate, weight_decay=config.weight_decay)
     world, rank = accelerator.num_processes, accelerator.process_index
     global_batch = config.batch_size * world
     micro_per_epoch = math.ceil(len(examples) / global_batch)
@@ -130,7 +127,8 @@ def _train_one(
         num_warmup_steps=round(config.warmup_ratio * total_steps),
         num_training_steps=total_steps,
     )
-    model, optimizer = accelerator.prepare(model, optimizer)
+    # Replicated: DDP through Accelerate (gradients averaged during the backward pass); FSDP2 does its own.
+    model = core if runtime.is_sharded(core) else accelerator.prepare(core)
     if main:  # the model directory of this seed, from here on a run that can resume
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_json(out / OWNER_MARKER, {"stage": "sft", "seed": seed, "fingerprint": fingerprint})
@@ -139,16 +137,16 @@ def _train_one(
     step, micro_step = 0, 0
     resume_from = latest_checkpoint(checkpoints)
     if resume_from is not None:
-        weights, counters = load_checkpoint(resume_from, optimizer, scheduler, rank)
+        saved = load_checkpoint(resume_from, scheduler, rank)
+        counters = saved.counters
         if counters.get("seed") != seed or counters.get("world_size", 1) != world:
             raise SalsaError(
                 f"{resume_from} was saved by a run with seed {counters.get('seed')} on "
                 f"{counters.get('world_size', 1)} processes; this one has seed {seed} on {world}. Resume it as it "
                 "was launched, or pass --overwrite to start over"
             )
-        with torch.no_grad():
-            for name, value in weights.items():
-                trainable[name].copy_(value)
+        runtime.load_trainable_state(core, saved.weights)
+        runtime.load_optimizer_state(core, optimizer, saved.optimizer_state)
         step, micro_step = counters["step"], counters["micro_step"]
         console.print(f"resuming {out} from {resume_from.name}")
     log = MetricsLog(out, "sft", resume_step=step, enabled=main)
@@ -172,14 +170,14 @@ def _train_one(
             for i, batch in enumerate(window):
                 batch = {k: v.to(accelerator.device) for k, v in batch.items()}
                 sync = i == len(window) - 1
-                with contextlib.nullcontext() if sync else accelerator.no_sync(model), runtime.autocast(dtype):
+                with runtime.gradient_sync(model, sync), runtime.autocast(dtype):
                     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
                     summed = token_cross_entropy_sum(logits, batch["labels"])
                 # DDP averages gradients over ranks, hence the factor `world`.
                 accelerator.backward(summed * world / num_targets)
                 local[1] += summed.detach()
                 local[2] += batch["attention_mask"].sum()
-            grad_norm = accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+            grad_norm = runtime.clip_gradients(trainable, config.max_grad_norm)
             totals = accelerator.reduce(local, reduction="sum")
             loss = float(totals[1] / totals[0].clamp(min=1))
             applied = guard.ok(step + 1, loss=loss, grad_norm=float(grad_norm))
@@ -203,10 +201,11 @@ def _train_one(
             progress.update(task, advance=1, metrics=f"loss {loss:.3f}  {record['tokens_per_s']:.0f} tok/s")
             if config.save_steps and step % config.save_steps == 0 and step < total_steps:
                 counters = {"step": step, "micro_step": micro_step, "seed": seed, "world_size": world}
-                _save_checkpoint(trainable, optimizer, scheduler, checkpoints / f"step-{step:07d}", counters)
-    accelerator.wait_for_everyone()
+                _save_checkpoint(core, optimizer, scheduler, checkpoints / f"step-{step:07d}", counters)
+    runtime.check_replicas_agree(core, what=f"weights of {out}")
+    whole = runtime.full_model(core, lambda: _fresh_model(config))
     if main:
-        save_model(accelerator.unwrap_model(model), tokenizer, out, adapter=config.use_lora)
+        save_model(whole, tokenizer, out, adapter=config.use_lora)
         marker = {"stage": "sft", "seed": seed, "steps": total_steps, "fingerprint": fingerprint}
         atomic_write_json(out / COMPLETE_MARKER, {**marker, "skipped_steps": guard.skipped})
         shutil.rmtree(checkpoints, ignore_errors=True)
@@ -214,7 +213,18 @@ def _train_one(
     accelerator.free_memory()
 
 
-def _save_checkpoint(trainable: dict, optimizer, scheduler, path: Path, counters: dict) -> None:
+def _fresh_model(config: SFTConfig):
+    """The base model as training starts from it (LoRA-wrapped with `use_lora`)."""
+    model = load_causal_lm(config.model)
+    if config.gradient_checkpointing:
+        model.gradient_checkpointing_enable({"use_reentrant": False})
+    if config.use_lora:
+        model = add_lora(model, config.lora_r, config.lora_alpha, config.lora_dropout, config.lora_target_modules)
+    return model
+
+
+def _save_checkpoint(core, optimizer, scheduler, path: Path, counters: dict) -> None:
     """Model, optimizer, scheduler, every process's RNG and the data position (safetensors and JSON only)."""
-    check_finite_weights(trainable, str(path))
-    save_checkpoint(path, trainable, optimizer, scheduler, counters)
+    weights, optimizer_state = runtime.trainable_state(core), runtime.optimizer_state(core, optimizer)
+    check_finite_weights(weights, str(path))
+    save_checkpoint(path, weights, optimizer_state, scheduler, counters)

@@ -8,6 +8,7 @@ from collections.abc import Callable
 
 import torch
 
+from salsa import runtime
 from salsa.config import EvalConfig
 from salsa.generation import Generation, generate
 from salsa.models import load_causal_lm
@@ -56,26 +57,28 @@ class Judges:
         return scores
 
 
-def _batches(prompts: list[str], size: int) -> list[list[str]]:
-    return [prompts[i : i + size] for i in range(0, len(prompts), size)]
-
-
 @torch.no_grad()
 def sample_and_score(
     model: torch.nn.Module,
     tokenizer,
     prompts: list[str],
+    split: str,
     config: EvalConfig,
     judges: Judges,
     kl_references: dict[str, torch.nn.Module] | None = None,
     on_batch: Callable[[int], None] | None = None,
 ) -> list[dict]:
-    """One response per prompt with its judges' scores and, given references, its KL to each."""
-    rows = []
-    for number, batch in enumerate(_batches(prompts, config.batch_size)):
+    """One response per prompt, in prompt order, with its judges' scores and, given references, its KL to each.
+
+    Prompt i of `split` is answered with seed (seed, split, i) by every policy (common random numbers). Under
+    several processes each answers its share of the prompts and every process receives all rows.
+    """
+    rows: dict[int, dict] = {}
+    for indices in runtime.my_batches(list(range(len(prompts))), config.batch_size):
+        batch = [prompts[i] for i in indices]
         sample: Generation = generate(
             model, tokenizer, batch, max_new_tokens=config.max_new_tokens, temperature=config.temperature,
-            seed=derive_seed(config.seed, "sample", number), with_logprobs=bool(kl_references),
+            seeds=[derive_seed(config.seed, "eval", split, i) for i in indices], with_logprobs=bool(kl_references),
         )  # fmt: skip
         scores = judges.score(batch, sample.responses)
         kls = {}
@@ -88,13 +91,13 @@ def sample_and_score(
                     ref_logprobs = response_forward(reference, *args).logprobs
                     kls[f"kl_{name}"] = sequence_kl(sample.logprobs, ref_logprobs, sample.mask).tolist()
         lengths = sample.mask.sum(1).tolist()
-        for i, (prompt, response) in enumerate(zip(batch, sample.responses, strict=True)):
-            row = {"prompt": prompt, "response": response, "length": lengths[i]}
-            row.update({key: values[i] for key, values in {**scores, **kls}.items()})
-            rows.append(row)
+        for j, (i, prompt, response) in enumerate(zip(indices, batch, sample.responses, strict=True)):
+            rows[i] = {"prompt": prompt, "response": response, "length": lengths[j]}
+            rows[i].update({key: values[j] for key, values in {**scores, **kls}.items()})
         if on_batch:
-            on_batch(len(batch))
-    return rows
+            on_batch(len(batch) * runtime.world_size())
+    everything = runtime.gather_dict(rows)
+    return [everything[i] for i in range(len(prompts))]
 
 
 def frozen(path: str, device: torch.device) -> torch.nn.Module:

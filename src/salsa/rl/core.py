@@ -6,20 +6,36 @@ the sampled tokens. Every function is tested against a hand computation in tests
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 
 
-def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> torch.Tensor:
+def masked_mean(
+    x: torch.Tensor, mask: torch.Tensor, dim: int | None = None, count: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Mean of x over the masked entries. `count` replaces the number of entries in the denominator: a data-parallel
+    process passes its share of the global count, so the mean is its part of the mean over the global batch."""
     if dim is None:
-        return (x * mask).sum() / mask.sum().clamp(min=1)
+        return (x * mask).sum() / (mask.sum() if count is None else count).clamp(min=1)
     return (x * mask).sum(dim) / mask.sum(dim).clamp(min=1)
 
 
-def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True) -> torch.Tensor:
-    """(x - mean) / std over the masked entries (unbiased variance, as in Ziegler et al.)."""
-    mean = masked_mean(x, mask)
-    variance = masked_mean((x - mean) ** 2, mask) * mask.sum() / (mask.sum() - 1).clamp(min=1)
+def masked_whiten(
+    x: torch.Tensor,
+    mask: torch.Tensor,
+    shift_mean: bool = True,
+    total: Callable[[torch.Tensor], torch.Tensor] = lambda t: t,
+) -> torch.Tensor:
+    """(x - mean) / std over the masked entries (unbiased variance, as in Ziegler et al.).
+
+    `total` sums a tensor over the data-parallel processes, so the statistics are those of the global batch.
+    """
+    sums = total(torch.stack([(x * mask).sum(), mask.sum()]))
+    mean = sums[0] / sums[1].clamp(min=1)
+    squares = total(((x - mean) ** 2 * mask).sum())
+    variance = squares / (sums[1] - 1).clamp(min=1)
     whitened = (x - mean) * torch.rsqrt(variance + 1e-8)
     return whitened if shift_mean else whitened + mean
 
@@ -54,7 +70,7 @@ def gae(
     """
     values, rewards = values * mask, rewards * mask
     advantages = torch.zeros_like(rewards)
-    next_value = torch.zeros(rewards.shape[0], dtype=rewards.dtype)
+    next_value = torch.zeros(rewards.shape[0], dtype=rewards.dtype, device=rewards.device)
     next_advantage = torch.zeros_like(next_value)
     for t in reversed(range(rewards.shape[1])):
         delta = rewards[:, t] + gamma * next_value - values[:, t]
@@ -67,7 +83,7 @@ def gae(
 def discounted_returns(rewards: torch.Tensor, mask: torch.Tensor, gamma: float = 1.0) -> torch.Tensor:
     """G_t = sum_{k >= t} gamma^(k - t) r_k within each response."""
     returns = torch.zeros_like(rewards)
-    running = torch.zeros(rewards.shape[0], dtype=rewards.dtype)
+    running = torch.zeros(rewards.shape[0], dtype=rewards.dtype, device=rewards.device)
     for t in reversed(range(rewards.shape[1])):
         running = (rewards[:, t] + gamma * running) * mask[:, t]
         returns[:, t] = running
@@ -91,25 +107,38 @@ def grpo_advantages(scores: torch.Tensor, k: int, eps: float = 1e-4) -> torch.Te
 
 
 def clipped_policy_loss(
-    logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor, clip: float
+    logp: torch.Tensor,
+    old_logp: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    clip: float,
+    count: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """PPO-clip: L = E[max(-A ratio, -A clip(ratio, 1 - eps, 1 + eps))]; returns (loss, clip fraction, approx KL)."""
+    """PPO-clip: L = E[max(-A ratio, -A clip(ratio, 1 - eps, 1 + eps))]; returns (loss, clip fraction, approx KL).
+
+    Token means; `count` as in `masked_mean`.
+    """
     log_ratio = logp - old_logp
     ratio = torch.exp(log_ratio)
     unclipped = -advantages * ratio
     clipped = -advantages * torch.clamp(ratio, 1.0 - clip, 1.0 + clip)
-    loss = masked_mean(torch.maximum(unclipped, clipped), mask)
-    clip_fraction = masked_mean((clipped > unclipped).float(), mask)
-    approx_kl = masked_mean(kl_k3(logp, old_logp).detach(), mask)  # KL(new || old) estimate, for logging
+    loss = masked_mean(torch.maximum(unclipped, clipped), mask, count=count)
+    clip_fraction = masked_mean((clipped > unclipped).float(), mask, count=count)
+    approx_kl = masked_mean(kl_k3(logp, old_logp).detach(), mask, count=count)  # KL(new || old), for logging
     return loss, clip_fraction, approx_kl
 
 
 def clipped_value_loss(
-    values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor, clip: float
+    values: torch.Tensor,
+    old_values: torch.Tensor,
+    returns: torch.Tensor,
+    mask: torch.Tensor,
+    clip: float,
+    count: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """0.5 * E[max((V - R)^2, (clip(V, V_old - eps, V_old + eps) - R)^2)]."""
+    """0.5 * E[max((V - R)^2, (clip(V, V_old - eps, V_old + eps) - R)^2)]; `count` as in `masked_mean`."""
     clipped = old_values + torch.clamp(values - old_values, -clip, clip)
-    return 0.5 * masked_mean(torch.maximum((values - returns) ** 2, (clipped - returns) ** 2), mask)
+    return 0.5 * masked_mean(torch.maximum((values - returns) ** 2, (clipped - returns) ** 2), mask, count=count)
 
 
 def entropy_from_logprobs(logprobs: torch.Tensor) -> torch.Tensor:
@@ -123,10 +152,13 @@ def dpo_loss(
     ref_chosen: torch.Tensor,
     ref_rejected: torch.Tensor,
     beta: float,
+    reduction: str = "mean",
 ) -> torch.Tensor:
-    """DPO (Rafailov et al. 2023): -log sigmoid(beta * ((pi_c - ref_c) - (pi_r - ref_r))) over sequence log-probs."""
+    """DPO (Rafailov et al. 2023): -log sigmoid(beta * ((pi_c - ref_c) - (pi_r - ref_r))) over sequence log-probs;
+    the mean over pairs, or each pair's loss with reduction 'none'."""
     margin = (policy_chosen - ref_chosen) - (policy_rejected - ref_rejected)
-    return -F.logsigmoid(beta * margin).mean()
+    losses = -F.logsigmoid(beta * margin)
+    return losses.mean() if reduction == "mean" else losses
 
 
 class AdaptiveKLController:

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from salsa.generation import position_ids, shared_prompt_cache
-from salsa.models import base_model, lm_logits
+from salsa.models import forward_logits
 from salsa.rl.core import entropy_from_logprobs
 
 
@@ -37,23 +37,24 @@ def response_forward(
     Gradients flow through both parts of the shared-prompt pass (the prompt's keys/values included), so it
     trains exactly like a plain forward pass over every row.
     """
-    base = base_model(model)
     positions = position_ids(attention_mask)
+    response_length = sequences.shape[1] - prompt_length
     shared = None
-    if sequences.shape[1] - prompt_length > 1:
-        shared = shared_prompt_cache(model, sequences[:, :prompt_length], attention_mask[:, :prompt_length])
+    if response_length > 1:
+        shared = shared_prompt_cache(model, sequences[:, :prompt_length], attention_mask[:, :prompt_length], True)
     if shared is None:
-        hidden = base.get_decoder()(
-            input_ids=sequences, attention_mask=attention_mask, position_ids=positions
-        ).last_hidden_state[:, prompt_length - 1 : -1]
+        # Positions P - 1 ... P + R - 2 predict the R response tokens.
+        keep = response_length + 1
+        logits, hidden = forward_logits(model, sequences, attention_mask, positions, keep=keep, hidden=True)
+        logits, hidden = logits[:, :-1], hidden[:, :-1]
     else:
-        cache, last_prompt_state = shared
-        response_states = base.get_decoder()(
-            input_ids=sequences[:, prompt_length:-1], attention_mask=attention_mask[:, :-1],
-            position_ids=positions[:, prompt_length:-1], cache=cache, use_cache=True,
-        ).last_hidden_state  # fmt: skip
-        hidden = torch.cat([last_prompt_state, response_states], 1)
-    logits = lm_logits(model, hidden).float() / temperature
+        cache, first_logits, first_hidden = shared
+        rest_logits, rest_hidden = forward_logits(
+            model, sequences[:, prompt_length:-1], attention_mask[:, :-1], positions[:, prompt_length:-1],
+            cache=cache, hidden=True,
+        )  # fmt: skip
+        logits, hidden = torch.cat([first_logits, rest_logits], 1), torch.cat([first_hidden, rest_hidden], 1)
+    logits = logits / temperature
     all_logprobs = logits.log_softmax(-1)
     logprobs = torch.gather(all_logprobs, -1, sequences[:, prompt_length:, None]).squeeze(-1)
     entropy = entropy_from_logprobs(all_logprobs.detach()) if with_entropy else None

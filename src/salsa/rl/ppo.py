@@ -13,16 +13,19 @@ Each iteration, in order (CleanRL style):
   6. log, adapt beta, move an EMA reference, checkpoint, keep a snapshot of the trained weights.
 
 Every random choice is seeded from (seed, step), so a run resumed from a checkpoint continues exactly.
+
+Data parallel (under torchrun / accelerate launch): each process rolls out its share of the step's prompts;
+advantage whitening, the minibatch token means and every logged statistic use sums over all processes, and
+the gradients are averaged (or reduced by FSDP2), so the global update equals the one-process update of the
+same global batch. Every process keeps the same policy and the same EMA reference.
 """
 
 from __future__ import annotations
 
-import contextlib
 import random
 import shutil
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -31,8 +34,8 @@ from salsa import runtime
 from salsa.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from salsa.config import RLConfig
 from salsa.engine import Stage, run_stage
-from salsa.errors import SalsaError
-from salsa.generation import check_prompt_lengths, eos_token_ids, generate
+from salsa.errors import ConfigError, SalsaError
+from salsa.generation import check_prompt_lengths
 from salsa.logs import FiniteGuard, MetricsLog, check_finite_weights
 from salsa.models import add_lora, load_causal_lm, load_tokenizer, save_model
 from salsa.progress import console, training_progress
@@ -49,113 +52,11 @@ from salsa.rl.core import (
     rloo_advantages,
     token_rewards,
 )
-from salsa.rl.policy import ValueHead, response_forward
+from salsa.rl.learner import Learner
 from salsa.rl.reference import ema_update, load_reference, reference_weights, restore_reference
+from salsa.rl.rollout import RewardFn, Rollout, collect_rollout
 from salsa.rl.snapshots import save_snapshot
 from salsa.seeding import batch_stream, derive_seed, generator
-
-
-@dataclass
-class Rollout:
-    prompts: list[str]
-    responses: list[str]
-    sequences: torch.Tensor  # [N, P + R] left-padded prompt, then response
-    attention_mask: torch.Tensor  # [N, P + R]
-    prompt_length: int  # P
-    mask: torch.Tensor  # [N, R] 1 on response tokens up to and including EOS
-    scores: torch.Tensor  # [N] normalised, clipped reward-model scores (minus any missing-EOS penalty)
-    gold: list[float] | None
-    ref_logprobs: torch.Tensor | None  # [N, R]
-    sft_logprobs: torch.Tensor | None  # [N, R]
-
-
-class Learner:
-    """The policy with its value function: a head on the policy trunk, or a separate critic model."""
-
-    def __init__(self, config: RLConfig, device: torch.device):
-        self.config = config
-        policy = load_causal_lm(config.init)
-        if config.use_lora:
-            policy = add_lora(policy, config.lora_r, config.lora_alpha)
-        self.policy = policy.to(device)
-        self.critic = None
-        self.value_head = None
-        if config.algorithm == "ppo":
-            if config.value_head == "separate":
-                self.critic = load_causal_lm(config.init).to(device)
-            self.value_head = ValueHead(self.policy.config.hidden_size).to(device)
-
-    def parameters(self) -> list[torch.nn.Parameter]:
-        modules = [self.policy, self.critic, self.value_head]
-        return [p for m in modules if m is not None for p in m.parameters() if p.requires_grad]
-
-    def evaluate(self, rollout: Rollout, rows: torch.Tensor, with_entropy: bool = False):
-        """Log-probs, values and entropy of the rollout's responses `rows` under the current weights."""
-        args = (rollout.sequences[rows], rollout.attention_mask[rows], rollout.prompt_length, self.config.temperature)
-        out = response_forward(self.policy, *args, with_entropy=with_entropy)
-        values = None
-        if self.value_head is not None:
-            hidden = out.hidden if self.critic is None else response_forward(self.critic, *args).hidden
-            values = self.value_head(hidden)
-        return out.logprobs, values, out.entropy
-
-    def _modules(self) -> dict[str, torch.nn.Module]:
-        modules = {"policy": self.policy, "critic": self.critic, "value_head": self.value_head}
-        return {name: module for name, module in modules.items() if module is not None}
-
-    def weights(self) -> dict[str, torch.Tensor]:
-        """The trained tensors, as `policy.<name>`, `critic.<name>`, `value_head.<name>`."""
-        return {
-            f"{key}.{name}": p.detach()
-            for key, module in self._modules().items()
-            for name, p in module.named_parameters()
-            if p.requires_grad
-        }
-
-    def load_weights(self, weights: dict[str, torch.Tensor]) -> None:
-        params = {f"{key}.{n}": p for key, m in self._modules().items() for n, p in m.named_parameters()}
-        with torch.no_grad():
-            for name, value in weights.items():
-                if not name.startswith("reference."):
-                    params[name].copy_(value)
-
-
-@torch.no_grad()
-def collect_rollout(
-    learner: Learner,
-    tokenizer,
-    prompts: list[str],
-    config: RLConfig,
-    reward: RewardFn,
-    reference,
-    sft_model,
-    gold_fn,
-    seed: int,
-) -> Rollout:
-    """Sample, score and anchor one batch of responses: every model runs once on it."""
-    texts = [p for p in prompts for _ in range(config.samples_per_prompt)]
-    sample = generate(
-        learner.policy, tokenizer, texts,
-        max_new_tokens=config.max_new_tokens, temperature=config.temperature, seed=seed,
-    )  # fmt: skip
-    device = sample.sequences.device
-    scores = (
-        torch.as_tensor(reward(texts, sample.responses), dtype=torch.float32)
-        .to(device)
-        .clamp(-config.reward_clip, config.reward_clip)
-    )
-    if config.missing_eos_penalty is not None:
-        eos = torch.tensor(sorted(eos_token_ids(learner.policy, tokenizer)), device=device)
-        ended = torch.isin(sample.sequences[:, sample.prompt_length :], eos).any(1)
-        scores = scores - config.missing_eos_penalty * (~ended).float()
-    args = (sample.sequences, sample.attention_mask, sample.prompt_length, config.temperature)
-    ref_logprobs = response_forward(reference, *args).logprobs if reference is not None else None
-    sft_logprobs = response_forward(sft_model, *args).logprobs if sft_model is not None else None
-    gold = [gold_fn(p, r) for p, r in zip(texts, sample.responses, strict=True)] if gold_fn else None
-    return Rollout(
-        texts, sample.responses, sample.sequences, sample.attention_mask, sample.prompt_length, sample.mask, scores,
-        gold, ref_logprobs, sft_logprobs,
-    )  # fmt: skip
 
 
 def advantages(
@@ -166,7 +67,10 @@ def advantages(
     mask: torch.Tensor,
     beta: float,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Per-token advantages (and PPO's value targets) of one rollout; see the module docstring."""
+    """Per-token advantages (and PPO's value targets) of one rollout; see the module docstring.
+
+    A process holds whole prompts (RLOO and GRPO groups); whitening uses the statistics of the global batch.
+    """
     returns = None
     if config.algorithm == "ppo":
         rewards = token_rewards(scores, kl, mask, beta)
@@ -178,8 +82,14 @@ def advantages(
             sequence_adv = grpo_advantages(scores, config.samples_per_prompt)
         adv = sequence_adv[:, None] * mask
     if config.whiten_advantages:
-        adv = masked_whiten(adv, mask) * mask
+        adv = masked_whiten(adv, mask, total=runtime.all_sum) * mask
     return adv, returns
+
+
+def _global_mean(total: torch.Tensor, count: torch.Tensor) -> float:
+    """A sum and a count of this process, as the mean over all processes."""
+    sums = runtime.all_sum(torch.stack([total.detach().float(), count.detach().float()]))
+    return float(sums[0] / sums[1].clamp(min=1))
 
 
 def rl_update(
@@ -188,19 +98,23 @@ def rl_update(
     config: RLConfig,
     optimizer,
     beta: float,
-    generator: torch.Generator,
+    minibatch_order: torch.Tensor,
     guard: FiniteGuard,
     step: int,
 ) -> dict:
-    """Advantages, then `ppo_epochs` passes of clipped updates over minibatches; returns the step's stats.
+    """Advantages, then `ppo_epochs` passes of clipped updates over minibatches; returns the step's statistics.
 
-    A minibatch whose loss or gradient is not finite is never applied (`guard` stops the run or skips it).
+    `minibatch_order` holds, per epoch, a permutation of the step's global rows (the same on every process); a
+    minibatch is a slice of it, and each process works on the rows of it that it rolled out. A minibatch whose
+    loss or gradient is not finite is never applied (`guard` stops the run or skips it).
     """
-    n = len(rollout.prompts)
-    everything = torch.arange(n)
-    fused = config.ppo_epochs == 1 and config.minibatch_size >= n
-    with contextlib.nullcontext() if fused else torch.no_grad():
-        live_logp, live_values, entropy = learner.evaluate(rollout, everything, with_entropy=True)
+    world = runtime.world_size()
+    n_local, n_global = len(rollout.rows), config.prompts_per_step * config.samples_per_prompt
+    local_index = {row: i for i, row in enumerate(rollout.rows)}
+    fused = config.ppo_epochs == 1 and config.minibatch_size >= n_global
+    dtype = runtime.compute_dtype(config.mixed_precision)
+    with runtime.autocast(dtype), torch.enable_grad() if fused else torch.no_grad():
+        live_logp, live_values, entropy = learner.evaluate(rollout, torch.arange(n_local), with_entropy=True)
     old_logp = live_logp.detach()
     old_values = live_values.detach() if live_values is not None else None
     mask = rollout.mask
@@ -209,39 +123,51 @@ def rl_update(
     adv, returns = advantages(config, rollout.scores, kl_for_reward, old_values, mask, beta)
 
     stats: dict[str, list[float]] = {"policy_loss": [], "value_loss": [], "clip_fraction": [], "approx_kl": []}
-    for _ in range(config.ppo_epochs):
-        order = torch.randperm(n, generator=generator)
-        for start in range(0, n, config.minibatch_size):
-            rows = order[start : start + config.minibatch_size]
-            if fused:  # the one minibatch is the whole rollout, in `order`'s row order like everything below
+    for epoch_order in minibatch_order:
+        for start in range(0, n_global, config.minibatch_size):
+            minibatch = epoch_order[start : start + config.minibatch_size].tolist()
+            mine = [local_index[g] for g in minibatch if g in local_index]
+            # A process with no row in this minibatch still takes part (its weight is 0), so that every
+            # process runs the same collective operations (FSDP2 gathers weights in every forward pass).
+            weight = 1.0 if mine else 0.0
+            rows = torch.tensor(mine or [0])
+            if fused:  # the one minibatch is the whole rollout: reuse the rollout's forward pass
                 logp, values = live_logp[rows], live_values[rows] if live_values is not None else None
             else:
-                logp, values, _ = learner.evaluate(rollout, rows)
-            m = mask[rows]
-            loss, clip_fraction, approx_kl = clipped_policy_loss(logp, old_logp[rows], adv[rows], m, config.clip_range)
-            stats["policy_loss"].append(loss.item())
+                with runtime.autocast(dtype):
+                    logp, values, _ = learner.evaluate(rollout, rows)
+            m = mask[rows] * weight
+            # Each process divides its token sums by its share of the global token count (the count / world),
+            # so the average of the processes' losses, and of their gradients, is the global token mean.
+            count = runtime.all_sum(m.sum()) / world
+            loss, clip_fraction, approx_kl = clipped_policy_loss(
+                logp, old_logp[rows], adv[rows], m, config.clip_range, count=count
+            )
+            stats["policy_loss"].append(float(runtime.all_sum(loss.detach())) / world)
             if config.algorithm == "grpo" and rollout.ref_logprobs is not None:
-                loss = loss + beta * masked_mean(kl_k3(logp, rollout.ref_logprobs[rows]), m)
+                loss = loss + beta * masked_mean(kl_k3(logp, rollout.ref_logprobs[rows]), m, count=count)
             if values is not None:
-                value_loss = clipped_value_loss(values, old_values[rows], returns[rows], m, config.value_clip_range)
+                value_loss = clipped_value_loss(
+                    values, old_values[rows], returns[rows], m, config.value_clip_range, count=count
+                )
                 loss = loss + config.vf_coef * value_loss
-                stats["value_loss"].append(value_loss.item())
+                stats["value_loss"].append(float(runtime.all_sum(value_loss.detach())) / world)
             loss.backward()
-            grad_norm = torch.nn.utils.clip_grad_norm_(learner.parameters(), config.max_grad_norm)
-            if guard.ok(step, loss=loss, grad_norm=grad_norm):
+            if not runtime.is_sharded(learner.policy):
+                runtime.average_gradients(learner.parameters())
+            grad_norm = runtime.clip_gradients(learner.parameters(), config.max_grad_norm)
+            if guard.ok(step, loss=runtime.all_sum(loss.detach()), grad_norm=grad_norm):
                 optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-            stats["clip_fraction"].append(clip_fraction.item())
-            stats["approx_kl"].append(approx_kl.item())
+            stats["clip_fraction"].append(float(runtime.all_sum(clip_fraction.detach())) / world)
+            stats["approx_kl"].append(float(runtime.all_sum(approx_kl.detach())) / world)
     result = {k: sum(v) / len(v) for k, v in stats.items() if v}
-    result["kl_ref"] = float(kl.sum(1).mean())
+    rows_here = torch.tensor(float(n_local))
+    result["kl_ref"] = _global_mean(kl.sum(), rows_here)
     if rollout.sft_logprobs is not None:
-        result["kl_sft"] = float(((old_logp - rollout.sft_logprobs) * mask).sum(1).mean())
-    result["entropy"] = float(masked_mean(entropy, mask))
+        result["kl_sft"] = _global_mean(((old_logp - rollout.sft_logprobs) * mask).sum(), rows_here)
+    result["entropy"] = _global_mean((entropy * mask).sum(), mask.sum())
     return result
-
-
-RewardFn = Callable[[list[str], list[str]], torch.Tensor]
 
 
 def train_rl(
@@ -265,75 +191,97 @@ def train_rl(
 
 def _run(config: RLConfig, stage: Stage, reward_fn: RewardFn | None, show_progress: bool) -> None:
     out, device = stage.out, runtime.accelerator().device
+    world, main = runtime.world_size(), runtime.is_main_process()
+    if config.prompts_per_step < world:
+        raise ConfigError(f"rl.prompts_per_step ({config.prompts_per_step}) must be at least the {world} processes")
     torch.manual_seed(config.seed)
     random.seed(config.seed)
     prompts = stage.inputs["prompts"]
     tokenizer = load_tokenizer(config.init)
     learner = Learner(config, device)
     check_prompt_lengths(tokenizer, prompts, config.max_new_tokens, learner.policy, f"rl.prompts ({config.prompts})")
-    reference = load_reference(config)
-    reference = reference.to(device) if reference is not None else None
+    reference = load_reference(config, learner.policy, device)
     same_as_reference = config.reference == "sft" and config.sft_model in (None, config.reference_model or config.init)
     sft_model = None
     if config.sft_model is not None and not same_as_reference:
-        sft_model = load_causal_lm(config.sft_model).to(device).eval().requires_grad_(False)
+        sft_model = load_causal_lm(config.sft_model).eval().requires_grad_(False)
+        sft_model = runtime.place(sft_model, device, config.sharding)
     reward = reward_fn or RewardModel.load(config.reward_model, device).score
     gold_fn = None
     if config.task:
         from salsa.tasks import BUILTIN_TASKS
 
         gold_fn = BUILTIN_TASKS[config.task].gold_score
+    trained = learner.trained
     optimizer = torch.optim.AdamW(learner.parameters(), lr=config.learning_rate)
     beta = 0.0 if reference is None else config.kl_coef
     controller = AdaptiveKLController(beta, config.target_kl, config.kl_horizon) if config.adaptive_kl else None
+    ema = reference.model if reference is not None and config.reference == "ema" else None
 
     checkpoints = out / "checkpoints"
     step, first_length, collapsed = 0, None, False
     resume_from = latest_checkpoint(checkpoints)
     if resume_from is not None:
-        weights, counters = load_checkpoint(resume_from, optimizer)
-        learner.load_weights(weights)
-        if config.reference == "ema":
-            restore_reference(reference, weights)
-        step, beta, first_length = counters["step"], counters["beta"], counters["first_length"]
+        saved = load_checkpoint(resume_from, rank=runtime.process_state().process_index)
+        if saved.counters.get("world_size", 1) != world:
+            raise SalsaError(
+                f"{resume_from} was saved by a run on {saved.counters.get('world_size', 1)} processes, this one has "
+                f"{world}; resume it as it was launched, or pass --overwrite to start over"
+            )
+        learner.load_weights(saved.weights)
+        runtime.load_optimizer_state(trained, optimizer, saved.optimizer_state)
+        if ema is not None:
+            restore_reference(ema, saved.weights)
+        step, beta, first_length = saved.counters["step"], saved.counters["beta"], saved.counters["first_length"]
         if controller is not None:
             controller.value = beta
         console.print(f"resuming {out} from step {step}")
     guard = FiniteGuard("rl", config.on_nonfinite)
     batches = batch_stream([1] * len(prompts), config.prompts_per_step, derive_seed(config.seed, "prompts"), step)
+    positions = runtime.my_share(config.prompts_per_step)  # this process's prompts of every step's batch
+    n_global = config.prompts_per_step * config.samples_per_prompt
+    dtype = runtime.compute_dtype(config.mixed_precision)
 
-    with MetricsLog(out, "rl", resume_step=step) as log, training_progress(disable=not show_progress) as progress:
+    progress_bar = training_progress(disable=not show_progress or not main)
+    with MetricsLog(out, "rl", resume_step=step, enabled=main) as log, progress_bar as progress:
         task = progress.add_task(
             f"{config.algorithm} ({config.reference} ref)", total=config.steps, completed=step, metrics=""
         )
         while step < config.steps:
             started = time.perf_counter()
-            batch = [prompts[i] for i in next(batches)]
-            rollout = collect_rollout(
-                learner, tokenizer, batch, config, reward, reference, sft_model, gold_fn,
-                derive_seed(config.seed, "sample", step),
-            )  # fmt: skip
+            batch = next(batches)
+            with runtime.autocast(dtype):
+                rollout = collect_rollout(
+                    learner, tokenizer, [prompts[batch[p]] for p in positions], positions, config, step, reward,
+                    reference, sft_model, gold_fn,
+                )  # fmt: skip
             step += 1
             stats = {}
             if guard.ok(step, reward=rollout.scores):
-                stats = rl_update(learner, rollout, config, optimizer, beta, generator(config.seed, "minibatch", step),
-                                  guard, step)  # fmt: skip
-            length = float(rollout.mask.sum(1).mean())
+                order = generator(config.seed, "minibatch", step)
+                epochs = torch.stack([torch.randperm(n_global, generator=order) for _ in range(config.ppo_epochs)])
+                stats = rl_update(learner, rollout, config, optimizer, beta, epochs, guard, step)
+            here = torch.tensor(float(len(rollout.rows)))
+            length = _global_mean(rollout.mask.sum(), here)
             first_length = first_length or length
+            gold = None
+            if rollout.gold is not None:
+                gold = _global_mean(torch.tensor(rollout.gold, dtype=torch.float64).sum(), here)
+            tokens = float(runtime.all_sum(rollout.attention_mask.sum().double()))
             record = {
                 "step": step,
-                "reward": float(rollout.scores.mean()),
-                "gold": sum(rollout.gold) / len(rollout.gold) if rollout.gold else None,
+                "reward": _global_mean(rollout.scores.nan_to_num().sum(), here),
+                "gold": gold,
                 **stats,
                 "kl_coef": beta,
                 "response_length": length,
-                "tokens_per_s": float(rollout.attention_mask.sum()) / (time.perf_counter() - started),
+                "tokens_per_s": tokens / (time.perf_counter() - started),
                 "collapse": length < config.collapse_fraction * first_length,
                 "skipped": guard.skipped,
             }
             if "kl_sft" not in record and same_as_reference and "kl_ref" in record:
                 record["kl_sft"] = record["kl_ref"]  # the reference is the SFT model
-            if record["collapse"] and not collapsed:
+            if record["collapse"] and not collapsed and main:
                 console.print(
                     f"[bold yellow]warning:[/] response length collapsed at step {step} ({length:.1f} tokens vs "
                     f"{first_length:.1f} at step 1); consider a different kl_coef"
@@ -341,25 +289,38 @@ def _run(config: RLConfig, stage: Stage, reward_fn: RewardFn | None, show_progre
                 collapsed = True
             log.write(record)
             if controller is not None and "kl_ref" in record:
-                controller.update(record["kl_ref"], len(rollout.prompts))
+                controller.update(record["kl_ref"], n_global)
                 beta = controller.value
-            if config.reference == "ema" and reference is not None:
-                ema_update(reference, learner.policy, config.ema_decay)
-            gold = f"  gold {record['gold']:+.3f}" if record["gold"] is not None else ""
+            if ema is not None:
+                ema_update(ema, learner.policy, config.ema_decay)
+            gold_text = f"  gold {record['gold']:+.3f}" if record["gold"] is not None else ""
             progress.update(
                 task, advance=1,
-                metrics=f"reward {record['reward']:+.3f}{gold}  kl {record.get('kl_ref', float('nan')):.2f}  "
+                metrics=f"reward {record['reward']:+.3f}{gold_text}  kl {record.get('kl_ref', float('nan')):.2f}  "
                 f"len {length:.0f}  {record['tokens_per_s']:.0f} tok/s",
             )  # fmt: skip
             if config.snapshot_steps and step % config.snapshot_steps == 0 and step < config.steps:
-                save_snapshot(learner.policy, out, step)  # the final step is `final/`
+                weights = runtime.trainable_state(learner.policy)  # every process takes part in gathering
+                if main:
+                    save_snapshot(weights, out, step)  # the final step is `final/`
             if config.save_steps and step % config.save_steps == 0 and step < config.steps:
                 weights = learner.weights()
-                if config.reference == "ema" and reference is not None:
-                    weights.update(reference_weights(reference))
+                if ema is not None:
+                    weights.update(reference_weights(ema))
                 check_finite_weights(weights, str(checkpoints))
-                counters = {"step": step, "beta": beta, "first_length": first_length, "seed": config.seed}
-                save_checkpoint(checkpoints / f"step-{step:07d}", weights, optimizer, counters=counters)
-    save_model(learner.policy, tokenizer, out / "final")
+                counters = {"step": step, "beta": beta, "first_length": first_length, "world_size": world}
+                optimizer_state = runtime.optimizer_state(trained, optimizer)
+                save_checkpoint(checkpoints / f"step-{step:07d}", weights, optimizer_state, counters=counters)
+    runtime.check_replicas_agree(learner.trained, *([ema] if ema is not None else []), what="policy and reference")
+    policy = runtime.full_model(learner.policy, lambda: _fresh_policy(config))
+    if main:
+        save_model(policy, tokenizer, out / "final")
     stage.finish({"algorithm": config.algorithm, "reference": config.reference, "skipped_steps": guard.skipped})
-    shutil.rmtree(checkpoints, ignore_errors=True)
+    if main:
+        shutil.rmtree(checkpoints, ignore_errors=True)
+
+
+def _fresh_policy(config: RLConfig):
+    """An unsharded policy of the run's architecture, to gather the trained weights of a sharded one into."""
+    policy = load_causal_lm(config.init)
+    return add_lora(policy, config.lora_r, config.lora_alpha) if config.use_lora else policy

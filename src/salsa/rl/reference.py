@@ -1,6 +1,7 @@
 """The KL reference, the one thing SALSA changes: sft | soup | ema | none.
 
-- sft:  a frozen SFT model (the standard RLHF baseline).
+- sft:  a frozen SFT model (the standard RLHF baseline). When the policy trains LoRA adapters on that same
+        model, the reference is the policy with its adapters switched off: no second copy (as TRL and verl do).
 - soup: a frozen model soup, from a soup directory or averaged in memory from SFT models (SALSA).
 - ema:  a moving average of the policy, updated after every step (as in WARP); starts at the policy init.
 - none: no reference and no KL penalty (ablation).
@@ -8,17 +9,46 @@
 
 from __future__ import annotations
 
+import contextlib
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
+from salsa import runtime
 from salsa.config import RLConfig
 from salsa.models import base_model, load_causal_lm
 
 
-def load_reference(config: RLConfig) -> nn.Module | None:
-    """Load the reference once, frozen, in eval mode; None for `reference: none`."""
+@dataclass
+class Reference:
+    """The KL anchor: a frozen model, or the (LoRA) policy itself with its adapters switched off."""
+
+    model: nn.Module
+    adapters_off: bool = False
+
+    def scoring(self):
+        """The context in which `model` is the reference (adapters off, when it is the policy)."""
+        return self.model.disable_adapter() if self.adapters_off else contextlib.nullcontext()
+
+    def logprobs(self, sequences, attention_mask, prompt_length: int, temperature: float) -> torch.Tensor:
+        from salsa.rl.policy import response_forward
+
+        with self.scoring():
+            return response_forward(self.model, sequences, attention_mask, prompt_length, temperature).logprobs
+
+
+def shares_the_policy_base(config: RLConfig) -> bool:
+    """LoRA on the SFT model that is also the reference: the base under the adapters is the reference."""
+    return config.use_lora and config.reference == "sft" and config.reference_model in (None, config.init)
+
+
+def load_reference(config: RLConfig, policy: nn.Module, device: torch.device) -> Reference | None:
+    """The reference, frozen and in eval mode; None for `reference: none`."""
     if config.reference == "none":
         return None
+    if shares_the_policy_base(config):
+        return Reference(policy, adapters_off=True)
     if config.reference == "soup" and config.reference_models:
         from salsa.soup import soup_model
 
@@ -28,7 +58,9 @@ def load_reference(config: RLConfig) -> nn.Module | None:
     else:
         model = load_causal_lm(config.reference_model or config.init)
     model.eval().requires_grad_(False)
-    return model
+    # An EMA reference is updated in place from the policy's full weights, so it stays whole on every process.
+    sharding = config.sharding if config.reference != "ema" else "none"
+    return Reference(runtime.place(model, device, sharding))
 
 
 def _policy_weights(policy: nn.Module) -> dict[str, torch.Tensor]:

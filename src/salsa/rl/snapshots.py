@@ -23,12 +23,14 @@ SNAPSHOT_DIR = "snapshots"
 _NAME = re.compile(r"step-(\d+)\.safetensors")
 
 
-def save_snapshot(policy: torch.nn.Module, run_dir: Path, step: int) -> Path:
-    """Write the policy's trainable weights at `step` (atomically)."""
+def save_snapshot(trained: dict[str, torch.Tensor], run_dir: Path, step: int) -> Path:
+    """Write the policy's trainable weights at `step` (whole, from `runtime.trainable_state`), atomically."""
+    from salsa.logs import check_finite_weights
+
     path = run_dir / SNAPSHOT_DIR / f"step-{step:06d}.safetensors"
-    trained = {name: p.detach().contiguous() for name, p in policy.named_parameters() if p.requires_grad}
+    check_finite_weights(trained, str(path))
     with atomic_file(path) as tmp:
-        save_file(trained, str(tmp))
+        save_file({name: value.contiguous() for name, value in trained.items()}, str(tmp))
     return path
 
 

@@ -108,6 +108,8 @@ def _make(config: DataConfig, stage: Stage, show_progress: bool) -> None:
     base_gold = {name: statistics.mean(g for s in sampled[name] for _, g in s) for name in sampled}
     sft_gold = statistics.mean(r["gold"] for r in sft_rows)
     out = stage.out
+    if not runtime.is_main_process():  # every process drew its share of the samples; the main one writes
+        return stage.finish()
     for name, rows in splits.items():
         atomic_write_text(out / f"prompts_{name}.jsonl", _jsonl(rows))
     atomic_write_text(out / "sft.jsonl", _jsonl(sft_rows))

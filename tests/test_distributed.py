@@ -1,0 +1,211 @@
+"""Two CPU processes under torchrun (gloo) against one process with the same global batch.
+
+Each test launches `python -m torch.distributed.run --standalone --nproc_per_node 2`, the way a user launches salsa
+on several GPUs; the one-process run uses one thread, as each of the two processes does (torchrun's default), so
+that both sum in the same order.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from salsa.models import save_tiny_model
+
+WORKERS = str(Path(__file__).parent / "workers.py")
+PROMPTS = ["Say something.", "Write a word.", "Tell me a story.", "Describe the sea.",
+           "Name a colour.", "Count to three.", "Greet me.", "Sing a song."]  # fmt: skip
+
+
+def _env():
+    return {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+
+
+def _launch(args, processes, cwd, check=True):
+    if processes == 1:
+        command = [sys.executable, *args]
+    else:
+        command = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            f"--nproc_per_node={processes}",
+            *args,
+        ]
+    result = subprocess.run(command, cwd=cwd, env=_env(), capture_output=True, text=True, timeout=300)
+    if check:
+        assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def _salsa(*args):
+    return ["-m", "salsa.cli", *args]
+
+
+def _weights(path):
+    return load_file(str(Path(path) / "model.safetensors"))
+
+
+def _close(a, b, atol=1e-5):
+    return a.keys() == b.keys() and max(float((a[k] - b[k]).abs().max()) for k in a) <= atol
+
+
+def _records(path):
+    return [json.loads(line) for line in Path(path).read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory, tokenizer):
+    root = tmp_path_factory.mktemp("dp")
+    save_tiny_model(root / "tiny", tokenizer, seed=0, initializer_range=0.5)
+    save_tiny_model(root / "tiny2", tokenizer, seed=1, initializer_range=0.5)
+    (root / "prompts.jsonl").write_text("".join(json.dumps({"prompt": p}) + "\n" for p in PROMPTS))
+    return root
+
+
+SFT = ["sft", "--model", "tiny", "-q", "--set", "max_steps=4", "--set", "learning_rate=3e-3", "--set", "warmup_ratio=0",
+       "--set", "max_length=64", "--set", "num_models=1", "--set", "save_steps=2"]  # fmt: skip
+
+
+@pytest.mark.parametrize("sharding", ["none", "fsdp2"])
+def test_two_process_sft_equals_one_process_with_the_same_global_batch(work, sharding):
+    one = _launch(_salsa(*SFT, "--output-dir", "sft1", "--set", "batch_size=4"), 1, work)
+    two = _launch(_salsa(*SFT, "--output-dir", f"sft2-{sharding}", "--set", "batch_size=2",
+                         "--set", f"sharding={sharding}"), 2, work)  # fmt: skip
+    assert two.stdout.split() == [f"sft2-{sharding}/sft-0"]  # each output printed once
+    assert one.stdout.split() == ["sft1/sft-0"]
+    assert _close(_weights(work / "sft1/sft-0"), _weights(work / f"sft2-{sharding}/sft-0"))
+    # The same learning-rate schedule (not N times too fast) and the global loss and token counts.
+    one_log, two_log = (
+        _records(work / "sft1/sft-0/metrics.jsonl"),
+        _records(work / f"sft2-{sharding}/sft-0/metrics.jsonl"),
+    )
+    assert [r["lr"] for r in one_log] == [r["lr"] for r in two_log]
+    assert [r["tokens"] for r in one_log] == [r["tokens"] for r in two_log]
+    assert [r["loss"] for r in one_log] == pytest.approx([r["loss"] for r in two_log], rel=1e-5)
+    assert (
+        not list((work / f"sft2-{sharding}/sft-0/tensorboard").glob("*"))
+        or len(list((work / f"sft2-{sharding}/sft-0/tensorboard").glob("events*"))) == 1
+    )  # one TensorBoard file: only the main process logs
+
+
+@pytest.mark.parametrize("algorithm", ["rloo", "ppo"])
+def test_two_process_rl_steps_equal_one_process_with_the_same_global_batch(work, algorithm):
+    base = dict(
+        algorithm=algorithm,
+        init="tiny",
+        reference="ema",
+        prompts="prompts.jsonl",
+        task=None,
+        steps=2,
+        prompts_per_step=4,
+        samples_per_prompt=2,
+        max_new_tokens=6,
+        learning_rate=1e-3,
+        kl_coef=0.1,
+        save_steps=0,
+        minibatch_size=4,
+        ppo_epochs=2,
+    )  # several minibatches per epoch: a real PPO update
+    for processes in (1, 2):
+        config = json.dumps({**base, "output_dir": f"rl-{algorithm}-{processes}"})
+        _launch([WORKERS, "rl", config], processes, work)  # also checks that both ranks end with equal replicas
+    one, two = (_records(work / f"rl-{algorithm}-{n}/metrics.jsonl") for n in (1, 2))
+    for key in ("reward", "kl_ref", "policy_loss", "approx_kl", "entropy", "response_length"):
+        assert [r[key] for r in one] == pytest.approx([r[key] for r in two], rel=1e-4, abs=1e-6), key
+    # Adam divides each gradient element by its own scale, so an element whose gradient is at float-rounding level
+    # (an embedding row of a token barely seen) moves by a rounding-dependent amount: 1e-4 is ~1% of the largest
+    # update of this run (2 steps at learning rate 1e-3).
+    one_final, two_final = (_weights(work / f"rl-{algorithm}-{n}/final") for n in (1, 2))
+    assert _close(one_final, two_final, atol=1e-4)
+
+
+def test_two_process_data_and_eval_write_what_one_process_writes(work):
+    data = ["data", "make", "--model", "tiny", "-q", "--set", "samples_per_prompt=2", "--set", "max_new_tokens=5"]
+    for processes in (1, 2):
+        _launch(_salsa(*data, "--output-dir", f"data{processes}"), processes, work)
+    for name in (
+        "prompts_train.jsonl",
+        "sft.jsonl",
+        "prefs.jsonl",
+        "prefs_eval.jsonl",
+        "samples.jsonl",
+        "datasheet.md",
+    ):
+        assert (work / "data1" / name).read_bytes() == (work / "data2" / name).read_bytes(), name
+    settings = ["prompts=data1/prompts_eval.jsonl", "ood_prompts=data1/prompts_ood.jsonl", "reward_model=null",
+                "sft_model=tiny", "soup_model=null", "landscape_models=[tiny,tiny2]", "batch_size=16",
+                "landscape_alphas=[0.0,0.5,1.0]", "max_new_tokens=5", "bootstrap_samples=200"]  # fmt: skip
+    evaluation = ["eval", "-p", "a=tiny", "-p", "b=tiny2", "-q", *[x for s in settings for x in ("--set", s)]]
+    for processes in (1, 2):
+        _launch(_salsa(*evaluation, "--output-dir", f"eval{processes}"), processes, work)
+    one, two = (_records(work / f"eval{n}/samples.jsonl") for n in (1, 2))
+    assert len(one) == len(two)
+    for a, b in zip(one, two, strict=True):
+        # Texts and judgments are identical; model-computed numbers (KL) agree to float32 rounding, which
+        # depends on the order of the sums inside the kernels.
+        assert {k: v for k, v in a.items() if not k.startswith("kl_")} == {
+            k: v for k, v in b.items() if not k.startswith("kl_")
+        }
+        if "kl_sft" in a:
+            assert a["kl_sft"] == pytest.approx(b["kl_sft"], rel=1e-4, abs=1e-5)
+
+
+def test_a_killed_rank_ends_the_job_and_a_rerun_resumes(work):
+    args = [
+        *SFT,
+        "--set",
+        "max_steps=120",
+        "--set",
+        "save_steps=10",
+        "--set",
+        "batch_size=2",
+        "--set",
+        "sharding=fsdp2",
+    ]
+    straight = _launch(_salsa(*args, "--output-dir", "straight"), 2, work)
+    assert straight.returncode == 0
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+               *_salsa(*args, "--output-dir", "killed")]  # fmt: skip
+    job = subprocess.Popen(command, cwd=work, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                           start_new_session=True)  # fmt: skip
+    checkpoints = work / "killed/sft-0/checkpoints"
+    deadline = time.time() + 120
+    while not list(checkpoints.glob("step-*/state.json")) and time.time() < deadline and job.poll() is None:
+        time.sleep(0.2)
+    assert list(checkpoints.glob("step-*/state.json")), "no checkpoint was written"
+    workers = subprocess.run(["pgrep", "-P", str(job.pid)], capture_output=True, text=True).stdout.split()
+    os.kill(int(workers[-1]), signal.SIGKILL)  # one rank dies
+    _, stderr = job.communicate(timeout=120)
+    assert job.returncode != 0 and "Signal 9 (SIGKILL)" in stderr  # the job ends, saying why
+    assert not (work / "killed/sft-0/model.safetensors").exists()
+    _launch(_salsa(*args, "--output-dir", "killed"), 2, work)  # the rerun resumes from the checkpoint
+    assert _close(_weights(work / "straight/sft-0"), _weights(work / "killed/sft-0"))
+    assert [r["step"] for r in _records(work / "killed/sft-0/metrics.jsonl")] == list(range(1, 121))
+
+
+def test_a_checkpoint_resumes_only_on_the_world_size_it_was_saved_with(work):
+    args = [*SFT, "--set", "batch_size=2", "--output-dir", "world"]
+    _launch(_salsa(*args), 2, work)
+    run = work / "world/sft-0"
+    # Make it look interrupted after its step-2 checkpoint: the marker gone, a checkpoint of 2 processes left.
+    (run / "salsa_complete.json").unlink()
+    (work / "world/salsa_complete.json").unlink()
+    checkpoint = run / "checkpoints/step-0000002"
+    checkpoint.mkdir(parents=True)
+    (checkpoint / "state.json").write_text(json.dumps({"optimizer": {"param_groups": [], "scalars": {}},
+                                                       "scheduler": None, "counters": {"seed": 0, "world_size": 2,
+                                                       "step": 2, "micro_step": 2}}))  # fmt: skip
+    for name in ("weights", "optimizer", "rng"):
+        save_file({"state/0/step": torch.zeros(1)}, str(checkpoint / f"{name}.safetensors"))
+    result = _launch(_salsa(*args), 1, work, check=False)
+    assert result.returncode == 2
+    assert "on 2 processes; this one has seed 0 on 1" in result.stderr
