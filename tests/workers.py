@@ -1,6 +1,6 @@
 """Entry points the 2-process tests launch with torchrun (and once with a single process, to compare).
 
-    python -m torch.distributed.run --standalone --nproc_per_node 2 tests/workers.py rl CONFIG_JSON
+python -m torch.distributed.run --standalone --nproc_per_node 2 tests/workers.py rl CONFIG_JSON
 """
 
 import json
