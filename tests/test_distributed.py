@@ -209,3 +209,19 @@ def test_a_checkpoint_resumes_only_on_the_world_size_it_was_saved_with(work):
     result = _launch(_salsa(*args), 1, work, check=False)
     assert result.returncode == 2
     assert "on 2 processes; this one has seed 0 on 1" in result.stderr
+
+
+def test_salsa_run_launches_its_processes_and_writes_each_file_once(work):
+    (work / "run.yaml").write_text(
+        "run: {output_dir: run2, seeds: 1}\n"
+        "data: {model: tiny, samples_per_prompt: 2, max_new_tokens: 5}\n"
+        "reward: {backbone: causal, model: tiny, num_epochs: 0.2, max_length: 64}\n"
+        "sft: {model: tiny, max_steps: 2, batch_size: 2, max_length: 64}\n"
+        "rl: {steps: 2, prompts_per_step: 4, max_new_tokens: 5, learning_rate: 1.0e-3}\n"
+        "eval: {max_new_tokens: 5, landscape_alphas: [0.0, 0.5, 1.0], bootstrap_samples: 200}\n"
+    )
+    result = _launch(_salsa("run", "run.yaml", "--num-processes", "2", "-q"), 1, work)
+    assert result.stderr.count("verdict:") == 1  # the summary, printed by the main process only
+    steps = [r["step"] for r in _records(work / "run2/rl/salsa/seed-0/metrics.jsonl")]
+    assert steps == [1, 2]  # logged once, not once per process
+    assert (work / "run2/report/report.md").is_file() and (work / "run2/salsa_complete.json").is_file()

@@ -127,3 +127,42 @@ def test_run_resumes_after_interruption_then_skips_finished_stages(run_yaml, tmp
     # Everything finished with this config: nothing runs but the report.
     _forbid(monkeypatch, "salsa.rl.ppo.train_rl", "salsa.evaluate.evaluate")
     run_pipeline(run_yaml, ["rl.steps=3"], show_progress=False)
+
+
+def test_the_resolved_config_holds_what_the_runs_use_and_reads_back_to_the_same_plan(run_yaml, tmp_path):
+    plan = plan_run(run_yaml, ["run.seeds=2", "rl.seed=5"])
+    text = plan.to_yaml()
+    shared = yaml.safe_load(text)["rl"]
+    assert "init" not in shared and "output_dir" not in shared  # set per run, listed below the section
+    assert shared["reward_model"] == plan.rl["rl/ppo/seed-0"].reward_model and shared["seed"] == 5
+    assert f"# rl/salsa/seed-1: init {tmp_path / 'run' / 'soup'}, reference soup" in text
+    resolved = tmp_path / "resolved.yaml"
+    resolved.write_text(text)
+    assert plan_run(resolved).rl == plan.rl
+
+
+def test_own_data_without_a_task_skips_the_data_stage_and_names_what_is_missing(run_yaml, tmp_path):
+    with pytest.raises(ConfigError, match="run.task is null .* set sft.data, reward.data, rl.prompts, eval.prompts"):
+        plan_run(run_yaml, ["run.task=null"])
+    own = ["run.task=null", "sft.data=hub:HuggingFaceH4/ultrachat_200k:train_sft",
+           "reward.data=hub:HuggingFaceH4/ultrafeedback_binarized:train_prefs",
+           "rl.prompts=hub:HuggingFaceH4/ultrafeedback_binarized:train_prefs",
+           "eval.prompts=hub:HuggingFaceH4/ultrafeedback_binarized:test_prefs"]  # fmt: skip
+    plan = plan_run(run_yaml, own)
+    assert plan.data is None and plan.reward.eval_data is None and plan.eval.ood_prompts is None
+    assert all(c.task is None for c in plan.rl.values()) and plan.eval.task is None
+    assert plan.rl["rl/ppo/seed-0"].prompts == "hub:HuggingFaceH4/ultrafeedback_binarized:train_prefs"
+
+
+@pytest.mark.parametrize("example", ["gpu_paper_setting.yaml", "salsa_vs_ppo_cpu.yaml"])
+def test_the_shipped_examples_are_valid_offline(example, monkeypatch, tmp_path):
+    from pathlib import Path
+
+    from salsa.pipeline import dry_run
+
+    monkeypatch.chdir(tmp_path)  # the examples' relative run directories land here
+    plan = plan_run(Path(__file__).parent.parent / "examples" / example)
+    lines = dry_run(plan)  # hub models and datasets checked by name only: nothing is fetched
+    assert lines[-1].startswith("eval: ") and any(line.startswith("rl/salsa/seed-0") for line in lines)
+    if example.startswith("gpu"):
+        assert plan.data is None and plan.sft.sharding == "fsdp2" and plan.rl["rl/ppo/seed-0"].mixed_precision == "bf16"

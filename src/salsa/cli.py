@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -289,15 +291,39 @@ def run(
     set_: SetOption = None,
     seeds: Annotated[int | None, typer.Option(help="RL seeds per method; results aggregate over them.")] = None,
     output_dir: Annotated[str | None, typer.Option(help="Run directory.")] = None,
+    num_processes: Annotated[
+        int, typer.Option(help="Processes on this machine (one per GPU): relaunches under torchrun.")
+    ] = 1,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Check the whole config and every input; download and train nothing.")
+    ] = False,
     quiet: QuietOption = False,
 ) -> None:
     """The whole pipeline: data, K SFT models, soup, reward model, PPO and SALSA, eval, report.
 
-    Finished stages are skipped on a rerun; an interrupted stage resumes from its checkpoints.
+    Finished stages are skipped on a rerun; an interrupted stage resumes from its checkpoints. Under
+    `torchrun` / `accelerate launch` (or with --num-processes) every stage runs data parallel.
     """
+    if num_processes < 1:
+        raise SalsaError(f"--num-processes must be >= 1, got {num_processes}")
+    if num_processes > 1 and "WORLD_SIZE" not in os.environ:  # not yet launched: launch ourselves under torchrun
+        args, skip = [], False
+        for arg in sys.argv[1:]:
+            if not skip and not arg.startswith("--num-processes"):
+                args.append(arg)
+            skip = arg == "--num-processes"
+        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={num_processes}"]
+        sys.exit(subprocess.run([*command, "-m", "salsa.cli", *args]).returncode)
     overrides = list(set_ or [])
     overrides += [f"run.{k}={v}" for k, v in (("seeds", seeds), ("output_dir", output_dir)) if v is not None]
-    from salsa.pipeline import run_pipeline
+    from salsa.pipeline import dry_run as check_run
+    from salsa.pipeline import plan_run, run_pipeline
+
+    if dry_run:
+        for line in check_run(plan_run(config, overrides)):
+            typer.echo(line)
+        typer.echo("the config and every input are valid; nothing was downloaded or trained")
+        return
     from salsa.report import print_summary
 
     _quiet_libraries()

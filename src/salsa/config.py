@@ -374,6 +374,10 @@ class RunConfig:
     STAGE: ClassVar[str] = "run"
 
     output_dir: str = option("runs/salsa", "run directory: data/, reward/, sft/, soup/, rl/, eval/, report/")
+    task: str | None = option(
+        "reviews", "built-in task that makes the data (`salsa data make`) and judges; null: your own data (set "
+        "sft.data, reward.data, rl.prompts, eval.prompts: files or hub:ORG/NAME[:CONFIG][:SPLIT])", check=known_task,
+    )  # fmt: skip
     seeds: int = option(1, "RL seeds per method (PPO and SALSA); results aggregate over them", check=at_least(1))
     methods: list[str] = option(
         help="RL runs to compare: ppo (init and reference sft-0) and salsa (init and reference soup)",

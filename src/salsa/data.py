@@ -18,16 +18,36 @@ from typing import Any
 from salsa.errors import DataError
 
 
+def hub_source(source: str) -> tuple[str, str | None, str | None]:
+    """`hub:ORG/NAME`, `hub:ORG/NAME:SPLIT` or `hub:ORG/NAME:CONFIG:SPLIT` -> (name, config, split)."""
+    parts = source.removeprefix("hub:").split(":")
+    if len(parts) > 3 or not all(parts):
+        raise DataError(
+            f"'{source}': write a hub dataset as hub:ORG/NAME, hub:ORG/NAME:SPLIT or hub:ORG/NAME:CONFIG:SPLIT"
+        )
+    name, config, split = parts[0], parts[1] if len(parts) == 3 else None, parts[-1] if len(parts) > 1 else None
+    return name, config, split
+
+
 def load_records(source: str | Sequence[dict[str, Any]], split: str = "train") -> tuple[list[dict], str]:
-    """Read rows from any supported source; returns the rows and a name for error messages."""
+    """Read rows from any supported source; returns the rows and a name for error messages.
+
+    Sources: a JSONL file, a JSON file (an array of objects, or JSON lines), a Parquet file, a `datasets`
+    directory (save_to_disk), `hub:ORG/NAME[:CONFIG][:SPLIT]` or a plain hub id (with `split`), `builtin:<task>`.
+    """
     if not isinstance(source, str):
         return [dict(r) for r in source], "<in-memory rows>"
     if source.startswith("builtin:"):
         from salsa.tasks import builtin_split
 
         return builtin_split(source.removeprefix("builtin:"), split), source
+    if source.startswith("hub:"):
+        name, config, hub_split = hub_source(source)
+        return _load_dataset(source, name, config, hub_split or split), source
     path = Path(source)
-    if path.suffix in (".jsonl", ".json") or (path.exists() and path.is_file() and path.suffix != ".parquet"):
+    if path.suffix == ".json":
+        return _read_json(path), str(path)
+    if path.suffix == ".jsonl" or (path.exists() and path.is_file() and path.suffix != ".parquet"):
         return _read_jsonl(path), str(path)
     if path.suffix == ".parquet":
         if not path.is_file():
@@ -48,16 +68,44 @@ def load_records(source: str | Sequence[dict[str, Any]], split: str = "train") -
                 f"{path} is a directory but not a saved `datasets` dataset (no dataset_info.json / "
                 "dataset_dict.json); pass a JSONL or Parquet file, or a directory written by save_to_disk"
             ) from None
-    else:
-        try:
-            loaded = datasets.load_dataset(source, split=split)
-        except Exception as e:  # hub errors vary; the user needs the first line
-            raise DataError(f"could not load dataset '{source}': {str(e).splitlines()[0]}") from None
-    if isinstance(loaded, datasets.DatasetDict):
-        if split not in loaded:
-            raise DataError(f"{source}: no split '{split}' (has {', '.join(loaded)})")
-        loaded = loaded[split]
-    return loaded.to_list(), source
+        if isinstance(loaded, datasets.DatasetDict):
+            if split not in loaded:
+                raise DataError(f"{source}: no split '{split}' (has {', '.join(loaded)})")
+            loaded = loaded[split]
+        return loaded.to_list(), source
+    return _load_dataset(source, source, None, split), source
+
+
+def _load_dataset(source: str, name: str, config: str | None, split: str) -> list[dict]:
+    import datasets
+
+    try:
+        return datasets.load_dataset(name, config, split=split).to_list()
+    except Exception as e:  # hub errors vary; the user needs the first line
+        raise DataError(f"could not load dataset '{source}': {str(e).strip().splitlines()[0]}") from None
+
+
+def _read_json(path: Path) -> list[dict]:
+    """A .json file: an array of row objects, or JSON lines."""
+    if not path.is_file():
+        raise DataError(f"data file {path} {'is not a regular file' if path.exists() else 'does not exist'}")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not UTF-8 text (byte {e.start}); save it as UTF-8") from None
+    if not text.lstrip().startswith("["):
+        return _read_jsonl(path)
+    try:
+        rows = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
+    for number, row in enumerate(rows, start=1):
+        if not isinstance(row, dict):
+            raise DataError(f"{path} row {number}: expected a JSON object, got {type(row).__name__}")
+        row["_row"] = number
+    if not rows:
+        raise DataError(f"{path}: no rows")
+    return rows
 
 
 def _read_jsonl(path: Path) -> list[dict]:

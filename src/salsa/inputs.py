@@ -26,8 +26,9 @@ def _looks_like_path(ref: str) -> bool:
     return ref.startswith(("/", "./", "../", "~", ".\\")) or ref.count("/") > 1 or "\\" in ref
 
 
-def check_model_reference(ref: str, where: str) -> None:
-    """A model salsa can load: the default alias, a .gguf file, a local model directory or a hub id."""
+def check_model_reference(ref: str, where: str, download: bool = False) -> None:
+    """A model salsa can load: the default alias, a .gguf file, a local model directory or a hub id (in the local
+    cache when the hub is offline, unless `download`: a dry run checks what a run would fetch)."""
     if ref == DEFAULT_MODEL:
         default_gguf_path()
         return
@@ -51,7 +52,7 @@ def check_model_reference(ref: str, where: str) -> None:
         validate_repo_id(ref)
     except HFValidationError:
         raise ConfigError(f"{where}: '{ref}' is neither a local model directory nor a hub id (org/name)") from None
-    if is_offline_mode() and not isinstance(try_to_load_from_cache(ref, "config.json"), str):
+    if not download and is_offline_mode() and not isinstance(try_to_load_from_cache(ref, "config.json"), str):
         raise ConfigError(
             f"{where}: '{ref}' is not a local directory and not in the Hugging Face cache, and the hub is offline "
             "(HF_HUB_OFFLINE); download it first or pass a local model directory"
@@ -109,25 +110,45 @@ def check_eval_directory(ref: str, where: str) -> dict:
     return results
 
 
-def _parse_data(kind: str, source: str, split: str) -> Any:
+def is_hub_dataset(source: str) -> bool:
+    """A data source that names a hub dataset (downloaded by `datasets`) rather than a local file or directory."""
+    return source.startswith("hub:") or (
+        not source.startswith("builtin:") and not Path(source).exists() and not _looks_like_path(source)
+        and "." not in Path(source).name
+    )  # fmt: skip
+
+
+def _parse_data(kind: str, source: str, split: str, download: bool) -> Any:
     from salsa import data
 
+    if download and is_hub_dataset(source):  # a dry run: the name's form only, nothing fetched
+        if source.startswith("hub:"):
+            name = data.hub_source(source)[0]
+        else:
+            name = source
+        from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+        try:
+            validate_repo_id(name)
+        except HFValidationError:
+            raise DataError(f"'{source}' is neither a local data file nor a hub dataset id (org/name)") from None
+        return None
     if kind == "prompts":
         return data.load_prompts(source)
     rows, name = data.load_records(source, split)
     return data.parse_sft_rows(rows, name) if kind == "sft_data" else data.parse_preference_rows(rows, name)
 
 
-def _check_one(kind: str, value: str, where: str, split: str) -> Any:
+def _check_one(kind: str, value: str, where: str, split: str, download: bool) -> Any:
     if kind == "model":
-        return check_model_reference(value, where)
+        return check_model_reference(value, where, download)
     if kind in ("model_dir", "ingredient"):
         return check_model_directory(value, where, adapters=kind == "ingredient")
     if kind == "reward_model":
         return check_reward_model(value, where)
     if kind == "eval_dir":
         return check_eval_directory(value, where)
-    return _parse_data(kind, value, split)
+    return _parse_data(kind, value, split, download)
 
 
 def _values(value: Any) -> list[str]:
@@ -156,8 +177,14 @@ def validate(config: Any, out: Path | None = None) -> dict[str, Any]:
     return parsed
 
 
-def check_inputs(config: Any, out: Path | None = None) -> dict[str, Any]:
-    """Check every input field of `config` that its stage will read; returns {field: parsed} for data fields."""
+def check_inputs(
+    config: Any, out: Path | None = None, made_in: Path | None = None, download: bool = False
+) -> dict[str, Any]:
+    """Check every input field of `config` that its stage will read; returns {field: parsed} for data fields.
+
+    A dry run of a whole pipeline skips the inputs that earlier stages will write (under `made_in`) and, with
+    `download`, checks hub models and datasets by the form of their names only.
+    """
     stage = type(config).STAGE
     parsed: dict[str, Any] = {}
     local: list[tuple[str, Path]] = []
@@ -167,8 +194,9 @@ def check_inputs(config: Any, out: Path | None = None) -> dict[str, Any]:
         if kind is None or value is None or (needed is not None and not needed(config)):
             continue
         split = getattr(config, f"{f.name}_split", "train")
-        results = [_check_one(kind, v, f"{stage}.{f.name}", split) for v in _values(value)]
-        if kind in ("sft_data", "preferences", "prompts", "eval_dir"):
+        values = [v for v in _values(value) if made_in is None or made_in not in Path(v).resolve().parents]
+        results = [_check_one(kind, v, f"{stage}.{f.name}", split, download) for v in values]
+        if kind in ("sft_data", "preferences", "prompts", "eval_dir") and results:
             parsed[f.name] = results[0]
         local += [(f"{stage}.{f.name}", Path(v)) for v in _values(value) if Path(v).exists()]
     if out is not None:

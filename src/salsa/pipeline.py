@@ -22,6 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import yaml
 from rich.markup import escape
 
 from salsa import runtime
@@ -42,6 +43,8 @@ from salsa.errors import ConfigError
 from salsa.io import atomic_write_json, atomic_write_text, is_complete, read_json
 from salsa.progress import console
 
+# RL settings that `salsa run` sets per method and seed.
+PER_RUN = ("init", "reference", "reference_model", "reference_models", "seed", "output_dir")  # seed: + s
 METHODS = {
     # method: (policy init and KL reference, the reference kind)
     "ppo": ("sft", "sft"),
@@ -55,7 +58,7 @@ class RunPlan:
     """The resolved config of every stage, with paths wired into the run directory."""
 
     run: RunConfig
-    data: DataConfig
+    data: DataConfig | None  # None: the user's own data, no `salsa data make`
     reward: RewardConfig
     sft: SFTConfig
     soup: SoupConfig
@@ -64,12 +67,23 @@ class RunPlan:
     eval: EvalConfig
 
     def to_yaml(self) -> str:
-        """The resolved whole-run config; `salsa run` accepts it back."""
+        """The resolved whole-run config; `salsa run` accepts it back.
+
+        The `rl:` section holds what every RL run shares; what differs per run (start, anchor, seed, directory) is
+        listed after it, as comments, since the run directory decides it.
+        """
         sections = {
             "run": self.run, "data": self.data, "reward": self.reward, "sft": self.sft, "soup": self.soup,
-            "rl": self.rl_base, "eval": self.eval,
         }  # fmt: skip
-        return "".join(config_to_yaml(c, name) for name, c in sections.items())
+        text = "".join(config_to_yaml(c, name) for name, c in sections.items() if c is not None)
+        first = next(iter(self.rl.values()))
+        shared = {k: v for k, v in dataclasses.asdict(first).items() if k not in PER_RUN}
+        shared["seed"] = self.rl_base.seed  # run s uses seed + s
+        text += yaml.safe_dump({"rl": shared}, sort_keys=False)
+        for name, config in self.rl.items():
+            runs = ", ".join(f"{k} {getattr(config, k)}" for k in PER_RUN if getattr(config, k) is not None)
+            text += f"# {name}: {runs}\n"
+        return text + config_to_yaml(self.eval, "eval")
 
 
 def _default(cls: type, name: str) -> Any:
@@ -94,21 +108,19 @@ def plan_run(config_path: str | Path | None = None, overrides: list[str] | None 
     run = load(RunConfig, "run")
     validate_values(run)
     root = Path(run.output_dir)
-    data = _wire(load(DataConfig, "data"), output_dir=str(root / "data"))
-    data_dir = Path(data.output_dir)
-    reward = _wire(
-        load(RewardConfig, "reward"),
-        data=str(data_dir / "prefs.jsonl"), eval_data=str(data_dir / "prefs_eval.jsonl"),
-        output_dir=str(root / "reward"),
-    )  # fmt: skip
-    sft = _wire(load(SFTConfig, "sft"), data=str(data_dir / "sft.jsonl"), output_dir=str(root / "sft"))
+    data = _wire(load(DataConfig, "data"), output_dir=str(root / "data"), task=run.task or "reviews")
+    made = _task_files(Path(data.output_dir)) if run.task else _own_data_files()
+    reward = _wire(load(RewardConfig, "reward"), **made["reward"], output_dir=str(root / "reward"))
+    sft = _wire(load(SFTConfig, "sft"), **made["sft"], output_dir=str(root / "sft"))
     from salsa.sft import seeds_of
 
     sft_dirs = [str(Path(sft.output_dir) / f"sft-{i}") for i in range(len(seeds_of(sft)))]
     if len(sft_dirs) < 2:
         raise ConfigError(f"sft: a soup needs K >= 2 models, got {len(sft_dirs)} (set sft.num_models)")
     soup = _wire(load(SoupConfig, "soup"), models=sft_dirs, output_dir=str(root / "soup"))
-    rl_base = load(RLConfig, "rl")
+    rl_base = _wire(load(RLConfig, "rl"), **made["rl"])
+    if not run.task:
+        _require_own_data(reward, sft, rl_base, load(EvalConfig, "eval"))
     if rl_base.algorithm == "dpo":
         raise ConfigError("rl.algorithm: `salsa run` compares online RL (ppo, rloo, grpo); run dpo with `salsa rl`")
     anchors = {"sft": sft_dirs[0], "soup": soup.output_dir}
@@ -120,7 +132,7 @@ def plan_run(config_path: str | Path | None = None, overrides: list[str] | None 
             rl[name] = dataclasses.replace(
                 rl_base, init=anchors[start], reference=reference, reference_model=anchors[start],
                 reference_models=None, sft_model=sft_dirs[0], reward_model=str(Path(reward.output_dir) / "model"),
-                prompts=str(data_dir / "prompts_train.jsonl"), output_dir=str(root / name), seed=rl_base.seed + s,
+                output_dir=str(root / name), seed=rl_base.seed + s,
             )  # fmt: skip
     policies = {
         m: [str(Path(rl[f"rl/{m}/seed-{s}"].output_dir) / "final") for s in range(run.seeds)] for m in run.methods
@@ -129,18 +141,61 @@ def plan_run(config_path: str | Path | None = None, overrides: list[str] | None 
     comparisons = [f"{a}:{b}" for a, b in zip(run.methods, run.methods[1:], strict=False)]
     comparisons += [f"{m}:sft" for m in run.methods]
     evaluation = _wire(
-        load(EvalConfig, "eval"),
-        policies=policies, comparisons=comparisons, prompts=str(data_dir / "prompts_eval.jsonl"),
-        ood_prompts=str(data_dir / "prompts_ood.jsonl"), reward_model=str(Path(reward.output_dir) / "model"),
+        load(EvalConfig, "eval"), **made["eval"],
+        policies=policies, comparisons=comparisons, reward_model=str(Path(reward.output_dir) / "model"),
         sft_model=sft_dirs[0], soup_model=soup.output_dir, landscape_models=sft_dirs[:2],
         output_dir=str(root / "eval"),
     )  # fmt: skip
-    plan = RunPlan(run, data, reward, sft, soup, rl_base, rl, evaluation)
+    plan = RunPlan(run, data if run.task else None, reward, sft, soup, rl_base, rl, evaluation)
     # Every value of every stage is checked now, not when its stage comes (an hour into the run); the inputs of
     # each stage are checked when it starts, once the stages before it have written them.
     for config in (data, reward, sft, soup, *rl.values(), evaluation):
         validate_values(config)
     return plan
+
+
+def _task_files(data_dir: Path) -> dict[str, dict[str, str]]:
+    """Where each stage reads what `salsa data make` writes."""
+    return {
+        "reward": {"data": str(data_dir / "prefs.jsonl"), "eval_data": str(data_dir / "prefs_eval.jsonl")},
+        "sft": {"data": str(data_dir / "sft.jsonl")},
+        "rl": {"prompts": str(data_dir / "prompts_train.jsonl")},
+        "eval": {"prompts": str(data_dir / "prompts_eval.jsonl"), "ood_prompts": str(data_dir / "prompts_ood.jsonl")},
+    }
+
+
+def _own_data_files() -> dict[str, dict]:
+    """Without a built-in task: no task data and no gold judge; the held-out sets are the user's, if any."""
+    return {"reward": {"eval_data": None}, "sft": {}, "rl": {"task": None}, "eval": {"ood_prompts": None, "task": None}}
+
+
+def _require_own_data(reward: RewardConfig, sft: SFTConfig, rl: RLConfig, evaluation: EvalConfig) -> None:
+    needed = {"sft.data": (sft, "data"), "reward.data": (reward, "data"), "rl.prompts": (rl, "prompts"),
+              "eval.prompts": (evaluation, "prompts")}  # fmt: skip
+    missing = [name for name, (config, key) in needed.items() if getattr(config, key) == _default(type(config), key)]
+    if missing:
+        raise ConfigError(
+            f"run.task is null (your own data), so set {', '.join(missing)}: files or hub:ORG/NAME[:CONFIG][:SPLIT]"
+        )
+
+
+def dry_run(plan: RunPlan) -> list[str]:
+    """Check the whole run without training or downloading: every stage's values and every input that exists
+    before the run starts (local files parsed to their rows, hub models and datasets by their names); returns one
+    line per stage. An input an earlier stage writes (inside the run directory) is checked when that stage ran."""
+    from salsa.inputs import check_inputs
+
+    root = Path(plan.run.output_dir).resolve()
+    stages = {"data": plan.data, "reward": plan.reward, "sft": plan.sft, "soup": plan.soup}
+    stages.update({**plan.rl, "eval": plan.eval})
+    lines = []
+    for name, config in stages.items():
+        if config is None:
+            continue
+        check_inputs(config, made_in=root, download=True)
+        model = getattr(config, "model", None) or getattr(config, "init", None) or ""
+        lines.append(f"{name}: {config.output_dir}" + (f" (from {model})" if model else ""))
+    return lines
 
 
 def _hash(*parts: str) -> str:
@@ -211,12 +266,14 @@ def run_pipeline(
         if runtime.is_main_process():
             atomic_write_text(root / "config.yaml", resolved)
         stages = StageRunner(root / STATE_FILE)
-        stages.run("data", plan.data, lambda redo: make_task_data(plan.data, show_progress, redo))
-        stages.run("reward", plan.reward, lambda redo: train_reward(plan.reward, show_progress, redo), after=("data",))
+        data = ()
+        if plan.data is not None:
+            stages.run("data", plan.data, lambda redo: make_task_data(plan.data, show_progress, redo))
+            data = ("data",)
+        stages.run("reward", plan.reward, lambda redo: train_reward(plan.reward, show_progress, redo), after=data)
         stages.run(
-            "sft", plan.sft, lambda redo: train_sft(plan.sft, overwrite=redo, show_progress=show_progress),
-            after=("data",),
-        )  # fmt: skip
+            "sft", plan.sft, lambda redo: train_sft(plan.sft, overwrite=redo, show_progress=show_progress), after=data
+        )
         stages.run("soup", plan.soup, lambda redo: build_soup_from_config(plan.soup, redo), after=("sft",))
         for name, rl_config in plan.rl.items():
             stages.run(

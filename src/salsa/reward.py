@@ -84,12 +84,14 @@ class RewardModel:
         self.max_length, self.mean, self.std = max_length, mean, std
 
     @classmethod
-    def load(cls, path: str | Path, device: str | torch.device = "cpu") -> RewardModel:
+    def load(cls, path: str | Path, device: torch.device | None = None) -> RewardModel:
+        """A reward model directory from `salsa reward`, on `device` (default: the process's, from salsa.runtime)."""
         from salsa.inputs import check_reward_model
 
         path = Path(path)
         check_reward_model(str(path), "reward model")
         meta = read_json(path / REWARD_META)
+        device = device if device is not None else runtime.accelerator().device
         model = _architecture(meta["backbone"]).from_pretrained(path).to(device).eval()
         tokenizer = AutoTokenizer.from_pretrained(path)
         return cls(model, tokenizer, meta["backbone"], meta["max_length"], meta["mean"], meta["std"])

@@ -19,9 +19,9 @@ def derive_seed(seed: int, *where: int | str) -> int:
     return int.from_bytes(digest[:8], "little") >> 1
 
 
-def generator(seed: int, *where: int | str, device: str | torch.device = "cpu") -> torch.Generator:
-    """A torch generator seeded for the draw at `where`."""
-    return torch.Generator(device).manual_seed(derive_seed(seed, *where))
+def generator(seed: int, *where: int | str) -> torch.Generator:
+    """A (CPU) torch generator seeded for the draw at `where`: for orders and permutations, not model sampling."""
+    return torch.Generator().manual_seed(derive_seed(seed, *where))
 
 
 def epoch_order(num_items: int, seed: int, epoch: int) -> list[int]:

@@ -49,14 +49,17 @@ def load_reference(config: RLConfig, policy: nn.Module, device: torch.device) ->
         return None
     if shares_the_policy_base(config):
         return Reference(policy, adapters_off=True)
+    # A frozen reference is only run forward: it is held in the compute precision (half the memory in bf16).
+    # An EMA reference accumulates small updates, so it stays in float32.
+    dtype = runtime.compute_dtype(config.mixed_precision) or torch.float32
     if config.reference == "soup" and config.reference_models:
         from salsa.soup import soup_model
 
-        model = soup_model(config.reference_models, config.reference_weights)
+        model = soup_model(config.reference_models, config.reference_weights).to(dtype)
     elif config.reference == "ema":
         model = load_causal_lm(config.init)
     else:
-        model = load_causal_lm(config.reference_model or config.init)
+        model = load_causal_lm(config.reference_model or config.init, dtype)
     model.eval().requires_grad_(False)
     # An EMA reference is updated in place from the policy's full weights, so it stays whole on every process.
     sharding = config.sharding if config.reference != "ema" else "none"
