@@ -7,11 +7,11 @@ import torch
 from salsa.evaluation.judging import sequence_kl
 from salsa.evaluation.stats import (
     bootstrap_resamples,
+    centered_average,
     compare,
     match_steps,
     matched_kl,
     mean_with_interval,
-    moving_average,
     outcomes,
     score_at_kl,
     win_tie_loss,
@@ -72,8 +72,23 @@ def test_mean_difference_is_paired_and_resampled_with_the_outcomes():
     # Each resample's difference comes from the same prompt draw as its win rate: by hand for the draws.
     draws = bootstrap_resamples(a - b, 1000, 3).reshape(1000, -1).mean(1)
     assert (low, high) == pytest.approx(tuple(np.percentile(draws, [2.5, 97.5])))
-    wins = bootstrap_resamples(outcomes(a, b), 1000, 3).reshape(1000, -1)
-    assert np.all((wins == 1).mean(1)[draws > 0.5] >= 0.5)  # a large mean gain needs the big win drawn
+
+
+def test_outcomes_and_differences_are_resampled_by_one_draw(monkeypatch):
+    # The interval of the win rate and that of the mean difference must come from the same resampled prompts
+    # (and seeds); two draws, even with one seed each, would pair a resample's wins with another's differences.
+    import salsa.evaluation.stats as stats
+
+    calls = []
+    real = stats.bootstrap_resamples
+
+    def recording(matrix, num_samples, seed):
+        calls.append(np.asarray(matrix).shape)
+        return real(matrix, num_samples, seed)
+
+    monkeypatch.setattr(stats, "bootstrap_resamples", recording)
+    stats.compare(np.array([[0.9, 0.2, 0.5]]), np.array([[0.1, 0.4, 0.5]]), num_samples=200)
+    assert calls == [(1, 3, 2)]  # once, with outcomes and differences stacked
 
 
 def test_mean_with_interval_brackets_the_mean():
@@ -82,31 +97,45 @@ def test_mean_with_interval_brackets_the_mean():
     assert 0.0 <= result["ci"][0] < 1.5 < result["ci"][1] <= 3.0
 
 
-def test_moving_average_by_hand():
-    assert moving_average([1, 2, 3, 4], 2).tolist() == [1.0, 1.5, 2.5, 3.5]
-    assert moving_average([3, 6, 9], 3).tolist() == [3.0, 4.5, 6.0]
+def test_centered_average_by_hand():
+    assert centered_average([1, 2, 3, 4], 3).tolist() == [1.5, 2.0, 3.0, 3.5]
+    assert centered_average([3, 6, 9], 1).tolist() == [3.0, 6.0, 9.0]
 
 
-def test_score_at_matched_kl_interpolates_each_curve():
+def test_score_at_matched_kl_interpolates_each_curve_inside_its_range():
     curves = {
-        "salsa": {"kl_sft": [0.0, 2.0, 4.0], "gold": [0.0, 0.4, 0.8]},
+        "salsa": {"kl_sft": [0.5, 2.0, 4.0], "gold": [0.1, 0.4, 0.8]},
         "ppo": {"kl_sft": [0.0, 1.0, 3.0], "gold": [0.0, 0.5, 0.6]},
     }
     assert score_at_kl([0.0, 2.0], [1.0, 3.0], 1.5) == 2.5
     result = matched_kl(curves, ("gold",))
-    # The largest KL both reached is ppo's 3.0; salsa at 3.0 lies half way between 0.4 and 0.8.
-    assert result["kl_sft"] == 3.0
+    # Both covered [0.5, 3.0]; its top is ppo's 3.0, where salsa lies half way between 0.4 and 0.8.
+    assert result["kl_sft"] == 3.0 and result["ranges"] == {"salsa": [0.5, 4.0], "ppo": [0.0, 3.0]}
     assert result["scores"]["salsa"]["gold"] == pytest.approx(0.6)
     assert result["scores"]["ppo"]["gold"] == pytest.approx(0.6)
+    with pytest.raises(ValueError, match="outside the curve's range"):
+        score_at_kl([1.0, 2.0], [0.0, 1.0], 0.5)  # a curve is never read where it was not measured
 
 
-def test_match_steps_picks_the_saved_policies_nearest_the_kl_both_runs_reached():
-    salsa = {2: 0.5, 4: 1.0, 6: 1.6, 8: 2.0}  # step -> training KL to SFT
+def test_runs_whose_kl_ranges_do_not_overlap_have_no_matched_kl():
+    # The demo's situation: SALSA starts at the soup, away from SFT-0, and stays above PPO's whole range.
+    curves = {
+        "salsa": {"kl_sft": [4, 4.5, 5], "gold": [0.1, 0.3, 0.5]},
+        "ppo": {"kl_sft": [0, 1, 2], "gold": [0, 0.2, 0.4]},
+    }
+    result = matched_kl(curves, ("gold",))
+    assert result["kl_sft"] is None and result["scores"] == {}
+    assert result["ranges"] == {"salsa": [4.0, 5.0], "ppo": [0.0, 2.0]}
+    assert match_steps({1: 4.0, 3: 5.0}, {1: 0.5, 3: 2.0}) is None
+
+
+def test_match_steps_picks_saved_policies_inside_the_kl_range_both_runs_reached():
+    salsa = {2: 0.5, 4: 1.0, 6: 1.6, 8: 2.0}  # step -> KL to SFT of the policy saved after that many updates
     ppo = {2: 0.4, 4: 0.9, 6: 1.1, 8: 1.5}
-    # Both reached 1.5 (ppo's largest): ppo at its final step 8, salsa at step 6 (|1.6 - 1.5| = 0.1).
-    assert match_steps(salsa, ppo) == (6, 8, 1.5)
-    # A tie in distance goes to the earlier step; the run with the smaller reach keeps its largest.
-    assert match_steps({1: 0.0, 2: 1.0, 3: 2.0}, {5: 1.5}) == (2, 5, 1.5)
+    # Both covered [0.5, 1.5]: ppo's final step 8 at 1.5; salsa's closest inside is step 4 (1.6 is outside).
+    assert match_steps(salsa, ppo) == (4, 8, 1.5)
+    # Ranges that overlap, but one run has no saved policy inside the common interval [1.2, 1.5].
+    assert match_steps({1: 1.0, 2: 2.0}, {1: 1.2, 2: 1.5}) is None
 
 
 def test_matched_kl_plan_reads_each_runs_log_and_snapshots(tmp_path):
@@ -115,7 +144,8 @@ def test_matched_kl_plan_reads_each_runs_log_and_snapshots(tmp_path):
     from salsa.config import EvalConfig
     from salsa.evaluate import plan_matched_kl
 
-    def run(name, kls, snapshot_steps):
+    def run(name, kls, final_kl, snapshot_steps):
+        """Record s holds the rollout of the policy after s - 1 updates; the marker, the final policy's."""
         run_dir = tmp_path / name
         (run_dir / "snapshots").mkdir(parents=True)
         for step in snapshot_steps:
@@ -123,28 +153,42 @@ def test_matched_kl_plan_reads_each_runs_log_and_snapshots(tmp_path):
         (run_dir / "metrics.jsonl").write_text(
             "".join(json.dumps({"step": i + 1, "kl_sft": k}) + "\n" for i, k in enumerate(kls))
         )
+        (run_dir / "salsa_complete.json").write_text(json.dumps({"final_policy": {"kl_sft": final_kl}}))
         return str(run_dir / "final")
 
-    # Smoothed (3-step trailing mean) KLs: salsa 0, 1, 2, 3 -> 0, 0.5, 1, 2; ppo 0, 0.5, 1 -> 0, 0.25, 0.5.
+    # KL of the policy after 0..4 updates: salsa 0, 0.5, 1.0, 1.5, 2.0; its snapshot after 2 updates is measured on
+    # records 2-4 (policies 1-3: 0.5, 1.0, 1.5 -> 1.0), not record 2 alone (the policy before the 2nd update).
+    # Final salsa: (1.5 + 2.0) / 2 = 1.75. ppo after 0..3 updates: 0, 0.5, 1.0, 1.5 -> snapshots 1: 0.5, 2: 1.0,
+    # final 1.25. Both covered [1.0, 1.25]: salsa's snapshot 2 (1.0) against ppo's final (1.25).
     config = EvalConfig(
-        policies={"salsa": [run("salsa", [0, 1, 2, 3], [2])], "ppo": [run("ppo", [0, 0.5, 1], [1, 2])]},
-        comparisons=["salsa:ppo"],
-    )
-    plan = plan_matched_kl(config)
-    assert [(m.policy, m.step, m.final) for m in plan] == [("salsa", 2, False), ("ppo", 3, True)]
-    assert plan[0].kl_train == pytest.approx(0.5) and plan[0].target == pytest.approx(0.5)
-    # A run without snapshots (or an SFT model) gives no matched-KL comparison.
-    no_snapshots = EvalConfig(policies={"salsa": config.policies["salsa"], "sft": [str(tmp_path / "sft")]})
-    assert plan_matched_kl(no_snapshots) == []
-    # Two seeds, the second without snapshots: no comparison over only some of the seeds.
-    two_seeds = EvalConfig(
         policies={
-            "salsa": [*config.policies["salsa"], run("salsa-1", [0, 1], [])],
-            "ppo": [*config.policies["ppo"], run("ppo-1", [0, 1], [1])],
+            "salsa": [run("salsa", [0, 0.5, 1.0, 1.5], 2.0, [2])],
+            "ppo": [run("ppo", [0, 0.5, 1.0], 1.5, [1, 2])],
         },
         comparisons=["salsa:ppo"],
     )
-    assert plan_matched_kl(two_seeds) == []
+    plan, unmatched = plan_matched_kl(config)
+    assert [(m.policy, m.step, m.final) for m in plan] == [("salsa", 2, False), ("ppo", 3, True)]
+    assert plan[0].kl_train == pytest.approx(1.0) and plan[1].kl_train == pytest.approx(1.25)
+    assert plan[0].target == pytest.approx(1.25) and unmatched == []
+    # Saved policies whose KLs do not overlap: no comparison, and the reason.
+    apart = EvalConfig(
+        policies={"salsa": [run("far", [3, 3, 3, 3], 3, [2])], "ppo": config.policies["ppo"]}, comparisons=["salsa:ppo"]
+    )
+    plan, unmatched = plan_matched_kl(apart)
+    assert plan == [] and "do not overlap" in unmatched[0]
+    # A run without snapshots (or an SFT model) gives no matched-KL comparison.
+    no_snapshots = EvalConfig(policies={"salsa": config.policies["salsa"], "sft": [str(tmp_path / "sft")]})
+    assert plan_matched_kl(no_snapshots) == ([], [])
+    # Two seeds, the second without snapshots: no comparison over only some of the seeds.
+    two_seeds = EvalConfig(
+        policies={
+            "salsa": [*config.policies["salsa"], run("salsa-1", [0, 1], 1, [])],
+            "ppo": [*config.policies["ppo"], run("ppo-1", [0, 1], 1, [1])],
+        },
+        comparisons=["salsa:ppo"],
+    )
+    assert plan_matched_kl(two_seeds) == ([], [])
 
 
 def test_sequence_kl_sums_log_ratios_over_the_response():

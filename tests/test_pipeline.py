@@ -112,12 +112,12 @@ def test_run_resumes_after_interruption_then_skips_finished_stages(run_yaml, tmp
     sft_responses = [r["response"] for r in samples if r.get("policy") == "sft" and r["split"] == "in_distribution"]
     assert [r["response"] for r in samples if r.get("alpha") == 0.0] == sft_responses
 
-    # SALSA against PPO at matched KL, from the snapshots of step 1 and the final policies of step 2.
-    (matched,) = results["matched_kl_comparisons"]
-    assert (matched["a"], matched["b"]) == ("salsa", "ppo")
-    assert {r["policy"] for r in matched["runs"]} == {"salsa", "ppo"} and {r["step"] for r in matched["runs"]} <= {1, 2}
-    assert [c["judge"] for c in matched["comparisons"]] == ["gold", "reward"]
-    assert "at matched KL" in markdown and "(matched KL)" in markdown
+    # SALSA against PPO at matched KL: here the saved policies' KL ranges do not overlap (SALSA starts at the soup,
+    # already away from SFT-0), so the report says so instead of comparing policies at different KLs.
+    assert results["matched_kl_comparisons"] == []
+    (note,) = results["matched_kl_notes"]
+    assert note.startswith("salsa vs ppo: no saved policies at matched KL") and "do not overlap" in note
+    assert "Saved policies at matched KL" in markdown and "(matched KL)" not in markdown
 
     # A changed RL budget redoes RL and eval only.
     _forbid(monkeypatch, "salsa.tasks.build.make_task_data")

@@ -227,8 +227,11 @@ class RLConfig:
     max_new_tokens: int = option(40, "longest response", check=at_least(1))
     temperature: float = option(1.0, "sampling temperature (log-probs use the same temperature)", check=above(0))
     learning_rate: float = option(1e-5, "AdamW learning rate (constant)", check=above(0))
-    ppo_epochs: int = option(1, "passes over each rollout", check=at_least(1))
-    minibatch_size: int = option(16, "sequences per gradient step within a rollout", check=at_least(1))
+    ppo_epochs: int = option(
+        4, "PPO's epochs over each rollout (as TRL's PPO); 1 with one minibatch is a single policy-gradient step "
+        "that reuses the rollout's forward pass (fast; the ratio is 1, so clipping never acts)", check=at_least(1),
+    )  # fmt: skip
+    minibatch_size: int = option(16, "sequences per gradient step within a rollout (global)", check=at_least(1))
     clip_range: float = option(0.2, "PPO ratio clip epsilon", check=above(0))
     value_clip_range: float = option(0.2, "value clip epsilon", check=above(0))
     vf_coef: float = option(0.1, "value loss weight", check=at_least(0))
@@ -238,7 +241,14 @@ class RLConfig:
     adaptive_kl: bool = option(False, "Ziegler et al. adaptive beta towards target_kl")
     target_kl: float = option(6.0, "adaptive KL target (nats per sequence)", check=above(0))
     kl_horizon: int = option(10000, "adaptive KL horizon (samples)", check=at_least(1))
-    whiten_advantages: bool = option(True, "normalise advantages per rollout")
+    whiten_advantages: bool | None = option(
+        None, "normalise advantages over the rollout's tokens; null: on for ppo (InstructGPT, TRL), off for rloo and "
+        "grpo, whose baselines already centre them (as in their papers and TRL)",
+    )  # fmt: skip
+    loss_aggregation: str = option(
+        "token", "token: the mean over every response token of a minibatch (DAPO, TRL's GRPO); sequence: the mean "
+        "over each response's tokens, then over responses (the GRPO paper)", check=one_of("token", "sequence"),
+    )  # fmt: skip
     reward_clip: float = option(5.0, "clip normalised reward-model scores to +-this", check=above(0))
     missing_eos_penalty: float | None = option(
         None, "subtract from the score of responses cut at max_new_tokens", check=at_least(0)
@@ -321,13 +331,24 @@ class EvalConfig:
         None, "two models, SFT-1 and SFT-2: score the line (1 - alpha) * SFT-1 + alpha * SFT-2", input="model_dir"
     )
     landscape_alphas: list[float] = option(
-        help="alphas of the landscape (0 and 1 are the endpoints, 0.5 the soup)",
+        help="alphas of the landscape (0 and 1 are the endpoints, 0.5 the soup of two)",
         factory=lambda: [-0.5, -0.25, 0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5],
+    )
+    landscape_half_width: float | None = option(
+        None, "sample each landscape point in rounds of samples_per_prompt until the 95% interval of its mean score "
+        "(gold, else reward model) is at most this wide on each side; null: one round", check=above(0),
+    )  # fmt: skip
+    landscape_max_samples_per_prompt: int = option(
+        32, "the most samples per prompt a landscape point draws", check=at_least(1)
     )
     matched_kl: bool = option(
         True, "also compare two RL runs at matched KL to SFT, using their snapshots (rl.snapshot_steps)"
     )
     max_new_tokens: int = option(40, "longest response", check=at_least(1))
+    samples_per_prompt: int = option(
+        1, "responses per prompt and policy, each with its own seed shared by every policy; more narrows intervals",
+        check=at_least(1),
+    )  # fmt: skip
     temperature: float = option(
         0.7, "sampling temperature (pure sampling; KL is between the tempered models)", check=above(0)
     )

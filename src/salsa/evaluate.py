@@ -21,6 +21,7 @@ from salsa import runtime
 from salsa.config import EvalConfig
 from salsa.engine import Stage, run_stage
 from salsa.evaluation.judging import Judges, frozen, sample_and_score
+from salsa.evaluation.landscape import sample_point
 from salsa.evaluation.matched import plan_matched_kl
 from salsa.evaluation.summary import summarise
 from salsa.generation import check_prompt_lengths
@@ -29,7 +30,7 @@ from salsa.models import load_tokenizer
 from salsa.progress import training_progress
 from salsa.rl.snapshots import load_snapshot
 
-LANDSCAPE_KEYS = ("prompt", "response", "length", "gold", "reward")
+LANDSCAPE_KEYS = ("index", "sample", "prompt", "response", "length", "gold", "reward")
 
 
 def _policy_at(config: EvalConfig, path: str) -> tuple[str, int] | None:
@@ -69,11 +70,13 @@ def _evaluate(config: EvalConfig, stage: Stage, show_progress: bool) -> None:
     loaded = {Path(kl_paths[name]).resolve(): model for name, model in kl_references.items()}
 
     num_policy_models = sum(len(paths) for paths in config.policies.values())
-    total = num_policy_models * sum(len(p) for p in splits.values())
-    if config.landscape_models:
-        total += len(config.landscape_alphas) * len(splits["in_distribution"])
-    matched_plan = plan_matched_kl(config) if config.matched_kl else []
-    total += sum(not m.final for m in matched_plan) * len(splits["in_distribution"])
+    per_prompt = config.samples_per_prompt
+    total = num_policy_models * sum(len(p) for p in splits.values()) * per_prompt
+    if config.landscape_models:  # the first round of each point; a point that needs more rounds adds to it
+        total += len(config.landscape_alphas) * len(splits["in_distribution"]) * per_prompt
+    matched_plan, unmatched = plan_matched_kl(config) if config.matched_kl else ([], [])
+    total += sum(not m.final for m in matched_plan) * len(splits["in_distribution"]) * per_prompt
+    everyone = range(per_prompt)
     samples: list[dict] = []
     with training_progress(disable=not show_progress or not runtime.is_main_process()) as progress:
         task = progress.add_task("evaluating", total=total, metrics="")
@@ -86,7 +89,7 @@ def _evaluate(config: EvalConfig, stage: Stage, show_progress: bool) -> None:
                 for split, prompts in splits.items():
                     rows = sample_and_score(
                         model, tokenizer, prompts, split, config, judges,
-                        kl_references if split == "in_distribution" else None, advance,
+                        kl_references if split == "in_distribution" else None, advance, everyone,
                     )  # fmt: skip
                     samples += [{"policy": name, "seed_index": seed_index, "split": split, **r} for r in rows]
                 del model
@@ -99,7 +102,7 @@ def _evaluate(config: EvalConfig, stage: Stage, show_progress: bool) -> None:
                 model = load_snapshot(m.run_dir, m.step).to(device).eval().requires_grad_(False)
                 rows = sample_and_score(
                     model, tokenizer, splits["in_distribution"], "in_distribution", config, judges, kl_references,
-                    advance,
+                    advance, everyone,
                 )  # fmt: skip
                 del model
             meta = {"matched": m.comparison, "policy": m.policy, "seed_index": m.seed_index, "split": "in_distribution",
@@ -113,19 +116,20 @@ def _evaluate(config: EvalConfig, stage: Stage, show_progress: bool) -> None:
             for alpha in config.landscape_alphas:
                 progress.update(task, metrics=f"landscape alpha={alpha:+.2f}")
                 policy = _policy_at(config, endpoints[alpha]) if alpha in endpoints else None
-                if policy is not None:  # an endpoint that is also a policy: its samples are already drawn
-                    rows = [{k: v for k, v in r.items() if k in LANDSCAPE_KEYS} for r in _drawn(samples, *policy)]
-                    advance(len(rows))
-                else:
+                # An endpoint that is also a policy starts from the responses already drawn from it.
+                drawn = [{k: v for k, v in r.items() if k in LANDSCAPE_KEYS} for r in _drawn(samples, *policy)] if (
+                    policy is not None
+                ) else []  # fmt: skip
+                advance(len(drawn))
+
+                def build(alpha=alpha):
                     model = soup_model(config.landscape_models, alpha=alpha, allow_extrapolation=True)
-                    model.to(device).eval().requires_grad_(False)
-                    rows = sample_and_score(
-                        model, tokenizer, splits["in_distribution"], "in_distribution", config, judges, None, advance
-                    )
-                    del model
+                    return model.to(device).eval().requires_grad_(False)
+
+                rows = sample_point(config, build, tokenizer, splits["in_distribution"], judges, drawn, advance)
                 landscape_rows += [{"alpha": alpha, **r} for r in rows]
 
-    results = summarise(config, samples, landscape_rows, judges.names, list(splits), matched_rows)
+    results = summarise(config, samples, landscape_rows, judges.names, list(splits), matched_rows, unmatched)
     if runtime.is_main_process():
         everything = samples + matched_rows + landscape_rows
         atomic_write_text(stage.out / "samples.jsonl", "".join(json.dumps(r) + "\n" for r in everything))

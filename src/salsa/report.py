@@ -44,6 +44,63 @@ def verdict(comparison: dict, confidence: float) -> str:
     return f"{a} did not beat {b} on this run: the interval includes 50% ({where}: {interval})."
 
 
+def _headline(results: dict) -> dict | None:
+    """The comparison named in results['headline'] (first pair, in-distribution, first judge)."""
+    wanted = results.get("headline")
+    for c in results["comparisons"]:
+        if wanted and all(c[k] == wanted[k] for k in ("a", "b", "split", "judge")):
+            return c
+    return results["comparisons"][0] if results["comparisons"] else None
+
+
+def _rate(c: dict) -> str:
+    low, high = c["ci"]["win_rate"]
+    return f"win rate {c['win_rate']:.1%} [{low:.1%}, {high:.1%}]"
+
+
+def _kl_label(results: dict) -> str:
+    """Which KL the training curves show: on training prompts, at the training temperature."""
+    temperature = results["settings"].get("training_temperature")
+    return "training rollouts" + (f", temperature {temperature}" if temperature is not None else "")
+
+
+def _matched_kl_blocks(results: dict, confidence: float) -> list[Block]:
+    """The frontier read at matched KL and the saved policies compared there, or plainly why there are none."""
+    blocks = []
+    matched = results.get("matched_kl")
+    if matched and matched["kl_sft"] is not None:
+        parts = [
+            f"{name}: " + ", ".join(f"{judge} {value:+.3f}" for judge, value in scores.items())
+            for name, scores in matched["scores"].items()
+        ]
+        blocks.append(
+            Block(
+                "text",
+                f"**At matched KL ({_kl_label(results)}).** At {matched['kl_sft']:.2f} nats from the SFT model (the "
+                f"largest KL every run reached, inside every run's measured range), the training-rollout scores "
+                f"were: {'; '.join(parts)}. A higher final score with a larger KL is bought with distance from the "
+                "SFT model; compare at matched KL.",
+            )
+        )
+    elif matched:
+        ranges = "; ".join(f"{name} {low:.2f} to {high:.2f}" for name, (low, high) in matched["ranges"].items())
+        blocks.append(
+            Block(
+                "text",
+                f"**No comparison at matched KL.** The runs' KL ranges to the SFT model do not overlap "
+                f"({_kl_label(results)}: {ranges} nats), so no point of one run's curve lies at a KL the other run "
+                "reached, and reading a curve beyond its range would be a guess. A run that starts from a soup starts "
+                "away from the SFT "
+                "model; longer or smaller-KL-coefficient runs of the baseline would be needed to reach its range.",
+            )
+        )
+    for entry in results.get("matched_kl_comparisons", []):
+        blocks.append(Block("text", _matched_kl_text(entry, confidence)))
+    for note in results.get("matched_kl_notes", []):
+        blocks.append(Block("text", f"**Saved policies at matched KL.** {note}."))
+    return blocks
+
+
 def _matched_kl_text(entry: dict, confidence: float) -> str:
     """Which saved policies were compared at matched KL, their KL on the eval prompts, and the verdicts."""
     several_seeds = len({r["seed_index"] for r in entry["runs"]}) > 1
@@ -76,7 +133,9 @@ def _policy_table(results: dict) -> list[list[str]]:
     judges = results["judges"]
     header = ["policy"]
     header += [f"{judge} ({SPLIT_TITLES[split]})" for judge in judges for split in splits]
-    header += ["KL to SFT (nats)", "KL to soup (nats)", "length (tokens)"]
+    temperature = results["settings"]["temperature"]
+    header += [f"KL to {ref} (nats, evaluation prompts, T {temperature})" for ref in ("SFT", "soup")]
+    header += ["length (tokens)"]
     rows = [header]
     for name, entry in results["policies"].items():
         row = [name]
@@ -160,8 +219,9 @@ def _plot_landscape(results: dict, path: Path) -> None:
         low = [p[judge]["ci"][0] for p in points]
         high = [p[judge]["ci"][1] for p in points]
         ax.plot(alphas, means, marker="o", color="tab:green", label=f"mean {JUDGE_TITLES[judge]} score")
-        ax.fill_between(alphas, low, high, color="tab:green", alpha=0.2, label="bootstrap CI")
-        for alpha, name in ((0.0, "SFT-1"), (0.5, "soup"), (1.0, "SFT-2")):
+        ax.fill_between(alphas, low, high, color="tab:green", alpha=0.2, label="interval (resampling each prompt's samples)")
+        midpoint = "soup" if results.get("landscape_midpoint_is_soup") else "midpoint"
+        for alpha, name in ((0.0, "SFT-1"), (0.5, midpoint), (1.0, "SFT-2")):
             ax.axvline(alpha, color="grey", linestyle=":", linewidth=1)
             ax.annotate(name, (alpha, 1.0), xycoords=("data", "axes fraction"), ha="center", va="bottom", fontsize=8)
         ax.set_xlabel("alpha: model = (1 - alpha) * SFT-1 + alpha * SFT-2")
@@ -178,12 +238,12 @@ def _plot_frontier(results: dict, path: Path) -> None:
     for ax, judge in zip(axes, judges, strict=True):
         for name, curve in curves.items():
             ax.plot(curve["kl_sft"], curve[judge], marker=".", label=name)
-        if matched:
+        if matched and matched["kl_sft"] is not None:
             ax.axvline(matched["kl_sft"], color="grey", linestyle="--", linewidth=1, label="matched KL")
-        ax.set_xlabel("KL to the SFT model (nats per response)")
+        ax.set_xlabel(f"KL to the SFT model (nats per response; {_kl_label(results)})")
         ax.set_ylabel(f"{JUDGE_TITLES[judge]} score (training rollouts)")
         ax.legend(fontsize=8)
-    _save(fig, path, "Reward against KL along training (moving average of 3 steps)")
+    _save(fig, path, "Score against KL, policy after each update (centred mean of 3)")
 
 
 def _plot_training(results: dict, path: Path) -> None:
@@ -195,14 +255,21 @@ def _plot_training(results: dict, path: Path) -> None:
         "kl_sft": "KL to SFT (nats)",
         "response_length": "response length (tokens)",
     }
-    fig, axes = _panels(len(keys), 4, 3.5)
-    for ax, key in zip(axes, keys, strict=True):
+    import matplotlib.pyplot as plt
+
+    rows = (len(keys) + 1) // 2  # two panels a row, so that each stays readable at the page's width
+    fig, grid = plt.subplots(rows, 2, figsize=(10, 3.8 * rows), squeeze=False)
+    for ax, key in zip(grid.flat, keys, strict=False):
         for name, curve in curves.items():
             ax.plot(curve["step"], curve[key], label=name)
-        ax.set_xlabel("RL step")
+        if key == "kl_sft":
+            ax.axhline(0, color="grey", linewidth=0.8)
+        ax.set_xlabel("updates of the policy")
         ax.set_ylabel(units[key])
         ax.legend(fontsize=8)
-    _save(fig, path, "Training curves (moving average of 3 steps, mean over seeds)")
+    for ax in list(grid.flat)[len(keys) :]:
+        ax.axis("off")
+    _save(fig, path, "Training curves (centred mean of 3 policies, mean over seeds)")
 
 
 # --- Rendering -----------------------------------------------------------------------------------------------
@@ -291,35 +358,26 @@ def write_report(eval_dir: str | Path, out: str | Path | None = None, run_info: 
 
 def _render(results: dict, out: Path, run_info: dict | None) -> None:
     confidence = results["settings"]["confidence"]
-    headline = results["comparisons"][0] if results["comparisons"] else None
+    headline = _headline(results)
     title = "salsa report"
     blocks = [Block("heading", (1, title))]
     headline_verdict = verdict(headline, confidence) if headline else None
     if headline:
-        blocks.append(Block("text", "**Verdict.** " + headline_verdict))
-        others = [
-            verdict(c, confidence)
-            for c in results["comparisons"][1:]
-            if (c["a"], c["b"]) == (headline["a"], headline["b"])
-        ]
-        if others:
-            blocks.append(Block("text", "Other judges and prompts: " + " ".join(others)))
-    matched = results.get("matched_kl")
-    if matched:
-        parts = [
-            f"{name}: " + ", ".join(f"{judge} {value:+.3f}" for judge, value in scores.items())
-            for name, scores in matched["scores"].items()
-        ]
-        blocks.append(
-            Block(
-                "text",
-                f"**At matched KL (training rollouts).** At {matched['kl_sft']:.2f} nats from the SFT model (the "
-                f"largest KL every run reached), the training-rollout scores were: {'; '.join(parts)}. A higher final "
-                "score with a larger KL is bought with distance from the SFT model; compare at matched KL.",
+        blocks.append(Block("text", "**Verdict** (the pre-specified comparison). " + headline_verdict))
+        secondary = [c for c in results["comparisons"] if c is not headline]
+        if secondary:
+            listed = "; ".join(
+                f"{_pair_label(c)}, {SPLIT_TITLES[c['split']]}, {JUDGE_TITLES[c['judge']]}: {_rate(c)}"
+                for c in secondary
             )
-        )
-    for entry in results.get("matched_kl_comparisons", []):
-        blocks.append(Block("text", _matched_kl_text(entry, confidence)))
+            blocks.append(
+                Block(
+                    "text",
+                    f"Secondary comparisons (each with its own {confidence:.0%} interval, not adjusted for multiple "
+                    f"comparisons; they describe, the verdict above decides): {listed}.",
+                )
+            )
+    blocks += _matched_kl_blocks(results, confidence)
     plots = []
     if results["comparisons"]:
         plots.append(("win_rates.png", "Pairwise win rates with confidence intervals", _plot_win_rates))
@@ -331,6 +389,16 @@ def _render(results: dict, out: Path, run_info: dict | None) -> None:
     if plots:
         blocks.append(Block("heading", (2, "Plots")))
         blocks += [Block("image", (file, alt)) for file, alt, _ in plots]
+    if results["frontier"]:
+        blocks.append(
+            Block(
+                "text",
+                f"Training KL ({_kl_label(results)}) is the k1 estimate, the sum of log pi - log pi_SFT over a "
+                "response, averaged over a step's responses: unbiased but noisy, so near the start, where the true KL "
+                "is near 0, a step's average can fall below 0. Evaluation KL (the policy table) is measured on the "
+                f"held-out prompts at temperature {results['settings']['temperature']}; the two are not comparable.",
+            )
+        )
     settings = results["settings"]
     policy_table, comparison_table = _policy_table(results), _comparison_table(results)
     blocks += [
@@ -376,7 +444,7 @@ def _render(results: dict, out: Path, run_info: dict | None) -> None:
         "headline": headline,
         "policies": results["policies"],
         "comparisons": results["comparisons"],
-        "matched_kl": matched,
+        "matched_kl": results.get("matched_kl"),
         "matched_kl_comparisons": results.get("matched_kl_comparisons", []),
         "table": policy_table,
         "win_rates": comparison_table,

@@ -158,8 +158,9 @@ def spearman(x: list[float] | torch.Tensor, y: list[float] | torch.Tensor) -> fl
 
 
 def pairwise_accuracy(score_a: torch.Tensor, score_b: torch.Tensor, label_a_better: torch.Tensor) -> float:
-    """Fraction of pairs where the model orders a and b as the labels do."""
-    return float(((score_a > score_b) == label_a_better).float().mean())
+    """Fraction of pairs the model orders as the labels do; a tie counts as half (a constant scorer gets 50%)."""
+    agree = ((score_a > score_b) == label_a_better).float()
+    return float(torch.where(score_a == score_b, 0.5, agree).mean())
 
 
 def evaluate_reward(reward: RewardModel, pairs: list[PreferencePair]) -> dict[str, float]:
@@ -272,7 +273,8 @@ def _fit(
         terms = bradley_terry_loss(chosen, rejected, reduction="none")
         (terms.sum() * world / len(batch)).backward()  # DDP averages: the mean over the whole batch
         grad_norm = runtime.clip_gradients(list(model.parameters()), 1.0)
-        totals = runtime.all_sum(torch.stack([terms.sum().detach(), (chosen > rejected).float().sum()]))
+        right = (chosen > rejected).float() + 0.5 * (chosen == rejected).float()  # a tie counts half
+        totals = runtime.all_sum(torch.stack([terms.sum().detach(), right.sum()]))
         loss, accuracy = float(totals[0]) / len(batch), float(totals[1]) / len(batch)
         if guard.ok(step, loss=loss, grad_norm=grad_norm):
             optimizer.step()

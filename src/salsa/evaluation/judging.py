@@ -67,18 +67,22 @@ def sample_and_score(
     judges: Judges,
     kl_references: dict[str, torch.nn.Module] | None = None,
     on_batch: Callable[[int], None] | None = None,
+    samples: range | None = None,
 ) -> list[dict]:
-    """One response per prompt, in prompt order, with its judges' scores and, given references, its KL to each.
+    """Responses to every prompt (sample numbers `samples`, default one per prompt), in (prompt, sample) order,
+    with their judges' scores and, given references, their KL to each.
 
-    Prompt i of `split` is answered with seed (seed, split, i) by every policy (common random numbers). Under
-    several processes each answers its share of the prompts and every process receives all rows.
+    Sample s of prompt i of `split` is drawn with seed (seed, split, i, s) by every policy (common random numbers).
+    Under several processes each answers its share of the batches and every process receives all rows.
     """
-    rows: dict[int, dict] = {}
-    for indices in runtime.my_batches(list(range(len(prompts))), config.batch_size):
-        batch = [prompts[i] for i in indices]
+    jobs = [(i, s) for i in range(len(prompts)) for s in samples or range(1)]
+    rows: dict[tuple[int, int], dict] = {}
+    for batch_jobs in runtime.my_batches(jobs, config.batch_size):
+        batch = [prompts[i] for i, _ in batch_jobs]
         sample: Generation = generate(
             model, tokenizer, batch, max_new_tokens=config.max_new_tokens, temperature=config.temperature,
-            seeds=[derive_seed(config.seed, "eval", split, i) for i in indices], with_logprobs=bool(kl_references),
+            seeds=[derive_seed(config.seed, "eval", split, i, s) for i, s in batch_jobs],
+            with_logprobs=bool(kl_references),
         )  # fmt: skip
         scores = judges.score(batch, sample.responses)
         kls = {}
@@ -91,13 +95,13 @@ def sample_and_score(
                     ref_logprobs = response_forward(reference, *args).logprobs
                     kls[f"kl_{name}"] = sequence_kl(sample.logprobs, ref_logprobs, sample.mask).tolist()
         lengths = sample.mask.sum(1).tolist()
-        for j, (i, prompt, response) in enumerate(zip(indices, batch, sample.responses, strict=True)):
-            rows[i] = {"prompt": prompt, "response": response, "length": lengths[j]}
-            rows[i].update({key: values[j] for key, values in {**scores, **kls}.items()})
+        for j, ((i, s), response) in enumerate(zip(batch_jobs, sample.responses, strict=True)):
+            rows[(i, s)] = {"index": i, "sample": s, "prompt": prompts[i], "response": response, "length": lengths[j]}
+            rows[(i, s)].update({key: values[j] for key, values in {**scores, **kls}.items()})
         if on_batch:
             on_batch(len(batch) * runtime.world_size())
     everything = runtime.gather_dict(rows)
-    return [everything[i] for i in range(len(prompts))]
+    return [everything[job] for job in jobs]
 
 
 def frozen(path: str, device: torch.device) -> torch.nn.Module:

@@ -7,39 +7,55 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import yaml
 
 from salsa.config import EvalConfig
 from salsa.evaluation.judging import comparison_pairs
-from salsa.evaluation.stats import match_steps, moving_average
-from salsa.io import read_jsonl
+from salsa.evaluation.stats import centered_average, match_steps
+from salsa.io import COMPLETE_MARKER, read_json, read_jsonl
 from salsa.rl.snapshots import list_snapshots
 
 
-def training_curves(policy_paths: list[str], window: int = 3) -> dict[str, list[float]] | None:
-    """Smoothed KL-to-SFT, reward and gold along training, averaged over seeds (RL runs only)."""
-    runs = []
-    for path in policy_paths:
-        log = Path(path).parent / "metrics.jsonl"
-        if not log.is_file():
-            return None
-        runs.append(read_jsonl(log))
-    steps = min(len(r) for r in runs)
-    if steps == 0:
+def _policy_series(run_dir: Path) -> dict[str, list[float]] | None:
+    """Measurements of the policy after 0, 1, ..., T updates: index s holds what the rollout of that policy gave.
+
+    Record s of metrics.jsonl was sampled by the policy before update s, i.e. after s - 1 updates; the final
+    policy's rollout comes from the completion marker (`final_policy`), measured after training.
+    """
+    log, marker = run_dir / "metrics.jsonl", run_dir / COMPLETE_MARKER
+    if not log.is_file() or not marker.is_file():
         return None
-    curves: dict[str, list[float]] = {"step": [float(s + 1) for s in range(steps)]}
+    records, final = read_jsonl(log), read_json(marker).get("final_policy")
+    if not records or final is None:
+        return None
+    series: dict[str, list[float]] = {}
     for key in ("kl_sft", "reward", "gold", "response_length"):
-        values = [[rec.get(key) for rec in run[:steps]] for run in runs]
-        if any(v is None for run in values for v in run):
-            if key == "kl_sft":
-                return None  # without KL to the SFT model the runs are not on a common axis
-            continue
-        curves[key] = moving_average(np.mean(values, axis=0), window).tolist()
+        values = [r.get(key) for r in records] + [final.get(key)]
+        if all(v is not None for v in values):
+            series[key] = values
+    return series if "kl_sft" in series else None  # without KL to the SFT model there is no common axis
+
+
+def training_curves(policy_paths: list[str], window: int = 3) -> dict[str, list[float]] | None:
+    """Score and KL to SFT of the policy after each number of updates (0 = the start), averaged over seeds and over
+    `window` neighbouring policies (centred), for the frontier plot. None for a policy that is not an RL run."""
+    runs = [_policy_series(Path(path).parent) for path in policy_paths]
+    if any(r is None for r in runs):
+        return None
+    length = min(len(r["kl_sft"]) for r in runs)
+    curves: dict = {"step": [float(s) for s in range(length)]}
+    for key in runs[0]:
+        if all(key in r for r in runs):
+            curves[key] = centered_average(np.mean([r[key][:length] for r in runs], axis=0), window).tolist()
+    config = Path(policy_paths[0]).parent / "config.yaml"
+    if config.is_file():  # the temperature the training rollouts (and so their KL) were sampled at
+        curves["temperature"] = (yaml.safe_load(config.read_text()) or {}).get("rl", {}).get("temperature")
     return curves
 
 
 @dataclass
 class MatchedPolicy:
-    """One side of a matched-KL comparison: a run's policy at `step` (its last step is the final policy)."""
+    """One side of a matched-KL comparison: a run's policy after `step` updates (its last is the final policy)."""
 
     comparison: str  # "a:b"
     policy: str
@@ -47,28 +63,28 @@ class MatchedPolicy:
     run_dir: Path
     step: int
     final: bool
-    kl_train: float  # smoothed training KL to the SFT model at `step`
+    kl_train: float  # KL to the SFT model of this policy on its own training rollouts (centred average)
     target: float  # the KL both runs were matched at
 
 
 def _saved_policy_kls(final_path: str, window: int = 3) -> dict[int, float] | None:
-    """step -> smoothed training KL to SFT for every step with a saved policy (snapshots and the final)."""
+    """step -> KL to SFT of every saved policy (snapshots and the final one), measured on the rollouts that policy
+    sampled (centred average over `window` neighbouring policies: one rollout's estimate is noisy)."""
     run_dir = Path(final_path).parent
-    log = run_dir / "metrics.jsonl"
-    snapshots = list_snapshots(run_dir)
-    if not snapshots or not log.is_file():
+    snapshots, series = list_snapshots(run_dir), _policy_series(run_dir)
+    if not snapshots or series is None:
         return None
-    records = read_jsonl(log)
-    if not records or any(r.get("kl_sft") is None for r in records):
-        return None
-    kl = moving_average([r["kl_sft"] for r in records], window)
-    steps = [*snapshots, len(records)]
-    return {step: float(kl[step - 1]) for step in steps if step <= len(records)}
+    kl = centered_average(series["kl_sft"], window)
+    final = len(kl) - 1
+    return {step: float(kl[step]) for step in [*snapshots, final] if step <= final}
 
 
-def plan_matched_kl(config: EvalConfig) -> list[MatchedPolicy]:
-    """For each comparison of two RL runs whose every seed kept snapshots: seed by seed, the policies at matched KL."""
-    plan = []
+def plan_matched_kl(config: EvalConfig) -> tuple[list[MatchedPolicy], list[str]]:
+    """For each comparison of two RL runs whose every seed kept snapshots: seed by seed, the policies at matched KL.
+
+    Returns the plan and, for comparisons that could not be matched, why (their KL ranges did not overlap).
+    """
+    plan, unmatched = [], []
     for a, b in comparison_pairs(config):
         paths_a, paths_b = config.policies[a], config.policies[b]
         if len(paths_a) != len(paths_b):
@@ -76,14 +92,25 @@ def plan_matched_kl(config: EvalConfig) -> list[MatchedPolicy]:
         pair_plan = []
         for seed_index, (path_a, path_b) in enumerate(zip(paths_a, paths_b, strict=True)):
             kl_a, kl_b = _saved_policy_kls(path_a), _saved_policy_kls(path_b)
-            if kl_a is None or kl_b is None:
+            if kl_a is None or kl_b is None:  # a seed without saved policies (or not an RL run)
+                pair_plan = []
                 break
-            step_a, step_b, target = match_steps(kl_a, kl_b)
+            matched = match_steps(kl_a, kl_b)
+            if matched is None:
+                ranges = "; ".join(
+                    f"{name} {min(kl.values()):.2f}-{max(kl.values()):.2f}" for name, kl in ((a, kl_a), (b, kl_b))
+                )
+                unmatched.append(
+                    f"{a} vs {b}: no saved policies at matched KL (seed {seed_index}: KL to SFT of the saved policies "
+                    f"{ranges} nats do not overlap)"
+                )
+                pair_plan = []
+                break
+            step_a, step_b, target = matched
             for name, path, kl, step in ((a, path_a, kl_a, step_a), (b, path_b, kl_b, step_b)):
                 final = step == max(kl)  # the largest saved step is the final policy
                 pair_plan.append(
                     MatchedPolicy(f"{a}:{b}", name, seed_index, Path(path).parent, step, final, kl[step], target)
                 )
-        else:  # every seed of both runs has saved policies: a comparison over only some seeds would mislead
-            plan += pair_plan
-    return plan
+        plan += pair_plan  # every seed of both runs matched: a comparison over only some seeds would mislead
+    return plan, unmatched

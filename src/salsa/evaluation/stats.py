@@ -77,36 +77,79 @@ def mean_with_interval(matrix: np.ndarray, num_samples: int = 2000, confidence: 
     return {"mean": float(matrix.mean()), "ci": percentile_interval(resampled, confidence)}
 
 
-def moving_average(values, window: int) -> np.ndarray:
-    """Trailing mean over `window` points (shorter at the start), to read a noisy training curve."""
+def within_prompt_interval(
+    matrix: np.ndarray, num_samples: int = 2000, confidence: float = 0.95, seed: int = 0
+) -> dict:
+    """Mean of a [prompts, samples] matrix with a bootstrap interval that resamples the samples of each prompt and
+    keeps the prompts: the uncertainty of the mean over this prompt set, from sampling alone.
+
+    For points compared on the same prompts with the same seeds (the reward landscape), what the prompts add is
+    shared by every point, so this is the interval that says whether two points differ.
+    """
+    matrix = np.asarray(matrix, dtype=float)
+    rng = np.random.default_rng(seed)
+    picks = rng.integers(0, matrix.shape[1], size=(num_samples, *matrix.shape))
+    resampled = np.take_along_axis(matrix[None].repeat(num_samples, 0), picks, axis=2).mean((1, 2))
+    return {"mean": float(matrix.mean()), "ci": percentile_interval(resampled, confidence)}
+
+
+def centered_average(values, window: int = 3) -> np.ndarray:
+    """Mean over a window centred on each point (shorter at the ends), to read a noisy curve without shifting it."""
     values = np.asarray(values, dtype=float)
-    sums = np.cumsum(np.insert(values, 0, 0.0))
-    counts = np.minimum(np.arange(1, len(values) + 1), window)
-    return (sums[1:] - sums[np.arange(1, len(values) + 1) - counts]) / counts
+    half = window // 2
+    return np.array([values[max(0, i - half) : i + half + 1].mean() for i in range(len(values))])
+
+
+def kl_overlap(ranges: list) -> tuple[float, float] | None:
+    """The KL interval every run covered, [largest minimum, smallest maximum], or None when they do not overlap."""
+    low, high = max(min(r) for r in ranges), min(max(r) for r in ranges)
+    return (float(low), float(high)) if low <= high else None
 
 
 def score_at_kl(kl, score, target: float) -> float:
-    """Linear interpolation of a (smoothed) score-vs-KL curve at `target` KL."""
+    """Linear interpolation of a score-vs-KL curve at `target` KL, which must lie within the curve's KL range
+    (a curve is never extended beyond where it was measured)."""
     kl, score = np.asarray(kl, dtype=float), np.asarray(score, dtype=float)
+    if not kl.min() <= target <= kl.max():
+        raise ValueError(f"KL {target} lies outside the curve's range [{kl.min()}, {kl.max()}]")
     order = np.argsort(kl)
     return float(np.interp(target, kl[order], score[order]))
 
 
 def matched_kl(curves: dict[str, dict[str, list[float]]], keys: tuple[str, ...] = ("gold", "reward")) -> dict:
-    """Each curve's scores at the largest KL every curve reached; curves map name -> {kl_sft: [...], key: [...]}."""
-    target = min(max(c["kl_sft"]) for c in curves.values())
+    """Each curve's scores at the largest KL that every curve reached, read inside every curve's measured range.
+
+    `curves` maps name -> {kl_sft: [...], key: [...]}. When the KL ranges do not overlap there is no matched KL:
+    the result holds `kl_sft: None` and each curve's range, and says why.
+    """
+    ranges = {name: [float(min(c["kl_sft"])), float(max(c["kl_sft"]))] for name, c in curves.items()}
+    overlap = kl_overlap(list(ranges.values()))
+    if overlap is None:
+        return {"kl_sft": None, "ranges": ranges, "scores": {}}
+    target = overlap[1]
     scores = {
         name: {key: score_at_kl(c["kl_sft"], c[key], target) for key in keys if c.get(key)}
         for name, c in curves.items()
     }
-    return {"kl_sft": float(target), "scores": scores}
+    return {"kl_sft": target, "ranges": ranges, "scores": scores}
 
 
-def match_steps(kl_a: dict[int, float], kl_b: dict[int, float]) -> tuple[int, int, float]:
-    """The step of each run whose KL to the SFT model lies closest to the largest KL both runs reached.
+def match_steps(kl_a: dict[int, float], kl_b: dict[int, float]) -> tuple[int, int, float] | None:
+    """One saved policy of each run at matched KL to the SFT model, or None when there is none.
 
-    `kl_a` / `kl_b` map the steps that have a saved policy to the (smoothed) training KL there.
+    `kl_a` / `kl_b` map each step that has a saved policy to the KL of that policy. Only policies inside the KL
+    interval both runs' saved policies cover are eligible; each run contributes the one closest to the top of that
+    interval (the largest KL both reached). None when the intervals do not overlap or a run has no saved policy
+    inside the common one.
     """
-    target = min(max(kl_a.values()), max(kl_b.values()))
-    closest = lambda kl: min(kl, key=lambda step: (abs(kl[step] - target), step))  # noqa: E731
-    return closest(kl_a), closest(kl_b), float(target)
+    overlap = kl_overlap([list(kl_a.values()), list(kl_b.values())])
+    if overlap is None:
+        return None
+    low, target = overlap
+    steps = []
+    for kl in (kl_a, kl_b):
+        inside = [step for step, value in kl.items() if low <= value <= target]
+        if not inside:
+            return None
+        steps.append(min(inside, key=lambda step: (target - kl[step], step)))
+    return steps[0], steps[1], target

@@ -8,14 +8,23 @@ from salsa.config import EvalConfig
 from salsa.errors import DataError
 from salsa.evaluation.judging import comparison_pairs
 from salsa.evaluation.matched import training_curves
-from salsa.evaluation.stats import compare, matched_kl, mean_with_interval
+from salsa.evaluation.stats import compare, matched_kl, mean_with_interval, within_prompt_interval
+from salsa.io import read_json
+
+
+def _by_prompt(rows: list[dict], key: str) -> list[list[float]]:
+    """[prompts, samples] of `key`, prompts in file order, samples in seed order."""
+    grouped: dict[int, dict[int, float]] = {}
+    for row in rows:
+        grouped.setdefault(row["index"], {})[row["sample"]] = row[key]
+    return [[grouped[i][s] for s in sorted(grouped[i])] for i in sorted(grouped)]
 
 
 def _score_matrix(samples: list[dict], policy: str, split: str, key: str) -> np.ndarray:
-    """[seeds, prompts] scores of one policy on one split (prompts in file order)."""
+    """[seeds, prompts, samples] scores of one policy on one split."""
     rows = [r for r in samples if r["policy"] == policy and r["split"] == split]
     num_seeds = 1 + max(r["seed_index"] for r in rows)
-    return np.array([[r[key] for r in rows if r["seed_index"] == s] for s in range(num_seeds)], dtype=float)
+    return np.array([_by_prompt([r for r in rows if r["seed_index"] == s], key) for s in range(num_seeds)], dtype=float)
 
 
 def _paired(a: np.ndarray, b: np.ndarray, names: tuple[str, str]) -> tuple[np.ndarray, np.ndarray]:
@@ -62,6 +71,7 @@ def summarise(
     judges: list[str],
     splits: list[str],
     matched_rows: list[dict] | None = None,
+    unmatched: list[str] | None = None,
 ) -> dict:
     """Every number the report shows, computed from the samples."""
     stats = {"num_samples": config.bootstrap_samples, "confidence": config.confidence, "seed": config.seed}
@@ -93,12 +103,13 @@ def summarise(
     landscape = []
     for alpha in dict.fromkeys(r["alpha"] for r in landscape_rows):
         rows = [r for r in landscape_rows if r["alpha"] == alpha]
-        point = {"alpha": alpha}
+        point = {"alpha": alpha, "samples": len(rows)}
         for key in (*judges, "length"):
-            point[key] = mean_with_interval(np.array([[r[key] for r in rows]]), **stats)
+            point[key] = within_prompt_interval(np.array(_by_prompt(rows, key)), **stats)
         landscape.append(point)
     curves = {name: training_curves(paths) for name, paths in config.policies.items()}
     curves = {name: c for name, c in curves.items() if c}
+    first_pair = comparison_pairs(config)[0] if comparison_pairs(config) else None
     return {
         "settings": {
             "temperature": config.temperature,
@@ -108,12 +119,35 @@ def summarise(
             "confidence": config.confidence,
             "bootstrap_samples": config.bootstrap_samples,
             "prompts": num_prompts,
+            "samples_per_prompt": config.samples_per_prompt,
+            "training_temperature": next((c["temperature"] for c in curves.values() if "temperature" in c), None),
         },
         "judges": judges,
+        # The one comparison stated as the result: the first pair (SALSA against PPO in `salsa run`), on the
+        # in-distribution prompts, by the first judge (gold when the task has one). Every other is secondary.
+        "headline": {"a": first_pair[0], "b": first_pair[1], "split": splits[0], "judge": judges[0]}
+        if first_pair
+        else None,
         "policies": policies,
         "comparisons": comparisons,
         "landscape": landscape,
+        "landscape_midpoint_is_soup": _midpoint_is_soup(config),
         "frontier": curves,
         "matched_kl": matched_kl(curves, tuple(j for j in judges)) if len(curves) >= 2 else None,
         "matched_kl_comparisons": summarise_matched(matched_rows or [], judges, config, stats),
+        "matched_kl_notes": unmatched or [],
     }
+
+
+def _midpoint_is_soup(config: EvalConfig) -> bool:
+    """Alpha 0.5 of the landscape is the run's soup only when the soup averages exactly the two landscape models."""
+    from pathlib import Path
+
+    record = Path(config.soup_model or "") / "soup.json"
+    if not config.landscape_models or not record.is_file():
+        return False
+    ingredients = read_json(record).get("ingredients", [])
+    paths = sorted(str(Path(i["path"]).resolve()) for i in ingredients)
+    weights = [i["weight"] for i in ingredients]
+    models = sorted(str(Path(m).resolve()) for m in config.landscape_models)
+    return paths == models and all(abs(w - 0.5) < 1e-9 for w in weights)

@@ -106,6 +106,22 @@ def grpo_advantages(scores: torch.Tensor, k: int, eps: float = 1e-4) -> torch.Te
     return ((grouped - grouped.mean(1, keepdim=True)) / (grouped.std(1, keepdim=True) + eps)).view(-1)
 
 
+def aggregate(
+    x: torch.Tensor, mask: torch.Tensor, aggregation: str = "token", count: torch.Tensor | None = None
+) -> torch.Tensor:
+    """A loss term's mean over a minibatch of responses [B, R].
+
+    token:    sum of x over every response token / number of tokens (DAPO; long responses weigh more);
+    sequence: mean of x over each response's tokens, then over responses (the GRPO paper).
+    `count` replaces the denominator (tokens, or responses), as in `masked_mean`.
+    """
+    if aggregation == "token":
+        return masked_mean(x, mask, count=count)
+    per_response = (x * mask).sum(1) / mask.sum(1).clamp(min=1)
+    present = (mask.sum(1) > 0).float()
+    return (per_response * present).sum() / (present.sum() if count is None else count).clamp(min=1)
+
+
 def clipped_policy_loss(
     logp: torch.Tensor,
     old_logp: torch.Tensor,
@@ -113,18 +129,19 @@ def clipped_policy_loss(
     mask: torch.Tensor,
     clip: float,
     count: torch.Tensor | None = None,
+    aggregation: str = "token",
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """PPO-clip: L = E[max(-A ratio, -A clip(ratio, 1 - eps, 1 + eps))]; returns (loss, clip fraction, approx KL).
-
-    Token means; `count` as in `masked_mean`.
+    """PPO-clip: L = E[max(-A ratio, -A clip(ratio, 1 - eps, 1 + eps))], ratio = pi_new / pi_old; returns
+    (loss, clip fraction, approx KL). The approximate KL is (ratio - 1) - log ratio on the rollout's tokens: an
+    unbiased, never negative estimate of KL(pi_old || pi_new) (Schulman's k3), for logging.
     """
     log_ratio = logp - old_logp
     ratio = torch.exp(log_ratio)
     unclipped = -advantages * ratio
     clipped = -advantages * torch.clamp(ratio, 1.0 - clip, 1.0 + clip)
-    loss = masked_mean(torch.maximum(unclipped, clipped), mask, count=count)
-    clip_fraction = masked_mean((clipped > unclipped).float(), mask, count=count)
-    approx_kl = masked_mean(kl_k3(logp, old_logp).detach(), mask, count=count)  # KL(new || old), for logging
+    loss = aggregate(torch.maximum(unclipped, clipped), mask, aggregation, count)
+    clip_fraction = aggregate((clipped > unclipped).float(), mask, aggregation, count)
+    approx_kl = aggregate(((ratio - 1) - log_ratio).detach(), mask, aggregation, count)
     return loss, clip_fraction, approx_kl
 
 

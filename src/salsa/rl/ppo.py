@@ -42,12 +42,12 @@ from salsa.progress import console, training_progress
 from salsa.reward import RewardModel
 from salsa.rl.core import (
     AdaptiveKLController,
+    aggregate,
     clipped_policy_loss,
     clipped_value_loss,
     gae,
     grpo_advantages,
     kl_k3,
-    masked_mean,
     masked_whiten,
     rloo_advantages,
     token_rewards,
@@ -81,7 +81,8 @@ def advantages(
         else:
             sequence_adv = grpo_advantages(scores, config.samples_per_prompt)
         adv = sequence_adv[:, None] * mask
-    if config.whiten_advantages:
+    whiten = config.whiten_advantages if config.whiten_advantages is not None else config.algorithm == "ppo"
+    if whiten:
         adv = masked_whiten(adv, mask, total=runtime.all_sum) * mask
     return adv, returns
 
@@ -137,18 +138,21 @@ def rl_update(
                 with runtime.autocast(dtype):
                     logp, values, _ = learner.evaluate(rollout, rows)
             m = mask[rows] * weight
-            # Each process divides its token sums by its share of the global token count (the count / world),
-            # so the average of the processes' losses, and of their gradients, is the global token mean.
-            count = runtime.all_sum(m.sum()) / world
+            # Each process divides its sums by its share of the global count (tokens, or responses; the count
+            # over all processes / world), so the average of the processes' losses, and of their gradients, is the
+            # mean over the global minibatch.
+            tokens = runtime.all_sum(m.sum()) / world
+            count = tokens if config.loss_aggregation == "token" else runtime.all_sum((m.sum(1) > 0).sum()) / world
             loss, clip_fraction, approx_kl = clipped_policy_loss(
-                logp, old_logp[rows], adv[rows], m, config.clip_range, count=count
+                logp, old_logp[rows], adv[rows], m, config.clip_range, count, config.loss_aggregation
             )
             stats["policy_loss"].append(float(runtime.all_sum(loss.detach())) / world)
-            if config.algorithm == "grpo" and rollout.ref_logprobs is not None:
-                loss = loss + beta * masked_mean(kl_k3(logp, rollout.ref_logprobs[rows]), m, count=count)
+            if config.algorithm == "grpo" and rollout.ref_logprobs is not None:  # GRPO: beta * k3 in the loss
+                k3 = kl_k3(logp, rollout.ref_logprobs[rows])
+                loss = loss + beta * aggregate(k3, m, config.loss_aggregation, count)
             if values is not None:
                 value_loss = clipped_value_loss(
-                    values, old_values[rows], returns[rows], m, config.value_clip_range, count=count
+                    values, old_values[rows], returns[rows], m, config.value_clip_range, count=tokens
                 )
                 loss = loss + config.vf_coef * value_loss
                 stats["value_loss"].append(float(runtime.all_sum(value_loss.detach())) / world)
@@ -312,13 +316,42 @@ def _run(config: RLConfig, stage: Stage, reward_fn: RewardFn | None, show_progre
                 counters = {"step": step, "beta": beta, "first_length": first_length, "world_size": world}
                 optimizer_state = runtime.optimizer_state(trained, optimizer)
                 save_checkpoint(checkpoints / f"step-{step:07d}", weights, optimizer_state, counters=counters)
+    # Record s of the log was sampled by the policy before update s: one more rollout measures the final policy
+    # (its KL to SFT and its scores), so every saved policy has a measurement of its own.
+    with runtime.autocast(dtype):
+        batch = next(batches)
+        rollout = collect_rollout(
+            learner, tokenizer, [prompts[batch[p]] for p in positions], positions, config, step, reward, reference,
+            sft_model, gold_fn,
+        )  # fmt: skip
+    final_policy = _measure(learner, rollout, config, dtype, same_as_reference)
     runtime.check_replicas_agree(learner.trained, *([ema] if ema is not None else []), what="policy and reference")
     policy = runtime.full_model(learner.policy, lambda: _fresh_policy(config))
     if main:
         save_model(policy, tokenizer, out / "final")
-    stage.finish({"algorithm": config.algorithm, "reference": config.reference, "skipped_steps": guard.skipped})
+    info = {"algorithm": config.algorithm, "reference": config.reference, "skipped_steps": guard.skipped}
+    stage.finish({**info, "final_policy": final_policy})
     if main:
         shutil.rmtree(checkpoints, ignore_errors=True)
+
+
+@torch.no_grad()
+def _measure(learner: Learner, rollout: Rollout, config: RLConfig, dtype, same_as_reference: bool) -> dict:
+    """Reward, gold score, length and KL (to the reference and to SFT) of a rollout, over all processes."""
+    with runtime.autocast(dtype):
+        logp, _, _ = learner.evaluate(rollout, torch.arange(len(rollout.rows)))
+    here, mask = torch.tensor(float(len(rollout.rows))), rollout.mask
+    result = {"reward": _global_mean(rollout.scores.nan_to_num().sum(), here)}
+    if rollout.gold is not None:
+        result["gold"] = _global_mean(torch.tensor(rollout.gold, dtype=torch.float64).sum(), here)
+    result["response_length"] = _global_mean(mask.sum(), here)
+    if rollout.ref_logprobs is not None:
+        result["kl_ref"] = _global_mean(((logp - rollout.ref_logprobs) * mask).sum(), here)
+    if rollout.sft_logprobs is not None:
+        result["kl_sft"] = _global_mean(((logp - rollout.sft_logprobs) * mask).sum(), here)
+    elif same_as_reference and "kl_ref" in result:
+        result["kl_sft"] = result["kl_ref"]
+    return result
 
 
 def _fresh_policy(config: RLConfig):
