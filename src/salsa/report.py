@@ -219,7 +219,9 @@ def _plot_landscape(results: dict, path: Path) -> None:
         low = [p[judge]["ci"][0] for p in points]
         high = [p[judge]["ci"][1] for p in points]
         ax.plot(alphas, means, marker="o", color="tab:green", label=f"mean {JUDGE_TITLES[judge]} score")
-        ax.fill_between(alphas, low, high, color="tab:green", alpha=0.2, label="interval (resampling each prompt's samples)")
+        ax.fill_between(
+            alphas, low, high, color="tab:green", alpha=0.2, label="interval (resampling each prompt's samples)"
+        )
         midpoint = "soup" if results.get("landscape_midpoint_is_soup") else "midpoint"
         for alpha, name in ((0.0, "SFT-1"), (0.5, midpoint), (1.0, "SFT-2")):
             ax.axvline(alpha, color="grey", linestyle=":", linewidth=1)
