@@ -3,7 +3,8 @@
 Same model (the default SmolLM2-135M-Instruct, fp32 on a CPU), same prompts (the built-in task's train
 prompts through the chat template), 16 completions per step (4 prompts x 4 samples) of at most 32 new
 tokens at temperature 1, the same reward function (the task's gold judge), a KL penalty against a frozen
-copy of the initial model (beta 0.05), one optimisation pass per rollout. Processed tokens are prompt plus
+copy of the initial model (beta 0.05), one optimisation pass per rollout (salsa's `ppo_epochs: 1`; a last row runs
+salsa's default PPO, 4 epochs per rollout, which is not like for like). Processed tokens are prompt plus
 completion tokens (no padding) per step; the first --warmup steps of each are not timed. salsa also runs
 with LoRA adapters (r 16 on every linear layer) in place of full-weight updates. TRL's trainers turn on
 gradient checkpointing by default (it saves GPU memory and costs a second forward pass); its RLOOTrainer
@@ -31,14 +32,17 @@ def gold_reward(prompts: list[str], responses: list[str]) -> list[float]:
     return [gold_score(p, r) for p, r in zip(prompts, responses, strict=True)]
 
 
-def salsa_run(algorithm: str, args, workdir: Path, prompts_file: Path, use_lora: bool = False) -> float:
+def salsa_run(
+    algorithm: str, args, workdir: Path, prompts_file: Path, use_lora: bool = False, ppo_epochs: int = 1
+) -> float:
     from salsa.config import RLConfig
     from salsa.models import resolve_model
     from salsa.rl.ppo import train_rl
 
     cfg = RLConfig(
         algorithm=algorithm, init=resolve_model("smollm2-135m"), reference="sft", prompts=str(prompts_file), task=None,
-        output_dir=str(workdir / f"salsa-{algorithm}-{'lora' if use_lora else 'full'}"), steps=args.warmup + args.steps,
+        output_dir=str(workdir / f"salsa-{algorithm}-{'lora' if use_lora else 'full'}-{ppo_epochs}"),
+        steps=args.warmup + args.steps, ppo_epochs=ppo_epochs,
         prompts_per_step=PROMPTS_PER_STEP,
         samples_per_prompt=SAMPLES, max_new_tokens=NEW_TOKENS, kl_coef=BETA, minibatch_size=PROMPTS_PER_STEP * SAMPLES,
         save_steps=0, learning_rate=1e-6, use_lora=use_lora,
@@ -119,6 +123,8 @@ def main() -> None:
         results["salsa ppo"] = salsa_run("ppo", args, workdir, prompts_file)
         results["salsa rloo, LoRA"] = salsa_run("rloo", args, workdir, prompts_file, use_lora=True)
         results["salsa ppo, LoRA"] = salsa_run("ppo", args, workdir, prompts_file, use_lora=True)
+        # salsa's default PPO: 4 epochs over each rollout (not like-for-like with the one-pass rows above)
+        results["salsa ppo, 4 epochs"] = salsa_run("ppo", args, workdir, prompts_file, ppo_epochs=4)
     print(f"{PROMPTS_PER_STEP * SAMPLES} completions of <= {NEW_TOKENS} tokens per step, {args.steps} timed steps")
     for name, value in results.items():
         print(f"{name:24} {value:8.1f} processed tokens/s")
@@ -129,6 +135,8 @@ def main() -> None:
     print(f"against trl RLOOTrainer's defaults: salsa rloo {default[0]:.2f}x   salsa ppo {default[1]:.2f}x")
     lora = [results[f"salsa {a}, LoRA"] / results[f"salsa {a}"] for a in ("rloo", "ppo")]
     print(f"LoRA (r 16, all linear layers) / full weights in salsa: rloo {lora[0]:.2f}x   ppo {lora[1]:.2f}x")
+    epochs = results["salsa ppo, 4 epochs"] / results["salsa ppo"]
+    print(f"salsa's default PPO (4 epochs per rollout) / one pass: {epochs:.2f}x")
 
 
 if __name__ == "__main__":

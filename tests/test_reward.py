@@ -124,10 +124,12 @@ def test_encoder_reward_model_learns_a_preference_and_round_trips(tmp_path):
     reward = RewardModel.load(path)
     scores = reward.score(["Review number 1."] * 2, [POSITIVE[0], NEGATIVE[0]])
     assert scores[0] > scores[1]
-    # Normalised on the training responses: mean 0, std 1 there.
-    responses = POSITIVE + NEGATIVE
-    train_scores = reward.score(["Review number 0."] * len(responses), responses)
-    assert abs(float(train_scores.mean())) < 1.0
+    # Normalised on the training responses (every distinct prompt and response of the pairs): mean 0, std 1 there.
+    pairs = [json.loads(line) for line in (tmp_path / "train.jsonl").read_text().splitlines()]
+    texts = sorted({(p["prompt"], r) for p in pairs for r in (p["chosen"], p["rejected"])})
+    train_scores = reward.score([p for p, _ in texts], [r for _, r in texts])
+    assert float(train_scores.mean()) == pytest.approx(0.0, abs=1e-4)
+    assert float(train_scores.std()) == pytest.approx(1.0, abs=1e-4)
     # The trained head is part of the saved model: without it, loading is refused rather than scoring at random.
     (path / SCORE_HEAD).unlink()
     with pytest.raises(DataError, match=SCORE_HEAD):
@@ -154,14 +156,24 @@ def test_a_run_stuck_at_ln_2_after_its_first_epoch_starts_again_with_the_next_se
         train_reward(RewardConfig(data=str(tmp_path / "train.jsonl"), restarts=-1), show_progress=False)
 
 
-def test_causal_backbone_trains_and_scores(tmp_path, tiny_model_dir):
+def test_causal_backbone_learns_a_preference(tmp_path, tiny_model_dir):
     cfg = RewardConfig(
-        backbone="causal", model=str(tiny_model_dir), data=str(_pairs(tmp_path / "train.jsonl", 16)), eval_data=None,
-        output_dir=str(tmp_path / "rm"), num_epochs=1, batch_size=8, max_length=48,
+        backbone="causal", model=str(tiny_model_dir), data=str(_pairs(tmp_path / "train.jsonl", 48)),
+        eval_data=str(_pairs(tmp_path / "eval.jsonl", 12)), output_dir=str(tmp_path / "rm"), num_epochs=3,
+        batch_size=8, max_length=48, learning_rate=1e-3, head_learning_rate=1e-2,
     )  # fmt: skip
     reward = RewardModel.load(train_reward(cfg, show_progress=False))
     assert reward.backbone == "causal"
-    assert reward.score(["a", "b", "c"], ["x", "y", "z"]).shape == (3,)
+    # The last-token head of a random tiny LM learns to rank the positive reviews above the negative ones.
+    assert json.loads((tmp_path / "rm" / "eval.json").read_text())["accuracy_vs_gold"] >= 0.9
+    scores = reward.score(["Review number 50."] * 6, POSITIVE + NEGATIVE)
+    assert scores[:3].min() > scores[3:].max()
+
+
+def test_a_tie_counts_as_half_a_correct_order():
+    tied = torch.zeros(4)
+    assert pairwise_accuracy(tied, tied, torch.ones(4, dtype=torch.bool)) == 0.5  # a constant scorer: chance
+    assert pairwise_accuracy(torch.tensor([1.0, 0.0]), torch.tensor([0.0, 0.0]), torch.tensor([True, True])) == 0.75
 
 
 def test_backbone_learning_rate_defaults_by_kind_and_an_explicit_one_wins():

@@ -320,3 +320,101 @@ def test_an_interrupted_dpo_run_resumes_to_the_same_policy(tmp_path, peaked_mode
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert [m["step"] for m in _metrics(resumed)] == [1, 2, 3, 4]
     assert _metrics(resumed)[-1]["loss"] < _metrics(resumed)[0]["loss"]
+
+
+def _one_update(model_dir, tokenizer, prompts, **overrides):
+    """A Learner, a rollout of `prompts` and one rl_update on it; returns (learner before/after weights, stats)."""
+    from salsa.logs import FiniteGuard
+    from salsa.rl.learner import Learner
+    from salsa.rl.ppo import rl_update
+    from salsa.rl.rollout import collect_rollout
+
+    settings = dict(init=str(model_dir), task=None, prompts_per_step=len(prompts), samples_per_prompt=2,
+                    max_new_tokens=6, learning_rate=1e-2, ppo_epochs=2, minibatch_size=4)  # fmt: skip
+    config = RLConfig(**{**settings, **overrides})
+    torch.manual_seed(0)
+    learner = Learner(config, torch.device("cpu"))
+    reference = load_reference(config, learner.policy, torch.device("cpu"))
+    reward = lambda p, r: torch.tensor([float(len(x)) for x in r])  # noqa: E731
+    rollout = collect_rollout(learner, tokenizer, prompts, list(range(len(prompts))), config, 0, reward, reference,
+                              None, None)  # fmt: skip
+    before = {k: v.clone() for k, v in learner.weights().items()}
+    optimizer = torch.optim.AdamW(learner.parameters(), lr=config.learning_rate)
+    order = torch.Generator().manual_seed(0)
+    stats = rl_update(learner, rollout, config, optimizer, config.kl_coef, order, FiniteGuard("rl"), 1)
+    return before, learner.weights(), stats, rollout
+
+
+@pytest.mark.parametrize("value_head", ["shared", "separate"])
+def test_ppo_trains_its_value_function_on_the_trunk_or_on_a_separate_critic(tokenizer, peaked_model, value_head):
+    before, after, stats, _ = _one_update(peaked_model, tokenizer, PROMPTS[:2], algorithm="ppo", value_head=value_head)
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert {"value_head.linear.weight", "value_head.linear.bias"} <= changed  # starts at 0, learns the returns
+    assert "value_loss" in stats and stats["value_loss"] > 0
+    critic = {k for k in before if k.startswith("critic.")}
+    if value_head == "separate":
+        assert critic and critic & changed  # the critic model is trained too
+    else:
+        assert not critic
+
+
+def test_ppo_advantages_are_gae_of_the_kl_shaped_rewards():
+    from salsa.rl.ppo import advantages
+
+    config = RLConfig(algorithm="ppo", gamma=1.0, lam=0.95, whiten_advantages=False)
+    adv, returns = advantages(config, torch.tensor([1.0]), torch.tensor([[0.1, 0.2]]), torch.tensor([[0.5, 0.3]]),
+                              torch.ones(1, 2), beta=0.5)  # fmt: skip
+    # r = [-0.05, -0.1 + 1]; delta_1 = 0.9 - 0.3 = 0.6, delta_0 = -0.05 + 0.3 - 0.5 = -0.25; A_0 = -0.25 + 0.95 * 0.6
+    assert adv[0].tolist() == pytest.approx([0.32, 0.6]) and returns[0].tolist() == pytest.approx([0.82, 0.9])
+    rloo = RLConfig(algorithm="rloo", samples_per_prompt=2)  # not whitened by default: the raw leave-one-out gap
+    adv, _ = advantages(rloo, torch.tensor([1.0, 3.0]), torch.zeros(2, 1), None, torch.ones(2, 1), beta=0.0)
+    assert adv[:, 0].tolist() == [-2.0, 2.0]
+
+
+def test_grpo_adds_the_k3_penalty_to_its_loss(tokenizer, peaked_model, tmp_path):
+    # One gradient step (one epoch, one minibatch) from the reference itself: the k3 term is 0 there.
+    one_step = dict(algorithm="grpo", ppo_epochs=1, minibatch_size=8)
+    _, _, stats, _ = _one_update(peaked_model, tokenizer, PROMPTS[:2], kl_coef=1.0, **one_step)
+    assert stats["kl_loss"] == pytest.approx(0.0, abs=1e-5)
+    # Another reference: k3 > 0 and it pulls the update, so the coefficient changes the weights.
+    other = str(save_tiny_model(tmp_path / "other", tokenizer, seed=3, initializer_range=1.0))
+    runs = [
+        _one_update(peaked_model, tokenizer, PROMPTS[:2], kl_coef=b, reference_model=other, **one_step)
+        for b in (0.0, 1.0)
+    ]
+    assert runs[1][2]["kl_loss"] > 0.1
+    assert any(not torch.allclose(runs[0][1][k], runs[1][1][k]) for k in runs[0][1])
+
+
+def test_a_response_cut_at_max_new_tokens_pays_the_missing_eos_penalty(tokenizer, peaked_model):
+    _, _, _, rollout = _one_update(
+        peaked_model, tokenizer, PROMPTS[:4], algorithm="rloo", max_new_tokens=2, missing_eos_penalty=3.0
+    )
+    responses = rollout.sequences[:, rollout.prompt_length :]
+    ended = torch.isin(responses, torch.tensor([tokenizer.eos_token_id])).any(1)
+    lengths = torch.tensor([float(len(r)) for r in rollout.responses]).clamp(-5.0, 5.0)  # reward_clip 5
+    assert rollout.scores.tolist() == pytest.approx((lengths - 3.0 * (~ended).float()).tolist())
+    assert (~ended).any()  # at 2 tokens most responses are cut
+
+
+def test_the_adaptive_kl_coefficient_follows_the_measured_kl(tmp_path, peaked_model, prompts_file, token_reward):
+    cfg = _config(tmp_path, peaked_model, prompts_file, algorithm="rloo", steps=3, kl_coef=0.2, adaptive_kl=True,
+                  target_kl=0.01, kl_horizon=100)  # fmt: skip
+    records = _metrics(train_rl(cfg, False, token_reward))
+    n = cfg.prompts_per_step * cfg.samples_per_prompt
+    for now, after in zip(records, records[1:], strict=False):
+        error = min(max(now["kl_ref"] / 0.01 - 1, -0.2), 0.2)
+        assert after["kl_coef"] == pytest.approx(now["kl_coef"] * (1 + error * n / 100))
+    assert records[-1]["kl_coef"] != 0.2
+
+
+def test_reference_free_dpo_trains_without_a_reference(tmp_path, peaked_model):
+    prefs = tmp_path / "prefs.jsonl"
+    prefs.write_text(
+        "".join(json.dumps({"prompt": p, "chosen": "Yes.", "rejected": "No, never."}) + "\n" for p in PROMPTS)
+    )
+    cfg = RLConfig(algorithm="dpo", init=str(peaked_model), reference="none", preference_data=str(prefs), task=None,
+                   output_dir=str(tmp_path / "dpo"), steps=6, dpo_batch_size=4, learning_rate=1e-3,
+                   save_steps=0)  # fmt: skip
+    records = _metrics(train_rl(cfg, False))
+    assert records[-1]["margin"] > records[0]["margin"]  # the chosen response gains on the rejected one

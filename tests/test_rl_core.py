@@ -104,6 +104,16 @@ def test_masked_statistics_and_entropy():
     assert masked_mean(x, mask).item() == 2.0
     w = masked_whiten(x, mask)
     assert masked_mean(w, mask).abs().item() < 1e-6
+    # Unbiased variance of [1, 3] is 2: whitened values are -+1 / sqrt(2); the masked 100 plays no part.
+    assert w[0, :2].tolist() == pytest.approx([-1 / math.sqrt(2), 1 / math.sqrt(2)], abs=1e-6)
+    x2, mask2 = torch.tensor([[2.0, 4.0, 9.0, 0.0]]), torch.tensor([[1.0, 1.0, 1.0, 0.0]])
+    # mean 5, unbiased variance (9 + 1 + 16) / 2 = 13
+    assert masked_whiten(x2, mask2)[0, :3].tolist() == pytest.approx([(v - 5) / math.sqrt(13) for v in (2, 4, 9)])
+    assert masked_whiten(x2, mask2, shift_mean=False)[0, 0].item() == pytest.approx((2 - 5) / math.sqrt(13) + 5)
+    # Over several processes `total` sums a statistic over them: here the other process holds the 9.
+    other = iter([torch.tensor([9.0, 1.0]), torch.tensor((9.0 - 5) ** 2)])  # its (sum, count), then its squares
+    whitened = masked_whiten(torch.tensor([[2.0, 4.0]]), torch.ones(1, 2), total=lambda t: t + next(other))
+    assert whitened[0].tolist() == pytest.approx([(v - 5) / math.sqrt(13) for v in (2, 4)])
     assert entropy_from_logprobs(torch.zeros(1, 4).log_softmax(-1)).item() == pytest.approx(math.log(4))
     assert entropy_from_logprobs(torch.tensor([[0.0, -1e9]])).item() == pytest.approx(0.0)
 
@@ -113,6 +123,45 @@ def test_dpo_loss_and_adaptive_kl():
     assert dpo_loss(zero, zero, zero, zero, beta=0.1).item() == pytest.approx(math.log(2))
     chosen = torch.tensor([1.0, 1.0])
     assert dpo_loss(chosen, zero, zero, zero, beta=1.0).item() == pytest.approx(math.log(1 + math.exp(-1)))
+    # With a reference: margin = (pi_c - ref_c) - (pi_r - ref_r) = (-1 - -3) - (-2 - -1) = 3; beta 0.5 -> 1.5.
+    loss = dpo_loss(torch.tensor([-1.0]), torch.tensor([-2.0]), torch.tensor([-3.0]), torch.tensor([-1.0]), beta=0.5)
+    assert loss.item() == pytest.approx(math.log(1 + math.exp(-1.5)))
+    # A reference that favours the chosen response more than the policy does makes the loss larger.
+    worse = dpo_loss(torch.tensor([-1.0]), torch.tensor([-2.0]), torch.tensor([0.0]), torch.tensor([-5.0]), beta=0.5)
+    assert worse.item() == pytest.approx(math.log(1 + math.exp(2.0)))  # margin (-1 - 0) - (-2 - -5) = -4
     controller = AdaptiveKLController(0.1, target=6.0, horizon=10_000)
     controller.update(current_kl=12.0, num_samples=1000)  # error clipped at +0.2
     assert controller.value == pytest.approx(0.1 * (1 + 0.2 * 0.1))
+
+
+def test_ema_update_moves_the_reference_a_fraction_towards_the_policy():
+    from salsa.rl.reference import ema_update
+
+    reference, policy = torch.nn.Linear(2, 1, bias=False), torch.nn.Linear(2, 1, bias=False)
+    with torch.no_grad():
+        reference.weight.copy_(torch.tensor([[1.0, 2.0]]))
+        policy.weight.copy_(torch.tensor([[3.0, -2.0]]))
+    ema_update(reference, policy, decay=0.9)
+    # 0.9 * reference + 0.1 * policy, not the other way round
+    assert reference.weight.tolist() == [pytest.approx([1.2, 1.6])]
+    assert policy.weight.tolist() == [[3.0, -2.0]]
+
+
+def test_approximate_kl_is_k3_of_the_new_over_old_ratio():
+    old = torch.tensor([[-1.0, -2.0]])
+    new = torch.tensor([[-0.5, -2.5]])
+    mask = torch.ones(1, 2)
+    _, _, approx = clipped_policy_loss(new, old, torch.zeros(1, 2), mask, clip=0.2)
+    ratios = (new - old).exp()
+    assert approx.item() == pytest.approx(float(((ratios - 1) - (new - old)).mean()))
+    _, _, same = clipped_policy_loss(old, old, torch.zeros(1, 2), mask, clip=0.2)
+    assert same.item() == 0.0
+
+
+def test_sequence_aggregation_weighs_every_response_alike():
+    from salsa.rl.core import aggregate
+
+    x = torch.tensor([[1.0, 1.0, 1.0, 1.0], [5.0, 0.0, 0.0, 0.0]])
+    mask = torch.tensor([[1.0, 1.0, 1.0, 1.0], [1.0, 0.0, 0.0, 0.0]])
+    assert aggregate(x, mask, "token").item() == pytest.approx(9 / 5)  # the long response weighs 4 of 5 tokens
+    assert aggregate(x, mask, "sequence").item() == pytest.approx((1 + 5) / 2)

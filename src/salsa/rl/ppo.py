@@ -99,13 +99,13 @@ def rl_update(
     config: RLConfig,
     optimizer,
     beta: float,
-    minibatch_order: torch.Tensor,
+    generator: torch.Generator,
     guard: FiniteGuard,
     step: int,
 ) -> dict:
     """Advantages, then `ppo_epochs` passes of clipped updates over minibatches; returns the step's statistics.
 
-    `minibatch_order` holds, per epoch, a permutation of the step's global rows (the same on every process); a
+    Each epoch draws a permutation of the step's global rows from `generator` (seeded alike on every process); a
     minibatch is a slice of it, and each process works on the rows of it that it rolled out. A minibatch whose
     loss or gradient is not finite is never applied (`guard` stops the run or skips it).
     """
@@ -124,7 +124,8 @@ def rl_update(
     adv, returns = advantages(config, rollout.scores, kl_for_reward, old_values, mask, beta)
 
     stats: dict[str, list[float]] = {"policy_loss": [], "value_loss": [], "clip_fraction": [], "approx_kl": []}
-    for epoch_order in minibatch_order:
+    for _ in range(config.ppo_epochs):
+        epoch_order = torch.randperm(n_global, generator=generator)
         for start in range(0, n_global, config.minibatch_size):
             minibatch = epoch_order[start : start + config.minibatch_size].tolist()
             mine = [local_index[g] for g in minibatch if g in local_index]
@@ -148,8 +149,9 @@ def rl_update(
             )
             stats["policy_loss"].append(float(runtime.all_sum(loss.detach())) / world)
             if config.algorithm == "grpo" and rollout.ref_logprobs is not None:  # GRPO: beta * k3 in the loss
-                k3 = kl_k3(logp, rollout.ref_logprobs[rows])
-                loss = loss + beta * aggregate(k3, m, config.loss_aggregation, count)
+                kl_loss = aggregate(kl_k3(logp, rollout.ref_logprobs[rows]), m, config.loss_aggregation, count)
+                loss = loss + beta * kl_loss
+                stats.setdefault("kl_loss", []).append(float(runtime.all_sum(kl_loss.detach())) / world)
             if values is not None:
                 value_loss = clipped_value_loss(
                     values, old_values[rows], returns[rows], m, config.value_clip_range, count=tokens
@@ -264,8 +266,7 @@ def _run(config: RLConfig, stage: Stage, reward_fn: RewardFn | None, show_progre
             stats = {}
             if guard.ok(step, reward=rollout.scores):
                 order = generator(config.seed, "minibatch", step)
-                epochs = torch.stack([torch.randperm(n_global, generator=order) for _ in range(config.ppo_epochs)])
-                stats = rl_update(learner, rollout, config, optimizer, beta, epochs, guard, step)
+                stats = rl_update(learner, rollout, config, optimizer, beta, order, guard, step)
             here = torch.tensor(float(len(rollout.rows)))
             length = _global_mean(rollout.mask.sum(), here)
             first_length = first_length or length
