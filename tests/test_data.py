@@ -76,9 +76,13 @@ def test_jsonl_parquet_and_datasets_dir_load_the_same_rows(tmp_path):
     ("line", "message"),
     [
         ('{"prompt": "a"}', "row 2: missing field 'completion'"),
-        ('{"prompt": "a", "completion": 3}', "row 2: field 'completion' must be a string, got int"),
+        (
+            '{"prompt": "a", "completion": 3}',
+            "row 2: field 'completion' must be a string or a list of chat messages, got int",
+        ),
         ('{"prompt": "a", "completion": "b"', "row 2: not valid JSON"),
-        ('{"text": "a"}', "row 2: expected fields 'prompt' and 'completion', or 'messages'"),
+        ('{"text": 3}', "row 2: field 'text' must be a string, got int"),
+        ('{"input": "a"}', "row 2: expected fields 'messages', 'prompt' and 'completion', or 'text'"),
         ('{"messages": [{"role": "user", "content": "a"}]}', "row 2: field 'messages' must end with an assistant"),
         ('{"messages": [{"role": "user"}, {"role": "assistant", "content": "b"}]}', "messages[0].content"),
         ('{"prompt": "  ", "completion": "b"}', "row 2: field 'prompt' is empty"),

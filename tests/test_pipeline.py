@@ -25,7 +25,12 @@ def run_yaml(tmp_path, tiny_model_dir):
             "learning_rate": 1e-3,
             "snapshot_steps": 1,
         },
-        "eval": {"max_new_tokens": 6, "landscape_alphas": [0.0, 0.5, 1.0], "bootstrap_samples": 200},
+        "eval": {
+            "max_new_tokens": 6,
+            "landscape_alphas": [0.0, 0.5, 1.0],
+            "bootstrap_samples": 200,
+            "judge": str(tiny_model_dir),
+        },
     }
     path = tmp_path / "run.yaml"
     path.write_text(yaml.safe_dump(config))
@@ -111,6 +116,14 @@ def test_run_resumes_after_interruption_then_skips_finished_stages(run_yaml, tmp
     samples = read_jsonl(root / "eval/samples.jsonl")
     sft_responses = [r["response"] for r in samples if r.get("policy") == "sft" and r["split"] == "in_distribution"]
     assert [r["response"] for r in samples if r.get("alpha") == 0.0] == sft_responses
+    # The LLM judge compared every pair on both splits, and the report says how it judged.
+    judged = {(c["a"], c["b"], c["split"]) for c in results["comparisons"] if c["judge"] == "llm"}
+    assert len(judged) == 2 * len(plan_run(run_yaml).eval.comparisons)
+    judgments = read_jsonl(root / "eval/judgments.jsonl")
+    assert {j["verdict"] for j in judgments} <= {-1, 0, 1} and len(judgments) == sum(c["n"] for c in (
+        c for c in results["comparisons"] if c["judge"] == "llm"))  # fmt: skip
+    assert results["llm_judge"]["pairs"] == len(judgments) and "gold" in results["llm_judge"]
+    assert "**LLM judge.**" in markdown
 
     # SALSA against PPO at matched KL: here the saved policies' KL ranges do not overlap (SALSA starts at the soup,
     # already away from SFT-0), so the report says so instead of comparing policies at different KLs.

@@ -9,8 +9,6 @@ from salsa.data import PreferencePair, parse_preference_rows
 from salsa.errors import ConfigError, DataError
 from salsa.io import COMPLETE_MARKER, read_json, read_jsonl
 from salsa.reward import (
-    SCORE_HEAD,
-    RewardModel,
     backbone_learning_rate,
     bradley_terry_loss,
     pair_scores,
@@ -20,6 +18,7 @@ from salsa.reward import (
     stayed_at_chance,
     train_reward,
 )
+from salsa.scoring import RewardModel
 from salsa.seeding import batch_stream
 
 
@@ -95,7 +94,7 @@ def test_preference_rows_accept_strings_and_messages_and_name_bad_rows(tmp_path)
 
     with pytest.raises(DataError, match=r"prefs.jsonl row 2: missing field 'rejected'"):
         parse_preference_rows(*load_records(str(bad)))
-    with pytest.raises(DataError, match="row 1: field 'chosen' must be a non-empty string"):
+    with pytest.raises(DataError, match="row 1: field 'chosen' must be a string or a list of chat messages"):
         parse_preference_rows([{"prompt": "p", "chosen": 3, "rejected": "b"}], "mem")
 
 
@@ -130,10 +129,10 @@ def test_encoder_reward_model_learns_a_preference_and_round_trips(tmp_path):
     train_scores = reward.score([p for p, _ in texts], [r for _, r in texts])
     assert float(train_scores.mean()) == pytest.approx(0.0, abs=1e-4)
     assert float(train_scores.std()) == pytest.approx(1.0, abs=1e-4)
-    # The trained head is part of the saved model: without it, loading is refused rather than scoring at random.
-    (path / SCORE_HEAD).unlink()
-    with pytest.raises(DataError, match=SCORE_HEAD):
-        RewardModel.load(path)
+    # A directory of the older format (head in its own file) is refused rather than scored with a missing head.
+    (path / "score_head.safetensors").write_bytes(b"")
+    with pytest.raises(DataError, match="older salsa"):
+        RewardModel.load(str(path))
 
 
 def test_a_run_stuck_at_ln_2_after_its_first_epoch_starts_again_with_the_next_seed(tmp_path):
@@ -163,7 +162,7 @@ def test_causal_backbone_learns_a_preference(tmp_path, tiny_model_dir):
         batch_size=8, max_length=48, learning_rate=1e-3, head_learning_rate=1e-2,
     )  # fmt: skip
     reward = RewardModel.load(train_reward(cfg, show_progress=False))
-    assert reward.backbone == "causal"
+    assert reward.layout == "conversation"  # the causal backbone reads the templated conversation, as TRL does
     # The last-token head of a random tiny LM learns to rank the positive reviews above the negative ones.
     assert json.loads((tmp_path / "rm" / "eval.json").read_text())["accuracy_vs_gold"] >= 0.9
     scores = reward.score(["Review number 50."] * 6, POSITIVE + NEGATIVE)

@@ -1,5 +1,6 @@
 import json
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -214,3 +215,45 @@ def test_lora_ingredients_give_the_soup_of_the_merged_models(tiny_sft_config, tm
     x, y = load_file(str(from_adapters / "model.safetensors")), load_file(str(from_merged / "model.safetensors"))
     assert x.keys() == y.keys()
     assert all(torch.allclose(x[k], y[k], atol=1e-7) for k in x)
+
+
+def test_runtime_and_generation_config_fields_do_not_block_a_soup(tmp_path):
+    a, _ = _pair(tmp_path)
+    state = load_file(str(a / "model.safetensors"))
+    runtime = {"use_cache": False, "dtype": "bfloat16", "transformers_version": "5.0.0", "temperature": 0.7}
+    b = _ingredient(tmp_path / "b2", state, config=CONFIG | runtime)
+    build_soup([a, b], tmp_path / "soup")
+    with pytest.raises(SoupError, match="differs .* in 'hidden_size'"):
+        build_soup([a, _ingredient(tmp_path / "c", state, config=CONFIG | {"hidden_size": 8})], tmp_path / "s2")
+
+
+def test_mergekit_reproduces_a_lora_soup_bit_for_bit_from_its_yaml(tiny_sft_config, tmp_path, monkeypatch):
+    pytest.importorskip("mergekit")
+    import dataclasses
+
+    from mergekit.config import MergeConfiguration
+    from mergekit.merge import MergeOptions, run_merge
+
+    from salsa import train_sft
+
+    cfg = dataclasses.replace(tiny_sft_config, use_lora=True, learning_rate=1e-2, lora_dropout=0.0, max_steps=3)
+    adapters = [p / "adapter" for p in train_sft(cfg, seeds=[0, 1, 2])]  # K = 3: the order of rounding matters
+    soup = build_soup(adapters, tmp_path / "soup", [0.5, 0.3, 0.2])
+
+    provenance = json.loads((soup / "soup.json").read_text())
+    base = str(Path(tiny_sft_config.model).resolve())
+    for ingredient, adapter in zip(provenance["ingredients"], adapters, strict=True):
+        assert ingredient["path"] == str(adapter.resolve()) and ingredient["base"] == base
+        digests = {adapter / f: d for f, d in ingredient["sha256"].items()}
+        digests |= {Path(base) / f: d for f, d in ingredient["base_sha256"].items()}
+        assert "adapter_model.safetensors" in ingredient["sha256"] and ingredient["base_sha256"]
+        assert all(sha256_file(file) == digest for file, digest in digests.items())  # files that exist
+    merge = yaml.safe_load((soup / "mergekit.yaml").read_text())
+    assert [m["model"] for m in merge["models"]] == [f"{base}+{a.resolve()}" for a in adapters]
+
+    monkeypatch.chdir(tmp_path.parent)  # absolute paths: the yaml runs from any directory
+    options = MergeOptions(lora_merge_cache=str(tmp_path / "lora-cache"), quiet=True)
+    run_merge(MergeConfiguration.model_validate(merge), str(tmp_path / "by-mergekit"), options)
+    ours = load_file(str(soup / "model.safetensors"))
+    theirs = load_file(str(tmp_path / "by-mergekit" / "model.safetensors"))
+    assert set(ours) <= set(theirs) and all(torch.equal(ours[k], theirs[k]) for k in ours)

@@ -55,6 +55,7 @@ def w(tmp_path, tiny_model_dir, monkeypatch):
     (t / "eval_good" / "results.json").write_text(
         json.dumps({"settings": {}, "policies": {}, "comparisons": [], "judges": []})
     )
+    (t / "template.txt").write_text("Request: {prompt}\nA: {response_a}\nWhich is better?")
     (t / "broken.yaml").write_text("sft: [unclosed\n")
     (t / "misspelled.yaml").write_text("sfft:\n  learning_rate: 1.0e-5\n")
     (t / "run_misspelled.yaml").write_text("run:\n  seeds: 1\nrll:\n  steps: 3\n")
@@ -298,13 +299,18 @@ CASES = [
     ("rl-init-missing", ["rl", "--init", "runs/sft/sft-9"], r"rl.init: model directory runs/sft/sft-9 does not exist"),
     (
         "rl-reward-missing",
+        ["rl", "--init", "{model}", "--reward-model", "./nope"],
+        r"rl.reward_model: reward model directory ./nope does not exist",
+    ),
+    (
+        "rl-reward-hub-offline",
         ["rl", "--init", "{model}", "--reward-model", "nope"],
-        r"rl.reward_model: reward model directory nope does not exist",
+        r"rl.reward_model: 'nope' is not a local directory and not in the Hugging Face cache, and the hub is offline",
     ),
     (
         "rl-reward-no-meta",
         ["rl", "--init", "{model}", "--reward-model", "reward_no_meta"],
-        r"reward_no_meta is not a salsa reward model \(no salsa_reward.json\)",
+        r"reward_no_meta is not a reward model \(no config.json\)",
     ),
     (
         "rl-reward-corrupt",
@@ -315,7 +321,7 @@ CASES = [
     (
         "rl-prompt-empty",
         [*RL, "--set", "prompts=empty_prompt.jsonl"],
-        r"empty_prompt.jsonl row 1: field 'prompt' must be a non-empty string",
+        r"empty_prompt.jsonl row 1: field 'prompt' is empty",
     ),
     (
         "rl-prompts-brackets",
@@ -368,7 +374,23 @@ CASES = [
         r"eval.landscape_models needs exactly two models",
     ),
     ("eval-confidence", [*EVAL, "--set", "confidence=1.5"], r"eval.confidence must lie in \(0, 1\)"),
-    ("eval-no-judge", [*EVAL, "--set", "task=null"], r"eval: set reward_model or task"),
+    ("eval-no-judge", [*EVAL, "--set", "task=null"], r"eval: set reward_model, task or judge"),
+    ("eval-judge-missing", [*EVAL, "--judge", "no/judge"], r"eval.judge: .*no/judge"),
+    (
+        "eval-judge-template-missing",
+        [*EVAL, "--judge", "{model}", "--judge-template", "nope.txt"],
+        r"eval.judge_template: judge template nope.txt does not exist",
+    ),
+    (
+        "eval-judge-template-placeholder",
+        [*EVAL, "--judge", "{model}", "--judge-template", "template.txt"],
+        r"eval.judge_template \(template.txt\): the judge template lacks \{response_b\}",
+    ),
+    (
+        "eval-judge-template-alone",
+        [*EVAL, "--judge-template", "template.txt"],
+        r"eval.judge_template is set but eval.judge is null",
+    ),
     ("eval-prompts-missing", [*EVAL, "--set", "prompts=nope.jsonl"], r"data file nope.jsonl does not exist"),
     ("eval-bootstrap", [*EVAL, "--set", "bootstrap_samples=10"], r"eval.bootstrap_samples must be >= 100"),
     # --- salsa report

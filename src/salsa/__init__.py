@@ -24,7 +24,7 @@ _API = {
     "RewardConfig": "salsa.config",
     "train_rl": "salsa.rl.ppo",
     "train_reward": "salsa.reward",
-    "RewardModel": "salsa.reward",
+    "RewardModel": "salsa.scoring",
     "make_task_data": "salsa.tasks.build",
 }
 
@@ -51,8 +51,9 @@ if TYPE_CHECKING:
     from salsa.config import DataConfig, RewardConfig, RLConfig, SFTConfig, SoupConfig
     from salsa.errors import SalsaError
     from salsa.models import load_causal_lm, load_tokenizer
-    from salsa.reward import RewardModel, train_reward
+    from salsa.reward import train_reward
     from salsa.rl.ppo import train_rl
+    from salsa.scoring import RewardModel
     from salsa.sft import train_sft
     from salsa.soup import build_soup, soup_state_dict
     from salsa.tasks.build import make_task_data

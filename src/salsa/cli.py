@@ -218,7 +218,13 @@ def rl(
     init: Annotated[str | None, typer.Option(help="Policy start: an SFT model or a soup directory.")] = None,
     reference: Annotated[str | None, typer.Option(help="KL anchor: sft, soup, ema or none.")] = None,
     reference_model: Annotated[str | None, typer.Option(help="Reference directory (default: init).")] = None,
-    reward_model: Annotated[str | None, typer.Option(help="Reward model directory from `salsa reward`.")] = None,
+    reward_model: Annotated[
+        str | None,
+        typer.Option(
+            help="A `salsa reward` dir, a one-label sequence classifier (dir or hub id), or a function "
+            "module:function / file.py:function."
+        ),
+    ] = None,
     output_dir: Annotated[str | None, typer.Option(help="Run directory.")] = None,
     steps: Annotated[int | None, typer.Option(help="RL iterations.")] = None,
     config: ConfigOption = None,
@@ -247,6 +253,13 @@ def eval_(
         list[str] | None,
         typer.Option("--policy", "-p", help="NAME=MODEL_DIR (repeat; repeat a name for several seeds)."),
     ] = None,
+    judge: Annotated[
+        str | None,
+        typer.Option(help="LLM judge model (hub id, dir, .gguf): pairwise verdicts, each pair in both orders."),
+    ] = None,
+    judge_template: Annotated[
+        str | None, typer.Option(help="Judge prompt file with {prompt}, {response_a}, {response_b}.")
+    ] = None,
     output_dir: Annotated[str | None, typer.Option(help="Where results.json and samples.jsonl go.")] = None,
     config: ConfigOption = None,
     set_: SetOption = None,
@@ -254,7 +267,7 @@ def eval_(
     quiet: QuietOption = False,
 ) -> None:
     """Compare policies on held-out prompts: win rates with bootstrap CIs, KL to SFT and soup, reward landscape."""
-    overrides = _overrides(set_, output_dir=output_dir)
+    overrides = _overrides(set_, output_dir=output_dir, judge=judge, judge_template=judge_template)
     if policy:
         policies: dict[str, list[str]] = {}
         for item in policy:

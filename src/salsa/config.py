@@ -208,8 +208,14 @@ class RLConfig:
         None, "also log KL to this SFT model (an extra forward pass per step)", input="model"
     )
     reward_model: str | None = option(
-        "runs/reward/model", "reward model directory from `salsa reward`", input="reward_model", needed=_online
-    )
+        "runs/reward/model", "a `salsa reward` directory, any one-label sequence-classification model (directory "
+        "or hub id, read as TRL reads it), or a Python function module:function / file.py:function",
+        input="reward_model", needed=_online,
+    )  # fmt: skip
+    normalise_reward: bool = option(
+        False, "centre and scale the reward by its mean and std on samples of the SFT model (sft_model, else init), "
+        "measured once at the start; for rewards without their own normalisation (a `salsa reward` model has it)",
+    )  # fmt: skip
     prompts: str = option(
         "runs/data/prompts_train.jsonl", "training prompts (JSONL/Parquet/datasets with 'prompt')",
         input="prompts", needed=_online,
@@ -319,10 +325,20 @@ class EvalConfig:
     ood_prompts: str | None = option(
         "runs/data/prompts_ood.jsonl", "out-of-distribution prompts; null for none", input="prompts"
     )
-    reward_model: str | None = option("runs/reward/model", "reward model judge; null for none", input="reward_model")
+    reward_model: str | None = option(
+        "runs/reward/model", "reward model (or function module:function) judge; null for none", input="reward_model"
+    )
     task: str | None = option(
         "reviews", "built-in task whose gold judge scores responses; null for none", check=known_task
     )
+    judge: str | None = option(
+        None, "LLM judge (hub id, model dir, .gguf, smollm2-135m): pairwise verdicts on every comparison, each pair "
+        "shown in both orders; null for none", input="model",
+    )  # fmt: skip
+    judge_template: str | None = option(
+        None, "text file with the judge prompt ({prompt}, {response_a}, {response_b}); null: the built-in one",
+        input="judge_template",
+    )  # fmt: skip
     sft_model: str | None = option(
         "runs/sft/sft-0", "KL of each policy to this SFT model (in-distribution prompts)", input="model_dir"
     )
@@ -366,8 +382,10 @@ class EvalConfig:
         for name, paths in self.policies.items():
             if not paths:
                 raise ConfigError(f"eval.policies.{name}: no model directory")
-        if self.reward_model is None and self.task is None:
-            raise ConfigError("eval: set reward_model or task (a judge); both are null")
+        if self.reward_model is None and self.task is None and self.judge is None:
+            raise ConfigError("eval: set reward_model, task or judge (something to score with); all are null")
+        if self.judge_template is not None and self.judge is None:
+            raise ConfigError("eval.judge_template is set but eval.judge is null; name the judge model too")
         if self.landscape_models is not None and len(self.landscape_models) != 2:
             raise ConfigError(f"eval.landscape_models needs exactly two models, got {len(self.landscape_models)}")
         for item in self.comparisons or []:

@@ -1,9 +1,10 @@
 """Reading and validating datasets: rows in, checked conversations, prompts and preference pairs out.
 
 Sources: a JSONL or Parquet file, a `datasets` directory (`save_to_disk`) or hub id, a `builtin:<task>`
-name, or rows already in memory. SFT rows are `prompt`/`completion` pairs or chat `messages` whose last
-turn is the assistant's. Every malformed row is reported with its file, row number and field. Nothing here
-needs torch: the engine checks a stage's data with it before any model (or library) loads.
+name, or rows already in memory. Rows come in TRL's formats (strings or chat messages; see `parse_sft_rows`,
+`parse_preference_rows`, `load_prompts`); a prompt of several turns is kept whole. A row salsa cannot represent is
+an error naming its file, row number and field, never a silent truncation. Nothing here needs torch: the engine
+checks a stage's data with it before any model (or library) loads.
 """
 
 from __future__ import annotations
@@ -137,6 +138,26 @@ def row_label(source: str, row: dict, index: int) -> str:
     return f"{source} row {row.get('_row', index + 1)}"
 
 
+Message = dict[str, str]
+# A prompt as the data gives it: a string (one user turn), or chat messages (several turns, a system turn...).
+Prompt = str | list[Message]
+
+
+def as_messages(prompt: Prompt) -> list[Message]:
+    """A prompt as chat messages: a string is one user turn."""
+    return [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
+
+
+def prompt_text(prompt: Prompt) -> str:
+    """A prompt as plain text (for a model without a chat template): the turns' contents, one per line."""
+    return prompt if isinstance(prompt, str) else "\n".join(m["content"] for m in prompt)
+
+
+def prompt_key(prompt: Prompt) -> str:
+    """A prompt as a hashable key (messages as their JSON)."""
+    return prompt if isinstance(prompt, str) else json.dumps(prompt, sort_keys=True)
+
+
 def _require_str(row: dict, key: str, where: str) -> str:
     if key not in row:
         raise DataError(f"{where}: missing field '{key}'")
@@ -147,54 +168,102 @@ def _require_str(row: dict, key: str, where: str) -> str:
     return row[key]
 
 
+ROLES = ("system", "user", "assistant", "tool")
+
+
+def _messages(value: Any, field: str, where: str) -> list[dict[str, str]]:
+    """Chat messages: a non-empty list of {role, content} with a known role and string content."""
+    if not isinstance(value, list) or not value:
+        raise DataError(f"{where}: field '{field}' must be a non-empty list of {{role, content}} messages")
+    for j, m in enumerate(value):
+        if not isinstance(m, dict) or m.get("role") not in ROLES:
+            raise DataError(f"{where}: field '{field}[{j}].role' must be one of {', '.join(ROLES)}")
+        if not isinstance(m.get("content"), str):
+            raise DataError(f"{where}: field '{field}[{j}].content' is missing or not a string")
+    return [{"role": m["role"], "content": m["content"]} for m in value]
+
+
+def _text_or_messages(value: Any, field: str, where: str) -> str | list[Message]:
+    """A non-empty string, or valid chat messages."""
+    if isinstance(value, str):
+        if not value.strip():
+            raise DataError(f"{where}: field '{field}' is empty")
+        return value
+    if not isinstance(value, list):
+        raise DataError(
+            f"{where}: field '{field}' must be a string or a list of chat messages, got {type(value).__name__}"
+        )
+    return _messages(value, field, where)
+
+
+def _prompt(value: Any, field: str, where: str) -> Prompt:
+    """A prompt: a non-empty string, or messages that end with a user (or tool) turn, every turn kept."""
+    prompt = _text_or_messages(value, field, where)
+    if isinstance(prompt, list) and prompt[-1]["role"] == "assistant":
+        raise DataError(f"{where}: field '{field}' ends with an assistant turn; a prompt ends where the reply begins")
+    return prompt
+
+
+def _reply(value: Any, field: str, where: str) -> str:
+    """A reply: a non-empty string, or messages holding exactly one assistant turn (salsa trains one reply)."""
+    messages = _text_or_messages(value, field, where)
+    if isinstance(messages, str):
+        return messages
+    if len(messages) != 1 or messages[0]["role"] != "assistant":
+        raise DataError(
+            f"{where}: field '{field}' must be one assistant message; salsa learns and scores a single reply "
+            f"(got {len(messages)} messages: {', '.join(m['role'] for m in messages)})"
+        )
+    return messages[0]["content"]
+
+
 @dataclass
 class Conversation:
-    """A prompt (chat messages) and the assistant's reply that the model learns to produce."""
+    """A prompt (chat messages) and the assistant's reply that the model learns to produce. A plain-text row
+    (`text`, language modelling) has no prompt and is learned whole, without a chat template."""
 
     prompt_messages: list[dict[str, str]]
     completion: str
+    plain_text: bool = False
 
 
 def parse_sft_rows(rows: list[dict], source: str) -> list[Conversation]:
-    """Validate SFT rows (prompt/completion or messages) into conversations."""
+    """Validate SFT rows in TRL's formats into conversations: `messages` (ending with the assistant's turn),
+    `prompt` and `completion` (strings, or messages: any turns, then one assistant turn), or `text`."""
     out = []
     for i, row in enumerate(rows):
         where = row_label(source, row, i)
         if "messages" in row:
-            messages = row["messages"]
-            if not isinstance(messages, list) or not messages:
-                raise DataError(f"{where}: field 'messages' must be a non-empty list of {{role, content}}")
-            for j, m in enumerate(messages):
-                if not isinstance(m, dict) or not isinstance(m.get("role"), str):
-                    raise DataError(f"{where}: field 'messages[{j}].role' is missing or not a string")
-                if not isinstance(m.get("content"), str):
-                    raise DataError(f"{where}: field 'messages[{j}].content' is missing or not a string")
+            messages = _messages(row["messages"], "messages", where)
             if messages[-1]["role"] != "assistant":
                 raise DataError(f"{where}: field 'messages' must end with an assistant turn")
             if len(messages) < 2:
                 raise DataError(f"{where}: field 'messages' needs a prompt turn before the assistant turn")
-            prompt = [{"role": m["role"], "content": m["content"]} for m in messages[:-1]]
-            out.append(Conversation(prompt, messages[-1]["content"]))
+            out.append(Conversation(messages[:-1], messages[-1]["content"]))
         elif "prompt" in row or "completion" in row:
-            prompt = _require_str(row, "prompt", where)
-            completion = _require_str(row, "completion", where)
-            out.append(Conversation([{"role": "user", "content": prompt}], completion))
+            for field in ("prompt", "completion"):
+                if field not in row:
+                    raise DataError(f"{where}: missing field '{field}'")
+            prompt = _prompt(row["prompt"], "prompt", where)
+            out.append(Conversation(as_messages(prompt), _reply(row["completion"], "completion", where)))
+        elif "text" in row:
+            out.append(Conversation([], _require_str(row, "text", where), plain_text=True))
         else:
-            raise DataError(f"{where}: expected fields 'prompt' and 'completion', or 'messages'")
+            raise DataError(f"{where}: expected fields 'messages', 'prompt' and 'completion', or 'text'")
     if not out:
         raise DataError(f"{source}: no rows")
     return out
 
 
-def load_prompts(source: str) -> list[str]:
-    """The 'prompt' field of every row (RL and evaluation prompts), each checked to be a non-empty string."""
+def load_prompts(source: str) -> list[Prompt]:
+    """The `prompt` of every row (RL and evaluation prompts): a string, or chat messages kept whole."""
     rows, name = load_records(source)
     prompts = []
     for i, row in enumerate(rows):
-        prompt = row.get("prompt")
-        if not isinstance(prompt, str) or not prompt.strip():
-            raise DataError(f"{row_label(name, row, i)}: field 'prompt' must be a non-empty string")
-        prompts.append(prompt)
+        where = row_label(name, row, i)
+        if "prompt" not in row:
+            raise DataError(f"{where}: missing field 'prompt'")
+        prompts.append(_prompt(row["prompt"], "prompt", where))
     if not prompts:
         raise DataError(f"{name}: no prompts")
     return prompts
@@ -202,37 +271,66 @@ def load_prompts(source: str) -> list[str]:
 
 @dataclass
 class PreferencePair:
-    prompt: str
+    prompt: Prompt
     chosen: str
     rejected: str
     gold_chosen: float | None = None
     gold_rejected: float | None = None
 
 
-def _response_text(value, field: str, where: str) -> str:
-    """A response given as a string or as chat messages (the last assistant turn)."""
-    if isinstance(value, str) and value.strip():
-        return value
-    if isinstance(value, list) and value and isinstance(value[-1], dict) and isinstance(value[-1].get("content"), str):
-        return value[-1]["content"]
-    raise DataError(f"{where}: field '{field}' must be a non-empty string or a list of chat messages")
+def _split_conversation(value: Any, field: str, where: str) -> tuple[list[Message] | None, str]:
+    """A reply, or a conversation (HuggingFaceH4/ultrafeedback_binarized writes the user turn into `chosen`)
+    split into its turns up to the reply and the reply."""
+    if not isinstance(value, list) or all(isinstance(m, dict) and m.get("role") == "assistant" for m in value):
+        return None, _reply(value, field, where)
+    messages = _messages(value, field, where)
+    last = max(i for i, m in enumerate(messages) if m["role"] != "assistant")
+    return messages[: last + 1], _reply(messages[last + 1 :], field, where)
+
+
+def _agreeing_prompt(given: Prompt, turns: list[list[Message]], where: str) -> Prompt:
+    """The prompt of a row with an explicit prompt whose replies may also carry the prompt's turns: those turns,
+    every one of them, when they agree with `prompt` (equal, or ending with it as the last user turn)."""
+    if not turns:
+        return given
+    if any(t != turns[0] for t in turns):
+        raise DataError(f"{where}: 'chosen' and 'rejected' hold different prompt turns; a pair shares one prompt")
+    if as_messages(given) != turns[0] and given != turns[0][-1]["content"]:
+        raise DataError(f"{where}: field 'prompt' does not match the turns before the reply in 'chosen'/'rejected'")
+    return given if as_messages(given) == turns[0] else turns[0]
+
+
+def _implicit_prompt(chosen: Any, rejected: Any, where: str) -> tuple[list[dict[str, str]], str, str]:
+    """Split two conversations that share their turns up to the reply (UltraFeedback-binarized style)."""
+    if not isinstance(chosen, list) or not isinstance(rejected, list):
+        raise DataError(f"{where}: without a 'prompt' field, 'chosen' and 'rejected' must be conversations (messages)")
+    chosen, rejected = _messages(chosen, "chosen", where), _messages(rejected, "rejected", where)
+    shared = 0
+    while shared < min(len(chosen), len(rejected)) and chosen[shared] == rejected[shared]:
+        shared += 1
+    if shared == 0:
+        raise DataError(f"{where}: 'chosen' and 'rejected' share no turn: give the prompt in a 'prompt' field")
+    return chosen[:shared], _reply(chosen[shared:], "chosen", where), _reply(rejected[shared:], "rejected", where)
 
 
 def parse_preference_rows(rows: list[dict], source: str) -> list[PreferencePair]:
-    """Validate prompt/chosen/rejected rows (UltraFeedback style; responses may be message lists)."""
+    """Validate preference rows in TRL's formats: an explicit `prompt` (a string or messages, every turn kept) with
+    `chosen` / `rejected` replies (strings or one assistant message), or an implicit prompt: `chosen` and
+    `rejected` conversations whose shared turns are the prompt (an explicit prompt beside them must agree)."""
     pairs = []
     for i, row in enumerate(rows):
         where = row_label(source, row, i)
-        for field in ("prompt", "chosen", "rejected"):
+        for field in ("chosen", "rejected"):
             if field not in row:
                 raise DataError(f"{where}: missing field '{field}' (expected prompt, chosen, rejected)")
-        prompt = row["prompt"]
-        if isinstance(prompt, list):
-            prompt = next((m.get("content") for m in prompt if isinstance(m, dict) and m.get("role") == "user"), None)
-        if not isinstance(prompt, str) or not prompt.strip():
-            raise DataError(f"{where}: field 'prompt' must be a non-empty string")
-        chosen = _response_text(row["chosen"], "chosen", where)
-        rejected = _response_text(row["rejected"], "rejected", where)
+        if "prompt" in row:
+            prompt = _prompt(row["prompt"], "prompt", where)
+            (chosen_turns, chosen), (rejected_turns, rejected) = (
+                _split_conversation(row[field], field, where) for field in ("chosen", "rejected")
+            )
+            prompt = _agreeing_prompt(prompt, [t for t in (chosen_turns, rejected_turns) if t is not None], where)
+        else:
+            prompt, chosen, rejected = _implicit_prompt(row["chosen"], row["rejected"], where)
         golds = [row.get("gold_chosen"), row.get("gold_rejected")]
         for field, value in zip(("gold_chosen", "gold_rejected"), golds, strict=True):
             if value is not None and (not isinstance(value, int | float) or not math.isfinite(value)):

@@ -2,7 +2,8 @@
 
 1. samples: every policy answers the same held-out prompts (in-distribution and out-of-distribution) with
    the same sampling settings and seeds (common random numbers, so differences come from the weights);
-2. judges: the gold judge of the task and the reward model score every response;
+2. judges: the gold judge of the task and the reward model score every response; an LLM judge, if given,
+   compares the paired responses of every compared pair of policies (both orders; `evaluation/llm_judge.py`);
 3. win / tie / loss of policy A against B, prompt by prompt, with 95% bootstrap intervals. With several
    RL seeds the outcomes form a [seeds x prompts] matrix and the bootstrap resamples both axes, so the
    interval covers seed-to-seed variation too;
@@ -17,10 +18,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import torch
+
 from salsa import runtime
 from salsa.config import EvalConfig
 from salsa.engine import Stage, run_stage
-from salsa.evaluation.judging import Judges, frozen, sample_and_score
+from salsa.evaluation.judging import Judges, comparison_pairs, frozen, sample_and_score
 from salsa.evaluation.landscape import sample_point
 from salsa.evaluation.matched import plan_matched_kl
 from salsa.evaluation.summary import summarise
@@ -48,6 +51,20 @@ def _drawn(samples: list[dict], policy: str, seed_index: int) -> list[dict]:
     return [r for r in samples if (r["policy"], r["seed_index"], r["split"]) == key]
 
 
+def _judge(config: EvalConfig, samples: list[dict], stage: Stage, device, dtype, progress) -> list[dict]:
+    """The LLM judge's verdicts on every comparison (both orders of each pair of responses)."""
+    from salsa.evaluation.judge_prompt import DEFAULT_TEMPLATE
+    from salsa.evaluation.llm_judge import LLMJudge, judgment_rows
+
+    rows = judgment_rows(samples, comparison_pairs(config))
+    task = progress.add_task("LLM judge", total=len(rows), metrics=config.judge)
+    template = stage.inputs.get("judge_template") or DEFAULT_TEMPLATE
+    judge = LLMJudge(frozen(config.judge, device, dtype), config.judge, template, config.batch_size)
+    jobs = [(r["prompt"], r["response_a"], r["response_b"]) for r in rows]
+    verdicts = judge.verdicts(jobs, lambda n: progress.update(task, advance=n))
+    return [{**r, **v} for r, v in zip(rows, verdicts, strict=True)]
+
+
 def evaluate(config: EvalConfig, show_progress: bool = True, overwrite: bool = False) -> Path:
     """Sample, judge and compare the configured policies; writes results.json and samples.jsonl."""
     return run_stage(config, lambda stage: _evaluate(config, stage, show_progress), overwrite)
@@ -58,12 +75,13 @@ def _evaluate(config: EvalConfig, stage: Stage, show_progress: bool) -> None:
     if config.ood_prompts:
         splits["out_of_distribution"] = stage.inputs["ood_prompts"]
     device = runtime.accelerator().device
+    dtype = runtime.compute_dtype(config.mixed_precision) or torch.float32  # forward only: the compute precision
     judges = Judges(config.task, config.reward_model, device)
     kl_paths = {name: p for name, p in (("sft", config.sft_model), ("soup", config.soup_model)) if p}
     first_policy = next(iter(config.policies.values()))[0]
     tokenizer = load_tokenizer(first_policy)
-    kl_references = {name: frozen(path, device) for name, path in kl_paths.items()}
-    first_model = next(iter(kl_references.values()), None) or frozen(first_policy, device)
+    kl_references = {name: frozen(path, device, dtype) for name, path in kl_paths.items()}
+    first_model = next(iter(kl_references.values()), None) or frozen(first_policy, device, dtype)
     for split, source in (("in_distribution", config.prompts), ("out_of_distribution", config.ood_prompts)):
         if split in splits:
             check_prompt_lengths(tokenizer, splits[split], config.max_new_tokens, first_model, f"eval ({source})")
@@ -85,7 +103,7 @@ def _evaluate(config: EvalConfig, stage: Stage, show_progress: bool) -> None:
             for seed_index, path in enumerate(paths):
                 progress.update(task, metrics=f"{name} [{seed_index}]")
                 # A policy that is also a KL reference (the SFT model, say) is that loaded model: KL 0 to it.
-                model = loaded.get(Path(path).resolve()) or frozen(path, device)
+                model = loaded.get(Path(path).resolve()) or frozen(path, device, dtype)
                 for split, prompts in splits.items():
                     rows = sample_and_score(
                         model, tokenizer, prompts, split, config, judges,
@@ -99,7 +117,7 @@ def _evaluate(config: EvalConfig, stage: Stage, show_progress: bool) -> None:
             if m.final:  # the final policy's samples are already drawn, with the same prompts and seeds
                 rows = _drawn(samples, m.policy, m.seed_index)
             else:
-                model = load_snapshot(m.run_dir, m.step).to(device).eval().requires_grad_(False)
+                model = load_snapshot(m.run_dir, m.step).to(device, dtype).eval().requires_grad_(False)
                 rows = sample_and_score(
                     model, tokenizer, splits["in_distribution"], "in_distribution", config, judges, kl_references,
                     advance, everyone,
@@ -124,14 +142,18 @@ def _evaluate(config: EvalConfig, stage: Stage, show_progress: bool) -> None:
 
                 def build(alpha=alpha):
                     model = soup_model(config.landscape_models, alpha=alpha, allow_extrapolation=True)
-                    return model.to(device).eval().requires_grad_(False)
+                    return model.to(device, dtype).eval().requires_grad_(False)
 
                 rows = sample_point(config, build, tokenizer, splits["in_distribution"], judges, drawn, advance)
                 landscape_rows += [{"alpha": alpha, **r} for r in rows]
 
-    results = summarise(config, samples, landscape_rows, judges.names, list(splits), matched_rows, unmatched)
+        judgments = _judge(config, samples, stage, device, dtype, progress) if config.judge else []
+
+    results = summarise(config, samples, landscape_rows, judges.names, list(splits), matched_rows, unmatched, judgments)
     if runtime.is_main_process():
         everything = samples + matched_rows + landscape_rows
         atomic_write_text(stage.out / "samples.jsonl", "".join(json.dumps(r) + "\n" for r in everything))
+        if judgments:
+            atomic_write_text(stage.out / "judgments.jsonl", "".join(json.dumps(r) + "\n" for r in judgments))
         atomic_write_json(stage.out / "results.json", results)
     stage.finish()

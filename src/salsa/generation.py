@@ -9,6 +9,7 @@ import torch
 from torch import nn
 from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
+from salsa.data import Prompt, as_messages
 from salsa.errors import ConfigError, DataError
 from salsa.models import base_model, forward_logits
 from salsa.progress import training_progress
@@ -16,9 +17,10 @@ from salsa.seeding import derive_seed
 from salsa.tokenization import render_prompt
 
 
-def encode_prompts(tokenizer: PreTrainedTokenizerBase, prompts: list[str]) -> list[list[int]]:
-    """Token ids of each prompt as a one-turn user message, through the chat template when there is one."""
-    texts = [render_prompt(tokenizer, [{"role": "user", "content": p}]) for p in prompts]
+def encode_prompts(tokenizer: PreTrainedTokenizerBase, prompts: list[Prompt]) -> list[list[int]]:
+    """Token ids of each prompt (a string is one user turn; messages keep every turn), through the chat template
+    when there is one."""
+    texts = [render_prompt(tokenizer, as_messages(p)) for p in prompts]
     add_special = not tokenizer.chat_template
     return [tokenizer(t, add_special_tokens=add_special)["input_ids"] for t in texts]
 
@@ -79,7 +81,7 @@ def shared_prompt_cache(
 
 
 def check_prompt_lengths(
-    tokenizer: PreTrainedTokenizerBase, prompts: list[str], max_new_tokens: int, model: nn.Module, source: str
+    tokenizer: PreTrainedTokenizerBase, prompts: list[Prompt], max_new_tokens: int, model: nn.Module, source: str
 ) -> None:
     """Every prompt plus `max_new_tokens` must fit in the model's positions; name the first that does not."""
     limit = getattr(base_model(model).config, "max_position_embeddings", None)
@@ -104,7 +106,7 @@ def decode_responses(tokenizer: PreTrainedTokenizerBase, responses: torch.Tensor
 def sample_responses(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
-    prompts: list[str],
+    prompts: list[Prompt],
     *,
     num_samples: int = 1,
     max_new_tokens: int = 48,
@@ -161,7 +163,7 @@ def eos_token_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) ->
 class Generation:
     """Sampled responses with the tensors needed to score them again under any model."""
 
-    prompts: list[str]
+    prompts: list[Prompt]
     responses: list[str]  # decoded, up to the first EOS
     sequences: torch.Tensor  # [N, P + R] left-padded prompt, then response
     attention_mask: torch.Tensor  # [N, P + R] prompt attention, then the response mask
@@ -199,7 +201,7 @@ def inverse_cdf_sample(probs: torch.Tensor, uniform: torch.Tensor) -> torch.Tens
 def generate(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
-    prompts: list[str],
+    prompts: list[Prompt],
     *,
     max_new_tokens: int,
     temperature: float,

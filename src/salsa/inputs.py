@@ -17,7 +17,7 @@ from typing import Any
 from salsa.config import DEFAULT_MODEL, REWARD_BACKBONES
 from salsa.config_loading import validate_values
 from salsa.errors import ConfigError, DataError, SalsaError
-from salsa.io import REWARD_META, SCORE_HEAD
+from salsa.io import REWARD_META
 from salsa.shipped import default_gguf_path
 
 
@@ -69,14 +69,44 @@ def check_model_directory(ref: str, where: str, adapters: bool = False) -> None:
         raise ConfigError(f"{where}: {ref} is not a model directory (no {' or '.join(markers)})")
 
 
-def check_reward_model(ref: str, where: str) -> None:
-    """A directory written by `salsa reward`: its backbone, tokenizer and normalisation."""
+def check_reward_model(ref: str, where: str, download: bool = False) -> None:
+    """A reward: a `salsa reward` directory, a sequence-classification model with one label (a directory or a hub
+    id), or a Python function `module:function` / `path/to/file.py:function` (imported to check it exists)."""
+    from salsa.scoring import import_function, is_function_spec
+
+    if is_function_spec(ref):
+        import_function(ref)
+        return
     path = Path(ref)
+    if not path.exists():
+        if _looks_like_path(ref) or "." in path.name:
+            raise ConfigError(f"{where}: reward model directory {ref} does not exist")
+        check_model_reference(ref, where, download)  # a hub id
+        return
     if not path.is_dir():
-        raise ConfigError(f"{where}: reward model directory {ref} does not exist")
+        raise ConfigError(f"{where}: {ref} is a file, not a reward model directory")
     meta_file = path / REWARD_META
-    if not meta_file.is_file():
-        raise DataError(f"{where}: {ref} is not a salsa reward model (no {REWARD_META}); train one with `salsa reward`")
+    if meta_file.is_file():
+        _check_salsa_reward(path, meta_file)
+        return
+    config_file = path / "config.json"
+    if not config_file.is_file():
+        raise DataError(f"{where}: {ref} is not a reward model (no config.json); train one with `salsa reward`")
+    try:
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise DataError(f"{config_file}: not valid JSON") from None
+    labels = len(config.get("id2label") or {}) or config.get("num_labels", 2)
+    classifier = any(a.endswith("ForSequenceClassification") for a in config.get("architectures") or [])
+    if not classifier or labels != 1:
+        raise DataError(
+            f"{where}: {ref} is not a reward model: give a `salsa reward` directory, a sequence-classification "
+            f"model with one label (this one: {', '.join(config.get('architectures') or ['no architecture'])}, "
+            f"{labels} labels), or a Python function module:function"
+        )
+
+
+def _check_salsa_reward(path: Path, meta_file: Path) -> None:
     try:
         meta = json.loads(meta_file.read_text(encoding="utf-8"))
         problems = [
@@ -92,8 +122,21 @@ def check_reward_model(ref: str, where: str) -> None:
             f"{meta_file}: corrupt (expects backbone, max_length and a finite mean and std > 0); "
             "retrain it with `salsa reward`"
         )
-    if meta["backbone"] == "encoder" and not (path / SCORE_HEAD).is_file():
-        raise DataError(f"{where}: {ref} has no {SCORE_HEAD}; retrain it with `salsa reward`")
+    if (path / "score_head.safetensors").is_file():
+        raise DataError(f"{path}: written by an older salsa (score_head.safetensors); retrain it with `salsa reward`")
+
+
+def check_judge_template(ref: str, where: str) -> str:
+    """A judge prompt template file holding every placeholder; returns its text."""
+    from salsa.evaluation.judge_prompt import check_template
+
+    path = Path(ref)
+    if not path.is_file():
+        raise ConfigError(f"{where}: judge template {ref} {'is not a file' if path.exists() else 'does not exist'}")
+    try:
+        return check_template(path.read_text(encoding="utf-8"), f"{where} ({ref})")
+    except UnicodeDecodeError:
+        raise DataError(f"{where}: {ref} is not UTF-8 text; save it as UTF-8") from None
 
 
 def check_eval_directory(ref: str, where: str) -> dict:
@@ -145,9 +188,11 @@ def _check_one(kind: str, value: str, where: str, split: str, download: bool) ->
     if kind in ("model_dir", "ingredient"):
         return check_model_directory(value, where, adapters=kind == "ingredient")
     if kind == "reward_model":
-        return check_reward_model(value, where)
+        return check_reward_model(value, where, download)
     if kind == "eval_dir":
         return check_eval_directory(value, where)
+    if kind == "judge_template":
+        return check_judge_template(value, where)
     return _parse_data(kind, value, split, download)
 
 
@@ -196,7 +241,7 @@ def check_inputs(
         split = getattr(config, f"{f.name}_split", "train")
         values = [v for v in _values(value) if made_in is None or made_in not in Path(v).resolve().parents]
         results = [_check_one(kind, v, f"{stage}.{f.name}", split, download) for v in values]
-        if kind in ("sft_data", "preferences", "prompts", "eval_dir") and results:
+        if kind in ("sft_data", "preferences", "prompts", "eval_dir", "judge_template") and results:
             parsed[f.name] = results[0]
         local += [(f"{stage}.{f.name}", Path(v)) for v in _values(value) if Path(v).exists()]
     if out is not None:

@@ -17,9 +17,8 @@ from pathlib import Path
 from typing import Any
 
 COMPLETE_MARKER = "salsa_complete.json"
-# A reward model directory: its normalisation and backbone, and the encoder's scalar head.
+# A reward model directory from `salsa reward`: its backbone, layout and normalisation.
 REWARD_META = "salsa_reward.json"
-SCORE_HEAD = "score_head.safetensors"
 
 
 def cache_dir() -> Path:

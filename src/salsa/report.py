@@ -19,7 +19,7 @@ from salsa.engine import Stage
 from salsa.io import atomic_file, atomic_write_json, atomic_write_text, read_json
 
 SPLIT_TITLES = {"in_distribution": "in-distribution", "out_of_distribution": "out-of-distribution"}
-JUDGE_TITLES = {"gold": "gold judge", "reward": "reward model"}
+JUDGE_TITLES = {"gold": "gold judge", "reward": "reward model", "llm": "LLM judge"}
 
 
 @dataclass
@@ -117,6 +117,37 @@ def _matched_kl_text(entry: dict, confidence: float) -> str:
     if measured:
         text += f" Their KL to SFT on the evaluation prompts (nats): {measured}."
     return text + " " + " ".join(verdict(c, confidence) for c in entry["comparisons"])
+
+
+def _samples_per_prompt(settings: dict) -> str:
+    count = settings.get("samples_per_prompt", 1)
+    return "One sample per prompt" if count == 1 else f"{count} samples per prompt (each with its own seed)"
+
+
+def _llm_judge_text(judge: dict) -> str:
+    """How the LLM judge judged: consistency over the two orders, position bias, agreement with gold."""
+    template = "the built-in template" if judge["template"] == "built-in" else f"the template {judge['template']}"
+    text = (
+        f"**LLM judge.** {judge['model']} with {template}, each pair shown in both orders; a verdict counts only when "
+        f"both orders agree, otherwise it is a tie (its mean A - B is the win rate minus the loss rate). "
+        f"Of {judge['pairs']} pairs, {judge['identical_pairs']} had identical responses (ties without asking)."
+    )
+    if judge["consistent"] is not None:
+        text += (
+            f" On the others it gave the same verdict in both orders {_pct(judge['consistent'])} of the time, and "
+            f"preferred the response shown first in {_pct(judge['first_shown_preferred'])} of its answers (50%: no "
+            "position bias)."
+        )
+    gold = judge.get("gold")
+    if gold:
+        text += f" Against the gold judge on the same pairs it agreed on {_pct(gold['agreement'])} (win, tie, loss)"
+        if gold["decisive_agreement"] is not None:
+            text += (
+                f"; on the {gold['decisive_pairs']} pairs where both picked a side, on "
+                f"{_pct(gold['decisive_agreement'])} (50%: chance)"
+            )
+        text += ". Read its win rates with that agreement in mind."
+    return text
 
 
 def _pct(x: float) -> str:
@@ -407,7 +438,8 @@ def _render(results: dict, out: Path, run_info: dict | None) -> None:
         Block("heading", (2, "Policies")),
         Block(
             "text",
-            f"One sample per prompt at temperature {settings['temperature']}, at most {settings['max_new_tokens']} new "
+            f"{_samples_per_prompt(settings)} at temperature {settings['temperature']}, at most "
+            f"{settings['max_new_tokens']} new "
             f"tokens, the same seed for every policy; prompts: "
             + ", ".join(f"{n} {SPLIT_TITLES[s]}" for s, n in settings["prompts"].items())
             + f". Means with {confidence:.0%} bootstrap intervals; KL on in-distribution prompts, nats per response.",
@@ -421,6 +453,8 @@ def _render(results: dict, out: Path, run_info: dict | None) -> None:
         ),
         Block("table", comparison_table),
     ]
+    if results.get("llm_judge"):
+        blocks.append(Block("text", _llm_judge_text(results["llm_judge"])))
     if run_info:
         if run_info.get("timings"):
             rows = [["stage", "seconds"]] + [[k, f"{v:.0f}"] for k, v in run_info["timings"].items()]

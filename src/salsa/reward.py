@@ -5,38 +5,39 @@
 
 Two backbones: a small encoder (all-MiniLM-L6-v2, a cross-encoder over the (prompt, response) pair; fast on
 a CPU), scored by a linear head on the mean of its token states, the pooling it was trained to embed text
-with; and a causal LM with a scalar head on the last token (initialised from an SFT model, as in
-InstructGPT and the SALSA paper). The saved directory holds the backbone as a standard Hugging Face model
-(`AutoModel` for the encoder, with its head in `score_head.safetensors`; `AutoModelForSequenceClassification`
-for the causal LM), its tokenizer, and `salsa_reward.json` (backbone, normalisation mean and std).
+with; and a causal LM with a scalar head on the last token of the templated conversation (initialised from an
+SFT model, as in InstructGPT and the SALSA paper; read as TRL reads a reward model). The saved directory is a
+sequence-classification model that transformers and TRL load (`AutoModelForSequenceClassification`; the
+encoder's small architecture travels with it), its tokenizer, and `salsa_reward.json` (backbone, layout,
+normalisation mean and std); `salsa.scoring` reads it, and any other reward model or function, for RL.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import shutil
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from accelerate.utils import set_seed
 from rich.progress import Progress
-from safetensors.torch import load_file, save_file
-from torch import nn
-from transformers import AutoModel, AutoModelForSequenceClassification, AutoTokenizer, get_scheduler
+from transformers import AutoModelForSequenceClassification, AutoTokenizer, BertModel, get_scheduler
 
 from salsa import runtime
 from salsa.config import DEFAULT_MODEL, RewardConfig
-from salsa.data import PreferencePair
+from salsa.data import PreferencePair, Prompt, prompt_key
+from salsa.encoder_reward import SalsaEncoderRewardConfig, SalsaEncoderRewardModel
 from salsa.engine import Stage, run_stage
 from salsa.errors import ConfigError
-from salsa.io import REWARD_META, SCORE_HEAD, atomic_dir, atomic_write_json, read_json
+from salsa.io import REWARD_META, atomic_dir, atomic_write_json
 from salsa.logs import FiniteGuard, MetricsLog, NonFiniteError, check_finite_weights
 from salsa.models import resolve_model
 from salsa.progress import console, training_progress
+from salsa.scoring import LAYOUTS, RewardModel
 from salsa.seeding import batch_stream
 from salsa.shipped import default_encoder_path
-from salsa.tokenization import render_prompt
 
 
 def bradley_terry_loss(chosen: torch.Tensor, rejected: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
@@ -45,96 +46,8 @@ def bradley_terry_loss(chosen: torch.Tensor, rejected: torch.Tensor, reduction: 
     return losses.mean() if reduction == "mean" else losses
 
 
-class MeanPooledScorer(nn.Module):
-    """score = w . mean_t(h_t) + b over the encoder's non-padding token states."""
-
-    def __init__(self, encoder: nn.Module):
-        super().__init__()
-        self.base_model = encoder
-        self.config = encoder.config
-        self.score = nn.Linear(encoder.config.hidden_size, 1)
-
-    def forward(self, input_ids, attention_mask, **inputs) -> torch.Tensor:
-        states = self.base_model(input_ids=input_ids, attention_mask=attention_mask, **inputs).last_hidden_state
-        mask = attention_mask.unsqueeze(-1).to(states.dtype)
-        return self.score((states * mask).sum(1) / mask.sum(1)).squeeze(-1)
-
-    @property
-    def device(self) -> torch.device:
-        return self.score.weight.device
-
-    def save_pretrained(self, path: Path) -> None:
-        self.base_model.save_pretrained(path)
-        save_file(self.score.state_dict(), Path(path) / SCORE_HEAD)
-
-    @classmethod
-    def from_pretrained(cls, path: str | Path, **kwargs) -> MeanPooledScorer:
-        scorer = cls(AutoModel.from_pretrained(path, **kwargs))
-        head = Path(path) / SCORE_HEAD
-        if head.is_file():
-            scorer.score.load_state_dict(load_file(head))
-        return scorer
-
-
-class RewardModel:
-    """Batched scoring of (prompt, response) pairs; `score` is normalised to mean 0, std 1 on SFT samples."""
-
-    def __init__(self, model, tokenizer, backbone: str, max_length: int = 128, mean: float = 0.0, std: float = 1.0):
-        self.model, self.tokenizer, self.backbone = model, tokenizer, backbone
-        self.max_length, self.mean, self.std = max_length, mean, std
-
-    @classmethod
-    def load(cls, path: str | Path, device: torch.device | None = None) -> RewardModel:
-        """A reward model directory from `salsa reward`, on `device` (default: the process's, from salsa.runtime)."""
-        from salsa.inputs import check_reward_model
-
-        path = Path(path)
-        check_reward_model(str(path), "reward model")
-        meta = read_json(path / REWARD_META)
-        device = device if device is not None else runtime.accelerator().device
-        model = _architecture(meta["backbone"]).from_pretrained(path).to(device).eval()
-        tokenizer = AutoTokenizer.from_pretrained(path)
-        return cls(model, tokenizer, meta["backbone"], meta["max_length"], meta["mean"], meta["std"])
-
-    def encode(self, prompts: list[str], responses: list[str]) -> dict[str, torch.Tensor]:
-        if self.backbone == "encoder":
-            batch = self.tokenizer(
-                prompts, responses, truncation=True, max_length=self.max_length, padding=True, return_tensors="pt"
-            )
-        else:
-            texts = [
-                render_prompt(self.tokenizer, [{"role": "user", "content": p}]) + r
-                for p, r in zip(prompts, responses, strict=True)
-            ]
-            batch = self.tokenizer(
-                texts, truncation=True, max_length=self.max_length, padding=True, return_tensors="pt",
-                add_special_tokens=not self.tokenizer.chat_template,
-            )  # fmt: skip
-        return {k: v.to(self.model.device) for k, v in batch.items()}
-
-    def forward(self, prompts: list[str], responses: list[str]) -> torch.Tensor:
-        scores = self.model(**self.encode(prompts, responses))
-        return (scores if self.backbone == "encoder" else scores.logits.squeeze(-1)).float()
-
-    @torch.no_grad()
-    def raw_scores(self, prompts: list[str], responses: list[str], batch_size: int = 64) -> torch.Tensor:
-        self.model.eval()
-        out = [
-            self.forward(prompts[i : i + batch_size], responses[i : i + batch_size]).cpu()
-            for i in range(0, len(prompts), batch_size)
-        ]
-        return torch.cat(out) if out else torch.empty(0)
-
-    def score(self, prompts: list[str], responses: list[str], batch_size: int = 64) -> torch.Tensor:
-        """Normalised rewards: (r - mean) / std, with mean and std measured on the SFT samples."""
-        return (self.raw_scores(prompts, responses, batch_size) - self.mean) / self.std
-
-
-def _architecture(backbone: str):
-    return MeanPooledScorer if backbone == "encoder" else AutoModelForSequenceClassification
-
-
 def _backbone_model(config: RewardConfig):
+    """The model a reward run starts from: MiniLM with a fresh linear head, or an LM with a fresh scalar head."""
     if config.backbone == "encoder":
         path = str(config.model or default_encoder_path())
     else:
@@ -143,11 +56,33 @@ def _backbone_model(config: RewardConfig):
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     if config.backbone == "encoder":
-        model = MeanPooledScorer.from_pretrained(path, dtype=torch.float32)
+        bert = BertModel.from_pretrained(path, add_pooling_layer=False, dtype=torch.float32)
+        model = SalsaEncoderRewardModel(SalsaEncoderRewardConfig(**bert.config.to_dict()), bert=bert)
     else:
         model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, dtype=torch.float32)
     model.config.pad_token_id = tokenizer.pad_token_id
     return model, tokenizer
+
+
+def save_reward_model(reward: RewardModel, backbone: str, out: Path) -> None:
+    """A directory that `RewardModel.load`, plain transformers and TRL all load as a sequence-classification model:
+    the encoder's own architecture travels with it (modeling_salsa_encoder_reward.py, loaded with
+    trust_remote_code=True); the causal backbone is a standard `*ForSequenceClassification`."""
+    from salsa import encoder_reward
+
+    with atomic_dir(out) as tmp:
+        if backbone == "encoder":
+            module = "modeling_salsa_encoder_reward"
+            reward.model.config.auto_map = {
+                "AutoConfig": f"{module}.SalsaEncoderRewardConfig",
+                "AutoModelForSequenceClassification": f"{module}.SalsaEncoderRewardModel",
+            }
+            reward.model.config.architectures = ["SalsaEncoderRewardModel"]
+            shutil.copyfile(encoder_reward.__file__, tmp / f"{module}.py")
+        reward.model.save_pretrained(tmp)
+        reward.tokenizer.save_pretrained(tmp)
+        meta = {"backbone": backbone, "max_length": reward.max_length, "layout": reward.layout}
+        atomic_write_json(tmp / REWARD_META, {**meta, "mean": reward.mean, "std": reward.std})
 
 
 def spearman(x: list[float] | torch.Tensor, y: list[float] | torch.Tensor) -> float:
@@ -182,28 +117,28 @@ def evaluate_reward(reward: RewardModel, pairs: list[PreferencePair]) -> dict[st
         items = {}
         for i, p in enumerate(pairs):
             if p.gold_chosen is not None:
-                items[(p.prompt, p.chosen)] = (float(chosen[i]), p.gold_chosen)
-                items[(p.prompt, p.rejected)] = (float(rejected[i]), p.gold_rejected)
+                items[(prompt_key(p.prompt), p.chosen)] = (float(chosen[i]), p.gold_chosen)
+                items[(prompt_key(p.prompt), p.rejected)] = (float(rejected[i]), p.gold_rejected)
         model_scores, gold_scores = zip(*items.values(), strict=True)
         result["spearman_vs_gold"] = spearman(model_scores, gold_scores)
     return result
 
 
-def prompt_groups(prompts: list[str]) -> list[list[int]]:
+def prompt_groups(prompts: list[Prompt]) -> list[list[int]]:
     """Pair indices grouped by prompt, in order of first appearance."""
     groups: dict[str, list[int]] = {}
     for i, prompt in enumerate(prompts):
-        groups.setdefault(prompt, []).append(i)
+        groups.setdefault(prompt_key(prompt), []).append(i)
     return list(groups.values())
 
 
 def pair_scores(reward: RewardModel, batch: list[PreferencePair]) -> tuple[torch.Tensor, torch.Tensor]:
     """Scores of the chosen and rejected responses, with every distinct (prompt, response) forwarded once."""
-    texts = list(dict.fromkeys((p.prompt, r) for p in batch for r in (p.chosen, p.rejected)))
-    row = {text: i for i, text in enumerate(texts)}
-    scores = reward.forward([t[0] for t in texts], [t[1] for t in texts])
-    chosen = scores[[row[(p.prompt, p.chosen)] for p in batch]]
-    rejected = scores[[row[(p.prompt, p.rejected)] for p in batch]]
+    items = {(prompt_key(p.prompt), r): (p.prompt, r) for p in batch for r in (p.chosen, p.rejected)}
+    row = {key: i for i, key in enumerate(items)}
+    scores = reward.forward([prompt for prompt, _ in items.values()], [r for _, r in items.values()])
+    chosen = scores[[row[(prompt_key(p.prompt), p.chosen)] for p in batch]]
+    rejected = scores[[row[(prompt_key(p.prompt), p.rejected)] for p in batch]]
     return chosen, rejected
 
 
@@ -260,7 +195,7 @@ def _fit(
     scheduler = get_scheduler("linear", optimizer, round(config.warmup_ratio * total_steps), total_steps)
     batches = batch_stream([len(g) for g in groups], config.batch_size, seed)
     # DDP when launched on several processes; the saved model and the scores after training are the plain one.
-    reward = RewardModel(accelerator.prepare(model), tokenizer, config.backbone, config.max_length)
+    reward = RewardModel(accelerator.prepare(model), tokenizer, LAYOUTS[config.backbone], config.max_length)
     dtype = runtime.compute_dtype(config.mixed_precision)
     losses = []
     model.train()
@@ -292,7 +227,8 @@ def _fit(
 
 def normalisation(reward: RewardModel, pairs: list[PreferencePair]) -> tuple[float, float]:
     """Mean and std of the raw scores on the responses the policy starts from (those of the training pairs)."""
-    responses = sorted({(p.prompt, r) for p in pairs for r in (p.chosen, p.rejected)})
+    items = {(prompt_key(p.prompt), r): (p.prompt, r) for p in pairs for r in (p.chosen, p.rejected)}
+    responses = [items[key] for key in sorted(items)]
     raw = reward.raw_scores([p for p, _ in responses], [r for _, r in responses])
     mean, std = float(raw.mean()), float(raw.std()) if len(raw) > 1 else float("nan")
     if not (math.isfinite(mean) and math.isfinite(std) and std > 0):
@@ -342,11 +278,7 @@ def _train(config: RewardConfig, stage: Stage, show_progress: bool) -> None:
     evaluation = evaluate_reward(reward, eval_pairs) if eval_pairs else {}
     check_finite_weights(reward.model, str(stage.out / "model"))
     if main:
-        with atomic_dir(stage.out / "model") as tmp:
-            reward.model.save_pretrained(tmp)
-            reward.tokenizer.save_pretrained(tmp)
-            meta = {"backbone": config.backbone, "max_length": config.max_length}
-            atomic_write_json(tmp / REWARD_META, {**meta, "mean": reward.mean, "std": reward.std})
+        save_reward_model(reward, config.backbone, stage.out / "model")
         atomic_write_json(stage.out / "eval.json", evaluation)
         if evaluation:
             console.print("reward model held-out: " + json.dumps({k: round(v, 4) for k, v in evaluation.items()}))

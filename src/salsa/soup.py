@@ -3,7 +3,9 @@
 The math lives in `salsa.weights.average`, the checks in `salsa.weights.checks`, the reading (with one-pass
 SHA-256) in `salsa.weights.reader` and `salsa.weights.stream`, LoRA ingredients in `salsa.weights.lora`. This
 module runs them in order: check everything, then average piece by piece into sharded safetensors, and write
-`soup.json` (ingredients, SHA-256, weights, salsa version) and `mergekit.yaml` (the same linear merge).
+`soup.json` (ingredients with absolute paths and the SHA-256 of their files, weights, salsa version) and
+`mergekit.yaml`: the same linear merge, which mergekit reproduces bit for bit (a LoRA ingredient appears as
+`BASE+ADAPTER`, mergekit's form). Reproduce it with `mergekit-yaml mergekit.yaml OUT --lora-merge-cache DIR`.
 A non-finite value in any ingredient, or integer buffers that disagree, stop the soup before that shard lands.
 """
 
@@ -25,7 +27,7 @@ from salsa.errors import SoupError
 from salsa.io import atomic_file, atomic_write_json, atomic_write_text, read_json
 from salsa.weights.average import soup_state_dict, soup_weights, weighted_average
 from salsa.weights.checks import check_configs, check_same_tensors, check_tokenizers, tied_names
-from salsa.weights.lora import merge_lora_ingredient
+from salsa.weights.lora import is_lora_dir, lora_base, merge_lora_ingredient
 from salsa.weights.reader import INDEX_FILE, HashingReader, tensor_index
 from salsa.weights.stream import TensorEntry, parse_size, read_tensor, write_streaming
 
@@ -90,15 +92,12 @@ def build_soup_from_config(config: SoupConfig, overwrite: bool = False) -> Path:
 
 
 def _build(config: SoupConfig, stage: Stage) -> None:
-    from salsa import __version__
-
     out, dirs = stage.out, [Path(m) for m in config.models]
     mixing = soup_weights(len(dirs), config.weights, config.alpha, config.allow_extrapolation)
+    bases = {d: lora_base(d) for d in dirs if is_lora_dir(d)}
     with tempfile.TemporaryDirectory(dir=out, prefix=".lora-merge.", suffix=".tmp") as merge_dir:
         sources = [
-            merge_lora_ingredient(d, Path(merge_dir) / f"ingredient-{i}")
-            if (d / "adapter_config.json").is_file() and not (d / "config.json").is_file()
-            else d
+            merge_lora_ingredient(d, Path(merge_dir) / f"ingredient-{i}") if d in bases else d
             for i, d in enumerate(dirs)
         ]
         model_config = check_configs(sources)
@@ -112,24 +111,44 @@ def _build(config: SoupConfig, stage: Stage) -> None:
                 if entry.is_float != first[name].is_float:
                     raise SoupError(f"{d}: tensor '{name}' is {entry.dtype}, the first model has {first[name].dtype}")
 
-        digests = _write_average(indexes, mixing, out, config.dtype, parse_size(config.max_shard_size))
+        # Digests of files that outlive the soup: the weights read, or a LoRA ingredient's adapter and base.
+        recorded = {d: _weight_files(index) for d, index in zip(dirs, indexes, strict=True) if d not in bases}
+        recorded |= {d: sorted(f for f in d.iterdir() if f.is_file()) for d in bases}
+        recorded |= {Path(b): _weight_files(tensor_index(Path(b))) for b in bases.values() if Path(b).is_dir()}
+        files = sorted({f for fs in recorded.values() for f in fs})
+        digests = _write_average(indexes, mixing, out, config.dtype, parse_size(config.max_shard_size), files)
         _copy_model_files(sources[0], out, config.dtype)
-        provenance = {
-            "salsa_version": __version__,
-            "method": "linear",
-            "dtype": config.dtype or "ingredients",
-            "ingredients": [
-                {
-                    "path": str(d),
-                    "weight": w,
-                    "sha256": {str(f.relative_to(src)): digests[f] for f in sorted({e.file for e in index.values()})},
-                }
-                for d, src, w, index in zip(dirs, sources, mixing, indexes, strict=True)
-            ],
-        }
+
+        provenance = _provenance(dirs, mixing, bases, {d: {f: digests[f] for f in fs} for d, fs in recorded.items()})
+        provenance["dtype"] = config.dtype or "ingredients"
         atomic_write_json(out / "soup.json", provenance)
-        atomic_write_text(out / "mergekit.yaml", mergekit_yaml(dirs, mixing, config.dtype or _dtype_name(first)))
+        models = [f"{bases[d]}+{d.resolve()}" if d in bases else str(d.resolve()) for d in dirs]
+        atomic_write_text(out / "mergekit.yaml", mergekit_yaml(models, mixing, config.dtype or _dtype_name(first)))
     stage.finish({"ingredients": len(dirs)})
+
+
+def _provenance(
+    dirs: list[Path], mixing: list[float], bases: dict[Path, str], digests: dict[Path, dict[Path, str]]
+) -> dict:
+    """soup.json: every ingredient's absolute path, weight and file digests (for LoRA, its adapter and base)."""
+    from salsa import __version__
+
+    def sha256(directory: Path) -> dict[str, str]:
+        return {str(f.relative_to(directory)): digest for f, digest in digests[directory].items()}
+
+    ingredients = []
+    for d, w in zip(dirs, mixing, strict=True):
+        entry = {"path": str(d.resolve()), "weight": w, "sha256": sha256(d)}
+        if d in bases:
+            entry["base"] = bases[d]
+            if Path(bases[d]) in digests:  # a local base; a hub base is named by its id alone
+                entry["base_sha256"] = sha256(Path(bases[d]))
+        ingredients.append(entry)
+    return {"salsa_version": __version__, "method": "linear", "ingredients": ingredients}
+
+
+def _weight_files(index: dict[str, TensorEntry]) -> list[Path]:
+    return sorted({e.file for e in index.values()})
 
 
 def _nonfinite_message(indexes: list[dict[str, TensorEntry]], name: str, start: int, stop: int) -> str:
@@ -161,9 +180,15 @@ def _dtype_name(index: dict[str, TensorEntry]) -> str:
 
 
 def _write_average(
-    indexes: list[dict[str, TensorEntry]], weights: list[float], out: Path, dtype: str | None, max_bytes: int
+    indexes: list[dict[str, TensorEntry]],
+    weights: list[float],
+    out: Path,
+    dtype: str | None,
+    max_bytes: int,
+    hashed: list[Path],
 ) -> dict[Path, str]:
-    """Stream the average into shards under `out`; returns the SHA-256 of every ingredient file."""
+    """Stream the average into shards under `out`; returns the SHA-256 of the `hashed` files (those read while
+    averaging are hashed on the way)."""
     first = indexes[0]
     # Order tensors by where they sit in the first ingredient, so reads are sequential.
     names = sorted(first, key=lambda n: (str(first[n].file), first[n].begin))
@@ -208,7 +233,7 @@ def _write_average(
         for shard, shard_name in zip(shards, shard_names, strict=True):
             with atomic_file(out / shard_name) as tmp:
                 write_streaming(tmp, shard, produce)
-        digests = reader.digests(sorted({e.file for index in indexes for e in index.values()}))
+        digests = reader.digests(hashed)
     if len(shards) > 1:
         total = sum(math.prod(shape) * dt.itemsize for _, dt, shape in layout)
         weight_map = {name: file for shard, file in zip(shards, shard_names, strict=True) for name, _, _ in shard}
@@ -228,12 +253,19 @@ def _copy_model_files(source: Path, out: Path, dtype: str | None) -> None:
         atomic_write_json(out / "config.json", config)
 
 
-def mergekit_yaml(models: Sequence[Path], weights: Sequence[float], dtype: str) -> str:
-    """The same merge as a mergekit `linear` config (normalize off: the weights are used as given)."""
+def mergekit_yaml(models: Sequence[str], weights: Sequence[float], dtype: str) -> str:
+    """The same merge as a mergekit `linear` config: normalize off (the weights are used as given), computed in
+    float32 and written as `dtype`, as salsa does. Paths are absolute, so it runs from any directory."""
     config = {
         "merge_method": "linear",
-        "models": [{"model": str(m), "parameters": {"weight": w}} for m, w in zip(models, weights, strict=True)],
+        "models": [{"model": m, "parameters": {"weight": w}} for m, w in zip(models, weights, strict=True)],
         "parameters": {"normalize": False},
-        "dtype": dtype,
+        "dtype": "float32",
+        "out_dtype": dtype,
     }
-    return yaml.safe_dump(config, sort_keys=False)
+    header = (
+        "# The soup beside this file, as a mergekit config. Reproduce it with\n"
+        "#   mergekit-yaml mergekit.yaml OUT_DIR --lora-merge-cache CACHE_DIR\n"
+        "# (the cache is only needed for LoRA ingredients, written BASE+ADAPTER).\n"
+    )
+    return header + yaml.safe_dump(config, sort_keys=False)

@@ -38,8 +38,12 @@ def tokenize_conversation(
 ) -> dict[str, list[int]]:
     """Token ids and labels; labels are IGNORE_INDEX on prompt tokens when `completion_only_loss`.
 
-    Prompt and completion are tokenized separately and concatenated, so the boundary is exact.
+    Prompt and completion are tokenized separately and concatenated, so the boundary is exact. A plain-text row
+    (language modelling) is the tokenizer's ids of the text, with EOS, every token a target.
     """
+    if conversation.plain_text:
+        ids = tokenizer(conversation.completion + (tokenizer.eos_token or ""))["input_ids"][:max_length]
+        return {"input_ids": ids, "labels": list(ids)}
     prompt_text = render_prompt(tokenizer, conversation.prompt_messages)
     completion_text = render_completion(tokenizer, conversation, prompt_text)
     add_special = not tokenizer.chat_template  # a chat template already writes BOS when the model uses one

@@ -10,6 +10,7 @@ import torch
 
 from salsa import runtime
 from salsa.config import EvalConfig
+from salsa.data import Prompt, prompt_text
 from salsa.generation import Generation, generate
 from salsa.models import load_causal_lm
 from salsa.rl.core import kl_k1
@@ -40,20 +41,20 @@ class Judges:
             self.gold_fn = BUILTIN_TASKS[task].gold_score
         self.reward = None
         if reward_model:
-            from salsa.reward import RewardModel
+            from salsa.scoring import reward_function
 
-            self.reward = RewardModel.load(reward_model, device)
+            self.reward = reward_function(reward_model, device)
 
     @property
     def names(self) -> list[str]:
         return [name for name, judge in (("gold", self.gold_fn), ("reward", self.reward)) if judge is not None]
 
-    def score(self, prompts: list[str], responses: list[str]) -> dict[str, list[float]]:
+    def score(self, prompts: list[Prompt], responses: list[str]) -> dict[str, list[float]]:
         scores = {}
         if self.gold_fn is not None:
-            scores["gold"] = [self.gold_fn(p, r) for p, r in zip(prompts, responses, strict=True)]
+            scores["gold"] = [self.gold_fn(prompt_text(p), r) for p, r in zip(prompts, responses, strict=True)]
         if self.reward is not None:
-            scores["reward"] = self.reward.score(prompts, responses).tolist()
+            scores["reward"] = self.reward(prompts, responses).tolist()
         return scores
 
 
@@ -61,7 +62,7 @@ class Judges:
 def sample_and_score(
     model: torch.nn.Module,
     tokenizer,
-    prompts: list[str],
+    prompts: list[Prompt],
     split: str,
     config: EvalConfig,
     judges: Judges,
@@ -104,6 +105,6 @@ def sample_and_score(
     return [everything[job] for job in jobs]
 
 
-def frozen(path: str, device: torch.device) -> torch.nn.Module:
-    """A model for scoring only: on `device`, in eval mode, without gradients."""
-    return load_causal_lm(path).to(device).eval().requires_grad_(False)
+def frozen(path: str, device: torch.device, dtype: torch.dtype = torch.float32) -> torch.nn.Module:
+    """A model for scoring only: on `device`, in `dtype` (the compute precision), eval mode, without gradients."""
+    return load_causal_lm(path, dtype).to(device).eval().requires_grad_(False)

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from salsa.config import EvalConfig
+from salsa.data import Prompt
 from salsa.evaluation.judging import Judges, sample_and_score
 from salsa.evaluation.stats import within_prompt_interval
 
@@ -34,7 +35,7 @@ def sample_point(
     config: EvalConfig,
     build: Callable[[], torch.nn.Module],
     tokenizer,
-    prompts: list[str],
+    prompts: list[Prompt],
     judges: Judges,
     drawn: list[dict],
     advance: Callable[[int], None],

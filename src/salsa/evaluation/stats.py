@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from salsa.errors import DataError
+
 
 def outcomes(scores_a, scores_b, tie_margin: float = 0.0) -> np.ndarray:
     """+1 where A scores higher than B by more than `tie_margin`, -1 where lower, 0 for a tie."""
@@ -41,6 +43,15 @@ def percentile_interval(values: np.ndarray, confidence: float = 0.95) -> tuple[f
     return float(low), float(high)
 
 
+def seed_pairs(seeds_a: int, seeds_b: int, names: tuple[str, str]) -> list[tuple[int, int]]:
+    """Seed i of A against seed i of B; a single model (the SFT, say) against every seed of the other."""
+    if seeds_a == seeds_b:
+        return [(s, s) for s in range(seeds_a)]
+    if seeds_a == 1 or seeds_b == 1:
+        return [(0 if seeds_a == 1 else s, 0 if seeds_b == 1 else s) for s in range(max(seeds_a, seeds_b))]
+    raise DataError(f"eval: {names[0]} has {seeds_a} seeds and {names[1]} {seeds_b}; give equal numbers")
+
+
 def compare(
     scores_a: np.ndarray,
     scores_b: np.ndarray,
@@ -56,7 +67,19 @@ def compare(
     """
     scores_a, scores_b = np.atleast_2d(scores_a).astype(float), np.atleast_2d(scores_b).astype(float)
     results = outcomes(scores_a, scores_b, tie_margin)
-    difference = scores_a - scores_b
+    return _summarise_outcomes(results, scores_a - scores_b, num_samples, confidence, seed)
+
+
+def compare_verdicts(verdicts: np.ndarray, num_samples: int = 2000, confidence: float = 0.95, seed: int = 0) -> dict:
+    """Win / tie / loss from paired verdicts (+1 A, 0 tie, -1 B) of a pairwise judge; its `mean_difference` is
+    the win rate minus the loss rate."""
+    verdicts = np.atleast_2d(verdicts).astype(int)
+    return _summarise_outcomes(verdicts, verdicts.astype(float), num_samples, confidence, seed)
+
+
+def _summarise_outcomes(
+    results: np.ndarray, difference: np.ndarray, num_samples: int, confidence: float, seed: int
+) -> dict:
     point = win_tie_loss(results)
     drawn = bootstrap_resamples(np.stack([results, difference], -1), num_samples, seed).reshape(num_samples, -1, 2)
     flat = drawn[..., 0]

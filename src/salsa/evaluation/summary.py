@@ -5,10 +5,17 @@ from __future__ import annotations
 import numpy as np
 
 from salsa.config import EvalConfig
-from salsa.errors import DataError
 from salsa.evaluation.judging import comparison_pairs
 from salsa.evaluation.matched import training_curves
-from salsa.evaluation.stats import compare, matched_kl, mean_with_interval, within_prompt_interval
+from salsa.evaluation.stats import (
+    compare,
+    compare_verdicts,
+    matched_kl,
+    mean_with_interval,
+    outcomes,
+    seed_pairs,
+    within_prompt_interval,
+)
 from salsa.io import read_json
 
 
@@ -29,13 +36,8 @@ def _score_matrix(samples: list[dict], policy: str, split: str, key: str) -> np.
 
 def _paired(a: np.ndarray, b: np.ndarray, names: tuple[str, str]) -> tuple[np.ndarray, np.ndarray]:
     """Pair seed i of A with seed i of B; a single model (the SFT, say) is paired with every seed."""
-    if a.shape[0] == b.shape[0]:
-        return a, b
-    if a.shape[0] == 1:
-        return np.repeat(a, b.shape[0], 0), b
-    if b.shape[0] == 1:
-        return a, np.repeat(b, a.shape[0], 0)
-    raise DataError(f"eval: {names[0]} has {a.shape[0]} seeds and {names[1]} {b.shape[0]}; give equal numbers")
+    pairs = seed_pairs(a.shape[0], b.shape[0], names)
+    return a[[i for i, _ in pairs]], b[[j for _, j in pairs]]
 
 
 def summarise_matched(matched_rows: list[dict], judges: list[str], config: EvalConfig, stats: dict) -> list[dict]:
@@ -64,6 +66,38 @@ def summarise_matched(matched_rows: list[dict], judges: list[str], config: EvalC
     return out
 
 
+def summarise_judge(judgments: list[dict], config: EvalConfig, stats: dict) -> tuple[list[dict], dict]:
+    """The LLM judge's comparisons (judge "llm") and how it judged: how often its two orders agreed, how often
+    it preferred the response shown first, and its agreement with the gold judge on the same pairs."""
+    comparisons = []
+    for a, b, split in dict.fromkeys((r["a"], r["b"], r["split"]) for r in judgments):
+        rows = [r for r in judgments if (r["a"], r["b"], r["split"]) == (a, b, split)]
+        pairs = sorted({r["pair_index"] for r in rows})
+        verdicts = np.array([_by_prompt([r for r in rows if r["pair_index"] == p], "verdict") for p in pairs])
+        comparisons.append({"a": a, "b": b, "split": split, "judge": "llm", **compare_verdicts(verdicts, **stats)})
+    asked = [r for r in judgments if r["response_a"] != r["response_b"]]
+    info: dict = {
+        "model": config.judge,
+        "template": config.judge_template or "built-in",
+        "pairs": len(judgments),
+        "identical_pairs": len(judgments) - len(asked),
+        "consistent": float(np.mean([r["verdict"] != 0 for r in asked])) if asked else None,
+        "first_shown_preferred": float(np.mean([(r["a_first"] == 1) + (r["b_first"] == 1) for r in asked]) / 2)
+        if asked
+        else None,
+    }
+    if asked and "gold_a" in asked[0]:
+        gold = outcomes([r["gold_a"] for r in asked], [r["gold_b"] for r in asked], config.tie_margin)
+        verdicts = np.array([r["verdict"] for r in asked])
+        decisive = (gold != 0) & (verdicts != 0)
+        info["gold"] = {
+            "agreement": float((gold == verdicts).mean()),  # win, tie and loss as three classes
+            "decisive_pairs": int(decisive.sum()),  # both judges picked a side
+            "decisive_agreement": float((gold == verdicts)[decisive].mean()) if decisive.any() else None,
+        }
+    return comparisons, info
+
+
 def summarise(
     config: EvalConfig,
     samples: list[dict],
@@ -72,6 +106,7 @@ def summarise(
     splits: list[str],
     matched_rows: list[dict] | None = None,
     unmatched: list[str] | None = None,
+    judgments: list[dict] | None = None,
 ) -> dict:
     """Every number the report shows, computed from the samples."""
     stats = {"num_samples": config.bootstrap_samples, "confidence": config.confidence, "seed": config.seed}
@@ -100,6 +135,10 @@ def summarise(
                 )
                 result = compare(scores_a, scores_b, config.tie_margin, **stats)
                 comparisons.append({"a": a, "b": b, "split": split, "judge": judge, **result})
+    llm_judge = None
+    if judgments:
+        judged, llm_judge = summarise_judge(judgments, config, stats)
+        comparisons += judged
     landscape = []
     for alpha in dict.fromkeys(r["alpha"] for r in landscape_rows):
         rows = [r for r in landscape_rows if r["alpha"] == alpha]
@@ -124,12 +163,14 @@ def summarise(
         },
         "judges": judges,
         # The one comparison stated as the result: the first pair (SALSA against PPO in `salsa run`), on the
-        # in-distribution prompts, by the first judge (gold when the task has one). Every other is secondary.
-        "headline": {"a": first_pair[0], "b": first_pair[1], "split": splits[0], "judge": judges[0]}
+        # in-distribution prompts, by the first judge (gold when the task has one, the LLM judge when it is the
+        # only one). Every other is secondary.
+        "headline": {"a": first_pair[0], "b": first_pair[1], "split": splits[0], "judge": [*judges, "llm"][0]}
         if first_pair
         else None,
         "policies": policies,
         "comparisons": comparisons,
+        "llm_judge": llm_judge,
         "landscape": landscape,
         "landscape_midpoint_is_soup": _midpoint_is_soup(config),
         "frontier": curves,

@@ -16,7 +16,7 @@ import torch
 from salsa import runtime
 from salsa.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from salsa.config import RLConfig
-from salsa.data import Conversation
+from salsa.data import Conversation, as_messages
 from salsa.engine import Stage, run_stage
 from salsa.errors import ConfigError, SalsaError
 from salsa.logs import FiniteGuard, MetricsLog, check_finite_weights
@@ -89,9 +89,7 @@ def _run(config: RLConfig, stage: Stage, show_progress: bool) -> None:
             batch_pairs = [pairs[i] for i in next(batches)[rank::world]]
             # Chosen and rejected sequences of the batch go through each model in one forward pass.
             examples = [
-                tokenize_conversation(
-                    tokenizer, Conversation([{"role": "user", "content": p.prompt}], response), MAX_LENGTH
-                )
+                tokenize_conversation(tokenizer, Conversation(as_messages(p.prompt), response), MAX_LENGTH)
                 for responses in ([p.chosen for p in batch_pairs], [p.rejected for p in batch_pairs])
                 for p, response in zip(batch_pairs, responses, strict=True)
             ]

@@ -39,7 +39,6 @@ from salsa.generation import check_prompt_lengths
 from salsa.logs import FiniteGuard, MetricsLog, check_finite_weights
 from salsa.models import add_lora, load_causal_lm, load_tokenizer, save_model
 from salsa.progress import console, training_progress
-from salsa.reward import RewardModel
 from salsa.rl.core import (
     AdaptiveKLController,
     aggregate,
@@ -56,6 +55,7 @@ from salsa.rl.learner import Learner
 from salsa.rl.reference import ema_update, load_reference, reference_weights, restore_reference
 from salsa.rl.rollout import RewardFn, Rollout, collect_rollout
 from salsa.rl.snapshots import save_snapshot
+from salsa.scoring import reward_function
 from salsa.seeding import batch_stream, derive_seed, generator
 
 
@@ -213,7 +213,9 @@ def _run(config: RLConfig, stage: Stage, reward_fn: RewardFn | None, show_progre
         frozen = runtime.compute_dtype(config.mixed_precision) or torch.float32  # forward only: compute precision
         sft_model = load_causal_lm(config.sft_model, frozen).eval().requires_grad_(False)
         sft_model = runtime.place(sft_model, device, config.sharding)
-    reward = reward_fn or RewardModel.load(config.reward_model, device).score
+    reward = reward_fn or reward_function(config.reward_model, device)
+    if config.normalise_reward:
+        reward = _normalised(reward, sft_model or learner.policy, tokenizer, prompts, config)
     gold_fn = None
     if config.task:
         from salsa.tasks import BUILTIN_TASKS
@@ -334,6 +336,27 @@ def _run(config: RLConfig, stage: Stage, reward_fn: RewardFn | None, show_progre
     stage.finish({**info, "final_policy": final_policy})
     if main:
         shutil.rmtree(checkpoints, ignore_errors=True)
+
+
+def _normalised(reward: RewardFn, model, tokenizer, prompts: list, config: RLConfig) -> RewardFn:
+    """`reward` centred and scaled by its mean and std on one seeded batch of `model`'s samples (over all processes)."""
+    from salsa.generation import generate
+
+    order = next(batch_stream([1] * len(prompts), config.prompts_per_step, derive_seed(config.seed, "normalise")))
+    mine = [prompts[order[p]] for p in runtime.my_share(config.prompts_per_step)]
+    texts = [p for p in mine for _ in range(config.samples_per_prompt)]
+    seeds = [derive_seed(config.seed, "normalise", i) for i in range(len(texts))]
+    with torch.no_grad():
+        sample = generate(model, tokenizer, texts, max_new_tokens=config.max_new_tokens,
+                          temperature=config.temperature, seeds=seeds)  # fmt: skip
+    raw = torch.as_tensor(reward(texts, sample.responses), dtype=torch.float64)
+    sums = runtime.all_sum(torch.stack([raw.sum(), (raw * raw).sum(), torch.tensor(float(len(raw)))]))
+    mean = float(sums[0] / sums[2])
+    std = float((sums[1] / sums[2] - mean**2).clamp(min=0).sqrt())
+    if not std > 0:
+        raise SalsaError(f"rl.normalise_reward: the reward gives every sample of the SFT model the same score ({mean})")
+    console.print(f"reward normalised by mean {mean:+.4f}, std {std:.4f} on {int(sums[2])} SFT samples")
+    return lambda p, r: (torch.as_tensor(reward(p, r), dtype=torch.float32) - mean) / std
 
 
 @torch.no_grad()

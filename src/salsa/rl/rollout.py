@@ -13,18 +13,19 @@ from dataclasses import dataclass
 import torch
 
 from salsa.config import RLConfig
+from salsa.data import Prompt, prompt_text
 from salsa.generation import eos_token_ids, generate
 from salsa.rl.learner import Learner
 from salsa.rl.policy import response_forward
 from salsa.rl.reference import Reference
 from salsa.seeding import derive_seed
 
-RewardFn = Callable[[list[str], list[str]], torch.Tensor]
+RewardFn = Callable[[list[Prompt], list[str]], torch.Tensor]
 
 
 @dataclass
 class Rollout:
-    prompts: list[str]
+    prompts: list[Prompt]
     responses: list[str]
     rows: list[int]  # each response's index in the step's global batch (prompt position * k + sample)
     sequences: torch.Tensor  # [N, P + R] left-padded prompt, then response
@@ -41,7 +42,7 @@ class Rollout:
 def collect_rollout(
     learner: Learner,
     tokenizer,
-    prompts: list[str],
+    prompts: list[Prompt],
     positions: list[int],
     config: RLConfig,
     step: int,
@@ -71,7 +72,7 @@ def collect_rollout(
     args = (sample.sequences, sample.attention_mask, sample.prompt_length, config.temperature)
     ref_logprobs = reference.logprobs(*args) if reference is not None else None
     sft_logprobs = response_forward(sft_model, *args).logprobs if sft_model is not None else None
-    gold = [gold_fn(p, r) for p, r in zip(texts, sample.responses, strict=True)] if gold_fn else None
+    gold = [gold_fn(prompt_text(p), r) for p, r in zip(texts, sample.responses, strict=True)] if gold_fn else None
     return Rollout(
         texts, sample.responses, rows, sample.sequences, sample.attention_mask, sample.prompt_length, sample.mask,
         scores, gold, ref_logprobs, sft_logprobs,

@@ -54,7 +54,8 @@ def weighted_average(
     accumulator: torch.Tensor | None = None,
     scratch: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """sum_i w_i * t_i accumulated in float32, in ingredient order (returned in float32).
+    """sum_i w_i * t_i accumulated in float32, in ingredient order (returned in float32): the arithmetic of
+    mergekit's linear merge (an accumulate of t_i * w_i per ingredient), so the two agree bit for bit.
 
     `tensors` may be a generator: only the accumulator and one ingredient tensor are alive at a time.
     Flat float32 `accumulator` / `scratch` buffers at least as large as the tensors are reused if given.

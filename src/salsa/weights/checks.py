@@ -8,8 +8,15 @@ from pathlib import Path
 from salsa.errors import SoupError
 from salsa.io import read_json
 
-# config.json keys that do not change what the weights mean (bookkeeping and runtime settings).
-CONFIG_KEYS_IGNORED = {"_name_or_path", "transformers_version", "torch_dtype", "dtype", "use_cache"}
+# config.json keys that do not change what the weights mean: bookkeeping, runtime settings and generation
+# settings (older configs carry them; mergekit merges models that differ in them too).
+CONFIG_KEYS_IGNORED = {
+    "_name_or_path", "transformers_version", "torch_dtype", "dtype", "use_cache", "output_attentions",
+    "output_hidden_states", "return_dict", "max_length", "min_length", "do_sample", "early_stopping", "num_beams",
+    "num_beam_groups", "temperature", "top_k", "top_p", "typical_p", "repetition_penalty", "length_penalty",
+    "no_repeat_ngram_size", "num_return_sequences", "diversity_penalty", "bad_words_ids", "output_scores",
+    "return_dict_in_generate", "remove_invalid_values", "suppress_tokens", "begin_suppress_tokens",
+}  # fmt: skip
 
 
 def load_config(model_dir: Path) -> dict:
