@@ -4,3 +4,8 @@
 def length(prompts, responses):
     """Longer responses score higher."""
     return [len(r) / 10.0 for r in responses]
+
+
+def first_only(prompts, responses):
+    """A broken reward: one score for a whole batch."""
+    return [1.0]

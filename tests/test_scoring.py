@@ -11,6 +11,7 @@ import torch
 from transformers import AutoModelForSequenceClassification, LlamaConfig, LlamaForSequenceClassification
 
 from salsa.config import RewardConfig
+from salsa.errors import ConfigError
 from salsa.reward import train_reward
 from salsa.scoring import RewardModel, conversation_texts, is_function_spec, reward_function
 
@@ -83,6 +84,8 @@ def test_a_reward_function_is_named_by_module_or_file():
     assert not is_function_spec("runs/reward/model") and not is_function_spec("HuggingFaceH4/reward-model")
     scores = reward_function(str(Path(__file__).parent / "rewards.py") + ":length")(PROMPTS, RESPONSES)
     assert scores.tolist() == pytest.approx([len(r) / 10.0 for r in RESPONSES])
+    with pytest.raises(ConfigError, match=r"returned 1 scores for 2 responses"):
+        reward_function(str(Path(__file__).parent / "rewards.py") + ":first_only")(PROMPTS, RESPONSES)
 
 
 @pytest.mark.parametrize("reward", ["classifier", "file:function", "module:function"])

@@ -96,7 +96,12 @@ def reward_function(spec: str, device: torch.device | None = None) -> RewardFn:
         function = import_function(spec)
 
         def scores(prompts: list[Prompt], responses: list[str]) -> torch.Tensor:
-            return torch.as_tensor([float(v) for v in function(prompts, responses)], dtype=torch.float32)
+            values = torch.as_tensor([float(v) for v in function(prompts, responses)], dtype=torch.float32)
+            if values.shape != (len(responses),):
+                raise ConfigError(
+                    f"reward function '{spec}' returned {len(values)} scores for {len(responses)} responses"
+                )
+            return values
 
         return scores
     return RewardModel.load(spec, device).score
