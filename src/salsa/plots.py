@@ -1,0 +1,143 @@
+"""The report's plots (PNG, matplotlib), and the names of splits and judges that the plots and the text share.
+
+Each plot is a function of results.json alone; `plots_for` lists those that the results have data for.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+SPLIT_TITLES = {"in_distribution": "in-distribution", "out_of_distribution": "out-of-distribution"}
+JUDGE_TITLES = {"gold": "gold judge", "reward": "reward model", "llm": "LLM judge"}
+
+
+def kl_label(results: dict) -> str:
+    """Which KL the training curves show: on training prompts, at the training temperature."""
+    temperature = results["settings"].get("training_temperature")
+    return "training rollouts" + (f", temperature {temperature}" if temperature is not None else "")
+
+
+def all_comparisons(results: dict) -> list[dict]:
+    """The final policies' comparisons, then those at matched KL."""
+    matched = [c for entry in results.get("matched_kl_comparisons", []) for c in entry["comparisons"]]
+    return results["comparisons"] + matched
+
+
+def pair_label(c: dict) -> str:
+    return f"{c['a']} vs {c['b']}" + (" (matched KL)" if c.get("matched_kl") else "")
+
+
+def _panels(count: int, width: float, height: float):
+    """A row of `count` axes."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, count, figsize=(width * count, height), squeeze=False)
+    return fig, axes[0]
+
+
+def _save(fig, path: Path, title: str) -> None:
+    import matplotlib.pyplot as plt
+
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120, format="png")
+    plt.close(fig)
+
+
+def _plot_win_rates(results: dict, path: Path) -> None:
+    comparisons = all_comparisons(results)
+    labels = [f"{pair_label(c)}\n{SPLIT_TITLES[c['split']]}, {JUDGE_TITLES[c['judge']]}" for c in comparisons]
+    rates = [100 * c["win_rate"] for c in comparisons]
+    errors = [
+        [100 * (c["win_rate"] - c["ci"]["win_rate"][0]) for c in comparisons],
+        [100 * (c["ci"]["win_rate"][1] - c["win_rate"]) for c in comparisons],
+    ]
+    fig, (ax,) = _panels(1, 8, 0.55 * len(comparisons) + 1.5)
+    y = range(len(comparisons))
+    ax.barh(y, rates, xerr=errors, color="tab:blue", alpha=0.8, capsize=4, label="win rate (ties count half)")
+    ax.axvline(50, color="black", linestyle="--", linewidth=1, label="50%: no difference")
+    ax.set_yticks(list(y), labels, fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlim(0, 100)
+    ax.set_xlabel(f"win rate of A against B (%), {results['settings']['confidence']:.0%} bootstrap CI")
+    ax.legend(loc="lower right", fontsize=8)
+    _save(fig, path, "Pairwise win rates")
+
+
+def _plot_landscape(results: dict, path: Path) -> None:
+    points = results["landscape"]
+    alphas = [p["alpha"] for p in points]
+    judges = results["judges"]
+    fig, axes = _panels(len(judges), 5, 4)
+    for ax, judge in zip(axes, judges, strict=True):
+        means = [p[judge]["mean"] for p in points]
+        low = [p[judge]["ci"][0] for p in points]
+        high = [p[judge]["ci"][1] for p in points]
+        ax.plot(alphas, means, marker="o", color="tab:green", label=f"mean {JUDGE_TITLES[judge]} score")
+        ax.fill_between(
+            alphas, low, high, color="tab:green", alpha=0.2, label="interval (resampling each prompt's samples)"
+        )
+        midpoint = "soup" if results.get("landscape_midpoint_is_soup") else "midpoint"
+        for alpha, name in ((0.0, "SFT-1"), (0.5, midpoint), (1.0, "SFT-2")):
+            ax.axvline(alpha, color="grey", linestyle=":", linewidth=1)
+            ax.annotate(name, (alpha, 1.0), xycoords=("data", "axes fraction"), ha="center", va="bottom", fontsize=8)
+        ax.set_xlabel("alpha: model = (1 - alpha) * SFT-1 + alpha * SFT-2")
+        ax.set_ylabel(f"{JUDGE_TITLES[judge]} score (in-distribution)")
+        ax.legend(fontsize=8)
+    _save(fig, path, "Reward landscape between two SFT models")
+
+
+def _plot_frontier(results: dict, path: Path) -> None:
+    curves = results["frontier"]
+    judges = [j for j in results["judges"] if all(j in c for c in curves.values())]
+    fig, axes = _panels(len(judges), 5, 4)
+    matched = results.get("matched_kl")
+    for ax, judge in zip(axes, judges, strict=True):
+        for name, curve in curves.items():
+            ax.plot(curve["kl_sft"], curve[judge], marker=".", label=name)
+        if matched and matched["kl_sft"] is not None:
+            ax.axvline(matched["kl_sft"], color="grey", linestyle="--", linewidth=1, label="matched KL")
+        ax.set_xlabel(f"KL to the SFT model (nats per response; {kl_label(results)})")
+        ax.set_ylabel(f"{JUDGE_TITLES[judge]} score (training rollouts)")
+        ax.legend(fontsize=8)
+    _save(fig, path, "Score against KL, policy after each update (centred mean of 3)")
+
+
+def _plot_training(results: dict, path: Path) -> None:
+    curves = results["frontier"]
+    keys = [k for k in ("gold", "reward", "kl_sft", "response_length") if all(k in c for c in curves.values())]
+    units = {
+        "gold": "gold score",
+        "reward": "reward-model score",
+        "kl_sft": "KL to SFT (nats)",
+        "response_length": "response length (tokens)",
+    }
+    import matplotlib.pyplot as plt
+
+    rows = (len(keys) + 1) // 2  # two panels a row, so that each stays readable at the page's width
+    fig, grid = plt.subplots(rows, 2, figsize=(10, 3.8 * rows), squeeze=False)
+    for ax, key in zip(grid.flat, keys, strict=False):
+        for name, curve in curves.items():
+            ax.plot(curve["step"], curve[key], label=name)
+        if key == "kl_sft":
+            ax.axhline(0, color="grey", linewidth=0.8)
+        ax.set_xlabel("updates of the policy")
+        ax.set_ylabel(units[key])
+        ax.legend(fontsize=8)
+    for ax in list(grid.flat)[len(keys) :]:
+        ax.axis("off")
+    _save(fig, path, "Training curves (centred mean of 3 policies, mean over seeds)")
+
+
+def plots_for(results: dict) -> list[tuple[str, str, Callable[[dict, Path], None]]]:
+    """(file name, alt text, plot function) for each plot that the results have data for."""
+    plots = []
+    if results["comparisons"]:
+        plots.append(("win_rates.png", "Pairwise win rates with confidence intervals", _plot_win_rates))
+    if results["landscape"]:
+        plots.append(("landscape.png", "Reward landscape between SFT-1 and SFT-2", _plot_landscape))
+    if results["frontier"]:
+        plots.append(("frontier.png", "Reward against KL to the SFT model", _plot_frontier))
+        plots.append(("training.png", "Training curves", _plot_training))
+    return plots
