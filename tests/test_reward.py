@@ -159,7 +159,7 @@ def test_causal_backbone_learns_a_preference(tmp_path, tiny_model_dir):
     cfg = RewardConfig(
         backbone="causal", model=str(tiny_model_dir), data=str(_pairs(tmp_path / "train.jsonl", 48)),
         eval_data=str(_pairs(tmp_path / "eval.jsonl", 12)), output_dir=str(tmp_path / "rm"), num_epochs=3,
-        batch_size=8, max_length=48, learning_rate=1e-3, head_learning_rate=1e-2,
+        batch_size=8, max_length=48, learning_rate=1e-3, head_learning_rate=1e-2, gradient_checkpointing=True,
     )  # fmt: skip
     reward = RewardModel.load(train_reward(cfg, show_progress=False))
     assert reward.layout == "conversation"  # the causal backbone reads the templated conversation, as TRL does

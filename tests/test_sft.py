@@ -33,6 +33,17 @@ def test_same_seed_same_weights_different_seeds_differ(tiny_sft_config, tmp_path
     assert not _same(_weights(a[0]), _weights(a[1]))
 
 
+def test_activation_checkpointing_trains_the_same_weights(tiny_sft_config, tmp_path):
+    """Recomputing activations changes memory, not the math (and calls no deprecated transformers API: the
+    suite turns FutureWarnings into errors)."""
+    plain = train_sft(dataclasses.replace(tiny_sft_config, output_dir=str(tmp_path / "plain")))
+    recomputed = train_sft(
+        dataclasses.replace(tiny_sft_config, output_dir=str(tmp_path / "ckpt"), gradient_checkpointing=True)
+    )
+    a, b = _weights(plain[0]), _weights(recomputed[0])
+    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+
+
 def test_loss_decreases_and_outputs_are_standard(tiny_sft_config):
     cfg = dataclasses.replace(tiny_sft_config, max_steps=25)
     (path,) = train_sft(cfg)

@@ -33,7 +33,7 @@ from salsa.engine import Stage, run_stage
 from salsa.errors import ConfigError
 from salsa.io import REWARD_META, atomic_dir, atomic_write_json
 from salsa.logs import FiniteGuard, MetricsLog, NonFiniteError, check_finite_weights
-from salsa.models import resolve_model
+from salsa.models import enable_activation_checkpointing, resolve_model
 from salsa.progress import console, training_progress
 from salsa.scoring import LAYOUTS, RewardModel
 from salsa.seeding import batch_stream
@@ -178,7 +178,7 @@ def _fit(
     world, rank = accelerator.num_processes, accelerator.process_index
     model, tokenizer = _backbone_model(config)
     if config.gradient_checkpointing:
-        model.base_model.gradient_checkpointing_enable({"use_reentrant": False})
+        enable_activation_checkpointing(model.base_model)
     model.to(accelerator.device)
     groups = prompt_groups([p.prompt for p in pairs])
     steps_per_epoch = math.ceil(len(pairs) / config.batch_size)

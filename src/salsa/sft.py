@@ -33,7 +33,14 @@ from salsa.engine import OWNER_MARKER, Stage, owner
 from salsa.errors import ConfigError, SalsaError
 from salsa.io import COMPLETE_MARKER, atomic_write_json
 from salsa.logs import FiniteGuard, MetricsLog, check_finite_weights
-from salsa.models import add_lora, load_causal_lm, load_tokenizer, model_config, save_model
+from salsa.models import (
+    add_lora,
+    enable_activation_checkpointing,
+    load_causal_lm,
+    load_tokenizer,
+    model_config,
+    save_model,
+)
 from salsa.progress import console, training_progress
 from salsa.seeding import batch_stream
 from salsa.tokenization import IGNORE_INDEX, collate, tokenize_sft_rows
@@ -217,7 +224,7 @@ def _fresh_model(config: SFTConfig):
     """The base model as training starts from it (LoRA-wrapped with `use_lora`)."""
     model = load_causal_lm(config.model)
     if config.gradient_checkpointing:
-        model.gradient_checkpointing_enable({"use_reentrant": False})
+        enable_activation_checkpointing(model)
     if config.use_lora:
         model = add_lora(model, config.lora_r, config.lora_alpha, config.lora_dropout, config.lora_target_modules)
     return model

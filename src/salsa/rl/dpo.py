@@ -20,7 +20,14 @@ from salsa.data import Conversation, as_messages
 from salsa.engine import Stage, run_stage
 from salsa.errors import ConfigError, SalsaError
 from salsa.logs import FiniteGuard, MetricsLog, check_finite_weights
-from salsa.models import add_lora, forward_logits, load_causal_lm, load_tokenizer, save_model
+from salsa.models import (
+    add_lora,
+    enable_activation_checkpointing,
+    forward_logits,
+    load_causal_lm,
+    load_tokenizer,
+    save_model,
+)
 from salsa.progress import console, training_progress
 from salsa.rl.core import dpo_loss
 from salsa.rl.reference import ema_update, load_reference, reference_weights, restore_reference
@@ -56,7 +63,7 @@ def _run(config: RLConfig, stage: Stage, show_progress: bool) -> None:
     tokenizer = load_tokenizer(config.init)
     core = load_causal_lm(config.init)
     if config.gradient_checkpointing:
-        core.gradient_checkpointing_enable({"use_reentrant": False})
+        enable_activation_checkpointing(core)
     if config.use_lora:
         core = add_lora(core, config.lora_r, config.lora_alpha)
     core.to(device).train()

@@ -10,7 +10,7 @@ import torch
 
 from salsa import runtime
 from salsa.config import RLConfig
-from salsa.models import add_lora, load_causal_lm
+from salsa.models import add_lora, enable_activation_checkpointing, load_causal_lm
 from salsa.rl.policy import ValueHead, response_forward
 
 
@@ -21,7 +21,7 @@ class Learner:
         self.config = config
         policy = load_causal_lm(config.init)
         if config.gradient_checkpointing:
-            policy.gradient_checkpointing_enable({"use_reentrant": False})
+            enable_activation_checkpointing(policy)
         if config.use_lora:
             policy = add_lora(policy, config.lora_r, config.lora_alpha)
         self.policy = runtime.place(policy, device, config.sharding)
