@@ -98,7 +98,7 @@ def _plot_frontier(results: dict, path: Path) -> None:
             ax.plot(curve["kl_sft"], curve[judge], marker=".", label=name)
         if matched and matched["kl_sft"] is not None:
             ax.axvline(matched["kl_sft"], color="grey", linestyle="--", linewidth=1, label="matched KL")
-        ax.set_xlabel(f"KL to the SFT model (nats per response; {kl_label(results)})")
+        ax.set_xlabel(f"KL to the SFT model (nats per response)\n{kl_label(results)}")
         ax.set_ylabel(f"{JUDGE_TITLES[judge]} score (training rollouts)")
         ax.legend(fontsize=8)
     _save(fig, path, "Score against KL, policy after each update (centred mean of 3)")
