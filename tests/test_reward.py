@@ -3,6 +3,7 @@ import math
 
 import pytest
 import torch
+from transformers.models.auto import configuration_auto
 
 from salsa.config import RewardConfig
 from salsa.data import PreferencePair, parse_preference_rows
@@ -112,7 +113,7 @@ def _pairs(path, n):
     return path
 
 
-def test_encoder_reward_model_learns_a_preference_and_round_trips(tmp_path):
+def test_encoder_reward_model_learns_a_preference_and_round_trips(tmp_path, monkeypatch):
     cfg = RewardConfig(
         data=str(_pairs(tmp_path / "train.jsonl", 48)), eval_data=str(_pairs(tmp_path / "eval.jsonl", 12)),
         output_dir=str(tmp_path / "rm"), num_epochs=1, batch_size=8, learning_rate=1e-4, max_length=32,
@@ -120,7 +121,13 @@ def test_encoder_reward_model_learns_a_preference_and_round_trips(tmp_path):
     path = train_reward(cfg, show_progress=False)
     evaluation = json.loads((tmp_path / "rm" / "eval.json").read_text())
     assert evaluation["accuracy_vs_gold"] == 1.0
+
+    def asks_whether_to_trust_remote_code(*args, **kwargs):
+        raise AssertionError("loading salsa's reward model asked whether to trust its code (a terminal prompt)")
+
+    monkeypatch.setattr(configuration_auto, "resolve_trust_remote_code", asks_whether_to_trust_remote_code)
     reward = RewardModel.load(path)
+    monkeypatch.undo()
     scores = reward.score(["Review number 1."] * 2, [POSITIVE[0], NEGATIVE[0]])
     assert scores[0] > scores[1]
     # Normalised on the training responses (every distinct prompt and response of the pairs): mean 0, std 1 there.

@@ -51,7 +51,9 @@ class RewardModel:
         else:  # a reward model from elsewhere (TRL's RewardTrainer, the hub): scored as TRL scores it
             model = AutoModelForSequenceClassification.from_pretrained(path)
             layout, stats = "conversation", (getattr(model.config, "max_position_embeddings", 2048), 0.0, 1.0)
-        tokenizer = AutoTokenizer.from_pretrained(path)
+        # With the model's own config: AutoTokenizer would otherwise read config.json again, and for salsa's
+        # encoder (a remote-code class) ask on the terminal whether to trust its code.
+        tokenizer = AutoTokenizer.from_pretrained(path, config=model.config)
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
         model.config.pad_token_id = tokenizer.pad_token_id
