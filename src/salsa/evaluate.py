@@ -18,8 +18,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import torch
-
 from salsa import runtime
 from salsa.config import EvalConfig
 from salsa.engine import Stage, run_stage
@@ -75,7 +73,7 @@ def _evaluate(config: EvalConfig, stage: Stage, show_progress: bool) -> None:
     if config.ood_prompts:
         splits["out_of_distribution"] = stage.inputs["ood_prompts"]
     device = runtime.accelerator().device
-    dtype = runtime.compute_dtype(config.mixed_precision) or torch.float32  # forward only: the compute precision
+    dtype = runtime.forward_dtype(config.mixed_precision)
     judges = Judges(config.task, config.reward_model, device)
     kl_paths = {name: p for name, p in (("sft", config.sft_model), ("soup", config.soup_model)) if p}
     first_policy = next(iter(config.policies.values()))[0]

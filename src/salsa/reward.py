@@ -132,9 +132,15 @@ def prompt_groups(prompts: list[Prompt]) -> list[list[int]]:
     return list(groups.values())
 
 
+def _distinct_responses(pairs: list[PreferencePair]) -> dict[tuple[str, str], tuple[Prompt, str]]:
+    """Every distinct (prompt, response) of the pairs, chosen and rejected, keyed by (prompt key, response) in order
+    of first appearance."""
+    return {(prompt_key(p.prompt), r): (p.prompt, r) for p in pairs for r in (p.chosen, p.rejected)}
+
+
 def pair_scores(reward: RewardModel, batch: list[PreferencePair]) -> tuple[torch.Tensor, torch.Tensor]:
     """Scores of the chosen and rejected responses, with every distinct (prompt, response) forwarded once."""
-    items = {(prompt_key(p.prompt), r): (p.prompt, r) for p in batch for r in (p.chosen, p.rejected)}
+    items = _distinct_responses(batch)
     row = {key: i for i, key in enumerate(items)}
     scores = reward.forward([prompt for prompt, _ in items.values()], [r for _, r in items.values()])
     chosen = scores[[row[(prompt_key(p.prompt), p.chosen)] for p in batch]]
@@ -227,7 +233,7 @@ def _fit(
 
 def normalisation(reward: RewardModel, pairs: list[PreferencePair]) -> tuple[float, float]:
     """Mean and std of the raw scores on the responses the policy starts from (those of the training pairs)."""
-    items = {(prompt_key(p.prompt), r): (p.prompt, r) for p in pairs for r in (p.chosen, p.rejected)}
+    items = _distinct_responses(pairs)
     responses = [items[key] for key in sorted(items)]
     raw = reward.raw_scores([p for p, _ in responses], [r for _, r in responses])
     mean, std = float(raw.mean()), float(raw.std()) if len(raw) > 1 else float("nan")

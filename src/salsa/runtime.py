@@ -118,6 +118,12 @@ def compute_dtype(mixed_precision: str) -> torch.dtype | None:
     return None
 
 
+def forward_dtype(mixed_precision: str) -> torch.dtype:
+    """The dtype to load a model in that only runs forward (a frozen reference, a policy under evaluation, a
+    sampler): the compute precision, which halves its memory in bf16; float32 when there is none."""
+    return compute_dtype(mixed_precision) or torch.float32
+
+
 def clip_gradients(parameters: list[torch.nn.Parameter], max_norm: float) -> float:
     """Clip the global gradient norm (over every process's shard when sharded); returns the norm before clipping."""
     norm = torch.nn.utils.clip_grad_norm_(parameters, max_norm)

@@ -210,8 +210,8 @@ def _run(config: RLConfig, stage: Stage, reward_fn: RewardFn | None, show_progre
     same_as_reference = config.reference == "sft" and config.sft_model in (None, config.reference_model or config.init)
     sft_model = None
     if config.sft_model is not None and not same_as_reference:
-        frozen = runtime.compute_dtype(config.mixed_precision) or torch.float32  # forward only: compute precision
-        sft_model = load_causal_lm(config.sft_model, frozen).eval().requires_grad_(False)
+        sft_model = load_causal_lm(config.sft_model, runtime.forward_dtype(config.mixed_precision))
+        sft_model = sft_model.eval().requires_grad_(False)
         sft_model = runtime.place(sft_model, device, config.sharding)
     reward = reward_fn or reward_function(config.reward_model, device)
     if config.normalise_reward:

@@ -51,7 +51,7 @@ def load_reference(config: RLConfig, policy: nn.Module, device: torch.device) ->
         return Reference(policy, adapters_off=True)
     # A frozen reference is only run forward: it is held in the compute precision (half the memory in bf16).
     # An EMA reference accumulates small updates, so it stays in float32.
-    dtype = runtime.compute_dtype(config.mixed_precision) or torch.float32
+    dtype = runtime.forward_dtype(config.mixed_precision)
     if config.reference == "soup" and config.reference_models:
         from salsa.soup import soup_model
 

@@ -23,8 +23,6 @@ import random
 import statistics
 from pathlib import Path
 
-import torch
-
 from salsa import runtime
 from salsa.config import DataConfig
 from salsa.engine import Stage, run_stage
@@ -72,8 +70,8 @@ def make_task_data(config: DataConfig, show_progress: bool = True, overwrite: bo
 def _make(config: DataConfig, stage: Stage, show_progress: bool) -> None:
     task = BUILTIN_TASKS[config.task]
     splits = {name: task.prompts(name) for name in ("train", "eval", "ood")}
-    dtype = runtime.compute_dtype(config.mixed_precision) or torch.float32  # sampling only: the compute precision
-    model = load_causal_lm(config.model, dtype).to(runtime.accelerator().device)
+    model = load_causal_lm(config.model, runtime.forward_dtype(config.mixed_precision))
+    model = model.to(runtime.accelerator().device)
     tokenizer = load_tokenizer(config.model)
     for name, rows in splits.items():
         check_prompt_lengths(tokenizer, [r["prompt"] for r in rows], config.max_new_tokens, model, f"{name} prompts")
