@@ -12,8 +12,9 @@ from transformers import AutoModelForSequenceClassification, LlamaConfig, LlamaF
 
 from salsa.config import RewardConfig
 from salsa.errors import ConfigError
+from salsa.inputs import is_function_spec
 from salsa.reward import train_reward
-from salsa.scoring import RewardModel, conversation_texts, is_function_spec, reward_function
+from salsa.scoring import RewardModel, conversation_texts, reward_function
 
 PROMPTS = ["Review a cafe.", [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]]
 RESPONSES = ["Lovely coffee and kind staff.", "Hello!"]
@@ -77,6 +78,23 @@ def test_salsas_reward_model_loads_whole_in_transformers_with_the_same_scores(tm
     # Without trust_remote_code transformers refuses it, instead of loading a BERT classifier with a random head.
     with pytest.raises(ValueError, match="trust_remote_code"):
         AutoModelForSequenceClassification.from_pretrained(path)
+
+
+def test_checking_a_reward_input_imports_neither_torch_nor_transformers(tmp_path, classifier_dir):
+    """Bad input is answered before any heavy import (0.17 s, not 3.5 s, for `salsa rl` with a bad prompts row),
+    and a reward file, imported by that check and again by the stage, runs once."""
+    reward_file = tmp_path / "my_reward.py"
+    reward_file.write_text("import pathlib\npathlib.Path(__file__).with_suffix('.log').open('a').write('ran\\n')\n"
+                           "def score(prompts, responses):\n    return [0.0] * len(responses)\n")  # fmt: skip
+    check = (
+        "import sys; from salsa.inputs import check_reward_model, import_function; "
+        f"check_reward_model({str(classifier_dir)!r}, 'rl.reward_model'); "
+        f"check_reward_model({str(reward_file)!r} + ':score', 'rl.reward_model'); "
+        "heavy = {'torch', 'transformers'} & set(sys.modules); assert not heavy, heavy; "
+        f"import os; os.chdir({str(tmp_path)!r}); import_function('my_reward.py:score')"
+    )
+    subprocess.run([sys.executable, "-c", check], check=True)
+    assert reward_file.with_suffix(".log").read_text() == "ran\n"
 
 
 def test_a_reward_function_is_named_by_module_or_file():

@@ -9,8 +9,10 @@ data file, or a model path with a typo, is reported in a second, not after a mod
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -69,11 +71,47 @@ def check_model_directory(ref: str, where: str, adapters: bool = False) -> None:
         raise ConfigError(f"{where}: {ref} is not a model directory (no {' or '.join(markers)})")
 
 
+def is_function_spec(spec: str) -> bool:
+    """`module:function` or `path/to/file.py:function` (a Windows drive letter aside)."""
+    left, sep, right = spec.rpartition(":")
+    module = left.endswith(".py") or left.replace(".", "").isidentifier()
+    return bool(sep and left and right.isidentifier() and module)
+
+
+def import_function(spec: str) -> Callable:
+    """The function a spec names, imported (a file by its path); a mistake is a one-line error."""
+    location, _, name = spec.rpartition(":")
+    if location.endswith(".py"):
+        if not Path(location).is_file():
+            raise ConfigError(f"reward function file {location} does not exist")
+        location = str(Path(location).resolve())  # one file, however its path is written (and whatever the cwd)
+    try:
+        module = _import_module(location)
+    except ImportError as e:
+        raise ConfigError(f"reward function '{spec}': cannot import {location} ({e})") from None
+    function = getattr(module, name, None)
+    if not callable(function):
+        raise ConfigError(f"reward function '{spec}': {location} has no function '{name}'")
+    return function
+
+
+@functools.cache  # validation imports it before any model loads, then the stage: a reward file runs once
+def _import_module(location: str):
+    """A module by name, or a Python file by its (absolute) path."""
+    import importlib
+    import importlib.util
+
+    if not location.endswith(".py"):
+        return importlib.import_module(location)
+    module_spec = importlib.util.spec_from_file_location(Path(location).stem, location)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module
+
+
 def check_reward_model(ref: str, where: str, download: bool = False) -> None:
     """A reward: a `salsa reward` directory, a sequence-classification model with one label (a directory or a hub
     id), or a Python function `module:function` / `path/to/file.py:function` (imported to check it exists)."""
-    from salsa.scoring import import_function, is_function_spec
-
     if is_function_spec(ref):
         import_function(ref)
         return

@@ -18,6 +18,7 @@ from salsa import runtime
 from salsa.data import Prompt, as_messages, prompt_text
 from salsa.encoder_reward import SalsaEncoderRewardModel
 from salsa.errors import ConfigError
+from salsa.inputs import check_reward_model, import_function, is_function_spec
 from salsa.io import REWARD_META, read_json
 
 
@@ -39,8 +40,6 @@ class RewardModel:
         """A `salsa reward` directory, or any sequence-classification model (directory or hub id) with one label;
         on `device` (default: the process's, from salsa.runtime)."""
         device = device if device is not None else runtime.accelerator().device
-        from salsa.inputs import check_reward_model
-
         check_reward_model(str(path), "reward model")
         meta_file = Path(path) / REWARD_META
         if meta_file.is_file():
@@ -107,36 +106,6 @@ def reward_function(spec: str, device: torch.device | None = None) -> RewardFn:
 
         return scores
     return RewardModel.load(spec, device).score
-
-
-def is_function_spec(spec: str) -> bool:
-    """`module:function` or `path/to/file.py:function` (a Windows drive letter aside)."""
-    left, sep, right = spec.rpartition(":")
-    module = left.endswith(".py") or left.replace(".", "").isidentifier()
-    return bool(sep and left and right.isidentifier() and module)
-
-
-def import_function(spec: str) -> Callable:
-    """The function a spec names, imported (a file by its path); a mistake is a one-line error."""
-    import importlib
-    import importlib.util
-
-    location, _, name = spec.rpartition(":")
-    try:
-        if location.endswith(".py"):
-            if not Path(location).is_file():
-                raise ConfigError(f"reward function file {location} does not exist")
-            module_spec = importlib.util.spec_from_file_location(Path(location).stem, location)
-            module = importlib.util.module_from_spec(module_spec)
-            module_spec.loader.exec_module(module)
-        else:
-            module = importlib.import_module(location)
-    except ImportError as e:
-        raise ConfigError(f"reward function '{spec}': cannot import {location} ({e})") from None
-    function = getattr(module, name, None)
-    if not callable(function):
-        raise ConfigError(f"reward function '{spec}': {location} has no function '{name}'")
-    return function
 
 
 # How each of salsa's backbones reads a (prompt, response).
