@@ -41,7 +41,7 @@ def make_ingredients(kind: str, k: int, workdir: Path) -> list[Path]:
     from transformers import LlamaConfig
 
     from salsa.models import resolve_model
-    from salsa.soup import tensor_index
+    from salsa.weights.reader import tensor_index
     from salsa.weights.stream import read_tensor, write_streaming
 
     dirs = []

@@ -136,7 +136,7 @@ def test_two_process_data_and_eval_write_what_one_process_writes(work):
         "prompts_train.jsonl",
         "sft.jsonl",
         "prefs.jsonl",
-        "prefs_eval.jsonl",
+        "prefs_dev.jsonl",
         "samples.jsonl",
         "datasheet.md",
     ):
@@ -208,7 +208,7 @@ def test_a_checkpoint_resumes_only_on_the_world_size_it_was_saved_with(work):
         save_file({"state/0/step": torch.zeros(1)}, str(checkpoint / f"{name}.safetensors"))
     result = _launch(_salsa(*args), 1, work, check=False)
     assert result.returncode == 2
-    assert "on 2 processes; this one has seed 0 on 1" in result.stderr
+    assert "seed 0, 2 processes; this one has seed 0, 1 process" in result.stderr
 
 
 def test_salsa_run_launches_its_processes_and_writes_each_file_once(work):

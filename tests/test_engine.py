@@ -19,9 +19,9 @@ import salsa.sft
 from salsa import train_sft
 from salsa.checkpoint import load_checkpoint
 from salsa.config import EvalConfig, SoupConfig
-from salsa.engine import LOCK_FILE, OWNER_MARKER, Stage, decide, remove_debris
+from salsa.engine import LOCK_FILE, OWNER_MARKER, Stage, decide
 from salsa.errors import DataError, SalsaError
-from salsa.io import COMPLETE_MARKER
+from salsa.io import COMPLETE_MARKER, remove_debris
 from salsa.soup import build_soup
 
 
@@ -124,7 +124,7 @@ def test_a_stage_that_fails_before_writing_leaves_nothing(tmp_path, tiny_sft_con
     def no_model(*args, **kwargs):
         raise SalsaError("could not load the model 'x': gone")
 
-    monkeypatch.setattr(salsa.sft, "load_causal_lm", no_model)
+    monkeypatch.setattr(salsa.sft, "trainable_model", no_model)
     with pytest.raises(SalsaError, match="gone"):
         train_sft(tiny_sft_config)
     out = tmp_path / "sft"

@@ -4,7 +4,6 @@ import numpy as np
 import pytest
 import torch
 
-from salsa.evaluation.judging import sequence_kl
 from salsa.evaluation.stats import (
     bootstrap_resamples,
     centered_average,
@@ -17,6 +16,7 @@ from salsa.evaluation.stats import (
     win_tie_loss,
 )
 from salsa.report import verdict
+from salsa.rl.core import sequence_kl
 
 
 def test_outcomes_and_rates_by_hand_with_ties():

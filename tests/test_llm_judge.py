@@ -8,9 +8,9 @@ import torch
 
 from salsa.config import EvalConfig
 from salsa.errors import DataError
-from salsa.evaluation.judge_prompt import DEFAULT_TEMPLATE, check_template, fill_template, pairwise_verdict
 from salsa.evaluation.llm_judge import LLMJudge, judgment_rows
 from salsa.evaluation.summary import summarise_judge
+from salsa.judge_prompt import DEFAULT_TEMPLATE, check_template, fill_template, pairwise_verdict
 
 
 @pytest.mark.parametrize(

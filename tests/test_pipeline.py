@@ -91,7 +91,7 @@ def test_run_resumes_after_interruption_then_skips_finished_stages(run_yaml, tmp
 
     # Rerun: finished stages are skipped; the interrupted RL run continues from its step-1 checkpoint.
     _forbid(
-        monkeypatch, "salsa.tasks.build.make_task_data", "salsa.reward.train_reward", "salsa.sft.train_sft",
+        monkeypatch, "salsa.task_data.make_task_data", "salsa.reward.train_reward", "salsa.sft.train_sft",
         "salsa.soup.build_soup_from_config",
     )  # fmt: skip
     report = run_pipeline(run_yaml, show_progress=False)
@@ -133,7 +133,7 @@ def test_run_resumes_after_interruption_then_skips_finished_stages(run_yaml, tmp
     assert "Saved policies at matched KL" in markdown and "(matched KL)" not in markdown
 
     # A changed RL budget redoes RL and eval only.
-    _forbid(monkeypatch, "salsa.tasks.build.make_task_data")
+    _forbid(monkeypatch, "salsa.task_data.make_task_data")
     run_pipeline(run_yaml, ["rl.steps=3"], show_progress=False)
     assert [r["step"] for r in read_jsonl(root / "rl/ppo/seed-0/metrics.jsonl")] == [1, 2, 3]
 

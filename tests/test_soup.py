@@ -10,7 +10,11 @@ from transformers import AutoModelForCausalLM
 
 from salsa.errors import SalsaError, SoupError
 from salsa.io import digest_key, load_digest_cache, record_digests, save_digest_cache, sha256_file
-from salsa.soup import build_soup, soup_state_dict, soup_weights, tensor_index, weighted_average
+from salsa.soup import build_soup
+from salsa.weights.average import weighted_average
+from salsa.weights.in_memory import soup_state_dict
+from salsa.weights.reader import tensor_index
+from salsa.weights.spec import soup_weights
 from salsa.weights.stream import read_header, read_tensor
 
 CONFIG = {"model_type": "toy", "hidden_size": 4, "tie_word_embeddings": False}

@@ -1,12 +1,13 @@
 import dataclasses
+import itertools
 import json
 import random
 
 import pytest
 
 from salsa.config import DataConfig
+from salsa.task_data import bradley_terry_label, make_task_data, preference_pairs
 from salsa.tasks import reviews
-from salsa.tasks.build import bradley_terry_label, make_task_data, preference_pairs
 
 
 def test_gold_judge_prefers_fluent_on_topic_requested_sentiment():
@@ -46,11 +47,12 @@ def test_fluency_penalises_repetition_and_short_answers():
 
 
 def test_splits_are_disjoint_and_ood_is_another_domain():
-    splits = {name: reviews.prompts(name) for name in ("train", "eval", "ood")}
+    splits = {name: reviews.prompts(name) for name in ("train", "dev", "eval", "ood")}
     texts = {name: {p["prompt"] for p in rows} for name, rows in splits.items()}
-    assert not texts["train"] & texts["eval"] and not texts["train"] & texts["ood"] and not texts["eval"] & texts["ood"]
     subjects = {name: {p["subject"] for p in rows} for name, rows in splits.items()}
-    assert not subjects["train"] & subjects["eval"]
+    for a, b in itertools.combinations(splits, 2):
+        assert not texts[a] & texts[b] and not subjects[a] & subjects[b], (a, b)
+    assert len(splits["dev"]) == 24 and len(splits["train"]) == 120
     assert all(
         reviews.parse_request(p["prompt"]) == (p["sentiment"], p["subject"]) for rows in splits.values() for p in rows
     )
@@ -76,17 +78,22 @@ def task_data(tmp_path_factory, tiny_model_dir):
 
 def test_task_data_is_deterministic_and_complete(task_data):
     first, second = task_data
-    for name in ("prompts_train", "prompts_eval", "prompts_ood", "sft", "prefs", "prefs_eval", "samples"):
+    for name in ("prompts_train", "prompts_dev", "prompts_eval", "prompts_ood", "sft", "prefs", "prefs_dev", "samples"):
         assert (first / f"{name}.jsonl").read_text() == (second / f"{name}.jsonl").read_text(), name
     sft = [json.loads(line) for line in (first / "sft.jsonl").read_text().splitlines()]
     assert len(sft) == len(reviews.prompts("train"))
     assert "Datasheet" in (first / "datasheet.md").read_text()
     prefs = [json.loads(line) for line in (first / "prefs.jsonl").read_text().splitlines()]
-    eval_prompts = {p["prompt"] for p in reviews.prompts("eval")}
-    assert prefs and not {p["prompt"] for p in prefs} & eval_prompts
+    held_out = [json.loads(line) for line in (first / "prefs_dev.jsonl").read_text().splitlines()]
+    dev_prompts = {p["prompt"] for p in reviews.prompts("dev")}
+    # Nothing is built from the evaluation prompts; the reward model's held-out pairs come from the dev split.
+    samples = [json.loads(line) for line in (first / "samples.jsonl").read_text().splitlines()]
+    evaluation = {p["prompt"] for p in reviews.prompts("eval") + reviews.prompts("ood")}
+    assert not {r["prompt"] for r in prefs + held_out + sft + samples} & evaluation
+    assert prefs and held_out and {p["prompt"] for p in held_out} <= dev_prompts
+    assert not {p["prompt"] for p in prefs + sft} & dev_prompts
     # Training pairs also use the samples of the twin prompt and of the same request about another subject,
     # scored by the judge under this prompt.
-    samples = [json.loads(line) for line in (first / "samples.jsonl").read_text().splitlines()]
     own = {(s["prompt"], s["response"]) for s in samples}
     borrowed = [(p["prompt"], r) for p in prefs for r in (p["chosen"], p["rejected"]) if (p["prompt"], r) not in own]
     from_twin = {(p, r) for p, r in borrowed if (reviews.counterpart(p), r) in own}

@@ -8,7 +8,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING
 
-__version__ = "0.1.0"
+from salsa.version import __version__
 
 _API = {
     "SFTConfig": "salsa.config",
@@ -16,7 +16,7 @@ _API = {
     "SalsaError": "salsa.errors",
     "train_sft": "salsa.sft",
     "build_soup": "salsa.soup",
-    "soup_state_dict": "salsa.soup",
+    "soup_state_dict": "salsa.weights.in_memory",
     "load_causal_lm": "salsa.models",
     "load_tokenizer": "salsa.models",
     "RLConfig": "salsa.config",
@@ -25,7 +25,7 @@ _API = {
     "train_rl": "salsa.rl.ppo",
     "train_reward": "salsa.reward",
     "RewardModel": "salsa.scoring",
-    "make_task_data": "salsa.tasks.build",
+    "make_task_data": "salsa.task_data",
 }
 
 __all__ = [
@@ -55,8 +55,9 @@ if TYPE_CHECKING:
     from salsa.rl.ppo import train_rl
     from salsa.scoring import RewardModel
     from salsa.sft import train_sft
-    from salsa.soup import build_soup, soup_state_dict
-    from salsa.tasks.build import make_task_data
+    from salsa.soup import build_soup
+    from salsa.task_data import make_task_data
+    from salsa.weights.in_memory import soup_state_dict
 
 
 def __getattr__(name: str):

@@ -19,14 +19,17 @@ import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from salsa.errors import DataError
+from salsa import runtime
+from salsa.errors import DataError, SalsaError
 from salsa.io import atomic_dir, atomic_write_json, read_json
+from salsa.logs import check_finite_weights
+from salsa.progress import console
 
 STATE_FILE = "state.json"
 
@@ -72,8 +75,6 @@ def save_checkpoint(
     state are whole (`runtime.trainable_state`, `runtime.optimizer_state`), the same for every process.
     """
     from accelerate.utils import gather_object
-
-    from salsa import runtime
 
     own = {"cpu": torch.get_rng_state()}
     if torch.cuda.is_available():
@@ -134,3 +135,82 @@ def load_checkpoint(path: Path, scheduler=None, rank: int = 0) -> Checkpoint:
     if f"cuda.{rank}" in rng and torch.cuda.is_available():
         torch.cuda.set_rng_state(rng[f"cuda.{rank}"])
     return Checkpoint(weights, optimizer_state, state["counters"])
+
+
+class ExtraState(Protocol):
+    """Training state beside the trained module that a checkpoint keeps (a moving KL reference, say)."""
+
+    def state(self) -> dict[str, torch.Tensor]: ...
+
+    def restore(self, weights: dict[str, torch.Tensor]) -> None: ...
+
+
+class Checkpointer:
+    """The periodic checkpoints of one training loop: resume from the newest, save every `every` steps (not at the
+    last: the stage's output follows), remove them when the stage is done. SFT, DPO and online RL share it.
+
+    `module` holds every trained tensor; `extra` (a moving reference) adds tensors of its own. `identity` (seed,
+    number of processes) must be the same on resume: a run continues only as it was launched.
+    """
+
+    def __init__(
+        self,
+        folder: Path,
+        module: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+        *,
+        every: int,
+        identity: dict[str, Any],
+        scheduler=None,
+        extra: ExtraState | None = None,
+    ):
+        self.folder, self.module, self.optimizer, self.every = folder, module, optimizer, every
+        self.identity, self.scheduler, self.extra = identity, scheduler, extra
+
+    def resume(self) -> dict[str, Any] | None:
+        """Restore everything from the newest checkpoint and return its counters; None when there is none."""
+        path = latest_checkpoint(self.folder)
+        if path is None:
+            return None
+        saved = load_checkpoint(path, self.scheduler, runtime.process_state().process_index)
+        recorded = {key: saved.counters.get(key) for key in self.identity}
+        if recorded != self.identity:
+            raise SalsaError(
+                f"{path} was saved by a run with {_describe(recorded)}; this one has {_describe(self.identity)}. "
+                "Resume it as it was launched, or pass --overwrite to start over"
+            )
+        extra_names = set(self.extra.state()) if self.extra is not None else set()
+        runtime.load_trainable_state(self.module, {k: v for k, v in saved.weights.items() if k not in extra_names})
+        runtime.load_optimizer_state(self.module, self.optimizer, saved.optimizer_state)
+        if self.extra is not None:
+            self.extra.restore(saved.weights)
+        console.print(f"resuming {self.folder.parent} from {path.name}")
+        return saved.counters
+
+    def save_if_due(self, step: int, total: int, counters: dict[str, Any]) -> None:
+        """Checkpoint at every `every`-th step before the last (every process calls it: sharded weights gather)."""
+        if not self.every or step % self.every or step >= total:
+            return
+        path = self.folder / f"step-{step:07d}"
+        weights = runtime.trainable_state(self.module)
+        if self.extra is not None:
+            weights.update(self.extra.state())
+        check_finite_weights(weights, str(path))
+        state = runtime.optimizer_state(self.module, self.optimizer)
+        save_checkpoint(path, weights, state, self.scheduler, {**self.identity, "step": step, **counters})
+
+    def clear(self) -> None:
+        """The stage is done: its checkpoints go (main process)."""
+        if runtime.is_main_process():
+            shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def _describe(identity: dict[str, Any]) -> str:
+    """{"seed": 0, "world_size": 2} -> "seed 0, 2 processes"."""
+
+    def part(key: str, value: Any) -> str:
+        if key == "world_size":
+            return f"{value} process" + ("" if value == 1 else "es")
+        return f"{key.replace('_', ' ')} {value}"
+
+    return ", ".join(part(key, value) for key, value in identity.items())

@@ -185,7 +185,7 @@ def data_make(
     """Make prompts (train/eval/ood), best-of-n SFT demonstrations and Bradley-Terry preference pairs."""
     overrides = _overrides(set_, task=task, output_dir=output_dir, model=model, seed=seed)
     cfg = _checked(load_stage_config(DataConfig, "data", config, overrides))
-    from salsa.tasks.build import make_task_data
+    from salsa.task_data import make_task_data
 
     _quiet_libraries()
     _echo(make_task_data(cfg, show_progress=not quiet, overwrite=overwrite))

@@ -11,8 +11,8 @@ from typing import ClassVar
 
 from salsa.errors import ConfigError
 from salsa.options import above, at_least, fraction, known_task, one_of, option
+from salsa.shipped import DEFAULT_MODEL
 
-DEFAULT_MODEL = "smollm2-135m"
 REWARD_BACKBONES = ("encoder", "causal")
 PRECISIONS = ("auto", "no", "bf16")
 PRECISION_HELP = "auto (bf16 on a GPU that supports it, else fp32) | no (fp32) | bf16: forward passes under autocast"
@@ -94,8 +94,7 @@ class SoupConfig:
     max_shard_size: str = option("2GB", "largest output shard, e.g. 500MB or 5GB", result=False)
 
     def check(self) -> None:
-        from salsa.weights.average import soup_weights
-        from salsa.weights.stream import parse_size
+        from salsa.weights.spec import parse_size, soup_weights
 
         soup_weights(len(self.models), self.weights, self.alpha, self.allow_extrapolation)
         parse_size(self.max_shard_size)
@@ -154,7 +153,7 @@ class RewardConfig:
     )  # fmt: skip
     data_split: str = option("train", "split to read from a `datasets` source")
     eval_data: str | None = option(
-        "runs/data/prefs_eval.jsonl", "held-out pairs; with gold_* fields, gold accuracy", input="preferences"
+        "runs/data/prefs_dev.jsonl", "held-out pairs; with gold_* fields, gold accuracy", input="preferences"
     )
     output_dir: str = option("runs/reward", "where the reward model directory is written")
     seed: int = option(0, "seed of initialisation and data order")
@@ -296,7 +295,7 @@ class RLConfig:
         if self.reference_weights is not None:
             if not self.reference_models:
                 raise ConfigError("rl.reference_weights needs rl.reference_models")
-            from salsa.weights.average import soup_weights
+            from salsa.weights.spec import soup_weights
 
             soup_weights(len(self.reference_models), self.reference_weights)
         if self.sharding == "fsdp2" and (self.algorithm == "dpo" or (self.reference == "ema" and self.use_lora)):

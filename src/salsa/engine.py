@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import fcntl
 import os
-import re
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -42,14 +41,12 @@ from salsa import runtime
 from salsa.config_loading import fingerprint, result_values, save_config
 from salsa.errors import SalsaError, os_error_message
 from salsa.inputs import validate
-from salsa.io import COMPLETE_MARKER, atomic_write_json, read_json
+from salsa.io import COMPLETE_MARKER, TEMPORARY, atomic_write_json, read_json, remove_debris
 from salsa.progress import console
+from salsa.version import __version__
 
 OWNER_MARKER = "salsa_stage.json"
 LOCK_FILE = ".salsa.lock"
-# atomic_file / atomic_dir name their temporaries `.<name>.<8 random characters>.tmp`; atomic_dir's replaced
-# directory was `.<name>.old-<pid>`.
-TEMPORARY = re.compile(r"\..+\.(tmp|old-\d+)")
 
 
 def owner(folder: Path) -> dict | None:
@@ -95,15 +92,6 @@ def decide(out: Path, stage: str, print_: str, values: dict[str, Any], overwrite
             "--overwrite to start over, or choose another output directory"
         )
     return "reuse" if (out / COMPLETE_MARKER).is_file() else "resume"
-
-
-def remove_debris(folder: Path, depth: int = 3) -> None:
-    """Delete salsa's temporary files and directories (`.name.xxxxxxxx.tmp`) that an interrupted run left."""
-    for entry in list(folder.iterdir()) if folder.is_dir() else []:
-        if TEMPORARY.fullmatch(entry.name):
-            shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
-        elif depth > 1 and entry.is_dir() and not entry.is_symlink():
-            remove_debris(entry, depth - 1)
 
 
 class DirectoryLock:
@@ -206,8 +194,6 @@ class Stage:
             if TEMPORARY.fullmatch(stale.name) and stale.is_dir():
                 shutil.rmtree(stale)  # left by an older salsa that built whole directories beside their target
         if decision != "reuse":
-            from salsa import __version__
-
             record = {"stage": self.name, "fingerprint": self.fingerprint, "config": values, "salsa": __version__}
             atomic_write_json(self.out / OWNER_MARKER, record)
             save_config(self.config, self.out / "config.yaml", section=self.name)

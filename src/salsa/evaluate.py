@@ -16,7 +16,11 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+
+import torch
 
 from salsa import runtime
 from salsa.config import EvalConfig
@@ -51,8 +55,8 @@ def _drawn(samples: list[dict], policy: str, seed_index: int) -> list[dict]:
 
 def _judge(config: EvalConfig, samples: list[dict], stage: Stage, device, dtype, progress) -> list[dict]:
     """The LLM judge's verdicts on every comparison (both orders of each pair of responses)."""
-    from salsa.evaluation.judge_prompt import DEFAULT_TEMPLATE
     from salsa.evaluation.llm_judge import LLMJudge, judgment_rows
+    from salsa.judge_prompt import DEFAULT_TEMPLATE
 
     rows = judgment_rows(samples, comparison_pairs(config))
     task = progress.add_task("LLM judge", total=len(rows), metrics=config.judge)
@@ -61,6 +65,72 @@ def _judge(config: EvalConfig, samples: list[dict], stage: Stage, device, dtype,
     jobs = [(r["prompt"], r["response_a"], r["response_b"]) for r in rows]
     verdicts = judge.verdicts(jobs, lambda n: progress.update(task, advance=n))
     return [{**r, **v} for r, v in zip(rows, verdicts, strict=True)]
+
+
+@dataclass
+class SampleArgs:
+    """What every sampling pass of an evaluation shares."""
+
+    tokenizer: object
+    device: torch.device
+    dtype: torch.dtype
+    samples: range  # the sample indices of every prompt
+    advance: Callable[[int], None]  # the progress bar, by a number of responses
+    describe: Callable[[str], None]  # the progress bar's text
+
+
+def _matched_kl_samples(
+    config: EvalConfig,
+    plan: list,
+    samples: list[dict],
+    splits: dict,
+    judges: Judges,
+    kl_references: dict,
+    args: SampleArgs,
+) -> list[dict]:
+    """The in-distribution samples of every saved policy the matched-KL comparisons need."""
+    rows_out: list[dict] = []
+    for m in plan:
+        args.describe(f"{m.policy} [{m.seed_index}] at step {m.step} (matched KL)")
+        if m.final:  # the final policy's samples are already drawn, with the same prompts and seeds
+            rows = _drawn(samples, m.policy, m.seed_index)
+        else:
+            model = load_snapshot(m.run_dir, m.step).to(args.device, args.dtype).eval().requires_grad_(False)
+            rows = sample_and_score(
+                model, args.tokenizer, splits["in_distribution"], "in_distribution", config, judges, kl_references,
+                args.advance, args.samples,
+            )  # fmt: skip
+            del model
+        meta = {"matched": m.comparison, "policy": m.policy, "seed_index": m.seed_index, "split": "in_distribution",
+                "step": m.step, "kl_train": m.kl_train, "target_kl": m.target}  # fmt: skip
+        rows_out += [{**r, **meta} for r in rows]
+    return rows_out
+
+
+def _landscape_samples(
+    config: EvalConfig, samples: list[dict], splits: dict, judges: Judges, args: SampleArgs
+) -> list[dict]:
+    """The samples of every point (1 - alpha) * SFT-1 + alpha * SFT-2 of the landscape."""
+    from salsa.weights.in_memory import soup_model
+
+    endpoints = {0.0: config.landscape_models[0], 1.0: config.landscape_models[1]}
+    rows_out: list[dict] = []
+    for alpha in config.landscape_alphas:
+        args.describe(f"landscape alpha={alpha:+.2f}")
+        policy = _policy_at(config, endpoints[alpha]) if alpha in endpoints else None
+        # An endpoint that is also a policy starts from the responses already drawn from it.
+        drawn = [{k: v for k, v in r.items() if k in LANDSCAPE_KEYS} for r in _drawn(samples, *policy)] if (
+            policy is not None
+        ) else []  # fmt: skip
+        args.advance(len(drawn))
+
+        def build(alpha=alpha):
+            model = soup_model(config.landscape_models, alpha=alpha, allow_extrapolation=True)
+            return model.to(args.device, args.dtype).eval().requires_grad_(False)
+
+        rows = sample_point(config, build, args.tokenizer, splits["in_distribution"], judges, drawn, args.advance)
+        rows_out += [{"alpha": alpha, **r} for r in rows]
+    return rows_out
 
 
 def evaluate(config: EvalConfig, show_progress: bool = True, overwrite: bool = False) -> Path:
@@ -97,6 +167,9 @@ def _evaluate(config: EvalConfig, stage: Stage, show_progress: bool) -> None:
     with training_progress(disable=not show_progress or not runtime.is_main_process()) as progress:
         task = progress.add_task("evaluating", total=total, metrics="")
         advance = lambda n: progress.update(task, advance=n)  # noqa: E731
+        sample_args = SampleArgs(
+            tokenizer, device, dtype, everyone, advance, lambda text: progress.update(task, metrics=text)
+        )
         for name, paths in config.policies.items():
             for seed_index, path in enumerate(paths):
                 progress.update(task, metrics=f"{name} [{seed_index}]")
@@ -109,42 +182,10 @@ def _evaluate(config: EvalConfig, stage: Stage, show_progress: bool) -> None:
                     )  # fmt: skip
                     samples += [{"policy": name, "seed_index": seed_index, "split": split, **r} for r in rows]
                 del model
-        matched_rows: list[dict] = []
-        for m in matched_plan:
-            progress.update(task, metrics=f"{m.policy} [{m.seed_index}] at step {m.step} (matched KL)")
-            if m.final:  # the final policy's samples are already drawn, with the same prompts and seeds
-                rows = _drawn(samples, m.policy, m.seed_index)
-            else:
-                model = load_snapshot(m.run_dir, m.step).to(device, dtype).eval().requires_grad_(False)
-                rows = sample_and_score(
-                    model, tokenizer, splits["in_distribution"], "in_distribution", config, judges, kl_references,
-                    advance, everyone,
-                )  # fmt: skip
-                del model
-            meta = {"matched": m.comparison, "policy": m.policy, "seed_index": m.seed_index, "split": "in_distribution",
-                    "step": m.step, "kl_train": m.kl_train, "target_kl": m.target}  # fmt: skip
-            matched_rows += [{**r, **meta} for r in rows]
-        landscape_rows: list[dict] = []
-        if config.landscape_models:
-            from salsa.soup import soup_model
-
-            endpoints = {0.0: config.landscape_models[0], 1.0: config.landscape_models[1]}
-            for alpha in config.landscape_alphas:
-                progress.update(task, metrics=f"landscape alpha={alpha:+.2f}")
-                policy = _policy_at(config, endpoints[alpha]) if alpha in endpoints else None
-                # An endpoint that is also a policy starts from the responses already drawn from it.
-                drawn = [{k: v for k, v in r.items() if k in LANDSCAPE_KEYS} for r in _drawn(samples, *policy)] if (
-                    policy is not None
-                ) else []  # fmt: skip
-                advance(len(drawn))
-
-                def build(alpha=alpha):
-                    model = soup_model(config.landscape_models, alpha=alpha, allow_extrapolation=True)
-                    return model.to(device, dtype).eval().requires_grad_(False)
-
-                rows = sample_point(config, build, tokenizer, splits["in_distribution"], judges, drawn, advance)
-                landscape_rows += [{"alpha": alpha, **r} for r in rows]
-
+        matched_rows = _matched_kl_samples(config, matched_plan, samples, splits, judges, kl_references, sample_args)
+        landscape_rows = (
+            _landscape_samples(config, samples, splits, judges, sample_args) if config.landscape_models else []
+        )
         judgments = _judge(config, samples, stage, device, dtype, progress) if config.judge else []
 
     results = summarise(config, samples, landscape_rows, judges.names, list(splits), matched_rows, unmatched, judgments)

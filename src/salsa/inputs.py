@@ -16,11 +16,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from salsa.config import DEFAULT_MODEL, REWARD_BACKBONES
+from salsa.config import REWARD_BACKBONES
 from salsa.config_loading import validate_values
 from salsa.errors import ConfigError, DataError, SalsaError
 from salsa.io import REWARD_META
-from salsa.shipped import default_gguf_path
+from salsa.shipped import DEFAULT_MODEL, default_gguf_path
 
 
 def _looks_like_path(ref: str) -> bool:
@@ -166,7 +166,7 @@ def _check_salsa_reward(path: Path, meta_file: Path) -> None:
 
 def check_judge_template(ref: str, where: str) -> str:
     """A judge prompt template file holding every placeholder; returns its text."""
-    from salsa.evaluation.judge_prompt import check_template
+    from salsa.judge_prompt import check_template
 
     path = Path(ref)
     if not path.is_file():

@@ -10,6 +10,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -19,6 +20,9 @@ from typing import Any
 COMPLETE_MARKER = "salsa_complete.json"
 # A reward model directory from `salsa reward`: its backbone, layout and normalisation.
 REWARD_META = "salsa_reward.json"
+# atomic_file / atomic_dir name their temporaries `.<name>.<8 random characters>.tmp`; atomic_dir's replaced
+# directory was `.<name>.old-<pid>`.
+TEMPORARY = re.compile(r"\..+\.(tmp|old-\d+)")
 
 
 def cache_dir() -> Path:
@@ -118,6 +122,15 @@ def atomic_dir(target: str | os.PathLike) -> Iterator[Path]:
     _fsync_dir(target.parent)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def remove_debris(folder: Path, depth: int = 3) -> None:
+    """Delete salsa's temporary files and directories (`.name.xxxxxxxx.tmp`) that an interrupted run left."""
+    for entry in list(folder.iterdir()) if folder.is_dir() else []:
+        if TEMPORARY.fullmatch(entry.name):
+            shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+        elif depth > 1 and entry.is_dir() and not entry.is_symlink():
+            remove_debris(entry, depth - 1)
 
 
 def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:

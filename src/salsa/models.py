@@ -26,11 +26,10 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from salsa.config import DEFAULT_MODEL
 from salsa.errors import SalsaError
-from salsa.io import atomic_dir, cache_dir, record_digests, sha256_file, usual_permissions
+from salsa.io import atomic_dir, cache_dir, record_digests, remove_debris, sha256_file, usual_permissions
 from salsa.progress import console
-from salsa.shipped import default_gguf_path
+from salsa.shipped import DEFAULT_MODEL, default_gguf_path
 
 
 def convert_gguf(gguf_path: str | Path, out_dir: str | Path) -> Path:
@@ -73,8 +72,6 @@ def resolve_model(name_or_path: str) -> str:
     if not (target / "config.json").is_file():
         with _cache_lock(target):  # another process may be converting it right now: wait for it
             if not (target / "config.json").is_file():
-                from salsa.engine import remove_debris
-
                 remove_debris(target.parent, depth=1)
                 console.print(f"converting {gguf.name} once into {target.parent} (about 20 s)")
                 convert_gguf(gguf, target)
@@ -198,6 +195,26 @@ def add_lora(model: PreTrainedModel, r: int, alpha: int, dropout: float = 0.0, t
         task_type="CAUSAL_LM",
     )
     return get_peft_model(model, config)
+
+
+def trainable_model(
+    path: str,
+    *,
+    use_lora: bool = False,
+    lora_r: int = 16,
+    lora_alpha: int = 32,
+    lora_dropout: float = 0.0,
+    lora_target_modules: list[str] | None = None,
+    activation_checkpointing: bool = False,
+):
+    """A model as training starts from it: loaded from `path` in float32, with activation checkpointing if asked,
+    wrapped in LoRA adapters with `use_lora`. SFT, DPO and RL build their trained models here."""
+    model = load_causal_lm(path)
+    if activation_checkpointing:
+        enable_activation_checkpointing(model)
+    if use_lora:
+        model = add_lora(model, lora_r, lora_alpha, lora_dropout, lora_target_modules)
+    return model
 
 
 def tiny_llama_config(vocab_size: int, hidden_size: int = 32, num_layers: int = 2, **overrides) -> LlamaConfig:

@@ -157,7 +157,7 @@ def plan_run(config_path: str | Path | None = None, overrides: list[str] | None 
 def _task_files(data_dir: Path) -> dict[str, dict[str, str]]:
     """Where each stage reads what `salsa data make` writes."""
     return {
-        "reward": {"data": str(data_dir / "prefs.jsonl"), "eval_data": str(data_dir / "prefs_eval.jsonl")},
+        "reward": {"data": str(data_dir / "prefs.jsonl"), "eval_data": str(data_dir / "prefs_dev.jsonl")},
         "sft": {"data": str(data_dir / "sft.jsonl")},
         "rl": {"prompts": str(data_dir / "prompts_train.jsonl")},
         "eval": {"prompts": str(data_dir / "prompts_eval.jsonl"), "ood_prompts": str(data_dir / "prompts_ood.jsonl")},
@@ -255,7 +255,7 @@ def run_pipeline(
     from salsa.rl.ppo import train_rl
     from salsa.sft import train_sft
     from salsa.soup import build_soup_from_config
-    from salsa.tasks.build import make_task_data
+    from salsa.task_data import make_task_data
 
     plan = plan_run(config_path, overrides)
     # The run directory is a stage of its own: salsa's, locked while a run works in it. What changes between

@@ -18,6 +18,7 @@ from salsa.config import ReportConfig
 from salsa.engine import Stage
 from salsa.io import atomic_file, atomic_write_json, atomic_write_text, read_json
 from salsa.plots import JUDGE_TITLES, SPLIT_TITLES, all_comparisons, kl_label, pair_label, plots_for
+from salsa.version import __version__
 
 
 @dataclass
@@ -241,8 +242,6 @@ def versions() -> dict[str, str]:
     import torch
     import transformers
 
-    from salsa import __version__
-
     return {
         "salsa": __version__,
         "python": platform.python_version(),
@@ -270,23 +269,8 @@ def _render(results: dict, out: Path, run_info: dict | None) -> None:
     confidence = results["settings"]["confidence"]
     headline = _headline(results)
     title = "salsa report"
-    blocks = [Block("heading", (1, title))]
     headline_verdict = verdict(headline, confidence) if headline else None
-    if headline:
-        blocks.append(Block("text", "**Verdict** (the pre-specified comparison). " + headline_verdict))
-        secondary = [c for c in results["comparisons"] if c is not headline]
-        if secondary:
-            listed = "; ".join(
-                f"{pair_label(c)}, {SPLIT_TITLES[c['split']]}, {JUDGE_TITLES[c['judge']]}: {_rate(c)}"
-                for c in secondary
-            )
-            blocks.append(
-                Block(
-                    "text",
-                    f"Secondary comparisons (each with its own {confidence:.0%} interval, not adjusted for multiple "
-                    f"comparisons; they describe, the verdict above decides): {listed}.",
-                )
-            )
+    blocks = [Block("heading", (1, title)), *_verdict_blocks(results, headline, headline_verdict)]
     blocks += _matched_kl_blocks(results, confidence)
     plots = plots_for(results)
     if plots:
@@ -302,40 +286,10 @@ def _render(results: dict, out: Path, run_info: dict | None) -> None:
                 f"held-out prompts at temperature {results['settings']['temperature']}; the two are not comparable.",
             )
         )
-    settings = results["settings"]
     policy_table, comparison_table = _policy_table(results), _comparison_table(results)
-    blocks += [
-        Block("heading", (2, "Policies")),
-        Block(
-            "text",
-            f"{_samples_per_prompt(settings)} at temperature {settings['temperature']}, at most "
-            f"{settings['max_new_tokens']} new "
-            f"tokens, the same seed for every policy; prompts: "
-            + ", ".join(f"{n} {SPLIT_TITLES[s]}" for s, n in settings["prompts"].items())
-            + f". Means with {confidence:.0%} bootstrap intervals; KL on in-distribution prompts, nats per response.",
-        ),
-        Block("table", policy_table),
-        Block("heading", (2, "Win rates")),
-        Block(
-            "text",
-            f"Prompt by prompt: A wins if its score exceeds B's by more than {settings['tie_margin']}. Intervals: "
-            f"percentile bootstrap over prompts (and seeds), {settings['bootstrap_samples']} resamples.",
-        ),
-        Block("table", comparison_table),
-    ]
-    if results.get("llm_judge"):
-        blocks.append(Block("text", _llm_judge_text(results["llm_judge"])))
-    if run_info:
-        if run_info.get("timings"):
-            rows = [["stage", "seconds"]] + [[k, f"{v:.0f}"] for k, v in run_info["timings"].items()]
-            blocks += [Block("heading", (2, "Timings")), Block("table", rows)]
-        if run_info.get("config"):
-            blocks += [Block("heading", (2, "Resolved config")), Block("code", run_info["config"])]
+    blocks += _table_blocks(results, policy_table, comparison_table)
     environment = versions()
-    blocks += [
-        Block("heading", (2, "Versions")),
-        Block("table", [["package", "version"]] + [[k, v] for k, v in environment.items()]),
-    ]
+    blocks += _appendix_blocks(run_info, environment)
 
     import matplotlib
 
@@ -358,6 +312,68 @@ def _render(results: dict, out: Path, run_info: dict | None) -> None:
         "versions": environment,
     }
     atomic_write_json(out / "summary.json", summary)
+
+
+def _verdict_blocks(results: dict, headline: dict | None, headline_verdict: str | None) -> list[Block]:
+    """The verdict on the pre-specified comparison, then the secondary comparisons in one sentence."""
+    if not headline:
+        return []
+    blocks = [Block("text", "**Verdict** (the pre-specified comparison). " + headline_verdict)]
+    secondary = [c for c in results["comparisons"] if c is not headline]
+    if secondary:
+        listed = "; ".join(
+            f"{pair_label(c)}, {SPLIT_TITLES[c['split']]}, {JUDGE_TITLES[c['judge']]}: {_rate(c)}" for c in secondary
+        )
+        blocks.append(
+            Block(
+                "text",
+                f"Secondary comparisons (each with its own {results['settings']['confidence']:.0%} interval, not "
+                f"adjusted for multiple comparisons; they describe, the verdict above decides): {listed}.",
+            )
+        )
+    return blocks
+
+
+def _table_blocks(results: dict, policy_table: list, comparison_table: list) -> list[Block]:
+    """The policies' means and the win rates, each table with the sentence that says how it was measured."""
+    settings = results["settings"]
+    confidence = settings["confidence"]
+    blocks = [
+        Block("heading", (2, "Policies")),
+        Block(
+            "text",
+            f"{_samples_per_prompt(settings)} at temperature {settings['temperature']}, at most "
+            f"{settings['max_new_tokens']} new "
+            f"tokens, the same seed for every policy; prompts: "
+            + ", ".join(f"{n} {SPLIT_TITLES[s]}" for s, n in settings["prompts"].items())
+            + f". Means with {confidence:.0%} bootstrap intervals; KL on in-distribution prompts, nats per response.",
+        ),
+        Block("table", policy_table),
+        Block("heading", (2, "Win rates")),
+        Block(
+            "text",
+            f"Prompt by prompt: A wins if its score exceeds B's by more than {settings['tie_margin']}. Intervals: "
+            f"percentile bootstrap over prompts (and seeds), {settings['bootstrap_samples']} resamples.",
+        ),
+        Block("table", comparison_table),
+    ]
+    if results.get("llm_judge"):
+        blocks.append(Block("text", _llm_judge_text(results["llm_judge"])))
+    return blocks
+
+
+def _appendix_blocks(run_info: dict | None, environment: dict) -> list[Block]:
+    """Timings and the resolved config of a `salsa run`, and the package versions."""
+    blocks = []
+    if run_info and run_info.get("timings"):
+        rows = [["stage", "seconds"]] + [[k, f"{v:.0f}"] for k, v in run_info["timings"].items()]
+        blocks += [Block("heading", (2, "Timings")), Block("table", rows)]
+    if run_info and run_info.get("config"):
+        blocks += [Block("heading", (2, "Resolved config")), Block("code", run_info["config"])]
+    return blocks + [
+        Block("heading", (2, "Versions")),
+        Block("table", [["package", "version"]] + [[k, v] for k, v in environment.items()]),
+    ]
 
 
 def print_summary(out: str | Path) -> None:

@@ -26,7 +26,7 @@ from rich.progress import Progress
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, BertModel, get_scheduler
 
 from salsa import runtime
-from salsa.config import DEFAULT_MODEL, RewardConfig
+from salsa.config import RewardConfig
 from salsa.data import PreferencePair, Prompt, prompt_key
 from salsa.encoder_reward import SalsaEncoderRewardConfig, SalsaEncoderRewardModel
 from salsa.engine import Stage, run_stage
@@ -37,7 +37,7 @@ from salsa.models import enable_activation_checkpointing, resolve_model
 from salsa.progress import console, training_progress
 from salsa.scoring import LAYOUTS, RewardModel
 from salsa.seeding import batch_stream
-from salsa.shipped import default_encoder_path
+from salsa.shipped import DEFAULT_MODEL, default_encoder_path
 
 
 def bradley_terry_loss(chosen: torch.Tensor, rejected: torch.Tensor, reduction: str = "mean") -> torch.Tensor:

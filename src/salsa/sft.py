@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import shutil
 import time
 from pathlib import Path
 
@@ -27,20 +26,13 @@ from rich.markup import escape
 from transformers import PreTrainedTokenizerBase, get_scheduler
 
 from salsa import runtime
-from salsa.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from salsa.checkpoint import Checkpointer
 from salsa.config import SFTConfig
 from salsa.engine import OWNER_MARKER, Stage, owner
 from salsa.errors import ConfigError, SalsaError
 from salsa.io import COMPLETE_MARKER, atomic_write_json
-from salsa.logs import FiniteGuard, MetricsLog, check_finite_weights
-from salsa.models import (
-    add_lora,
-    enable_activation_checkpointing,
-    load_causal_lm,
-    load_tokenizer,
-    model_config,
-    save_model,
-)
+from salsa.logs import FiniteGuard, MetricsLog
+from salsa.models import load_tokenizer, model_config, save_model, trainable_model
 from salsa.progress import console, training_progress
 from salsa.seeding import batch_stream
 from salsa.tokenization import IGNORE_INDEX, collate, tokenize_sft_rows
@@ -117,52 +109,35 @@ def _train_one(
     show_progress: bool,
 ) -> None:
     accelerator = runtime.accelerator()
-    main = accelerator.is_main_process
+    main, world, rank = accelerator.is_main_process, accelerator.num_processes, accelerator.process_index
     set_seed(seed)
     core = runtime.place(_fresh_model(config), accelerator.device, config.sharding)  # sharded with fsdp2
     core.train()
     trainable = [p for p in core.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate, weight_decay=config.weight_decay)
-    world, rank = accelerator.num_processes, accelerator.process_index
     global_batch = config.batch_size * world
     micro_per_epoch = math.ceil(len(examples) / global_batch)
     total_steps = config.max_steps or max(1, math.ceil(config.num_epochs * micro_per_epoch / config.grad_accum_steps))
     # The scheduler is stepped by hand once per optimizer step (a prepared one steps once per process).
-    scheduler = get_scheduler(
-        SCHEDULERS[config.lr_scheduler],
-        optimizer,
-        num_warmup_steps=round(config.warmup_ratio * total_steps),
-        num_training_steps=total_steps,
-    )
+    warmup = round(config.warmup_ratio * total_steps)
+    scheduler = get_scheduler(SCHEDULERS[config.lr_scheduler], optimizer, warmup, total_steps)
     # Replicated: DDP through Accelerate (gradients averaged during the backward pass); FSDP2 does its own.
     model = core if runtime.is_sharded(core) else accelerator.prepare(core)
     if main:  # the model directory of this seed, from here on a run that can resume
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_json(out / OWNER_MARKER, {"stage": "sft", "seed": seed, "fingerprint": fingerprint})
-
-    checkpoints = out / "checkpoints"
-    step, micro_step = 0, 0
-    resume_from = latest_checkpoint(checkpoints)
-    if resume_from is not None:
-        saved = load_checkpoint(resume_from, scheduler, rank)
-        counters = saved.counters
-        if counters.get("seed") != seed or counters.get("world_size", 1) != world:
-            raise SalsaError(
-                f"{resume_from} was saved by a run with seed {counters.get('seed')} on "
-                f"{counters.get('world_size', 1)} processes; this one has seed {seed} on {world}. Resume it as it "
-                "was launched, or pass --overwrite to start over"
-            )
-        runtime.load_trainable_state(core, saved.weights)
-        runtime.load_optimizer_state(core, optimizer, saved.optimizer_state)
-        step, micro_step = counters["step"], counters["micro_step"]
-        console.print(f"resuming {out} from {resume_from.name}")
-    log = MetricsLog(out, "sft", resume_step=step, enabled=main)
+    checkpoints = Checkpointer(
+        out / "checkpoints", core, optimizer, every=config.save_steps, scheduler=scheduler,
+        identity={"seed": seed, "world_size": world},
+    )  # fmt: skip
+    counters = checkpoints.resume() or {"step": 0, "micro_step": 0}
+    step, micro_step = counters["step"], counters["micro_step"]
     guard = FiniteGuard("sft", config.on_nonfinite)
     dtype = runtime.compute_dtype(config.mixed_precision)
-
     # Every rank walks the same global order and takes its own slice of each global micro-batch.
     stream = batch_stream([1] * len(examples), global_batch, seed, start=micro_step)
-    with log, training_progress(disable=not show_progress or not main) as progress:
+    bar = training_progress(disable=not show_progress or not main)
+    with MetricsLog(out, "sft", resume_step=step, enabled=main) as log, bar as progress:
         task = progress.add_task(f"sft seed {seed}", total=total_steps, completed=step, metrics="")
         while step < total_steps:
             started = time.perf_counter()
@@ -170,68 +145,60 @@ def _train_one(
                 collate([examples[i] for i in next(stream)[rank::world]], tokenizer.pad_token_id)
                 for _ in range(config.grad_accum_steps)
             ]
-            # [target tokens, summed loss, input tokens] of this process, reduced over processes for the logs.
-            local = torch.zeros(3, dtype=torch.float64, device=accelerator.device)
-            local[0] = sum(count_targets(b["labels"]) for b in window)
-            num_targets = accelerator.reduce(local[0].clone(), reduction="sum").clamp(min=1)
-            for i, batch in enumerate(window):
-                batch = {k: v.to(accelerator.device) for k, v in batch.items()}
-                sync = i == len(window) - 1
-                with runtime.gradient_sync(model, sync), runtime.autocast(dtype):
-                    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-                    summed = token_cross_entropy_sum(logits, batch["labels"])
-                # DDP averages gradients over ranks, hence the factor `world`.
-                accelerator.backward(summed * world / num_targets)
-                local[1] += summed.detach()
-                local[2] += batch["attention_mask"].sum()
+            totals = _accumulate(model, window, dtype)
             grad_norm = runtime.clip_gradients(trainable, config.max_grad_norm)
-            totals = accelerator.reduce(local, reduction="sum")
             loss = float(totals[1] / totals[0].clamp(min=1))
-            applied = guard.ok(step + 1, loss=loss, grad_norm=float(grad_norm))
-            if applied:
+            if guard.ok(step + 1, loss=loss, grad_norm=float(grad_norm)):
                 optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
             micro_step += config.grad_accum_steps
             record = {
-                "step": step,
-                "loss": loss,
-                "grad_norm": float(grad_norm),
-                "lr": scheduler.get_last_lr()[0],
-                "tokens": int(totals[2]),
-                "tokens_per_s": float(totals[2]) / (time.perf_counter() - started),
+                "step": step, "loss": loss, "grad_norm": float(grad_norm), "lr": scheduler.get_last_lr()[0],
+                "tokens": int(totals[2]), "tokens_per_s": float(totals[2]) / (time.perf_counter() - started),
                 "skipped_steps": guard.skipped,
-            }
+            }  # fmt: skip
             if step % config.logging_steps == 0 or step == total_steps:
                 log.write(record)
             progress.update(task, advance=1, metrics=f"loss {loss:.3f}  {record['tokens_per_s']:.0f} tok/s")
-            if config.save_steps and step % config.save_steps == 0 and step < total_steps:
-                counters = {"step": step, "micro_step": micro_step, "seed": seed, "world_size": world}
-                _save_checkpoint(core, optimizer, scheduler, checkpoints / f"step-{step:07d}", counters)
+            checkpoints.save_if_due(step, total_steps, {"micro_step": micro_step})
     runtime.check_replicas_agree(core, what=f"weights of {out}")
     whole = runtime.full_model(core, lambda: _fresh_model(config))
     if main:
         save_model(whole, tokenizer, out, adapter=config.use_lora)
         marker = {"stage": "sft", "seed": seed, "steps": total_steps, "fingerprint": fingerprint}
         atomic_write_json(out / COMPLETE_MARKER, {**marker, "skipped_steps": guard.skipped})
-        shutil.rmtree(checkpoints, ignore_errors=True)
+    checkpoints.clear()
     accelerator.wait_for_everyone()
     accelerator.free_memory()
 
 
+def _accumulate(model, window: list[dict[str, torch.Tensor]], dtype: torch.dtype | None) -> torch.Tensor:
+    """Forward and backward passes of one accumulation window, the gradients those of the mean token loss over
+    the window's target tokens on every process; returns [target tokens, summed loss, input tokens] over all."""
+    accelerator = runtime.accelerator()
+    world = accelerator.num_processes
+    # [target tokens, summed loss, input tokens] of this process, reduced over processes for the logs.
+    local = torch.zeros(3, dtype=torch.float64, device=accelerator.device)
+    local[0] = sum(count_targets(b["labels"]) for b in window)
+    num_targets = accelerator.reduce(local[0].clone(), reduction="sum").clamp(min=1)
+    for i, batch in enumerate(window):
+        batch = {k: v.to(accelerator.device) for k, v in batch.items()}
+        with runtime.gradient_sync(model, sync=i == len(window) - 1), runtime.autocast(dtype):
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            summed = token_cross_entropy_sum(logits, batch["labels"])
+        # DDP averages gradients over ranks, hence the factor `world`.
+        accelerator.backward(summed * world / num_targets)
+        local[1] += summed.detach()
+        local[2] += batch["attention_mask"].sum()
+    return accelerator.reduce(local, reduction="sum")
+
+
 def _fresh_model(config: SFTConfig):
     """The base model as training starts from it (LoRA-wrapped with `use_lora`)."""
-    model = load_causal_lm(config.model)
-    if config.gradient_checkpointing:
-        enable_activation_checkpointing(model)
-    if config.use_lora:
-        model = add_lora(model, config.lora_r, config.lora_alpha, config.lora_dropout, config.lora_target_modules)
-    return model
-
-
-def _save_checkpoint(core, optimizer, scheduler, path: Path, counters: dict) -> None:
-    """Model, optimizer, scheduler, every process's RNG and the data position (safetensors and JSON only)."""
-    weights, optimizer_state = runtime.trainable_state(core), runtime.optimizer_state(core, optimizer)
-    check_finite_weights(weights, str(path))
-    save_checkpoint(path, weights, optimizer_state, scheduler, counters)
+    return trainable_model(
+        config.model, use_lora=config.use_lora, lora_r=config.lora_r, lora_alpha=config.lora_alpha,
+        lora_dropout=config.lora_dropout, lora_target_modules=config.lora_target_modules,
+        activation_checkpointing=config.gradient_checkpointing,
+    )  # fmt: skip

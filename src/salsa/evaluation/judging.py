@@ -13,14 +13,9 @@ from salsa.config import EvalConfig
 from salsa.data import Prompt, prompt_text
 from salsa.generation import Generation, generate
 from salsa.models import load_causal_lm
-from salsa.rl.core import kl_k1
+from salsa.rl.core import sequence_kl
 from salsa.rl.policy import response_forward
 from salsa.seeding import derive_seed
-
-
-def sequence_kl(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """KL(policy || reference) of whole responses, estimated on the policy's own samples (k1 summed)."""
-    return (kl_k1(logprobs, ref_logprobs) * mask).sum(1)
 
 
 def comparison_pairs(config: EvalConfig) -> list[tuple[str, str]]:

@@ -16,9 +16,9 @@ import torch
 from salsa import runtime
 from salsa.data import Prompt, prompt_text
 from salsa.errors import DataError
-from salsa.evaluation.judge_prompt import LABELS, fill_template, order_verdict, pairwise_verdict
 from salsa.evaluation.stats import seed_pairs
 from salsa.generation import left_pad
+from salsa.judge_prompt import LABELS, fill_template, order_verdict, pairwise_verdict
 from salsa.models import forward_logits, load_tokenizer
 from salsa.tokenization import render_prompt
 

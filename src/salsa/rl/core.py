@@ -45,6 +45,11 @@ def kl_k1(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
     return logp - ref_logp
 
 
+def sequence_kl(logp: torch.Tensor, ref_logp: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """KL(p || q) of whole responses, estimated on p's own samples: k1 summed over each response's tokens."""
+    return (kl_k1(logp, ref_logp) * mask).sum(1)
+
+
 def kl_k3(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
     """k3 = (r - 1) - log r with r = q(y) / p(y): unbiased and always >= 0 for y ~ p (Schulman 2020)."""
     log_ratio = ref_logp - logp

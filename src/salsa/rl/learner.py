@@ -10,8 +10,8 @@ import torch
 
 from salsa import runtime
 from salsa.config import RLConfig
-from salsa.models import add_lora, enable_activation_checkpointing, load_causal_lm
-from salsa.rl.policy import ValueHead, response_forward
+from salsa.models import load_causal_lm
+from salsa.rl.policy import ValueHead, fresh_policy, response_forward
 
 
 class Learner:
@@ -19,11 +19,7 @@ class Learner:
 
     def __init__(self, config: RLConfig, device: torch.device):
         self.config = config
-        policy = load_causal_lm(config.init)
-        if config.gradient_checkpointing:
-            enable_activation_checkpointing(policy)
-        if config.use_lora:
-            policy = add_lora(policy, config.lora_r, config.lora_alpha)
+        policy = fresh_policy(config, config.gradient_checkpointing)
         self.policy = runtime.place(policy, device, config.sharding)
         self.critic = None
         self.value_head = None

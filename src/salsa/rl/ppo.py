@@ -23,21 +23,21 @@ same global batch. Every process keeps the same policy and the same EMA referenc
 from __future__ import annotations
 
 import random
-import shutil
 import time
-from dataclasses import replace
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 
 from salsa import runtime
-from salsa.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from salsa.checkpoint import Checkpointer
 from salsa.config import RLConfig
 from salsa.engine import Stage, run_stage
 from salsa.errors import ConfigError, SalsaError
 from salsa.generation import check_prompt_lengths
-from salsa.logs import FiniteGuard, MetricsLog, check_finite_weights
-from salsa.models import add_lora, load_causal_lm, load_tokenizer, save_model
+from salsa.logs import FiniteGuard, MetricsLog
+from salsa.models import load_causal_lm, load_tokenizer, save_model
 from salsa.progress import console, training_progress
 from salsa.rl.core import (
     AdaptiveKLController,
@@ -46,13 +46,16 @@ from salsa.rl.core import (
     clipped_value_loss,
     gae,
     grpo_advantages,
+    kl_k1,
     kl_k3,
     masked_whiten,
     rloo_advantages,
+    sequence_kl,
     token_rewards,
 )
 from salsa.rl.learner import Learner
-from salsa.rl.reference import ema_update, load_reference, reference_weights, restore_reference
+from salsa.rl.policy import fresh_policy
+from salsa.rl.reference import Reference, load_reference
 from salsa.rl.rollout import RewardFn, Rollout, collect_rollout
 from salsa.rl.snapshots import save_snapshot
 from salsa.scoring import reward_function
@@ -119,7 +122,7 @@ def rl_update(
     old_logp = live_logp.detach()
     old_values = live_values.detach() if live_values is not None else None
     mask = rollout.mask
-    kl = (old_logp - rollout.ref_logprobs) * mask if rollout.ref_logprobs is not None else torch.zeros_like(old_logp)
+    kl = kl_k1(old_logp, rollout.ref_logprobs) * mask if rollout.ref_logprobs is not None else torch.zeros_like(mask)
     kl_for_reward = kl if config.algorithm != "grpo" else torch.zeros_like(kl)
     adv, returns = advantages(config, rollout.scores, kl_for_reward, old_values, mask, beta)
 
@@ -171,7 +174,7 @@ def rl_update(
     rows_here = torch.tensor(float(n_local))
     result["kl_ref"] = _global_mean(kl.sum(), rows_here)
     if rollout.sft_logprobs is not None:
-        result["kl_sft"] = _global_mean(((old_logp - rollout.sft_logprobs) * mask).sum(), rows_here)
+        result["kl_sft"] = _global_mean(sequence_kl(old_logp, rollout.sft_logprobs, mask).sum(), rows_here)
     result["entropy"] = _global_mean((entropy * mask).sum(), mask.sum())
     return result
 
@@ -195,24 +198,39 @@ def train_rl(
     return run_stage(config, lambda stage: _run(config, stage, reward_fn, show_progress), overwrite) / "final"
 
 
-def _run(config: RLConfig, stage: Stage, reward_fn: RewardFn | None, show_progress: bool) -> None:
-    out, device = stage.out, runtime.accelerator().device
-    world, main = runtime.world_size(), runtime.is_main_process()
-    if config.prompts_per_step < world:
-        raise ConfigError(f"rl.prompts_per_step ({config.prompts_per_step}) must be at least the {world} processes")
-    torch.manual_seed(config.seed)
-    random.seed(config.seed)
-    prompts = stage.inputs["prompts"]
+@dataclass
+class Models:
+    """Everything an online RL run computes with: the learner, the KL reference, the SFT model KL is logged
+    against (None when it is the reference), the reward and the gold judge."""
+
+    learner: Learner
+    tokenizer: object
+    reference: Reference | None
+    sft_model: torch.nn.Module | None
+    reward: RewardFn
+    gold_fn: Callable[[str, str], float] | None
+    reference_is_sft: bool  # KL to the reference is KL to the SFT model
+
+    def rollout(self, config: RLConfig, prompts: list, positions: list[int], step: int) -> Rollout:
+        """Sample, score and anchor this process's share of one step's prompts."""
+        with runtime.autocast(runtime.compute_dtype(config.mixed_precision)):
+            return collect_rollout(
+                self.learner, self.tokenizer, prompts, positions, config, step, self.reward, self.reference,
+                self.sft_model, self.gold_fn,
+            )  # fmt: skip
+
+
+def _load_models(config: RLConfig, prompts: list, reward_fn: RewardFn | None) -> Models:
+    device = runtime.accelerator().device
     tokenizer = load_tokenizer(config.init)
     learner = Learner(config, device)
     check_prompt_lengths(tokenizer, prompts, config.max_new_tokens, learner.policy, f"rl.prompts ({config.prompts})")
     reference = load_reference(config, learner.policy, device)
-    same_as_reference = config.reference == "sft" and config.sft_model in (None, config.reference_model or config.init)
+    reference_is_sft = config.reference == "sft" and config.sft_model in (None, config.reference_model or config.init)
     sft_model = None
-    if config.sft_model is not None and not same_as_reference:
+    if config.sft_model is not None and not reference_is_sft:
         sft_model = load_causal_lm(config.sft_model, runtime.forward_dtype(config.mixed_precision))
-        sft_model = sft_model.eval().requires_grad_(False)
-        sft_model = runtime.place(sft_model, device, config.sharding)
+        sft_model = runtime.place(sft_model.eval().requires_grad_(False), device, config.sharding)
     reward = reward_fn or reward_function(config.reward_model, device)
     if config.normalise_reward:
         reward = _normalised(reward, sft_model or learner.policy, tokenizer, prompts, config)
@@ -221,36 +239,30 @@ def _run(config: RLConfig, stage: Stage, reward_fn: RewardFn | None, show_progre
         from salsa.tasks import BUILTIN_TASKS
 
         gold_fn = BUILTIN_TASKS[config.task].gold_score
-    trained = learner.trained
-    optimizer = torch.optim.AdamW(learner.parameters(), lr=config.learning_rate)
-    beta = 0.0 if reference is None else config.kl_coef
-    controller = AdaptiveKLController(beta, config.target_kl, config.kl_horizon) if config.adaptive_kl else None
-    ema = reference.model if reference is not None and config.reference == "ema" else None
+    return Models(learner, tokenizer, reference, sft_model, reward, gold_fn, reference_is_sft)
 
-    checkpoints = out / "checkpoints"
-    step, first_length, collapsed = 0, None, False
-    resume_from = latest_checkpoint(checkpoints)
-    if resume_from is not None:
-        saved = load_checkpoint(resume_from, rank=runtime.process_state().process_index)
-        if saved.counters.get("world_size", 1) != world:
-            raise SalsaError(
-                f"{resume_from} was saved by a run on {saved.counters.get('world_size', 1)} processes, this one has "
-                f"{world}; resume it as it was launched, or pass --overwrite to start over"
-            )
-        learner.load_weights(saved.weights)
-        runtime.load_optimizer_state(trained, optimizer, saved.optimizer_state)
-        if ema is not None:
-            restore_reference(ema, saved.weights)
-        step, beta, first_length = saved.counters["step"], saved.counters["beta"], saved.counters["first_length"]
-        if controller is not None:
-            controller.value = beta
-        console.print(f"resuming {out} from step {step}")
-    guard = FiniteGuard("rl", config.on_nonfinite)
+
+def _run(config: RLConfig, stage: Stage, reward_fn: RewardFn | None, show_progress: bool) -> None:
+    out, world, main = stage.out, runtime.world_size(), runtime.is_main_process()
+    if config.prompts_per_step < world:
+        raise ConfigError(f"rl.prompts_per_step ({config.prompts_per_step}) must be at least the {world} processes")
+    torch.manual_seed(config.seed)
+    random.seed(config.seed)
+    prompts = stage.inputs["prompts"]
+    models = _load_models(config, prompts, reward_fn)
+    learner, reference = models.learner, models.reference
+    optimizer = torch.optim.AdamW(learner.parameters(), lr=config.learning_rate)
+    checkpoints = Checkpointer(
+        out / "checkpoints", learner.trained, optimizer, every=config.save_steps, identity={"world_size": world},
+        extra=reference,
+    )  # fmt: skip
+    beta = 0.0 if reference is None else config.kl_coef
+    counters = checkpoints.resume() or {"step": 0, "beta": beta, "first_length": None}
+    step, beta, first_length = counters["step"], counters["beta"], counters["first_length"]
+    controller = AdaptiveKLController(beta, config.target_kl, config.kl_horizon) if config.adaptive_kl else None
+    guard, collapsed = FiniteGuard("rl", config.on_nonfinite), False
     batches = batch_stream([1] * len(prompts), config.prompts_per_step, derive_seed(config.seed, "prompts"), step)
     positions = runtime.my_share(config.prompts_per_step)  # this process's prompts of every step's batch
-    n_global = config.prompts_per_step * config.samples_per_prompt
-    dtype = runtime.compute_dtype(config.mixed_precision)
-
     progress_bar = training_progress(disable=not show_progress or not main)
     with MetricsLog(out, "rl", resume_step=step, enabled=main) as log, progress_bar as progress:
         task = progress.add_task(
@@ -259,83 +271,88 @@ def _run(config: RLConfig, stage: Stage, reward_fn: RewardFn | None, show_progre
         while step < config.steps:
             started = time.perf_counter()
             batch = next(batches)
-            with runtime.autocast(dtype):
-                rollout = collect_rollout(
-                    learner, tokenizer, [prompts[batch[p]] for p in positions], positions, config, step, reward,
-                    reference, sft_model, gold_fn,
-                )  # fmt: skip
+            rollout = models.rollout(config, [prompts[batch[p]] for p in positions], positions, step)
             step += 1
             stats = {}
             if guard.ok(step, reward=rollout.scores):
                 order = generator(config.seed, "minibatch", step)
                 stats = rl_update(learner, rollout, config, optimizer, beta, order, guard, step)
-            here = torch.tensor(float(len(rollout.rows)))
-            length = _global_mean(rollout.mask.sum(), here)
-            first_length = first_length or length
-            gold = None
-            if rollout.gold is not None:
-                gold = _global_mean(torch.tensor(rollout.gold, dtype=torch.float64).sum(), here)
-            tokens = float(runtime.all_sum(rollout.attention_mask.sum().double()))
-            record = {
-                "step": step,
-                "reward": _global_mean(rollout.scores.nan_to_num().sum(), here),
-                "gold": gold,
-                **stats,
-                "kl_coef": beta,
-                "response_length": length,
-                "tokens_per_s": tokens / (time.perf_counter() - started),
-                "collapse": length < config.collapse_fraction * first_length,
-                "skipped": guard.skipped,
-            }
-            if "kl_sft" not in record and same_as_reference and "kl_ref" in record:
-                record["kl_sft"] = record["kl_ref"]  # the reference is the SFT model
+            record = _record(step, rollout, stats, beta, started, models.reference_is_sft, guard.skipped)
+            first_length = first_length or record["response_length"]
+            record["collapse"] = record["response_length"] < config.collapse_fraction * first_length
             if record["collapse"] and not collapsed and main:
                 console.print(
-                    f"[bold yellow]warning:[/] response length collapsed at step {step} ({length:.1f} tokens vs "
-                    f"{first_length:.1f} at step 1); consider a different kl_coef"
+                    f"[bold yellow]warning:[/] response length collapsed at step {step} "
+                    f"({record['response_length']:.1f} tokens vs {first_length:.1f} at step 1); consider a different "
+                    "kl_coef"
                 )
                 collapsed = True
             log.write(record)
             if controller is not None and "kl_ref" in record:
-                controller.update(record["kl_ref"], n_global)
+                controller.update(record["kl_ref"], config.prompts_per_step * config.samples_per_prompt)
                 beta = controller.value
-            if ema is not None:
-                ema_update(ema, learner.policy, config.ema_decay)
-            gold_text = f"  gold {record['gold']:+.3f}" if record["gold"] is not None else ""
-            progress.update(
-                task, advance=1,
-                metrics=f"reward {record['reward']:+.3f}{gold_text}  kl {record.get('kl_ref', float('nan')):.2f}  "
-                f"len {length:.0f}  {record['tokens_per_s']:.0f} tok/s",
-            )  # fmt: skip
+            if reference is not None:
+                reference.update(learner.policy)
+            progress.update(task, advance=1, metrics=_progress_text(record))
             if config.snapshot_steps and step % config.snapshot_steps == 0 and step < config.steps:
                 weights = runtime.trainable_state(learner.policy)  # every process takes part in gathering
                 if main:
                     save_snapshot(weights, out, step)  # the final step is `final/`
-            if config.save_steps and step % config.save_steps == 0 and step < config.steps:
-                weights = learner.weights()
-                if ema is not None:
-                    weights.update(reference_weights(ema))
-                check_finite_weights(weights, str(checkpoints))
-                counters = {"step": step, "beta": beta, "first_length": first_length, "world_size": world}
-                optimizer_state = runtime.optimizer_state(trained, optimizer)
-                save_checkpoint(checkpoints / f"step-{step:07d}", weights, optimizer_state, counters=counters)
-    # Record s of the log was sampled by the policy before update s: one more rollout measures the final policy
-    # (its KL to SFT and its scores), so every saved policy has a measurement of its own.
-    with runtime.autocast(dtype):
-        batch = next(batches)
-        rollout = collect_rollout(
-            learner, tokenizer, [prompts[batch[p]] for p in positions], positions, config, step, reward, reference,
-            sft_model, gold_fn,
-        )  # fmt: skip
-    final_policy = _measure(learner, rollout, config, dtype, same_as_reference)
-    runtime.check_replicas_agree(learner.trained, *([ema] if ema is not None else []), what="policy and reference")
-    policy = runtime.full_model(learner.policy, lambda: _fresh_policy(config))
-    if main:
-        save_model(policy, tokenizer, out / "final")
-    info = {"algorithm": config.algorithm, "reference": config.reference, "skipped_steps": guard.skipped}
+            checkpoints.save_if_due(step, config.steps, {"beta": beta, "first_length": first_length})
+    _finish(config, stage, models, next(batches), positions, step, guard.skipped)
+    checkpoints.clear()
+
+
+def _record(
+    step: int, rollout: Rollout, stats: dict, beta: float, started: float, reference_is_sft: bool, skipped: int
+) -> dict:
+    """One line of metrics.jsonl: the rollout's scores and length, the update's statistics, throughput."""
+    here = torch.tensor(float(len(rollout.rows)))
+    gold = None
+    if rollout.gold is not None:
+        gold = _global_mean(torch.tensor(rollout.gold, dtype=torch.float64).sum(), here)
+    tokens = float(runtime.all_sum(rollout.attention_mask.sum().double()))
+    record = {
+        "step": step,
+        "reward": _global_mean(rollout.scores.nan_to_num().sum(), here),
+        "gold": gold,
+        **stats,
+        "kl_coef": beta,
+        "response_length": _global_mean(rollout.mask.sum(), here),
+        "tokens_per_s": tokens / (time.perf_counter() - started),
+        "skipped": skipped,
+    }
+    if "kl_sft" not in record and reference_is_sft and "kl_ref" in record:
+        record["kl_sft"] = record["kl_ref"]  # the reference is the SFT model
+    return record
+
+
+def _progress_text(record: dict) -> str:
+    gold = f"  gold {record['gold']:+.3f}" if record["gold"] is not None else ""
+    return (
+        f"reward {record['reward']:+.3f}{gold}  kl {record.get('kl_ref', float('nan')):.2f}  "
+        f"len {record['response_length']:.0f}  {record['tokens_per_s']:.0f} tok/s"
+    )
+
+
+def _finish(
+    config: RLConfig, stage: Stage, models: Models, batch: list[int], positions: list[int], step: int, skipped: int
+) -> None:
+    """Measure the final policy on one more rollout, save it to `final/` and mark the stage complete.
+
+    Record s of the log was sampled by the policy before update s: the extra rollout measures the final policy (its
+    KL to SFT and its scores), so every saved policy has a measurement of its own.
+    """
+    prompts = stage.inputs["prompts"]
+    rollout = models.rollout(config, [prompts[batch[p]] for p in positions], positions, step)
+    final_policy = _measure(models.learner, rollout, config, models.reference_is_sft)
+    moving = [models.reference.model] if models.reference is not None and models.reference.moving else []
+    runtime.check_replicas_agree(models.learner.trained, *moving, what="policy and reference")
+    policy = runtime.full_model(models.learner.policy, lambda: fresh_policy(config))
+    if runtime.is_main_process():
+        save_model(policy, models.tokenizer, stage.out / "final")
+    info = {"algorithm": config.algorithm, "reference": config.reference, "skipped_steps": skipped}
     stage.finish({**info, "final_policy": final_policy})
-    if main:
-        shutil.rmtree(checkpoints, ignore_errors=True)
 
 
 def _normalised(reward: RewardFn, model, tokenizer, prompts: list, config: RLConfig) -> RewardFn:
@@ -360,9 +377,9 @@ def _normalised(reward: RewardFn, model, tokenizer, prompts: list, config: RLCon
 
 
 @torch.no_grad()
-def _measure(learner: Learner, rollout: Rollout, config: RLConfig, dtype, same_as_reference: bool) -> dict:
+def _measure(learner: Learner, rollout: Rollout, config: RLConfig, reference_is_sft: bool) -> dict:
     """Reward, gold score, length and KL (to the reference and to SFT) of a rollout, over all processes."""
-    with runtime.autocast(dtype):
+    with runtime.autocast(runtime.compute_dtype(config.mixed_precision)):
         logp, _, _ = learner.evaluate(rollout, torch.arange(len(rollout.rows)))
     here, mask = torch.tensor(float(len(rollout.rows))), rollout.mask
     result = {"reward": _global_mean(rollout.scores.nan_to_num().sum(), here)}
@@ -370,15 +387,9 @@ def _measure(learner: Learner, rollout: Rollout, config: RLConfig, dtype, same_a
         result["gold"] = _global_mean(torch.tensor(rollout.gold, dtype=torch.float64).sum(), here)
     result["response_length"] = _global_mean(mask.sum(), here)
     if rollout.ref_logprobs is not None:
-        result["kl_ref"] = _global_mean(((logp - rollout.ref_logprobs) * mask).sum(), here)
+        result["kl_ref"] = _global_mean(sequence_kl(logp, rollout.ref_logprobs, mask).sum(), here)
     if rollout.sft_logprobs is not None:
-        result["kl_sft"] = _global_mean(((logp - rollout.sft_logprobs) * mask).sum(), here)
-    elif same_as_reference and "kl_ref" in result:
+        result["kl_sft"] = _global_mean(sequence_kl(logp, rollout.sft_logprobs, mask).sum(), here)
+    elif reference_is_sft and "kl_ref" in result:
         result["kl_sft"] = result["kl_ref"]
     return result
-
-
-def _fresh_policy(config: RLConfig):
-    """An unsharded policy of the run's architecture, to gather the trained weights of a sharded one into."""
-    policy = load_causal_lm(config.init)
-    return add_lora(policy, config.lora_r, config.lora_alpha) if config.use_lora else policy

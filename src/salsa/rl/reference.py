@@ -5,12 +5,14 @@
 - soup: a frozen model soup, from a soup directory or averaged in memory from SFT models (SALSA).
 - ema:  a moving average of the policy, updated after every step (as in WARP); starts at the policy init.
 - none: no reference and no KL penalty (ablation).
+
+A `Reference` owns its state: the training loops call `update` after each optimizer step, and checkpoint and
+restore it with `state` / `restore` (a frozen reference has no state to keep).
 """
 
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -19,13 +21,15 @@ from salsa import runtime
 from salsa.config import RLConfig
 from salsa.models import base_model, load_causal_lm
 
+STATE_PREFIX = "reference."
 
-@dataclass
+
 class Reference:
-    """The KL anchor: a frozen model, or the (LoRA) policy itself with its adapters switched off."""
+    """The KL anchor: a frozen model, the (LoRA) policy itself with its adapters switched off, or a moving average
+    of the policy (`ema_decay` set)."""
 
-    model: nn.Module
-    adapters_off: bool = False
+    def __init__(self, model: nn.Module, adapters_off: bool = False, ema_decay: float | None = None):
+        self.model, self.adapters_off, self.ema_decay = model, adapters_off, ema_decay
 
     def scoring(self):
         """The context in which `model` is the reference (adapters off, when it is the policy)."""
@@ -36,6 +40,34 @@ class Reference:
 
         with self.scoring():
             return response_forward(self.model, sequences, attention_mask, prompt_length, temperature).logprobs
+
+    @property
+    def moving(self) -> bool:
+        return self.ema_decay is not None
+
+    def update(self, policy: nn.Module) -> None:
+        """After an optimizer step: an EMA reference moves towards the policy; a frozen one stays."""
+        if self.moving:
+            ema_update(self.model, policy, self.ema_decay)
+
+    def state(self) -> dict[str, torch.Tensor]:
+        """What a checkpoint must keep to resume this reference exactly: a moving reference's weights, as
+        `reference.<name>`; nothing for a frozen one (it is read again from its files)."""
+        if not self.moving:
+            return {}
+        return {f"{STATE_PREFIX}{name}": p.detach() for name, p in self.model.named_parameters()}
+
+    @torch.no_grad()
+    def restore(self, weights: dict[str, torch.Tensor]) -> None:
+        """Load the `reference.<name>` entries of a checkpoint back into a moving reference."""
+        for name, value in weights.items():
+            if name.startswith(STATE_PREFIX) and self.moving:
+                self.model.get_parameter(name.removeprefix(STATE_PREFIX)).copy_(value)
+
+
+def without_reference_state(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A checkpoint's weights less the reference's own (`reference.<name>`)."""
+    return {k: v for k, v in weights.items() if not k.startswith(STATE_PREFIX)}
 
 
 def shares_the_policy_base(config: RLConfig) -> bool:
@@ -53,7 +85,7 @@ def load_reference(config: RLConfig, policy: nn.Module, device: torch.device) ->
     # An EMA reference accumulates small updates, so it stays in float32.
     dtype = runtime.forward_dtype(config.mixed_precision)
     if config.reference == "soup" and config.reference_models:
-        from salsa.soup import soup_model
+        from salsa.weights.in_memory import soup_model
 
         model = soup_model(config.reference_models, config.reference_weights).to(dtype)
     elif config.reference == "ema":
@@ -63,7 +95,8 @@ def load_reference(config: RLConfig, policy: nn.Module, device: torch.device) ->
     model.eval().requires_grad_(False)
     # An EMA reference is updated in place from the policy's full weights, so it stays whole on every process.
     sharding = config.sharding if config.reference != "ema" else "none"
-    return Reference(runtime.place(model, device, sharding))
+    ema_decay = config.ema_decay if config.reference == "ema" else None
+    return Reference(runtime.place(model, device, sharding), ema_decay=ema_decay)
 
 
 def _policy_weights(policy: nn.Module) -> dict[str, torch.Tensor]:
@@ -85,16 +118,3 @@ def ema_update(reference: nn.Module, policy: nn.Module, decay: float) -> None:
     finally:
         if lora:
             policy.unmerge_adapter()
-
-
-def reference_weights(reference: nn.Module) -> dict[str, torch.Tensor]:
-    """A moving (EMA) reference's weights for a checkpoint, as `reference.<name>`."""
-    return {f"reference.{name}": p.detach() for name, p in reference.named_parameters()}
-
-
-@torch.no_grad()
-def restore_reference(reference: nn.Module, weights: dict[str, torch.Tensor]) -> None:
-    """Load the `reference.<name>` entries of a checkpoint back into a moving reference."""
-    for name, value in weights.items():
-        if name.startswith("reference."):
-            reference.get_parameter(name.removeprefix("reference.")).copy_(value)

@@ -17,7 +17,7 @@ from salsa.config import RLConfig
 from salsa.config_loading import load_stage_config
 from salsa.errors import DataError
 from salsa.io import atomic_file
-from salsa.models import add_lora, load_causal_lm
+from salsa.rl.policy import fresh_policy
 
 SNAPSHOT_DIR = "snapshots"
 _NAME = re.compile(r"step-(\d+)\.safetensors")
@@ -48,9 +48,7 @@ def load_snapshot(run_dir: str | Path, step: int) -> torch.nn.Module:
     if step not in snapshots:
         raise DataError(f"{run_dir}: no snapshot of step {step} (has {sorted(snapshots) or 'none'})")
     config = load_stage_config(RLConfig, "rl", run_dir / "config.yaml")
-    policy = load_causal_lm(config.init)
-    if config.use_lora:
-        policy = add_lora(policy, config.lora_r, config.lora_alpha)
+    policy = fresh_policy(config)
     params = dict(policy.named_parameters())
     weights = load_file(str(snapshots[step]))
     trainable = {name for name, p in params.items() if p.requires_grad}

@@ -61,8 +61,12 @@ OOD_TEMPLATES = (
     "Tell a friend, in one sentence, your {sentiment} take on {subject}.",
     "Describe {subject} in one {sentiment} sentence for a magazine column.",
 )
+# Every sixth training subject is held out of training as the dev split: settings are tuned on it (and the reward
+# model's held-out pairs come from it), never on the evaluation prompts.
+DEV_SUBJECTS = TRAIN_SUBJECTS[5::6]
 SPLITS = {
-    "train": (TRAIN_SUBJECTS, TEMPLATES),
+    "train": (tuple(s for s in TRAIN_SUBJECTS if s not in DEV_SUBJECTS), TEMPLATES),
+    "dev": (DEV_SUBJECTS, TEMPLATES),
     "eval": (EVAL_SUBJECTS, TEMPLATES),
     "ood": (OOD_SUBJECTS, OOD_TEMPLATES),
 }

@@ -1,51 +1,12 @@
-"""The weight math of a soup, apart from any file I/O (as in mergekit): mixing weights and weighted averages.
+"""The weight math of a soup, apart from any file I/O (as in mergekit): sum_i w_i * theta_i, in float32.
 
-soup = sum_i w_i * theta_i        (uniform w_i = 1/K by default; sum_i w_i = 1)
-line(alpha) = (1 - alpha) * A + alpha * B      (alpha outside [0, 1] extrapolates)
-"""
+The mixing weights w_i are resolved and checked in `weights.spec`."""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Sequence
-from pathlib import Path
 
 import torch
-
-from salsa.errors import SoupError
-from salsa.weights.checks import check_same_tensors
-
-
-def soup_weights(
-    num_models: int,
-    weights: Sequence[float] | None = None,
-    alpha: float | None = None,
-    allow_extrapolation: bool = False,
-) -> list[float]:
-    """Resolve and check the mixing weights: uniform, explicit, or the two-model line at `alpha`."""
-    if num_models < 2:
-        raise SoupError(f"a soup needs at least two models, got {num_models}")
-    if alpha is not None:
-        if weights is not None:
-            raise SoupError("give either weights or alpha, not both")
-        if num_models != 2:
-            raise SoupError(f"alpha interpolates between exactly two models, got {num_models}")
-        if not 0.0 <= alpha <= 1.0 and not allow_extrapolation:
-            raise SoupError(f"alpha={alpha} lies outside [0, 1]; pass --allow-extrapolation to extrapolate")
-        return [1.0 - alpha, alpha]
-    if weights is None:
-        return [1.0 / num_models] * num_models
-    weights = [float(w) for w in weights]
-    if len(weights) != num_models:
-        raise SoupError(f"got {len(weights)} weights for {num_models} models; give one weight per model")
-    if not all(math.isfinite(w) for w in weights):
-        raise SoupError(f"weights must be finite numbers, got {weights}")
-    if not allow_extrapolation:
-        if any(w < 0 for w in weights):
-            raise SoupError(f"weights must be >= 0, got {weights}; pass --allow-extrapolation for negative weights")
-        if abs(sum(weights) - 1.0) > 1e-6:
-            raise SoupError(f"weights must sum to 1, got {weights} (sum {sum(weights):.6g})")
-    return weights
 
 
 def weighted_average(
@@ -73,40 +34,3 @@ def weighted_average(
         else:
             total.add_(tensor, alpha=weight)
     return total
-
-
-def soup_state_dict(
-    sources: Sequence[torch.nn.Module | dict[str, torch.Tensor] | str | Path],
-    weights: Sequence[float] | None = None,
-    alpha: float | None = None,
-    allow_extrapolation: bool = False,
-) -> dict[str, torch.Tensor]:
-    """In-memory soup of loaded models, state dicts or model directories, in the first one's dtypes.
-
-    For the RL stage: build a soup reference without writing it to disk.
-    """
-    w = soup_weights(len(sources), weights, alpha, allow_extrapolation)
-    states = [_as_state_dict(s) for s in sources]
-    names = list(states[0])
-    for i, state in enumerate(states[1:], start=1):
-        check_same_tensors(names, {k: tuple(v.shape) for k, v in states[0].items()}, state, f"source {i}")
-    out = {}
-    for name in names:
-        tensors = [state[name] for state in states]
-        if tensors[0].is_floating_point():
-            out[name] = weighted_average(tensors, w).to(tensors[0].dtype)
-        else:
-            out[name] = tensors[0].clone()
-    return out
-
-
-def _as_state_dict(source) -> dict[str, torch.Tensor]:
-    if isinstance(source, torch.nn.Module):
-        return {k: v.detach().cpu() for k, v in source.state_dict().items()}
-    if isinstance(source, dict):
-        return source
-    from salsa.weights.reader import tensor_index
-    from salsa.weights.stream import read_tensor
-
-    index = tensor_index(Path(source))
-    return {name: read_tensor(entry) for name, entry in index.items()}

@@ -155,17 +155,3 @@ def write_streaming(
             if written != math.prod(shape):
                 raise RuntimeError(f"produced {written} elements of {name}, expected {math.prod(shape)} ({shape})")
         pending.wait()
-
-
-def parse_size(text: str) -> int:
-    """'500MB' / '2GB' / '1.5GiB' -> bytes."""
-    units = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
-    cleaned = text.strip().upper()
-    number = cleaned.rstrip("KMGIB")
-    unit = cleaned[len(number) :]
-    if unit not in units:
-        raise SoupError(f"max_shard_size '{text}' is not a size; write for example 500MB or 2GB")
-    try:
-        return int(float(number) * units[unit])
-    except ValueError:
-        raise SoupError(f"max_shard_size '{text}' is not a size; write for example 500MB or 2GB") from None

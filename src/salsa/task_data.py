@@ -1,13 +1,15 @@
 """`salsa data make`: prompts, SFT demonstrations and preference pairs of a built-in task, offline.
 
-1. prompts: train / eval (in-distribution, disjoint subjects) and ood (another domain and phrasing);
-2. n samples of the model for every train and eval prompt, scored by the gold judge;
+1. prompts: train / dev / eval (in-distribution, disjoint subjects; dev is held out of training, for tuning) and
+   ood (another domain and phrasing);
+2. n samples of the model for every train and dev prompt, scored by the gold judge;
 3. sft.jsonl: the best of the n samples per train prompt (best-of-n demonstrations);
 4. prefs.jsonl: for each train prompt, pairs drawn from its own samples, those of its twin (the same
    request with the opposite sentiment) and a few of the same request about another subject, every
    response scored by the gold judge under this prompt; the same two responses are then preferred one way
    or the other depending on what was asked, so a reward model must read the prompt: its polarity and its
-   subject. prefs_eval.jsonl: every pair of an eval prompt's own samples. Pairs whose
+   subject. prefs_dev.jsonl: every pair of a dev prompt's own samples. Nothing is sampled for the evaluation
+   prompts: no training or tuning data is built from them. Pairs whose
    gold scores tie are dropped; labels are Bradley-Terry draws on the gold scores,
    P(a preferred) = sigmoid((gold_a - gold_b) / label_temperature), so the reward model learns from noisy
    labels and is an imperfect proxy of the gold judge;
@@ -69,14 +71,14 @@ def make_task_data(config: DataConfig, show_progress: bool = True, overwrite: bo
 
 def _make(config: DataConfig, stage: Stage, show_progress: bool) -> None:
     task = BUILTIN_TASKS[config.task]
-    splits = {name: task.prompts(name) for name in ("train", "eval", "ood")}
+    splits = {name: task.prompts(name) for name in ("train", "dev", "eval", "ood")}
     model = load_causal_lm(config.model, runtime.forward_dtype(config.mixed_precision))
     model = model.to(runtime.accelerator().device)
     tokenizer = load_tokenizer(config.model)
     for name, rows in splits.items():
         check_prompt_lengths(tokenizer, [r["prompt"] for r in rows], config.max_new_tokens, model, f"{name} prompts")
-    sampled = {}
-    for name in ("train", "eval"):
+    sampled = {}  # nothing is sampled for the evaluation prompts: no training or tuning data comes from them
+    for name in ("train", "dev"):
         texts = [p["prompt"] for p in splits[name]]
         replies = sample_responses(
             model, tokenizer, texts, num_samples=config.samples_per_prompt, max_new_tokens=config.max_new_tokens,
@@ -86,13 +88,13 @@ def _make(config: DataConfig, stage: Stage, show_progress: bool) -> None:
         )  # fmt: skip
         sampled[name] = [[(r, task.gold_score(p, r)) for r in rs] for p, rs in zip(texts, replies, strict=True)]
     rng = random.Random(derive_seed(config.seed, "labels"))
-    sft_rows, prefs, samples_rows = [], {"train": [], "eval": []}, []
+    sft_rows, prefs, samples_rows = [], {"train": [], "dev": []}, []
     train_index = {meta["prompt"]: i for i, meta in enumerate(splits["train"])}
-    for name in ("train", "eval"):
+    for name in ("train", "dev"):
         for meta, samples in zip(splits[name], sampled[name], strict=True):
             prompt = meta["prompt"]
             samples_rows += [{"split": name, "prompt": prompt, "response": r, "gold": g} for r, g in samples]
-            if name == "eval":
+            if name == "dev":
                 prefs[name] += preference_pairs(prompt, samples, config.label_temperature, rng)
                 continue
             twin = train_index.get(task.counterpart(prompt))
@@ -116,17 +118,17 @@ def _make(config: DataConfig, stage: Stage, show_progress: bool) -> None:
         atomic_write_text(out / f"prompts_{name}.jsonl", _jsonl(rows))
     atomic_write_text(out / "sft.jsonl", _jsonl(sft_rows))
     atomic_write_text(out / "prefs.jsonl", _jsonl(prefs["train"]))
-    atomic_write_text(out / "prefs_eval.jsonl", _jsonl(prefs["eval"]))
+    atomic_write_text(out / "prefs_dev.jsonl", _jsonl(prefs["dev"]))
     atomic_write_text(out / "samples.jsonl", _jsonl(samples_rows))
     sheet = datasheet(
-        config, splits, len(sft_rows), len(prefs["train"]), len(prefs["eval"]), agreement, base_gold, sft_gold
+        config, splits, len(sft_rows), len(prefs["train"]), len(prefs["dev"]), agreement, base_gold, sft_gold
     )
     atomic_write_text(out / "datasheet.md", sheet)
     stage.finish({"label_agreement_with_gold": agreement, "base_gold": base_gold})
 
 
-def datasheet(config, splits, n_sft, n_prefs, n_prefs_eval, agreement, base_gold, sft_gold) -> str:
-    n_samples = (len(splits["train"]) + len(splits["eval"])) * config.samples_per_prompt
+def datasheet(config, splits, n_sft, n_prefs, n_prefs_dev, agreement, base_gold, sft_gold) -> str:
+    n_samples = (len(splits["train"]) + len(splits["dev"])) * config.samples_per_prompt
     kept = "every pair" if config.pairs_per_prompt is None else f"up to {config.pairs_per_prompt} pairs"
     return f"""# Datasheet: built-in task `{config.task}`
 
@@ -135,11 +137,12 @@ Made by `salsa data make` (seed {config.seed}) from the model `{config.model}`; 
 | file | rows | what |
 |---|---|---|
 | prompts_train.jsonl | {len(splits["train"])} | in-distribution prompts (products, places, services) |
-| prompts_eval.jsonl | {len(splits["eval"])} | in-distribution prompts on held-out subjects (disjoint from train) |
+| prompts_dev.jsonl | {len(splits["dev"])} | training-distribution prompts on subjects held out of training: tune here |
+| prompts_eval.jsonl | {len(splits["eval"])} | in-distribution prompts on held-out subjects (disjoint from train and dev) |
 | prompts_ood.jsonl | {len(splits["ood"])} | out-of-distribution prompts: media and art, different phrasing |
 | sft.jsonl | {n_sft} | best-of-{config.samples_per_prompt} samples per train prompt under the gold judge |
 | prefs.jsonl | {n_prefs} | {kept} per train prompt from its own, its twin's and off-subject samples |
-| prefs_eval.jsonl | {n_prefs_eval} | every pair of an eval prompt's own samples (held out from reward training) |
+| prefs_dev.jsonl | {n_prefs_dev} | every pair of a dev prompt's own samples (the reward model's held-out pairs) |
 | samples.jsonl | {n_samples} | all samples with their gold scores |
 
 **Sampling.** {config.samples_per_prompt} samples per prompt, temperature {config.temperature},
@@ -148,7 +151,7 @@ top-p {config.top_p}, at most {config.max_new_tokens} new tokens, through the mo
 **Gold judge.** VADER compound sentiment of the response, sign-flipped when a negative review was
 requested, times a fluency factor (repetition and very short answers score low) and an on-subject
 check; see `salsa.tasks.reviews`. Mean gold score of the model's samples: train {base_gold["train"]:+.3f},
-eval {base_gold["eval"]:+.3f}; of the best-of-{config.samples_per_prompt} demonstrations: {sft_gold:+.3f}.
+dev {base_gold["dev"]:+.3f}; of the best-of-{config.samples_per_prompt} demonstrations: {sft_gold:+.3f}.
 
 **Pairs.** Each train prompt pools its own samples, those of its twin (the opposite sentiment) and
 {config.off_subject_samples} samples of the same request about the next train subject, all scored under
