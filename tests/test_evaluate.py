@@ -220,3 +220,100 @@ def test_generation_logprobs_equal_a_forward_pass(tokenizer, tiny_model_dir):
         forward = response_forward(model, sample.sequences, sample.attention_mask, sample.prompt_length, 0.7)
     mask = sample.mask.bool()
     assert torch.allclose(sample.logprobs[mask], forward.logprobs[mask], atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    ("interval", "expected"),
+    [((0.02, 0.2), "ppo improved on the SFT model"), ((-0.2, -0.01), "ppo is worse than the SFT model"),
+     ((-0.05, 0.1), "ppo did not measurably improve on the SFT model")],
+)  # fmt: skip
+def test_the_report_says_whether_rl_improved_on_sft_by_the_difference_interval(interval, expected):
+    from salsa.report import against_sft
+
+    def comparison(a, b, split="in_distribution", judge="gold"):
+        return {"a": a, "b": b, "split": split, "judge": judge, "win_rate": 0.6, "mean_difference": 0.05, "n": 48,
+                "ci": {"win_rate": (0.5, 0.7), "mean_difference": interval}}  # fmt: skip
+
+    others = [comparison("ppo", "salsa"), comparison("ppo", "sft", split="out_of_distribution"),
+              comparison("ppo", "sft", judge="reward")]  # fmt: skip
+    sentences = against_sft({"judges": ["gold", "reward"], "comparisons": [*others, comparison("ppo", "sft")]})
+    assert len(sentences) == 1 and sentences[0].startswith(expected)
+    assert f"[{interval[0]:+.3f}, {interval[1]:+.3f}]" in sentences[0]
+
+
+def _health_rows(kl_between: float) -> list[dict]:
+    """Two ingredients and the soup on 3 prompts x 2 samples; ingredient-0 scores 0.2 above the soup everywhere."""
+    from salsa.evaluation.soup_health import member_names
+
+    names = member_names(2)
+    rows = []
+    for member in names:
+        for index in range(3):
+            for sample in range(2):
+                kls = {f"kl_{other}": (kl_between if "soup" not in (member, other) else kl_between / 4)
+                       for other in names if other != member}  # fmt: skip
+                gold = 0.5 + 0.1 * index + (0.2 if member == "ingredient-0" else 0.0)
+                rows.append({"member": member, "index": index, "sample": sample, "gold": gold, **kls})
+    return rows
+
+
+@pytest.mark.parametrize(("kl_between", "distinct"), [(0.3, False), (1.5, True)])
+def test_soup_health_says_whether_the_ingredients_differ(kl_between, distinct):
+    from salsa.config import EvalConfig
+    from salsa.evaluation.soup_health import soup_health_text, summarise_soup_health
+
+    config = EvalConfig(policies={"a": ["x"]})
+    health = summarise_soup_health(_health_rows(kl_between), ["gold"], config, {"num_samples": 200})
+    assert health["members"] == ["ingredient-0", "ingredient-1", "soup"]
+    assert health["kl"]["ingredient-0||ingredient-1"]["mean"] == pytest.approx(kl_between)
+    assert health["kl"]["soup||ingredient-1"]["mean"] == pytest.approx(kl_between / 4)
+    assert health["closest_ingredients_kl"] == pytest.approx(kl_between) and health["distinct"] is distinct
+    soup_vs_first = next(c for c in health["comparisons"] if c["b"] == "ingredient-0")
+    assert soup_vs_first["mean_difference"] == pytest.approx(-0.2) and soup_vs_first["win_rate"] == 0.0
+    text = soup_health_text(health)
+    assert ("effectively one of them" in text) is not distinct
+
+
+def test_seed_level_test_by_hand():
+    from scipy import stats as scipy_stats
+
+    from salsa.evaluation.stats import seed_level_test
+
+    # Three seeds, each a mean difference of one sign: the sign-flip test cannot go below 2/8 = 0.25.
+    a = np.array([[0.3, 0.5], [0.2, 0.2], [0.5, 0.3]])
+    b = np.zeros((3, 2))
+    result = seed_level_test(a, b)
+    assert result["per_seed"] == pytest.approx([0.4, 0.2, 0.4]) and result["seeds"] == 3
+    assert result["permutation_p"] == pytest.approx(0.25) and result["min_permutation_p"] == pytest.approx(0.25)
+    assert result["t_p"] == pytest.approx(scipy_stats.ttest_1samp([0.4, 0.2, 0.4], 0).pvalue)
+    # MDE = (t_0.975,2 + t_0.8,2) * sd / sqrt(3) = (4.303 + 1.061) * 0.11547 / 1.732
+    assert result["mde"] == pytest.approx((4.3027 + 1.0607) * np.std([0.4, 0.2, 0.4], ddof=1) / np.sqrt(3), rel=1e-3)
+    # Mixed signs: half of the flips are at least as extreme.
+    mixed = seed_level_test(np.array([[1.0], [-1.0]]), np.zeros((2, 1)))
+    assert mixed["permutation_p"] == 1.0 and mixed["mean"] == 0.0
+    assert seed_level_test(np.ones((1, 4)), np.zeros((1, 4)))["t_p"] is None  # one seed: no test
+
+
+@pytest.mark.parametrize(
+    ("interval", "t_p", "mean", "expected"),
+    [((0.01, 0.2), 0.01, 0.1, "supported"), ((0.01, 0.2), 0.2, 0.1, "unresolved"),
+     ((-0.05, 0.2), 0.01, 0.1, "unresolved"), ((-0.2, -0.01), 0.01, -0.1, "contradicted")],
+)  # fmt: skip
+def test_claim_verdict_follows_the_rule(interval, t_p, mean, expected):
+    from salsa.evaluation.stats import claim_verdict
+
+    assert claim_verdict(interval, {"t_p": t_p, "mean": mean}) == expected
+
+
+def test_two_level_interval_resamples_prompts_and_is_wider_than_fixed_prompts():
+    from salsa.evaluation.stats import two_level_interval, within_prompt_interval
+
+    rng = np.random.default_rng(0)
+    prompt_means = rng.normal(0, 1, size=(40, 1))  # prompts differ much more than samples of one prompt
+    matrix = prompt_means + rng.normal(0, 0.1, size=(40, 8))
+    two = two_level_interval(matrix, 2000, seed=1)["ci"]
+    fixed = within_prompt_interval(matrix, 2000, seed=1)["ci"]
+    # Resampling prompts: about 1.96 * sd(prompt means) / sqrt(40) on each side; fixed prompts: far narrower.
+    expected = 1.96 * matrix.mean(1).std() / np.sqrt(40)
+    assert (two[1] - two[0]) / 2 == pytest.approx(expected, rel=0.15)
+    assert (fixed[1] - fixed[0]) < (two[1] - two[0]) / 5

@@ -269,8 +269,9 @@ def test_a_snapshot_is_the_policy_at_its_step(tmp_path, peaked_model, prompts_fi
 
 
 def _nan_on_one_response(reward_fn, at_step):
-    """The reward, with NaN for response 3 of the rollout of step `at_step`."""
-    calls = {"n": 0}
+    """The reward, with NaN for response 3 of the rollout of step `at_step` (its first call measures the reward's
+    normalisation on the starting policy)."""
+    calls = {"n": -1}
 
     def scores(prompts, responses):
         calls["n"] += 1

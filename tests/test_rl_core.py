@@ -7,11 +7,13 @@ import torch
 
 from salsa.rl.core import (
     AdaptiveKLController,
+    advantage_diagnostics,
     clipped_policy_loss,
     clipped_value_loss,
     discounted_returns,
     dpo_loss,
     entropy_from_logprobs,
+    explained_variance,
     gae,
     grpo_advantages,
     kl_k1,
@@ -165,3 +167,36 @@ def test_sequence_aggregation_weighs_every_response_alike():
     mask = torch.tensor([[1.0, 1.0, 1.0, 1.0], [1.0, 0.0, 0.0, 0.0]])
     assert aggregate(x, mask, "token").item() == pytest.approx(9 / 5)  # the long response weighs 4 of 5 tokens
     assert aggregate(x, mask, "sequence").item() == pytest.approx((1 + 5) / 2)
+
+
+def test_explained_variance_by_hand():
+    returns = torch.tensor([[1.0, 2.0, 3.0, 9.0]])
+    mask = torch.tensor([[1.0, 1.0, 1.0, 0.0]])  # the last token is padding
+    # A perfect critic explains everything; the mean (2) explains nothing; an offset predictor still explains all.
+    assert explained_variance(returns, returns, mask) == pytest.approx(1.0)
+    assert explained_variance(torch.full_like(returns, 2.0), returns, mask) == pytest.approx(0.0)
+    assert explained_variance(returns + 5, returns, mask) == pytest.approx(1.0)
+    # V = [1.5, 2, 2.5]: errors [-0.5, 0, 0.5], variance 1/6 against Var[R] = 2/3: 1 - 0.25 = 0.75.
+    values = torch.tensor([[1.5, 2.0, 2.5, 0.0]])
+    assert explained_variance(values, returns, mask) == pytest.approx(0.75)
+    # Reversed predictions are worse than the mean: Var[R - V] = 4 Var[R] -> 1 - 4 = -3.
+    assert explained_variance(torch.tensor([[3.0, 2.0, 1.0, 0.0]]), returns, mask) == pytest.approx(-3.0)
+
+
+def test_advantage_diagnostics_average_each_quarter_of_each_response():
+    # Response 1 has 4 tokens (one per quarter), response 2 has 8 (two per quarter); the padding is ignored.
+    advantages = torch.tensor([[1.0, 2.0, 3.0, 4.0, 99.0, 99.0, 99.0, 99.0],
+                               [10.0, 20.0, 30.0, 40.0, 50.0, 60.0, 70.0, 80.0]])  # fmt: skip
+    mask = torch.tensor([[1.0] * 4 + [0.0] * 4, [1.0] * 8])
+    result = advantage_diagnostics(advantages, mask)
+    assert result == pytest.approx(
+        {
+            "advantage_q1": (1 + 10 + 20) / 3,
+            "advantage_q2": (2 + 30 + 40) / 3,
+            "advantage_q3": (3 + 50 + 60) / 3,
+            "advantage_q4": (4 + 70 + 80) / 3,
+        }  # fmt: skip
+    )
+    # A response shorter than the number of quarters puts its tokens in the quarters their position falls in.
+    short = advantage_diagnostics(torch.tensor([[5.0, 7.0]]), torch.ones(1, 2))
+    assert short["advantage_q1"] == 5.0 and short["advantage_q3"] == 7.0 and short["advantage_q2"] == 0.0

@@ -121,7 +121,7 @@ def test_salsa_rl_takes_a_classifier_or_a_function_from_the_command_line(
         [sys.executable, "-m", "salsa.cli", "rl", "--init", str(tiny_model_dir), "--reward-model", spec, "-q",
          "--output-dir", str(tmp_path / "rl"), "--steps", "2", "--set", f"prompts={tmp_path / 'prompts.jsonl'}",
          "--set", "prompts_per_step=2", "--set", "max_new_tokens=4", "--set", "task=null",
-         "--set", "normalise_reward=true"],
+         "--set", "reward_normalisation=initial_policy"],
         capture_output=True, text=True, timeout=300, env=env,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]

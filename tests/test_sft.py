@@ -108,3 +108,27 @@ def test_invalid_training_values_are_config_errors(tiny_sft_config):
         train_sft(dataclasses.replace(tiny_sft_config, batch_size=0))
     with pytest.raises(ConfigError, match="sft.lr_scheduler must be one of"):
         train_sft(dataclasses.replace(tiny_sft_config, lr_scheduler="step"))
+
+
+def test_data_shards_give_each_model_its_own_data(tiny_sft_config):
+    from salsa.sft import member_data
+
+    examples = list(range(10))
+    config = dataclasses.replace(tiny_sft_config, num_models=3, data_shards="disjoint")
+    shards = [member_data(config, examples, i) for i in range(3)]
+    assert [name for _, name in shards] == ["shard 1 of 3", "shard 2 of 3", "shard 3 of 3"]
+    assert sorted(x for own, _ in shards for x in own) == examples  # disjoint, and together all of the data
+    assert shards[0][0] != [0, 3, 6, 9]  # a seeded permutation, not a stride over the file order
+    boot = dataclasses.replace(config, data_shards="bootstrap")
+    (first, _), (second, name) = member_data(boot, examples, 0), member_data(boot, examples, 1)
+    assert len(first) == 10 and len(set(first)) < 10 and first != second and name == "bootstrap resample 1"
+    assert member_data(tiny_sft_config, examples, 0) == (examples, "all")
+
+
+def test_a_model_trained_on_other_data_is_refused_not_reused(tiny_sft_config):
+    paths = train_sft(dataclasses.replace(tiny_sft_config, num_models=2, max_steps=1, data_shards="disjoint"))
+    assert json.loads((paths[1] / "salsa_complete.json").read_text())["data"] == "shard 2 of 2"
+    # Three models: shard 2 of 2 is not shard 2 of 3, so sft-1 is not silently reused (nor replaced).
+    three = dataclasses.replace(tiny_sft_config, num_models=3, max_steps=1, data_shards="disjoint")
+    with pytest.raises(SalsaError, match="trained on shard 1 of 2, and this config asks seed 0 on shard 1 of 3"):
+        train_sft(three)

@@ -411,7 +411,7 @@ CASES = [
     ),
     ("run-unsectioned-set", ["run", "--set", "steps=3"], r"every key needs its section"),
     ("run-seeds-zero", ["run", "--seeds", "0"], r"run.seeds must be >= 1, got 0"),
-    ("run-method", ["run", "--set", "run.methods=[salsa, dpo]"], r"run.methods must be one of salsa, ppo"),
+    ("run-arm", ["run", "--set", "run.arms={{ppo: 'sft-0:dpo'}}"], r"run.arms.ppo: 'sft-0:dpo' must be INIT:REFERENCE"),
     ("run-one-sft", ["run", "--set", "sft.num_models=1"], r"a soup needs K >= 2 models"),
     ("run-dpo", ["run", "--set", "rl.algorithm=dpo"], r"compares online RL"),
     ("run-bad-later-stage", ["run", "--set", "rl.learning_rate=0"], r"rl.learning_rate must be > 0"),

@@ -6,6 +6,7 @@ A YAML file holds either one stage's keys at top level, or a whole-run config wi
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -42,6 +43,11 @@ class SFTConfig:
     num_models: int = option(2, "K: how many models to train", check=at_least(1))
     seed: int = option(0, "first seed; the K models use seed, seed+1, ...")
     seeds: list[int] | None = option(None, "explicit seeds (overrides seed and num_models)")
+    data_shards: str = option(
+        "none", "what each of the K models trains on: none (all the data; the models differ in seed and data order) | "
+        "disjoint (model i: the i-th of K disjoint shards) | bootstrap (model i: a resample with replacement)",
+        check=one_of("none", "disjoint", "bootstrap"),
+    )  # fmt: skip
     max_steps: int | None = option(40, "optimizer steps per model; null trains for num_epochs", check=at_least(1))
     num_epochs: float = option(1.0, "epochs per model when max_steps is null", check=above(0))
     batch_size: int = option(8, "micro-batch size per device", check=at_least(1))
@@ -208,12 +214,19 @@ class RLConfig:
     )
     reward_model: str | None = option(
         "runs/reward/model", "a `salsa reward` directory, any one-label sequence-classification model (directory "
-        "or hub id, read as TRL reads it), or a Python function module:function / file.py:function",
-        input="reward_model", needed=_online,
+        "or hub id, read as TRL reads it), a Python function module:function / file.py:function, or gold: the task's "
+        "gold judge (a control: can RL optimise the true objective at all?)",
+        input="rl_reward", needed=_online,
     )  # fmt: skip
-    normalise_reward: bool = option(
-        False, "centre and scale the reward by its mean and std on samples of the SFT model (sft_model, else init), "
-        "measured once at the start; for rewards without their own normalisation (a `salsa reward` model has it)",
+    reward_normalisation: str = option(
+        "initial_policy", "initial_policy: centre and scale the reward by its mean and std over samples of the policy "
+        "as RL starts, for the training prompts (measured once, kept in reward_normalisation.json, reused on resume), "
+        "so the first rollouts score about 0 +- 1 | none: the reward as it comes",
+        check=one_of("initial_policy", "none"),
+    )  # fmt: skip
+    normalisation_samples: int = option(
+        64, "initial_policy: how many responses of the starting policy measure the reward's mean and std",
+        check=at_least(2),
     )  # fmt: skip
     prompts: str = option(
         "runs/data/prompts_train.jsonl", "training prompts (JSONL/Parquet/datasets with 'prompt')",
@@ -227,11 +240,30 @@ class RLConfig:
     output_dir: str = option("runs/rl", "checkpoints/, snapshots/, metrics.jsonl, tensorboard/, final/")
     seed: int = option(0, "seed of prompt order, sampling and initialisation")
     steps: int = option(30, "RL iterations (rollout + update); dpo: optimizer steps", check=at_least(1))
+    max_minutes: float | None = option(
+        None, "stop at the first step that ends after this much training time (a wall-clock budget; how many steps "
+        "that is depends on the machine), then save the final policy as usual; null: run every step",
+        check=above(0),
+    )  # fmt: skip
     prompts_per_step: int = option(16, "prompts per iteration", check=at_least(1))
     samples_per_prompt: int = option(1, "completions per prompt (rloo/grpo need >= 2)", check=at_least(1))
     max_new_tokens: int = option(40, "longest response", check=at_least(1))
     temperature: float = option(1.0, "sampling temperature (log-probs use the same temperature)", check=above(0))
-    learning_rate: float = option(1e-5, "AdamW learning rate (constant)", check=above(0))
+    learning_rate: float = option(1e-5, "AdamW learning rate of the policy (constant)", check=above(0))
+    value_learning_rate: float = option(
+        1e-4, "ppo: AdamW learning rate of the value function (the value head; with value_head separate also the "
+        "critic model); the value head starts untrained and must move much further than the policy",
+        check=above(0),
+    )  # fmt: skip
+    value_init: str = option(
+        "zero", "ppo: zero (a value head at 0) | reward_model (the critic starts as the reward model, as in "
+        "InstructGPT: value_head separate and a causal `salsa reward` model of the policy's architecture)",
+        check=one_of("zero", "reward_model"),
+    )  # fmt: skip
+    value_warmup_steps: int = option(
+        0, "ppo: the first N steps train only the value function on the rollouts (the policy does not move); they "
+        "count in steps", check=at_least(0),
+    )  # fmt: skip
     ppo_epochs: int = option(
         4, "PPO's epochs over each rollout (as TRL's PPO); 1 with one minibatch is a single policy-gradient step "
         "that reuses the rollout's forward pass (fast; the ratio is 1, so clipping never acts)", check=at_least(1),
@@ -303,6 +335,20 @@ class RLConfig:
                 "rl.sharding fsdp2 shards the online RL policy (ppo, rloo, grpo) and its critic; use none for dpo "
                 "and for an ema reference of a LoRA policy"
             )
+        if self.reward_model == "gold" and self.algorithm != "dpo" and not self.task:
+            raise ConfigError("rl.reward_model is gold, the task's gold judge, but rl.task is null; name the task")
+        if self.value_init == "reward_model" and self.reward_model == "gold":
+            raise ConfigError("rl.value_init reward_model needs a reward model to start the critic from, not gold")
+        if self.value_init == "reward_model" and self.algorithm == "ppo" and self.value_head != "separate":
+            raise ConfigError(
+                "rl.value_init reward_model starts the critic from the reward model, which needs its own critic: set "
+                "rl.value_head to separate"
+            )
+        if self.value_warmup_steps >= self.steps and self.algorithm == "ppo":
+            raise ConfigError(
+                f"rl.value_warmup_steps ({self.value_warmup_steps}) leaves no step of rl.steps ({self.steps}) that "
+                "moves the policy"
+            )
         if self.reference_model and self.reference in ("ema", "none"):
             raise ConfigError(
                 f"rl.reference_model is set but rl.reference is '{self.reference}', which does not use it"
@@ -342,6 +388,14 @@ class EvalConfig:
         "runs/sft/sft-0", "KL of each policy to this SFT model (in-distribution prompts)", input="model_dir"
     )
     soup_model: str | None = option("runs/soup", "KL of each policy to this soup", input="model_dir")
+    soup_health: bool = option(
+        True, "with a soup_model written by `salsa soup`: sample its ingredients and the soup, and report their KL to "
+        "each other and the soup against each ingredient",
+    )  # fmt: skip
+    soup_health_kl: float = option(
+        1.0, "KL (nats per response) between two ingredients below which the report says the soup is effectively one "
+        "of them", check=above(0),
+    )  # fmt: skip
     landscape_models: list[str] | None = option(
         None, "two models, SFT-1 and SFT-2: score the line (1 - alpha) * SFT-1 + alpha * SFT-2", input="model_dir"
     )
@@ -416,15 +470,40 @@ class RunConfig:
         "reviews", "built-in task that makes the data (`salsa data make`) and judges; null: your own data (set "
         "sft.data, reward.data, rl.prompts, eval.prompts: files or hub:ORG/NAME[:CONFIG][:SPLIT])", check=known_task,
     )  # fmt: skip
-    seeds: int = option(1, "RL seeds per method (PPO and SALSA); results aggregate over them", check=at_least(1))
-    methods: list[str] = option(
-        help="RL runs to compare: ppo (init and reference sft-0) and salsa (init and reference soup)",
-        factory=lambda: ["salsa", "ppo"], check=one_of("salsa", "ppo"),
+    seeds: int = option(1, "RL seeds per arm; results aggregate over them", check=at_least(1))
+    arms: dict[str, str] = option(
+        help="RL arms to compare, name: INIT:REFERENCE, INIT sft-<i> | soup, REFERENCE sft-<i> | soup | ema | none; "
+        "the first two arms are the headline comparison (default: salsa soup:soup against ppo sft-0:sft-0; the 2 x 2 "
+        "of init and reference adds soup:sft-0 and sft-0:soup)",
+        factory=lambda: {"salsa": "soup:soup", "ppo": "sft-0:sft-0"},
+    )  # fmt: skip
+    arm_seeds: dict[str, int] = option(help="RL seeds of particular arms (the others have `seeds`)", factory=dict)
+    kl_coefs: list[float] | None = option(
+        None, "several rl.kl_coef values: every arm trains at each, and the report draws each arm's gold-vs-KL "
+        "frontier (KL measured on the evaluation prompts); null: rl.kl_coef only", check=at_least(0),
     )  # fmt: skip
 
     def check(self) -> None:
-        if not self.methods or len(set(self.methods)) != len(self.methods):
-            raise ConfigError(f"run.methods must name distinct methods (salsa, ppo), got {self.methods}")
+        if len(self.arms) < 1:
+            raise ConfigError("run.arms is empty; name at least one RL arm, e.g. {ppo: 'sft-0:sft-0'}")
+        for name, spec in self.arms.items():
+            init, sep, reference = str(spec).partition(":")
+            known_reference = ARM_START.fullmatch(reference) or reference in ("ema", "none")
+            if not (sep and ARM_START.fullmatch(init) and known_reference):
+                raise ConfigError(
+                    f"run.arms.{name}: '{spec}' must be INIT:REFERENCE, INIT sft-<i> or soup, REFERENCE sft-<i>, "
+                    "soup, ema or none (e.g. soup:sft-0)"
+                )
+            if name in ("sft", "soup") or "/" in name or "@" in name:
+                raise ConfigError(f"run.arms: '{name}' cannot name an arm (reserved, or holds / or @)")
+        for name, count in self.arm_seeds.items():
+            if name not in self.arms or not isinstance(count, int) or count < 1:
+                raise ConfigError(f"run.arm_seeds.{name}: must be a number of seeds >= 1 of an arm of run.arms")
+        if self.kl_coefs is not None and (not self.kl_coefs or len(set(self.kl_coefs)) != len(self.kl_coefs)):
+            raise ConfigError(f"run.kl_coefs must be distinct values, got {self.kl_coefs}")
+
+
+ARM_START = re.compile(r"sft-\d+|soup")
 
 
 STAGES: dict[str, type] = {

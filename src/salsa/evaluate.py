@@ -28,6 +28,7 @@ from salsa.engine import Stage, run_stage
 from salsa.evaluation.judging import Judges, comparison_pairs, frozen, sample_and_score
 from salsa.evaluation.landscape import sample_point
 from salsa.evaluation.matched import plan_matched_kl
+from salsa.evaluation.soup_health import ingredients_of, member_names, summarise_soup_health
 from salsa.evaluation.summary import summarise
 from salsa.generation import check_prompt_lengths
 from salsa.io import atomic_write_json, atomic_write_text
@@ -133,6 +134,23 @@ def _landscape_samples(
     return rows_out
 
 
+def _soup_health_samples(
+    config: EvalConfig, ingredients: list[str], loaded: dict, prompts: list, judges: Judges, args: SampleArgs
+) -> list[dict]:
+    """Every ingredient and the soup answer the in-distribution prompts, each scored with its KL to the others."""
+    members = dict(zip(member_names(len(ingredients)), [*ingredients, config.soup_model], strict=True))
+    models = {name: loaded.get(Path(path).resolve()) or frozen(path, args.device, args.dtype)
+              for name, path in members.items()}  # fmt: skip
+    rows = []
+    for name, model in models.items():
+        args.describe(f"soup health: {name}")
+        scored = sample_and_score(
+            model, args.tokenizer, prompts, "in_distribution", config, judges, models, args.advance, args.samples
+        )
+        rows += [{"member": name, "split": "in_distribution", **r} for r in scored]
+    return rows
+
+
 def evaluate(config: EvalConfig, show_progress: bool = True, overwrite: bool = False) -> Path:
     """Sample, judge and compare the configured policies; writes results.json and samples.jsonl."""
     return run_stage(config, lambda stage: _evaluate(config, stage, show_progress), overwrite)
@@ -162,6 +180,9 @@ def _evaluate(config: EvalConfig, stage: Stage, show_progress: bool) -> None:
         total += len(config.landscape_alphas) * len(splits["in_distribution"]) * per_prompt
     matched_plan, unmatched = plan_matched_kl(config) if config.matched_kl else ([], [])
     total += sum(not m.final for m in matched_plan) * len(splits["in_distribution"]) * per_prompt
+    ingredients = ingredients_of(config.soup_model) if config.soup_health and config.soup_model else None
+    if ingredients:
+        total += (len(ingredients) + 1) * len(splits["in_distribution"]) * per_prompt
     everyone = range(per_prompt)
     samples: list[dict] = []
     with training_progress(disable=not show_progress or not runtime.is_main_process()) as progress:
@@ -186,11 +207,18 @@ def _evaluate(config: EvalConfig, stage: Stage, show_progress: bool) -> None:
         landscape_rows = (
             _landscape_samples(config, samples, splits, judges, sample_args) if config.landscape_models else []
         )
+        health_rows = (
+            _soup_health_samples(config, ingredients, loaded, splits["in_distribution"], judges, sample_args)
+            if ingredients
+            else []
+        )
         judgments = _judge(config, samples, stage, device, dtype, progress) if config.judge else []
 
     results = summarise(config, samples, landscape_rows, judges.names, list(splits), matched_rows, unmatched, judgments)
+    stats = {"num_samples": config.bootstrap_samples, "confidence": config.confidence, "seed": config.seed}
+    results["soup_health"] = summarise_soup_health(health_rows, judges.names, config, stats) if health_rows else None
     if runtime.is_main_process():
-        everything = samples + matched_rows + landscape_rows
+        everything = samples + matched_rows + landscape_rows + health_rows
         atomic_write_text(stage.out / "samples.jsonl", "".join(json.dumps(r) + "\n" for r in everything))
         if judgments:
             atomic_write_text(stage.out / "judgments.jsonl", "".join(json.dumps(r) + "\n" for r in judgments))

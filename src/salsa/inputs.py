@@ -109,6 +109,10 @@ def _import_module(location: str):
     return module
 
 
+# `rl.reward_model: gold`: the task's gold judge is the RL reward (a control experiment).
+GOLD_REWARD = "gold"
+
+
 def check_reward_model(ref: str, where: str, download: bool = False) -> None:
     """A reward: a `salsa reward` directory, a sequence-classification model with one label (a directory or a hub
     id), or a Python function `module:function` / `path/to/file.py:function` (imported to check it exists)."""
@@ -225,8 +229,10 @@ def _check_one(kind: str, value: str, where: str, split: str, download: bool) ->
         return check_model_reference(value, where, download)
     if kind in ("model_dir", "ingredient"):
         return check_model_directory(value, where, adapters=kind == "ingredient")
-    if kind == "reward_model":
+    if kind == "reward_model" or (kind == "rl_reward" and value != GOLD_REWARD):
         return check_reward_model(value, where, download)
+    if kind == "rl_reward":  # the task's gold judge as the reward: RLConfig.check asks for the task
+        return None
     if kind == "eval_dir":
         return check_eval_directory(value, where)
     if kind == "judge_template":

@@ -8,9 +8,10 @@ reads. A rerun skips a stage whose fingerprint is unchanged and whose directory 
 whose config (or an upstream stage) changed, and resumes an interrupted one from its checkpoints (SFT
 and RL save them every `save_steps`).
 
-PPO and SALSA get the same RL config (steps, prompts, batch, seeds); only the start and the KL anchor
-differ: ppo starts from and is anchored to sft-0, salsa to the soup of all SFT models. Both log KL to
-sft-0, so their frontiers share an axis.
+Every RL arm gets the same RL config (steps, prompts, batch, seeds); only the start and the KL anchor differ,
+as `run.arms` says: by default ppo starts from and is anchored to sft-0 (sft-0:sft-0), salsa to the soup of all
+SFT models (soup:soup); soup:sft-0 and sft-0:soup separate the two changes. `run.kl_coefs` trains every arm at
+several KL coefficients, for a gold-vs-KL frontier. Every run logs KL to sft-0, so their curves share an axis.
 """
 
 from __future__ import annotations
@@ -43,13 +44,8 @@ from salsa.errors import ConfigError
 from salsa.io import atomic_write_json, atomic_write_text, is_complete, read_json
 from salsa.progress import console
 
-# RL settings that `salsa run` sets per method and seed.
-PER_RUN = ("init", "reference", "reference_model", "reference_models", "seed", "output_dir")  # seed: + s
-METHODS = {
-    # method: (policy init and KL reference, the reference kind)
-    "ppo": ("sft", "sft"),
-    "salsa": ("soup", "soup"),
-}
+# RL settings that `salsa run` sets per arm and seed.
+PER_RUN = ("init", "reference", "reference_model", "reference_models", "kl_coef", "seed", "output_dir")  # seed: + s
 STATE_FILE = "pipeline.json"
 
 
@@ -79,6 +75,7 @@ class RunPlan:
         first = next(iter(self.rl.values()))
         shared = {k: v for k, v in dataclasses.asdict(first).items() if k not in PER_RUN}
         shared["seed"] = self.rl_base.seed  # run s uses seed + s
+        shared["kl_coef"] = self.rl_base.kl_coef  # run.kl_coefs, when set, replaces it per run
         text += yaml.safe_dump({"rl": shared}, sort_keys=False)
         for name, config in self.rl.items():
             runs = ", ".join(f"{k} {getattr(config, k)}" for k in PER_RUN if getattr(config, k) is not None)
@@ -123,23 +120,24 @@ def plan_run(config_path: str | Path | None = None, overrides: list[str] | None 
         _require_own_data(reward, sft, rl_base, load(EvalConfig, "eval"))
     if rl_base.algorithm == "dpo":
         raise ConfigError("rl.algorithm: `salsa run` compares online RL (ppo, rloo, grpo); run dpo with `salsa rl`")
-    anchors = {"sft": sft_dirs[0], "soup": soup.output_dir}
-    rl = {}
-    for method in run.methods:
-        start, reference = METHODS[method]
-        for s in range(run.seeds):
-            name = f"rl/{method}/seed-{s}"
-            rl[name] = dataclasses.replace(
-                rl_base, init=anchors[start], reference=reference, reference_model=anchors[start],
-                reference_models=None, sft_model=sft_dirs[0], reward_model=str(Path(reward.output_dir) / "model"),
-                output_dir=str(root / name), seed=rl_base.seed + s,
-            )  # fmt: skip
-    policies = {
-        m: [str(Path(rl[f"rl/{m}/seed-{s}"].output_dir) / "final") for s in range(run.seeds)] for m in run.methods
-    }
+    # RL trains on the run's reward model, unless rl.reward_model names another reward (gold, a function, ...).
+    rl_reward = _wire(rl_base, reward_model=str(Path(reward.output_dir) / "model")).reward_model
+    rl, policies = {}, {}
+    for arm, spec in run.arms.items():
+        init, reference = (_anchor(part, sft_dirs, soup.output_dir) for part in spec.split(":"))
+        for coef in run.kl_coefs or [rl_base.kl_coef]:
+            policy = arm if run.kl_coefs is None else f"{arm}@kl{coef:g}"
+            policies[policy] = []
+            for s in range(run.arm_seeds.get(arm, run.seeds)):
+                name = f"rl/{arm}/seed-{s}" if run.kl_coefs is None else f"rl/{arm}/kl-{coef:g}/seed-{s}"
+                rl[name] = dataclasses.replace(
+                    rl_base, init=init[1], reference=reference[0], reference_model=reference[1],
+                    reference_models=None, sft_model=sft_dirs[0], reward_model=rl_reward, kl_coef=coef,
+                    output_dir=str(root / name), seed=rl_base.seed + s,
+                )  # fmt: skip
+                policies[policy].append(str(root / name / "final"))
     policies["sft"] = [sft_dirs[0]]
-    comparisons = [f"{a}:{b}" for a, b in zip(run.methods, run.methods[1:], strict=False)]
-    comparisons += [f"{m}:sft" for m in run.methods]
+    comparisons = _comparisons(run, list(policies)[:-1])
     evaluation = _wire(
         load(EvalConfig, "eval"), **made["eval"],
         policies=policies, comparisons=comparisons, reward_model=str(Path(reward.output_dir) / "model"),
@@ -152,6 +150,26 @@ def plan_run(config_path: str | Path | None = None, overrides: list[str] | None 
     for config in (data, reward, sft, soup, *rl.values(), evaluation):
         validate_values(config)
     return plan
+
+
+def _anchor(part: str, sft_dirs: list[str], soup_dir: str) -> tuple[str, str | None]:
+    """An arm's INIT or REFERENCE (sft-<i>, soup, ema, none) as (reference kind, model directory)."""
+    if part.startswith("sft-"):
+        index = int(part.removeprefix("sft-"))
+        if index >= len(sft_dirs):
+            raise ConfigError(f"run.arms: {part} names SFT model {index}, but sft trains {len(sft_dirs)} models")
+        return "sft", sft_dirs[index]
+    return (part, soup_dir) if part == "soup" else (part, None)
+
+
+def _comparisons(run: RunConfig, policies: list[str]) -> list[str]:
+    """The first arm against the second (the headline) at every KL coefficient, then every policy against SFT."""
+    pairs = []
+    if len(run.arms) >= 2:
+        first, second = list(run.arms)[:2]
+        at = [""] if run.kl_coefs is None else [f"@kl{c:g}" for c in run.kl_coefs]
+        pairs = [f"{first}{suffix}:{second}{suffix}" for suffix in at]
+    return pairs + [f"{p}:sft" for p in policies]
 
 
 def _task_files(data_dir: Path) -> dict[str, dict[str, str]]:
@@ -259,8 +277,8 @@ def run_pipeline(
 
     plan = plan_run(config_path, overrides)
     # The run directory is a stage of its own: salsa's, locked while a run works in it. What changes between
-    # runs (seeds, methods) is handled stage by stage below.
-    with Stage(plan.run, ignore=("seeds", "methods"), inputs={}) as run:
+    # runs (seeds, arms) is handled stage by stage below.
+    with Stage(plan.run, ignore=("seeds", "arms", "arm_seeds", "kl_coefs"), inputs={}) as run:
         root = run.out
         resolved = plan.to_yaml()
         if runtime.is_main_process():

@@ -104,30 +104,48 @@ def _plot_frontier(results: dict, path: Path) -> None:
     _save(fig, path, "Score against KL, policy after each update (centred mean of 3)")
 
 
+# The training figure's panels: (y label, results section, keys drawn, x axis). "frontier" curves are indexed by the
+# policy after s updates (0 = the start), "diagnostics" by the update.
+TRAINING_PANELS = (
+    ("gold score", "frontier", ("gold",)),
+    ("reward-model score (training reward)", "frontier", ("reward",)),
+    ("KL to SFT (nats)", "frontier", ("kl_sft",)),
+    ("response length (tokens)", "frontier", ("response_length",)),
+    ("critic: explained variance", "diagnostics", ("explained_variance",)),
+    ("critic: value loss", "diagnostics", ("value_loss",)),
+    ("advantage, first / last quarter of a response", "diagnostics", ("advantage_q1", "advantage_q4")),
+    ("clip fraction", "diagnostics", ("clip_fraction",)),
+    ("approx. KL(old || new) per update", "diagnostics", ("approx_kl",)),
+    ("gradient norm, policy / value", "diagnostics", ("grad_norm_policy", "grad_norm_value")),
+    ("entropy (nats per token)", "diagnostics", ("entropy",)),
+)
+STYLES = ("-", "--", ":")
+
+
 def _plot_training(results: dict, path: Path) -> None:
-    curves = results["frontier"]
-    keys = [k for k in ("gold", "reward", "kl_sft", "response_length") if all(k in c for c in curves.values())]
-    units = {
-        "gold": "gold score",
-        "reward": "reward-model score",
-        "kl_sft": "KL to SFT (nats)",
-        "response_length": "response length (tokens)",
-    }
+    panels = []
+    for label, section, keys in TRAINING_PANELS:
+        curves = results.get(section) or {}
+        drawn = [k for k in keys if curves and all(k in c for c in curves.values())]
+        if drawn:
+            panels.append((label, section, drawn))
     import matplotlib.pyplot as plt
 
-    rows = (len(keys) + 1) // 2  # two panels a row, so that each stays readable at the page's width
-    fig, grid = plt.subplots(rows, 2, figsize=(10, 3.8 * rows), squeeze=False)
-    for ax, key in zip(grid.flat, keys, strict=False):
-        for name, curve in curves.items():
-            ax.plot(curve["step"], curve[key], label=name)
-        if key == "kl_sft":
+    rows = (len(panels) + 1) // 2  # two panels a row, so that each stays readable at the page's width
+    fig, grid = plt.subplots(rows, 2, figsize=(10, 3.4 * rows), squeeze=False)
+    for ax, (label, section, keys) in zip(grid.flat, panels, strict=False):
+        for color, (name, curve) in enumerate(results[section].items()):
+            for style, key in zip(STYLES, keys, strict=False):
+                suffix = f" ({key.rsplit('_', 1)[-1]})" if len(keys) > 1 else ""
+                ax.plot(curve["step"], curve[key], style, color=f"C{color}", label=name + suffix)
+        if keys[0] in ("kl_sft", "explained_variance", "advantage_q1"):
             ax.axhline(0, color="grey", linewidth=0.8)
-        ax.set_xlabel("updates of the policy")
-        ax.set_ylabel(units[key])
-        ax.legend(fontsize=8)
-    for ax in list(grid.flat)[len(keys) :]:
+        ax.set_xlabel("updates of the policy" if section == "frontier" else "update")
+        ax.set_ylabel(label, fontsize=9)
+        ax.legend(fontsize=7)
+    for ax in list(grid.flat)[len(panels) :]:
         ax.axis("off")
-    _save(fig, path, "Training curves (centred mean of 3 policies, mean over seeds)")
+    _save(fig, path, "Training curves (scores: centred mean of 3 policies; all: mean over seeds)")
 
 
 def plots_for(results: dict) -> list[tuple[str, str, Callable[[dict, Path], None]]]:

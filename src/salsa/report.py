@@ -16,6 +16,8 @@ from pathlib import Path
 from salsa import runtime
 from salsa.config import ReportConfig
 from salsa.engine import Stage
+from salsa.evaluation.soup_health import soup_health_text
+from salsa.evaluation.stats import VERDICT_RULE
 from salsa.io import atomic_file, atomic_write_json, atomic_write_text, read_json
 from salsa.plots import JUDGE_TITLES, SPLIT_TITLES, all_comparisons, kl_label, pair_label, plots_for
 from salsa.version import __version__
@@ -41,6 +43,46 @@ def verdict(comparison: dict, confidence: float) -> str:
     if high < 0.5:
         return f"{a} did not beat {b}: {b} won on this run ({where}: {interval})."
     return f"{a} did not beat {b} on this run: the interval includes 50% ({where}: {interval})."
+
+
+def seed_test_text(comparison: dict) -> str:
+    """The comparison over seeds: per-seed differences, the two tests, the minimum detectable effect, the rule."""
+    test = comparison["seed_test"]
+    per_seed = ", ".join(f"{d:+.3f}" for d in test["per_seed"])
+    if test["t_p"] is None:
+        return f"Over seeds: per-seed mean differences {per_seed}; no test over identical differences."
+    low, high = comparison["ci"]["mean_difference"]
+    return (
+        f"Over the {test['seeds']} seeds: per-seed mean {JUDGE_TITLES[comparison['judge']]} differences {per_seed} "
+        f"(mean {test['mean']:+.3f}); paired t-test p = {test['t_p']:.3f}; exact sign-flip test p = "
+        f"{test['permutation_p']:.3f} (the smallest possible with {test['seeds']} seeds is "
+        f"{test['min_permutation_p']:.3f}); minimum detectable effect (5% level, 80% power) {test['mde']:.3f}. "
+        f"By the rule fixed before the run ({VERDICT_RULE}), with the bootstrap interval [{low:+.3f}, {high:+.3f}]: "
+        f"**{comparison['claim']}**."
+    )
+
+
+def against_sft(results: dict) -> list[str]:
+    """Did RL help? Each policy against the SFT model on in-distribution prompts by the first judge (gold when the
+    task has one), by its mean score difference and that difference's interval."""
+    judge = results["judges"][0] if results["judges"] else None
+    sentences = []
+    for c in results["comparisons"]:
+        if c["b"] != "sft" or c["split"] != "in_distribution" or c["judge"] != judge or c.get("matched_kl"):
+            continue
+        low, high = c["ci"]["mean_difference"]
+        measured = (
+            f"mean {JUDGE_TITLES[judge]} difference {c['mean_difference']:+.3f} [{low:+.3f}, {high:+.3f}], {_rate(c)}"
+        )
+        if low > 0:
+            sentences.append(f"{c['a']} improved on the SFT model: {measured}.")
+        elif high < 0:
+            sentences.append(f"{c['a']} is worse than the SFT model: {measured}.")
+        else:
+            sentences.append(
+                f"{c['a']} did not measurably improve on the SFT model (the interval includes 0): {measured}."
+            )
+    return sentences
 
 
 def _headline(results: dict) -> dict | None:
@@ -270,7 +312,22 @@ def _render(results: dict, out: Path, run_info: dict | None) -> None:
     headline = _headline(results)
     title = "salsa report"
     headline_verdict = verdict(headline, confidence) if headline else None
-    blocks = [Block("heading", (1, title)), *_verdict_blocks(results, headline, headline_verdict)]
+    blocks = [Block("heading", (1, title))]
+    if results.get("soup_health"):  # first: it says whether the comparison below can show anything
+        blocks.append(Block("text", "**Soup health.** " + soup_health_text(results["soup_health"])))
+    blocks += _verdict_blocks(results, headline, headline_verdict)
+    rl_vs_sft = against_sft(results)
+    if rl_vs_sft:
+        blocks.append(Block("text", "**Against the SFT model** (in-distribution prompts). " + " ".join(rl_vs_sft)))
+    on_gold = [name for name, reward in results.get("training_rewards", {}).items() if reward.startswith("gold")]
+    if on_gold:
+        blocks.append(
+            Block(
+                "text",
+                f"**The gold judge was the training reward** of {', '.join(on_gold)} (a control run): for "
+                f"{'it' if len(on_gold) == 1 else 'them'} gold is the reward it optimised, not an independent judge.",
+            )
+        )
     blocks += _matched_kl_blocks(results, confidence)
     plots = plots_for(results)
     if plots:
@@ -301,6 +358,7 @@ def _render(results: dict, out: Path, run_info: dict | None) -> None:
     atomic_write_text(out / "report.html", _html(blocks, title))
     summary = {
         "verdict": headline_verdict,
+        "against_sft": rl_vs_sft,
         "headline": headline,
         "policies": results["policies"],
         "comparisons": results["comparisons"],
@@ -319,6 +377,8 @@ def _verdict_blocks(results: dict, headline: dict | None, headline_verdict: str 
     if not headline:
         return []
     blocks = [Block("text", "**Verdict** (the pre-specified comparison). " + headline_verdict)]
+    if headline.get("seed_test"):
+        blocks.append(Block("text", seed_test_text(headline)))
     secondary = [c for c in results["comparisons"] if c is not headline]
     if secondary:
         listed = "; ".join(
@@ -393,4 +453,6 @@ def print_summary(out: str | Path) -> None:
         console.print(table)
     if summary["verdict"]:
         console.print(f"[bold]verdict:[/] {escape(summary['verdict'])}")
+    for sentence in summary.get("against_sft", []):
+        console.print(f"[bold]against SFT:[/] {escape(sentence)}")
     console.print(f"report: {Path(out) / 'report.html'} ({Path(out) / 'report.md'})")

@@ -232,7 +232,8 @@ def _fit(
 
 
 def normalisation(reward: RewardModel, pairs: list[PreferencePair]) -> tuple[float, float]:
-    """Mean and std of the raw scores on the responses the policy starts from (those of the training pairs)."""
+    """Mean and std of the raw scores over the distinct responses of the training pairs (chosen and rejected, on and
+    off subject): a scale for the scores. RL centres them again on its starting policy's samples."""
     items = _distinct_responses(pairs)
     responses = [items[key] for key in sorted(items)]
     raw = reward.raw_scores([p for p, _ in responses], [r for _, r in responses])

@@ -73,6 +73,15 @@ def all_sum(values: torch.Tensor) -> torch.Tensor:
     return summed.to(values.device)
 
 
+def all_max(values: torch.Tensor) -> torch.Tensor:
+    """The element-wise maximum of `values` over every process (a copy)."""
+    if world_size() == 1:
+        return values.detach().clone()
+    largest = values.detach().to(process_state().device, copy=True)
+    torch.distributed.all_reduce(largest, op=torch.distributed.ReduceOp.MAX)
+    return largest.to(values.device)
+
+
 def average_gradients(parameters: list[torch.nn.Parameter]) -> None:
     """Average the gradients of replicated parameters over the processes, in one flat all-reduce per dtype.
 

@@ -28,7 +28,8 @@ class RewardModel:
     Two layouts: `pair` (salsa's encoder: prompt and response as a text pair, [CLS] prompt [SEP] response [SEP])
     and `conversation` (every other model: the chat template over the prompt's messages and the response as the
     assistant's turn, or prompt + response when the tokenizer has no template: what TRL scores). `score` is
-    normalised: (r - mean) / std, with the statistics measured on SFT-distribution responses.
+    normalised: (r - mean) / std, with a `salsa reward` model's statistics over the distinct responses of its training
+    pairs (a scale, not a centre on the policy's samples: RL normalises again on its starting policy).
     """
 
     def __init__(self, model, tokenizer, layout: str, max_length: int = 128, mean: float = 0.0, std: float = 1.0):
@@ -82,7 +83,7 @@ class RewardModel:
         return torch.cat(out) if out else torch.empty(0)
 
     def score(self, prompts: list[Prompt], responses: list[str], batch_size: int = 64) -> torch.Tensor:
-        """Normalised rewards: (r - mean) / std, with mean and std measured on the SFT samples."""
+        """Normalised rewards: (r - mean) / std, with the statistics the reward model was saved with."""
         return (self.raw_scores(prompts, responses, batch_size) - self.mean) / self.std
 
 
@@ -106,6 +107,14 @@ def reward_function(spec: str, device: torch.device | None = None) -> RewardFn:
 
         return scores
     return RewardModel.load(spec, device).score
+
+
+def gold_reward(gold_score: Callable[[str, str], float]) -> RewardFn:
+    """A task's gold judge as a reward (`rl.reward_model: gold`): the control that tells whether RL can optimise the
+    true objective at all, apart from how good a proxy the reward model is."""
+    return lambda prompts, responses: torch.tensor(
+        [gold_score(prompt_text(p), r) for p, r in zip(prompts, responses, strict=True)], dtype=torch.float32
+    )
 
 
 # How each of salsa's backbones reads a (prompt, response).

@@ -34,7 +34,7 @@ from salsa.io import COMPLETE_MARKER, atomic_write_json
 from salsa.logs import FiniteGuard, MetricsLog
 from salsa.models import load_tokenizer, model_config, save_model, trainable_model
 from salsa.progress import console, training_progress
-from salsa.seeding import batch_stream
+from salsa.seeding import batch_stream, generator
 from salsa.tokenization import IGNORE_INDEX, collate, tokenize_sft_rows
 
 SCHEDULERS = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}
@@ -76,32 +76,50 @@ def train_sft(
         paths = []
         for index, seed in enumerate(seeds_of(config)):
             out = stage.out / f"sft-{index}"
-            if _member_finished(out, seed, stage.fingerprint):
+            own, data = member_data(config, examples, index)
+            member = {"seed": seed, "data": data}
+            if _member_finished(out, member, stage.fingerprint):
                 console.print(f"[green]{escape(str(out))}[/] is complete; reusing it")
             else:
-                _train_one(config, seed, stage.fingerprint, examples, tokenizer, out, show_progress)
+                _train_one(config, member, stage.fingerprint, own, tokenizer, out, show_progress)
             paths.append(out)
         stage.finish({"seeds": seeds_of(config)})
     return paths
 
 
-def _member_finished(out: Path, seed: int, fingerprint: str) -> bool:
-    """Whether model directory `out` holds a finished model of this seed; refuses one of another seed."""
+def member_data(config: SFTConfig, examples: list, index: int) -> tuple[list, str]:
+    """The examples model `index` of the K trains on, and what they are (recorded with the model).
+
+    none: all of them (the K models differ in seed and data order only); disjoint: the index-th of K disjoint
+    shards of a seeded permutation; bootstrap: as many draws with replacement, seeded by the model's seed.
+    """
+    k, seed = len(seeds_of(config)), seeds_of(config)[index]
+    if config.data_shards == "disjoint":
+        order = torch.randperm(len(examples), generator=generator(config.seed, "shards")).tolist()
+        return [examples[i] for i in order[index::k]], f"shard {index + 1} of {k}"
+    if config.data_shards == "bootstrap":
+        draws = torch.randint(len(examples), (len(examples),), generator=generator(seed, "bootstrap")).tolist()
+        return [examples[i] for i in draws], f"bootstrap resample {seed}"
+    return examples, "all"
+
+
+def _member_finished(out: Path, member: dict, fingerprint: str) -> bool:
+    """Whether model directory `out` holds a finished model of this seed and data; refuses another one."""
     recorded = owner(out) if out.is_dir() else None
     if recorded is None:
         return False
-    trained_seed = recorded.get("seed")
-    if trained_seed != seed or recorded.get("fingerprint") != fingerprint:
+    trained = {"seed": recorded.get("seed"), "data": recorded.get("data", "all")}
+    if trained != member or recorded.get("fingerprint") != fingerprint:
         raise SalsaError(
-            f"{out} holds a model of seed {trained_seed}, and this config asks seed {seed} there; pass --overwrite "
-            "to retrain, or choose another output_dir"
+            f"{out} holds a model of seed {trained['seed']} trained on {trained['data']}, and this config asks seed "
+            f"{member['seed']} on {member['data']} there; pass --overwrite to retrain, or choose another output_dir"
         )
     return (out / COMPLETE_MARKER).is_file()
 
 
 def _train_one(
     config: SFTConfig,
-    seed: int,
+    member: dict,
     fingerprint: str,
     examples: list[dict[str, list[int]]],
     tokenizer: PreTrainedTokenizerBase,
@@ -110,6 +128,7 @@ def _train_one(
 ) -> None:
     accelerator = runtime.accelerator()
     main, world, rank = accelerator.is_main_process, accelerator.num_processes, accelerator.process_index
+    seed = member["seed"]
     set_seed(seed)
     core = runtime.place(_fresh_model(config), accelerator.device, config.sharding)  # sharded with fsdp2
     core.train()
@@ -125,7 +144,7 @@ def _train_one(
     model = core if runtime.is_sharded(core) else accelerator.prepare(core)
     if main:  # the model directory of this seed, from here on a run that can resume
         out.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(out / OWNER_MARKER, {"stage": "sft", "seed": seed, "fingerprint": fingerprint})
+        atomic_write_json(out / OWNER_MARKER, {"stage": "sft", **member, "fingerprint": fingerprint})
     checkpoints = Checkpointer(
         out / "checkpoints", core, optimizer, every=config.save_steps, scheduler=scheduler,
         identity={"seed": seed, "world_size": world},
@@ -167,7 +186,7 @@ def _train_one(
     whole = runtime.full_model(core, lambda: _fresh_model(config))
     if main:
         save_model(whole, tokenizer, out, adapter=config.use_lora)
-        marker = {"stage": "sft", "seed": seed, "steps": total_steps, "fingerprint": fingerprint}
+        marker = {"stage": "sft", **member, "steps": total_steps, "fingerprint": fingerprint}
         atomic_write_json(out / COMPLETE_MARKER, {**marker, "skipped_steps": guard.skipped})
     checkpoints.clear()
     accelerator.wait_for_everyone()

@@ -138,7 +138,7 @@ Made by `salsa data make` (seed {config.seed}) from the model `{config.model}`; 
 |---|---|---|
 | prompts_train.jsonl | {len(splits["train"])} | in-distribution prompts (products, places, services) |
 | prompts_dev.jsonl | {len(splits["dev"])} | training-distribution prompts on subjects held out of training: tune here |
-| prompts_eval.jsonl | {len(splits["eval"])} | in-distribution prompts on held-out subjects (disjoint from train and dev) |
+| prompts_eval.jsonl | {len(splits["eval"])} | in-distribution prompts, held-out subjects (not in train or dev) |
 | prompts_ood.jsonl | {len(splits["ood"])} | out-of-distribution prompts: media and art, different phrasing |
 | sft.jsonl | {n_sft} | best-of-{config.samples_per_prompt} samples per train prompt under the gold judge |
 | prefs.jsonl | {n_prefs} | {kept} per train prompt from its own, its twin's and off-subject samples |

@@ -53,6 +53,37 @@ def training_curves(policy_paths: list[str], window: int = 3) -> dict[str, list[
     return curves
 
 
+# What each update logs about itself (metrics.jsonl): the critic, the advantages, the update's size.
+DIAGNOSTICS = (
+    "explained_variance", "value_loss", "advantage_q1", "advantage_q2", "advantage_q3", "advantage_q4",
+    "clip_fraction", "approx_kl", "ratio_min", "ratio_max", "grad_norm_policy", "grad_norm_value", "entropy",
+)  # fmt: skip
+
+
+def training_diagnostics(policy_paths: list[str]) -> dict[str, list[float]] | None:
+    """Each update's diagnostics, averaged over the seeds (update 1, 2, ...); None for a policy that is not an RL
+    run. Only the diagnostics every seed logged are kept."""
+    logs = [Path(path).parent / "metrics.jsonl" for path in policy_paths]
+    if not all(log.is_file() for log in logs):
+        return None
+    runs = [read_jsonl(log) for log in logs]
+    length = min(len(r) for r in runs)
+    if length == 0:
+        return None
+    out: dict[str, list[float]] = {"step": [float(s) for s in range(1, length + 1)]}
+    for key in DIAGNOSTICS:
+        values = [[r.get(key) for r in run[:length]] for run in runs]
+        if all(v is not None for run in values for v in run):
+            out[key] = np.mean(values, axis=0).tolist()
+    return out if len(out) > 1 else None
+
+
+def training_reward(policy_path: str) -> str | None:
+    """What an RL policy was trained on (its run's completion marker), or None for a model that is not an RL run."""
+    marker = Path(policy_path).parent / COMPLETE_MARKER
+    return read_json(marker).get("reward") if marker.is_file() else None
+
+
 @dataclass
 class MatchedPolicy:
     """One side of a matched-KL comparison: a run's policy after `step` updates (its last is the final policy)."""

@@ -176,3 +176,63 @@ def match_steps(kl_a: dict[int, float], kl_b: dict[int, float]) -> tuple[int, in
             return None
         steps.append(min(inside, key=lambda step: (target - kl[step], step)))
     return steps[0], steps[1], target
+
+
+def two_level_interval(matrix: np.ndarray, num_samples: int = 2000, confidence: float = 0.95, seed: int = 0) -> dict:
+    """Mean of a [prompts, samples] matrix with a bootstrap interval that resamples the prompts, then the samples
+    of each drawn prompt: the uncertainty of the mean over the population the prompts come from."""
+    matrix = np.asarray(matrix, dtype=float)
+    rng = np.random.default_rng(seed)
+    prompts = rng.integers(0, matrix.shape[0], size=(num_samples, matrix.shape[0]))
+    picks = rng.integers(0, matrix.shape[1], size=(num_samples, *matrix.shape))
+    resampled = np.take_along_axis(matrix[prompts], picks, axis=2).mean((1, 2))
+    return {"mean": float(matrix.mean()), "ci": percentile_interval(resampled, confidence)}
+
+
+def seed_level_test(scores_a: np.ndarray, scores_b: np.ndarray, alpha: float = 0.05, power: float = 0.8) -> dict:
+    """Tests over seeds of paired [S seeds, N prompts] scores (seed s of A against seed s of B): the per-seed mean
+    differences d_s, a two-sided one-sample t-test of mean d = 0, the exact sign-flip permutation test, and the
+    minimum detectable effect of S seeds (the true mean difference a t-test of level `alpha` detects with
+    probability `power`, at the observed seed-to-seed spread):
+
+        MDE = (t_{1 - alpha/2, S-1} + t_{power, S-1}) * sd(d) / sqrt(S)
+
+    With S seeds the permutation test cannot go below p = 2 / 2^S (0.0625 for 5 seeds): few seeds cannot carry a
+    claim on their own, whatever the bootstrap over prompts says.
+    """
+    from scipy import stats as scipy_stats
+
+    difference = np.atleast_2d(scores_a).astype(float) - np.atleast_2d(scores_b).astype(float)
+    differences = difference.reshape(len(difference), -1).mean(1)  # one mean per seed, over prompts (and samples)
+    seeds = len(differences)
+    result: dict = {"seeds": seeds, "per_seed": differences.tolist(), "mean": float(differences.mean())}
+    if seeds < 2 or np.all(differences == differences[0]):
+        return {**result, "t_p": None, "permutation_p": None, "min_permutation_p": None, "mde": None}
+    spread = float(differences.std(ddof=1))
+    result["t_p"] = float(scipy_stats.ttest_1samp(differences, 0.0).pvalue)
+    signs = np.array(np.meshgrid(*[[1.0, -1.0]] * seeds)).reshape(seeds, -1).T  # every sign flip: [2^S, S]
+    flipped = np.abs((signs * differences).mean(1))
+    result["permutation_p"] = float((flipped >= abs(differences.mean()) - 1e-12).mean())
+    result["min_permutation_p"] = 2 / 2**seeds
+    quantiles = scipy_stats.t.ppf(1 - alpha / 2, seeds - 1) + scipy_stats.t.ppf(power, seeds - 1)
+    result["mde"] = float(quantiles * spread / np.sqrt(seeds))
+    return result
+
+
+# The rule every claim is judged by, fixed before the study ran (docs/results/README.md quotes it).
+VERDICT_RULE = (
+    "supported: the 95% bootstrap interval of the mean difference (seeds and prompts resampled) excludes 0 in the "
+    "claimed direction and the seed-level paired t-test gives p < 0.05 with the same sign; contradicted: the same "
+    "in the opposite direction; unresolved: anything else"
+)
+
+
+def claim_verdict(interval: tuple[float, float], seed_test: dict, direction: int = 1, alpha: float = 0.05) -> str:
+    """supported | contradicted | unresolved, by VERDICT_RULE, for a claim that A - B has sign `direction`."""
+    low, high = interval
+    significant = seed_test.get("t_p") is not None and seed_test["t_p"] < alpha
+    if significant and direction * low > 0 and direction * seed_test["mean"] > 0:
+        return "supported"
+    if significant and direction * high < 0 and direction * seed_test["mean"] < 0:
+        return "contradicted"
+    return "unresolved"

@@ -6,14 +6,17 @@ import numpy as np
 
 from salsa.config import EvalConfig
 from salsa.evaluation.judging import comparison_pairs
-from salsa.evaluation.matched import training_curves
+from salsa.evaluation.matched import training_curves, training_diagnostics, training_reward
 from salsa.evaluation.stats import (
+    claim_verdict,
     compare,
     compare_verdicts,
     matched_kl,
     mean_with_interval,
     outcomes,
+    seed_level_test,
     seed_pairs,
+    two_level_interval,
     within_prompt_interval,
 )
 from salsa.io import read_json
@@ -134,6 +137,9 @@ def summarise(
                     _score_matrix(samples, a, split, judge), _score_matrix(samples, b, split, judge), (a, b)
                 )
                 result = compare(scores_a, scores_b, config.tie_margin, **stats)
+                if len(scores_a) >= 2:  # several RL seeds: the tests over seeds, and the verdict by the rule
+                    result["seed_test"] = seed_level_test(scores_a, scores_b)
+                    result["claim"] = claim_verdict(result["ci"]["mean_difference"], result["seed_test"])
                 comparisons.append({"a": a, "b": b, "split": split, "judge": judge, **result})
     llm_judge = None
     if judgments:
@@ -144,10 +150,16 @@ def summarise(
         rows = [r for r in landscape_rows if r["alpha"] == alpha]
         point = {"alpha": alpha, "samples": len(rows)}
         for key in (*judges, "length"):
-            point[key] = within_prompt_interval(np.array(_by_prompt(rows, key)), **stats)
+            matrix = np.array(_by_prompt(rows, key))
+            # ci: these prompts, their samples resampled (what separates two points on the same prompts);
+            # ci_prompts_resampled: the prompts resampled too (the point's level for prompts like these).
+            point[key] = within_prompt_interval(matrix, **stats)
+            point[key]["ci_prompts_resampled"] = two_level_interval(matrix, **stats)["ci"]
         landscape.append(point)
     curves = {name: training_curves(paths) for name, paths in config.policies.items()}
     curves = {name: c for name, c in curves.items() if c}
+    diagnostics = {name: training_diagnostics(paths) for name, paths in config.policies.items()}
+    rewards = {name: training_reward(paths[0]) for name, paths in config.policies.items()}
     first_pair = comparison_pairs(config)[0] if comparison_pairs(config) else None
     return {
         "settings": {
@@ -174,6 +186,9 @@ def summarise(
         "landscape": landscape,
         "landscape_midpoint_is_soup": _midpoint_is_soup(config),
         "frontier": curves,
+        "diagnostics": {name: d for name, d in diagnostics.items() if d},
+        # What each RL policy was trained on; a policy trained on the gold judge is judged by its own reward.
+        "training_rewards": {name: r for name, r in rewards.items() if r},
         "matched_kl": matched_kl(curves, tuple(j for j in judges)) if len(curves) >= 2 else None,
         "matched_kl_comparisons": summarise_matched(matched_rows or [], judges, config, stats),
         "matched_kl_notes": unmatched or [],

@@ -40,6 +40,43 @@ def masked_whiten(
     return whitened if shift_mean else whitened + mean
 
 
+def explained_variance(
+    values: torch.Tensor,
+    returns: torch.Tensor,
+    mask: torch.Tensor,
+    total: Callable[[torch.Tensor], torch.Tensor] = lambda t: t,
+) -> float:
+    """1 - Var[R - V] / Var[R] over the masked tokens: 1 when the value function predicts the returns, 0 when it
+    does no better than their mean, below 0 when worse. `total` sums over data-parallel processes."""
+    error = returns - values
+    sums = total(torch.stack([mask.sum(), (returns * mask).sum(), (returns**2 * mask).sum(),
+                              (error * mask).sum(), (error**2 * mask).sum()]).double())  # fmt: skip
+    n = sums[0].clamp(min=1)
+    variance_returns = sums[2] / n - (sums[1] / n) ** 2
+    variance_error = sums[4] / n - (sums[3] / n) ** 2
+    return float(1 - variance_error / variance_returns) if variance_returns > 0 else float("nan")
+
+
+def advantage_diagnostics(
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    buckets: int = 4,
+    total: Callable[[torch.Tensor], torch.Tensor] = lambda t: t,
+) -> dict[str, float]:
+    """The mean advantage of the tokens in each of `buckets` equal parts of their response (first quarter, ...).
+
+    A critic that predicts nothing gives late tokens positive and early tokens negative advantages whatever the
+    response's quality (GAE of a final-token reward, then whitening): these means show it.
+    """
+    lengths = mask.sum(1, keepdim=True).clamp(min=1)
+    position = torch.arange(mask.shape[1], device=mask.device)[None]
+    part = (position * buckets / lengths).long().clamp(max=buckets - 1)
+    sums = torch.stack([torch.stack([(advantages * mask * (part == b)).sum(), (mask * (part == b)).sum()])
+                        for b in range(buckets)])  # fmt: skip
+    sums = total(sums.double())
+    return {f"advantage_q{b + 1}": float(sums[b, 0] / sums[b, 1].clamp(min=1)) for b in range(buckets)}
+
+
 def kl_k1(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
     """k1 = log p(y) - log q(y): unbiased per-sample estimate of KL(p || q) for y ~ p (Schulman 2020)."""
     return logp - ref_logp

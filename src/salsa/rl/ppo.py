@@ -22,6 +22,7 @@ same global batch. Every process keeps the same policy and the same EMA referenc
 
 from __future__ import annotations
 
+import math
 import random
 import time
 from collections.abc import Callable
@@ -36,14 +37,18 @@ from salsa.config import RLConfig
 from salsa.engine import Stage, run_stage
 from salsa.errors import ConfigError, SalsaError
 from salsa.generation import check_prompt_lengths
-from salsa.logs import FiniteGuard, MetricsLog
+from salsa.inputs import GOLD_REWARD
+from salsa.io import atomic_write_json, read_json
+from salsa.logs import FiniteGuard, MetricsLog, NonFiniteError
 from salsa.models import load_causal_lm, load_tokenizer, save_model
 from salsa.progress import console, training_progress
 from salsa.rl.core import (
     AdaptiveKLController,
+    advantage_diagnostics,
     aggregate,
     clipped_policy_loss,
     clipped_value_loss,
+    explained_variance,
     gae,
     grpo_advantages,
     kl_k1,
@@ -58,8 +63,9 @@ from salsa.rl.policy import fresh_policy
 from salsa.rl.reference import Reference, load_reference
 from salsa.rl.rollout import RewardFn, Rollout, collect_rollout
 from salsa.rl.snapshots import save_snapshot
-from salsa.scoring import reward_function
+from salsa.scoring import gold_reward, reward_function
 from salsa.seeding import batch_stream, derive_seed, generator
+from salsa.tasks import BUILTIN_TASKS
 
 
 def advantages(
@@ -100,22 +106,23 @@ def rl_update(
     learner: Learner,
     rollout: Rollout,
     config: RLConfig,
-    optimizer,
+    optimizer: torch.optim.Optimizer,
     beta: float,
     generator: torch.Generator,
     guard: FiniteGuard,
     step: int,
+    value_only: bool = False,
 ) -> dict:
     """Advantages, then `ppo_epochs` passes of clipped updates over minibatches; returns the step's statistics.
 
     Each epoch draws a permutation of the step's global rows from `generator` (seeded alike on every process); a
     minibatch is a slice of it, and each process works on the rows of it that it rolled out. A minibatch whose
-    loss or gradient is not finite is never applied (`guard` stops the run or skips it).
+    loss or gradient is not finite is never applied (`guard` stops the run or skips it). `value_only` (the value
+    warm-up) trains the value function alone.
     """
-    world = runtime.world_size()
     n_local, n_global = len(rollout.rows), config.prompts_per_step * config.samples_per_prompt
     local_index = {row: i for i, row in enumerate(rollout.rows)}
-    fused = config.ppo_epochs == 1 and config.minibatch_size >= n_global
+    fused = config.ppo_epochs == 1 and config.minibatch_size >= n_global and not value_only
     dtype = runtime.compute_dtype(config.mixed_precision)
     with runtime.autocast(dtype), torch.enable_grad() if fused else torch.no_grad():
         live_logp, live_values, entropy = learner.evaluate(rollout, torch.arange(n_local), with_entropy=True)
@@ -125,58 +132,105 @@ def rl_update(
     kl = kl_k1(old_logp, rollout.ref_logprobs) * mask if rollout.ref_logprobs is not None else torch.zeros_like(mask)
     kl_for_reward = kl if config.algorithm != "grpo" else torch.zeros_like(kl)
     adv, returns = advantages(config, rollout.scores, kl_for_reward, old_values, mask, beta)
-
-    stats: dict[str, list[float]] = {"policy_loss": [], "value_loss": [], "clip_fraction": [], "approx_kl": []}
+    batch = Minibatches(learner, rollout, config, optimizer, beta, guard, step, old_logp, old_values, adv, returns)
     for _ in range(config.ppo_epochs):
         epoch_order = torch.randperm(n_global, generator=generator)
         for start in range(0, n_global, config.minibatch_size):
-            minibatch = epoch_order[start : start + config.minibatch_size].tolist()
-            mine = [local_index[g] for g in minibatch if g in local_index]
-            # A process with no row in this minibatch still takes part (its weight is 0), so that every
-            # process runs the same collective operations (FSDP2 gathers weights in every forward pass).
-            weight = 1.0 if mine else 0.0
-            rows = torch.tensor(mine or [0])
-            if fused:  # the one minibatch is the whole rollout: reuse the rollout's forward pass
-                logp, values = live_logp[rows], live_values[rows] if live_values is not None else None
-            else:
-                with runtime.autocast(dtype):
-                    logp, values, _ = learner.evaluate(rollout, rows)
-            m = mask[rows] * weight
-            # Each process divides its sums by its share of the global count (tokens, or responses; the count
-            # over all processes / world), so the average of the processes' losses, and of their gradients, is the
-            # mean over the global minibatch.
-            tokens = runtime.all_sum(m.sum()) / world
-            count = tokens if config.loss_aggregation == "token" else runtime.all_sum((m.sum(1) > 0).sum()) / world
-            loss, clip_fraction, approx_kl = clipped_policy_loss(
-                logp, old_logp[rows], adv[rows], m, config.clip_range, count, config.loss_aggregation
-            )
-            stats["policy_loss"].append(float(runtime.all_sum(loss.detach())) / world)
-            if config.algorithm == "grpo" and rollout.ref_logprobs is not None:  # GRPO: beta * k3 in the loss
-                kl_loss = aggregate(kl_k3(logp, rollout.ref_logprobs[rows]), m, config.loss_aggregation, count)
-                loss = loss + beta * kl_loss
-                stats.setdefault("kl_loss", []).append(float(runtime.all_sum(kl_loss.detach())) / world)
-            if values is not None:
-                value_loss = clipped_value_loss(
-                    values, old_values[rows], returns[rows], m, config.value_clip_range, count=tokens
-                )
-                loss = loss + config.vf_coef * value_loss
-                stats["value_loss"].append(float(runtime.all_sum(value_loss.detach())) / world)
-            loss.backward()
-            if not runtime.is_sharded(learner.policy):
-                runtime.average_gradients(learner.parameters())
-            grad_norm = runtime.clip_gradients(learner.parameters(), config.max_grad_norm)
-            if guard.ok(step, loss=runtime.all_sum(loss.detach()), grad_norm=grad_norm):
-                optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            stats["clip_fraction"].append(float(runtime.all_sum(clip_fraction.detach())) / world)
-            stats["approx_kl"].append(float(runtime.all_sum(approx_kl.detach())) / world)
-    result = {k: sum(v) / len(v) for k, v in stats.items() if v}
+            mine = [
+                local_index[g] for g in epoch_order[start : start + config.minibatch_size].tolist() if g in local_index
+            ]
+            live = (live_logp, live_values) if fused else None  # the one minibatch is the rollout: reuse its pass
+            batch.train(mine, live, value_only)
+    result = {k: sum(v) / len(v) for k, v in batch.stats.items() if v and not k.startswith("ratio")}
+    if batch.stats["ratio_max"]:
+        result["ratio_min"], result["ratio_max"] = min(batch.stats["ratio_min"]), max(batch.stats["ratio_max"])
     rows_here = torch.tensor(float(n_local))
     result["kl_ref"] = _global_mean(kl.sum(), rows_here)
     if rollout.sft_logprobs is not None:
         result["kl_sft"] = _global_mean(sequence_kl(old_logp, rollout.sft_logprobs, mask).sum(), rows_here)
     result["entropy"] = _global_mean((entropy * mask).sum(), mask.sum())
+    result.update(advantage_diagnostics(adv, mask, total=runtime.all_sum))
+    if old_values is not None:
+        result["returns"] = _global_mean((returns * mask).sum(), mask.sum())
+        result["values"] = _global_mean((old_values * mask).sum(), mask.sum())
+        result["explained_variance"] = explained_variance(old_values, returns, mask, total=runtime.all_sum)
     return result
+
+
+class Minibatches:
+    """The clipped updates of one rollout, a minibatch at a time, and the statistics they log."""
+
+    def __init__(self, learner, rollout, config, optimizer, beta, guard, step, old_logp, old_values, adv, returns):
+        self.learner, self.rollout, self.config, self.optimizer = learner, rollout, config, optimizer
+        self.beta, self.guard, self.step = beta, guard, step
+        self.old_logp, self.old_values, self.adv, self.returns = old_logp, old_values, adv, returns
+        names = ("policy_loss", "value_loss", "clip_fraction", "approx_kl", "ratio_min", "ratio_max",
+                 "grad_norm_policy", "grad_norm_value")  # fmt: skip
+        self.stats: dict[str, list[float]] = {name: [] for name in names}
+
+    def _log(self, name: str, value: torch.Tensor) -> None:
+        """The mean over processes of a statistic each process computed as its share of the global mean."""
+        self.stats.setdefault(name, []).append(float(runtime.all_sum(value.detach())) / runtime.world_size())
+
+    def train(self, mine: list[int], live: tuple | None, value_only: bool) -> None:
+        """One optimizer step on this process's rows `mine` of a minibatch (its forward pass `live` if given)."""
+        config, world, learner = self.config, runtime.world_size(), self.learner
+        # A process with no row in this minibatch still takes part (its weight is 0), so that every
+        # process runs the same collective operations (FSDP2 gathers weights in every forward pass).
+        weight = 1.0 if mine else 0.0
+        rows = torch.tensor(mine or [0])
+        if live is not None:
+            logp, values = live[0][rows], live[1][rows] if live[1] is not None else None
+        else:
+            with runtime.autocast(runtime.compute_dtype(config.mixed_precision)):
+                logp, values, _ = learner.evaluate(self.rollout, rows, value_only=value_only)
+        m = self.rollout.mask[rows] * weight
+        # Each process divides its sums by its share of the global count (tokens, or responses; the count
+        # over all processes / world), so the average of the processes' losses, and of their gradients, is the
+        # mean over the global minibatch.
+        tokens = runtime.all_sum(m.sum()) / world
+        count = tokens if config.loss_aggregation == "token" else runtime.all_sum((m.sum(1) > 0).sum()) / world
+        loss, clip_fraction, approx_kl = clipped_policy_loss(
+            logp, self.old_logp[rows], self.adv[rows], m, config.clip_range, count, config.loss_aggregation
+        )
+        self._log("policy_loss", loss)
+        if config.algorithm == "grpo" and self.rollout.ref_logprobs is not None:  # GRPO: beta * k3 in the loss
+            kl_loss = aggregate(kl_k3(logp, self.rollout.ref_logprobs[rows]), m, config.loss_aggregation, count)
+            loss = loss + self.beta * kl_loss
+            self._log("kl_loss", kl_loss)
+        if value_only:
+            loss = torch.zeros((), device=m.device)
+        if values is not None:
+            value_loss = clipped_value_loss(
+                values, self.old_values[rows], self.returns[rows], m, config.value_clip_range, count=tokens
+            )
+            loss = loss + config.vf_coef * value_loss
+            self._log("value_loss", value_loss)
+        loss.backward()
+        if not runtime.is_sharded(learner.policy):
+            runtime.average_gradients(learner.parameters())
+        # The policy and the value function are clipped apart: the large early gradients of an untrained value
+        # function must not shrink the policy's step.
+        grad_norm = runtime.clip_gradients(learner.policy_parameters(), config.max_grad_norm)
+        self.stats["grad_norm_policy"].append(grad_norm)
+        if learner.value_head is not None:
+            value_norm = runtime.clip_gradients(learner.value_parameters(), config.max_grad_norm)
+            self.stats["grad_norm_value"].append(value_norm)
+            grad_norm = (grad_norm**2 + value_norm**2) ** 0.5
+        if self.guard.ok(self.step, loss=runtime.all_sum(loss.detach()), grad_norm=grad_norm):
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self._log("clip_fraction", clip_fraction)
+        self._log("approx_kl", approx_kl)
+        # The range of pi_new / pi_old over the minibatch's tokens (every process joins the reduction).
+        log_ratio = logp.detach() - self.old_logp[rows]
+        outside = m == 0
+        extremes = torch.stack(
+            [log_ratio.masked_fill(outside, -torch.inf).max(), (-log_ratio).masked_fill(outside, -torch.inf).max()]
+        )
+        highest = runtime.all_max(extremes)
+        self.stats["ratio_max"].append(float(highest[0].exp()))
+        self.stats["ratio_min"].append(float((-highest[1]).exp()))
 
 
 def train_rl(
@@ -220,8 +274,8 @@ class Models:
             )  # fmt: skip
 
 
-def _load_models(config: RLConfig, prompts: list, reward_fn: RewardFn | None) -> Models:
-    device = runtime.accelerator().device
+def _load_models(config: RLConfig, stage: Stage, reward_fn: RewardFn | None) -> Models:
+    device, prompts = runtime.accelerator().device, stage.inputs["prompts"]
     tokenizer = load_tokenizer(config.init)
     learner = Learner(config, device)
     check_prompt_lengths(tokenizer, prompts, config.max_new_tokens, learner.policy, f"rl.prompts ({config.prompts})")
@@ -231,14 +285,14 @@ def _load_models(config: RLConfig, prompts: list, reward_fn: RewardFn | None) ->
     if config.sft_model is not None and not reference_is_sft:
         sft_model = load_causal_lm(config.sft_model, runtime.forward_dtype(config.mixed_precision))
         sft_model = runtime.place(sft_model.eval().requires_grad_(False), device, config.sharding)
-    reward = reward_fn or reward_function(config.reward_model, device)
-    if config.normalise_reward:
-        reward = _normalised(reward, sft_model or learner.policy, tokenizer, prompts, config)
-    gold_fn = None
-    if config.task:
-        from salsa.tasks import BUILTIN_TASKS
-
-        gold_fn = BUILTIN_TASKS[config.task].gold_score
+    gold_fn = BUILTIN_TASKS[config.task].gold_score if config.task else None
+    if reward_fn is None:
+        reward_fn = gold_reward(gold_fn) if config.reward_model == GOLD_REWARD else reward_function(config.reward_model)
+    reward = reward_fn
+    if config.reward_normalisation == "initial_policy":
+        mean, std = _normalisation(reward_fn, learner.policy, tokenizer, prompts, config, stage.out)
+        learner.calibrate_value(mean, std)
+        reward = lambda p, r: (torch.as_tensor(reward_fn(p, r), dtype=torch.float32) - mean) / std  # noqa: E731
     return Models(learner, tokenizer, reference, sft_model, reward, gold_fn, reference_is_sft)
 
 
@@ -249,9 +303,9 @@ def _run(config: RLConfig, stage: Stage, reward_fn: RewardFn | None, show_progre
     torch.manual_seed(config.seed)
     random.seed(config.seed)
     prompts = stage.inputs["prompts"]
-    models = _load_models(config, prompts, reward_fn)
+    models = _load_models(config, stage, reward_fn)
     learner, reference = models.learner, models.reference
-    optimizer = torch.optim.AdamW(learner.parameters(), lr=config.learning_rate)
+    optimizer = learner.optimizer()
     checkpoints = Checkpointer(
         out / "checkpoints", learner.trained, optimizer, every=config.save_steps, identity={"world_size": world},
         extra=reference,
@@ -268,7 +322,8 @@ def _run(config: RLConfig, stage: Stage, reward_fn: RewardFn | None, show_progre
         task = progress.add_task(
             f"{config.algorithm} ({config.reference} ref)", total=config.steps, completed=step, metrics=""
         )
-        while step < config.steps:
+        began = time.perf_counter() - counters.get("elapsed_s", 0.0)
+        while step < config.steps and not _out_of_time(config, began, step):
             started = time.perf_counter()
             batch = next(batches)
             rollout = models.rollout(config, [prompts[batch[p]] for p in positions], positions, step)
@@ -276,8 +331,10 @@ def _run(config: RLConfig, stage: Stage, reward_fn: RewardFn | None, show_progre
             stats = {}
             if guard.ok(step, reward=rollout.scores):
                 order = generator(config.seed, "minibatch", step)
-                stats = rl_update(learner, rollout, config, optimizer, beta, order, guard, step)
+                value_only = config.algorithm == "ppo" and step <= config.value_warmup_steps
+                stats = rl_update(learner, rollout, config, optimizer, beta, order, guard, step, value_only)
             record = _record(step, rollout, stats, beta, started, models.reference_is_sft, guard.skipped)
+            record["elapsed_s"] = time.perf_counter() - began
             first_length = first_length or record["response_length"]
             record["collapse"] = record["response_length"] < config.collapse_fraction * first_length
             if record["collapse"] and not collapsed and main:
@@ -298,9 +355,20 @@ def _run(config: RLConfig, stage: Stage, reward_fn: RewardFn | None, show_progre
                 weights = runtime.trainable_state(learner.policy)  # every process takes part in gathering
                 if main:
                     save_snapshot(weights, out, step)  # the final step is `final/`
-            checkpoints.save_if_due(step, config.steps, {"beta": beta, "first_length": first_length})
+            state = {"beta": beta, "first_length": first_length, "elapsed_s": record["elapsed_s"]}
+            checkpoints.save_if_due(step, config.steps, state)
     _finish(config, stage, models, next(batches), positions, step, guard.skipped)
     checkpoints.clear()
+
+
+def _out_of_time(config: RLConfig, began: float, step: int) -> bool:
+    """Whether `max_minutes` of training have passed (the main process decides, so every process stops alike)."""
+    if config.max_minutes is None:
+        return False
+    over = runtime.broadcast(time.perf_counter() - began > 60 * config.max_minutes)
+    if over and runtime.is_main_process():
+        console.print(f"rl.max_minutes ({config.max_minutes}) reached after {step} of {config.steps} steps; stopping")
+    return over
 
 
 def _record(
@@ -351,29 +419,47 @@ def _finish(
     policy = runtime.full_model(models.learner.policy, lambda: fresh_policy(config))
     if runtime.is_main_process():
         save_model(policy, models.tokenizer, stage.out / "final")
-    info = {"algorithm": config.algorithm, "reference": config.reference, "skipped_steps": skipped}
+    reward = "gold judge of the task" if config.reward_model == GOLD_REWARD else config.reward_model
+    info = {"algorithm": config.algorithm, "reference": config.reference, "reward": reward, "steps": step,
+            "skipped_steps": skipped}  # fmt: skip
     stage.finish({**info, "final_policy": final_policy})
 
 
-def _normalised(reward: RewardFn, model, tokenizer, prompts: list, config: RLConfig) -> RewardFn:
-    """`reward` centred and scaled by its mean and std on one seeded batch of `model`'s samples (over all processes)."""
+NORMALISATION_FILE = "reward_normalisation.json"
+
+
+def _normalisation(reward: RewardFn, policy, tokenizer, prompts: list, config: RLConfig, out: Path):
+    """Mean and std of `reward` over `normalisation_samples` responses of the starting policy to seeded training
+    prompts (over all processes), written to the run directory once; a resumed run reads them back."""
     from salsa.generation import generate
 
-    order = next(batch_stream([1] * len(prompts), config.prompts_per_step, derive_seed(config.seed, "normalise")))
-    mine = [prompts[order[p]] for p in runtime.my_share(config.prompts_per_step)]
-    texts = [p for p in mine for _ in range(config.samples_per_prompt)]
-    seeds = [derive_seed(config.seed, "normalise", i) for i in range(len(texts))]
+    saved = out / NORMALISATION_FILE
+    if saved.is_file():
+        recorded = read_json(saved)
+        return recorded["mean"], recorded["std"]
+    k = config.samples_per_prompt
+    num_prompts = -(-config.normalisation_samples // k)
+    order = next(batch_stream([1] * len(prompts), num_prompts, derive_seed(config.seed, "normalise")))
+    mine = [(p, prompts[order[p % len(order)]]) for p in runtime.my_share(num_prompts)]
+    texts = [prompt for _, prompt in mine for _ in range(k)]
+    seeds = [derive_seed(config.seed, "normalise", p, s) for p, _ in mine for s in range(k)]
     with torch.no_grad():
-        sample = generate(model, tokenizer, texts, max_new_tokens=config.max_new_tokens,
+        sample = generate(policy, tokenizer, texts, max_new_tokens=config.max_new_tokens,
                           temperature=config.temperature, seeds=seeds)  # fmt: skip
     raw = torch.as_tensor(reward(texts, sample.responses), dtype=torch.float64)
     sums = runtime.all_sum(torch.stack([raw.sum(), (raw * raw).sum(), torch.tensor(float(len(raw)))]))
     mean = float(sums[0] / sums[2])
     std = float((sums[1] / sums[2] - mean**2).clamp(min=0).sqrt())
-    if not std > 0:
-        raise SalsaError(f"rl.normalise_reward: the reward gives every sample of the SFT model the same score ({mean})")
-    console.print(f"reward normalised by mean {mean:+.4f}, std {std:.4f} on {int(sums[2])} SFT samples")
-    return lambda p, r: (torch.as_tensor(reward(p, r), dtype=torch.float32) - mean) / std
+    if not (math.isfinite(mean) and std > 0):
+        raise NonFiniteError(
+            f"rl.reward_normalisation: the reward gives the {int(sums[2])} samples of the starting policy mean {mean} "
+            f"and std {std}; a reward that does not vary cannot be normalised (set reward_normalisation: none)"
+        )
+    if runtime.is_main_process():
+        record = {"mean": mean, "std": std, "samples": int(sums[2]), "policy": config.init}
+        atomic_write_json(saved, record)
+    console.print(f"reward normalised by mean {mean:+.4f}, std {std:.4f} over {int(sums[2])} samples of the policy")
+    return mean, std
 
 
 @torch.no_grad()

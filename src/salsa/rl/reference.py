@@ -65,11 +65,6 @@ class Reference:
                 self.model.get_parameter(name.removeprefix(STATE_PREFIX)).copy_(value)
 
 
-def without_reference_state(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """A checkpoint's weights less the reference's own (`reference.<name>`)."""
-    return {k: v for k, v in weights.items() if not k.startswith(STATE_PREFIX)}
-
-
 def shares_the_policy_base(config: RLConfig) -> bool:
     """LoRA on the SFT model that is also the reference: the base under the adapters is the reference."""
     return config.use_lora and config.reference == "sft" and config.reference_model in (None, config.init)

@@ -1,0 +1,95 @@
+"""RL that learns, and what shows it: the gold reward, the reward's normalisation on the starting policy, the
+critic's own learning rate and warm-up, the diagnostics every step logs, and the wall-clock budget."""
+
+import dataclasses
+import json
+
+import pytest
+import torch
+
+from salsa.config import RLConfig
+from salsa.errors import ConfigError
+from salsa.models import save_tiny_model
+from salsa.rl.ppo import train_rl
+from salsa.tasks import reviews
+
+PROMPTS = [p["prompt"] for p in reviews.prompts("train")[:8]]
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory, tokenizer):
+    root = tmp_path_factory.mktemp("learning")
+    save_tiny_model(root / "tiny", tokenizer, seed=0, initializer_range=1.0)
+    (root / "prompts.jsonl").write_text("".join(json.dumps({"prompt": p}) + "\n" for p in PROMPTS))
+    return root
+
+
+def _config(base, out, **overrides):
+    settings = dict(init=str(base / "tiny"), prompts=str(base / "prompts.jsonl"), output_dir=str(out), steps=2,
+                    prompts_per_step=4, max_new_tokens=6, save_steps=0, normalisation_samples=8)  # fmt: skip
+    return RLConfig(**{**settings, **overrides})
+
+
+def _records(final):
+    return [json.loads(line) for line in (final.parent / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_the_gold_judge_as_the_reward_is_recorded_and_normalised_on_the_starting_policy(base, tmp_path):
+    final = train_rl(_config(base, tmp_path / "rl", reward_model="gold"), show_progress=False)
+    marker = json.loads((final.parent / "salsa_complete.json").read_text())
+    assert marker["reward"] == "gold judge of the task" and marker["steps"] == 2
+    stats = json.loads((final.parent / "reward_normalisation.json").read_text())
+    assert stats["samples"] == 8 and stats["std"] > 0
+    # The training reward is the gold score, centred and scaled by the starting policy's statistics.
+    record = _records(final)[0]
+    assert record["reward"] == pytest.approx((record["gold"] - stats["mean"]) / stats["std"], abs=1e-5)
+
+
+def test_gold_needs_the_task(base, tmp_path):
+    with pytest.raises(ConfigError, match="rl.reward_model is gold, the task's gold judge, but rl.task is null"):
+        train_rl(_config(base, tmp_path / "rl", reward_model="gold", task=None), show_progress=False)
+
+
+def test_every_step_logs_the_diagnostics_of_the_critic_and_the_update(base, tmp_path):
+    final = train_rl(_config(base, tmp_path / "rl", reward_model="gold"), show_progress=False)
+    for record in _records(final):
+        for key in ("value_loss", "explained_variance", "advantage_q1", "advantage_q4", "returns", "values",
+                    "clip_fraction", "approx_kl", "ratio_min", "ratio_max", "grad_norm_policy", "grad_norm_value",
+                    "entropy", "response_length", "reward", "gold", "elapsed_s"):  # fmt: skip
+            assert key in record, key
+        assert record["ratio_min"] <= 1.0 + 1e-6 <= record["ratio_max"] + 2e-6
+        assert record["grad_norm_policy"] > 0 and record["grad_norm_value"] > 0
+
+
+def test_the_value_warm_up_moves_the_value_function_and_not_the_policy(base, tmp_path):
+    from safetensors.torch import load_file
+
+    config = _config(base, tmp_path / "rl", reward_model="gold", steps=2, value_warmup_steps=1, snapshot_steps=1)
+    final = train_rl(config, show_progress=False)
+    first = _records(final)[0]
+    assert first["grad_norm_policy"] == 0.0 and first["grad_norm_value"] > 0
+    after_warm_up = load_file(str(final.parent / "snapshots" / "step-000001.safetensors"))
+    start = load_file(str(base / "tiny" / "model.safetensors"))
+    assert all(torch.equal(after_warm_up[k], start[k]) for k in start)  # the policy has not moved
+    with pytest.raises(ConfigError, match="value_warmup_steps \\(2\\) leaves no step"):
+        train_rl(dataclasses.replace(config, value_warmup_steps=2), show_progress=False)
+
+
+def test_a_wall_clock_budget_stops_at_a_step_boundary_and_saves_the_policy(base, tmp_path):
+    final = train_rl(_config(base, tmp_path / "rl", reward_model="gold", steps=50, max_minutes=1e-9), False)
+    marker = json.loads((final.parent / "salsa_complete.json").read_text())
+    assert marker["steps"] < 50 and (final / "model.safetensors").is_file()
+
+
+def test_the_normalisation_is_measured_once_and_reused_on_resume(base, tmp_path, interrupt):
+    config = _config(base, tmp_path / "rl", reward_model="gold", steps=3, save_steps=1)
+    restore = interrupt("salsa.rl.ppo.rl_update", at_call=3)
+    with pytest.raises(KeyboardInterrupt):
+        train_rl(config, show_progress=False)
+    restore()
+    # The resumed run must read the recorded statistics, not measure new ones: make them recognisable.
+    saved = tmp_path / "rl" / "reward_normalisation.json"
+    saved.write_text(json.dumps({**json.loads(saved.read_text()), "mean": 1.0, "std": 2.0}))
+    final = train_rl(config, show_progress=False)
+    last = _records(final)[-1]
+    assert last["step"] == 3 and last["reward"] == pytest.approx((last["gold"] - 1.0) / 2.0, abs=1e-4)
