@@ -19,6 +19,8 @@ from typing import Any
 COMPLETE_MARKER = "salsa_complete.json"
 # A reward model directory from `salsa reward`: its backbone, layout and normalisation.
 REWARD_META = "salsa_reward.json"
+# A soup directory from `salsa soup`: its ingredients, their weights and the SHA-256 of their files.
+SOUP_RECORD = "soup.json"
 
 
 def cache_dir() -> Path:
@@ -138,6 +140,15 @@ def mark_complete(stage_dir: str | os.PathLike, info: dict[str, Any] | None = No
 
 def is_complete(stage_dir: str | os.PathLike) -> bool:
     return (Path(stage_dir) / COMPLETE_MARKER).is_file()
+
+
+def is_soup_directory(model_dir: str | os.PathLike) -> bool:
+    """A model directory that `salsa soup` wrote: it holds the soup's record of its ingredients."""
+    record = Path(model_dir) / SOUP_RECORD
+    if not record.is_file():
+        return False
+    recorded = read_json(record)
+    return isinstance(recorded, dict) and "ingredients" in recorded
 
 
 # ---------------------------------------------------------------- SHA-256 digests of model files

@@ -52,7 +52,7 @@ from salsa.rl.core import (
     token_rewards,
 )
 from salsa.rl.learner import Learner
-from salsa.rl.reference import ema_update, load_reference, reference_weights, restore_reference
+from salsa.rl.reference import ema_update, load_reference, reference_dir, reference_weights, restore_reference
 from salsa.rl.rollout import RewardFn, Rollout, collect_rollout
 from salsa.rl.snapshots import save_snapshot
 from salsa.scoring import reward_function
@@ -207,7 +207,7 @@ def _run(config: RLConfig, stage: Stage, reward_fn: RewardFn | None, show_progre
     learner = Learner(config, device)
     check_prompt_lengths(tokenizer, prompts, config.max_new_tokens, learner.policy, f"rl.prompts ({config.prompts})")
     reference = load_reference(config, learner.policy, device)
-    same_as_reference = config.reference == "sft" and config.sft_model in (None, config.reference_model or config.init)
+    same_as_reference = config.reference == "sft" and config.sft_model in (None, reference_dir(config))
     sft_model = None
     if config.sft_model is not None and not same_as_reference:
         sft_model = load_causal_lm(config.sft_model, runtime.forward_dtype(config.mixed_precision))
