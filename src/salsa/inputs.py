@@ -117,7 +117,9 @@ def check_reward_model(ref: str, where: str, download: bool = False) -> None:
         return
     path = Path(ref)
     if not path.exists():
-        if _looks_like_path(ref) or "." in path.name:
+        # A bare name with a dot is a file or directory (rewards.py, model.pt); org/name is a hub id, dots and all
+        # (Skywork/Skywork-Reward-V2-Qwen3-0.6B).
+        if _looks_like_path(ref) or ("/" not in ref and "." in ref):
             raise ConfigError(f"{where}: reward model directory {ref} does not exist")
         check_model_reference(ref, where, download)  # a hub id
         return
