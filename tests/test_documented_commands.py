@@ -179,43 +179,25 @@ def _jsonl(path: Path, rows: list[dict]) -> None:
 
 
 def _write_user_files(root: Path, tiny_model_dir: Path) -> None:
-    """The files a reader of the docs has: a model, data, run configs on the tiny model with tiny budgets."""
-    import yaml
-
+    """The files a reader of the docs has: a model, data, and run configs on that model with tiny budgets."""
     shutil.copytree(tiny_model_dir, root / TINY)
     shutil.copytree(REPO / "examples", root / "examples")
     subjects = ["cafe", "bakery", "museum", "park", "library", "cinema", "hotel", "market"]
     _jsonl(root / "my_sft.jsonl", [{"prompt": f"Review a {s}.", "completion": f"A lovely {s}."} for s in subjects])
     _jsonl(root / "my_prompts.jsonl", [{"prompt": f"Review a {s}."} for s in subjects[:4]])
-    prefs = [{"prompt": f"Review a {s}.", "chosen": f"A lovely {s}.", "rejected": "Bad."} for s in subjects]
-    _jsonl(root / "my_prefs.jsonl", prefs)
+    _jsonl(root / "my_prefs.jsonl", [{"prompt": f"Review a {s}.", "chosen": f"A lovely {s}.", "rejected": "Bad."}
+                                     for s in subjects])  # fmt: skip
     (root / "my_rewards.py").write_text(
         "def brevity(prompts, responses):\n    return [-len(r) / 100 for r in responses]\n"
     )
-    sft = {"model": TINY, "data": "my_sft.jsonl", "max_steps": 1, "batch_size": 2, "max_length": 64}
-    (root / "run.yaml").write_text(yaml.safe_dump({"sft": {**sft, "output_dir": "runs/lora"}}))
-    (root / "my_run.yaml").write_text(
-        yaml.safe_dump(
-            dict(
-                run={"output_dir": "runs/my_run", "task": None, "seeds": 3},
-                reward={
-                    "backbone": "causal",
-                    "model": TINY,
-                    "data": "my_prefs.jsonl",
-                    "num_epochs": 0.5,
-                    "max_length": 64,
-                },
-                sft=sft,
-                rl={"prompts": "my_prompts.jsonl", "steps": 1, "prompts_per_step": 2, "max_new_tokens": 4},
-                eval={
-                    "prompts": "my_prompts.jsonl",
-                    "max_new_tokens": 4,
-                    "landscape_alphas": [0.0, 0.5, 1.0],
-                    "bootstrap_samples": 100,
-                },
-            ),
-            sort_keys=False,
-        )  # fmt: skip
+    sft = f"model: {TINY}, data: my_sft.jsonl, max_steps: 1, batch_size: 2, max_length: 64"
+    (root / "run.yaml").write_text(f"sft: {{{sft}, output_dir: runs/lora}}\n")
+    (root / "my_run.yaml").write_text(  # the user's own data: no `salsa data make`; the reward model judges
+        "run: {output_dir: runs/my_run, task: null, seeds: 3}\n"
+        f"sft: {{{sft}}}\n"
+        f"reward: {{backbone: causal, model: {TINY}, data: my_prefs.jsonl, num_epochs: 0.5, max_length: 64}}\n"
+        "rl: {prompts: my_prompts.jsonl, steps: 1, prompts_per_step: 2, max_new_tokens: 4}\n"
+        "eval: {prompts: my_prompts.jsonl, max_new_tokens: 4, landscape_alphas: [0, 0.5, 1], bootstrap_samples: 100}\n"
     )
 
 
@@ -245,14 +227,15 @@ def _launched_salsa(argv: list[str]) -> list[str]:
         from torch.distributed.run import get_args_parser
 
         args = get_args_parser().parse_args(argv[1:])
-    else:
+    elif argv[:2] == ["accelerate", "launch"]:
         from accelerate.commands.config.config_args import load_config_from_file
         from accelerate.commands.launch import launch_command_parser
 
-        assert argv[1] == "launch", argv
         args = launch_command_parser().parse_args(argv[2:])
         config = load_config_from_file(args.config_file)
         assert config.distributed_type == "MULTI_GPU" and config.num_processes > 1, args.config_file
+    else:
+        raise AssertionError(f"not a salsa command, nor a launcher this test knows: {argv}")
     assert args.module and args.training_script == "salsa.cli", argv
     return list(args.training_script_args)
 
