@@ -2,7 +2,9 @@
 
 import dataclasses
 import json
+import sys
 from collections import Counter
+from pathlib import Path
 
 import pytest
 import torch
@@ -14,7 +16,7 @@ from salsa.generation import encode_prompts, generate, left_pad, response_mask, 
 from salsa.models import load_causal_lm, save_tiny_model
 from salsa.rl.policy import response_forward
 from salsa.rl.ppo import train_rl
-from salsa.rl.reference import load_reference
+from salsa.rl.reference import load_reference, shares_the_policy_base
 from salsa.rl.snapshots import list_snapshots, load_snapshot
 from salsa.soup import build_soup
 
@@ -175,6 +177,65 @@ def test_soup_reference_uses_the_averaged_weights(tmp_path, tokenizer, prompts_f
         plain_a = response_forward(load_causal_lm(str(a)), sequences, attention, 5).logprobs
     assert not torch.allclose(plain_a, expected)
     assert not any(p.requires_grad for p in in_memory.parameters())
+
+
+def _salsa(*argv):
+    """`salsa ARGV` in this process (the command line as a user types it); returns the exit code."""
+    from salsa.cli import main
+
+    saved, sys.argv = sys.argv, ["salsa", *argv]
+    try:
+        main()
+        return 0
+    except SystemExit as e:
+        return e.code
+    finally:
+        sys.argv = saved
+
+
+def test_a_soup_as_init_is_the_soup_reference(tmp_path, tokenizer, prompts_file, monkeypatch, capfd):
+    # The README's SALSA command: `salsa rl --init runs/x/soup --reference soup ...` anchors to the init, which is
+    # a soup; it trains exactly as the same command with `--reference-model runs/x/soup`.
+    monkeypatch.chdir(tmp_path)
+    for seed in (1, 2):
+        save_tiny_model(tmp_path / f"runs/x/sft-{seed - 1}", tokenizer, seed=seed)
+    assert _salsa("soup", "runs/x/sft-0", "runs/x/sft-1", "--out", "runs/x/soup") == 0
+    reward = str(Path(__file__).parent / "rewards.py") + ":length"
+    command = ["rl", "--init", "runs/x/soup", "--reference", "soup", "--reward-model", reward, "-q", "--steps", "2",
+               "--set", f"prompts={prompts_file}", "--set", "prompts_per_step=4", "--set", "max_new_tokens=6",
+               "--set", "task=null", "--set", "learning_rate=1e-2", "--set", "kl_coef=1.0"]  # fmt: skip
+    assert _salsa(*command, "--output-dir", "runs/rl-salsa") == 0, capfd.readouterr().err
+    assert _salsa(*command, "--reference-model", "runs/x/soup", "--output-dir", "runs/rl-explicit") == 0
+    implicit, explicit = (_metrics(tmp_path / f"runs/{run}/final") for run in ("rl-salsa", "rl-explicit"))
+    assert implicit[0]["kl_ref"] == pytest.approx(0.0, abs=1e-5)  # the policy starts at its reference
+    assert abs(implicit[1]["kl_ref"]) > 1e-4  # then it moves away: the KL compared below is measured, not zero
+    assert [m["kl_ref"] for m in implicit] == pytest.approx([m["kl_ref"] for m in explicit], rel=1e-4, abs=1e-6)
+
+    # An init that is not a soup is no soup reference: one line, nothing written.
+    capfd.readouterr()
+    assert _salsa(*command[:2], "runs/x/sft-0", *command[3:], "--output-dir", "runs/rl-not-a-soup") == 2
+    assert capfd.readouterr().err.strip().splitlines() == [
+        "error: rl.reference is soup but rl.init (runs/x/sft-0) is not a soup directory (no soup.json from `salsa "
+        "soup`); pass a soup directory as --init or --reference-model, or models to average as --set "
+        "reference_models=[A,B]"
+    ]
+    assert not (tmp_path / "runs/rl-not-a-soup").exists()
+
+
+def test_lora_on_the_model_that_is_the_reference_keeps_no_second_copy(tmp_path):
+    soup, sft = str(tmp_path / "soup"), str(tmp_path / "sft-0")
+    shared = [
+        RLConfig(use_lora=True, reference="sft", init=sft),
+        RLConfig(use_lora=True, reference="soup", init=soup),  # the init is the soup reference
+        RLConfig(use_lora=True, reference="soup", init=soup, reference_model=soup + "/"),
+    ]
+    separate = [
+        RLConfig(use_lora=False, reference="soup", init=soup),
+        RLConfig(use_lora=True, reference="soup", init=sft, reference_model=soup),
+        RLConfig(use_lora=True, reference="soup", init=soup, reference_models=[sft, soup]),
+        RLConfig(use_lora=True, reference="ema", init=soup),
+    ]
+    assert [shares_the_policy_base(c) for c in shared + separate] == [True] * 3 + [False] * 4
 
 
 def test_rloo_learns_a_simple_reward_from_its_reference(free_rloo_run):

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from salsa.config import RLConfig
-from salsa.errors import ConfigError
+from salsa.errors import ConfigError, SalsaError
 from salsa.models import save_tiny_model
 from salsa.rl.ppo import train_rl
 from salsa.tasks import reviews
@@ -30,19 +30,32 @@ def _config(base, out, **overrides):
     return RLConfig(**{**settings, **overrides})
 
 
+def length_reward(prompts, responses):
+    """A reward that varies on a tiny random model (whose gold score is the same for every response)."""
+    return torch.tensor([len(r) / 10 for r in responses])
+
+
 def _records(final):
     return [json.loads(line) for line in (final.parent / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_the_gold_judge_as_the_reward_is_recorded_and_normalised_on_the_starting_policy(base, tmp_path):
-    final = train_rl(_config(base, tmp_path / "rl", reward_model="gold"), show_progress=False)
+def test_the_gold_judge_as_the_reward_is_recorded_as_such(base, tmp_path):
+    config = _config(base, tmp_path / "rl", reward_model="gold", reward_normalisation="none")
+    final = train_rl(config, show_progress=False)
     marker = json.loads((final.parent / "salsa_complete.json").read_text())
     assert marker["reward"] == "gold judge of the task" and marker["steps"] == 2
+    assert all(r["reward"] == pytest.approx(r["gold"], abs=1e-6) for r in _records(final))
+
+
+def test_the_reward_is_normalised_on_samples_of_the_starting_policy(base, tmp_path):
+    final = train_rl(_config(base, tmp_path / "rl"), show_progress=False, reward_fn=length_reward)
     stats = json.loads((final.parent / "reward_normalisation.json").read_text())
-    assert stats["samples"] == 8 and stats["std"] > 0
-    # The training reward is the gold score, centred and scaled by the starting policy's statistics.
-    record = _records(final)[0]
-    assert record["reward"] == pytest.approx((record["gold"] - stats["mean"]) / stats["std"], abs=1e-5)
+    assert stats["samples"] == 8 and stats["std"] > 0 and stats["policy"] == str(base / "tiny")
+    # The first rollout is the starting policy's: its normalised rewards are centred near 0.
+    assert abs(_records(final)[0]["reward"]) < 1.0
+    constant = _config(base, tmp_path / "constant")
+    with pytest.raises(SalsaError, match="a reward that does not vary cannot be normalised"):
+        train_rl(constant, show_progress=False, reward_fn=lambda p, r: torch.ones(len(r)))
 
 
 def test_gold_needs_the_task(base, tmp_path):
@@ -51,7 +64,7 @@ def test_gold_needs_the_task(base, tmp_path):
 
 
 def test_every_step_logs_the_diagnostics_of_the_critic_and_the_update(base, tmp_path):
-    final = train_rl(_config(base, tmp_path / "rl", reward_model="gold"), show_progress=False)
+    final = train_rl(_config(base, tmp_path / "rl"), show_progress=False, reward_fn=length_reward)
     for record in _records(final):
         for key in ("value_loss", "explained_variance", "advantage_q1", "advantage_q4", "returns", "values",
                     "clip_fraction", "approx_kl", "ratio_min", "ratio_max", "grad_norm_policy", "grad_norm_value",
@@ -64,32 +77,33 @@ def test_every_step_logs_the_diagnostics_of_the_critic_and_the_update(base, tmp_
 def test_the_value_warm_up_moves_the_value_function_and_not_the_policy(base, tmp_path):
     from safetensors.torch import load_file
 
-    config = _config(base, tmp_path / "rl", reward_model="gold", steps=2, value_warmup_steps=1, snapshot_steps=1)
-    final = train_rl(config, show_progress=False)
+    config = _config(base, tmp_path / "rl", steps=2, value_warmup_steps=1, snapshot_steps=1)
+    final = train_rl(config, show_progress=False, reward_fn=length_reward)
     first = _records(final)[0]
     assert first["grad_norm_policy"] == 0.0 and first["grad_norm_value"] > 0
     after_warm_up = load_file(str(final.parent / "snapshots" / "step-000001.safetensors"))
     start = load_file(str(base / "tiny" / "model.safetensors"))
     assert all(torch.equal(after_warm_up[k], start[k]) for k in start)  # the policy has not moved
     with pytest.raises(ConfigError, match="value_warmup_steps \\(2\\) leaves no step"):
-        train_rl(dataclasses.replace(config, value_warmup_steps=2), show_progress=False)
+        train_rl(dataclasses.replace(config, value_warmup_steps=2), show_progress=False, reward_fn=length_reward)
 
 
 def test_a_wall_clock_budget_stops_at_a_step_boundary_and_saves_the_policy(base, tmp_path):
-    final = train_rl(_config(base, tmp_path / "rl", reward_model="gold", steps=50, max_minutes=1e-9), False)
+    final = train_rl(_config(base, tmp_path / "rl", steps=50, max_minutes=1e-9), False, reward_fn=length_reward)
     marker = json.loads((final.parent / "salsa_complete.json").read_text())
     assert marker["steps"] < 50 and (final / "model.safetensors").is_file()
 
 
 def test_the_normalisation_is_measured_once_and_reused_on_resume(base, tmp_path, interrupt):
-    config = _config(base, tmp_path / "rl", reward_model="gold", steps=3, save_steps=1)
+    config = _config(base, tmp_path / "rl", steps=3, save_steps=1)
     restore = interrupt("salsa.rl.ppo.rl_update", at_call=3)
     with pytest.raises(KeyboardInterrupt):
-        train_rl(config, show_progress=False)
+        train_rl(config, show_progress=False, reward_fn=length_reward)
     restore()
-    # The resumed run must read the recorded statistics, not measure new ones: make them recognisable.
+    # The resumed run must read the recorded statistics, not measure new ones: make them recognisable (every
+    # reward then lies far below the clip, -reward_clip).
     saved = tmp_path / "rl" / "reward_normalisation.json"
-    saved.write_text(json.dumps({**json.loads(saved.read_text()), "mean": 1.0, "std": 2.0}))
-    final = train_rl(config, show_progress=False)
+    saved.write_text(json.dumps({**json.loads(saved.read_text()), "mean": 1000.0, "std": 1.0}))
+    final = train_rl(config, show_progress=False, reward_fn=length_reward)
     last = _records(final)[-1]
-    assert last["step"] == 3 and last["reward"] == pytest.approx((last["gold"] - 1.0) / 2.0, abs=1e-4)
+    assert last["step"] == 3 and last["reward"] == pytest.approx(-config.reward_clip)

@@ -12,7 +12,7 @@ from transformers import AutoModelForSequenceClassification, LlamaConfig, LlamaF
 
 from salsa.config import RewardConfig
 from salsa.errors import ConfigError
-from salsa.inputs import is_function_spec
+from salsa.inputs import check_reward_model, is_function_spec
 from salsa.reward import train_reward
 from salsa.scoring import RewardModel, conversation_texts, reward_function
 
@@ -104,6 +104,17 @@ def test_a_reward_function_is_named_by_module_or_file():
     assert scores.tolist() == pytest.approx([len(r) / 10.0 for r in RESPONSES])
     with pytest.raises(ConfigError, match=r"returned 1 scores for 2 responses"):
         reward_function(str(Path(__file__).parent / "rewards.py") + ":first_only")(PROMPTS, RESPONSES)
+
+
+def test_a_hub_reward_model_may_have_dots_in_its_name():
+    # The README's `--reward-model Skywork/Skywork-Reward-V2-Qwen3-0.6B` was taken for a missing directory.
+    hub_id = "Skywork/Skywork-Reward-V2-Qwen3-0.6B"
+    check_reward_model(hub_id, "rl.reward_model", download=True)  # a dry run: the name's form only
+    with pytest.raises(ConfigError, match=r"is not a local directory and not in the Hugging Face cache"):
+        check_reward_model(hub_id, "rl.reward_model")  # offline: not downloaded, as a hub model
+    for path in ("rewards.py", "./nope", "runs/reward/model"):  # a bare name with a dot, or a path, is local
+        with pytest.raises(ConfigError, match=f"reward model directory {path} does not exist"):
+            check_reward_model(path, "rl.reward_model", download=True)
 
 
 @pytest.mark.parametrize("reward", ["classifier", "file:function", "module:function"])

@@ -279,9 +279,9 @@ CASES = [
     ("reward-epochs", ["reward", "--set", "num_epochs=0"], r"reward.num_epochs must be > 0"),
     # --- salsa rl
     (
-        "rl-soup-without-soup",
+        "rl-soup-init-not-soup",
         ["rl", "--init", "{model}", "--reference", "soup"],
-        r"rl.reference is soup but neither rl.reference_model",
+        r"rl.reference is soup but rl.init \(.+\) is not a soup directory \(no soup.json from `salsa soup`\); pass",
     ),
     ("rl-negative-kl", ["rl", "--set", "kl_coef=-0.1"], r"rl.kl_coef must be >= 0, got -0.1"),
     ("rl-lr-zero", ["rl", "--set", "learning_rate=0"], r"rl.learning_rate must be > 0, got 0.0"),

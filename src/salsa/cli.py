@@ -319,7 +319,8 @@ def run(
     """
     if num_processes < 1:
         raise SalsaError(f"--num-processes must be >= 1, got {num_processes}")
-    if num_processes > 1 and "WORLD_SIZE" not in os.environ:  # not yet launched: launch ourselves under torchrun
+    # Not yet launched: launch ourselves under torchrun. A dry run checks in this process: it has nothing to share out.
+    if num_processes > 1 and not dry_run and "WORLD_SIZE" not in os.environ:
         args, skip = [], False
         for arg in sys.argv[1:]:
             if not skip and not arg.startswith("--num-processes"):

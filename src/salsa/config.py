@@ -202,8 +202,9 @@ class RLConfig:
     init: str = option("runs/sft/sft-0", "policy start: an SFT model or a soup directory", input="model")
     reference: str = option("sft", "KL anchor: sft | soup | ema | none", check=one_of("sft", "soup", "ema", "none"))
     reference_model: str | None = option(
-        None, "the reference directory; sft: default init; soup: required unless reference_models", input="model"
-    )
+        None, "the reference directory; sft: default init; soup: default init when init is a soup directory "
+        "(`salsa soup` output), else required unless reference_models", input="model",
+    )  # fmt: skip
     reference_models: list[str] | None = option(None, "soup: average these models in memory instead", input="model")
     reference_weights: list[float] | None = option(None, "weights of reference_models; default uniform")
     ema_decay: float = option(
@@ -317,11 +318,6 @@ class RLConfig:
     def check(self) -> None:
         if self.algorithm in ("rloo", "grpo") and self.samples_per_prompt < 2:
             raise ConfigError(f"rl.samples_per_prompt must be >= 2 for {self.algorithm}, got {self.samples_per_prompt}")
-        if self.reference == "soup" and not (self.reference_model or self.reference_models):
-            raise ConfigError(
-                "rl.reference is soup but neither rl.reference_model (a soup directory) nor rl.reference_models "
-                "(models to average) is set; without one the init model would silently stand in for the soup"
-            )
         if self.reference_models and self.reference != "soup":
             raise ConfigError(f"rl.reference_models averages a soup reference; rl.reference is '{self.reference}'")
         if self.reference_weights is not None:

@@ -19,7 +19,7 @@ from typing import Any
 from salsa.config import REWARD_BACKBONES
 from salsa.config_loading import validate_values
 from salsa.errors import ConfigError, DataError, SalsaError
-from salsa.io import REWARD_META
+from salsa.io import REWARD_META, SOUP_RECORD, is_soup_directory
 from salsa.shipped import DEFAULT_MODEL, default_gguf_path
 
 
@@ -121,7 +121,9 @@ def check_reward_model(ref: str, where: str, download: bool = False) -> None:
         return
     path = Path(ref)
     if not path.exists():
-        if _looks_like_path(ref) or "." in path.name:
+        # A bare name with a dot is a file or directory (rewards.py, model.pt); org/name is a hub id, dots and all
+        # (Skywork/Skywork-Reward-V2-Qwen3-0.6B).
+        if _looks_like_path(ref) or ("/" not in ref and "." in ref):
             raise ConfigError(f"{where}: reward model directory {ref} does not exist")
         check_model_reference(ref, where, download)  # a hub id
         return
@@ -277,6 +279,8 @@ def check_inputs(
     stage = type(config).STAGE
     parsed: dict[str, Any] = {}
     local: list[tuple[str, Path]] = []
+    if stage == "rl":  # first: which model anchors the run matters more than a data row
+        check_soup_reference(config, made_in, download)
     for f in dataclasses.fields(config):
         kind, value = f.metadata.get("input"), getattr(config, f.name)
         needed = f.metadata.get("needed")
@@ -291,6 +295,22 @@ def check_inputs(
     if out is not None:
         check_output_apart(out, local)
     return parsed
+
+
+def check_soup_reference(config: Any, made_in: Path | None = None, download: bool = False) -> None:
+    """`reference: soup` without reference_model or reference_models: the init is the reference, so it must be a
+    soup (SALSA's own setting: start from the soup, anchor to it); any other init would silently stand in for one."""
+    if config.reference != "soup" or config.reference_model or config.reference_models:
+        return
+    if made_in is not None and made_in in Path(config.init).resolve().parents:
+        return  # an earlier stage of the run writes it
+    check_model_reference(config.init, "rl.init", download)  # a missing init is reported as missing
+    if not is_soup_directory(config.init):
+        raise ConfigError(
+            f"rl.reference is soup but rl.init ({config.init}) is not a soup directory (no {SOUP_RECORD} from "
+            "`salsa soup`); pass a soup directory as --init or --reference-model, or models to average as "
+            "--set reference_models=[A,B]"
+        )
 
 
 def check_output_apart(out: Path, inputs: list[tuple[str, Path]]) -> None:

@@ -23,6 +23,8 @@ REWARD_META = "salsa_reward.json"
 # atomic_file / atomic_dir name their temporaries `.<name>.<8 random characters>.tmp`; atomic_dir's replaced
 # directory was `.<name>.old-<pid>`.
 TEMPORARY = re.compile(r"\..+\.(tmp|old-\d+)")
+# A soup directory from `salsa soup`: its ingredients, their weights and the SHA-256 of their files.
+SOUP_RECORD = "soup.json"
 
 
 def cache_dir() -> Path:
@@ -151,6 +153,15 @@ def mark_complete(stage_dir: str | os.PathLike, info: dict[str, Any] | None = No
 
 def is_complete(stage_dir: str | os.PathLike) -> bool:
     return (Path(stage_dir) / COMPLETE_MARKER).is_file()
+
+
+def is_soup_directory(model_dir: str | os.PathLike) -> bool:
+    """A model directory that `salsa soup` wrote: it holds the soup's record of its ingredients."""
+    record = Path(model_dir) / SOUP_RECORD
+    if not record.is_file():
+        return False
+    recorded = read_json(record)
+    return isinstance(recorded, dict) and "ingredients" in recorded
 
 
 # ---------------------------------------------------------------- SHA-256 digests of model files

@@ -24,7 +24,7 @@ import yaml
 from salsa.config import SoupConfig
 from salsa.engine import Stage, run_stage
 from salsa.errors import SoupError
-from salsa.io import atomic_file, atomic_write_json, atomic_write_text, read_json
+from salsa.io import SOUP_RECORD, atomic_file, atomic_write_json, atomic_write_text, read_json
 from salsa.version import __version__
 from salsa.weights.average import weighted_average
 from salsa.weights.checks import check_configs, check_same_tensors, check_tokenizers, tied_names
@@ -35,7 +35,7 @@ from salsa.weights.stream import TensorEntry, read_tensor, write_streaming
 
 # Files of an ingredient directory that describe the training run, not the model.
 NOT_COPIED = {
-    INDEX_FILE, "soup.json", "mergekit.yaml", "salsa_complete.json", "salsa_stage.json", "metrics.jsonl", "config.yaml",
+    INDEX_FILE, SOUP_RECORD, "mergekit.yaml", "salsa_complete.json", "salsa_stage.json", "metrics.jsonl", "config.yaml",
 }  # fmt: skip
 # Tensors are averaged in pieces of this many elements (4 MB of float32: fits a core's cache).
 CHUNK_ELEMENTS = 1 << 20
@@ -101,7 +101,7 @@ def _build(config: SoupConfig, stage: Stage) -> None:
 
         provenance = _provenance(dirs, mixing, bases, {d: {f: digests[f] for f in fs} for d, fs in recorded.items()})
         provenance["dtype"] = config.dtype or "ingredients"
-        atomic_write_json(out / "soup.json", provenance)
+        atomic_write_json(out / SOUP_RECORD, provenance)
         models = [f"{bases[d]}+{d.resolve()}" if d in bases else str(d.resolve()) for d in dirs]
         atomic_write_text(out / "mergekit.yaml", mergekit_yaml(models, mixing, config.dtype or _dtype_name(first)))
     stage.finish({"ingredients": len(dirs)})

@@ -19,7 +19,7 @@ from salsa.evaluation.stats import (
     two_level_interval,
     within_prompt_interval,
 )
-from salsa.io import read_json
+from salsa.io import SOUP_RECORD, read_json
 
 
 def _by_prompt(rows: list[dict], key: str) -> list[list[float]]:
@@ -199,7 +199,7 @@ def _midpoint_is_soup(config: EvalConfig) -> bool:
     """Alpha 0.5 of the landscape is the run's soup only when the soup averages exactly the two landscape models."""
     from pathlib import Path
 
-    record = Path(config.soup_model or "") / "soup.json"
+    record = Path(config.soup_model or "") / SOUP_RECORD
     if not config.landscape_models or not record.is_file():
         return False
     ingredients = read_json(record).get("ingredients", [])

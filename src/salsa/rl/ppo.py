@@ -60,7 +60,7 @@ from salsa.rl.core import (
 )
 from salsa.rl.learner import Learner
 from salsa.rl.policy import fresh_policy
-from salsa.rl.reference import Reference, load_reference
+from salsa.rl.reference import Reference, load_reference, reference_dir
 from salsa.rl.rollout import RewardFn, Rollout, collect_rollout
 from salsa.rl.snapshots import save_snapshot
 from salsa.scoring import gold_reward, reward_function
@@ -280,7 +280,7 @@ def _load_models(config: RLConfig, stage: Stage, reward_fn: RewardFn | None) -> 
     learner = Learner(config, device)
     check_prompt_lengths(tokenizer, prompts, config.max_new_tokens, learner.policy, f"rl.prompts ({config.prompts})")
     reference = load_reference(config, learner.policy, device)
-    reference_is_sft = config.reference == "sft" and config.sft_model in (None, config.reference_model or config.init)
+    reference_is_sft = config.reference == "sft" and config.sft_model in (None, reference_dir(config))
     sft_model = None
     if config.sft_model is not None and not reference_is_sft:
         sft_model = load_causal_lm(config.sft_model, runtime.forward_dtype(config.mixed_precision))

@@ -1,8 +1,10 @@
 """The KL reference, the one thing SALSA changes: sft | soup | ema | none.
 
-- sft:  a frozen SFT model (the standard RLHF baseline). When the policy trains LoRA adapters on that same
-        model, the reference is the policy with its adapters switched off: no second copy (as TRL and verl do).
-- soup: a frozen model soup, from a soup directory or averaged in memory from SFT models (SALSA).
+- sft:  a frozen SFT model (the standard RLHF baseline).
+- soup: a frozen model soup, from a soup directory (by default the init, which must then be a soup) or averaged
+        in memory from SFT models (SALSA).
+  When the policy trains LoRA adapters on the model that is also the reference (sft, or a soup directory), the
+  reference is the policy with its adapters switched off: no second copy (as TRL and verl do).
 - ema:  a moving average of the policy, updated after every step (as in WARP); starts at the policy init.
 - none: no reference and no KL penalty (ablation).
 
@@ -13,6 +15,7 @@ restore it with `state` / `restore` (a frozen reference has no state to keep).
 from __future__ import annotations
 
 import contextlib
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -65,9 +68,18 @@ class Reference:
                 self.model.get_parameter(name.removeprefix(STATE_PREFIX)).copy_(value)
 
 
+def reference_dir(config: RLConfig) -> str:
+    """The model directory (or hub id) of a frozen sft or soup reference: reference_model, else the init (for a soup
+    reference, input validation made sure the init is a soup)."""
+    return config.reference_model or config.init
+
+
 def shares_the_policy_base(config: RLConfig) -> bool:
-    """LoRA on the SFT model that is also the reference: the base under the adapters is the reference."""
-    return config.use_lora and config.reference == "sft" and config.reference_model in (None, config.init)
+    """LoRA on the model that is also the reference (sft, or a soup directory): the base under the adapters is the
+    reference."""
+    from_a_directory = config.reference in ("sft", "soup") and not config.reference_models
+    same_model = Path(reference_dir(config)).resolve() == Path(config.init).resolve()
+    return config.use_lora and from_a_directory and same_model
 
 
 def load_reference(config: RLConfig, policy: nn.Module, device: torch.device) -> Reference | None:
@@ -86,7 +98,7 @@ def load_reference(config: RLConfig, policy: nn.Module, device: torch.device) ->
     elif config.reference == "ema":
         model = load_causal_lm(config.init)
     else:
-        model = load_causal_lm(config.reference_model or config.init, dtype)
+        model = load_causal_lm(reference_dir(config), dtype)
     model.eval().requires_grad_(False)
     # An EMA reference is updated in place from the policy's full weights, so it stays whole on every process.
     sharding = config.sharding if config.reference != "ema" else "none"
