@@ -119,7 +119,7 @@ PLANS: dict[str, Plan] = {
     "salsa soup runs/x/sft-0 runs/x/sft-1 -w 0.3 -w 0.7 --out runs/x/soup-37": Plan(),
     "salsa soup runs/x/sft-0 runs/x/sft-1 --alpha 1.5 --allow-extrapolation --out runs/x/beyond": Plan(),
     "salsa data make --output-dir runs/data": Plan(budget=DATA_BUDGET),
-    "salsa reward --data runs/data/prefs.jsonl --eval-data runs/data/prefs_eval.jsonl --output-dir runs/reward": Plan(
+    "salsa reward --data runs/data/prefs.jsonl --eval-data runs/data/prefs_dev.jsonl --output-dir runs/reward": Plan(
         budget=REWARD_BUDGET
     ),
     "salsa rl --init runs/x/sft-0 --reference sft --reward-model runs/reward/model --output-dir runs/rl-ppo": Plan(
