@@ -317,3 +317,18 @@ def test_two_level_interval_resamples_prompts_and_is_wider_than_fixed_prompts():
     expected = 1.96 * matrix.mean(1).std() / np.sqrt(40)
     assert (two[1] - two[0]) / 2 == pytest.approx(expected, rel=0.15)
     assert (fixed[1] - fixed[0]) < (two[1] - two[0]) / 5
+
+
+def test_factorial_effects_by_hand():
+    from salsa.evaluation.stats import factorial_effects
+
+    rng = np.random.default_rng(0)
+    noise = lambda seeds: rng.normal(0, 0.01, size=(seeds, 30))  # noqa: E731
+    # The soup as reference adds 0.2, the soup as init nothing; no interaction. Cells have 3 or 5 seeds.
+    cells = {("soup", "soup"): 0.7 + noise(5), ("soup", "sft"): 0.5 + noise(3),
+             ("sft", "soup"): 0.7 + noise(3), ("sft", "sft"): 0.5 + noise(5)}  # fmt: skip
+    effects = factorial_effects(cells, num_samples=500)
+    assert effects["reference"]["mean"] == pytest.approx(0.2, abs=0.01)
+    assert effects["init"]["mean"] == pytest.approx(0.0, abs=0.01)
+    assert effects["reference"]["ci"][0] > 0.15 and effects["init"]["ci"][0] < 0 < effects["init"]["ci"][1]
+    assert effects["interaction"]["mean"] == pytest.approx(0.0, abs=0.02)

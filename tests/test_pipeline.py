@@ -64,6 +64,33 @@ def test_plan_wires_every_stage_into_the_run_directory(run_yaml, tmp_path):
     assert plan.eval.comparisons[0] == "salsa:ppo"
 
 
+def test_arms_as_data_give_the_two_by_two_with_its_own_seeds_and_a_kl_frontier(run_yaml, tmp_path):
+    arms = (
+        "{salsa: 'soup:soup', ppo: 'sft-0:sft-0', init-soup: 'soup:sft-0', ref-soup: 'sft-0:soup', anchor: 'sft-1:ema'}"
+    )
+    plan = plan_run(run_yaml, [f"run.arms={arms}", "run.seeds=2", "run.arm_seeds={init-soup: 1, ref-soup: 1}",
+                               "run.kl_coefs=[0.02, 0.1]"])  # fmt: skip
+    root, sft0 = tmp_path / "run", str(tmp_path / "run" / "sft" / "sft-0")
+    soup = str(root / "soup")
+    assert len(plan.rl) == 2 * (2 + 2 + 1 + 1 + 2)  # kl coefficients x seeds of each arm
+    cases = {
+        "rl/salsa/kl-0.02/seed-1": (soup, "soup", soup), "rl/ppo/kl-0.1/seed-0": (sft0, "sft", sft0),
+        "rl/init-soup/kl-0.02/seed-0": (soup, "sft", sft0), "rl/ref-soup/kl-0.1/seed-0": (sft0, "soup", soup),
+        "rl/anchor/kl-0.1/seed-1": (str(root / "sft" / "sft-1"), "ema", None),
+    }  # fmt: skip
+    for name, (init, reference, reference_model) in cases.items():
+        config = plan.rl[name]
+        assert (config.init, config.reference, config.reference_model) == (init, reference, reference_model), name
+    assert plan.rl["rl/ppo/kl-0.02/seed-0"].kl_coef == 0.02 and plan.rl["rl/ppo/kl-0.1/seed-0"].kl_coef == 0.1
+    assert "rl/init-soup/kl-0.1/seed-1" not in plan.rl  # its own number of seeds
+    assert plan.eval.policies["salsa@kl0.1"] == [str(root / f"rl/salsa/kl-0.1/seed-{s}/final") for s in (0, 1)]
+    # The headline pair (the first two arms) at each coefficient, then every policy against SFT.
+    assert plan.eval.comparisons[:2] == ["salsa@kl0.02:ppo@kl0.02", "salsa@kl0.1:ppo@kl0.1"]
+    assert "ref-soup@kl0.02:sft" in plan.eval.comparisons
+    with pytest.raises(ConfigError, match="run.arms: sft-7 names SFT model 7, but sft trains 2 models"):
+        plan_run(run_yaml, ["run.arms={x: 'sft-7:soup'}"])
+
+
 def test_plan_rejects_unsectioned_overrides_and_single_sft(run_yaml):
     with pytest.raises(ConfigError, match="needs its section"):
         plan_run(run_yaml, ["steps=3"])

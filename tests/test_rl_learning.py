@@ -107,3 +107,34 @@ def test_the_normalisation_is_measured_once_and_reused_on_resume(base, tmp_path,
     final = train_rl(config, show_progress=False, reward_fn=length_reward)
     last = _records(final)[-1]
     assert last["step"] == 3 and last["reward"] == pytest.approx(-config.reward_clip)
+
+
+def test_the_critic_can_start_as_the_reward_model(base, tmp_path):
+    from safetensors.torch import load_file
+
+    from salsa.config import RewardConfig
+    from salsa.reward import train_reward
+    from salsa.rl.learner import Learner
+
+    rows = [{"prompt": p, "chosen": "I loved it, truly wonderful.", "rejected": "no"} for p in PROMPTS]
+    (tmp_path / "prefs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    reward_dir = train_reward(
+        RewardConfig(backbone="causal", model=str(base / "tiny"), data=str(tmp_path / "prefs.jsonl"), eval_data=None,
+                     output_dir=str(tmp_path / "reward"), num_epochs=1, batch_size=8),
+        show_progress=False,
+    )  # fmt: skip
+    meta = json.loads((reward_dir / "salsa_reward.json").read_text())
+    config = _config(base, tmp_path / "rl", reward_model=str(reward_dir), value_head="separate",
+                     value_init="reward_model")  # fmt: skip
+    learner = Learner(config, torch.device("cpu"))
+    learner.calibrate_value(mean=0.5, std=2.0)
+    trained = load_file(str(reward_dir / "model.safetensors"))
+    critic = learner.critic.state_dict()
+    assert all(torch.equal(critic[name], value) for name, value in trained.items() if name.startswith("model."))
+    # V = (((raw - m0) / s0) - 0.5) / 2: the reward model's score layer, rescaled to the RL reward.
+    scale = meta["std"] * 2.0
+    linear = learner.value_head.linear
+    assert torch.allclose(linear.weight, trained["score.weight"] / scale)
+    assert float(linear.bias.detach()) == pytest.approx(-(meta["mean"] + 0.5 * meta["std"]) / scale)
+    with pytest.raises(ConfigError, match="value_init reward_model .* set rl.value_head to separate"):
+        train_rl(dataclasses.replace(config, value_head="shared"), show_progress=False)

@@ -36,6 +36,11 @@ app = typer.Typer(
 err = Console(stderr=True)
 data_app = typer.Typer(help="Datasets of the built-in tasks: `salsa data make`.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
+study_app = typer.Typer(
+    help="A results doc whose every number regenerates from committed data: `salsa study archive`, `render`.",
+    no_args_is_help=True,
+)
+app.add_typer(study_app, name="study")
 
 ConfigOption = Annotated[
     Path | None,
@@ -354,6 +359,29 @@ def demo(
 
     _quiet_libraries()
     run_demo(output_dir, show_progress=not quiet)
+
+
+@study_app.command("archive")
+def study_archive(
+    run_dir: Annotated[Path, typer.Argument(help="A finished `salsa run` directory.")],
+    study_dir: Annotated[Path, typer.Argument(help="The study folder (its data/ is written).")],
+) -> None:
+    """Copy the data a study's doc is computed from (samples, metrics, records) into STUDY_DIR/data, compressed."""
+    from salsa.study import archive
+
+    for path in archive(run_dir, study_dir):
+        typer.echo(str(path))
+
+
+@study_app.command("render")
+def study_render(
+    study_dir: Annotated[Path, typer.Argument(help="A study folder: study.json, template.md, data/.")],
+) -> None:
+    """Recompute every number of a study from its data, draw its figures and write its doc."""
+    from salsa.study import render
+
+    _quiet_libraries()
+    typer.echo(str(render(study_dir)))
 
 
 def main() -> None:

@@ -62,6 +62,19 @@ def seed_test_text(comparison: dict) -> str:
     )
 
 
+def factorial_text(entry: dict, judge: str) -> str:
+    """The 2 x 2 of init and reference at one KL coefficient, in one sentence per effect."""
+    effects = entry["effects"][judge]
+    parts = []
+    for factor, words in (("init", "starting from the soup"), ("reference", "anchoring to the soup"),
+                          ("interaction", "both together beyond the sum (interaction)")):  # fmt: skip
+        effect = effects[factor]
+        low, high = effect["ci"]
+        sign = "no measurable difference" if low <= 0 <= high else ("helped" if low > 0 else "hurt")
+        parts.append(f"{words}: {effect['mean']:+.3f} [{low:+.3f}, {high:+.3f}] ({sign})")
+    return f"KL coefficient {entry['kl_coef']:g}, {JUDGE_TITLES[judge]}, in-distribution: " + "; ".join(parts) + "."
+
+
 def against_sft(results: dict) -> list[str]:
     """Did RL help? Each policy against the SFT model on in-distribution prompts by the first judge (gold when the
     task has one), by its mean score difference and that difference's interval."""
@@ -85,7 +98,7 @@ def against_sft(results: dict) -> list[str]:
     return sentences
 
 
-def _headline(results: dict) -> dict | None:
+def headline_comparison(results: dict) -> dict | None:
     """The comparison named in results['headline'] (first pair, in-distribution, first judge)."""
     wanted = results.get("headline")
     for c in results["comparisons"]:
@@ -309,7 +322,7 @@ def write_report(eval_dir: str | Path, out: str | Path | None = None, run_info: 
 
 def _render(results: dict, out: Path, run_info: dict | None) -> None:
     confidence = results["settings"]["confidence"]
-    headline = _headline(results)
+    headline = headline_comparison(results)
     title = "salsa report"
     headline_verdict = verdict(headline, confidence) if headline else None
     blocks = [Block("heading", (1, title))]
@@ -319,6 +332,9 @@ def _render(results: dict, out: Path, run_info: dict | None) -> None:
     rl_vs_sft = against_sft(results)
     if rl_vs_sft:
         blocks.append(Block("text", "**Against the SFT model** (in-distribution prompts). " + " ".join(rl_vs_sft)))
+    for entry in results.get("factorial", []):
+        judge = results["judges"][0]
+        blocks.append(Block("text", "**Init or reference?** (the 2 x 2 of arms) " + factorial_text(entry, judge)))
     on_gold = [name for name, reward in results.get("training_rewards", {}).items() if reward.startswith("gold")]
     if on_gold:
         blocks.append(

@@ -236,3 +236,37 @@ def claim_verdict(interval: tuple[float, float], seed_test: dict, direction: int
     if significant and direction * high < 0 and direction * seed_test["mean"] < 0:
         return "contradicted"
     return "unresolved"
+
+
+def contrast_with_interval(
+    cells: list[np.ndarray],
+    coefficients: list[float],
+    num_samples: int = 2000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> dict:
+    """sum_c coefficient_c * mean(cell_c) over [S_c seeds, N prompts, ...] cells answering the same prompts, with a
+    bootstrap interval that draws the prompts once for all cells and each cell's seeds on their own (the cells are
+    independent runs; cells may have different numbers of seeds)."""
+    rng = np.random.default_rng(seed)
+    num_prompts = cells[0].shape[1]
+    prompts = rng.integers(0, num_prompts, size=(num_samples, num_prompts))
+    total, point = np.zeros(num_samples), 0.0
+    for cell, coefficient in zip(cells, coefficients, strict=True):
+        cell = np.asarray(cell, dtype=float).reshape(cell.shape[0], num_prompts, -1).mean(2)  # [S, N]
+        seeds = rng.integers(0, cell.shape[0], size=(num_samples, cell.shape[0]))
+        total += coefficient * cell[seeds[:, :, None], prompts[:, None, :]].mean((1, 2))
+        point += coefficient * cell.mean()
+    return {"mean": float(point), "ci": percentile_interval(total, confidence)}
+
+
+def factorial_effects(cells: dict[tuple[str, str], np.ndarray], **stats) -> dict:
+    """The 2 x 2 of policy init x KL reference, each in {sft, soup}: the main effect of each factor (the soup's
+    average gain over SFT across the other factor's levels) and their interaction, with intervals."""
+    order = [("soup", "soup"), ("soup", "sft"), ("sft", "soup"), ("sft", "sft")]
+    matrices = [cells[key] for key in order]
+    return {
+        "init": contrast_with_interval(matrices, [0.5, 0.5, -0.5, -0.5], **stats),
+        "reference": contrast_with_interval(matrices, [0.5, -0.5, 0.5, -0.5], **stats),
+        "interaction": contrast_with_interval(matrices, [1.0, -1.0, -1.0, 1.0], **stats),
+    }

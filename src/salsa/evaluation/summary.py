@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 from salsa.config import EvalConfig
@@ -11,6 +13,7 @@ from salsa.evaluation.stats import (
     claim_verdict,
     compare,
     compare_verdicts,
+    factorial_effects,
     matched_kl,
     mean_with_interval,
     outcomes,
@@ -19,7 +22,7 @@ from salsa.evaluation.stats import (
     two_level_interval,
     within_prompt_interval,
 )
-from salsa.io import SOUP_RECORD, read_json
+from salsa.io import SOUP_RECORD, is_soup_directory, read_json
 
 
 def _by_prompt(rows: list[dict], key: str) -> list[list[float]]:
@@ -66,6 +69,41 @@ def summarise_matched(matched_rows: list[dict], judges: list[str], config: EvalC
                 {"a": a, "b": b, "split": "in_distribution", "judge": judge, "matched_kl": True, **result}
             )
         out.append(entry)
+    return out
+
+
+def _arm_of(paths: list[str]) -> tuple[str, str, float] | None:
+    """(init kind, reference kind, KL coefficient) of an RL policy, from its run's config; None for other models
+    and for references other than sft and soup."""
+    from salsa.config import RLConfig
+    from salsa.config_loading import load_stage_config
+
+    config_file = Path(paths[0]).parent / "config.yaml"
+    if not config_file.is_file():
+        return None
+    rl = load_stage_config(RLConfig, "rl", config_file)
+    if rl.reference not in ("sft", "soup"):
+        return None
+    return ("soup" if is_soup_directory(rl.init) else "sft", rl.reference, rl.kl_coef)
+
+
+def summarise_factorial(config: EvalConfig, samples: list[dict], judges: list[str], stats: dict) -> list[dict]:
+    """Which of init and reference carries a difference: for every KL coefficient at which the four RL arms of
+    the 2 x 2 (init sft | soup, reference sft | soup) were evaluated, the main effects and their interaction."""
+    arms = {name: _arm_of(paths) for name, paths in config.policies.items()}
+    out = []
+    for coef in sorted({arm[2] for arm in arms.values() if arm}):
+        cells = {(arm[0], arm[1]): name for name, arm in arms.items() if arm and arm[2] == coef}
+        if len(cells) < 4:
+            continue
+        effects = {
+            judge: factorial_effects(
+                {key: _score_matrix(samples, name, "in_distribution", judge) for key, name in cells.items()},
+                num_samples=stats["num_samples"], confidence=stats["confidence"], seed=stats["seed"],
+            )
+            for judge in judges
+        }  # fmt: skip
+        out.append({"kl_coef": coef, "cells": {f"{i}:{r}": name for (i, r), name in cells.items()}, "effects": effects})
     return out
 
 
@@ -192,12 +230,12 @@ def summarise(
         "matched_kl": matched_kl(curves, tuple(j for j in judges)) if len(curves) >= 2 else None,
         "matched_kl_comparisons": summarise_matched(matched_rows or [], judges, config, stats),
         "matched_kl_notes": unmatched or [],
+        "factorial": summarise_factorial(config, samples, judges, stats),
     }
 
 
 def _midpoint_is_soup(config: EvalConfig) -> bool:
     """Alpha 0.5 of the landscape is the run's soup only when the soup averages exactly the two landscape models."""
-    from pathlib import Path
 
     record = Path(config.soup_model or "") / SOUP_RECORD
     if not config.landscape_models or not record.is_file():
