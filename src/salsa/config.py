@@ -93,6 +93,14 @@ class SoupConfig:
     weights: list[float] | None = option(None, "one weight per model; null is uniform")
     alpha: float | None = option(None, "two models only: result = (1 - alpha) * A + alpha * B")
     allow_extrapolation: bool = option(False, "allow negative weights and alpha outside [0, 1]")
+    method: str = option(
+        "linear", "linear (weights or alpha) | slerp (t) | expo (expo_alpha) | liti (eta); slerp, expo and liti merge "
+        "two models, A (the start: SFT or init) then B (the RL policy); see docs/methods/merges.md",
+        check=one_of("linear", "slerp", "expo", "liti"),
+    )  # fmt: skip
+    t: float | None = option(None, "slerp: the position on the arc from A (0) to B (1), per tensor")
+    expo_alpha: float | None = option(None, "expo: B + expo_alpha * (B - A), expo_alpha > 0 (ExPO)")
+    eta: float | None = option(None, "liti: (1 - eta) * A + eta * B, eta in [0, 1] (WARP's interpolation to init)")
     dtype: str | None = option(
         None, "output dtype: float32 | bfloat16 | float16; null keeps the ingredients'",
         check=one_of("float32", "bfloat16", "float16"),
@@ -100,10 +108,19 @@ class SoupConfig:
     max_shard_size: str = option("2GB", "largest output shard, e.g. 500MB or 5GB", result=False)
 
     def check(self) -> None:
-        from salsa.weights.spec import parse_size, soup_weights
+        from salsa.weights.spec import parse_size
 
-        soup_weights(len(self.models), self.weights, self.alpha, self.allow_extrapolation)
+        self.merge()
         parse_size(self.max_shard_size)
+
+    def merge(self):
+        """The checked merge (`salsa.weights.spec.Merge`) these settings describe."""
+        from salsa.weights.spec import resolve_merge
+
+        return resolve_merge(
+            len(self.models), self.method, weights=self.weights, alpha=self.alpha,
+            allow_extrapolation=self.allow_extrapolation, t=self.t, eta=self.eta, expo_alpha=self.expo_alpha,
+        )  # fmt: skip
 
 
 @dataclass
