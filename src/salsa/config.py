@@ -227,6 +227,18 @@ class RLConfig:
     ema_decay: float = option(
         0.99, "ema: reference <- decay * reference + (1 - decay) * policy, every step", check=fraction()
     )
+    reference_schedule: str = option(
+        "fixed", "how the reference moves from where `reference` starts it: fixed | ema (every step, by ema_decay; "
+        "WARP) | soft (every reference_update_steps steps, reference <- (1 - w) * reference + w * policy with w = "
+        "reference_update_weight; TR-DPO) | hard (every reference_update_steps steps, reference <- policy; TR-DPO); "
+        "`reference: ema` is the ema schedule from the init. See docs/methods/reference-schedules.md",
+        check=one_of("fixed", "ema", "soft", "hard"),
+    )  # fmt: skip
+    reference_update_steps: int = option(10, "soft, hard: move the reference every N steps", check=at_least(1))
+    reference_update_weight: float = option(
+        0.6, "soft: w, the policy's share of the moved reference (TR-DPO's alpha)",
+        check=fraction(high_inclusive=True, low_inclusive=False),
+    )  # fmt: skip
     sft_model: str | None = option(
         None, "also log KL to this SFT model (an extra forward pass per step)", input="model"
     )
@@ -343,10 +355,22 @@ class RLConfig:
             from salsa.weights.spec import soup_weights
 
             soup_weights(len(self.reference_models), self.reference_weights)
-        if self.sharding == "fsdp2" and (self.algorithm == "dpo" or (self.reference == "ema" and self.use_lora)):
+        moving = self.reference == "ema" or self.reference_schedule != "fixed"
+        if self.sharding == "fsdp2" and (self.algorithm == "dpo" or (moving and self.use_lora)):
             raise ConfigError(
                 "rl.sharding fsdp2 shards the online RL policy (ppo, rloo, grpo) and its critic; use none for dpo "
-                "and for an ema reference of a LoRA policy"
+                "and for a moving reference (ema, soft, hard) of a LoRA policy"
+            )
+        if self.reference_schedule != "fixed" and self.reference == "none":
+            raise ConfigError(
+                f"rl.reference_schedule is {self.reference_schedule} but rl.reference is none: there is no reference "
+                "to move; set rl.reference to where it starts (sft or soup)"
+            )
+        if self.reference == "ema" and self.reference_schedule not in ("fixed", "ema"):
+            raise ConfigError(
+                f"rl.reference ema is the ema schedule from the init, but rl.reference_schedule is "
+                f"{self.reference_schedule}; set rl.reference to where the {self.reference_schedule} schedule starts "
+                "(sft or soup)"
             )
         if self.reward_model == "gold" and self.algorithm != "dpo" and not self.task:
             raise ConfigError("rl.reward_model is gold, the task's gold judge, but rl.task is null; name the task")
