@@ -63,12 +63,12 @@ def resolve_merge(
         )
     (name,) = METHOD_PARAMETERS[method]
     if given[name] is None:
-        raise SoupError(f"soup.method {method} needs soup.{name}; set it, e.g. --set {name}=0.5")
+        raise SoupError(f"soup.method {method} needs soup.{name} (--{name.replace('_', '-')} on the command line)")
     value = float(given[name])
     if not math.isfinite(value):
         raise SoupError(f"soup.{name} must be a finite number, got {value}")
     if method in ("slerp", "liti") and not 0.0 <= value <= 1.0:
-        raise SoupError(f"soup.{name}={value} lies outside [0, 1]")
+        raise SoupError(f"soup.{name}={value} lies outside [0, 1]; {method} stays between the two models")
     if method == "expo" and value <= 0:
         raise SoupError(f"soup.expo_alpha must be > 0, got {value} (to move back towards the first model, use liti)")
     linear_weights = {"slerp": None, "expo": [-value, 1.0 + value], "liti": [1.0 - value, value]}[method]
