@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 from salsa.errors import ConfigError
 from salsa.options import above, at_least, fraction, known_task, one_of, option
 from salsa.shipped import DEFAULT_MODEL
+
+if TYPE_CHECKING:
+    from salsa.weights.spec import Merge
 
 REWARD_BACKBONES = ("encoder", "causal")
 PRECISIONS = ("auto", "no", "bf16")
@@ -113,8 +116,8 @@ class SoupConfig:
         self.merge()
         parse_size(self.max_shard_size)
 
-    def merge(self):
-        """The checked merge (`salsa.weights.spec.Merge`) these settings describe."""
+    def merge(self) -> Merge:
+        """The checked merge these settings describe."""
         from salsa.weights.spec import resolve_merge
 
         return resolve_merge(

@@ -183,7 +183,7 @@ def _pieces(entry: TensorEntry) -> Iterator[tuple[int, int]]:
         yield start, min(numel, start + CHUNK_ELEMENTS)
 
 
-def _slerp_weights(indexes: list[dict[str, TensorEntry]], t: float, reader: HashingReader) -> dict[str, list[float]]:
+def _slerp_first_pass(indexes: list[dict[str, TensorEntry]], t: float, reader: HashingReader) -> dict[str, list[float]]:
     """Slerp's first pass: each float tensor's dot product and norms, added up piece by piece, fix its two weights."""
     first, second = indexes
     weights = {}
@@ -228,7 +228,7 @@ def _write_merge(
         reader = HashingReader(stack, max_pending_bytes=64 << 20, workers=min(len(indexes), torch.get_num_threads()))
         per_tensor: dict[str, list[float]] = {}  # slerp's weights differ by tensor; the other methods' do not
         if merge.method == "slerp":
-            per_tensor = _slerp_weights(indexes, merge.parameters["t"], reader)
+            per_tensor = _slerp_first_pass(indexes, merge.parameters["t"], reader)
             reader.digests(hashed)  # the first pass read every file: finish their hashes; the second pass skips them
 
         def produce(name: str) -> Iterator[torch.Tensor]:
@@ -298,6 +298,8 @@ def mergekit_yaml(models: Sequence[str], merge: Merge, dtype: str) -> str:
         "#   mergekit-yaml mergekit.yaml OUT_DIR --lora-merge-cache CACHE_DIR\n"
         "# (the cache is only needed for LoRA ingredients, written BASE+ADAPTER).\n"
     )
+    if merge.method == "slerp":
+        header += "# mergekit sums each tensor's dot product in float32 pieces of its own: equal to float32 rounding.\n"
     if merge.method == "expo":
         header += (
             "# ExPO is also mergekit's task_arithmetic with base_model the first model and weight 1 + expo_alpha on\n"
