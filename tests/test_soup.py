@@ -424,3 +424,18 @@ def test_mergekit_reproduces_slerp_expo_and_liti_from_their_yaml(tmp_path, token
     }  # fmt: skip
     ours, theirs = _merged(tmp_path / "expo"), by_mergekit(task_arithmetic, "expo-task-arithmetic")
     assert all(torch.allclose(ours[k], theirs[k], rtol=1e-6, atol=1e-7) for k in ours)
+
+
+def test_only_a_linear_midpoint_is_the_landscapes_soup(tmp_path):
+    from salsa.config import EvalConfig
+    from salsa.evaluation.summary import _midpoint_is_soup
+
+    a, b = _pair(tmp_path)
+    midpoints = {
+        "linear": build_soup([a, b], tmp_path / "linear"),
+        "liti at 0.5": build_soup([a, b], tmp_path / "liti", method="liti", eta=0.5),
+        "slerp at 0.5": build_soup([a, b], tmp_path / "slerp", method="slerp", t=0.5),  # on the arc, not the line
+    }
+    found = {name: _midpoint_is_soup(EvalConfig(soup_model=str(soup), landscape_models=[str(a), str(b)]))
+             for name, soup in midpoints.items()}  # fmt: skip
+    assert found == {"linear": True, "liti at 0.5": True, "slerp at 0.5": False}
