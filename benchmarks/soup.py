@@ -1,5 +1,5 @@
 """Soup wall time and peak memory: salsa's streaming soup against a naive load-everything average
-and mergekit's linear merge, side by side in one run.
+and mergekit's linear merge, side by side in one run; for K = 2 also SLERP (t = 0.5) by the same three.
 
 Models: the default SmolLM2-135M-Instruct (fp32, 0.54 GB) and a synthetic Llama-shaped model generated
 on the fly (bf16, ~1.9 GB: hidden 2048, 16 layers, vocab 32000, untied head). For K = 2, 4, 8 distinct
@@ -8,7 +8,8 @@ the RSS it had after imports (VmHWM, reset after the imports). "read" is the tim
 ingredient file once (median of three); "read+write" also writes one output-sized file, the I/O any soup
 must do. salsa computes the SHA-256 of every ingredient for soup.json; "salsa-cached" is a second soup of
 the same ingredients, which finds the digests cached, as does every soup of models salsa trained (SFT and
-RL record the digests of what they save).
+RL record the digests of what they save). "salsa-slerp" runs after them and finds the digests cached too: it
+reads the two ingredients twice (a pass for each tensor's dot product and norms, then the merge).
 
 By default the ingredients sit in the page cache (they were just written), so "read" is a memory copy.
 With --cold every ingredient file is dropped from the page cache (posix_fadvise DONTNEED) before each
@@ -139,34 +140,39 @@ def child(method: str, out: Path, dirs: list[Path]) -> None:
     from safetensors.torch import load_file, save_file
 
     from salsa.soup import build_soup
+    from salsa.weights.average import slerp
 
-    if method == "mergekit":
+    if method.startswith("mergekit"):
         from mergekit.config import MergeConfiguration
         from mergekit.merge import MergeOptions, run_merge
     reset_peak_rss()
     baseline = psutil.Process().memory_info().rss
     started = time.perf_counter()
     weights = [1.0 / len(dirs)] * len(dirs)
+    dtype = "float32" if "default" in str(dirs[0]) else "bfloat16"
     if method in ("salsa", "salsa-cached"):  # the second run finds the first run's SHA-256 digests cached
         build_soup(dirs, out)
-    elif method == "naive":
+    elif method == "salsa-slerp":
+        build_soup(dirs, out, method="slerp", t=0.5)
+    elif method in ("naive", "naive-slerp"):
         states = [load_file(str(d / "model.safetensors")) for d in dirs]
-        average = {
-            n: sum(w * s[n].float() for w, s in zip(weights, states, strict=True)).to(states[0][n].dtype)
-            for n in states[0]
-        }
+        if method == "naive":
+            merged = {
+                n: sum(w * s[n].float() for w, s in zip(weights, states, strict=True)).to(states[0][n].dtype)
+                for n in states[0]
+            }
+        else:
+            merged = {n: slerp(states[0][n], states[1][n], 0.5).to(states[0][n].dtype) for n in states[0]}
         out.mkdir(parents=True)
-        save_file(average, str(out / "model.safetensors"), metadata={"format": "pt"})
+        save_file(merged, str(out / "model.safetensors"), metadata={"format": "pt"})
     else:
-        models = [{"model": str(d), "parameters": {"weight": w}} for d, w in zip(dirs, weights, strict=True)]
-        config = MergeConfiguration.model_validate(
-            {
-                "merge_method": "linear",
-                "models": models,
-                "parameters": {"normalize": False},
-                "dtype": "float32" if "default" in str(dirs[0]) else "bfloat16",
-            }  # fmt: skip
-        )
+        if method == "mergekit":
+            models = [{"model": str(d), "parameters": {"weight": w}} for d, w in zip(dirs, weights, strict=True)]
+            merge = {"merge_method": "linear", "models": models, "parameters": {"normalize": False}}
+        else:
+            models = [{"model": str(d)} for d in dirs]
+            merge = {"merge_method": "slerp", "base_model": str(dirs[0]), "models": models, "parameters": {"t": 0.5}}
+        config = MergeConfiguration.model_validate({**merge, "dtype": dtype})
         run_merge(config, str(out), MergeOptions(lazy_unpickle=True, low_cpu_memory=False, quiet=True))
     seconds = time.perf_counter() - started
     print(json.dumps({"seconds": seconds, "peak_above_baseline": peak_rss() - baseline}))
@@ -203,7 +209,7 @@ def main() -> None:
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="salsa-soup-bench-"))
     total_ram = psutil.virtual_memory().total
     gb = 1e9
-    print(f"{'model':8}{'K':>3}{'size GB':>9}{'method':>13}{'seconds':>9}{'x read':>8}{'peak GB':>9}{'x shard':>9}")
+    print(f"{'model':8}{'K':>3}{'size GB':>9}{'method':>15}{'seconds':>9}{'x read':>8}{'peak GB':>9}{'x shard':>9}")
     for kind in args.kinds:
         for k in args.ks:
             dirs = make_ingredients(kind, k, workdir)
@@ -219,17 +225,18 @@ def main() -> None:
             if args.cold:
                 drop_from_page_cache(dirs)
             read_write_s = read_all(dirs, write_to=workdir / "written")
-            print(f"{kind:8}{k:>3}{size / gb:>9.2f}{'read':>13}{read_s:>9.1f}")
-            print(f"{'':20}{'read+write':>13}{read_write_s:>9.1f}{read_write_s / read_s:>8.2f}")
+            print(f"{kind:8}{k:>3}{size / gb:>9.2f}{'read':>15}{read_s:>9.1f}")
+            print(f"{'':20}{'read+write':>15}{read_write_s:>9.1f}{read_write_s / read_s:>8.2f}")
             cache = Path(tempfile.mkdtemp(prefix="salsa-cache-"))  # no digests cached from earlier rows
-            for method in ("salsa", "salsa-cached", "naive", "mergekit"):
-                if method == "naive" and (k + 3) * size > 0.7 * total_ram:
+            slerp_methods = ("salsa-slerp", "naive-slerp", "mergekit-slerp") if k == 2 else ()
+            for method in ("salsa", "salsa-cached", "naive", "mergekit", *slerp_methods):
+                if method.startswith("naive") and (k + 3) * size > 0.7 * total_ram:
                     need = (k + 3) * size / gb
-                    print(f"{'':20}{method:>13}  skipped: needs ~{need:.0f} GB of {total_ram / gb:.0f} GB RAM")
+                    print(f"{'':20}{method:>15}  skipped: needs ~{need:.0f} GB of {total_ram / gb:.0f} GB RAM")
                     continue
                 r = measure(method, dirs, workdir / "out", cache, args.cold)
                 if r:
-                    print(f"{'':20}{method:>13}{r['seconds']:>9.1f}{r['seconds'] / read_s:>8.2f}"
+                    print(f"{'':20}{method:>15}{r['seconds']:>9.1f}{r['seconds'] / read_s:>8.2f}"
                           f"{r['peak_above_baseline'] / gb:>9.2f}{r['peak_above_baseline'] / shard:>9.2f}")  # fmt: skip
             shutil.rmtree(cache, ignore_errors=True)
         shutil.rmtree(workdir / kind, ignore_errors=True)

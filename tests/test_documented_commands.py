@@ -144,6 +144,23 @@ PLANS: dict[str, Plan] = {
     "salsa eval ... --judge Qwen/Qwen2.5-7B-Instruct": Plan(
         "check", dots=README_EVAL, why="its judge is a 7B hub model: the network, and a GPU to be of use"
     ),
+    # docs/methods/merges.md
+    "salsa soup runs/x/sft-0 runs/rl-ppo/final --method expo --expo-alpha 0.3 --out runs/x/expo": Plan(),
+    "salsa soup runs/x/sft-0 runs/rl-ppo/final --method liti --eta 0.5 --out runs/x/liti": Plan(),
+    "salsa soup runs/x/sft-0 runs/x/sft-1 --method slerp --t 0.5 --out runs/x/slerp": Plan(),
+    # docs/methods/reference-schedules.md: enough steps for the reference to move
+    "salsa rl --init runs/x/soup --reference soup --reward-model runs/reward/model --output-dir runs/rl-salsa-soft "
+    "--set reference_schedule=soft --set reference_update_steps=2 --set reference_update_weight=0.5": Plan(
+        budget=settings("steps=2", "prompts_per_step=2", "max_new_tokens=4")
+    ),
+    "salsa rl --init runs/x/sft-0 --reference sft --reward-model runs/reward/model --output-dir runs/rl-hard "
+    "--set reference_schedule=hard --set reference_update_steps=4 --set use_lora=true": Plan(
+        budget=settings("steps=4", "prompts_per_step=2", "max_new_tokens=4")
+    ),
+    "salsa rl --algorithm dpo --init runs/x/sft-0 --reference sft --output-dir runs/dpo-soft --set "
+    "preference_data=runs/data/prefs.jsonl --set reference_schedule=soft --set reference_update_steps=2": Plan(
+        budget=settings("steps=2", "dpo_batch_size=2")
+    ),
     # docs/results/cpu-smollm2-135m.md
     "salsa run examples/study_cpu.yaml": Plan(
         "dry-run", why="the study takes 2.3 h on the default model; `salsa run my_run.yaml` runs the same stages"

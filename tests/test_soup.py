@@ -11,10 +11,10 @@ from transformers import AutoModelForCausalLM
 from salsa.errors import SalsaError, SoupError
 from salsa.io import digest_key, load_digest_cache, record_digests, save_digest_cache, sha256_file
 from salsa.soup import build_soup
-from salsa.weights.average import weighted_average
+from salsa.weights.average import slerp, weighted_average
 from salsa.weights.in_memory import soup_state_dict
 from salsa.weights.reader import tensor_index
-from salsa.weights.spec import soup_weights
+from salsa.weights.spec import resolve_merge, soup_weights
 from salsa.weights.stream import read_header, read_tensor
 
 CONFIG = {"model_type": "toy", "hidden_size": 4, "tie_word_embeddings": False}
@@ -261,3 +261,181 @@ def test_mergekit_reproduces_a_lora_soup_bit_for_bit_from_its_yaml(tiny_sft_conf
     ours = load_file(str(soup / "model.safetensors"))
     theirs = load_file(str(tmp_path / "by-mergekit" / "model.safetensors"))
     assert set(ours) <= set(theirs) and all(torch.equal(ours[k], theirs[k]) for k in ours)
+
+
+# ---------------------------------------------------------------- merges beside linear: slerp, expo, liti
+
+
+def test_merge_methods_resolve_to_their_weights_and_refuse_what_they_do_not_read():
+    assert resolve_merge(3).weights == [1 / 3] * 3  # linear, uniform
+    expo = resolve_merge(2, "expo", expo_alpha=0.5)
+    assert (expo.weights, expo.parameters) == ([-0.5, 1.5], {"expo_alpha": 0.5})  # B + 0.5 (B - A)
+    assert resolve_merge(2, "liti", eta=0.25).weights == [0.75, 0.25]  # (1 - eta) A + eta B
+    slerp_merge = resolve_merge(2, "slerp", t=0.3)
+    assert (slerp_merge.weights, slerp_merge.parameters) == (None, {"t": 0.3})  # per tensor, from the tensors
+    for method, kwargs, message in [
+        ("slerp", {"t": 0.5, "num_models": 3}, "slerp merges exactly two models .*, got 3"),
+        ("liti", {}, "liti needs soup.eta"),
+        ("linear", {"t": 0.5}, "soup.t is a setting of method slerp, but soup.method is linear"),
+        ("expo", {"expo_alpha": 0.5, "weights": [0.5, 0.5]}, "soup.weights is a setting of method linear"),
+        ("expo", {"expo_alpha": 0.5, "allow_extrapolation": True}, "allow_extrapolation is for linear weights"),
+        ("expo", {"expo_alpha": 0.0}, "expo_alpha must be > 0"),
+        ("liti", {"eta": 1.5}, r"soup.eta=1.5 lies outside \[0, 1\]"),
+        ("slerp", {"t": float("nan")}, "soup.t must be a finite number"),
+        ("dare", {}, "soup.method must be one of linear, slerp, expo, liti"),
+    ]:
+        with pytest.raises(SoupError, match=message):
+            resolve_merge(kwargs.pop("num_models", 2), method, **kwargs)
+
+
+@pytest.mark.parametrize(
+    ("a", "b", "t", "expected"),
+    [
+        ([1.0, 0.0], [0.0, 1.0], 0.5, [0.5**0.5, 0.5**0.5]),  # orthogonal: the middle of the quarter circle
+        ([1.0, 0.0], [0.0, 1.0], 1 / 3, [3**0.5 / 2, 0.5]),  # a third of the way: 30 degrees
+        ([3.0, 0.0], [0.0, 4.0], 0.5, [3 * 0.5**0.5, 4 * 0.5**0.5]),  # the angle only: lengths are not normalised
+        # 135 degrees: both weights sin(67.5 deg) / sin(135 deg) = 0.92388 / 0.70711 = 1.30656
+        ([1.0, 0.0], [-1.0, 1.0], 0.5, [0.0, 1.30656]),
+        ([1.0, 2.0], [2.0, 4.0], 0.25, [1.25, 2.5]),  # parallel: the straight line (1 - t) a + t b
+        ([1.0, 0.0], [-1.0, 0.0], 0.5, [0.0, 0.0]),  # antiparallel: the straight line too
+        ([0.0, 0.0], [0.0, 3.0], 0.5, [0.0, 3 * 0.5**0.5]),  # a zero tensor's norm counts as 1: cos 0, 90 degrees
+        ([1.0, 0.0], [0.0, 1.0], 0.0, [1.0, 0.0]),  # the ends are the two models
+        ([1.0, 0.0], [0.0, 1.0], 1.0, [0.0, 1.0]),
+    ],
+)
+def test_slerp_matches_hand_computation(a, b, t, expected):
+    assert torch.allclose(slerp(torch.tensor(a), torch.tensor(b), t), torch.tensor(expected), atol=1e-5)
+
+
+def test_slerp_matches_mergekits_slerp_function():
+    mergekit_slerp = pytest.importorskip("mergekit.merge_methods.slerp").slerp
+    generator = torch.Generator().manual_seed(0)
+    a = torch.randn(64, 48, generator=generator)
+    cases = {
+        "independent": torch.randn(64, 48, generator=generator),
+        "close": a + 0.3 * torch.randn(64, 48, generator=generator),  # cos 0.96: the arc
+        "nearly parallel": a + 0.01 * torch.randn(64, 48, generator=generator),  # cos > 0.9995: the straight line
+        "bfloat16": torch.randn(64, 48, generator=generator).bfloat16(),
+    }
+    for case, b in cases.items():
+        first = a.to(b.dtype)
+        for t in (0.0, 0.3, 0.5, 0.9):
+            ours = slerp(first, b, t)
+            # mergekit merges a batch of tensors at once, each flattened behind a leading axis; it returns the
+            # inputs' dtype (its yaml's `dtype: float32` loads them as float32: so does this)
+            theirs = mergekit_slerp(torch.tensor([t]), first.float()[None], b.float()[None])[0]
+            assert torch.allclose(ours, theirs, rtol=1e-5, atol=1e-6), (case, t, (ours - theirs).abs().max())
+
+
+def _merged(out):
+    return load_file(str(out / "model.safetensors"))
+
+
+def test_streamed_expo_liti_and_slerp_equal_hand_computations(tmp_path, monkeypatch):
+    a = _ingredient(tmp_path / "a", {"w": torch.tensor([1.0, 2.0, 3.0, 4.0]), "arc": torch.tensor([3.0, 0.0]),
+                                     "steps": torch.tensor([7])})  # fmt: skip
+    b = _ingredient(tmp_path / "b", {"w": torch.tensor([3.0, 6.0, 9.0, 12.0]), "arc": torch.tensor([0.0, 4.0]),
+                                     "steps": torch.tensor([7])})  # fmt: skip
+    expo = build_soup([a, b], tmp_path / "expo", method="expo", expo_alpha=0.5)  # B + 0.5 (B - A)
+    assert torch.equal(_merged(expo)["w"], torch.tensor([4.0, 8.0, 12.0, 16.0]))
+    liti = build_soup([a, b], tmp_path / "liti", method="liti", eta=0.25)  # 0.75 A + 0.25 B
+    assert torch.equal(_merged(liti)["w"], torch.tensor([1.5, 3.0, 4.5, 6.0]))
+    for out, method, parameters, weights in [
+        (expo, "expo", {"expo_alpha": 0.5}, [-0.5, 1.5]),
+        (liti, "liti", {"eta": 0.25}, [0.75, 0.25]),
+    ]:
+        provenance = json.loads((out / "soup.json").read_text())
+        assert (provenance["method"], provenance["parameters"]) == (method, parameters)
+        assert [i["weight"] for i in provenance["ingredients"]] == weights
+        merge = yaml.safe_load((out / "mergekit.yaml").read_text())
+        assert merge["merge_method"] == "linear" and merge["parameters"] == {"normalize": False}
+        assert [m["parameters"]["weight"] for m in merge["models"]] == weights
+
+    # Slerp, one element per streamed piece: the norms and dot product are sums over the pieces.
+    monkeypatch.setattr("salsa.soup.CHUNK_ELEMENTS", 1)
+    from salsa.weights import reader
+
+    hashed_from, real_hash_file = [], reader.hash_file  # where each file's hash went on after the reads
+
+    def hash_file(hasher, file, start=0):
+        hashed_from.append(start)
+        return real_hash_file(hasher, file, start)
+
+    monkeypatch.setattr(reader, "hash_file", hash_file)
+    monkeypatch.setenv("SALSA_CACHE", str(tmp_path / "cache"))  # the soups above cached the digests
+    merged = _merged(build_soup([a, b], tmp_path / "slerp", method="slerp", t=0.5))
+    assert len(hashed_from) == 2 and all(start > 0 for start in hashed_from)  # the tail: no file read a third time
+    assert torch.allclose(merged["arc"], torch.tensor([3 * 0.5**0.5, 4 * 0.5**0.5]))  # orthogonal: 45 degrees
+    assert torch.allclose(merged["w"], torch.tensor([2.0, 4.0, 6.0, 8.0]))  # parallel: the straight line
+    assert torch.equal(merged["steps"], torch.tensor([7]))
+    provenance = json.loads((tmp_path / "slerp" / "soup.json").read_text())
+    assert (provenance["method"], provenance["parameters"]) == ("slerp", {"t": 0.5})
+    assert "weight" not in provenance["ingredients"][0]  # slerp's weights differ by tensor
+    # Read twice, hashed once, right: the digests are those of the files.
+    assert [i["sha256"]["model.safetensors"] for i in provenance["ingredients"]] == [
+        sha256_file(d / "model.safetensors") for d in (a, b)
+    ]
+
+
+def test_streamed_slerp_in_pieces_equals_the_in_memory_slerp(tmp_path, monkeypatch):
+    monkeypatch.setattr("salsa.soup.CHUNK_ELEMENTS", 3)  # every tensor spans several pieces, the last one partial
+    generator = torch.Generator().manual_seed(0)
+    states = [
+        {"w": torch.randn(5, 2, generator=generator), "h": torch.randn(7, generator=generator).to(torch.bfloat16)}
+        for _ in range(2)
+    ]
+    dirs = [_ingredient(tmp_path / f"m{i}", state) for i, state in enumerate(states)]
+    streamed = _merged(build_soup(dirs, tmp_path / "slerp", method="slerp", t=0.3))
+    in_memory = soup_state_dict(states, method="slerp", t=0.3)
+    assert streamed.keys() == in_memory.keys()
+    assert streamed["h"].dtype == torch.bfloat16
+    # The pieces' float64 sums round differently from one whole-tensor sum, by far less than float32 resolves.
+    assert all(torch.allclose(streamed[k].float(), in_memory[k].float(), rtol=1e-6, atol=1e-7) for k in streamed)
+
+
+def test_mergekit_reproduces_slerp_expo_and_liti_from_their_yaml(tmp_path, tokenizer):
+    pytest.importorskip("mergekit")
+    from mergekit.config import MergeConfiguration
+    from mergekit.merge import MergeOptions, run_merge
+
+    from salsa.models import save_tiny_model
+
+    sft, rl = save_tiny_model(tmp_path / "sft", tokenizer, seed=1), save_tiny_model(tmp_path / "rl", tokenizer, seed=2)
+
+    def by_mergekit(config: dict, name: str) -> dict[str, torch.Tensor]:
+        run_merge(MergeConfiguration.model_validate(config), str(tmp_path / name), MergeOptions(quiet=True))
+        return _merged(tmp_path / name)
+
+    for method, parameter in [("slerp", {"t": 0.3}), ("expo", {"expo_alpha": 0.5}), ("liti", {"eta": 0.3})]:
+        soup = build_soup([sft, rl], tmp_path / method, method=method, **parameter)
+        merge = yaml.safe_load((soup / "mergekit.yaml").read_text())
+        ours, theirs = _merged(soup), by_mergekit(merge, f"{method}-by-mergekit")
+        assert set(ours) <= set(theirs)
+        if method == "slerp":  # mergekit sums each tensor's dot product in float32 pieces of its own
+            assert merge["merge_method"] == "slerp" and merge["base_model"] == str(sft.resolve())
+            assert all(torch.allclose(ours[k], theirs[k], rtol=1e-5, atol=1e-7) for k in ours)
+        else:  # the same linear arithmetic
+            assert all(torch.equal(ours[k], theirs[k]) for k in ours)
+
+    # ExPO as mergekit's task arithmetic, sft + 1.5 (rl - sft): the same model up to float32 rounding.
+    task_arithmetic = {
+        "merge_method": "task_arithmetic", "base_model": str(sft), "dtype": "float32",
+        "models": [{"model": str(rl), "parameters": {"weight": 1.5}}],
+    }  # fmt: skip
+    ours, theirs = _merged(tmp_path / "expo"), by_mergekit(task_arithmetic, "expo-task-arithmetic")
+    assert all(torch.allclose(ours[k], theirs[k], rtol=1e-6, atol=1e-7) for k in ours)
+
+
+def test_only_a_linear_midpoint_is_the_landscapes_soup(tmp_path):
+    from salsa.config import EvalConfig
+    from salsa.evaluation.summary import _midpoint_is_soup
+
+    a, b = _pair(tmp_path)
+    midpoints = {
+        "linear": build_soup([a, b], tmp_path / "linear"),
+        "liti at 0.5": build_soup([a, b], tmp_path / "liti", method="liti", eta=0.5),
+        "slerp at 0.5": build_soup([a, b], tmp_path / "slerp", method="slerp", t=0.5),  # on the arc, not the line
+    }
+    found = {name: _midpoint_is_soup(EvalConfig(soup_model=str(soup), landscape_models=[str(a), str(b)]))
+             for name, soup in midpoints.items()}  # fmt: skip
+    assert found == {"linear": True, "liti at 0.5": True, "slerp at 0.5": False}

@@ -227,6 +227,36 @@ CASES = [
         ["soup", "{model}", "{model}", "--out", "data0"],
         r"data0 holds the output of `salsa data`",
     ),
+    (
+        "soup-slerp-three-models",
+        ["soup", "{model}", "{model}", "{model}", "--method", "slerp", "--t", "0.5", "--out", "s"],
+        r"soup.method slerp merges exactly two models \(the start, then the RL policy\), got 3",
+    ),
+    (
+        "soup-method-without-parameter",
+        ["soup", "{model}", "{model}", "--method", "liti", "--out", "s"],
+        r"soup.method liti needs soup.eta \(--eta on the command line\)",
+    ),
+    (
+        "soup-parameter-of-another-method",
+        ["soup", "{model}", "{model}", "--t", "0.5", "--out", "s"],
+        r"soup.t is a setting of method slerp, but soup.method is linear; drop it",
+    ),
+    (
+        "soup-slerp-t-range",
+        ["soup", "{model}", "{model}", "--method", "slerp", "--t", "1.5", "--out", "s"],
+        r"soup.t=1.5 lies outside \[0, 1\]",
+    ),
+    (
+        "soup-expo-alpha",
+        ["soup", "{model}", "{model}", "--method", "expo", "--expo-alpha", "0", "--out", "s"],
+        r"soup.expo_alpha must be > 0, got 0.0",
+    ),
+    (
+        "soup-method",
+        ["soup", "{model}", "{model}", "--method", "ties", "--out", "s"],
+        r"soup.method must be one of linear, slerp, expo, liti, got 'ties'",
+    ),
     # --- salsa data make
     (
         "data-unknown-task",
@@ -295,6 +325,31 @@ CASES = [
         "rl-reference-model-unused",
         ["rl", "--reference", "none", "--reference-model", "{model}"],
         r"rl.reference_model is set but rl.reference is 'none'",
+    ),
+    (
+        "rl-schedule-steps",
+        ["rl", "--set", "reference_schedule=hard", "--set", "reference_update_steps=0"],
+        r"rl.reference_update_steps must be >= 1, got 0",
+    ),
+    (
+        "rl-schedule-weight",
+        ["rl", "--set", "reference_schedule=soft", "--set", "reference_update_weight=0"],
+        r"rl.reference_update_weight must lie in \(0, 1\], got 0.0",
+    ),
+    (
+        "rl-schedule-unknown",
+        ["rl", "--set", "reference_schedule=cosine"],
+        r"rl.reference_schedule must be one of fixed, ema, soft, hard, got 'cosine'",
+    ),
+    (
+        "rl-schedule-without-reference",
+        ["rl", "--reference", "none", "--set", "reference_schedule=soft"],
+        r"rl.reference_schedule is soft but rl.reference is none: there is no reference to move",
+    ),
+    (
+        "rl-ema-reference-with-schedule",
+        ["rl", "--reference", "ema", "--set", "reference_schedule=hard"],
+        r"rl.reference ema is the ema schedule from the init, but rl.reference_schedule is hard",
     ),
     ("rl-init-missing", ["rl", "--init", "runs/sft/sft-9"], r"rl.init: model directory runs/sft/sft-9 does not exist"),
     (

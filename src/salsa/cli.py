@@ -158,12 +158,20 @@ def soup(
     ] = False,
     dtype: Annotated[str | None, typer.Option(help="Output dtype: float32, bfloat16 or float16.")] = None,
     max_shard_size: Annotated[str | None, typer.Option(help="Largest output shard, e.g. 2GB.")] = None,
+    method: Annotated[str | None, typer.Option(help="linear (default), slerp, expo or liti.")] = None,
+    t: Annotated[float | None, typer.Option(help="slerp: position on the arc from A (0) to B (1).")] = None,
+    expo_alpha: Annotated[float | None, typer.Option(help="expo: B + expo_alpha * (B - A).")] = None,
+    eta: Annotated[float | None, typer.Option(help="liti: (1 - eta) * A + eta * B.")] = None,
     config: ConfigOption = None,
     set_: SetOption = None,
     overwrite: OverwriteOption = False,
 ) -> None:
-    """Average K fine-tuned models into one (streamed, exact, checked); write provenance next to it."""
-    overrides = _overrides(set_, output_dir=out, alpha=alpha, dtype=dtype, max_shard_size=max_shard_size)
+    """Average K fine-tuned models into one, or merge two by slerp, ExPO or LITI (streamed, exact, checked); write
+    provenance next to it."""
+    overrides = _overrides(
+        set_, output_dir=out, alpha=alpha, dtype=dtype, max_shard_size=max_shard_size, method=method, t=t,
+        expo_alpha=expo_alpha, eta=eta,
+    )  # fmt: skip
     if models:
         overrides.append("models=" + ",".join(models))
     if weights:

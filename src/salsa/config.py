@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 from salsa.errors import ConfigError
 from salsa.options import above, at_least, fraction, known_task, one_of, option
 from salsa.shipped import DEFAULT_MODEL
+
+if TYPE_CHECKING:
+    from salsa.weights.spec import Merge
 
 REWARD_BACKBONES = ("encoder", "causal")
 PRECISIONS = ("auto", "no", "bf16")
@@ -93,6 +96,14 @@ class SoupConfig:
     weights: list[float] | None = option(None, "one weight per model; null is uniform")
     alpha: float | None = option(None, "two models only: result = (1 - alpha) * A + alpha * B")
     allow_extrapolation: bool = option(False, "allow negative weights and alpha outside [0, 1]")
+    method: str = option(
+        "linear", "linear (weights or alpha) | slerp (t) | expo (expo_alpha) | liti (eta); slerp, expo and liti merge "
+        "two models, A (the start: SFT or init) then B (the RL policy); see docs/methods/merges.md",
+        check=one_of("linear", "slerp", "expo", "liti"),
+    )  # fmt: skip
+    t: float | None = option(None, "slerp: the position on the arc from A (0) to B (1), per tensor")
+    expo_alpha: float | None = option(None, "expo: B + expo_alpha * (B - A), expo_alpha > 0 (ExPO)")
+    eta: float | None = option(None, "liti: (1 - eta) * A + eta * B, eta in [0, 1] (WARP's interpolation to init)")
     dtype: str | None = option(
         None, "output dtype: float32 | bfloat16 | float16; null keeps the ingredients'",
         check=one_of("float32", "bfloat16", "float16"),
@@ -100,10 +111,19 @@ class SoupConfig:
     max_shard_size: str = option("2GB", "largest output shard, e.g. 500MB or 5GB", result=False)
 
     def check(self) -> None:
-        from salsa.weights.spec import parse_size, soup_weights
+        from salsa.weights.spec import parse_size
 
-        soup_weights(len(self.models), self.weights, self.alpha, self.allow_extrapolation)
+        self.merge()
         parse_size(self.max_shard_size)
+
+    def merge(self) -> Merge:
+        """The checked merge these settings describe."""
+        from salsa.weights.spec import resolve_merge
+
+        return resolve_merge(
+            len(self.models), self.method, weights=self.weights, alpha=self.alpha,
+            allow_extrapolation=self.allow_extrapolation, t=self.t, eta=self.eta, expo_alpha=self.expo_alpha,
+        )  # fmt: skip
 
 
 @dataclass
@@ -210,6 +230,18 @@ class RLConfig:
     ema_decay: float = option(
         0.99, "ema: reference <- decay * reference + (1 - decay) * policy, every step", check=fraction()
     )
+    reference_schedule: str = option(
+        "fixed", "how the reference moves from where `reference` starts it: fixed | ema (every step, by ema_decay; "
+        "WARP) | soft (every reference_update_steps steps, reference <- (1 - w) * reference + w * policy with w = "
+        "reference_update_weight; TR-DPO) | hard (every reference_update_steps steps, reference <- policy; TR-DPO); "
+        "`reference: ema` is the ema schedule from the init. See docs/methods/reference-schedules.md",
+        check=one_of("fixed", "ema", "soft", "hard"),
+    )  # fmt: skip
+    reference_update_steps: int = option(10, "soft, hard: move the reference every N steps", check=at_least(1))
+    reference_update_weight: float = option(
+        0.6, "soft: w, the policy's share of the moved reference (TR-DPO's alpha)",
+        check=fraction(high_inclusive=True, low_inclusive=False),
+    )  # fmt: skip
     sft_model: str | None = option(
         None, "also log KL to this SFT model (an extra forward pass per step)", input="model"
     )
@@ -326,10 +358,22 @@ class RLConfig:
             from salsa.weights.spec import soup_weights
 
             soup_weights(len(self.reference_models), self.reference_weights)
-        if self.sharding == "fsdp2" and (self.algorithm == "dpo" or (self.reference == "ema" and self.use_lora)):
+        moving = self.reference == "ema" or self.reference_schedule != "fixed"
+        if self.sharding == "fsdp2" and (self.algorithm == "dpo" or (moving and self.use_lora)):
             raise ConfigError(
                 "rl.sharding fsdp2 shards the online RL policy (ppo, rloo, grpo) and its critic; use none for dpo "
-                "and for an ema reference of a LoRA policy"
+                "and for a moving reference (ema, soft, hard) of a LoRA policy"
+            )
+        if self.reference_schedule != "fixed" and self.reference == "none":
+            raise ConfigError(
+                f"rl.reference_schedule is {self.reference_schedule} but rl.reference is none: there is no reference "
+                "to move; set rl.reference to where it starts (sft or soup)"
+            )
+        if self.reference == "ema" and self.reference_schedule not in ("fixed", "ema"):
+            raise ConfigError(
+                f"rl.reference ema is the ema schedule from the init, but rl.reference_schedule is "
+                f"{self.reference_schedule}; set rl.reference to where the {self.reference_schedule} schedule starts "
+                "(sft or soup)"
             )
         if self.reward_model == "gold" and self.algorithm != "dpo" and not self.task:
             raise ConfigError("rl.reward_model is gold, the task's gold judge, but rl.task is null; name the task")

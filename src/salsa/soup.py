@@ -1,11 +1,15 @@
-"""`salsa soup`: the weighted average of K fine-tuned models, streamed tensor by tensor into a model directory.
+"""`salsa soup`: the weighted average of K fine-tuned models (or a slerp, ExPO or LITI merge of two), streamed tensor
+by tensor into a model directory.
 
-The math lives in `salsa.weights.average`, the checks in `salsa.weights.checks`, the reading (with one-pass
-SHA-256) in `salsa.weights.reader` and `salsa.weights.stream`, LoRA ingredients in `salsa.weights.lora`. This
-module runs them in order: check everything, then average piece by piece into sharded safetensors, and write
-`soup.json` (ingredients with absolute paths and the SHA-256 of their files, weights, salsa version) and
-`mergekit.yaml`: the same linear merge, which mergekit reproduces bit for bit (a LoRA ingredient appears as
-`BASE+ADAPTER`, mergekit's form). Reproduce it with `mergekit-yaml mergekit.yaml OUT --lora-merge-cache DIR`.
+The math lives in `salsa.weights.average`, the methods' rules in `salsa.weights.spec`, the checks in
+`salsa.weights.checks`, the reading (with one-pass SHA-256) in `salsa.weights.reader` and `salsa.weights.stream`,
+LoRA ingredients in `salsa.weights.lora`. This module runs them in order: check everything, then merge piece by
+piece into sharded safetensors, and write `soup.json` (method and parameter, ingredients with absolute paths and
+the SHA-256 of their files, weights, salsa version) and `mergekit.yaml`: the same merge, which mergekit reproduces
+bit for bit (linear, expo, liti) or to float32 rounding (slerp); a LoRA ingredient appears as `BASE+ADAPTER`,
+mergekit's form. Reproduce it with `mergekit-yaml mergekit.yaml OUT --lora-merge-cache DIR`.
+Linear, expo and liti read every ingredient once. Slerp reads the two twice: a first pass adds up each tensor's
+dot product and norms piece by piece, which fix its two weights; the second writes the weighted sum.
 A non-finite value in any ingredient, or integer buffers that disagree, stop the soup before that shard lands.
 """
 
@@ -26,11 +30,11 @@ from salsa.engine import Stage, run_stage
 from salsa.errors import SoupError
 from salsa.io import SOUP_RECORD, atomic_file, atomic_write_json, atomic_write_text, read_json
 from salsa.version import __version__
-from salsa.weights.average import weighted_average
+from salsa.weights.average import cosine, dot_and_norms, slerp_weights, weighted_average
 from salsa.weights.checks import check_configs, check_same_tensors, check_tokenizers, tied_names
 from salsa.weights.lora import is_lora_dir, lora_base, merge_lora_ingredient
 from salsa.weights.reader import INDEX_FILE, HashingReader, tensor_index
-from salsa.weights.spec import parse_size, soup_weights
+from salsa.weights.spec import Merge, parse_size
 from salsa.weights.stream import TensorEntry, read_tensor, write_streaming
 
 # Files of an ingredient directory that describe the training run, not the model.
@@ -54,8 +58,13 @@ def build_soup(
     dtype: str | None = None,
     max_shard_size: str = "2GB",
     overwrite: bool = False,
+    method: str = "linear",
+    t: float | None = None,
+    eta: float | None = None,
+    expo_alpha: float | None = None,
 ) -> Path:
-    """Write the weighted average of `models` to `out`, streaming a piece of one tensor at a time.
+    """Write the weighted average of `models` to `out` (or their `method` merge: slerp with `t`, expo with
+    `expo_alpha`, liti with `eta`), streaming a piece of one tensor at a time.
 
     Peak memory is a few CHUNK_ELEMENTS-sized buffers plus at most 64 MB of read bytes waiting to be hashed,
     independent of K and of the model's size.
@@ -63,6 +72,7 @@ def build_soup(
     config = SoupConfig(
         models=[str(m) for m in models], output_dir=str(out), weights=None if weights is None else list(weights),
         alpha=alpha, allow_extrapolation=allow_extrapolation, dtype=dtype, max_shard_size=max_shard_size,
+        method=method, t=t, eta=eta, expo_alpha=expo_alpha,
     )  # fmt: skip
     return build_soup_from_config(config, overwrite)
 
@@ -73,7 +83,7 @@ def build_soup_from_config(config: SoupConfig, overwrite: bool = False) -> Path:
 
 def _build(config: SoupConfig, stage: Stage) -> None:
     out, dirs = stage.out, [Path(m) for m in config.models]
-    mixing = soup_weights(len(dirs), config.weights, config.alpha, config.allow_extrapolation)
+    merge = config.merge()
     bases = {d: lora_base(d) for d in dirs if is_lora_dir(d)}
     with tempfile.TemporaryDirectory(dir=out, prefix=".lora-merge.", suffix=".tmp") as merge_dir:
         sources = [
@@ -96,34 +106,37 @@ def _build(config: SoupConfig, stage: Stage) -> None:
         recorded |= {d: sorted(f for f in d.iterdir() if f.is_file()) for d in bases}
         recorded |= {Path(b): _weight_files(tensor_index(Path(b))) for b in bases.values() if Path(b).is_dir()}
         files = sorted({f for fs in recorded.values() for f in fs})
-        digests = _write_average(indexes, mixing, out, config.dtype, parse_size(config.max_shard_size), files)
+        digests = _write_merge(indexes, merge, out, config.dtype, parse_size(config.max_shard_size), files)
         _copy_model_files(sources[0], out, config.dtype)
 
-        provenance = _provenance(dirs, mixing, bases, {d: {f: digests[f] for f in fs} for d, fs in recorded.items()})
+        provenance = _provenance(dirs, merge, bases, {d: {f: digests[f] for f in fs} for d, fs in recorded.items()})
         provenance["dtype"] = config.dtype or "ingredients"
         atomic_write_json(out / SOUP_RECORD, provenance)
         models = [f"{bases[d]}+{d.resolve()}" if d in bases else str(d.resolve()) for d in dirs]
-        atomic_write_text(out / "mergekit.yaml", mergekit_yaml(models, mixing, config.dtype or _dtype_name(first)))
+        atomic_write_text(out / "mergekit.yaml", mergekit_yaml(models, merge, config.dtype or _dtype_name(first)))
     stage.finish({"ingredients": len(dirs)})
 
 
-def _provenance(
-    dirs: list[Path], mixing: list[float], bases: dict[Path, str], digests: dict[Path, dict[Path, str]]
-) -> dict:
-    """soup.json: every ingredient's absolute path, weight and file digests (for LoRA, its adapter and base)."""
+def _provenance(dirs: list[Path], merge: Merge, bases: dict[Path, str], digests: dict[Path, dict[Path, str]]) -> dict:
+    """soup.json: the method and its parameter; every ingredient's absolute path, weight (none for slerp: its
+    weights differ by tensor) and file digests (for LoRA, its adapter and base)."""
 
     def sha256(directory: Path) -> dict[str, str]:
         return {str(f.relative_to(directory)): digest for f, digest in digests[directory].items()}
 
     ingredients = []
-    for d, w in zip(dirs, mixing, strict=True):
-        entry = {"path": str(d.resolve()), "weight": w, "sha256": sha256(d)}
+    for i, d in enumerate(dirs):
+        entry = {"path": str(d.resolve())}
+        if merge.weights is not None:
+            entry["weight"] = merge.weights[i]
+        entry["sha256"] = sha256(d)
         if d in bases:
             entry["base"] = bases[d]
             if Path(bases[d]) in digests:  # a local base; a hub base is named by its id alone
                 entry["base_sha256"] = sha256(Path(bases[d]))
         ingredients.append(entry)
-    return {"salsa_version": __version__, "method": "linear", "ingredients": ingredients}
+    return {"salsa_version": __version__, "method": merge.method, "parameters": merge.parameters,
+            "ingredients": ingredients}  # fmt: skip
 
 
 def _weight_files(index: dict[str, TensorEntry]) -> list[Path]:
@@ -158,19 +171,46 @@ def _dtype_name(index: dict[str, TensorEntry]) -> str:
     return names.get(float_dtypes[0], "float32") if float_dtypes else "float32"
 
 
-def _write_average(
+def _reading_order(index: dict[str, TensorEntry]) -> list[str]:
+    """Tensor names by where they sit in the files, so reads are sequential."""
+    return sorted(index, key=lambda n: (str(index[n].file), index[n].begin))
+
+
+def _pieces(entry: TensorEntry) -> Iterator[tuple[int, int]]:
+    """[start, stop) of each CHUNK_ELEMENTS-sized piece of a flattened tensor."""
+    numel = math.prod(entry.shape)
+    for start in range(0, numel, CHUNK_ELEMENTS):
+        yield start, min(numel, start + CHUNK_ELEMENTS)
+
+
+def _slerp_first_pass(indexes: list[dict[str, TensorEntry]], t: float, reader: HashingReader) -> dict[str, list[float]]:
+    """Slerp's first pass: each float tensor's dot product and norms, added up piece by piece, fix its two weights."""
+    first, second = indexes
+    weights = {}
+    for name in _reading_order(first):
+        if not first[name].is_float:
+            continue
+        sums = torch.zeros(3, dtype=torch.float64)
+        for start, stop in _pieces(first[name]):
+            sums += dot_and_norms(reader.read(first[name], start, stop), reader.read(second[name], start, stop))
+            if not torch.isfinite(sums).all():
+                raise SoupError(_nonfinite_message(indexes, name, start, stop))
+        weights[name] = slerp_weights(cosine(sums), t)
+    return weights
+
+
+def _write_merge(
     indexes: list[dict[str, TensorEntry]],
-    weights: list[float],
+    merge: Merge,
     out: Path,
     dtype: str | None,
     max_bytes: int,
     hashed: list[Path],
 ) -> dict[Path, str]:
-    """Stream the average into shards under `out`; returns the SHA-256 of the `hashed` files (those read while
-    averaging are hashed on the way)."""
+    """Stream the merge into shards under `out`; returns the SHA-256 of the `hashed` files (hashed on the way while
+    the ingredients are read the first time)."""
     first = indexes[0]
-    # Order tensors by where they sit in the first ingredient, so reads are sequential.
-    names = sorted(first, key=lambda n: (str(first[n].file), first[n].begin))
+    names = _reading_order(first)
 
     def out_dtype(name: str) -> torch.dtype:
         entry = first[name]
@@ -186,13 +226,15 @@ def _write_average(
     accumulator, scratch = torch.empty(CHUNK_ELEMENTS), torch.empty(CHUNK_ELEMENTS)
     with ExitStack() as stack:
         reader = HashingReader(stack, max_pending_bytes=64 << 20, workers=min(len(indexes), torch.get_num_threads()))
+        per_tensor: dict[str, list[float]] = {}  # slerp's weights differ by tensor; the other methods' do not
+        if merge.method == "slerp":
+            per_tensor = _slerp_first_pass(indexes, merge.parameters["t"], reader)
+            reader.digests(hashed)  # the first pass read every file: finish their hashes; the second pass skips them
 
         def produce(name: str) -> Iterator[torch.Tensor]:
             # Chunk by chunk: the float32 accumulator stays in the CPU cache across the K ingredients, which
             # is ~3x faster on 2 cores than whole tensors, and memory does not grow with the largest tensor.
-            numel = math.prod(first[name].shape)
-            for start in range(0, numel, CHUNK_ELEMENTS):
-                stop = min(numel, start + CHUNK_ELEMENTS)
+            for start, stop in _pieces(first[name]):
                 if not first[name].is_float:  # integer buffers are not averaged: every ingredient must agree
                     pieces = [reader.read(index[name], start, stop) for index in indexes]
                     for index, piece in zip(indexes[1:], pieces[1:], strict=True):
@@ -204,7 +246,7 @@ def _write_average(
                     yield pieces[0]
                     continue
                 chunks = (reader.read(index[name], start, stop) for index in indexes)  # one alive at a time
-                average = weighted_average(chunks, weights, accumulator, scratch)
+                average = weighted_average(chunks, per_tensor.get(name, merge.weights), accumulator, scratch)
                 if not torch.isfinite(average).all():
                     raise SoupError(_nonfinite_message(indexes, name, start, stop))
                 yield average.to(out_dtype(name), copy=True)
@@ -232,19 +274,35 @@ def _copy_model_files(source: Path, out: Path, dtype: str | None) -> None:
         atomic_write_json(out / "config.json", config)
 
 
-def mergekit_yaml(models: Sequence[str], weights: Sequence[float], dtype: str) -> str:
-    """The same merge as a mergekit `linear` config: normalize off (the weights are used as given), computed in
-    float32 and written as `dtype`, as salsa does. Paths are absolute, so it runs from any directory."""
-    config = {
-        "merge_method": "linear",
-        "models": [{"model": m, "parameters": {"weight": w}} for m, w in zip(models, weights, strict=True)],
-        "parameters": {"normalize": False},
-        "dtype": "float32",
-        "out_dtype": dtype,
-    }
+def mergekit_yaml(models: Sequence[str], merge: Merge, dtype: str) -> str:
+    """The same merge as a mergekit config, computed in float32 and written as `dtype`, as salsa does. Linear, expo
+    and liti are mergekit's `linear` with normalize off (the weights as given): it reproduces them bit for bit.
+    Slerp is mergekit's `slerp` with the first model as its base (t = 0), equal up to float32 rounding (mergekit
+    sums each tensor's dot product in float32 pieces of its own). Paths are absolute: it runs from any directory."""
+    if merge.weights is not None:
+        config = {
+            "merge_method": "linear",
+            "models": [{"model": m, "parameters": {"weight": w}} for m, w in zip(models, merge.weights, strict=True)],
+            "parameters": {"normalize": False},
+        }
+    else:
+        config = {
+            "merge_method": "slerp",
+            "base_model": models[0],
+            "models": [{"model": m} for m in models],
+            "parameters": {"t": merge.parameters["t"]},
+        }
+    config |= {"dtype": "float32", "out_dtype": dtype}
     header = (
-        "# The soup beside this file, as a mergekit config. Reproduce it with\n"
+        f"# The soup beside this file ({merge.method}), as a mergekit config. Reproduce it with\n"
         "#   mergekit-yaml mergekit.yaml OUT_DIR --lora-merge-cache CACHE_DIR\n"
         "# (the cache is only needed for LoRA ingredients, written BASE+ADAPTER).\n"
     )
+    if merge.method == "slerp":
+        header += "# mergekit sums each tensor's dot product in float32 pieces of its own: equal to float32 rounding.\n"
+    if merge.method == "expo":
+        header += (
+            "# ExPO is also mergekit's task_arithmetic with base_model the first model and weight 1 + expo_alpha on\n"
+            "# the second: the same model up to float32 rounding; this linear form reproduces it bit for bit.\n"
+        )
     return header + yaml.safe_dump(config, sort_keys=False)

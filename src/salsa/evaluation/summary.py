@@ -242,6 +242,6 @@ def _midpoint_is_soup(config: EvalConfig) -> bool:
         return False
     ingredients = read_json(record).get("ingredients", [])
     paths = sorted(str(Path(i["path"]).resolve()) for i in ingredients)
-    weights = [i["weight"] for i in ingredients]
+    weights = [i.get("weight") for i in ingredients]  # none for a slerp: it is not on the line
     models = sorted(str(Path(m).resolve()) for m in config.landscape_models)
-    return paths == models and all(abs(w - 0.5) < 1e-9 for w in weights)
+    return paths == models and all(w is not None and abs(w - 0.5) < 1e-9 for w in weights)

@@ -2,7 +2,8 @@
 
     loss = -log sigmoid(beta * ((log pi(y_c|x) - log ref(y_c|x)) - (log pi(y_r|x) - log ref(y_r|x))))
 
-`reference: none` drops the reference terms (reference-free); `ema` moves the reference after each step.
+`reference: none` drops the reference terms (reference-free); a reference schedule (ema, soft, hard: TR-DPO's
+updates) moves the reference towards the policy after optimizer steps.
 Like online RL, a run checkpoints every `save_steps` and a rerun resumes from the newest checkpoint.
 """
 
@@ -83,7 +84,7 @@ def _run(config: RLConfig, stage: Stage, show_progress: bool) -> None:
             if guard.ok(step, loss=global_loss, grad_norm=grad_norm):
                 optimizer.step()
                 if reference is not None:
-                    reference.update(core)
+                    reference.update(core, step)
             optimizer.zero_grad(set_to_none=True)
             totals = runtime.all_sum(torch.stack([margin.sum(), (margin > 0).float().sum()]))
             record = {

@@ -280,7 +280,8 @@ def _load_models(config: RLConfig, stage: Stage, reward_fn: RewardFn | None) -> 
     learner = Learner(config, device)
     check_prompt_lengths(tokenizer, prompts, config.max_new_tokens, learner.policy, f"rl.prompts ({config.prompts})")
     reference = load_reference(config, learner.policy, device)
-    reference_is_sft = config.reference == "sft" and config.sft_model in (None, reference_dir(config))
+    fixed_sft = config.reference == "sft" and not reference.moving
+    reference_is_sft = fixed_sft and config.sft_model in (None, reference_dir(config))
     sft_model = None
     if config.sft_model is not None and not reference_is_sft:
         sft_model = load_causal_lm(config.sft_model, runtime.forward_dtype(config.mixed_precision))
@@ -349,7 +350,7 @@ def _run(config: RLConfig, stage: Stage, reward_fn: RewardFn | None, show_progre
                 controller.update(record["kl_ref"], config.prompts_per_step * config.samples_per_prompt)
                 beta = controller.value
             if reference is not None:
-                reference.update(learner.policy)
+                reference.update(learner.policy, step)
             progress.update(task, advance=1, metrics=_progress_text(record))
             if config.snapshot_steps and step % config.snapshot_steps == 0 and step < config.steps:
                 weights = runtime.trainable_state(learner.policy)  # every process takes part in gathering

@@ -1,6 +1,8 @@
-"""Soups built in memory, for the RL reference and the reward landscape: no file is written.
+"""Soups and merges built in memory, for the RL reference, the reward landscape and the evaluation of merge
+families: no file is written.
 
-The arithmetic is that of the streamed soup (`weights.average.weighted_average`), so both agree bit for bit.
+The arithmetic is that of the streamed soup (`weights.average`), so both agree bit for bit for linear, expo and
+liti merges (and for slerp where a tensor fits one streamed piece).
 """
 
 from __future__ import annotations
@@ -11,9 +13,9 @@ from pathlib import Path
 import torch
 
 from salsa.errors import SoupError
-from salsa.weights.average import weighted_average
+from salsa.weights.average import slerp, weighted_average
 from salsa.weights.checks import check_same_tensors
-from salsa.weights.spec import soup_weights
+from salsa.weights.spec import resolve_merge
 
 
 def soup_state_dict(
@@ -21,12 +23,21 @@ def soup_state_dict(
     weights: Sequence[float] | None = None,
     alpha: float | None = None,
     allow_extrapolation: bool = False,
+    *,
+    method: str = "linear",
+    t: float | None = None,
+    eta: float | None = None,
+    expo_alpha: float | None = None,
 ) -> dict[str, torch.Tensor]:
-    """In-memory soup of loaded models, state dicts or model directories, in the first one's dtypes.
+    """In-memory soup (or `method` merge, as `salsa soup`) of loaded models, state dicts or model directories, in
+    the first one's dtypes.
 
     For the RL stage: build a soup reference without writing it to disk.
     """
-    w = soup_weights(len(sources), weights, alpha, allow_extrapolation)
+    merge = resolve_merge(
+        len(sources), method, weights=weights, alpha=alpha, allow_extrapolation=allow_extrapolation, t=t, eta=eta,
+        expo_alpha=expo_alpha,
+    )  # fmt: skip
     states = [_as_state_dict(s) for s in sources]
     names = list(states[0])
     for i, state in enumerate(states[1:], start=1):
@@ -34,10 +45,12 @@ def soup_state_dict(
     out = {}
     for name in names:
         tensors = [state[name] for state in states]
-        if tensors[0].is_floating_point():
-            out[name] = weighted_average(tensors, w).to(tensors[0].dtype)
-        else:
+        if not tensors[0].is_floating_point():
             out[name] = tensors[0].clone()
+        elif merge.method == "slerp":
+            out[name] = slerp(*tensors, merge.parameters["t"]).to(tensors[0].dtype)
+        else:
+            out[name] = weighted_average(tensors, merge.weights).to(tensors[0].dtype)
     return out
 
 

@@ -56,7 +56,8 @@ class HashingReader:
     `max_pending_bytes` of read buffers wait for it. Bytes the averaging skips (a tied tensor, the header) are
     read for the hash when the reader passes them; a file read out of order is hashed again at the end.
     Digests are cached by (path, size, mtime): a second soup of the same ingredients, or of models salsa
-    wrote itself (it records their digests when it saves them), does not hash.
+    wrote itself (it records their digests when it saves them), does not hash. Once `digests` has given a file's
+    digest, later reads of it (a second pass over the ingredients) do not hash it again.
     """
 
     def __init__(self, stack: ExitStack, max_pending_bytes: int, workers: int):
@@ -121,5 +122,7 @@ class HashingReader:
             if position < 0 or file not in self.hashers:
                 self.hashers[file], position = hashlib.sha256(), 0
             result[file] = self.cached[key] = hash_file(self.hashers[file], file, start=position).hexdigest()
+            del self.hashers[file]
+            self.position.pop(file, None)  # read again later: nothing more to hash
         save_digest_cache(self.cached)
         return result

@@ -1,15 +1,78 @@
-"""The torch-free rules of a merge, checked with the config before torch loads: mixing weights and shard sizes.
+"""The torch-free rules of a merge, checked with the config before torch loads: methods, weights and shard sizes.
 
-soup = sum_i w_i * theta_i        (uniform w_i = 1/K by default; sum_i w_i = 1)
-line(alpha) = (1 - alpha) * A + alpha * B      (alpha outside [0, 1] extrapolates)
+linear  soup = sum_i w_i * theta_i        (uniform w_i = 1/K by default; sum_i w_i = 1)
+        line(alpha) = (1 - alpha) * A + alpha * B      (alpha outside [0, 1] extrapolates)
+The other methods merge two models, A (the start: SFT, init) and B (the RL policy):
+slerp   slerp(A, B; t), per tensor on the arc between them (the weights depend on the tensor: weights.average)
+expo    B + alpha (B - A) = -alpha * A + (1 + alpha) * B     (ExPO, arXiv 2404.16792: extrapolate past B)
+liti    (1 - eta) * A + eta * B                              (WARP's interpolation towards init, arXiv 2406.16768)
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from salsa.errors import SoupError
+
+# Each method and the settings it reads (by their config names).
+METHOD_PARAMETERS = {"linear": ("weights", "alpha"), "slerp": ("t",), "expo": ("expo_alpha",), "liti": ("eta",)}
+MERGE_METHODS = tuple(METHOD_PARAMETERS)
+
+
+@dataclass(frozen=True)
+class Merge:
+    """A checked merge: the method, its parameter as given, and the linear weights it stands for (None for slerp,
+    whose two weights are computed for each tensor from the angle between the models' tensors)."""
+
+    method: str
+    parameters: dict[str, float]
+    weights: list[float] | None
+
+
+def resolve_merge(
+    num_models: int,
+    method: str = "linear",
+    *,
+    weights: Sequence[float] | None = None,
+    alpha: float | None = None,
+    allow_extrapolation: bool = False,
+    t: float | None = None,
+    eta: float | None = None,
+    expo_alpha: float | None = None,
+) -> Merge:
+    """Check a merge's settings: each parameter only with its method, two models for slerp, expo and liti."""
+    if method not in MERGE_METHODS:
+        raise SoupError(f"soup.method must be one of {', '.join(MERGE_METHODS)}, got '{method}'")
+    given = {"weights": weights, "alpha": alpha, "t": t, "eta": eta, "expo_alpha": expo_alpha}
+    for name, value in given.items():
+        if value is not None and name not in METHOD_PARAMETERS[method]:
+            owner = next(m for m, names in METHOD_PARAMETERS.items() if name in names)
+            raise SoupError(f"soup.{name} is a setting of method {owner}, but soup.method is {method}; drop it")
+    if method == "linear":
+        return Merge("linear", {}, soup_weights(num_models, weights, alpha, allow_extrapolation))
+    if allow_extrapolation:
+        raise SoupError(
+            f"soup.allow_extrapolation is for linear weights; method {method} does not read it ("
+            "expo extrapolates by definition, slerp and liti stay between the two models): drop it"
+        )
+    if num_models != 2:
+        raise SoupError(
+            f"soup.method {method} merges exactly two models (the start, then the RL policy), got {num_models}"
+        )
+    (name,) = METHOD_PARAMETERS[method]
+    if given[name] is None:
+        raise SoupError(f"soup.method {method} needs soup.{name} (--{name.replace('_', '-')} on the command line)")
+    value = float(given[name])
+    if not math.isfinite(value):
+        raise SoupError(f"soup.{name} must be a finite number, got {value}")
+    if method in ("slerp", "liti") and not 0.0 <= value <= 1.0:
+        raise SoupError(f"soup.{name}={value} lies outside [0, 1]; {method} stays between the two models")
+    if method == "expo" and value <= 0:
+        raise SoupError(f"soup.expo_alpha must be > 0, got {value} (to move back towards the first model, use liti)")
+    linear_weights = {"slerp": None, "expo": [-value, 1.0 + value], "liti": [1.0 - value, value]}[method]
+    return Merge(method, {name: value}, linear_weights)
 
 
 def soup_weights(
