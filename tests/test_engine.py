@@ -22,7 +22,7 @@ from salsa import train_sft
 from salsa.checkpoint import load_checkpoint
 from salsa.config import EvalConfig, RewardConfig, SoupConfig
 from salsa.engine import LOCK_FILE, OWNER_MARKER, Stage, decide, remove_debris
-from salsa.errors import DataError, SalsaError
+from salsa.errors import DataError, SalsaError, os_error_message
 from salsa.io import COMPLETE_MARKER
 from salsa.logs import NonFiniteError
 from salsa.reward import train_reward
@@ -263,6 +263,9 @@ def test_a_full_disk_names_the_file_that_could_not_be_written(tmp_path, tiny_mod
     checkpoint = re.escape(str(Path(tiny_sft_config.output_dir) / "sft-0" / "checkpoints" / "step-0000002"))
     with pytest.raises(SalsaError, match=rf"^{checkpoint}: no space left on the device; free some space"):
         train_sft(dataclasses.replace(tiny_sft_config, save_steps=2))
+    # A copy (shutil names both files) ran out of space where it writes.
+    copying = OSError(errno.ENOSPC, "No space left on device", "a/tokenizer.json", None, "s/tokenizer.json")
+    assert os_error_message(copying).startswith("s/tokenizer.json: no space left on the device")
 
 
 def test_model_files_follow_the_umask(tiny_sft_config):

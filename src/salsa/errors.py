@@ -55,6 +55,8 @@ def os_error_message(error: BaseException, where: str | os.PathLike | None = Non
     if code is None:
         return None
     path = getattr(error, "filename", None)
+    if code in (errno.ENOSPC, errno.EDQUOT) and getattr(error, "filename2", None):
+        path = error.filename2  # a copy or a rename ran out of space where it writes, not where it reads
     if path:
         return f"{path}: {OS_ERRORS[code]}"
     return f"could not write in {where}: {OS_ERRORS[code]}" if where else f"could not write: {OS_ERRORS[code]}"
