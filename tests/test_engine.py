@@ -1,10 +1,12 @@
 """The stage engine: whose directory it is, what happens to it, and what salsa reads back from it."""
 
+import builtins
 import dataclasses
 import errno
 import json
 import os
 import pickle
+import re
 import shutil
 import stat
 import subprocess
@@ -18,10 +20,12 @@ from safetensors.torch import load_file
 import salsa.sft
 from salsa import train_sft
 from salsa.checkpoint import load_checkpoint
-from salsa.config import EvalConfig, SoupConfig
+from salsa.config import EvalConfig, RewardConfig, SoupConfig
 from salsa.engine import LOCK_FILE, OWNER_MARKER, Stage, decide
-from salsa.errors import DataError, SalsaError
+from salsa.errors import DataError, SalsaError, os_error_message
 from salsa.io import COMPLETE_MARKER, remove_debris
+from salsa.logs import NonFiniteError
+from salsa.reward import train_reward
 from salsa.soup import build_soup
 
 
@@ -217,6 +221,53 @@ def test_os_refusals_become_one_line_naming_the_path(tmp_path, tiny_model_dir, m
         build_soup([tiny_model_dir, tiny_model_dir], tmp_path / "ro")
 
 
+class _FullDisk:
+    """A file opened for writing on a full disk: each write fails as write() does, naming no file."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def write(self, data):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+def test_a_full_disk_names_the_file_that_could_not_be_written(tmp_path, tiny_model_dir, tiny_sft_config, monkeypatch):
+    from safetensors import SafetensorError
+
+    import salsa.checkpoint
+    import salsa.weights.stream
+
+    real_open = builtins.open
+
+    def full_disk_open(path, mode="r", *args, **kwargs):
+        return _FullDisk() if "w" in mode else real_open(path, mode, *args, **kwargs)
+
+    # A soup's shards are written piece by piece on a worker thread.
+    monkeypatch.setattr(salsa.weights.stream, "open", full_disk_open, raising=False)
+    out = tmp_path / "full" / "s"
+    shard = re.escape(str(out / "model.safetensors"))
+    with pytest.raises(SalsaError, match=rf"^{shard}: no space left on the device; free some space"):
+        build_soup([tiny_model_dir, tiny_model_dir], out)
+    monkeypatch.undo()
+
+    # safetensors' own I/O error (an SFT checkpoint) carries the errno in its text only.
+    def no_space(*args, **kwargs):
+        raise SafetensorError(
+            'Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: "No space left on device" })'
+        )
+
+    monkeypatch.setattr(salsa.checkpoint, "save_file", no_space)
+    checkpoint = re.escape(str(Path(tiny_sft_config.output_dir) / "sft-0" / "checkpoints" / "step-0000002"))
+    with pytest.raises(SalsaError, match=rf"^{checkpoint}: no space left on the device; free some space"):
+        train_sft(dataclasses.replace(tiny_sft_config, save_steps=2))
+    # A copy (shutil names both files) ran out of space where it writes.
+    copying = OSError(errno.ENOSPC, "No space left on device", "a/tokenizer.json", None, "s/tokenizer.json")
+    assert os_error_message(copying).startswith("s/tokenizer.json: no space left on the device")
+
+
 def test_model_files_follow_the_umask(tiny_sft_config):
     old = os.umask(0o022)
     try:
@@ -226,27 +277,62 @@ def test_model_files_follow_the_umask(tiny_sft_config):
     assert stat.S_IMODE((path / "model.safetensors").stat().st_mode) == 0o644
 
 
+def _nan_loss_at(call):
+    """salsa.sft's loss, NaN at its `call`-th call (step `call` of a run without gradient accumulation)."""
+    real, calls = salsa.sft.token_cross_entropy_sum, {"n": 0}
+
+    def loss(logits, labels):
+        calls["n"] += 1
+        value = real(logits, labels)
+        return value * float("nan") if calls["n"] == call else value
+
+    return loss
+
+
 def test_an_sft_step_with_a_non_finite_loss_stops_or_is_skipped(tiny_sft_config, monkeypatch):
-    real = salsa.sft.token_cross_entropy_sum
-
-    def nan_at_step_3():
-        calls = {"n": 0}
-
-        def loss(logits, labels):
-            calls["n"] += 1
-            value = real(logits, labels)
-            return value * float("nan") if calls["n"] == 3 else value
-
-        return loss
-
-    monkeypatch.setattr(salsa.sft, "token_cross_entropy_sum", nan_at_step_3())
-    with pytest.raises(SalsaError, match=r"sft step 3: loss is not finite \(nan\); nothing was saved"):
+    monkeypatch.setattr(salsa.sft, "token_cross_entropy_sum", _nan_loss_at(3))
+    out = re.escape(tiny_sft_config.output_dir)
+    with pytest.raises(
+        SalsaError, match=rf"sft step 3: loss is not finite \(nan\); nothing was saved.*; removed the unfinished {out}$"
+    ):
         train_sft(tiny_sft_config)
-    assert not (Path(tiny_sft_config.output_dir) / "sft-0" / "model.safetensors").exists()
-    monkeypatch.setattr(salsa.sft, "token_cross_entropy_sum", nan_at_step_3())
-    # on_nonfinite changes what a run produces, so the stopped run is started over.
-    (path,) = train_sft(dataclasses.replace(tiny_sft_config, on_nonfinite="skip"), overwrite=True)
+    assert not Path(tiny_sft_config.output_dir).exists()  # no checkpoint to resume from: nothing is kept
+    monkeypatch.setattr(salsa.sft, "token_cross_entropy_sum", _nan_loss_at(3))
+    (path,) = train_sft(dataclasses.replace(tiny_sft_config, on_nonfinite="skip"))
     weights = load_file(str(path / "model.safetensors"))
     assert all(torch.isfinite(w).all() for w in weights.values())
     records = [json.loads(line) for line in (path / "metrics.jsonl").read_text().splitlines()]
     assert [r["skipped_steps"] for r in records] == [0, 0, 1, 1, 1, 1]
+
+
+def test_a_failed_stage_keeps_what_a_rerun_resumes_from(tiny_sft_config, monkeypatch):
+    monkeypatch.setattr(salsa.sft, "token_cross_entropy_sum", _nan_loss_at(3))
+    config = dataclasses.replace(tiny_sft_config, save_steps=2)
+    out = re.escape(config.output_dir)
+    with pytest.raises(SalsaError, match=rf"sft step 3: .*; {out} keeps what the same command resumes from$"):
+        train_sft(config)
+    assert (Path(config.output_dir) / "sft-0" / "checkpoints" / "step-0000002" / "state.json").is_file()
+
+
+def test_a_failed_stage_removes_what_it_wrote(tmp_path, tiny_model_dir, monkeypatch):
+    import salsa.reward
+
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("".join(json.dumps({"prompt": f"p{i}", "chosen": "Good.", "rejected": "Bad."}) + "\n"
+                             for i in range(4)))  # fmt: skip
+
+    def flat(reward, pairs):
+        raise NonFiniteError("reward: the normalisation statistics of the trained model are mean 0.0, std 0.0")
+
+    monkeypatch.setattr(salsa.reward, "normalisation", flat)  # fails after training: metrics.jsonl is written
+    out = tmp_path / "new" / "rm"
+    config = RewardConfig(backbone="causal", model=str(tiny_model_dir), data=str(pairs), eval_data=None,
+                          output_dir=str(out), num_epochs=1, batch_size=2, max_length=32)  # fmt: skip
+    with pytest.raises(NonFiniteError, match=rf"std 0.0; removed the unfinished {re.escape(str(out))}$"):
+        train_reward(config, show_progress=False)
+    assert not (tmp_path / "new").exists()  # and the parent it made for it
+    # A directory that was there (empty) stays, as it was.
+    (tmp_path / "mine").mkdir()
+    with pytest.raises(NonFiniteError, match=rf"removed what it wrote in {re.escape(str(tmp_path / 'mine'))}$"):
+        train_reward(dataclasses.replace(config, output_dir=str(tmp_path / "mine")), show_progress=False)
+    assert list((tmp_path / "mine").iterdir()) == []

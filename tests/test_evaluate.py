@@ -14,6 +14,7 @@ from salsa.evaluation.stats import (
     outcomes,
     score_at_kl,
     win_tie_loss,
+    within_prompt_interval,
 )
 from salsa.report import verdict
 from salsa.rl.core import sequence_kl
@@ -54,11 +55,15 @@ def test_bootstrap_resamples_seeds_as_well_as_prompts():
     assert result["win_rate"] == 0.5
     low, high = result["ci"]["win_rate"]
     assert low == 0.0 and high == 1.0
+    # Entry (seed, prompt) of arange(6).reshape(2, 3) is 3 * seed + prompt: each resampled entry says where it is from.
     resamples = bootstrap_resamples(np.arange(6).reshape(2, 3), num_samples=50, seed=0)
     assert resamples.shape == (50, 2, 3)
-    # Every resampled row is one of the original rows with its columns drawn from the same column draw.
-    for draw in resamples:
-        assert all(set(row.tolist()) <= ({0, 1, 2} if row.min() < 3 else {3, 4, 5}) for row in draw)
+    seeds, prompts = resamples // 3, resamples % 3
+    assert (seeds == seeds[:, :, :1]).all()  # a resampled row is one seed's row
+    assert (prompts[:, 0] == prompts[:, 1]).all()  # both rows of a draw take the same prompts
+    # And both axes are drawn with replacement: some draws repeat a seed, the prompt draws differ between draws.
+    assert (seeds[:, 0, 0] == seeds[:, 1, 0]).any() and (seeds[:, 0, 0] != seeds[:, 1, 0]).any()
+    assert len({tuple(p) for p in prompts[:, 0]}) > 10 and (prompts.min(-1) == prompts.max(-1)).any()
 
 
 def test_mean_difference_is_paired_and_resampled_with_the_outcomes():
@@ -95,6 +100,99 @@ def test_mean_with_interval_brackets_the_mean():
     result = mean_with_interval(np.array([[0.0, 1.0, 2.0, 3.0]]), num_samples=1000)
     assert result["mean"] == 1.5
     assert 0.0 <= result["ci"][0] < 1.5 < result["ci"][1] <= 3.0
+
+
+def test_within_prompt_interval_has_no_width_when_each_prompts_samples_agree():
+    # The prompts differ (0 to 9) but each prompt's 4 samples agree: redrawing samples within a prompt changes
+    # nothing, whatever the spread over prompts.
+    result = within_prompt_interval(np.repeat(np.arange(10.0)[:, None], 4, axis=1), num_samples=500)
+    assert result["mean"] == pytest.approx(4.5)
+    assert result["ci"] == pytest.approx((4.5, 4.5), abs=1e-12)
+
+
+def test_within_prompt_interval_matches_the_normal_approximation_of_the_within_prompt_error():
+    rng = np.random.default_rng(0)
+    prompts, samples = 40, 25
+    # Prompt means far apart (sd 5: what resampling the prompts would add) and noise of another size per prompt.
+    noise = rng.uniform(0.5, 2.0, size=(prompts, 1)) * rng.normal(size=(prompts, samples))
+    matrix = rng.normal(0.0, 5.0, size=(prompts, 1)) + noise
+    result = within_prompt_interval(matrix, num_samples=4000, seed=1)
+    # Prompt p's mean of K redrawn samples has variance var_p / K (ddof 0), so the mean over P prompts has standard
+    # error sqrt(sum_p var_p / K) / P (~0.04 here; resampling the prompts too would give ~0.8).
+    error = np.sqrt(matrix.var(axis=1).sum() / samples) / prompts
+    low, high = result["ci"]
+    assert result["mean"] == pytest.approx(matrix.mean())
+    assert high - low == pytest.approx(2 * 1.96 * error, rel=0.08)
+    assert (low + high) / 2 == pytest.approx(matrix.mean(), abs=0.15 * error)
+
+
+class _GoldJudge:
+    names = ["gold"]
+
+
+def _fake_sampler(gold, calls):
+    """A stand-in for `sample_and_score` without models: `gold(i, s)` scores sample s of prompt i; `calls` records
+    the sample numbers each call draws."""
+
+    def sample_and_score(model, tokenizer, prompts, split, config, judges, kl_references, advance, samples):
+        calls.append(samples)
+        return [{"index": i, "sample": s, "gold": gold(i, s)} for i in range(len(prompts)) for s in samples]
+
+    return sample_and_score
+
+
+def _landscape_config(**settings):
+    from salsa.config import EvalConfig
+
+    return EvalConfig(policies={"a": ["unused"]}, bootstrap_samples=500, **settings)
+
+
+PROMPTS = [f"Review {i}." for i in range(10)]
+
+
+def test_a_landscape_point_without_a_target_draws_one_round_and_reuses_drawn_responses(monkeypatch):
+    from salsa.evaluation import landscape
+
+    calls, builds = [], []
+    monkeypatch.setattr(landscape, "sample_and_score", _fake_sampler(lambda i, s: float(s % 2), calls))
+    config = _landscape_config(samples_per_prompt=3)
+    build = lambda: builds.append("model") or "model"  # noqa: E731
+    rows = landscape.sample_point(config, build, None, PROMPTS, _GoldJudge(), [], lambda n: None)
+    assert calls == [range(0, 3)] and builds == ["model"] and len(rows) == 30
+    # An endpoint that is also a policy starts from that policy's responses: nothing more drawn, no model built.
+    assert landscape.sample_point(config, build, None, PROMPTS, _GoldJudge(), rows, lambda n: None) == rows
+    assert calls == [range(0, 3)] and builds == ["model"]
+
+
+def test_a_landscape_point_samples_rounds_until_its_interval_is_narrow_enough(monkeypatch):
+    from salsa.evaluation import landscape
+
+    calls = []
+    # Each prompt's samples alternate 0, 1 (variance 1/4): the half-width is about 1.96 * 0.5 / sqrt(10 n) with n
+    # samples per prompt, at most 0.1 from n = 10.
+    monkeypatch.setattr(landscape, "sample_and_score", _fake_sampler(lambda i, s: float((i + s) % 2), calls))
+    config = _landscape_config(samples_per_prompt=2, landscape_half_width=0.1, landscape_max_samples_per_prompt=64)
+    rows = landscape.sample_point(config, lambda: "model", None, PROMPTS, _GoldJudge(), [], lambda n: None)
+    n = len(rows) // len(PROMPTS)
+    assert calls == [range(s, s + 2) for s in range(0, n, 2)] and 8 <= n <= 14
+    fewer = [r for r in rows if r["sample"] < n - 2]  # the point one round earlier
+    assert landscape.half_width(rows, "gold", config) <= 0.1 < landscape.half_width(fewer, "gold", config)
+
+
+def test_a_landscape_point_stops_at_its_cap_and_continues_drawn_responses(monkeypatch):
+    from salsa.evaluation import landscape
+
+    calls = []
+    monkeypatch.setattr(landscape, "sample_and_score", _fake_sampler(lambda i, s: float(s % 2), calls))
+    config = _landscape_config(samples_per_prompt=3, landscape_half_width=1e-6, landscape_max_samples_per_prompt=7)
+    rows = landscape.sample_point(config, lambda: "model", None, PROMPTS, _GoldJudge(), [], lambda n: None)
+    assert calls == [range(0, 3), range(3, 6), range(6, 7)]  # the last round is cut to the cap
+    assert len(rows) == 7 * len(PROMPTS)
+    # Starting from an endpoint policy's 2 responses per prompt, rounds go on from sample 2, the drawn rows first.
+    calls.clear()
+    drawn = [{"index": i, "sample": s, "gold": float(s)} for i in range(len(PROMPTS)) for s in range(2)]
+    rows = landscape.sample_point(config, lambda: "model", None, PROMPTS, _GoldJudge(), drawn, lambda n: None)
+    assert calls == [range(2, 5), range(5, 7)] and rows[: len(drawn)] == drawn and len(rows) == 7 * len(PROMPTS)
 
 
 def test_centered_average_by_hand():

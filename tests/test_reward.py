@@ -3,6 +3,7 @@ import math
 
 import pytest
 import torch
+from transformers import AutoConfig
 from transformers.models.auto import configuration_auto
 
 from salsa.config import RewardConfig
@@ -101,26 +102,44 @@ def test_preference_rows_accept_strings_and_messages_and_name_bad_rows(tmp_path)
 
 POSITIVE = ["I loved it, wonderful and delightful.", "Great service and excellent food.", "Fantastic, I am so happy."]
 NEGATIVE = ["I hated it, awful and miserable.", "Terrible service and disgusting food.", "Horrible, I am so angry."]
+GOOD, BAD = ["wonderful", "excellent", "delightful", "great"], ["awful", "terrible", "disgusting", "horrible"]
+SUBJECTS = ["food", "service", "room", "staff", "view", "music", "coffee", "garden"]
+TRAINING_SUBJECTS, HELD_OUT_SUBJECTS = SUBJECTS[:5], SUBJECTS[5:]
 
 
-def _pairs(path, n):
-    rows = [
-        {"prompt": f"Review number {i}.", "chosen": POSITIVE[i % 3], "rejected": NEGATIVE[(i + 1) % 3],
-         "gold_chosen": 1.0, "gold_rejected": -1.0}
-        for i in range(n)
-    ]  # fmt: skip
+def _pairs(path, n, subjects=TRAINING_SUBJECTS, prompt="Review number {}."):
+    """`n` pairs "The <subject> was <good word>." over "... <bad word>.", with gold scores. Held-out pairs (other
+    subjects and prompts) share no prompt and no response with the training pairs, so their accuracy is not
+    training accuracy."""
+    rows = []
+    for i in range(n):
+        subject = subjects[i % len(subjects)]
+        good, bad = GOOD[i % len(GOOD)], BAD[(i // len(subjects)) % len(BAD)]
+        rows.append({"prompt": prompt.format(i), "chosen": f"The {subject} was {good}.",
+                     "rejected": f"The {subject} was {bad}.", "gold_chosen": 1.0, "gold_rejected": -1.0})  # fmt: skip
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
 
 
+def _held_out_pairs(path, n):
+    return _pairs(path, n, HELD_OUT_SUBJECTS, prompt="How was visit {}?")
+
+
+def _says_one_label(path):
+    """The saved config declares the one score the model outputs (TRL refuses a reward model of more labels)."""
+    config = AutoConfig.from_pretrained(path, trust_remote_code=True)
+    return config.num_labels == 1 and len(config.id2label) == 1
+
+
 def test_encoder_reward_model_learns_a_preference_and_round_trips(tmp_path, monkeypatch):
     cfg = RewardConfig(
-        data=str(_pairs(tmp_path / "train.jsonl", 48)), eval_data=str(_pairs(tmp_path / "eval.jsonl", 12)),
+        data=str(_pairs(tmp_path / "train.jsonl", 48)), eval_data=str(_held_out_pairs(tmp_path / "eval.jsonl", 12)),
         output_dir=str(tmp_path / "rm"), num_epochs=1, batch_size=8, learning_rate=1e-4, max_length=32,
     )  # fmt: skip
     path = train_reward(cfg, show_progress=False)
     evaluation = json.loads((tmp_path / "rm" / "eval.json").read_text())
     assert evaluation["accuracy_vs_gold"] == 1.0
+    assert _says_one_label(path)
 
     def asks_whether_to_trust_remote_code(*args, **kwargs):
         raise AssertionError("loading salsa's reward model asked whether to trust its code (a terminal prompt)")
@@ -165,15 +184,18 @@ def test_a_run_stuck_at_ln_2_after_its_first_epoch_starts_again_with_the_next_se
 def test_causal_backbone_learns_a_preference(tmp_path, tiny_model_dir):
     cfg = RewardConfig(
         backbone="causal", model=str(tiny_model_dir), data=str(_pairs(tmp_path / "train.jsonl", 48)),
-        eval_data=str(_pairs(tmp_path / "eval.jsonl", 12)), output_dir=str(tmp_path / "rm"), num_epochs=3,
+        eval_data=str(_held_out_pairs(tmp_path / "eval.jsonl", 12)), output_dir=str(tmp_path / "rm"), num_epochs=3,
         batch_size=8, max_length=48, learning_rate=1e-3, head_learning_rate=1e-2, gradient_checkpointing=True,
     )  # fmt: skip
-    reward = RewardModel.load(train_reward(cfg, show_progress=False))
+    path = train_reward(cfg, show_progress=False)
+    assert _says_one_label(path)
+    reward = RewardModel.load(path)
     assert reward.layout == "conversation"  # the causal backbone reads the templated conversation, as TRL does
-    # The last-token head of a random tiny LM learns to rank the positive reviews above the negative ones.
+    # The last-token head of a random tiny LM learns to rank good reviews above bad ones, also of subjects and
+    # prompts it never saw.
     assert json.loads((tmp_path / "rm" / "eval.json").read_text())["accuracy_vs_gold"] >= 0.9
-    scores = reward.score(["Review number 50."] * 6, POSITIVE + NEGATIVE)
-    assert scores[:3].min() > scores[3:].max()
+    scores = reward.score(["How was your stay?"] * 8, [f"The garden was {word}." for word in GOOD + BAD])
+    assert scores[:4].min() > scores[4:].max()
 
 
 def test_a_tie_counts_as_half_a_correct_order():

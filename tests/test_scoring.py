@@ -74,7 +74,8 @@ def test_salsas_reward_model_loads_whole_in_transformers_with_the_same_scores(tm
     inputs = reward.encode(["Review 3.", "Review 3."], ["Great, I loved it.", "Awful, I hated it."])
     with torch.no_grad():
         plain = model.eval()(**inputs).logits[:, 0]
-    assert torch.allclose(plain, reward.raw_scores(["Review 3."] * 2, ["Great, I loved it.", "Awful, I hated it."]))
+    expected = reward.raw_scores(["Review 3."] * 2, ["Great, I loved it.", "Awful, I hated it."])
+    assert torch.allclose(plain, expected, atol=1e-5)  # two loaded copies: equal to float rounding
     # Without trust_remote_code transformers refuses it, instead of loading a BERT classifier with a random head.
     with pytest.raises(ValueError, match="trust_remote_code"):
         AutoModelForSequenceClassification.from_pretrained(path)

@@ -37,6 +37,7 @@ def w(tmp_path, tiny_model_dir, monkeypatch):
     (t / "latin1.jsonl").write_bytes(b'{"prompt": "caf\xe9", "completion": "x"}\n')
     _jsonl(t / "no_completion.jsonl", [{"prompt": "Hi"}])
     _jsonl(t / "no_rejected.jsonl", [{"prompt": "p", "chosen": "a"}])
+    _jsonl(t / "same_reply.jsonl", [*GOOD_PREFS, {"prompt": "p", "chosen": "Fine.", "rejected": "Fine."}])
     _jsonl(t / "gold_text.jsonl", [{"prompt": "p", "chosen": "a", "rejected": "b", "gold_chosen": "high"}])
     _jsonl(t / "empty_prompt.jsonl", [{"prompt": "  "}])
     (t / "not_a_dataset").mkdir()
@@ -298,6 +299,11 @@ CASES = [
         "reward-eval-invalid",
         ["reward", "--data", "{prefs}", "--eval-data", "bad.jsonl"],
         r"bad.jsonl row 2: not valid JSON",
+    ),
+    (
+        "reward-same-response",
+        ["reward", "--data", "same_reply.jsonl"],
+        r"same_reply.jsonl row 4: 'chosen' and 'rejected' are the same response; fix or drop the row",
     ),
     ("reward-backbone", ["reward", "--backbone", "transformer"], r"reward.backbone must be one of encoder, causal"),
     (

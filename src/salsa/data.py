@@ -316,7 +316,8 @@ def _implicit_prompt(chosen: Any, rejected: Any, where: str) -> tuple[list[dict[
 def parse_preference_rows(rows: list[dict], source: str) -> list[PreferencePair]:
     """Validate preference rows in TRL's formats: an explicit `prompt` (a string or messages, every turn kept) with
     `chosen` / `rejected` replies (strings or one assistant message), or an implicit prompt: `chosen` and
-    `rejected` conversations whose shared turns are the prompt (an explicit prompt beside them must agree)."""
+    `rejected` conversations whose shared turns are the prompt (an explicit prompt beside them must agree). The two
+    replies of a pair must differ."""
     pairs = []
     for i, row in enumerate(rows):
         where = row_label(source, row, i)
@@ -331,6 +332,8 @@ def parse_preference_rows(rows: list[dict], source: str) -> list[PreferencePair]
             prompt = _agreeing_prompt(prompt, [t for t in (chosen_turns, rejected_turns) if t is not None], where)
         else:
             prompt, chosen, rejected = _implicit_prompt(row["chosen"], row["rejected"], where)
+        if chosen == rejected:  # a Bradley-Terry or DPO pair must prefer one response over another
+            raise DataError(f"{where}: 'chosen' and 'rejected' are the same response; fix or drop the row")
         golds = [row.get("gold_chosen"), row.get("gold_rejected")]
         for field, value in zip(("gold_chosen", "gold_rejected"), golds, strict=True):
             if value is not None and (not isinstance(value, int | float) or not math.isfinite(value)):

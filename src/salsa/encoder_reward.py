@@ -31,6 +31,7 @@ class SalsaEncoderRewardModel(BertPreTrainedModel):
     config_class = SalsaEncoderRewardConfig
 
     def __init__(self, config: BertConfig, bert: BertModel | None = None):
+        config.num_labels = 1  # one score per sequence, as its config must say: TRL checks for one label
         super().__init__(config)
         self.bert = bert if bert is not None else BertModel(config, add_pooling_layer=False)
         self.score = nn.Linear(config.hidden_size, 1)

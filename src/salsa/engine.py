@@ -20,14 +20,19 @@
 
 3. Own the directory: create it, lock it (`.salsa.lock` names the holder's pid; a second process gets an
    error), write `salsa_stage.json` (stage, fingerprint, config) and `config.yaml`, and clear salsa's own
-   temporary debris of an interrupted run. A stage that fails before writing anything leaves nothing behind.
-4. Turn the operating system's refusals (disk full, permissions, read-only) into one-line errors naming the path.
+   temporary debris of an interrupted run.
+4. A stage that fails in a directory it started afresh (new, empty, or its own output cleared by --overwrite,
+   so that everything in it is this run's) keeps what a rerun resumes from, a checkpoint or a finished part
+   (an SFT model, a pipeline stage), and otherwise removes everything it wrote, the directory too if it made
+   it; its error says which (`cleanup`). Where the directory held anything before, nothing is removed.
+5. Turn the operating system's refusals (disk full, permissions, read-only) into one-line errors naming the path.
 
 Only the main process touches the directory; the others receive its decision.
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import shutil
@@ -38,6 +43,7 @@ from typing import Any
 from rich.markup import escape
 
 from salsa import runtime
+from salsa.checkpoint import STATE_FILE
 from salsa.config_loading import fingerprint, result_values, save_config
 from salsa.errors import SalsaError, os_error_message
 from salsa.inputs import validate
@@ -94,6 +100,12 @@ def decide(out: Path, stage: str, print_: str, values: dict[str, Any], overwrite
     return "reuse" if (out / COMPLETE_MARKER).is_file() else "resume"
 
 
+def resume_points(folder: Path) -> list[Path]:
+    """What a rerun of an unfinished stage resumes from: its checkpoints and the finished parts below it (an SFT
+    model of several, a stage of a pipeline)."""
+    return [*folder.glob(f"**/checkpoints/step-*/{STATE_FILE}"), *folder.glob(f"*/**/{COMPLETE_MARKER}")]
+
+
 class DirectoryLock:
     """An exclusive lock on a directory held for a stage's lifetime; the kernel drops it if the process dies."""
 
@@ -146,7 +158,7 @@ class Stage:
         self.fingerprint = fingerprint(config, ignore)
         self.decision = ""
         self._lock: DirectoryLock | None = None
-        self._created = False
+        self._created: list[Path] = []  # the directories this run made for its output, innermost first
 
     @property
     def reused(self) -> bool:
@@ -181,7 +193,7 @@ class Stage:
     def _claim(self) -> str:
         values = result_values(self.config, self.ignore)
         decision = decide(self.out, self.name, self.fingerprint, values, self.overwrite)
-        self._created = not self.out.exists()
+        self._created = [p for p in (self.out, *self.out.parents) if not p.exists()]
         self.out.mkdir(parents=True, exist_ok=True)
         self._lock = DirectoryLock(self.out)
         self._lock.acquire()
@@ -208,28 +220,42 @@ class Stage:
         runtime.barrier()
 
     def __exit__(self, kind, error, traceback) -> bool:
+        note = None
         try:
             if error is not None and self.decision in ("fresh", "restart") and runtime.is_main_process():
-                self._remove_if_untouched()
+                note = self.cleanup()
+        except OSError as e:  # the stage's own error is the one to report
+            note = f"could not clean up: {os_error_message(e) or e}"
         finally:
             if self._lock is not None:
                 self._lock.release()
         if isinstance(error, Exception) and not isinstance(error, SalsaError):
-            message = os_error_message(error)
+            message = os_error_message(error, where=self.out)
             if message:
-                raise SalsaError(message) from None
+                raise SalsaError(message + (f"; {note}" if note else "")) from None
+        if isinstance(error, SalsaError) and note:
+            error.args = (f"{error}; {note}",)  # the same error (its kind kept), saying what became of the directory
         return False
 
-    def _remove_if_untouched(self) -> None:
-        """A stage that failed before writing any output leaves the directory as it found it."""
-        own = {OWNER_MARKER, LOCK_FILE, "config.yaml"}
-        if self.out.is_dir() and {p.name for p in self.out.iterdir()} <= own:
-            for name in own - {LOCK_FILE}:
-                (self.out / name).unlink(missing_ok=True)
-            if self._created:
-                self._lock.release()
-                self._lock = None
-                self.out.rmdir()
+    def cleanup(self) -> str | None:
+        """After a failure in a directory this run started afresh (everything in it is this run's): keep what a
+        rerun resumes from, else remove everything this run wrote. Returns what it did, for the error message
+        (None when the stage had written nothing of its own: the directory is as it was found)."""
+        written = [p for p in self.out.iterdir() if p.name != LOCK_FILE] if self.out.is_dir() else []
+        untouched = {p.name for p in written} <= {OWNER_MARKER, "config.yaml"}
+        if not untouched and resume_points(self.out):
+            return f"{self.out} keeps what the same command resumes from"
+        for entry in written:
+            shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+        if self._created:
+            self._lock.release()
+            self._lock = None
+            for folder in self._created:  # the output directory, then the parents made for it, while empty
+                with contextlib.suppress(OSError):
+                    folder.rmdir()
+        if untouched:
+            return None
+        return f"removed the unfinished {self.out}" if self._created else f"removed what it wrote in {self.out}"
 
 
 def run_stage(config: Any, work: Callable[[Stage], None], overwrite: bool = False) -> Path:

@@ -17,6 +17,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from salsa.errors import naming
+
 COMPLETE_MARKER = "salsa_complete.json"
 # A reward model directory from `salsa reward`: its backbone, layout and normalisation.
 REWARD_META = "salsa_reward.json"
@@ -57,15 +59,17 @@ def usual_permissions(path: str | os.PathLike) -> None:
 
 @contextlib.contextmanager
 def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary sibling of `path` to write; it replaces `path` only if the block finishes."""
+    """Yield a temporary sibling of `path` to write; it replaces `path` only if the block finishes. An OS refusal
+    in the block that names no file (a failed write) names `path`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
-        yield Path(tmp)
-        usual_permissions(tmp)
-        os.replace(tmp, path)
+        with naming(path):
+            yield Path(tmp)
+            usual_permissions(tmp)
+            os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
@@ -104,13 +108,15 @@ def atomic_dir(target: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary directory that replaces `target` only if the block finishes without error.
 
     An existing `target` is moved aside and deleted after the new one is in place, so at every instant
-    either the old or the new complete directory sits at `target`.
+    either the old or the new complete directory sits at `target`. An OS refusal in the block that names no file
+    (a failed write) names `target`.
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp"))
     try:
-        yield tmp
+        with naming(target):
+            yield tmp
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

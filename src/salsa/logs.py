@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from rich.markup import escape
 
-from salsa.errors import SalsaError
+from salsa.errors import SalsaError, naming
 from salsa.io import atomic_write_text, read_jsonl
 from salsa.progress import console
 
@@ -47,8 +47,9 @@ class MetricsLog:
         """One step's record; it must hold `step`. Numbers go to TensorBoard as `prefix/key`."""
         if not self.enabled:
             return
-        self._file.write(json.dumps(record, default=float) + "\n")
-        self._file.flush()
+        with naming(self.path):
+            self._file.write(json.dumps(record, default=float) + "\n")
+            self._file.flush()
         for key, value in record.items():
             if key != "step" and isinstance(value, int | float) and not isinstance(value, bool):
                 self._tensorboard.add_scalar(f"{self.prefix}/{key}", value, record["step"])

@@ -26,7 +26,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from salsa.errors import SalsaError
+from salsa.errors import SalsaError, naming
 from salsa.io import atomic_dir, cache_dir, record_digests, remove_debris, sha256_file, usual_permissions
 from salsa.progress import console
 from salsa.shipped import DEFAULT_MODEL, default_gguf_path
@@ -157,7 +157,7 @@ def save_model(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, out: 
     out = Path(out)
     check_finite_weights(model, str(out))
     out.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=out, prefix=".model.", suffix=".tmp") as tmp:
+    with naming(out), tempfile.TemporaryDirectory(dir=out, prefix=".model.", suffix=".tmp") as tmp:
         tmp = Path(tmp)
         if hasattr(model, "merge_and_unload"):
             if adapter:

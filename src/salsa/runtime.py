@@ -48,7 +48,9 @@ def my_share(num_items: int) -> list[int]:
 
 def my_batches(items: list, batch_size: int) -> list[list]:
     """This process's batches of `items`: the batches one process would make, dealt out in turn. A batch holds the
-    same items whatever the number of processes, so its numbers are bit for bit those of a one-process run."""
+    same items whatever the number of processes, so it is computed with the shapes of a one-process run; its numbers
+    agree with that run's to float rounding (a BLAS product may round differently in another process, e.g. with the
+    weights at another memory alignment)."""
     state = process_state()
     batches = [items[start : start + batch_size] for start in range(0, len(items), batch_size)]
     return batches[state.process_index :: state.num_processes]

@@ -69,7 +69,8 @@ def sample_and_score(
     with their judges' scores and, given references, their KL to each.
 
     Sample s of prompt i of `split` is drawn with seed (seed, split, i, s) by every policy (common random numbers).
-    Under several processes each answers its share of the batches and every process receives all rows.
+    Under several processes each answers its share of the batches one process would make and every process
+    receives all rows (one process's rows but for rare tokens at a rounding boundary: see `generation.generate`).
     """
     jobs = [(i, s) for i in range(len(prompts)) for s in samples or range(1)]
     rows: dict[tuple[int, int], dict] = {}

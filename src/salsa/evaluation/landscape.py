@@ -1,11 +1,13 @@
 """The reward landscape: the mean score of the models on the line (1 - alpha) * SFT-1 + alpha * SFT-2.
 
 Each point is sampled in rounds of `samples_per_prompt` responses per prompt (the same prompts and seeds at
-every alpha: common random numbers) until the 95% interval of its mean score is at most `landscape_half_width`
-on each side, or `landscape_max_samples_per_prompt` is reached. The interval resamples the responses of each
-prompt and keeps the prompts (`within_prompt_interval`): every point answers the same prompts, so what the
-prompt set contributes is shared and more samples resolve the curve's shape. An endpoint that is also an
-evaluated policy starts from that policy's responses.
+every alpha: common random numbers) until the `confidence` interval (95% by default) of its mean score is at most
+`landscape_half_width` on each side, or it holds `landscape_max_samples_per_prompt` responses per prompt (the last
+round cut short to that number). The interval resamples the responses of each prompt and keeps the prompts
+(`within_prompt_interval`): every point answers the same prompts, so what the prompt set contributes is shared and
+more samples resolve the curve's shape. It measures sampling noise only: with one response per prompt it has zero
+width, so a point is then resolved after its first round whatever the target. An endpoint that is also an
+evaluated policy starts from that policy's responses (and draws nothing more when they resolve it).
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ from salsa.evaluation.stats import within_prompt_interval
 
 
 def half_width(rows: list[dict], key: str, config: EvalConfig) -> float:
-    """Half the width of the bootstrap interval of the mean `key` over prompts (samples of a prompt together)."""
+    """Half the width of the `within_prompt_interval` of the mean `key` of `rows` (each prompt's responses
+    resampled, the prompts kept); every prompt must have the same number of rows."""
     by_prompt: dict[int, list[float]] = {}
     for row in rows:
         by_prompt.setdefault(row["index"], []).append(row[key])
@@ -40,7 +43,9 @@ def sample_point(
     drawn: list[dict],
     advance: Callable[[int], None],
 ) -> list[dict]:
-    """Every response of one landscape point: `drawn` (an endpoint policy's), then rounds until resolved."""
+    """Every response of one landscape point: `drawn` (an endpoint policy's, possibly none), then rounds of
+    `samples_per_prompt` more per prompt, numbered on from the drawn ones, until resolved or at the cap. `build()`
+    makes the point's model, only if a round is needed."""
     key = judges.names[0]  # gold when the task has a judge, else the reward model
     rows, model = list(drawn), None
     rounds = config.samples_per_prompt

@@ -103,11 +103,15 @@ def mean_with_interval(matrix: np.ndarray, num_samples: int = 2000, confidence: 
 def within_prompt_interval(
     matrix: np.ndarray, num_samples: int = 2000, confidence: float = 0.95, seed: int = 0
 ) -> dict:
-    """Mean of a [prompts, samples] matrix with a bootstrap interval that resamples the samples of each prompt and
-    keeps the prompts: the uncertainty of the mean over this prompt set, from sampling alone.
+    """Mean of a [prompts, samples] matrix with a percentile bootstrap interval that redraws each prompt's samples
+    from its own row (with replacement, as many as it has) and keeps every prompt: the uncertainty of the mean over
+    this prompt set from sampling alone, about the mean plus or minus z * sqrt(sum_p var_p / K) / P (var_p: prompt
+    p's sample variance, ddof 0; K samples, P prompts). Prompts whose samples agree add nothing: with one sample
+    per prompt the interval has zero width.
 
     For points compared on the same prompts with the same seeds (the reward landscape), what the prompts add is
-    shared by every point, so this is the interval that says whether two points differ.
+    shared by every point, so this is the interval that says whether two points differ; it does not say how the
+    mean would change on other prompts.
     """
     matrix = np.asarray(matrix, dtype=float)
     rng = np.random.default_rng(seed)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from salsa.errors import naming
 from salsa.io import read_json
 
 
@@ -29,6 +30,7 @@ def merge_lora_ingredient(adapter_dir: Path, out: Path) -> Path:
 
     base = lora_base(adapter_dir)
     model = PeftModel.from_pretrained(load_causal_lm(base), str(adapter_dir)).merge_and_unload()
-    model.save_pretrained(out)
-    load_tokenizer(base).save_pretrained(out)
+    with naming(out):
+        model.save_pretrained(out)
+        load_tokenizer(base).save_pretrained(out)
     return out
