@@ -139,20 +139,8 @@ def summarise_judge(judgments: list[dict], config: EvalConfig, stats: dict) -> t
     return comparisons, info
 
 
-def summarise(
-    config: EvalConfig,
-    samples: list[dict],
-    landscape_rows: list[dict],
-    judges: list[str],
-    splits: list[str],
-    matched_rows: list[dict] | None = None,
-    unmatched: list[str] | None = None,
-    judgments: list[dict] | None = None,
-) -> dict:
-    """Every number the report shows, computed from the samples."""
-    stats = {"num_samples": config.bootstrap_samples, "confidence": config.confidence, "seed": config.seed}
-    first = next(iter(config.policies))
-    num_prompts = {split: _score_matrix(samples, first, split, "length").shape[1] for split in splits}
+def _policy_means(config: EvalConfig, samples: list[dict], judges: list[str], splits: list[str], stats: dict) -> dict:
+    """Each policy's mean score, length and KL (to SFT and the soup) per split, with intervals."""
     policies = {}
     for name, paths in config.policies.items():
         entry: dict = {"paths": list(paths), "splits": {}}
@@ -167,6 +155,12 @@ def summarise(
             if rows:
                 entry[key] = mean_with_interval(_score_matrix(samples, name, "in_distribution", key), **stats)
         policies[name] = entry
+    return policies
+
+
+def _comparisons(config: EvalConfig, samples: list[dict], judges: list[str], splits: list[str], stats: dict) -> list:
+    """Every configured pair, split and judge: win rates and mean differences with intervals, and with several RL
+    seeds the tests over seeds and the verdict by the rule."""
     comparisons = []
     for a, b in comparison_pairs(config):
         for split in splits:
@@ -175,25 +169,50 @@ def summarise(
                     _score_matrix(samples, a, split, judge), _score_matrix(samples, b, split, judge), (a, b)
                 )
                 result = compare(scores_a, scores_b, config.tie_margin, **stats)
-                if len(scores_a) >= 2:  # several RL seeds: the tests over seeds, and the verdict by the rule
+                if len(scores_a) >= 2:
                     result["seed_test"] = seed_level_test(scores_a, scores_b)
                     result["claim"] = claim_verdict(result["ci"]["mean_difference"], result["seed_test"])
                 comparisons.append({"a": a, "b": b, "split": split, "judge": judge, **result})
-    llm_judge = None
-    if judgments:
-        judged, llm_judge = summarise_judge(judgments, config, stats)
-        comparisons += judged
+    return comparisons
+
+
+def _landscape(landscape_rows: list[dict], judges: list[str], stats: dict) -> list[dict]:
+    """Each landscape point's mean score with two intervals: `ci` keeps these prompts and resamples their samples
+    (what separates two points measured on the same prompts); `ci_prompts_resampled` resamples the prompts too
+    (the point's level for prompts like these)."""
     landscape = []
     for alpha in dict.fromkeys(r["alpha"] for r in landscape_rows):
         rows = [r for r in landscape_rows if r["alpha"] == alpha]
         point = {"alpha": alpha, "samples": len(rows)}
         for key in (*judges, "length"):
             matrix = np.array(_by_prompt(rows, key))
-            # ci: these prompts, their samples resampled (what separates two points on the same prompts);
-            # ci_prompts_resampled: the prompts resampled too (the point's level for prompts like these).
             point[key] = within_prompt_interval(matrix, **stats)
             point[key]["ci_prompts_resampled"] = two_level_interval(matrix, **stats)["ci"]
         landscape.append(point)
+    return landscape
+
+
+def summarise(
+    config: EvalConfig,
+    samples: list[dict],
+    landscape_rows: list[dict],
+    judges: list[str],
+    splits: list[str],
+    matched_rows: list[dict] | None = None,
+    unmatched: list[str] | None = None,
+    judgments: list[dict] | None = None,
+) -> dict:
+    """Every number the report shows, computed from the samples."""
+    stats = {"num_samples": config.bootstrap_samples, "confidence": config.confidence, "seed": config.seed}
+    first = next(iter(config.policies))
+    num_prompts = {split: _score_matrix(samples, first, split, "length").shape[1] for split in splits}
+    policies = _policy_means(config, samples, judges, splits, stats)
+    comparisons = _comparisons(config, samples, judges, splits, stats)
+    llm_judge = None
+    if judgments:
+        judged, llm_judge = summarise_judge(judgments, config, stats)
+        comparisons += judged
+    landscape = _landscape(landscape_rows, judges, stats)
     curves = {name: training_curves(paths) for name, paths in config.policies.items()}
     curves = {name: c for name, c in curves.items() if c}
     diagnostics = {name: training_diagnostics(paths) for name, paths in config.policies.items()}
