@@ -206,6 +206,11 @@ class RewardConfig:
     mixed_precision: str = option("auto", PRECISION_HELP, check=one_of(*PRECISIONS))
     gradient_checkpointing: bool = option(False, CHECKPOINTING_HELP)
     on_nonfinite: str = option("stop", NONFINITE_HELP, check=one_of("stop", "skip"))
+    num_models: int = option(
+        1, "K > 1: WARM, K members trained from one start (the backbone and one head initialisation) with their own "
+        "seeds for data order and dropout, kept in members/member-<i>/ and averaged into model/; see "
+        "docs/methods/warm.md", check=at_least(1),
+    )  # fmt: skip
 
 
 def _online(config: RLConfig) -> bool:
