@@ -36,7 +36,7 @@ def test_a_sweep_names_its_points_and_pairs_the_models_seed_by_seed():
         ({"method": "ties", "models": ["sft", "ppo"], "values": [0.5]},
          r"eval.sweeps.s.method must be one of expo, liti, slerp, got 'ties'"),
         ({"method": "expo", "models": ["sft", "dpo"], "values": [0.5]},
-         r"eval.sweeps.s.models: 'dpo' is neither a policy nor a set reference model \(sft, ppo, salsa, other, "),
+         r"eval.sweeps.s.models: 'dpo' is not one of sft, ppo, salsa, other, sft_model, soup_model \(the policies"),
         ({"method": "expo", "models": ["sft"], "values": [0.5]}, r"eval.sweeps.s.models must be two different names"),
         ({"method": "expo", "models": ["sft", "ppo"], "values": [0]},
          r"eval.sweeps.s.values must be > 0, got 0.0 \(to move back towards the first model, use liti\)"),
@@ -58,7 +58,7 @@ def test_sweeps_whose_models_or_names_do_not_fit_are_refused():
     slerp = {"method": "slerp", "models": ["ppo", "salsa"], "values": [0.5]}
     with pytest.raises(SalsaError, match="ppo has 3 models .seeds. and salsa 2; give equal numbers"):
         sweep_points({"s": slerp}, three, REFERENCES)
-    with pytest.raises(SalsaError, match="'soup_model' is neither a policy nor a set reference model"):
+    with pytest.raises(SalsaError, match="'soup_model' is not one of sft, ppo, salsa, other \\(the policies"):
         sweep_points({"s": {**slerp, "models": ["soup_model", "ppo"]}}, POLICIES, {"soup_model": None})
     with pytest.raises(SalsaError, match="its point x@0.5 has the name of another policy"):
         sweep_points({"x": slerp}, {**POLICIES, "x@0.5": ["m"]}, REFERENCES)
@@ -161,5 +161,5 @@ def test_salsa_run_sweeps_merge_its_arms_by_name(tmp_path, tiny_model_dir):
     assert liti.models == tuple((str(root / "soup"), str(root / f"rl/salsa/seed-{s}/final")) for s in (0, 1))
     assert slerp.models == tuple((str(root / f"rl/ppo/seed-{s}/final"), str(root / f"rl/salsa/seed-{s}/final"))
                                  for s in (0, 1))  # fmt: skip
-    with pytest.raises(SalsaError, match=r"eval.sweeps.rl-slerp.models: 'grpo' is neither a policy"):
+    with pytest.raises(SalsaError, match=r"eval.sweeps.rl-slerp.models: 'grpo' is not one of salsa, ppo, sft, "):
         plan_run(path, ["eval.sweeps={rl-slerp: {method: slerp, models: [grpo, salsa], values: [0.5]}}"])

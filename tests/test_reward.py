@@ -177,16 +177,20 @@ def test_encoder_reward_model_learns_a_preference_and_round_trips(tmp_path, monk
         RewardModel.load(str(path))
 
 
-def test_a_run_stuck_at_ln_2_after_its_first_epoch_starts_again_with_the_next_seed(tmp_path):
-    # Every pair also appears reversed: no score ordering beats ln 2, so each try stays stuck.
+def _pairs_no_order_beats(path):
+    """4 prompts of 2 pairs each, every pair also reversed: no score ordering beats ln 2, so each try stays stuck."""
     rows = [
         {"prompt": f"Review number {i}.", "chosen": a, "rejected": b}
         for i in range(4) for a, b in ((POSITIVE[i % 3], NEGATIVE[i % 3]), (NEGATIVE[i % 3], POSITIVE[i % 3]))
     ]  # fmt: skip
-    (tmp_path / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+def test_a_run_stuck_at_ln_2_after_its_first_epoch_starts_again_with_the_next_seed(tmp_path):
     cfg = RewardConfig(
-        data=str(tmp_path / "train.jsonl"), eval_data=None, output_dir=str(tmp_path / "rm"), num_epochs=2,
-        batch_size=2, max_length=32, restarts=1, seed=5,
+        data=_pairs_no_order_beats(tmp_path / "train.jsonl"), eval_data=None, output_dir=str(tmp_path / "rm"),
+        num_epochs=2, batch_size=2, max_length=32, restarts=1, seed=5,
     )  # fmt: skip
     train_reward(cfg, show_progress=False)
     log = read_jsonl(tmp_path / "rm" / "metrics.jsonl")
@@ -438,14 +442,9 @@ def test_a_warm_run_interrupted_after_a_member_keeps_it_and_trains_only_the_rest
 
 def test_every_warm_member_restarts_from_the_shared_start_with_its_next_seed(tmp_path, monkeypatch):
     heads = _record_start_heads(monkeypatch)
-    rows = [
-        {"prompt": f"Review number {i}.", "chosen": a, "rejected": b}
-        for i in range(4) for a, b in ((POSITIVE[i % 3], NEGATIVE[i % 3]), (NEGATIVE[i % 3], POSITIVE[i % 3]))
-    ]  # fmt: skip
-    (tmp_path / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     cfg = RewardConfig(
-        data=str(tmp_path / "train.jsonl"), eval_data=None, output_dir=str(tmp_path / "rm"), num_epochs=2,
-        batch_size=2, max_length=32, restarts=1, seed=5, num_models=2,
+        data=_pairs_no_order_beats(tmp_path / "train.jsonl"), eval_data=None, output_dir=str(tmp_path / "rm"),
+        num_epochs=2, batch_size=2, max_length=32, restarts=1, seed=5, num_models=2,
     )  # fmt: skip
     train_reward(cfg, show_progress=False)
     members = tmp_path / "rm" / "members"

@@ -54,7 +54,7 @@ def sweep_points(
 ) -> list[SweepPoint]:
     """Every point of every sweep, in order, after checking each sweep against the evaluation's policies and its
     `references` (sft_model and soup_model: a directory, or None when unset)."""
-    models = {**{name: [path] for name, path in references.items() if path}, **policies}
+    models = {**policies, **{name: [path] for name, path in references.items() if path}}
     points = []
     for name, sweep in sweeps.items():
         where = f"eval.sweeps.{name}"
@@ -64,7 +64,7 @@ def sweep_points(
             raise ConfigError(f"{where}: expected {{method, models, values}}, got {sweep!r}")
         if sweep["method"] not in SWEEP_METHODS:
             raise ConfigError(f"{where}.method must be one of {', '.join(SWEEP_METHODS)}, got {sweep['method']!r}")
-        pairs = _seed_pairs(sweep["models"], models, policies, where)
+        pairs = _seed_pairs(sweep["models"], models, where)
         for value in _values(sweep["values"], sweep["method"], where):
             points.append(SweepPoint(name, sweep["method"], value, pairs))
     taken = set(policies)
@@ -75,16 +75,16 @@ def sweep_points(
     return points
 
 
-def _seed_pairs(
-    names: object, models: dict[str, list[str]], policies: dict[str, list[str]], where: str
-) -> tuple[tuple[str, str], ...]:
+def _seed_pairs(names: object, models: dict[str, list[str]], where: str) -> tuple[tuple[str, str], ...]:
     """(A, B) model directories seed by seed: seed s of A with seed s of B, or a single model with every seed."""
     if not isinstance(names, list) or len(names) != 2 or names[0] == names[1]:
         raise ConfigError(f"{where}.models must be two different names [A, B], got {names!r}")
     for name in names:
         if name not in models:
-            known = ", ".join([*policies, *REFERENCES])
-            raise ConfigError(f"{where}.models: '{name}' is neither a policy nor a set reference model ({known})")
+            raise ConfigError(
+                f"{where}.models: '{name}' is not one of {', '.join(models)} (the policies, and sft_model / soup_model "
+                "when they are set)"
+            )
     a, b = (models[name] for name in names)
     if len(a) != len(b) and 1 not in (len(a), len(b)):
         raise ConfigError(
