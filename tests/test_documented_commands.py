@@ -148,6 +148,20 @@ PLANS: dict[str, Plan] = {
     "salsa soup runs/x/sft-0 runs/rl-ppo/final --method expo --expo-alpha 0.3 --out runs/x/expo": Plan(),
     "salsa soup runs/x/sft-0 runs/rl-ppo/final --method liti --eta 0.5 --out runs/x/liti": Plan(),
     "salsa soup runs/x/sft-0 runs/x/sft-1 --method slerp --t 0.5 --out runs/x/slerp": Plan(),
+    "salsa eval -p sft=runs/x/sft-0 -p ppo=runs/rl-ppo/final -p salsa=runs/rl-salsa/final --set "
+    "sft_model=runs/x/sft-0 --set soup_model=runs/x/soup --set prompts=runs/data/prompts_dev.jsonl --set 'sweeps={"
+    "ppo-expo: {method: expo, models: [sft, ppo], values: [0.5, 1]}, ppo-liti: {method: liti, models: [sft, ppo], "
+    "values: [0.25, 0.5, 0.75]}, rl-slerp: {method: slerp, models: [ppo, salsa], values: [0.5]}}' --output-dir "
+    "runs/eval-merges": Plan(budget=EVAL_BUDGET),
+    "salsa report runs/eval-merges": Plan(expect="report:"),
+    "salsa run examples/merges_cpu.yaml": Plan(
+        "dry-run", why="it runs the demo's pipeline on the default model, then 12 merges (about 15 min on 2 cores)"
+    ),
+    # docs/methods/warm.md
+    "salsa reward --data runs/data/prefs.jsonl --eval-data runs/data/prefs_dev.jsonl --num-models 3 --output-dir "
+    "runs/reward-warm": Plan(budget=REWARD_BUDGET),
+    "salsa rl --init runs/x/sft-0 --reference sft --reward-model runs/reward-warm/model --output-dir "
+    "runs/rl-warm": Plan(budget=RL_BUDGET),
     # docs/methods/reference-schedules.md: enough steps for the reference to move
     "salsa rl --init runs/x/soup --reference soup --reward-model runs/reward/model --output-dir runs/rl-salsa-soft "
     "--set reference_schedule=soft --set reference_update_steps=2 --set reference_update_weight=0.5": Plan(

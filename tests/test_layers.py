@@ -14,7 +14,7 @@ PACKAGE = Path(__file__).parent.parent / "src" / "salsa"
 LAYERS = [
     # leaves: no salsa imports but each other
     ("errors", "version", "shipped", "progress", "seeding", "io", "tasks", "judge_prompt", "encoder_reward",
-     "weights.spec", "rl.core", "evaluation.stats", "plots"),
+     "weights.spec", "sweep_spec", "rl.core", "evaluation.stats", "plots"),
     # settings: every stage's config and how it is read
     ("options", "config", "config_loading"),
     # data and the torch-free check of every input

@@ -313,6 +313,7 @@ CASES = [
     ),
     ("reward-restarts", ["reward", "--set", "restarts=-1"], r"reward.restarts must be >= 0, got -1"),
     ("reward-epochs", ["reward", "--set", "num_epochs=0"], r"reward.num_epochs must be > 0"),
+    ("reward-num-models", ["reward", "--num-models", "0"], r"reward.num_models must be >= 1, got 0"),
     # --- salsa rl
     (
         "rl-soup-init-not-soup",
@@ -454,6 +455,21 @@ CASES = [
     ),
     ("eval-prompts-missing", [*EVAL, "--set", "prompts=nope.jsonl"], r"data file nope.jsonl does not exist"),
     ("eval-bootstrap", [*EVAL, "--set", "bootstrap_samples=10"], r"eval.bootstrap_samples must be >= 100"),
+    (
+        "eval-sweep-unknown-model",
+        [*EVAL, "--set", "sweeps={{s: {{method: expo, models: [sft, a], values: [0.5]}}}}"],
+        r"eval.sweeps.s.models: 'sft' is not one of a \(the policies, and sft_model / soup_model when they are set\)",
+    ),
+    (
+        "eval-sweep-value",
+        [*EVAL, "-p", "b={model}", "--set", "sweeps={{s: {{method: liti, models: [a, b], values: [1.5]}}}}"],
+        r"eval.sweeps.s.values=1.5 lies outside \[0, 1\]; liti stays between the two models",
+    ),
+    (
+        "eval-sweep-method",
+        [*EVAL, "-p", "b={model}", "--set", "sweeps={{s: {{method: ties, models: [a, b], values: [0.5]}}}}"],
+        r"eval.sweeps.s.method must be one of expo, liti, slerp, got 'ties'",
+    ),
     # --- salsa report
     ("report-no-results", ["report", "mine"], r"mine/results.json does not exist; run `salsa eval` first"),
     ("report-corrupt-results", ["report", "eval_bad"], r"eval_bad/results.json: corrupt results"),

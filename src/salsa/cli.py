@@ -211,13 +211,20 @@ def reward(
     backbone: Annotated[str | None, typer.Option(help="encoder (MiniLM) or causal (LM + scalar head).")] = None,
     model: Annotated[str | None, typer.Option(help="Backbone weights (default per backbone).")] = None,
     output_dir: Annotated[str | None, typer.Option(help="Where the reward model goes.")] = None,
+    num_models: Annotated[
+        int | None, typer.Option("--num-models", "-k", help="K > 1: average K reward models from one start (WARM).")
+    ] = None,
     config: ConfigOption = None,
     set_: SetOption = None,
     overwrite: OverwriteOption = False,
     quiet: QuietOption = False,
 ) -> None:
-    """Train a Bradley-Terry reward model and report held-out accuracy and Spearman vs the gold judge."""
-    overrides = _overrides(set_, data=data, eval_data=eval_data, backbone=backbone, model=model, output_dir=output_dir)
+    """Train a Bradley-Terry reward model (or K averaged ones, WARM) and report held-out accuracy and Spearman vs the
+    gold judge."""
+    overrides = _overrides(
+        set_, data=data, eval_data=eval_data, backbone=backbone, model=model, output_dir=output_dir,
+        num_models=num_models,
+    )  # fmt: skip
     cfg = _checked(load_stage_config(RewardConfig, "reward", config, overrides))
     from salsa.reward import train_reward
 

@@ -15,6 +15,7 @@ from salsa.options import above, at_least, fraction, known_task, one_of, option
 from salsa.shipped import DEFAULT_MODEL
 
 if TYPE_CHECKING:
+    from salsa.sweep_spec import SweepPoint
     from salsa.weights.spec import Merge
 
 REWARD_BACKBONES = ("encoder", "causal")
@@ -206,6 +207,11 @@ class RewardConfig:
     mixed_precision: str = option("auto", PRECISION_HELP, check=one_of(*PRECISIONS))
     gradient_checkpointing: bool = option(False, CHECKPOINTING_HELP)
     on_nonfinite: str = option("stop", NONFINITE_HELP, check=one_of("stop", "skip"))
+    num_models: int = option(
+        1, "K > 1: WARM, K members trained from one start (the backbone and one head initialisation) with their own "
+        "seeds for data order and dropout, kept in members/member-<i>/ and averaged into model/; see "
+        "docs/methods/warm.md", check=at_least(1),
+    )  # fmt: skip
 
 
 def _online(config: RLConfig) -> bool:
@@ -468,6 +474,14 @@ class EvalConfig:
     bootstrap_samples: int = option(2000, "bootstrap resamples for the confidence intervals", check=at_least(100))
     confidence: float = option(0.95, "confidence level of the intervals", check=fraction(low_inclusive=False))
     output_dir: str = option("runs/eval", "where results.json and samples.jsonl are written")
+    sweeps: dict[str, dict] = option(
+        help="families of merged policies, each point built in memory and evaluated like a policy, named NAME@VALUE: "
+        "{NAME: {method: expo | liti | slerp, models: [A, B], values: [...]}}; A and B are policy names (seed by seed) "
+        "or sft_model / soup_model; values: expo_alpha > 0 (B + alpha (B - A)), eta in [0, 1] ((1 - eta) A + eta B) "
+        "or t in [0, 1] (the arc from A to B). Choose a point on a dev split, not the test prompts; see "
+        "docs/methods/merges.md",
+        factory=dict,
+    )  # fmt: skip
 
     def check(self) -> None:
         if not self.policies:
@@ -487,6 +501,14 @@ class EvalConfig:
                 raise ConfigError(
                     f"eval.comparisons: '{item}' must be 'a:b' with two policy names from {', '.join(self.policies)}"
                 )
+        self.sweep_points()
+
+    def sweep_points(self) -> list[SweepPoint]:
+        """Every point of `sweeps`, checked against the policies and the reference models (salsa.sweep_spec)."""
+        from salsa.sweep_spec import sweep_points
+
+        references = {"sft_model": self.sft_model, "soup_model": self.soup_model}
+        return sweep_points(self.sweeps, self.policies, references)
 
 
 @dataclass

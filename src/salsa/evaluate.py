@@ -10,7 +10,9 @@
 4. KL of each policy to the SFT model and to the soup on its own samples (k1 summed over the response);
 5. the reward landscape: gold and reward-model score of (1 - alpha) * SFT-1 + alpha * SFT-2;
 6. the frontier: reward against KL-to-SFT along training (from the RL runs' metrics.jsonl), and each
-   run's score at the largest KL both reached, so a higher score bought with a larger KL shows as such.
+   run's score at the largest KL both reached, so a higher score bought with a larger KL shows as such;
+7. merge sweeps (`sweeps`): ExPO, LITI and SLERP merges of the policies at several values, each built in memory
+   and evaluated as a policy is, for the report's plot of score against KL to SFT.
 """
 
 from __future__ import annotations
@@ -30,11 +32,13 @@ from salsa.evaluation.landscape import sample_point
 from salsa.evaluation.matched import plan_matched_kl
 from salsa.evaluation.soup_health import ingredients_of, member_names, summarise_soup_health
 from salsa.evaluation.summary import summarise
+from salsa.evaluation.sweeps import summarise_sweeps
 from salsa.generation import check_prompt_lengths
 from salsa.io import atomic_write_json, atomic_write_text
 from salsa.models import load_tokenizer
 from salsa.progress import training_progress
 from salsa.rl.snapshots import load_snapshot
+from salsa.sweep_spec import SweepPoint
 
 LANDSCAPE_KEYS = ("index", "sample", "prompt", "response", "length", "gold", "reward")
 
@@ -106,6 +110,45 @@ def _matched_kl_samples(
                 "step": m.step, "kl_train": m.kl_train, "target_kl": m.target}  # fmt: skip
         rows_out += [{**r, **meta} for r in rows]
     return rows_out
+
+
+def _policy_samples(
+    model: torch.nn.Module,
+    name: str,
+    seed_index: int,
+    config: EvalConfig,
+    splits: dict,
+    judges: Judges,
+    kl_references: dict,
+    args: SampleArgs,
+) -> list[dict]:
+    """One policy model's answers on every split, scored, with its KL to the references on the in-distribution
+    prompts."""
+    rows = []
+    for split, prompts in splits.items():
+        references = kl_references if split == "in_distribution" else None
+        scored = sample_and_score(
+            model, args.tokenizer, prompts, split, config, judges, references, args.advance, args.samples
+        )
+        rows += [{"policy": name, "seed_index": seed_index, "split": split, **r} for r in scored]
+    return rows
+
+
+def _sweep_samples(
+    config: EvalConfig, points: list[SweepPoint], splits: dict, judges: Judges, kl_references: dict, args: SampleArgs
+) -> list[dict]:
+    """The answers of every point of the merge sweeps, each merge built in memory from its two models (no file
+    written) and evaluated as a policy is: the same prompts and seeds, the same judges and KL references."""
+    from salsa.weights.in_memory import soup_model
+
+    rows = []
+    for point in points:
+        for seed_index, models in enumerate(point.models):
+            args.describe(f"{point.name} [{seed_index}]")
+            model = soup_model(models, **point.parameters).to(args.device, args.dtype).eval().requires_grad_(False)
+            rows += _policy_samples(model, point.name, seed_index, config, splits, judges, kl_references, args)
+            del model
+    return rows
 
 
 def _landscape_samples(
@@ -183,6 +226,8 @@ def _evaluate(config: EvalConfig, stage: Stage, show_progress: bool) -> None:
     ingredients = ingredients_of(config.soup_model) if config.soup_health and config.soup_model else None
     if ingredients:
         total += (len(ingredients) + 1) * len(splits["in_distribution"]) * per_prompt
+    points = config.sweep_points()
+    total += sum(len(point.models) for point in points) * sum(len(p) for p in splits.values()) * per_prompt
     everyone = range(per_prompt)
     samples: list[dict] = []
     with training_progress(disable=not show_progress or not runtime.is_main_process()) as progress:
@@ -196,13 +241,9 @@ def _evaluate(config: EvalConfig, stage: Stage, show_progress: bool) -> None:
                 progress.update(task, metrics=f"{name} [{seed_index}]")
                 # A policy that is also a KL reference (the SFT model, say) is that loaded model: KL 0 to it.
                 model = loaded.get(Path(path).resolve()) or frozen(path, device, dtype)
-                for split, prompts in splits.items():
-                    rows = sample_and_score(
-                        model, tokenizer, prompts, split, config, judges,
-                        kl_references if split == "in_distribution" else None, advance, everyone,
-                    )  # fmt: skip
-                    samples += [{"policy": name, "seed_index": seed_index, "split": split, **r} for r in rows]
+                samples += _policy_samples(model, name, seed_index, config, splits, judges, kl_references, sample_args)
                 del model
+        sweep_rows = _sweep_samples(config, points, splits, judges, kl_references, sample_args)
         matched_rows = _matched_kl_samples(config, matched_plan, samples, splits, judges, kl_references, sample_args)
         landscape_rows = (
             _landscape_samples(config, samples, splits, judges, sample_args) if config.landscape_models else []
@@ -217,8 +258,13 @@ def _evaluate(config: EvalConfig, stage: Stage, show_progress: bool) -> None:
     results = summarise(config, samples, landscape_rows, judges.names, list(splits), matched_rows, unmatched, judgments)
     stats = {"num_samples": config.bootstrap_samples, "confidence": config.confidence, "seed": config.seed}
     results["soup_health"] = summarise_soup_health(health_rows, judges.names, config, stats) if health_rows else None
+    if points:  # each point in the policies' table, and the sweeps as curves of points
+        point_entries, results["sweeps"] = summarise_sweeps(
+            config, points, sweep_rows, judges.names, list(splits), stats
+        )
+        results["policies"].update(point_entries)
     if runtime.is_main_process():
-        everything = samples + matched_rows + landscape_rows + health_rows
+        everything = samples + matched_rows + landscape_rows + health_rows + sweep_rows
         atomic_write_text(stage.out / "samples.jsonl", "".join(json.dumps(r) + "\n" for r in everything))
         if judgments:
             atomic_write_text(stage.out / "judgments.jsonl", "".join(json.dumps(r) + "\n" for r in judgments))

@@ -104,6 +104,37 @@ def _plot_frontier(results: dict, path: Path) -> None:
     _save(fig, path, "Score against KL, policy after each update (centred mean of 3)")
 
 
+def _at_kl(entry: dict, judge: str) -> tuple[float, float]:
+    """(KL to SFT, in-distribution score by `judge`) of a policy's entry in the results."""
+    return entry["kl_sft"]["mean"], entry["splits"]["in_distribution"][judge]["mean"]
+
+
+def _mark_at_kl(ax, entry: dict, judge: str, label: str, **style) -> None:
+    """A policy (or merged point) at its KL to SFT and score, with both intervals as error bars, and its label."""
+    kl, score = entry["kl_sft"], entry["splits"]["in_distribution"][judge]
+    (x, y), reach = _at_kl(entry, judge), lambda m: [[m["mean"] - m["ci"][0]], [m["ci"][1] - m["mean"]]]
+    ax.errorbar(x, y, xerr=reach(kl), yerr=reach(score), capsize=2, linewidth=0.8, **style)
+    ax.annotate(label, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+
+
+def _plot_merges(results: dict, path: Path) -> None:
+    policies, sweeps = results["policies"], results["sweeps"]
+    points = {name for sweep in sweeps.values() for name in sweep["points"]}
+    fig, axes = _panels(len(results["judges"]), 5.5, 4.5)
+    for ax, judge in zip(axes, results["judges"], strict=True):
+        for color, (name, sweep) in enumerate(sweeps.items()):
+            line = [_at_kl(policies[n], judge) for n in sweep["line"]]
+            ax.plot(*zip(*line, strict=True), "-", color=f"C{color}", alpha=0.6, label=f"{name} ({sweep['method']})")
+            for point, value in zip(sweep["points"], sweep["values"], strict=True):
+                _mark_at_kl(ax, policies[point], judge, f"{value:g}", fmt="o", color=f"C{color}", markersize=4)
+        for name in (n for n in policies if n not in points):
+            _mark_at_kl(ax, policies[name], judge, name, fmt="s", color="black", markersize=5)
+        ax.set_xlabel("KL to the SFT model (nats per response, evaluation prompts)")
+        ax.set_ylabel(f"{JUDGE_TITLES[judge]} score (in-distribution)")
+        ax.legend(fontsize=7)
+    _save(fig, path, "Merged policies against KL to SFT")
+
+
 # The training figure's panels: (y label, results section, keys drawn, x axis). "frontier" curves are indexed by the
 # policy after s updates (0 = the start), "diagnostics" by the update.
 TRAINING_PANELS = (
@@ -158,4 +189,6 @@ def plots_for(results: dict) -> list[tuple[str, str, Callable[[dict, Path], None
     if results["frontier"]:
         plots.append(("frontier.png", "Reward against KL to the SFT model", _plot_frontier))
         plots.append(("training.png", "Training curves", _plot_training))
+    if results.get("sweeps") and all("kl_sft" in entry for entry in results["policies"].values()):
+        plots.append(("merges.png", "Merged policies: score against KL to the SFT model", _plot_merges))
     return plots

@@ -18,6 +18,7 @@ from salsa.config import ReportConfig
 from salsa.engine import Stage
 from salsa.evaluation.soup_health import soup_health_text
 from salsa.evaluation.stats import VERDICT_RULE
+from salsa.evaluation.sweeps import sweeps_text
 from salsa.io import atomic_file, atomic_write_json, atomic_write_text, read_json
 from salsa.plots import JUDGE_TITLES, SPLIT_TITLES, all_comparisons, kl_label, pair_label, plots_for
 from salsa.version import __version__
@@ -349,6 +350,8 @@ def _render(results: dict, out: Path, run_info: dict | None) -> None:
     if plots:
         blocks.append(Block("heading", (2, "Plots")))
         blocks += [Block("image", (file, alt)) for file, alt, _ in plots]
+    if results.get("sweeps"):
+        blocks.append(Block("text", sweeps_text(results)))
     if results["frontier"]:
         blocks.append(
             Block(

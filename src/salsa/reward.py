@@ -10,13 +10,16 @@ SFT model, as in InstructGPT and the SALSA paper; read as TRL reads a reward mod
 sequence-classification model that transformers and TRL load (`AutoModelForSequenceClassification`; the
 encoder's small architecture travels with it), its tokenizer, and `salsa_reward.json` (backbone, layout,
 normalisation mean and std); `salsa.scoring` reads it, and any other reward model or function, for RL.
+
+With `num_models` K > 1 (WARM, arXiv 2401.12187) K members are trained from one start and differ in their seeds for
+data order and dropout; their uniform weight average, streamed as `salsa soup` streams a soup, is the reward model.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import shutil
+from collections.abc import Iterable
 from pathlib import Path
 
 import torch
@@ -31,7 +34,8 @@ from salsa.data import PreferencePair, Prompt, prompt_key
 from salsa.encoder_reward import SalsaEncoderRewardConfig, SalsaEncoderRewardModel
 from salsa.engine import Stage, run_stage
 from salsa.errors import ConfigError
-from salsa.io import REWARD_META, atomic_dir, atomic_write_json
+from salsa.evaluation.stats import mean_with_interval
+from salsa.io import COMPLETE_MARKER, REWARD_META, atomic_dir, atomic_write_json, is_complete, mark_complete, read_json
 from salsa.logs import FiniteGuard, MetricsLog, NonFiniteError, check_finite_weights
 from salsa.models import enable_activation_checkpointing, resolve_model
 from salsa.progress import console, training_progress
@@ -81,8 +85,13 @@ def save_reward_model(reward: RewardModel, backbone: str, out: Path) -> None:
             shutil.copyfile(encoder_reward.__file__, tmp / f"{module}.py")
         reward.model.save_pretrained(tmp)
         reward.tokenizer.save_pretrained(tmp)
-        meta = {"backbone": backbone, "max_length": reward.max_length, "layout": reward.layout}
-        atomic_write_json(tmp / REWARD_META, {**meta, "mean": reward.mean, "std": reward.std})
+        _write_meta(reward, backbone, tmp)
+
+
+def _write_meta(reward: RewardModel, backbone: str, folder: Path) -> None:
+    """salsa_reward.json: how `RewardModel.load` reads the model (backbone, layout, length) and its normalisation."""
+    meta = {"backbone": backbone, "max_length": reward.max_length, "layout": reward.layout}
+    atomic_write_json(folder / REWARD_META, {**meta, "mean": reward.mean, "std": reward.std})
 
 
 def spearman(x: list[float] | torch.Tensor, y: list[float] | torch.Tensor) -> float:
@@ -92,27 +101,51 @@ def spearman(x: list[float] | torch.Tensor, y: list[float] | torch.Tensor) -> fl
     return float(spearmanr(list(map(float, x)), list(map(float, y))).statistic)
 
 
-def pairwise_accuracy(score_a: torch.Tensor, score_b: torch.Tensor, label_a_better: torch.Tensor) -> float:
-    """Fraction of pairs the model orders as the labels do; a tie counts as half (a constant scorer gets 50%)."""
+def pair_agreement(score_a: torch.Tensor, score_b: torch.Tensor, label_a_better: torch.Tensor) -> torch.Tensor:
+    """Per pair: 1 where the model orders it as the label does, 0 where it does not, 0.5 for a tie (so a constant
+    scorer agrees with half of every pair: 50%). Its mean is the pairwise accuracy."""
     agree = ((score_a > score_b) == label_a_better).float()
-    return float(torch.where(score_a == score_b, 0.5, agree).mean())
+    return torch.where(score_a == score_b, 0.5, agree)
 
 
-def evaluate_reward(reward: RewardModel, pairs: list[PreferencePair]) -> dict[str, float]:
-    """Held-out pairwise accuracy on the given labels and, when gold scores exist, against the gold judge."""
+# Held-out accuracies carry a 95% percentile-bootstrap interval over the held-out pairs (one draw of the pairs,
+# shared by every model evaluated, so that differences between models are paired).
+BOOTSTRAP = {"num_samples": 2000, "confidence": 0.95, "seed": 0}
+
+
+def held_out_scores(reward: RewardModel, pairs: list[PreferencePair]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Raw scores of the chosen and of the rejected response of every pair."""
     prompts = [p.prompt for p in pairs]
-    chosen = reward.raw_scores(prompts, [p.chosen for p in pairs])
-    rejected = reward.raw_scores(prompts, [p.rejected for p in pairs])
-    result = {
-        "pairs": len(pairs),
-        "accuracy_vs_labels": pairwise_accuracy(chosen, rejected, torch.ones(len(pairs), dtype=torch.bool)),
-    }
-    with_gold = [i for i, p in enumerate(pairs) if p.gold_chosen is not None and p.gold_chosen != p.gold_rejected]
+    chosen, rejected = ([getattr(p, side) for p in pairs] for side in ("chosen", "rejected"))
+    return reward.raw_scores(prompts, chosen), reward.raw_scores(prompts, rejected)
+
+
+def _with_gold(pairs: list[PreferencePair]) -> list[int]:
+    """The pairs whose gold scores exist and differ: those the gold judge orders."""
+    return [i for i, p in enumerate(pairs) if p.gold_chosen is not None and p.gold_chosen != p.gold_rejected]
+
+
+def agreements(chosen: torch.Tensor, rejected: torch.Tensor, pairs: list[PreferencePair]) -> dict[str, torch.Tensor]:
+    """`pair_agreement` with the labels (every pair: the chosen response is better) and, for the pairs it orders, with
+    the gold judge."""
+    result = {"labels": pair_agreement(chosen, rejected, torch.ones(len(pairs), dtype=torch.bool))}
+    with_gold = _with_gold(pairs)
     if with_gold:
         gold_c = torch.tensor([pairs[i].gold_chosen for i in with_gold])
         gold_r = torch.tensor([pairs[i].gold_rejected for i in with_gold])
-        result["gold_pairs"] = len(with_gold)
-        result["accuracy_vs_gold"] = pairwise_accuracy(chosen[with_gold], rejected[with_gold], gold_c > gold_r)
+        result["gold"] = pair_agreement(chosen[with_gold], rejected[with_gold], gold_c > gold_r)
+    return result
+
+
+def evaluate_scores(chosen: torch.Tensor, rejected: torch.Tensor, pairs: list[PreferencePair]) -> dict:
+    """Held-out pairwise accuracy against the labels and, where gold scores exist, against the gold judge, each with
+    its bootstrap interval over the pairs (`ci`), and the Spearman correlation of the scores with the gold scores."""
+    agreed = agreements(chosen, rejected, pairs)
+    accuracies = {kind: mean_with_interval(agreement.numpy()[None], **BOOTSTRAP) for kind, agreement in agreed.items()}
+    result: dict = {"pairs": len(pairs), "accuracy_vs_labels": accuracies["labels"]["mean"]}
+    if "gold" in accuracies:
+        result["gold_pairs"] = len(agreed["gold"])
+        result["accuracy_vs_gold"] = accuracies["gold"]["mean"]
         # Spearman over the distinct (prompt, response) items of the held-out pairs.
         items = {}
         for i, p in enumerate(pairs):
@@ -121,7 +154,45 @@ def evaluate_reward(reward: RewardModel, pairs: list[PreferencePair]) -> dict[st
                 items[(prompt_key(p.prompt), p.rejected)] = (float(rejected[i]), p.gold_rejected)
         model_scores, gold_scores = zip(*items.values(), strict=True)
         result["spearman_vs_gold"] = spearman(model_scores, gold_scores)
+    result["ci"] = {f"accuracy_vs_{kind}": accuracy["ci"] for kind, accuracy in accuracies.items()}
+    result["confidence"] = BOOTSTRAP["confidence"]
     return result
+
+
+def evaluate_reward(reward: RewardModel, pairs: list[PreferencePair]) -> dict:
+    """`evaluate_scores` of a reward model on held-out pairs."""
+    return evaluate_scores(*held_out_scores(reward, pairs), pairs)
+
+
+def evaluate_members(average: RewardModel, members: Iterable[RewardModel], pairs: list[PreferencePair]) -> dict:
+    """The average's evaluation, with each member's (`members`, scored one at a time) and, for each member, the paired
+    difference of accuracies average - member with its interval (`average_minus_member`: the same bootstrap draws of
+    the pairs)."""
+    average_scores = held_out_scores(average, pairs)
+    average_agreed = agreements(*average_scores, pairs)
+    evaluations = []
+    for member in members:
+        scores = held_out_scores(member, pairs)
+        differences = {
+            f"accuracy_vs_{kind}": mean_with_interval((average_agreed[kind] - agreement).numpy()[None], **BOOTSTRAP)
+            for kind, agreement in agreements(*scores, pairs).items()
+        }
+        evaluations.append({**evaluate_scores(*scores, pairs), "average_minus_member": differences})
+    return {**evaluate_scores(*average_scores, pairs), "members": evaluations}
+
+
+def describe_evaluation(evaluation: dict) -> str:
+    """The held-out accuracies with their intervals, and the Spearman correlation with gold, in one line."""
+    parts = []
+    for kind, count in (("labels", "pairs"), ("gold", "gold_pairs")):
+        key = f"accuracy_vs_{kind}"
+        if key in evaluation:
+            low, high = evaluation["ci"][key]
+            where = f"against the {kind} ({evaluation[count]} pairs)"
+            parts.append(f"{evaluation[key]:.1%} [{low:.1%}, {high:.1%}] {where}")
+    if "spearman_vs_gold" in evaluation:
+        parts.append(f"Spearman {evaluation['spearman_vs_gold']:.2f} with gold")
+    return "accuracy " + ", ".join(parts)
 
 
 def prompt_groups(prompts: list[Prompt]) -> list[list[int]]:
@@ -164,6 +235,13 @@ def backbone_learning_rate(config: RewardConfig) -> float:
     return config.learning_rate if config.learning_rate is not None else DEFAULT_LEARNING_RATES[config.backbone]
 
 
+def member_seeds(config: RewardConfig, member: int) -> list[int]:
+    """The seeds member `member` of a WARM reward model tries in turn: a first, then one per restart. Member i takes
+    the block from seed + i (restarts + 1), so no two tries share a seed; member 0's block is that of a single model."""
+    first = config.seed + member * (config.restarts + 1)
+    return list(range(first, first + config.restarts + 1))
+
+
 def _fit(
     config: RewardConfig,
     pairs: list[PreferencePair],
@@ -172,17 +250,23 @@ def _fit(
     guard: FiniteGuard,
     progress: Progress,
     may_give_up: bool,
+    init_seed: int | None = None,
 ) -> tuple[RewardModel, list[float]] | None:
     """Train from the pretrained backbone with `seed`. Returns the trained RewardModel and its step losses, or
     None when `may_give_up` and the loss is still ln 2 after the first epoch's steps (of a run with more).
 
+    The fresh head is drawn with `seed`, or with `init_seed` when given (a WARM member: every member starts where
+    member 0 did, and `seed` draws only its dropout and data order).
+
     A step holds whole prompts (all of a prompt's pairs, as in InstructGPT): the pairs of one prompt share
     responses, which `pair_scores` forwards once, and contrast every response of the prompt with the others.
     """
-    set_seed(seed)
+    set_seed(seed if init_seed is None else init_seed)
     accelerator = runtime.accelerator()
     world, rank = accelerator.num_processes, accelerator.process_index
     model, tokenizer = _backbone_model(config)
+    if init_seed is not None:
+        set_seed(seed)
     if config.gradient_checkpointing:
         enable_activation_checkpointing(model.base_model)
     model.to(accelerator.device)
@@ -252,22 +336,29 @@ def train_reward(config: RewardConfig, show_progress: bool = True, overwrite: bo
 
     The encoder sometimes never leaves the initial plateau (loss ln 2: every response scored alike) whatever
     the number of epochs; such a run is recognised at the end of its first epoch and started again from the
-    pretrained weights with the next seed, up to `restarts` times.
+    pretrained weights with the next seed, up to `restarts` times. With `num_models` > 1, K members (each with its
+    own restarts) are averaged into the reward model (WARM).
     """
     return run_stage(config, lambda stage: _train(config, stage, show_progress), overwrite) / "model"
 
 
-def _train(config: RewardConfig, stage: Stage, show_progress: bool) -> None:
-    pairs, eval_pairs = stage.inputs["data"], stage.inputs.get("eval_data") or []
-    main, world = runtime.is_main_process(), runtime.world_size()
-    if config.batch_size < world:
-        raise ConfigError(f"reward.batch_size ({config.batch_size}) must be at least the {world} processes")
+def _fit_with_restarts(
+    config: RewardConfig,
+    pairs: list[PreferencePair],
+    seeds: list[int],
+    init_seed: int | None,
+    folder: Path,
+    show_progress: bool,
+) -> tuple[RewardModel, dict]:
+    """`_fit` with each of `seeds` in turn until a try leaves ln 2 within its first epoch (the last try trains to
+    the end whatever its loss), logging to folder/metrics.jsonl. Returns the model, normalised on the training pairs,
+    and its record: the seed kept and the steps skipped."""
+    main = runtime.is_main_process()
     guard = FiniteGuard("reward", config.on_nonfinite)
-    last_seed = config.seed + config.restarts
     progress_bar = training_progress(disable=not show_progress or not main)
-    with MetricsLog(stage.out, "reward", enabled=main) as log, progress_bar as progress:
-        for seed in range(config.seed, last_seed + 1):
-            fitted = _fit(config, pairs, seed, log, guard, progress, may_give_up=seed < last_seed)
+    with MetricsLog(folder, "reward", enabled=main) as log, progress_bar as progress:
+        for seed in seeds:
+            fitted = _fit(config, pairs, seed, log, guard, progress, seed != seeds[-1], init_seed)
             if fitted is not None:
                 break
             console.print(
@@ -282,11 +373,76 @@ def _train(config: RewardConfig, stage: Stage, show_progress: bool) -> None:
             "learning rate"
         )
     reward.mean, reward.std = normalisation(reward, pairs)
+    check_finite_weights(reward.model, str(folder / "model"))
+    return reward, {"seed": seed, "skipped_steps": guard.skipped}
+
+
+def _train(config: RewardConfig, stage: Stage, show_progress: bool) -> None:
+    pairs, eval_pairs = stage.inputs["data"], stage.inputs.get("eval_data") or []
+    world = runtime.world_size()
+    if config.batch_size < world:
+        raise ConfigError(f"reward.batch_size ({config.batch_size}) must be at least the {world} processes")
+    if config.num_models > 1:
+        _train_members(config, stage, pairs, eval_pairs, show_progress)
+        return
+    reward, record = _fit_with_restarts(config, pairs, member_seeds(config, 0), None, stage.out, show_progress)
     evaluation = evaluate_reward(reward, eval_pairs) if eval_pairs else {}
-    check_finite_weights(reward.model, str(stage.out / "model"))
-    if main:
+    if runtime.is_main_process():
         save_reward_model(reward, config.backbone, stage.out / "model")
         atomic_write_json(stage.out / "eval.json", evaluation)
         if evaluation:
-            console.print("reward model held-out: " + json.dumps({k: round(v, 4) for k, v in evaluation.items()}))
-    stage.finish({"seed": seed, "skipped_steps": guard.skipped, **evaluation})
+            console.print("reward model held-out: " + describe_evaluation(evaluation))
+    stage.finish({**record, **evaluation})
+
+
+def _train_members(
+    config: RewardConfig,
+    stage: Stage,
+    pairs: list[PreferencePair],
+    eval_pairs: list[PreferencePair],
+    show_progress: bool,
+) -> None:
+    """WARM: K members in members/member-<i>/, each a reward model of its own, trained from one start (the pretrained
+    backbone and member 0's head) with its own seeds for data order and dropout (`member_seeds`); their uniform weight
+    average is the reward model. A member finished before an interruption is kept."""
+    folders = [stage.out / "members" / f"member-{i}" for i in range(config.num_models)]
+    records, init_seed = [], None
+    for i, folder in enumerate(folders):
+        if is_complete(folder):
+            record = read_json(folder / COMPLETE_MARKER)
+        else:
+            seeds = member_seeds(config, i)
+            reward, record = _fit_with_restarts(config, pairs, seeds, init_seed, folder, show_progress)
+            record["init_seed"] = record["seed"] if init_seed is None else init_seed
+            if runtime.is_main_process():
+                save_reward_model(reward, config.backbone, folder / "model")
+                mark_complete(folder, record)
+            del reward
+        init_seed = record["init_seed"]  # member 0's start is every member's
+        records.append(record)
+    evaluation: dict = {}
+    if runtime.is_main_process():  # averaging and evaluating read files: one process does it
+        average = _average(config.backbone, folders, pairs, stage.out / "model")
+        if eval_pairs:
+            members = (RewardModel.load(str(folder / "model")) for folder in folders)  # one in memory at a time
+            evaluation = evaluate_members(average, members, eval_pairs)
+            for i, (record, entry) in enumerate(zip(records, evaluation["members"], strict=True)):
+                entry.update(seed=record["seed"], init_seed=record["init_seed"])
+                console.print(f"reward member {i} held-out: " + describe_evaluation(entry))
+            console.print("reward model (their average) held-out: " + describe_evaluation(evaluation))
+        atomic_write_json(stage.out / "eval.json", evaluation)
+    average_evaluation = {k: v for k, v in evaluation.items() if k != "members"}
+    stage.finish({"members": records, **average_evaluation})
+
+
+def _average(backbone: str, folders: list[Path], pairs: list[PreferencePair], out: Path) -> RewardModel:
+    """The members' uniform weight average, streamed into `out` as `salsa soup` streams a soup, with the normalisation
+    of its own scores (measured as a single model's are)."""
+    from salsa.soup import average_into
+
+    with atomic_dir(out) as tmp:
+        average_into([folder / "model" for folder in folders], tmp)
+        average = RewardModel.load(str(tmp))
+        average.mean, average.std = normalisation(average, pairs)
+        _write_meta(average, backbone, tmp)
+    return average

@@ -34,7 +34,7 @@ from salsa.weights.average import cosine, dot_and_norms, slerp_weights, weighted
 from salsa.weights.checks import check_configs, check_same_tensors, check_tokenizers, tied_names
 from salsa.weights.lora import is_lora_dir, lora_base, merge_lora_ingredient
 from salsa.weights.reader import INDEX_FILE, HashingReader, tensor_index
-from salsa.weights.spec import Merge, parse_size
+from salsa.weights.spec import Merge, parse_size, resolve_merge
 from salsa.weights.stream import TensorEntry, read_tensor, write_streaming
 
 # Files of an ingredient directory that describe the training run, not the model.
@@ -45,7 +45,7 @@ NOT_COPIED = {
 CHUNK_ELEMENTS = 1 << 20
 OUTPUT_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
-__all__ = ["build_soup", "build_soup_from_config"]
+__all__ = ["average_into", "build_soup", "build_soup_from_config"]
 
 
 def build_soup(
@@ -90,16 +90,8 @@ def _build(config: SoupConfig, stage: Stage) -> None:
             merge_lora_ingredient(d, Path(merge_dir) / f"ingredient-{i}") if d in bases else d
             for i, d in enumerate(dirs)
         ]
-        model_config = check_configs(sources)
-        check_tokenizers(sources)
-        skip = tied_names(model_config)
-        indexes = [{k: v for k, v in tensor_index(d).items() if k not in skip} for d in sources]
+        indexes = _mergeable_indexes(sources)
         first = indexes[0]
-        for d, index in zip(sources[1:], indexes[1:], strict=True):
-            check_same_tensors(list(first), {k: v.shape for k, v in first.items()}, index, str(d))
-            for name, entry in index.items():
-                if entry.is_float != first[name].is_float:
-                    raise SoupError(f"{d}: tensor '{name}' is {entry.dtype}, the first model has {first[name].dtype}")
 
         # Digests of files that outlive the soup: the weights read, or a LoRA ingredient's adapter and base.
         recorded = {d: _weight_files(index) for d, index in zip(dirs, indexes, strict=True) if d not in bases}
@@ -115,6 +107,29 @@ def _build(config: SoupConfig, stage: Stage) -> None:
         models = [f"{bases[d]}+{d.resolve()}" if d in bases else str(d.resolve()) for d in dirs]
         atomic_write_text(out / "mergekit.yaml", mergekit_yaml(models, merge, config.dtype or _dtype_name(first)))
     stage.finish({"ingredients": len(dirs)})
+
+
+def average_into(models: Sequence[Path], out: Path) -> None:
+    """The uniform average of model directories streamed into the directory `out`, with the first one's config and
+    tokenizer: a soup without provenance, for a stage that averages models it trained itself (WARM's reward models)."""
+    indexes = _mergeable_indexes(models)
+    _write_merge(indexes, resolve_merge(len(models)), out, None, parse_size("2GB"), hashed=[])
+    _copy_model_files(models[0], out, None)
+
+
+def _mergeable_indexes(sources: Sequence[Path]) -> list[dict[str, TensorEntry]]:
+    """The tensor index of every model, checked for a merge before anything is written: one architecture, one
+    tokenizer vocabulary, the same tensor names, shapes and kinds (a tied output projection is left out)."""
+    skip = tied_names(check_configs(list(sources)))
+    check_tokenizers(list(sources))
+    indexes = [{k: v for k, v in tensor_index(d).items() if k not in skip} for d in sources]
+    first = indexes[0]
+    for d, index in zip(sources[1:], indexes[1:], strict=True):
+        check_same_tensors(list(first), {k: v.shape for k, v in first.items()}, index, str(d))
+        for name, entry in index.items():
+            if entry.is_float != first[name].is_float:
+                raise SoupError(f"{d}: tensor '{name}' is {entry.dtype}, the first model has {first[name].dtype}")
+    return indexes
 
 
 def _provenance(dirs: list[Path], merge: Merge, bases: dict[Path, str], digests: dict[Path, dict[Path, str]]) -> dict:

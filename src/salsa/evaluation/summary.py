@@ -141,21 +141,26 @@ def summarise_judge(judgments: list[dict], config: EvalConfig, stats: dict) -> t
 
 def _policy_means(config: EvalConfig, samples: list[dict], judges: list[str], splits: list[str], stats: dict) -> dict:
     """Each policy's mean score, length and KL (to SFT and the soup) per split, with intervals."""
-    policies = {}
-    for name, paths in config.policies.items():
-        entry: dict = {"paths": list(paths), "splits": {}}
-        for split in splits:
-            entry["splits"][split] = {
-                key: mean_with_interval(_score_matrix(samples, name, split, key), **stats)
-                for key in (*judges, "length")
-            }
-        for ref in ("sft", "soup"):
-            key = f"kl_{ref}"
-            rows = [r for r in samples if r["policy"] == name and key in r]
-            if rows:
-                entry[key] = mean_with_interval(_score_matrix(samples, name, "in_distribution", key), **stats)
-        policies[name] = entry
-    return policies
+    return {
+        name: {"paths": list(paths), **policy_means(samples, name, judges, splits, stats)}
+        for name, paths in config.policies.items()
+    }
+
+
+def policy_means(samples: list[dict], name: str, judges: list[str], splits: list[str], stats: dict) -> dict:
+    """One policy's mean score by each judge and length per split, and its KL to SFT and the soup (in-distribution
+    prompts), with intervals; its rows are those of `samples` whose `policy` is `name`."""
+    entry: dict = {"splits": {}}
+    for split in splits:
+        entry["splits"][split] = {
+            key: mean_with_interval(_score_matrix(samples, name, split, key), **stats) for key in (*judges, "length")
+        }
+    for ref in ("sft", "soup"):
+        key = f"kl_{ref}"
+        rows = [r for r in samples if r["policy"] == name and key in r]
+        if rows:
+            entry[key] = mean_with_interval(_score_matrix(samples, name, "in_distribution", key), **stats)
+    return entry
 
 
 def _comparisons(config: EvalConfig, samples: list[dict], judges: list[str], splits: list[str], stats: dict) -> list:

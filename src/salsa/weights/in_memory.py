@@ -71,13 +71,16 @@ def soup_model(
     weights: Sequence[float] | None = None,
     alpha: float | None = None,
     allow_extrapolation: bool = False,
+    **merge: str | float,
 ) -> torch.nn.Module:
-    """A causal LM holding the in-memory soup of model directories (for references and the reward landscape)."""
+    """A causal LM holding the in-memory soup of model directories (for references, the reward landscape and merge
+    sweeps); `merge` names another method and its parameter as `soup_state_dict` takes them (method, t, eta,
+    expo_alpha)."""
     from salsa.models import load_causal_lm
 
     model = load_causal_lm(str(models[0]))
     missing, unexpected = model.load_state_dict(
-        soup_state_dict(models, weights, alpha, allow_extrapolation), strict=False
+        soup_state_dict(models, weights, alpha, allow_extrapolation, **merge), strict=False
     )
     tied = {"lm_head.weight"} if model.config.tie_word_embeddings else set()
     if set(missing) - tied or unexpected:

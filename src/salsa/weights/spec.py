@@ -64,15 +64,22 @@ def resolve_merge(
     (name,) = METHOD_PARAMETERS[method]
     if given[name] is None:
         raise SoupError(f"soup.method {method} needs soup.{name} (--{name.replace('_', '-')} on the command line)")
-    value = float(given[name])
-    if not math.isfinite(value):
-        raise SoupError(f"soup.{name} must be a finite number, got {value}")
-    if method in ("slerp", "liti") and not 0.0 <= value <= 1.0:
-        raise SoupError(f"soup.{name}={value} lies outside [0, 1]; {method} stays between the two models")
-    if method == "expo" and value <= 0:
-        raise SoupError(f"soup.expo_alpha must be > 0, got {value} (to move back towards the first model, use liti)")
+    value = check_parameter(method, given[name], f"soup.{name}")
     linear_weights = {"slerp": None, "expo": [-value, 1.0 + value], "liti": [1.0 - value, value]}[method]
     return Merge(method, {name: value}, linear_weights)
+
+
+def check_parameter(method: str, value: float, where: str) -> float:
+    """The parameter of a two-model merge, checked: finite; slerp's t and liti's eta in [0, 1]; expo's alpha > 0.
+    `where` names the setting in the messages (soup.eta, say)."""
+    value = float(value)
+    if not math.isfinite(value):
+        raise SoupError(f"{where} must be a finite number, got {value}")
+    if method in ("slerp", "liti") and not 0.0 <= value <= 1.0:
+        raise SoupError(f"{where}={value} lies outside [0, 1]; {method} stays between the two models")
+    if method == "expo" and value <= 0:
+        raise SoupError(f"{where} must be > 0, got {value} (to move back towards the first model, use liti)")
+    return value
 
 
 def soup_weights(
