@@ -10,6 +10,7 @@ every process holds a replica and the update averages the gradients (`runtime.av
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import torch
@@ -81,13 +82,22 @@ class Learner:
         function alone, also when its head sits on the policy's trunk.
         """
         args = (rollout.sequences[rows], rollout.attention_mask[rows], rollout.prompt_length, self.config.temperature)
-        with torch.no_grad() if value_only else torch.enable_grad():
+        with torch.no_grad() if value_only else contextlib.nullcontext():
             out = response_forward(self.policy, *args, with_entropy=with_entropy)
         values = None
         if self.value_head is not None:
             hidden = out.hidden if self.critic is None else response_forward(self.critic, *args).hidden
             values = self.value_head(hidden.detach() if value_only and self.critic is None else hidden)
         return out.logprobs, values, out.entropy
+
+    @torch.no_grad()
+    def measure(self, rollout, chunk: int) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        """`evaluate` of every response of the rollout without gradients, `chunk` rows at a time: the memory of a
+        forward pass then does not grow with the rollout (the logits alone are rows x length x vocabulary)."""
+        parts = [self.evaluate(rollout, torch.arange(start, min(start + chunk, len(rollout.rows))), with_entropy=True)
+                 for start in range(0, len(rollout.rows), chunk)]  # fmt: skip
+        logprobs, values, entropy = zip(*parts, strict=True)
+        return torch.cat(logprobs), None if values[0] is None else torch.cat(values), torch.cat(entropy)
 
     def weights(self) -> dict[str, torch.Tensor]:
         """The trained tensors, whole (gathered from the shards: every process calls this), by name."""

@@ -61,7 +61,7 @@ from salsa.rl.core import (
 from salsa.rl.learner import Learner
 from salsa.rl.policy import fresh_policy
 from salsa.rl.reference import Reference, load_reference, reference_dir
-from salsa.rl.rollout import RewardFn, Rollout, collect_rollout
+from salsa.rl.rollout import RewardFn, Rollout, chunk_rows, collect_rollout
 from salsa.rl.snapshots import save_snapshot
 from salsa.scoring import gold_reward, reward_function
 from salsa.seeding import batch_stream, derive_seed, generator
@@ -124,8 +124,11 @@ def rl_update(
     local_index = {row: i for i, row in enumerate(rollout.rows)}
     fused = config.ppo_epochs == 1 and config.minibatch_size >= n_global and not value_only
     dtype = runtime.compute_dtype(config.mixed_precision)
-    with runtime.autocast(dtype), torch.enable_grad() if fused else torch.no_grad():
-        live_logp, live_values, entropy = learner.evaluate(rollout, torch.arange(n_local), with_entropy=True)
+    with runtime.autocast(dtype):
+        if fused:  # the one minibatch is the whole rollout: this pass is also the training pass
+            live_logp, live_values, entropy = learner.evaluate(rollout, torch.arange(n_local), with_entropy=True)
+        else:
+            live_logp, live_values, entropy = learner.measure(rollout, chunk_rows(config))
     old_logp = live_logp.detach()
     old_values = live_values.detach() if live_values is not None else None
     mask = rollout.mask

@@ -69,11 +69,30 @@ def collect_rollout(
         eos = torch.tensor(sorted(eos_token_ids(learner.policy, tokenizer)), device=device)
         ended = torch.isin(sample.sequences[:, sample.prompt_length :], eos).any(1)
         scores = scores - config.missing_eos_penalty * (~ended).float()
-    args = (sample.sequences, sample.attention_mask, sample.prompt_length, config.temperature)
-    ref_logprobs = reference.logprobs(*args) if reference is not None else None
-    sft_logprobs = response_forward(sft_model, *args).logprobs if sft_model is not None else None
+    # The frozen models score the responses a minibatch of whole prompts at a time (bounded memory).
+    chunk = chunk_rows(config)
+    ref_logprobs = _in_chunks(reference.logprobs, sample, config, chunk) if reference is not None else None
+    sft_logprobs = None
+    if sft_model is not None:
+        sft_logprobs = _in_chunks(lambda *a: response_forward(sft_model, *a).logprobs, sample, config, chunk)
     gold = [gold_fn(prompt_text(p), r) for p, r in zip(texts, sample.responses, strict=True)] if gold_fn else None
     return Rollout(
         texts, sample.responses, rows, sample.sequences, sample.attention_mask, sample.prompt_length, sample.mask,
         scores, gold, ref_logprobs, sft_logprobs,
     )  # fmt: skip
+
+
+def chunk_rows(config: RLConfig) -> int:
+    """Rows per forward pass without gradients: a minibatch, rounded up to whole prompts (their samples share the
+    prompt's pass)."""
+    k = config.samples_per_prompt
+    return max(k, -(-config.minibatch_size // k) * k)
+
+
+def _in_chunks(logprobs, sample, config: RLConfig, chunk: int) -> torch.Tensor:
+    """`logprobs(sequences, attention_mask, prompt_length, temperature)` of the sample's rows, a chunk at a time."""
+    return torch.cat([
+        logprobs(sample.sequences[i : i + chunk], sample.attention_mask[i : i + chunk], sample.prompt_length,
+                 config.temperature)
+        for i in range(0, len(sample.sequences), chunk)
+    ])  # fmt: skip
