@@ -222,7 +222,8 @@ def test_a_soup_as_init_is_the_soup_reference(tmp_path, tokenizer, prompts_file,
     reward = str(Path(__file__).parent / "rewards.py") + ":length"
     command = ["rl", "--init", "runs/x/soup", "--reference", "soup", "--reward-model", reward, "-q", "--steps", "2",
                "--set", f"prompts={prompts_file}", "--set", "prompts_per_step=4", "--set", "max_new_tokens=6",
-               "--set", "task=null", "--set", "learning_rate=1e-2", "--set", "kl_coef=1.0"]  # fmt: skip
+               "--set", "task=null", "--set", "learning_rate=1e-2", "--set", "kl_coef=1.0",
+               "--set", "value_warmup_steps=0"]  # fmt: skip
     assert _salsa(*command, "--output-dir", "runs/rl-salsa") == 0, capfd.readouterr().err
     assert _salsa(*command, "--reference-model", "runs/x/soup", "--output-dir", "runs/rl-explicit") == 0
     implicit, explicit = (_metrics(tmp_path / f"runs/{run}/final") for run in ("rl-salsa", "rl-explicit"))

@@ -137,13 +137,13 @@ def test_dpo_loss_and_adaptive_kl():
 
 
 def test_ema_update_moves_the_reference_a_fraction_towards_the_policy():
-    from salsa.rl.reference import ema_update
+    from salsa.rl.reference import move_towards
 
     reference, policy = torch.nn.Linear(2, 1, bias=False), torch.nn.Linear(2, 1, bias=False)
     with torch.no_grad():
         reference.weight.copy_(torch.tensor([[1.0, 2.0]]))
         policy.weight.copy_(torch.tensor([[3.0, -2.0]]))
-    ema_update(reference, policy, decay=0.9)
+    move_towards(reference, policy, weight=0.1)  # an EMA step with decay 0.9
     # 0.9 * reference + 0.1 * policy, not the other way round
     assert reference.weight.tolist() == [pytest.approx([1.2, 1.6])]
     assert policy.weight.tolist() == [[3.0, -2.0]]

@@ -30,11 +30,14 @@ def test_counterpart_swaps_the_requested_sentiment():
 
 
 def test_other_subject_asks_the_same_about_another_subject_of_the_split():
-    prompt = reviews.make_prompt("a sushi bar", "negative", reviews.TEMPLATES[2])
+    train = [phrase for phrase, _ in reviews.SPLITS["train"][0]]
+    prompt = reviews.make_prompt(train[3], "negative", reviews.TEMPLATES[2])
     other = reviews.other_subject(prompt)
-    assert other == reviews.make_prompt("a laptop backpack", "negative", reviews.TEMPLATES[2])
-    last = reviews.make_prompt(reviews.TRAIN_SUBJECTS[-1][0], "positive")
-    assert reviews.other_subject(last) == reviews.make_prompt(reviews.TRAIN_SUBJECTS[0][0], "positive")
+    assert other == reviews.make_prompt(train[4], "negative", reviews.TEMPLATES[2])
+    last = reviews.make_prompt(train[-1], "positive")
+    assert reviews.other_subject(last) == reviews.make_prompt(train[0], "positive")
+    dev = [phrase for phrase, _ in reviews.DEV_SUBJECTS]  # a dev subject's other subject is a dev subject
+    assert reviews.other_subject(reviews.make_prompt(dev[0], "positive")) == reviews.make_prompt(dev[1], "positive")
     # An answer about the other subject earns no sentiment credit under the original prompt.
     assert reviews.gold_score(prompt, "The laptop backpack was awful, flimsy and badly stitched.") == 0.0
     assert reviews.other_subject("Tell me a joke.") is None

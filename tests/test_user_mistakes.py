@@ -323,7 +323,11 @@ CASES = [
     ("rl-negative-kl", ["rl", "--set", "kl_coef=-0.1"], r"rl.kl_coef must be >= 0, got -0.1"),
     ("rl-lr-zero", ["rl", "--set", "learning_rate=0"], r"rl.learning_rate must be > 0, got 0.0"),
     ("rl-lr-negative", ["rl", "--set", "learning_rate=-1e-5"], r"rl.learning_rate must be > 0, got -1e-05"),
-    ("rl-rloo-one-sample", ["rl", "--algorithm", "rloo"], r"rl.samples_per_prompt must be >= 2 for rloo, got 1"),
+    (
+        "rl-rloo-one-sample",
+        ["rl", "--algorithm", "rloo", "--set", "samples_per_prompt=1"],
+        r"rl.samples_per_prompt must be >= 2 for rloo, got 1",
+    ),
     ("rl-algorithm", ["rl", "--algorithm", "a2c"], r"rl.algorithm must be one of ppo, rloo, grpo, dpo"),
     ("rl-temperature", ["rl", "--set", "temperature=0"], r"rl.temperature must be > 0"),
     ("rl-value-head", ["rl", "--set", "value_head=tied"], r"rl.value_head must be one of shared, separate"),

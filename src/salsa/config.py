@@ -284,13 +284,13 @@ class RLConfig:
         "that is depends on the machine), then save the final policy as usual; null: run every step",
         check=above(0),
     )  # fmt: skip
-    prompts_per_step: int = option(16, "prompts per iteration", check=at_least(1))
-    samples_per_prompt: int = option(1, "completions per prompt (rloo/grpo need >= 2)", check=at_least(1))
+    prompts_per_step: int = option(32, "prompts per iteration", check=at_least(1))
+    samples_per_prompt: int = option(2, "completions per prompt (rloo/grpo need >= 2)", check=at_least(1))
     max_new_tokens: int = option(40, "longest response", check=at_least(1))
     temperature: float = option(1.0, "sampling temperature (log-probs use the same temperature)", check=above(0))
     learning_rate: float = option(1e-5, "AdamW learning rate of the policy (constant)", check=above(0))
     value_learning_rate: float = option(
-        1e-4, "ppo: AdamW learning rate of the value function (the value head; with value_head separate also the "
+        1e-3, "ppo: AdamW learning rate of the value function (the value head; with value_head separate also the "
         "critic model); the value head starts untrained and must move much further than the policy",
         check=above(0),
     )  # fmt: skip
@@ -300,14 +300,15 @@ class RLConfig:
         check=one_of("zero", "reward_model"),
     )  # fmt: skip
     value_warmup_steps: int = option(
-        0, "ppo: the first N steps train only the value function on the rollouts (the policy does not move); they "
-        "count in steps", check=at_least(0),
+        2, "ppo: the first N steps train only the value function on the rollouts (the policy does not move); they "
+        "count in steps, and at most steps - 1 of them are warm-up, so that a short run still moves the policy",
+        check=at_least(0),
     )  # fmt: skip
     ppo_epochs: int = option(
-        4, "PPO's epochs over each rollout (as TRL's PPO); 1 with one minibatch is a single policy-gradient step "
+        1, "PPO's epochs over each rollout (TRL's PPO: 4); 1 with one minibatch is a single policy-gradient step "
         "that reuses the rollout's forward pass (fast; the ratio is 1, so clipping never acts)", check=at_least(1),
     )  # fmt: skip
-    minibatch_size: int = option(16, "sequences per gradient step within a rollout (global)", check=at_least(1))
+    minibatch_size: int = option(32, "sequences per gradient step within a rollout (global)", check=at_least(1))
     clip_range: float = option(0.2, "PPO ratio clip epsilon", check=above(0))
     value_clip_range: float = option(0.2, "value clip epsilon", check=above(0))
     vf_coef: float = option(0.1, "value loss weight", check=at_least(0))
@@ -353,6 +354,11 @@ class RLConfig:
     sharding: str = option("none", SHARDING_HELP, check=one_of(*SHARDINGS))
     on_nonfinite: str = option("stop", NONFINITE_HELP, check=one_of("stop", "skip"))
 
+    @property
+    def warmup_steps(self) -> int:
+        """The steps that train the value function alone: value_warmup_steps, leaving at least one policy step."""
+        return min(self.value_warmup_steps, self.steps - 1) if self.algorithm == "ppo" else 0
+
     def check(self) -> None:
         if self.algorithm in ("rloo", "grpo") and self.samples_per_prompt < 2:
             raise ConfigError(f"rl.samples_per_prompt must be >= 2 for {self.algorithm}, got {self.samples_per_prompt}")
@@ -389,11 +395,6 @@ class RLConfig:
             raise ConfigError(
                 "rl.value_init reward_model starts the critic from the reward model, which needs its own critic: set "
                 "rl.value_head to separate"
-            )
-        if self.value_warmup_steps >= self.steps and self.algorithm == "ppo":
-            raise ConfigError(
-                f"rl.value_warmup_steps ({self.value_warmup_steps}) leaves no step of rl.steps ({self.steps}) that "
-                "moves the policy"
             )
         if self.reference_model and self.reference in ("ema", "none"):
             raise ConfigError(

@@ -335,7 +335,7 @@ def _run(config: RLConfig, stage: Stage, reward_fn: RewardFn | None, show_progre
             stats = {}
             if guard.ok(step, reward=rollout.scores):
                 order = generator(config.seed, "minibatch", step)
-                value_only = config.algorithm == "ppo" and step <= config.value_warmup_steps
+                value_only = step <= config.warmup_steps
                 stats = rl_update(learner, rollout, config, optimizer, beta, order, guard, step, value_only)
             record = _record(step, rollout, stats, beta, started, models.reference_is_sft, guard.skipped)
             record["elapsed_s"] = time.perf_counter() - began
