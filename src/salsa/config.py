@@ -278,7 +278,7 @@ class RLConfig:
     task: str | None = option("reviews", "built-in task whose gold judge is logged; null for none", check=known_task)
     output_dir: str = option("runs/rl", "checkpoints/, snapshots/, metrics.jsonl, tensorboard/, final/")
     seed: int = option(0, "seed of prompt order, sampling and initialisation")
-    steps: int = option(30, "RL iterations (rollout + update); dpo: optimizer steps", check=at_least(1))
+    steps: int = option(24, "RL iterations (rollout + update); dpo: optimizer steps", check=at_least(1))
     max_minutes: float | None = option(
         None, "stop at the first step that ends after this much training time (a wall-clock budget; how many steps "
         "that is depends on the machine), then save the final policy as usual; null: run every step",
