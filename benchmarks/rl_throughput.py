@@ -3,12 +3,12 @@
 Same model (the default SmolLM2-135M-Instruct, fp32 on a CPU), same prompts (the built-in task's train
 prompts through the chat template), 16 completions per step (4 prompts x 4 samples) of at most 32 new
 tokens at temperature 1, the same reward function (the task's gold judge), a KL penalty against a frozen
-copy of the initial model (beta 0.05), one optimisation pass per rollout (salsa's `ppo_epochs: 1`; a last row runs
-salsa's default PPO, 4 epochs per rollout, which is not like for like). Processed tokens are prompt plus
-completion tokens (no padding) per step; the first --warmup steps of each are not timed. salsa also runs
-with LoRA adapters (r 16 on every linear layer) in place of full-weight updates. TRL's trainers turn on
-gradient checkpointing by default (it saves GPU memory and costs a second forward pass); its RLOOTrainer
-also runs without it, and the ratios are taken against the faster TRL run.
+copy of the initial model (beta 0.05), one optimisation pass per rollout (salsa's default `ppo_epochs: 1`, no
+value warm-up; a last row runs PPO with 4 epochs per rollout, TRL's former PPOTrainer's setting, which is not like
+for like). Processed tokens are prompt plus completion tokens (no padding) per step; the first --warmup steps of
+each are not timed. salsa also runs with LoRA adapters (r 16 on every linear layer) in place of full-weight
+updates. TRL's trainers turn on gradient checkpointing by default (it saves GPU memory and costs a second forward
+pass); its RLOOTrainer also runs without it, and the ratios are taken against the faster TRL run.
 
     .venv/bin/python benchmarks/rl_throughput.py [--steps 3] [--warmup 1]
 """
@@ -45,7 +45,7 @@ def salsa_run(
         steps=args.warmup + args.steps, ppo_epochs=ppo_epochs,
         prompts_per_step=PROMPTS_PER_STEP,
         samples_per_prompt=SAMPLES, max_new_tokens=NEW_TOKENS, kl_coef=BETA, minibatch_size=PROMPTS_PER_STEP * SAMPLES,
-        save_steps=0, learning_rate=1e-6, use_lora=use_lora,
+        save_steps=0, learning_rate=1e-6, use_lora=use_lora, value_warmup_steps=0,
     )  # fmt: skip
     final = train_rl(cfg, show_progress=False, reward_fn=lambda p, r: torch.tensor(gold_reward(p, r)))
     records = [json.loads(line) for line in (final.parent / "metrics.jsonl").read_text().splitlines()][args.warmup :]
@@ -123,7 +123,7 @@ def main() -> None:
         results["salsa ppo"] = salsa_run("ppo", args, workdir, prompts_file)
         results["salsa rloo, LoRA"] = salsa_run("rloo", args, workdir, prompts_file, use_lora=True)
         results["salsa ppo, LoRA"] = salsa_run("ppo", args, workdir, prompts_file, use_lora=True)
-        # salsa's default PPO: 4 epochs over each rollout (not like-for-like with the one-pass rows above)
+        # PPO with 4 epochs over each rollout, as TRL's former PPOTrainer (not like-for-like with the rows above)
         results["salsa ppo, 4 epochs"] = salsa_run("ppo", args, workdir, prompts_file, ppo_epochs=4)
     print(f"{PROMPTS_PER_STEP * SAMPLES} completions of <= {NEW_TOKENS} tokens per step, {args.steps} timed steps")
     for name, value in results.items():
@@ -136,7 +136,7 @@ def main() -> None:
     lora = [results[f"salsa {a}, LoRA"] / results[f"salsa {a}"] for a in ("rloo", "ppo")]
     print(f"LoRA (r 16, all linear layers) / full weights in salsa: rloo {lora[0]:.2f}x   ppo {lora[1]:.2f}x")
     epochs = results["salsa ppo, 4 epochs"] / results["salsa ppo"]
-    print(f"salsa's default PPO (4 epochs per rollout) / one pass: {epochs:.2f}x")
+    print(f"salsa PPO with 4 epochs per rollout / one pass (the default): {epochs:.2f}x")
 
 
 if __name__ == "__main__":
