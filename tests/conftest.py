@@ -25,6 +25,23 @@ def tiny_model_dir(tmp_path_factory, tokenizer):
     return save_tiny_model(tmp_path_factory.mktemp("tiny") / "base", tokenizer, seed=0)
 
 
+@pytest.fixture(scope="session")
+def sampled_token_counts(tokenizer):
+    """count(model_dir, prompts): how often each token appears in the model's samples (8 per prompt, 8 new tokens
+    each); a rule reward built on the frequent ones is one the model can learn to earn more of."""
+    from collections import Counter
+
+    from salsa.generation import sample_responses
+    from salsa.models import load_causal_lm
+
+    def count(model_dir, prompts) -> Counter:
+        model = load_causal_lm(str(model_dir))
+        samples = sample_responses(model, tokenizer, prompts, num_samples=8, max_new_tokens=8)
+        return Counter(t for rs in samples for r in rs for t in tokenizer.encode(r, add_special_tokens=False))
+
+    return count
+
+
 @pytest.fixture()
 def tiny_sft_config(tiny_model_dir, tmp_path):
     from salsa import SFTConfig

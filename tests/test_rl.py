@@ -3,7 +3,6 @@
 import dataclasses
 import json
 import sys
-from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -12,7 +11,7 @@ from safetensors.torch import load_file
 
 from salsa.config import RLConfig
 from salsa.errors import ConfigError
-from salsa.generation import encode_prompts, generate, left_pad, position_ids, response_mask, sample_responses
+from salsa.generation import encode_prompts, generate, left_pad, position_ids, response_mask
 from salsa.models import load_causal_lm, save_tiny_model
 from salsa.rl.policy import response_forward
 from salsa.rl.ppo import train_rl
@@ -31,11 +30,9 @@ def peaked_model(tmp_path_factory, tokenizer):
 
 
 @pytest.fixture(scope="module")
-def token_reward(peaked_model, tokenizer):
+def token_reward(peaked_model, tokenizer, sampled_token_counts):
     """A simple reward: how often the response contains the token the model emits most at the start."""
-    model = load_causal_lm(str(peaked_model))
-    samples = sample_responses(model, tokenizer, PROMPTS, num_samples=8, max_new_tokens=8)
-    counts = Counter(t for rs in samples for r in rs for t in tokenizer.encode(r, add_special_tokens=False))
+    counts = sampled_token_counts(peaked_model, PROMPTS)
     target = tokenizer.decode([counts.most_common(1)[0][0]])
     return lambda prompts, responses: torch.tensor([10 * r.count(target) / 8 for r in responses])
 

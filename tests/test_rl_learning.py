@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+from workers import length_reward  # a reward that varies on a tiny random model, whose gold score does not
 
 from salsa.config import RLConfig
 from salsa.errors import ConfigError, SalsaError
@@ -28,11 +29,6 @@ def _config(base, out, **overrides):
     settings = dict(init=str(base / "tiny"), prompts=str(base / "prompts.jsonl"), output_dir=str(out), steps=2,
                     prompts_per_step=4, max_new_tokens=6, save_steps=0, normalisation_samples=8)  # fmt: skip
     return RLConfig(**{**settings, **overrides})
-
-
-def length_reward(prompts, responses):
-    """A reward that varies on a tiny random model (whose gold score is the same for every response)."""
-    return torch.tensor([len(r) / 10 for r in responses])
 
 
 def _records(final):
@@ -140,18 +136,6 @@ def test_the_critic_can_start_as_the_reward_model(base, tmp_path):
         train_rl(dataclasses.replace(config, value_head="shared"), show_progress=False)
 
 
-def _frequent_tokens(model_dir, tokenizer) -> set[int]:
-    """Every other of the six tokens the model samples most often: a reward it can learn to earn more of."""
-    from collections import Counter
-
-    from salsa.generation import sample_responses
-    from salsa.models import load_causal_lm
-
-    samples = sample_responses(load_causal_lm(str(model_dir)), tokenizer, PROMPTS, num_samples=8, max_new_tokens=8)
-    ids = Counter(t for rs in samples for r in rs for t in tokenizer.encode(r, add_special_tokens=False))
-    return {token for token, _ in ids.most_common(6)[1::2]}
-
-
 def _token_reward(tokenizer, targets):
     def reward(prompts, responses):
         shares = []
@@ -163,12 +147,19 @@ def _token_reward(tokenizer, targets):
     return reward
 
 
-def test_at_the_default_critic_settings_the_critic_explains_the_returns(base, tmp_path, tokenizer):
+def _frequent_tokens(counts) -> set[int]:
+    """Every other of the six tokens sampled most often: a reward the model can learn to earn more of."""
+    return {token for token, _ in counts.most_common(6)[1::2]}
+
+
+def test_at_the_default_critic_settings_the_critic_explains_the_returns(
+    base, tmp_path, tokenizer, sampled_token_counts
+):
     """The value function's defaults (learning rate, warm-up, the reward's normalisation) at the default model's
     width: a value head's output moves by about learning rate x width per Adam step, so a narrower model would
     need a larger rate. With the critic's learning rate near zero its explained variance stays at 0."""
     wide = save_tiny_model(tmp_path / "wide", tokenizer, seed=0, initializer_range=1.0, hidden_size=576, num_layers=1)
-    reward = _token_reward(tokenizer, _frequent_tokens(wide, tokenizer))
+    reward = _token_reward(tokenizer, _frequent_tokens(sampled_token_counts(wide, PROMPTS)))
     config = RLConfig(init=str(wide), prompts=str(base / "prompts.jsonl"), output_dir=str(tmp_path / "rl"), steps=10,
                       prompts_per_step=8, samples_per_prompt=4, max_new_tokens=8, save_steps=0, task=None)  # fmt: skip
     defaults = RLConfig()
@@ -179,9 +170,9 @@ def test_at_the_default_critic_settings_the_critic_explains_the_returns(base, tm
     assert sum(explained[-3:]) / 3 > 0.2, explained
 
 
-def test_at_the_default_settings_ppo_earns_more_of_a_learnable_reward(base, tmp_path, tokenizer):
+def test_at_the_default_settings_ppo_earns_more_of_a_learnable_reward(base, tmp_path, tokenizer, sampled_token_counts):
     """Every setting at its default but the policy's learning rate, scaled up for a model of width 32."""
-    reward = _token_reward(tokenizer, _frequent_tokens(base / "tiny", tokenizer))
+    reward = _token_reward(tokenizer, _frequent_tokens(sampled_token_counts(base / "tiny", PROMPTS)))
     config = RLConfig(init=str(base / "tiny"), prompts=str(base / "prompts.jsonl"), output_dir=str(tmp_path / "rl"),
                       steps=20, prompts_per_step=8, samples_per_prompt=4, max_new_tokens=8, save_steps=0, task=None,
                       learning_rate=1e-3)  # fmt: skip
