@@ -1,15 +1,17 @@
 """Does PPO at salsa's defaults learn? One run at the defaults, then held-out gold against its SFT model.
 
 From the default pipeline's SFT model (`--run` holds data/, sft/sft-0 and reward/model, as `salsa run` writes them),
-one PPO run with every RL setting at its default except the reward (`--reward gold`: the task's gold judge, the
-control that tells "RL cannot optimise" from "the reward model is a poor proxy"; `--reward model`: the reward model)
-and the seed. Then the final policy and the SFT model answer the held-out in-distribution evaluation prompts
-(8 responses per prompt at temperature 0.7, the same seeds for both), and the script prints one JSON line: the
-training time, the mean gold of each, the paired gold and reward differences with 95% bootstrap intervals, the KL
-to SFT, the critic's explained variance over the middle third of the run and the rollouts' gold at the start and
-over the last three steps.
+one PPO run with every RL setting at its default except the reward and the seed. The reward is `--reward gold` (the
+task's gold judge: the control that tells "RL cannot optimise" from "the reward model is a poor proxy"), `--reward
+model` (the run's reward model) or `--reward PATH` (any other reward model, such as a WARM average or one of its
+members). Then the final policy and the SFT model answer the held-out in-distribution evaluation prompts (8 responses
+per prompt at temperature 0.7, the same seeds for both), and the script prints one JSON line: the training time, the
+mean gold of each, the paired gold and reward differences with 95% bootstrap intervals (reward: the run's reward
+model), the KL to SFT, the critic's explained variance over the middle third of the run, the rollouts' gold at the
+start and over the last three steps, and the training curve (rollout gold against KL to SFT every fourth step).
 
     .venv/bin/python benchmarks/rl_defaults.py --run runs/salsa --reward gold --seed 0
+    .venv/bin/python benchmarks/rl_defaults.py --run runs/salsa --reward runs/salsa/reward-warm3/model --name warm
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ from pathlib import Path
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run", type=Path, required=True, help="a run directory with data/, sft/sft-0, reward/model")
-    parser.add_argument("--reward", choices=("gold", "model"), default="gold")
+    parser.add_argument("--reward", default="gold", help="gold, model (the run's reward/model) or a reward model path")
+    parser.add_argument("--name", help="the output folder's prefix (default: the --reward value, or the path's name)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("runs/rl-defaults"))
     args = parser.parse_args()
@@ -32,9 +35,11 @@ def main() -> None:
     from salsa.rl.ppo import train_rl
 
     sft, reward_model = args.run / "sft/sft-0", args.run / "reward/model"
-    out = args.out / f"{args.reward}-seed-{args.seed}"
+    training_reward = {"gold": "gold", "model": str(reward_model)}.get(args.reward, args.reward)
+    name = args.name or (args.reward if args.reward in ("gold", "model") else Path(args.reward).name)
+    out = args.out / f"{name}-seed-{args.seed}"
     rl = RLConfig(
-        init=str(sft), reward_model="gold" if args.reward == "gold" else str(reward_model), seed=args.seed,
+        init=str(sft), reward_model=training_reward, seed=args.seed,
         prompts=str(args.run / "data/prompts_train.jsonl"), output_dir=str(out / "rl"), save_steps=0,
     )  # fmt: skip
     final = train_rl(rl, show_progress=False)
@@ -55,11 +60,12 @@ def main() -> None:
     )
     results = json.loads((out / "eval/results.json").read_text())
     metrics = [json.loads(line) for line in (out / "rl/metrics.jsonl").read_text().splitlines()]
-    in_distribution = {name: p["splits"]["in_distribution"]["gold"]["mean"] for name, p in results["policies"].items()}
+    policies = results["policies"]
+    in_distribution = {policy: p["splits"]["in_distribution"]["gold"]["mean"] for policy, p in policies.items()}
     line = {
-        "reward": args.reward, "seed": args.seed, "train_minutes": round(metrics[-1]["elapsed_s"] / 60, 1),
+        "reward": name, "seed": args.seed, "train_minutes": round(metrics[-1]["elapsed_s"] / 60, 1),
         "sft_gold": round(in_distribution["sft"], 3), "rl_gold": round(in_distribution["rl"], 3),
-        "kl_sft": round(results["policies"]["rl"]["kl_sft"]["mean"], 2),
+        "kl_sft": round(policies["rl"]["kl_sft"]["mean"], 2),
     }  # fmt: skip
     for c in results["comparisons"]:
         line[f"{c['judge']}_difference"] = [
@@ -73,6 +79,8 @@ def main() -> None:
         round(metrics[0]["gold"], 3),
         round(sum(m["gold"] for m in metrics[-3:]) / 3, 3),
     ]
+    curve = sorted({*range(0, len(metrics), 4), len(metrics) - 1})
+    line["gold_vs_kl"] = [[round(metrics[i]["kl_sft"], 2), round(metrics[i]["gold"], 3)] for i in curve]
     print(json.dumps(line))
 
 
