@@ -12,6 +12,13 @@ start and over the last three steps, and the training curve (rollout gold agains
 
     .venv/bin/python benchmarks/rl_defaults.py --run runs/salsa --reward gold --seed 0
     .venv/bin/python benchmarks/rl_defaults.py --run runs/salsa --reward runs/salsa/reward-warm3/model --name warm
+
+`--pool` reads the evaluations of several such runs (their output folders, one seed each) and prints the gold gain
+over SFT pooled over the seeds: the mean, its percentile-bootstrap interval over seeds and prompts together (salsa's
+`compare`, as `salsa eval` computes it for several seeds), the per-seed means and the seed-level tests (t-test, exact
+sign-flip permutation test, minimum detectable effect).
+
+    .venv/bin/python benchmarks/rl_defaults.py --pool runs/rl-defaults/gold-seed-0 runs/rl-defaults/gold-seed-1 ...
 """
 
 from __future__ import annotations
@@ -23,12 +30,18 @@ from pathlib import Path
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--run", type=Path, required=True, help="a run directory with data/, sft/sft-0, reward/model")
+    parser.add_argument("--run", type=Path, help="a run directory with data/, sft/sft-0, reward/model")
+    parser.add_argument("--pool", type=Path, nargs="+", help="output folders of runs of this script, one seed each")
     parser.add_argument("--reward", default="gold", help="gold, model (the run's reward/model) or a reward model path")
     parser.add_argument("--name", help="the output folder's prefix (default: the --reward value, or the path's name)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("runs/rl-defaults"))
     args = parser.parse_args()
+    if args.pool:
+        print(json.dumps(pooled(args.pool)))
+        return
+    if args.run is None:
+        parser.error("give --run (or --pool)")
 
     from salsa.config import EvalConfig, RLConfig
     from salsa.evaluate import evaluate
@@ -82,6 +95,32 @@ def main() -> None:
     curve = sorted({*range(0, len(metrics), 4), len(metrics) - 1})
     line["gold_vs_kl"] = [[round(metrics[i]["kl_sft"], 2), round(metrics[i]["gold"], 3)] for i in curve]
     print(json.dumps(line))
+
+
+def pooled(folders: list[Path]) -> dict:
+    """Held-out gold of the RL policy minus SFT's over several runs' evaluations, seeds and prompts pooled."""
+    import numpy as np
+
+    from salsa.evaluation.stats import compare, seed_level_test
+
+    def per_prompt(folder: Path, policy: str) -> list[float]:
+        rows = [json.loads(line) for line in (folder / "eval/samples.jsonl").read_text().splitlines()]
+        scores: dict[int, list[float]] = {}
+        for row in rows:
+            if row["policy"] == policy and row["split"] == "in_distribution":
+                scores.setdefault(row["index"], []).append(row["gold"])
+        return [float(np.mean(scores[i])) for i in sorted(scores)]
+
+    rl = np.array([per_prompt(f, "rl") for f in folders])
+    sft = np.array([per_prompt(f, "sft") for f in folders])
+    both = compare(rl, sft)
+    tests = seed_level_test(rl, sft)
+    return {
+        "seeds": len(folders), "prompts": rl.shape[1], "gold_difference": round(both["mean_difference"], 3),
+        "ci": [round(x, 3) for x in both["ci"]["mean_difference"]],
+        "per_seed": [round(x, 3) for x in tests["per_seed"]], "t_p": tests["t_p"],
+        "permutation_p": tests["permutation_p"], "mde": tests["mde"],
+    }  # fmt: skip
 
 
 if __name__ == "__main__":

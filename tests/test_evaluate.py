@@ -339,6 +339,28 @@ def test_the_report_says_whether_rl_improved_on_sft_by_the_difference_interval(i
     assert f"[{interval[0]:+.3f}, {interval[1]:+.3f}]" in sentences[0]
 
 
+def test_over_optimisation_begins_where_gold_falls_from_its_peak_while_the_reward_does_not():
+    from salsa.evaluation.matched import over_optimisation, over_optimisation_by_policy
+    from salsa.report import over_optimisation_text
+
+    kl = [0.0, 1.0, 2.0, 3.0, 4.0]
+    rising = {"kl_sft": kl, "gold": [0.4, 0.5, 0.6, 0.55, 0.52], "reward": [0.0, 0.1, 0.2, 0.3, 0.35]}
+    found = over_optimisation(rising)
+    # By hand: gold peaks after update 2 (0.6, at 2 nats) and ends 0.08 below it (> 0.05) while the reward rose.
+    assert found["step"] == 2 and found["kl_sft"] == 2.0 and found["gold_peak"] == 0.6 and found["began"]
+    assert found["gold_end"] == 0.52 and found["reward_peak"] == 0.2 and found["reward_end"] == 0.35
+    # The reward fell with gold (the proxy did not mislead): not over-optimisation; nor a dip within 0.05.
+    assert not over_optimisation({**rising, "reward": [0.0, 0.1, 0.2, 0.15, 0.1]})["began"]
+    assert not over_optimisation({**rising, "gold": [0.4, 0.5, 0.6, 0.58, 0.56]})["began"]
+    assert over_optimisation({"kl_sft": kl, "reward": rising["reward"]}) is None
+    # A run trained on the gold judge has no proxy to over-optimise.
+    by_policy = over_optimisation_by_policy({"ppo": rising, "control": rising}, {"ppo": "rm", "control": "gold judge"})
+    assert set(by_policy) == {"ppo"}
+    text = over_optimisation_text({"over_optimisation": by_policy})
+    assert "ppo: gold peaked at 0.600 after update 2 (2.00 nats from SFT) and ended at 0.520" in text
+    assert "over-optimisation began there" in text and over_optimisation_text({"over_optimisation": {}}) is None
+
+
 def _health_rows(kl_between: float) -> list[dict]:
     """Two ingredients and the soup on 3 prompts x 2 samples; ingredient-0 scores 0.2 above the soup everywhere."""
     from salsa.evaluation.soup_health import member_names

@@ -140,6 +140,7 @@ def test_run_resumes_after_interruption_then_skips_finished_stages(run_yaml, tmp
     results = json.loads((root / "eval/results.json").read_text())
     assert [p["alpha"] for p in results["landscape"]] == [0.0, 0.5, 1.0]
     assert set(results["frontier"]) == {"salsa", "ppo"}
+    assert set(results["over_optimisation"]) == {"salsa", "ppo"} and "**Over-optimisation**" in markdown
     # The landscape's alpha = 0 endpoint is the SFT policy: its samples are reused, not drawn again.
     samples = read_jsonl(root / "eval/samples.jsonl")
     sft_responses = [r["response"] for r in samples if r.get("policy") == "sft" and r["split"] == "in_distribution"]

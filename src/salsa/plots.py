@@ -94,8 +94,12 @@ def _plot_frontier(results: dict, path: Path) -> None:
     fig, axes = _panels(len(judges), 5, 4)
     matched = results.get("matched_kl")
     for ax, judge in zip(axes, judges, strict=True):
-        for name, curve in curves.items():
-            ax.plot(curve["kl_sft"], curve[judge], marker=".", label=name)
+        for color, (name, curve) in enumerate(curves.items()):
+            ax.plot(curve["kl_sft"], curve[judge], marker=".", color=f"C{color}", label=name)
+            over = (results.get("over_optimisation") or {}).get(name)
+            if judge == "gold" and over and over["began"]:
+                ax.plot(over["kl_sft"], over["gold_peak"], "x", color=f"C{color}", markersize=10, markeredgewidth=2,
+                        label=f"{name}: gold peaks, over-optimisation begins")  # fmt: skip
         if matched and matched["kl_sft"] is not None:
             ax.axvline(matched["kl_sft"], color="grey", linestyle="--", linewidth=1, label="matched KL")
         ax.set_xlabel(f"KL to the SFT model (nats per response)\n{kl_label(results)}")

@@ -99,6 +99,28 @@ def against_sft(results: dict) -> list[str]:
     return sentences
 
 
+def over_optimisation_text(results: dict) -> str | None:
+    """Per RL policy trained on a reward model, where its rollouts' gold peaked and whether it then fell while the
+    reward did not (results['over_optimisation']); None when no run has both scores."""
+    found = results.get("over_optimisation") or {}
+    sentences, drop = [], next((o["drop"] for o in found.values()), None)
+    for name, o in found.items():
+        peak = f"gold peaked at {o['gold_peak']:.3f} after update {o['step']} ({o['kl_sft']:.2f} nats from SFT)"
+        if o["began"]:
+            sentences.append(
+                f"{name}: {peak} and ended at {o['gold_end']:.3f} while the reward went {o['reward_peak']:+.2f} -> "
+                f"{o['reward_end']:+.2f}: over-optimisation began there."
+            )
+        else:
+            sentences.append(f"{name}: {peak} and ended at {o['gold_end']:.3f}: no over-optimisation within the run.")
+    if not sentences:
+        return None
+    return (
+        "**Over-optimisation** (training rollouts, centred means of 3 steps; it begins where gold ends more than "
+        f"{drop} below its peak while the reward-model score does not fall). " + " ".join(sentences)
+    )
+
+
 def headline_comparison(results: dict) -> dict | None:
     """The comparison named in results['headline'] (first pair, in-distribution, first judge)."""
     wanted = results.get("headline")
@@ -333,6 +355,9 @@ def _render(results: dict, out: Path, run_info: dict | None) -> None:
     rl_vs_sft = against_sft(results)
     if rl_vs_sft:
         blocks.append(Block("text", "**Against the SFT model** (in-distribution prompts). " + " ".join(rl_vs_sft)))
+    over = over_optimisation_text(results)
+    if over:
+        blocks.append(Block("text", over))
     for entry in results.get("factorial", []):
         judge = results["judges"][0]
         blocks.append(Block("text", "**Init or reference?** (the 2 x 2 of arms) " + factorial_text(entry, judge)))

@@ -53,6 +53,40 @@ def training_curves(policy_paths: list[str], window: int = 3) -> dict[str, list[
     return curves
 
 
+# How far the rollouts' gold score (a centred mean of 3 steps) must end below its peak, while the training reward has
+# not fallen, to say that over-optimisation began: about twice that mean's standard error at the default rollout
+# (64 responses a step, gold's spread about 0.35).
+OVEROPTIMISATION_DROP = 0.05
+
+
+def over_optimisation(curve: dict[str, list[float]], drop: float = OVEROPTIMISATION_DROP) -> dict | None:
+    """Where gold stops following the training reward along one training curve (index s = after s updates).
+
+    The policy at which the rollouts' gold peaked, its KL to SFT, gold and reward there and at the end, and `began`:
+    gold ended more than `drop` below its peak while the reward ended no lower than at the peak (the proxy still
+    rose, or held, as the true objective fell). None without both scores."""
+    if "gold" not in curve or "reward" not in curve:
+        return None
+    gold, reward = curve["gold"], curve["reward"]
+    peak = int(np.argmax(gold))
+    return {
+        "step": peak, "kl_sft": curve["kl_sft"][peak], "gold_peak": gold[peak], "gold_end": gold[-1],
+        "reward_peak": reward[peak], "reward_end": reward[-1], "drop": drop,
+        "began": bool(gold[peak] - gold[-1] > drop and reward[-1] >= reward[peak]),
+    }  # fmt: skip
+
+
+def over_optimisation_by_policy(curves: dict[str, dict], rewards: dict[str, str | None]) -> dict[str, dict]:
+    """`over_optimisation` of each policy's training curve, except runs trained on the gold judge (`rewards`: what each
+    was trained on), for which gold is the reward itself."""
+    found = {
+        name: over_optimisation(curve)
+        for name, curve in curves.items()
+        if not (rewards.get(name) or "").startswith("gold")
+    }
+    return {name: o for name, o in found.items() if o}
+
+
 # What each update logs about itself (metrics.jsonl): the critic, the advantages, the update's size.
 DIAGNOSTICS = (
     "explained_variance", "value_loss", "advantage_q1", "advantage_q2", "advantage_q3", "advantage_q4",

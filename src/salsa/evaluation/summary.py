@@ -8,7 +8,7 @@ import numpy as np
 
 from salsa.config import EvalConfig
 from salsa.evaluation.judging import comparison_pairs
-from salsa.evaluation.matched import training_curves, training_diagnostics, training_reward
+from salsa.evaluation.matched import over_optimisation_by_policy, training_curves, training_diagnostics, training_reward
 from salsa.evaluation.stats import (
     claim_verdict,
     compare,
@@ -248,6 +248,8 @@ def summarise(
         "landscape": landscape,
         "landscape_midpoint_is_soup": _midpoint_is_soup(config),
         "frontier": curves,
+        # Where gold stopped following the reward model along training; not for a run trained on gold itself.
+        "over_optimisation": over_optimisation_by_policy(curves, rewards),
         "diagnostics": {name: d for name, d in diagnostics.items() if d},
         # What each RL policy was trained on; a policy trained on the gold judge is judged by its own reward.
         "training_rewards": {name: r for name, r in rewards.items() if r},
