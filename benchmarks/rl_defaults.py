@@ -19,6 +19,12 @@ over SFT pooled over the seeds: the mean, its percentile-bootstrap interval over
 sign-flip permutation test, minimum detectable effect).
 
     .venv/bin/python benchmarks/rl_defaults.py --pool runs/rl-defaults/gold-seed-0 runs/rl-defaults/gold-seed-1 ...
+
+With `--against`, the baseline is the RL policy of other runs (one folder per `--pool` folder, paired in the order
+given: the same seeds and evaluation prompts) instead of each run's SFT model; for instance RL with a WARM reward
+model against RL with one of its members:
+
+    .venv/bin/python benchmarks/rl_defaults.py --pool runs/rld/warm-seed-0 --against runs/rld/member-0-seed-0
 """
 
 from __future__ import annotations
@@ -32,13 +38,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run", type=Path, help="a run directory with data/, sft/sft-0, reward/model")
     parser.add_argument("--pool", type=Path, nargs="+", help="output folders of runs of this script, one seed each")
+    parser.add_argument("--against", type=Path, nargs="+", help="with --pool: runs whose RL policy is the baseline")
     parser.add_argument("--reward", default="gold", help="gold, model (the run's reward/model) or a reward model path")
     parser.add_argument("--name", help="the output folder's prefix (default: the --reward value, or the path's name)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("runs/rl-defaults"))
     args = parser.parse_args()
     if args.pool:
-        print(json.dumps(pooled(args.pool)))
+        if args.against and len(args.against) != len(args.pool):
+            parser.error(f"--against needs one folder per --pool folder ({len(args.pool)}), got {len(args.against)}")
+        print(json.dumps(pooled(args.pool, args.against)))
         return
     if args.run is None:
         parser.error("give --run (or --pool)")
@@ -97,8 +106,9 @@ def main() -> None:
     print(json.dumps(line))
 
 
-def pooled(folders: list[Path]) -> dict:
-    """Held-out gold of the RL policy minus SFT's over several runs' evaluations, seeds and prompts pooled."""
+def pooled(folders: list[Path], against: list[Path] | None = None) -> dict:
+    """Held-out gold of the RL policy minus SFT's (or minus the RL policy of the runs `against`, paired folder by
+    folder) over several runs' evaluations, seeds and prompts pooled."""
     import numpy as np
 
     from salsa.evaluation.stats import compare, seed_level_test
@@ -112,9 +122,9 @@ def pooled(folders: list[Path]) -> dict:
         return [float(np.mean(scores[i])) for i in sorted(scores)]
 
     rl = np.array([per_prompt(f, "rl") for f in folders])
-    sft = np.array([per_prompt(f, "sft") for f in folders])
-    both = compare(rl, sft)
-    tests = seed_level_test(rl, sft)
+    baseline = np.array([per_prompt(f, "rl") for f in against] if against else [per_prompt(f, "sft") for f in folders])
+    both = compare(rl, baseline)
+    tests = seed_level_test(rl, baseline)
     return {
         "seeds": len(folders), "prompts": rl.shape[1], "gold_difference": round(both["mean_difference"], 3),
         "ci": [round(x, 3) for x in both["ci"]["mean_difference"]],
