@@ -24,7 +24,7 @@ With `--against`, the baseline is the RL policy of other runs (one folder per `-
 given: the same seeds and evaluation prompts) instead of each run's SFT model; for instance RL with a WARM reward
 model against RL with one of its members:
 
-    .venv/bin/python benchmarks/rl_defaults.py --pool runs/rld/warm-seed-0 --against runs/rld/member-0-seed-0
+    python benchmarks/rl_defaults.py --pool runs/rl-defaults/warm-seed-0 --against runs/rl-defaults/member-0-seed-0
 """
 
 from __future__ import annotations
@@ -112,17 +112,14 @@ def pooled(folders: list[Path], against: list[Path] | None = None) -> dict:
     import numpy as np
 
     from salsa.evaluation.stats import compare, seed_level_test
+    from salsa.evaluation.summary import _score_matrix
+    from salsa.io import read_jsonl
 
-    def per_prompt(folder: Path, policy: str) -> list[float]:
-        rows = [json.loads(line) for line in (folder / "eval/samples.jsonl").read_text().splitlines()]
-        scores: dict[int, list[float]] = {}
-        for row in rows:
-            if row["policy"] == policy and row["split"] == "in_distribution":
-                scores.setdefault(row["index"], []).append(row["gold"])
-        return [float(np.mean(scores[i])) for i in sorted(scores)]
+    def scores(folder: Path, policy: str) -> np.ndarray:  # [prompts, samples], as `salsa eval` reads its samples
+        return _score_matrix(read_jsonl(folder / "eval/samples.jsonl"), policy, "in_distribution", "gold")[0]
 
-    rl = np.array([per_prompt(f, "rl") for f in folders])
-    baseline = np.array([per_prompt(f, "rl") for f in against] if against else [per_prompt(f, "sft") for f in folders])
+    rl = np.array([scores(f, "rl") for f in folders])
+    baseline = np.array([scores(f, "rl") for f in against] if against else [scores(f, "sft") for f in folders])
     both = compare(rl, baseline)
     tests = seed_level_test(rl, baseline)
     return {

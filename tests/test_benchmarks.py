@@ -21,10 +21,10 @@ def load_script(name: str):
 def write_evaluation(folder: Path, gold: dict[str, list[list[float]]]) -> Path:
     """An eval/samples.jsonl as `salsa eval` writes it: per policy, per prompt, the gold of each response."""
     rows = [
-        {"policy": policy, "split": "in_distribution", "index": index, "gold": score}
+        {"policy": policy, "seed_index": 0, "split": "in_distribution", "index": index, "sample": sample, "gold": score}
         for policy, prompts in gold.items()
         for index, scores in enumerate(prompts)
-        for score in scores
+        for sample, score in enumerate(scores)
     ]
     (folder / "eval").mkdir(parents=True)
     (folder / "eval/samples.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
