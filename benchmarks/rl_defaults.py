@@ -42,6 +42,19 @@ def main() -> None:
     parser.add_argument("--reward", default="gold", help="gold, model (the run's reward/model) or a reward model path")
     parser.add_argument("--name", help="the output folder's prefix (default: the --reward value, or the path's name)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="an RL setting other than its default (a tuning candidate; repeatable)",
+    )
+    parser.add_argument(
+        "--prompts",
+        choices=("eval", "dev"),
+        default="eval",
+        help="evaluate on the held-out evaluation prompts, or on the dev split (for tuning)",
+    )
     parser.add_argument("--out", type=Path, default=Path("runs/rl-defaults"))
     args = parser.parse_args()
     if args.pool:
@@ -53,6 +66,7 @@ def main() -> None:
         parser.error("give --run (or --pool)")
 
     from salsa.config import EvalConfig, RLConfig
+    from salsa.config_loading import parse_overrides
     from salsa.evaluate import evaluate
     from salsa.rl.ppo import train_rl
 
@@ -63,6 +77,7 @@ def main() -> None:
     rl = RLConfig(
         init=str(sft), reward_model=training_reward, seed=args.seed,
         prompts=str(args.run / "data/prompts_train.jsonl"), output_dir=str(out / "rl"), save_steps=0,
+        **parse_overrides(RLConfig, args.set, "rl"),
     )  # fmt: skip
     final = train_rl(rl, show_progress=False)
     evaluate(
@@ -70,7 +85,7 @@ def main() -> None:
             policies={"rl": [str(final)], "sft": [str(sft)]},
             comparisons=["rl:sft"],
             sft_model=str(sft),
-            prompts=str(args.run / "data/prompts_eval.jsonl"),
+            prompts=str(args.run / f"data/prompts_{args.prompts}.jsonl"),
             ood_prompts=None,
             reward_model=str(reward_model),
             soup_model=None,
@@ -85,7 +100,8 @@ def main() -> None:
     policies = results["policies"]
     in_distribution = {policy: p["splits"]["in_distribution"]["gold"]["mean"] for policy, p in policies.items()}
     line = {
-        "reward": name, "seed": args.seed, "train_minutes": round(metrics[-1]["elapsed_s"] / 60, 1),
+        "reward": name, "seed": args.seed, "settings": args.set, "prompts": args.prompts,
+        "train_minutes": round(metrics[-1]["elapsed_s"] / 60, 1),
         "sft_gold": round(in_distribution["sft"], 3), "rl_gold": round(in_distribution["rl"], 3),
         "kl_sft": round(policies["rl"]["kl_sft"]["mean"], 2),
     }  # fmt: skip
@@ -96,7 +112,10 @@ def main() -> None:
         ]
         line[f"{c['judge']}_win_rate"] = [round(c["win_rate"], 3), [round(x, 3) for x in c["ci"]["win_rate"]]]
     third = len(metrics) // 3
-    line["explained_variance_middle"] = round(sum(m["explained_variance"] for m in metrics[third:-third]) / third, 3)
+    if "explained_variance" in metrics[0]:  # PPO's critic; RLOO and GRPO have none
+        line["explained_variance_middle"] = round(
+            sum(m["explained_variance"] for m in metrics[third:-third]) / third, 3
+        )
     line["rollout_gold_first_last3"] = [
         round(metrics[0]["gold"], 3),
         round(sum(m["gold"] for m in metrics[-3:]) / 3, 3),

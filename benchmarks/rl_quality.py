@@ -37,7 +37,12 @@ def salsa_run(algorithm: str, args, out: Path, rewards) -> list[tuple[float, str
     from salsa.rl.ppo import train_rl
     from salsa.rl.snapshots import list_snapshots, load_snapshot
 
-    extra = {"samples_per_prompt": 4, "prompts_per_step": 8} if algorithm == "rloo" else {}
+    # The group methods need several responses per prompt: RLOO 4 to each of 8 prompts; GRPO TRL's GRPOTrainer's
+    # defaults (8 responses to a prompt, 8 sequences an update), 8 prompts a rollout.
+    extra = {
+        "rloo": {"samples_per_prompt": 4, "prompts_per_step": 8},
+        "grpo": {"samples_per_prompt": 8, "prompts_per_step": 8, "minibatch_size": 8},
+    }.get(algorithm, {})
     config = RLConfig(
         algorithm=algorithm, init=str(args.run / "sft" / "sft-0"), reward_model=rewards, task="reviews",
         prompts=str(args.run / "data" / "prompts_train.jsonl"), output_dir=str(out / f"salsa-{algorithm}"),
@@ -124,7 +129,7 @@ def main() -> None:
     parser.add_argument("--reward", choices=("gold", "model"), default="gold")
     parser.add_argument("--minutes", type=float, default=20.0, help="wall-clock budget of every trainer")
     parser.add_argument("--out", type=Path, default=Path("runs/rl-quality"))
-    parser.add_argument("--trainers", default="salsa-ppo,salsa-rloo,trl-grpo,trl-rloo")
+    parser.add_argument("--trainers", default="salsa-ppo,salsa-rloo,salsa-grpo,trl-grpo,trl-rloo")
     args = parser.parse_args()
     import transformers
 

@@ -32,7 +32,8 @@ PROMPTS = ["Say something.", "Write a word.", "Tell me a story.", "Describe the 
 
 
 def _env():
-    return {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    # CPU tests (gloo): on a machine with one GPU, two processes would both take it.
+    return {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "CUDA_VISIBLE_DEVICES": ""}
 
 
 def _launch(args, processes, cwd, check=True):

@@ -22,7 +22,7 @@ def rounding_proof_sample(probs, uniform):
     tokens = []
     for p, u in zip(probs, uniform, strict=True):
         noise = torch.rand(p.shape, generator=torch.Generator().manual_seed(int(u * 2**53)), dtype=torch.float64)
-        tokens.append(int((p.double().log() - (-noise.log()).log()).argmax()))
+        tokens.append(int((p.double().cpu().log() - (-noise.log()).log()).argmax()))
     return torch.tensor(tokens, device=probs.device)
 
 

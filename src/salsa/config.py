@@ -278,7 +278,7 @@ class RLConfig:
     task: str | None = option("reviews", "built-in task whose gold judge is logged; null for none", check=known_task)
     output_dir: str = option("runs/rl", "checkpoints/, snapshots/, metrics.jsonl, tensorboard/, final/")
     seed: int = option(0, "seed of prompt order, sampling and initialisation")
-    steps: int = option(24, "RL iterations (rollout + update); dpo: optimizer steps", check=at_least(1))
+    steps: int = option(10, "RL iterations (rollout + update); dpo: optimizer steps", check=at_least(1))
     max_minutes: float | None = option(
         None, "stop at the first step that ends after this much training time (a wall-clock budget; how many steps "
         "that is depends on the machine), then save the final policy as usual; null: run every step",
@@ -288,7 +288,7 @@ class RLConfig:
     samples_per_prompt: int = option(2, "completions per prompt (rloo/grpo need >= 2)", check=at_least(1))
     max_new_tokens: int = option(40, "longest response", check=at_least(1))
     temperature: float = option(1.0, "sampling temperature (log-probs use the same temperature)", check=above(0))
-    learning_rate: float = option(1e-5, "AdamW learning rate of the policy (constant)", check=above(0))
+    learning_rate: float = option(3e-5, "AdamW learning rate of the policy (constant)", check=above(0))
     value_learning_rate: float = option(
         1e-3, "ppo: AdamW learning rate of the value function (the value head; with value_head separate also the "
         "critic model); the value head starts untrained and must move much further than the policy",

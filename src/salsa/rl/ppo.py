@@ -96,9 +96,10 @@ def advantages(
     return adv, returns
 
 
-def _global_mean(total: torch.Tensor, count: torch.Tensor) -> float:
-    """A sum and a count of this process, as the mean over all processes."""
-    sums = runtime.all_sum(torch.stack([total.detach().float(), count.detach().float()]))
+def _global_mean(total: torch.Tensor, count: torch.Tensor | float) -> float:
+    """A sum and a count of this process, as the mean over all processes (the count joins the sum's device)."""
+    count = torch.as_tensor(count, dtype=torch.float32, device=total.device)
+    sums = runtime.all_sum(torch.stack([total.detach().float(), count.detach()]))
     return float(sums[0] / sums[1].clamp(min=1))
 
 
@@ -147,10 +148,9 @@ def rl_update(
     result = {k: sum(v) / len(v) for k, v in batch.stats.items() if v and not k.startswith("ratio")}
     if batch.stats["ratio_max"]:
         result["ratio_min"], result["ratio_max"] = min(batch.stats["ratio_min"]), max(batch.stats["ratio_max"])
-    rows_here = torch.tensor(float(n_local))
-    result["kl_ref"] = _global_mean(kl.sum(), rows_here)
+    result["kl_ref"] = _global_mean(kl.sum(), n_local)
     if rollout.sft_logprobs is not None:
-        result["kl_sft"] = _global_mean(sequence_kl(old_logp, rollout.sft_logprobs, mask).sum(), rows_here)
+        result["kl_sft"] = _global_mean(sequence_kl(old_logp, rollout.sft_logprobs, mask).sum(), n_local)
     result["entropy"] = _global_mean((entropy * mask).sum(), mask.sum())
     result.update(advantage_diagnostics(adv, mask, total=runtime.all_sum))
     if old_values is not None:
@@ -379,7 +379,7 @@ def _record(
     step: int, rollout: Rollout, stats: dict, beta: float, started: float, reference_is_sft: bool, skipped: int
 ) -> dict:
     """One line of metrics.jsonl: the rollout's scores and length, the update's statistics, throughput."""
-    here = torch.tensor(float(len(rollout.rows)))
+    here = len(rollout.rows)
     gold = None
     if rollout.gold is not None:
         gold = _global_mean(torch.tensor(rollout.gold, dtype=torch.float64).sum(), here)
@@ -451,7 +451,7 @@ def _normalisation(reward: RewardFn, policy, tokenizer, prompts: list, config: R
         sample = generate(policy, tokenizer, texts, max_new_tokens=config.max_new_tokens,
                           temperature=config.temperature, seeds=seeds)  # fmt: skip
     raw = torch.as_tensor(reward(texts, sample.responses), dtype=torch.float64)
-    sums = runtime.all_sum(torch.stack([raw.sum(), (raw * raw).sum(), torch.tensor(float(len(raw)))]))
+    sums = runtime.all_sum(torch.stack([raw.sum(), (raw * raw).sum(), raw.new_tensor(float(len(raw)))]))
     mean = float(sums[0] / sums[2])
     std = float((sums[1] / sums[2] - mean**2).clamp(min=0).sqrt())
     if not (math.isfinite(mean) and std > 0):
@@ -471,7 +471,7 @@ def _measure(learner: Learner, rollout: Rollout, config: RLConfig, reference_is_
     """Reward, gold score, length and KL (to the reference and to SFT) of a rollout, over all processes."""
     with runtime.autocast(runtime.compute_dtype(config.mixed_precision)):
         logp, _, _ = learner.evaluate(rollout, torch.arange(len(rollout.rows)))
-    here, mask = torch.tensor(float(len(rollout.rows))), rollout.mask
+    here, mask = len(rollout.rows), rollout.mask
     result = {"reward": _global_mean(rollout.scores.nan_to_num().sum(), here)}
     if rollout.gold is not None:
         result["gold"] = _global_mean(torch.tensor(rollout.gold, dtype=torch.float64).sum(), here)
