@@ -6,7 +6,9 @@ budget. Every saved policy then answers the held-out in-distribution evaluation 
 temperature 0.7, the same seeds for every policy), and the report gives each one's mean gold score minus the SFT
 model's with a 95% bootstrap interval over prompts, against the wall time it had trained.
 
-    salsa's PPO and RLOO, with their defaults (the RL budget replaced by the wall-clock budget)
+    salsa's PPO, RLOO and GRPO, with their defaults (the RL budget replaced by the wall-clock budget); RLOO with 4
+    responses to each of 8 prompts a rollout, GRPO with TRL's GRPOTrainer's group and update size (8 responses
+    to a prompt, 8 sequences a gradient step) over 8 prompts a rollout
     TRL's GRPOTrainer and RLOOTrainer, with their defaults, the same sampling (temperature 1, the same maximum
     response length), the same KL coefficient and, for fairness, the same learning rate as salsa's policy
 
@@ -17,11 +19,15 @@ reward model and prompts come from a `salsa run` directory or the stages' own ou
 reward/model).
 
     .venv/bin/python benchmarks/rl_quality.py --run runs/dev --reward gold --minutes 20
+
+Each trainer's saved policies are listed in `<out>/<reward>/<trainer>.json` when it finishes; a rerun with the same
+`--out` reuses the trainers listed there and trains only the others (delete the file to train one again).
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import time
 from pathlib import Path
@@ -131,6 +137,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("runs/rl-quality"))
     parser.add_argument("--trainers", default="salsa-ppo,salsa-rloo,salsa-grpo,trl-grpo,trl-rloo")
     args = parser.parse_args()
+    if any(t.startswith("trl-") for t in args.trainers.split(",")) and importlib.util.find_spec("trl") is None:
+        parser.error('TRL is not installed: pip install "trl>=1.16,<2" (the bench extra), or leave out trl- trainers')
     import transformers
 
     from salsa.config import EvalConfig
@@ -146,11 +154,17 @@ def main() -> None:
     runs: dict[str, list[tuple[float, str]]] = {}
     for trainer in args.trainers.split(","):
         kind, algorithm = trainer.split("-")
+        done = out / f"{trainer}.json"  # a trainer that finished in an earlier invocation is not trained again
+        if done.exists():
+            runs[trainer] = [tuple(saved) for saved in json.loads(done.read_text())]
+            print(f"{trainer}: trained earlier ({done})", flush=True)
+            continue
         started = time.perf_counter()
         if kind == "salsa":
             runs[trainer] = salsa_run(algorithm, args, out, rewards)
         else:
             runs[trainer] = trl_run(algorithm, args, out, reward_fn)
+        done.write_text(json.dumps(runs[trainer]))
         print(f"{trainer}: trained {runs[trainer][-1][0] / 60:.1f} min ({(time.perf_counter() - started) / 60:.1f} min "
               "with setup)", flush=True)  # fmt: skip
     policies = {f"{t}@{i}": [path] for t, saved in runs.items() for i, (_, path) in enumerate(saved)}

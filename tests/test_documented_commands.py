@@ -177,7 +177,7 @@ PLANS: dict[str, Plan] = {
     ),
     # docs/results/cpu-smollm2-135m.md
     "salsa run examples/study_cpu.yaml": Plan(
-        "dry-run", why="the study takes about 11 h on the default model; `salsa run my_run.yaml` runs the same stages"
+        "dry-run", why="the study takes about 6 h on the default model; `salsa run my_run.yaml` runs the same stages"
     ),
     # docs/scaling.md
     "salsa run my_run.yaml --num-processes 8": Plan("dry-run", why=EIGHT),
