@@ -21,7 +21,8 @@ reward/model).
     .venv/bin/python benchmarks/rl_quality.py --run runs/dev --reward gold --minutes 20
 
 Each trainer's saved policies are listed in `<out>/<reward>/<trainer>.json` when it finishes; a rerun with the same
-`--out` reuses the trainers listed there and trains only the others (delete the file to train one again).
+`--out` and `--minutes` reuses the trainers listed there and trains only the others (delete the file to train one
+again).
 """
 
 from __future__ import annotations
@@ -155,8 +156,9 @@ def main() -> None:
     for trainer in args.trainers.split(","):
         kind, algorithm = trainer.split("-")
         done = out / f"{trainer}.json"  # a trainer that finished in an earlier invocation is not trained again
-        if done.exists():
-            runs[trainer] = [tuple(saved) for saved in json.loads(done.read_text())]
+        earlier = json.loads(done.read_text()) if done.exists() else {}
+        if earlier.get("minutes") == args.minutes:  # only on the same budget
+            runs[trainer] = [tuple(saved) for saved in earlier["saved"]]
             print(f"{trainer}: trained earlier ({done})", flush=True)
             continue
         started = time.perf_counter()
@@ -164,7 +166,7 @@ def main() -> None:
             runs[trainer] = salsa_run(algorithm, args, out, rewards)
         else:
             runs[trainer] = trl_run(algorithm, args, out, reward_fn)
-        done.write_text(json.dumps(runs[trainer]))
+        done.write_text(json.dumps({"minutes": args.minutes, "saved": runs[trainer]}))
         print(f"{trainer}: trained {runs[trainer][-1][0] / 60:.1f} min ({(time.perf_counter() - started) / 60:.1f} min "
               "with setup)", flush=True)  # fmt: skip
     policies = {f"{t}@{i}": [path] for t, saved in runs.items() for i, (_, path) in enumerate(saved)}
