@@ -193,12 +193,26 @@ PLANS: dict[str, Plan] = {
     "torchrun --nproc_per_node 8 -m salsa.cli sft --config my_run.yaml": Plan(
         "check", why="it needs 8 processes (GPUs), and `salsa sft` has no dry run"
     ),
+    "salsa run examples/study_cpu.yaml --executor ray --ray-address auto": Plan(
+        "dry-run", why="it needs a Ray cluster; tests/test_ray.py runs a grid on a two-node cluster of this machine"
+    ),
 }
 # Lines of the bash blocks that do not run salsa.
 NOT_SALSA = {
     "make demo": "installs, then runs `salsa demo` on the default model (12 min)",
     "make test": "runs this test suite",
     "git checkout e1ca679": "the commit the study ran",
+    "ray start --head --port 6379": "starts a Ray cluster's head node (tests/test_ray.py starts its own cluster)",
+    "ray start --address HEAD_IP:6379": "joins a Ray cluster (tests/test_ray.py starts its own cluster)",
+    'sbatch --nodes 4 --gpus-per-node 8 --wrap \'srun --nodes 1 --ntasks 1 -w "$(hostname)" ray start --head --port '
+    '6379 --block & sleep 30; srun --nodes 3 --ntasks 3 --exclude "$(hostname)" ray start --address '
+    '"$(hostname -i):6379" --block & sleep 30; salsa run study.yaml --executor ray --ray-address auto\'': "a Slurm "
+    "allocation (no Slurm here; tests/test_ray.py runs the grid on Ray)",
+    "sbatch --array 0-7 --wrap 'salsa run study.yaml --shard $SLURM_ARRAY_TASK_ID/8 --set "
+    "run.output_dir=runs/study-$SLURM_ARRAY_TASK_ID'": "a Slurm array (no Slurm here; tests/test_study.py runs a grid "
+    "in two shards and archives them into one study)",
+    "for i in 0 1 2 3 4 5 6 7; do salsa study archive runs/study-$i docs/results/my-study; done": "archives the "
+    "array's eight run directories (tests/test_study.py archives two shards into one study)",
 }
 
 

@@ -1,5 +1,7 @@
 """Win rates, bootstrap intervals and the matched-KL reading, against hand computations."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -236,57 +238,49 @@ def test_match_steps_picks_saved_policies_inside_the_kl_range_both_runs_reached(
     assert match_steps({1: 1.0, 2: 2.0}, {1: 1.2, 2: 1.5}) is None
 
 
-def test_matched_kl_plan_reads_each_runs_log_and_snapshots(tmp_path):
-    import json
-
+def test_matched_kl_compares_the_saved_policies_at_the_kl_both_reached_on_the_evaluation_prompts(tmp_path):
     from salsa.config import EvalConfig
-    from salsa.evaluate import plan_matched_kl
+    from salsa.evaluation.matched import matched_kl_rows
 
-    def run(name, kls, final_kl, snapshot_steps):
-        """Record s holds the rollout of the policy after s - 1 updates; the marker, the final policy's."""
-        run_dir = tmp_path / name
-        (run_dir / "snapshots").mkdir(parents=True)
-        for step in snapshot_steps:
-            (run_dir / "snapshots" / f"step-{step:06d}.safetensors").touch()
-        (run_dir / "metrics.jsonl").write_text(
-            "".join(json.dumps({"step": i + 1, "kl_sft": k}) + "\n" for i, k in enumerate(kls))
+    def run(name, steps):
+        """An RL run of `steps` updates (its metrics.jsonl has one record per update)."""
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "metrics.jsonl").write_text(
+            "".join(json.dumps({"step": s + 1}) + "\n" for s in range(steps))
         )
-        (run_dir / "salsa_complete.json").write_text(json.dumps({"final_policy": {"kl_sft": final_kl}}))
-        return str(run_dir / "final")
+        return str(tmp_path / name / "final")
 
-    # KL of the policy after 0..4 updates: salsa 0, 0.5, 1.0, 1.5, 2.0; its snapshot after 2 updates is measured on
-    # records 2-4 (policies 1-3: 0.5, 1.0, 1.5 -> 1.0), not record 2 alone (the policy before the 2nd update).
-    # Final salsa: (1.5 + 2.0) / 2 = 1.75. ppo after 0..3 updates: 0, 0.5, 1.0, 1.5 -> snapshots 1: 0.5, 2: 1.0,
-    # final 1.25. Both covered [1.0, 1.25]: salsa's snapshot 2 (1.0) against ppo's final (1.25).
-    config = EvalConfig(
-        policies={
-            "salsa": [run("salsa", [0, 0.5, 1.0, 1.5], 2.0, [2])],
-            "ppo": [run("ppo", [0, 0.5, 1.0], 1.5, [1, 2])],
-        },
-        comparisons=["salsa:ppo"],
-    )
-    plan, unmatched = plan_matched_kl(config)
-    assert [(m.policy, m.step, m.final) for m in plan] == [("salsa", 2, False), ("ppo", 3, True)]
-    assert plan[0].kl_train == pytest.approx(1.0) and plan[1].kl_train == pytest.approx(1.25)
-    assert plan[0].target == pytest.approx(1.25) and unmatched == []
+    def rows(policy, kls, seed_index=0, snapshot=None):
+        """One row per prompt with these KLs to SFT (on the evaluation prompts), a snapshot's if `snapshot`."""
+        tag = {"snapshot": snapshot} if snapshot is not None else {}
+        return [{"policy": policy, "seed_index": seed_index, "split": "in_distribution", "index": i, "sample": 0,
+                 "kl_sft": kl, "gold": 0.5, **tag} for i, kl in enumerate(kls)]  # fmt: skip
+
+    # salsa saved step 2 (KL 1.0 = mean of 0.5 and 1.5) and its final policy after 4 steps (KL 2.0); ppo saved steps
+    # 1 (0.5) and 2 (1.0) and its final after 3 (1.25). Both covered [1.0, 1.25]: each run's saved policy closest to
+    # 1.25 from below: salsa's step 2 (1.0) against ppo's final policy (step 3, 1.25).
+    config = EvalConfig(policies={"salsa": [run("salsa", 4)], "ppo": [run("ppo", 3)]}, comparisons=["salsa:ppo"])
+    finals = rows("salsa", [2.0, 2.0]) + rows("ppo", [1.0, 1.5])
+    snapshots = rows("salsa", [0.5, 1.5], snapshot=2) + rows("ppo", [0.5, 0.5], snapshot=1) + rows(
+        "ppo", [1.0, 1.0], snapshot=2
+    )  # fmt: skip
+    matched, unmatched = matched_kl_rows(config, finals, snapshots)
+    assert unmatched == [] and {(r["policy"], r["step"]) for r in matched} == {("salsa", 2), ("ppo", 3)}
+    picked = {r["policy"]: r for r in matched}
+    assert picked["salsa"]["kl_eval"] == pytest.approx(1.0) and picked["ppo"]["kl_eval"] == pytest.approx(1.25)
+    assert picked["salsa"]["target_kl"] == pytest.approx(1.25) and len(matched) == 4  # both prompts of each
+    assert "snapshot" not in next(r for r in matched if r["policy"] == "ppo")  # the final policy's own rows
     # Saved policies whose KLs do not overlap: no comparison, and the reason.
-    apart = EvalConfig(
-        policies={"salsa": [run("far", [3, 3, 3, 3], 3, [2])], "ppo": config.policies["ppo"]}, comparisons=["salsa:ppo"]
-    )
-    plan, unmatched = plan_matched_kl(apart)
-    assert plan == [] and "do not overlap" in unmatched[0]
+    far = [{**r, "kl_sft": 3.0} for r in rows("salsa", [3.0, 3.0]) + rows("salsa", [3.0, 3.0], snapshot=2)]
+    matched, unmatched = matched_kl_rows(config, far[:2] + finals[2:], far[2:] + snapshots[2:])
+    assert matched == [] and "do not overlap" in unmatched[0] and "evaluation prompts" in unmatched[0]
     # A run without snapshots (or an SFT model) gives no matched-KL comparison.
-    no_snapshots = EvalConfig(policies={"salsa": config.policies["salsa"], "sft": [str(tmp_path / "sft")]})
-    assert plan_matched_kl(no_snapshots) == ([], [])
+    assert matched_kl_rows(config, finals, snapshots[2:]) == ([], [])
     # Two seeds, the second without snapshots: no comparison over only some of the seeds.
-    two_seeds = EvalConfig(
-        policies={
-            "salsa": [*config.policies["salsa"], run("salsa-1", [0, 1], 1, [])],
-            "ppo": [*config.policies["ppo"], run("ppo-1", [0, 1], 1, [1])],
-        },
-        comparisons=["salsa:ppo"],
-    )
-    assert plan_matched_kl(two_seeds) == ([], [])
+    two = EvalConfig(policies={"salsa": [*config.policies["salsa"], run("s1", 2)],
+                               "ppo": [*config.policies["ppo"], run("p1", 2)]}, comparisons=["salsa:ppo"])  # fmt: skip
+    more = rows("salsa", [1.0, 1.0], seed_index=1) + rows("ppo", [1.0, 1.0], seed_index=1)
+    assert matched_kl_rows(two, finals + more, snapshots) == ([], [])
 
 
 def test_sequence_kl_sums_log_ratios_over_the_response():

@@ -41,6 +41,8 @@ study_app = typer.Typer(
     no_args_is_help=True,
 )
 app.add_typer(study_app, name="study")
+job_app = typer.Typer(help="One job of a study's grid: `salsa job run RUN_DIR JOB_ID`.", no_args_is_help=True)
+app.add_typer(job_app, name="job")
 
 ConfigOption = Annotated[
     Path | None,
@@ -330,11 +332,25 @@ def run(
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Check the whole config and every input; download and train nothing.")
     ] = False,
+    executor: Annotated[
+        str, typer.Option(help="Where the grid's jobs run: local (one after another) or ray.")
+    ] = "local",
+    ray_address: Annotated[
+        str | None, typer.Option(help="--executor ray: the cluster, HOST:PORT or auto; default: a local Ray instance.")
+    ] = None,
+    only: Annotated[
+        str | None, typer.Option(help="Run these jobs only: base, ARM/seed-S or ARM/kl-X/seed-S, comma-separated.")
+    ] = None,
+    shard: Annotated[
+        str | None, typer.Option(help="Run shard i of n (i/n, i from 0): job k is in shard k mod n.")
+    ] = None,
     quiet: QuietOption = False,
 ) -> None:
     """The whole pipeline: data, K SFT models, soup, reward model, PPO and SALSA, eval, report.
 
-    Finished stages are skipped on a rerun; an interrupted stage resumes from its checkpoints. Under
+    Finished stages are skipped on a rerun; an interrupted stage resumes from its checkpoints. Every RL run with
+    its evaluation samples is a job (`salsa job run`), run here one after another or on a Ray cluster
+    (--executor ray); --only and --shard run part of the grid, for `salsa study archive` to merge. Under
     `torchrun` / `accelerate launch` (or with --num-processes) every stage runs data parallel.
     """
     if num_processes < 1:
@@ -361,7 +377,23 @@ def run(
     from salsa.report import print_summary
 
     _quiet_libraries()
-    print_summary(run_pipeline(config, overrides, show_progress=not quiet))
+    report_dir = run_pipeline(config, overrides, not quiet, executor, ray_address, only, shard)
+    if report_dir is not None:
+        print_summary(report_dir)
+
+
+@job_app.command("run")
+def job_run(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory whose grid `salsa run` planned.")],
+    job_id: Annotated[str, typer.Argument(help="The job: base, ARM/seed-S or ARM/kl-X/seed-S.")],
+    quiet: QuietOption = False,
+) -> None:
+    """Run one job of a study's grid to its commit (a committed job returns at once; an interrupted one resumes)."""
+    from salsa.grid import run_job
+
+    _quiet_libraries()
+    record = run_job(run_dir, job_id, show_progress=not quiet)
+    typer.echo(json.dumps({"job": record["job"], "attempt": record["attempt"], "outputs": record["outputs"]}))
 
 
 @app.command()
@@ -380,11 +412,19 @@ def demo(
 def study_archive(
     run_dir: Annotated[Path, typer.Argument(help="A finished `salsa run` directory.")],
     study_dir: Annotated[Path, typer.Argument(help="The study folder (its data/ is written).")],
+    accept_rebuilt_base: Annotated[
+        bool,
+        typer.Option(
+            "--accept-rebuilt-base",
+            help="Add jobs whose base (data, reward model, SFT models, soup) was built again and differs from the "
+            "archive's (float rounding on another CPU, say); the doc says on how many builds its jobs ran.",
+        ),
+    ] = False,
 ) -> None:
-    """Copy the data a study's doc is computed from (samples, metrics, records) into STUDY_DIR/data, compressed."""
+    """Add a run's committed jobs (samples, metrics, records) to STUDY_DIR/data, compressed; other jobs are kept."""
     from salsa.study import archive
 
-    for path in archive(run_dir, study_dir):
+    for path in archive(run_dir, study_dir, accept_rebuilt_base):
         typer.echo(str(path))
 
 

@@ -545,6 +545,10 @@ class RunConfig:
         None, "several rl.kl_coef values: every arm trains at each, and the report draws each arm's gold-vs-KL "
         "frontier (KL measured on the evaluation prompts); null: rl.kl_coef only", check=at_least(0),
     )  # fmt: skip
+    cpus_per_job: int = option(
+        2, "--executor ray: CPUs (and threads) each job asks for on a cluster without GPUs (with GPUs: one GPU)",
+        check=at_least(1), result=False,
+    )  # fmt: skip
 
     def check(self) -> None:
         if len(self.arms) < 1:

@@ -9,17 +9,22 @@
    interval covers seed-to-seed variation too;
 4. KL of each policy to the SFT model and to the soup on its own samples (k1 summed over the response);
 5. the reward landscape: gold and reward-model score of (1 - alpha) * SFT-1 + alpha * SFT-2;
-6. the frontier: reward against KL-to-SFT along training (from the RL runs' metrics.jsonl), and each
-   run's score at the largest KL both reached, so a higher score bought with a larger KL shows as such;
+6. the frontier: reward against KL-to-SFT along training (from the RL runs' metrics.jsonl), and two RL runs
+   compared at matched KL: the policies they saved along the way (snapshots) answer the in-distribution prompts
+   too, and each pair is compared at the largest KL to SFT, measured on those prompts, that both reached;
 7. merge sweeps (`sweeps`): ExPO, LITI and SLERP merges of the policies at several values, each built in memory
    and evaluated as a policy is, for the report's plot of score against KL to SFT.
+
+The sampling is cut into units (one policy model, one snapshot, one merge, the landscape, the soup's health), each
+of which depends only on its models, the prompts and the seeds: a study draws them in separate jobs
+(`salsa.grid`) and `evaluate(config, drawn=rows)` draws only the units the rows do not hold yet.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -29,7 +34,7 @@ from salsa.config import EvalConfig
 from salsa.engine import Stage, run_stage
 from salsa.evaluation.judging import Judges, comparison_pairs, frozen, sample_and_score
 from salsa.evaluation.landscape import sample_point
-from salsa.evaluation.matched import plan_matched_kl
+from salsa.evaluation.matched import matched_kl_rows
 from salsa.evaluation.soup_health import ingredients_of, member_names, summarise_soup_health
 from salsa.evaluation.summary import summarise
 from salsa.evaluation.sweeps import summarise_sweeps
@@ -37,236 +42,286 @@ from salsa.generation import check_prompt_lengths
 from salsa.io import atomic_write_json, atomic_write_text
 from salsa.models import load_tokenizer
 from salsa.progress import training_progress
-from salsa.rl.snapshots import load_snapshot
-from salsa.sweep_spec import SweepPoint
+from salsa.rl.snapshots import list_snapshots, load_snapshot
 
 LANDSCAPE_KEYS = ("index", "sample", "prompt", "response", "length", "gold", "reward")
 
 
-def _policy_at(config: EvalConfig, path: str) -> tuple[str, int] | None:
-    """(policy name, seed index) of the policy model at `path`, if one is."""
-    for name, paths in config.policies.items():
-        for seed_index, policy_path in enumerate(paths):
-            if Path(policy_path).resolve() == Path(path).resolve():
-                return name, seed_index
-    return None
+@dataclass(frozen=True)
+class Unit:
+    """One piece of an evaluation's sampling: a policy model, a snapshot of an RL run, one merge of a sweep (for
+    one seed), the landscape, or the soup's health. Its rows depend only on its `models`, the prompts and the
+    seeds, so it may be drawn in any process and the rows pooled."""
+
+    kind: str  # policy | snapshot | sweep | landscape | health
+    policy: str = ""
+    seed_index: int = 0
+    step: int = 0  # a snapshot's step
+    models: tuple[str, ...] = ()  # the model directories it reads besides the KL references
+    parameters: tuple[tuple[str, float | str], ...] = ()  # a sweep point's merge
+
+    @property
+    def key(self) -> tuple:
+        return (self.kind, self.policy, self.seed_index, self.step)
+
+    def responses(self, config: EvalConfig, splits: dict[str, int]) -> int:
+        """How many responses it draws (its first round, for the landscape), for the progress bar."""
+        per_prompt, in_dist = config.samples_per_prompt, splits["in_distribution"]
+        if self.kind in ("policy", "sweep"):
+            return per_prompt * sum(splits.values())
+        if self.kind == "landscape":
+            return per_prompt * in_dist * len(config.landscape_alphas)
+        return per_prompt * in_dist * (len(self.models) if self.kind == "health" else 1)
 
 
-def _drawn(samples: list[dict], policy: str, seed_index: int) -> list[dict]:
-    """The in-distribution samples already drawn from one policy model, in prompt order."""
-    key = (policy, seed_index, "in_distribution")
-    return [r for r in samples if (r["policy"], r["seed_index"], r["split"]) == key]
+def unit_key(row: dict) -> tuple:
+    """The key of the unit a sample row was drawn in."""
+    if "alpha" in row:
+        return ("landscape", "", 0, 0)
+    if "member" in row:
+        return ("health", "", 0, 0)
+    if "snapshot" in row:
+        return ("snapshot", row["policy"], row["seed_index"], row["snapshot"])
+    return ("sweep" if "sweep" in row else "policy", row["policy"], row["seed_index"], 0)
 
 
-def _judge(config: EvalConfig, samples: list[dict], stage: Stage, device, dtype, progress) -> list[dict]:
-    """The LLM judge's verdicts on every comparison (both orders of each pair of responses)."""
-    from salsa.evaluation.llm_judge import LLMJudge, judgment_rows
-    from salsa.judge_prompt import DEFAULT_TEMPLATE
-
-    rows = judgment_rows(samples, comparison_pairs(config))
-    task = progress.add_task("LLM judge", total=len(rows), metrics=config.judge)
-    template = stage.inputs.get("judge_template") or DEFAULT_TEMPLATE
-    judge = LLMJudge(frozen(config.judge, device, dtype), config.judge, template, config.batch_size)
-    jobs = [(r["prompt"], r["response_a"], r["response_b"]) for r in rows]
-    verdicts = judge.verdicts(jobs, lambda n: progress.update(task, advance=n))
-    return [{**r, **v} for r, v in zip(rows, verdicts, strict=True)]
+def plan_units(config: EvalConfig) -> list[Unit]:
+    """Every unit of the evaluation, in the order its rows are written: the policies, their snapshots (with
+    `matched_kl`; those their runs saved), the sweeps' merges, the landscape, the soup's health."""
+    units = [Unit("policy", name, s, models=(path,)) for name, paths in config.policies.items()
+             for s, path in enumerate(paths)]  # fmt: skip
+    if config.matched_kl:
+        units += [Unit("snapshot", u.policy, u.seed_index, step, u.models)
+                  for u in list(units) for step in list_snapshots(Path(u.models[0]).parent)]  # fmt: skip
+    for point in config.sweep_points():
+        parameters = tuple(point.parameters.items())
+        units += [Unit("sweep", point.name, s, models=tuple(pair), parameters=parameters)
+                  for s, pair in enumerate(point.models)]  # fmt: skip
+    if config.landscape_models:
+        units.append(Unit("landscape", models=tuple(config.landscape_models)))
+    ingredients = ingredients_of(config.soup_model) if config.soup_health and config.soup_model else None
+    if ingredients:
+        units.append(Unit("health", models=(*ingredients, config.soup_model)))
+    return units
 
 
 @dataclass
-class SampleArgs:
-    """What every sampling pass of an evaluation shares."""
+class Sampler:
+    """What every unit of one evaluation shares: the prompts of each split, the judges, the KL references (the SFT
+    model and the soup, loaded once), the tokenizer and the progress bar."""
 
+    config: EvalConfig
+    splits: dict[str, list]
+    judges: Judges
+    kl_references: dict[str, torch.nn.Module]
     tokenizer: object
     device: torch.device
     dtype: torch.dtype
-    samples: range  # the sample indices of every prompt
-    advance: Callable[[int], None]  # the progress bar, by a number of responses
-    describe: Callable[[str], None]  # the progress bar's text
+    advance: Callable[[int], None] = lambda n: None
+    describe: Callable[[str], None] = lambda text: None
+    loaded: dict[Path, torch.nn.Module] = field(default_factory=dict)
+
+    @property
+    def samples(self) -> range:
+        return range(self.config.samples_per_prompt)
+
+    def model(self, path: str) -> torch.nn.Module:
+        """A model to sample from: a KL reference already loaded (KL 0 to itself), else loaded now."""
+        return self.loaded.get(Path(path).resolve()) or frozen(path, self.device, self.dtype)
+
+    def scored(self, model: torch.nn.Module, split: str, samples: range | None = None) -> list[dict]:
+        references = self.kl_references if split == "in_distribution" else None
+        return sample_and_score(
+            model, self.tokenizer, self.splits[split], split, self.config, self.judges, references, self.advance,
+            samples or self.samples,
+        )  # fmt: skip
 
 
-def _matched_kl_samples(
-    config: EvalConfig,
-    plan: list,
-    samples: list[dict],
-    splits: dict,
-    judges: Judges,
-    kl_references: dict,
-    args: SampleArgs,
-) -> list[dict]:
-    """The in-distribution samples of every saved policy the matched-KL comparisons need."""
-    rows_out: list[dict] = []
-    for m in plan:
-        args.describe(f"{m.policy} [{m.seed_index}] at step {m.step} (matched KL)")
-        if m.final:  # the final policy's samples are already drawn, with the same prompts and seeds
-            rows = _drawn(samples, m.policy, m.seed_index)
-        else:
-            model = load_snapshot(m.run_dir, m.step).to(args.device, args.dtype).eval().requires_grad_(False)
-            rows = sample_and_score(
-                model, args.tokenizer, splits["in_distribution"], "in_distribution", config, judges, kl_references,
-                args.advance, args.samples,
-            )  # fmt: skip
-            del model
-        meta = {"matched": m.comparison, "policy": m.policy, "seed_index": m.seed_index, "split": "in_distribution",
-                "step": m.step, "kl_train": m.kl_train, "target_kl": m.target}  # fmt: skip
-        rows_out += [{**r, **meta} for r in rows]
-    return rows_out
-
-
-def _policy_samples(
-    model: torch.nn.Module,
-    name: str,
-    seed_index: int,
-    config: EvalConfig,
-    splits: dict,
-    judges: Judges,
-    kl_references: dict,
-    args: SampleArgs,
-) -> list[dict]:
-    """One policy model's answers on every split, scored, with its KL to the references on the in-distribution
-    prompts."""
-    rows = []
-    for split, prompts in splits.items():
-        references = kl_references if split == "in_distribution" else None
-        scored = sample_and_score(
-            model, args.tokenizer, prompts, split, config, judges, references, args.advance, args.samples
-        )
-        rows += [{"policy": name, "seed_index": seed_index, "split": split, **r} for r in scored]
-    return rows
-
-
-def _sweep_samples(
-    config: EvalConfig, points: list[SweepPoint], splits: dict, judges: Judges, kl_references: dict, args: SampleArgs
-) -> list[dict]:
-    """The answers of every point of the merge sweeps, each merge built in memory from its two models (no file
-    written) and evaluated as a policy is: the same prompts and seeds, the same judges and KL references."""
-    from salsa.weights.in_memory import soup_model
-
-    rows = []
-    for point in points:
-        for seed_index, models in enumerate(point.models):
-            args.describe(f"{point.name} [{seed_index}]")
-            model = soup_model(models, **point.parameters).to(args.device, args.dtype).eval().requires_grad_(False)
-            rows += _policy_samples(model, point.name, seed_index, config, splits, judges, kl_references, args)
-            del model
-    return rows
-
-
-def _landscape_samples(
-    config: EvalConfig, samples: list[dict], splits: dict, judges: Judges, args: SampleArgs
-) -> list[dict]:
-    """The samples of every point (1 - alpha) * SFT-1 + alpha * SFT-2 of the landscape."""
-    from salsa.weights.in_memory import soup_model
-
-    endpoints = {0.0: config.landscape_models[0], 1.0: config.landscape_models[1]}
-    rows_out: list[dict] = []
-    for alpha in config.landscape_alphas:
-        args.describe(f"landscape alpha={alpha:+.2f}")
-        policy = _policy_at(config, endpoints[alpha]) if alpha in endpoints else None
-        # An endpoint that is also a policy starts from the responses already drawn from it.
-        drawn = [{k: v for k, v in r.items() if k in LANDSCAPE_KEYS} for r in _drawn(samples, *policy)] if (
-            policy is not None
-        ) else []  # fmt: skip
-        args.advance(len(drawn))
-
-        def build(alpha=alpha):
-            model = soup_model(config.landscape_models, alpha=alpha, allow_extrapolation=True)
-            return model.to(args.device, args.dtype).eval().requires_grad_(False)
-
-        rows = sample_point(config, build, args.tokenizer, splits["in_distribution"], judges, drawn, args.advance)
-        rows_out += [{"alpha": alpha, **r} for r in rows]
-    return rows_out
-
-
-def _soup_health_samples(
-    config: EvalConfig, ingredients: list[str], loaded: dict, prompts: list, judges: Judges, args: SampleArgs
-) -> list[dict]:
-    """Every ingredient and the soup answer the in-distribution prompts, each scored with its KL to the others."""
-    members = dict(zip(member_names(len(ingredients)), [*ingredients, config.soup_model], strict=True))
-    models = {name: loaded.get(Path(path).resolve()) or frozen(path, args.device, args.dtype)
-              for name, path in members.items()}  # fmt: skip
-    rows = []
-    for name, model in models.items():
-        args.describe(f"soup health: {name}")
-        scored = sample_and_score(
-            model, args.tokenizer, prompts, "in_distribution", config, judges, models, args.advance, args.samples
-        )
-        rows += [{"member": name, "split": "in_distribution", **r} for r in scored]
-    return rows
-
-
-def evaluate(config: EvalConfig, show_progress: bool = True, overwrite: bool = False) -> Path:
-    """Sample, judge and compare the configured policies; writes results.json and samples.jsonl."""
-    return run_stage(config, lambda stage: _evaluate(config, stage, show_progress), overwrite)
-
-
-def _evaluate(config: EvalConfig, stage: Stage, show_progress: bool) -> None:
-    splits = {"in_distribution": stage.inputs["prompts"]}
+def open_sampler(config: EvalConfig, inputs: dict, first_model: str) -> Sampler:
+    """Load the judges, the KL references and the tokenizer (of `first_model`, the first model to sample from), and
+    check that the prompts leave room to answer."""
+    splits = {"in_distribution": inputs["prompts"]}
     if config.ood_prompts:
-        splits["out_of_distribution"] = stage.inputs["ood_prompts"]
+        splits["out_of_distribution"] = inputs["ood_prompts"]
     device = runtime.accelerator().device
     dtype = runtime.forward_dtype(config.mixed_precision)
     judges = Judges(config.task, config.reward_model, device)
     kl_paths = {name: p for name, p in (("sft", config.sft_model), ("soup", config.soup_model)) if p}
-    first_policy = next(iter(config.policies.values()))[0]
-    tokenizer = load_tokenizer(first_policy)
+    tokenizer = load_tokenizer(first_model)
     kl_references = {name: frozen(path, device, dtype) for name, path in kl_paths.items()}
-    first_model = next(iter(kl_references.values()), None) or frozen(first_policy, device, dtype)
+    model = next(iter(kl_references.values()), None) or frozen(first_model, device, dtype)
     for split, source in (("in_distribution", config.prompts), ("out_of_distribution", config.ood_prompts)):
         if split in splits:
-            check_prompt_lengths(tokenizer, splits[split], config.max_new_tokens, first_model, f"eval ({source})")
+            check_prompt_lengths(tokenizer, splits[split], config.max_new_tokens, model, f"eval ({source})")
     loaded = {Path(kl_paths[name]).resolve(): model for name, model in kl_references.items()}
+    return Sampler(config, splits, judges, kl_references, tokenizer, device, dtype, loaded=loaded)
 
-    num_policy_models = sum(len(paths) for paths in config.policies.values())
-    per_prompt = config.samples_per_prompt
-    total = num_policy_models * sum(len(p) for p in splits.values()) * per_prompt
-    if config.landscape_models:  # the first round of each point; a point that needs more rounds adds to it
-        total += len(config.landscape_alphas) * len(splits["in_distribution"]) * per_prompt
-    matched_plan, unmatched = plan_matched_kl(config) if config.matched_kl else ([], [])
-    total += sum(not m.final for m in matched_plan) * len(splits["in_distribution"]) * per_prompt
-    ingredients = ingredients_of(config.soup_model) if config.soup_health and config.soup_model else None
-    if ingredients:
-        total += (len(ingredients) + 1) * len(splits["in_distribution"]) * per_prompt
-    points = config.sweep_points()
-    total += sum(len(point.models) for point in points) * sum(len(p) for p in splits.values()) * per_prompt
-    everyone = range(per_prompt)
-    samples: list[dict] = []
+
+def _policy_rows(sampler: Sampler, model: torch.nn.Module, name: str, seed_index: int) -> list[dict]:
+    """One policy model's answers on every split, scored, with its KL to the references on the in-distribution
+    prompts."""
+    rows = []
+    for split in sampler.splits:
+        rows += [{"policy": name, "seed_index": seed_index, "split": split, **r} for r in sampler.scored(model, split)]
+    return rows
+
+
+def _drawn(rows: list[dict], path: str, config: EvalConfig) -> list[dict]:
+    """The in-distribution rows already drawn from the policy model at `path`, if it is one."""
+    for name, paths in config.policies.items():
+        for seed_index, policy_path in enumerate(paths):
+            if Path(policy_path).resolve() == Path(path).resolve():
+                key = ("policy", name, seed_index, 0)
+                return [r for r in rows if unit_key(r) == key and r["split"] == "in_distribution"]
+    return []
+
+
+def _landscape_rows(sampler: Sampler, unit: Unit, drawn: list[dict]) -> list[dict]:
+    """The samples of every point (1 - alpha) * SFT-1 + alpha * SFT-2 of the landscape; an endpoint that is also a
+    policy starts from the responses already drawn from it."""
+    from salsa.weights.in_memory import soup_model
+
+    config = sampler.config
+    endpoints = {0.0: unit.models[0], 1.0: unit.models[1]}
+    rows_out: list[dict] = []
+    for alpha in config.landscape_alphas:
+        sampler.describe(f"landscape alpha={alpha:+.2f}")
+        start = _drawn(drawn, endpoints[alpha], config) if alpha in endpoints else []
+        start = [{k: v for k, v in r.items() if k in LANDSCAPE_KEYS} for r in start]
+        sampler.advance(len(start))
+
+        def build(alpha=alpha):
+            model = soup_model(list(unit.models), alpha=alpha, allow_extrapolation=True)
+            return model.to(sampler.device, sampler.dtype).eval().requires_grad_(False)
+
+        rows = sample_point(
+            config, build, sampler.tokenizer, sampler.splits["in_distribution"], sampler.judges, start,
+            sampler.advance,
+        )  # fmt: skip
+        rows_out += [{"alpha": alpha, **r} for r in rows]
+    return rows_out
+
+
+def _health_rows(sampler: Sampler, unit: Unit) -> list[dict]:
+    """Every ingredient and the soup answer the in-distribution prompts, each scored with its KL to the others."""
+    models = {name: sampler.model(path) for name, path in zip(member_names(len(unit.models) - 1), unit.models,
+                                                                strict=True)}  # fmt: skip
+    rows = []
+    for name, model in models.items():
+        sampler.describe(f"soup health: {name}")
+        scored = sample_and_score(
+            model, sampler.tokenizer, sampler.splits["in_distribution"], "in_distribution", sampler.config,
+            sampler.judges, models, sampler.advance, sampler.samples,
+        )  # fmt: skip
+        rows += [{"member": name, "split": "in_distribution", **r} for r in scored]
+    return rows
+
+
+def draw(sampler: Sampler, unit: Unit, drawn: list[dict]) -> list[dict]:
+    """The rows of one unit (`drawn`: the rows drawn before it, which the landscape may start from)."""
+    from salsa.weights.in_memory import soup_model
+
+    label = f"{unit.policy} [{unit.seed_index}]"
+    if unit.kind == "policy":
+        sampler.describe(label)
+        return _policy_rows(sampler, sampler.model(unit.models[0]), unit.policy, unit.seed_index)
+    if unit.kind == "snapshot":
+        sampler.describe(f"{label} at step {unit.step}")
+        model = load_snapshot(Path(unit.models[0]).parent, unit.step)
+        model = model.to(sampler.device, sampler.dtype).eval().requires_grad_(False)
+        meta = {"policy": unit.policy, "seed_index": unit.seed_index, "split": "in_distribution",
+                "snapshot": unit.step}  # fmt: skip
+        return [{**meta, **r} for r in sampler.scored(model, "in_distribution")]
+    if unit.kind == "sweep":
+        sampler.describe(label)
+        model = soup_model(list(unit.models), **dict(unit.parameters))
+        model = model.to(sampler.device, sampler.dtype).eval().requires_grad_(False)
+        sweep = unit.policy.rsplit("@", 1)[0]
+        return [{**r, "sweep": sweep} for r in _policy_rows(sampler, model, unit.policy, unit.seed_index)]
+    if unit.kind == "landscape":
+        return _landscape_rows(sampler, unit, drawn)
+    return _health_rows(sampler, unit)
+
+
+def draw_units(config: EvalConfig, inputs: dict, units: list[Unit], show_progress: bool = True) -> list[dict]:
+    """The rows of `units`, in order, under one progress bar."""
+    if not units:
+        return []
+    sampler = open_sampler(config, inputs, units[0].models[0])
+    sizes = {split: len(prompts) for split, prompts in sampler.splits.items()}
+    rows: list[dict] = []
     with training_progress(disable=not show_progress or not runtime.is_main_process()) as progress:
-        task = progress.add_task("evaluating", total=total, metrics="")
-        advance = lambda n: progress.update(task, advance=n)  # noqa: E731
-        sample_args = SampleArgs(
-            tokenizer, device, dtype, everyone, advance, lambda text: progress.update(task, metrics=text)
-        )
-        for name, paths in config.policies.items():
-            for seed_index, path in enumerate(paths):
-                progress.update(task, metrics=f"{name} [{seed_index}]")
-                # A policy that is also a KL reference (the SFT model, say) is that loaded model: KL 0 to it.
-                model = loaded.get(Path(path).resolve()) or frozen(path, device, dtype)
-                samples += _policy_samples(model, name, seed_index, config, splits, judges, kl_references, sample_args)
-                del model
-        sweep_rows = _sweep_samples(config, points, splits, judges, kl_references, sample_args)
-        matched_rows = _matched_kl_samples(config, matched_plan, samples, splits, judges, kl_references, sample_args)
-        landscape_rows = (
-            _landscape_samples(config, samples, splits, judges, sample_args) if config.landscape_models else []
-        )
-        health_rows = (
-            _soup_health_samples(config, ingredients, loaded, splits["in_distribution"], judges, sample_args)
-            if ingredients
-            else []
-        )
-        judgments = _judge(config, samples, stage, device, dtype, progress) if config.judge else []
+        task = progress.add_task("evaluating", total=sum(u.responses(config, sizes) for u in units), metrics="")
+        sampler.advance = lambda n: progress.update(task, advance=n)
+        sampler.describe = lambda text: progress.update(task, metrics=text)
+        for unit in units:
+            rows += draw(sampler, unit, rows)
+    return rows
 
-    results = summarise(config, samples, landscape_rows, judges.names, list(splits), matched_rows, unmatched, judgments)
-    stats = {"num_samples": config.bootstrap_samples, "confidence": config.confidence, "seed": config.seed}
-    results["soup_health"] = summarise_soup_health(health_rows, judges.names, config, stats) if health_rows else None
-    if points:  # each point in the policies' table, and the sweeps as curves of points
-        point_entries, results["sweeps"] = summarise_sweeps(
-            config, points, sweep_rows, judges.names, list(splits), stats
-        )
-        results["policies"].update(point_entries)
+
+def in_plan_order(rows: list[dict], units: list[Unit]) -> list[dict]:
+    """The rows sorted by their unit's place in the plan (stable within a unit): the same file however the units
+    were shared out."""
+    place = {unit.key: i for i, unit in enumerate(units)}
+    return sorted(rows, key=lambda r: place.get(unit_key(r), len(place)))
+
+
+def _judge(config: EvalConfig, samples: list[dict], stage: Stage, show_progress: bool) -> list[dict]:
+    """The LLM judge's verdicts on every comparison (both orders of each pair of responses)."""
+    from salsa.evaluation.llm_judge import LLMJudge, judgment_rows
+    from salsa.judge_prompt import DEFAULT_TEMPLATE
+
+    device, dtype = runtime.accelerator().device, runtime.forward_dtype(config.mixed_precision)
+    rows = judgment_rows(samples, comparison_pairs(config))
+    template = stage.inputs.get("judge_template") or DEFAULT_TEMPLATE
+    judge = LLMJudge(frozen(config.judge, device, dtype), config.judge, template, config.batch_size)
+    jobs = [(r["prompt"], r["response_a"], r["response_b"]) for r in rows]
+    with training_progress(disable=not show_progress or not runtime.is_main_process()) as progress:
+        task = progress.add_task("LLM judge", total=len(rows), metrics=config.judge)
+        verdicts = judge.verdicts(jobs, lambda n: progress.update(task, advance=n))
+    return [{**r, **v} for r, v in zip(rows, verdicts, strict=True)]
+
+
+def evaluate(
+    config: EvalConfig, show_progress: bool = True, overwrite: bool = False, drawn: list[dict] | None = None
+) -> Path:
+    """Sample, judge and compare the configured policies; writes results.json and samples.jsonl. `drawn`: rows of
+    units drawn elsewhere (a study's jobs); only the units they lack are sampled here."""
+    return run_stage(config, lambda stage: _evaluate(config, stage, show_progress, drawn or []), overwrite)
+
+
+def _evaluate(config: EvalConfig, stage: Stage, show_progress: bool, drawn: list[dict]) -> None:
+    units = plan_units(config)
+    have = {unit_key(r) for r in drawn}
+    todo = [u for u in units if u.key not in have]
+    rows = in_plan_order(drawn + draw_units(config, stage.inputs, todo, show_progress), units)
+    judgments = _judge(config, rows_of(rows, "policy"), stage, show_progress) if config.judge else []
+    results = summarise_rows(config, rows, judgments)
     if runtime.is_main_process():
-        everything = samples + matched_rows + landscape_rows + health_rows + sweep_rows
-        atomic_write_text(stage.out / "samples.jsonl", "".join(json.dumps(r) + "\n" for r in everything))
+        atomic_write_text(stage.out / "samples.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
         if judgments:
             atomic_write_text(stage.out / "judgments.jsonl", "".join(json.dumps(r) + "\n" for r in judgments))
         atomic_write_json(stage.out / "results.json", results)
     stage.finish()
+
+
+def rows_of(rows: list[dict], kind: str) -> list[dict]:
+    """The rows drawn in units of one kind (policy, snapshot, sweep, landscape, health)."""
+    return [r for r in rows if unit_key(r)[0] == kind]
+
+
+def summarise_rows(config: EvalConfig, rows: list[dict], judgments: list[dict] | None = None) -> dict:
+    """results.json from every sample row of an evaluation (the eval stage's, or a study's restored archive)."""
+    samples = rows_of(rows, "policy")
+    splits = ["in_distribution"] + (["out_of_distribution"] if config.ood_prompts else [])
+    judges = [j for j in ("gold", "reward") if samples and j in samples[0]]
+    matched, unmatched = matched_kl_rows(config, samples, rows_of(rows, "snapshot")) if config.matched_kl else ([], [])
+    results = summarise(config, samples, rows_of(rows, "landscape"), judges, splits, matched, unmatched, judgments)
+    stats = {"num_samples": config.bootstrap_samples, "confidence": config.confidence, "seed": config.seed}
+    health = rows_of(rows, "health")
+    results["soup_health"] = summarise_soup_health(health, judges, config, stats) if health else None
+    points = config.sweep_points()
+    if points:  # each point in the policies' table, and the sweeps as curves of points
+        entries, results["sweeps"] = summarise_sweeps(config, points, rows_of(rows, "sweep"), judges, splits, stats)
+        results["policies"].update(entries)
+    return results

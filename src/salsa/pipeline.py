@@ -1,12 +1,17 @@
 """`salsa run`: the whole SALSA pipeline from one YAML file, cached and resumable.
 
-    data -> reward -> sft (K seeds) -> soup -> rl/<method>/seed-<s> -> eval -> report
+    data -> reward -> sft (K seeds) -> soup -> jobs: base, rl/<arm>/seed-<s> (+ samples) -> eval -> report
 
 Every stage writes into the run directory and ends with a completion marker. `pipeline.json` records
 each finished stage's fingerprint: a hash of its resolved config and of the fingerprints of the stages it
 reads. A rerun skips a stage whose fingerprint is unchanged and whose directory is complete, redoes one
 whose config (or an upstream stage) changed, and resumes an interrupted one from its checkpoints (SFT
 and RL save them every `save_steps`).
+
+Every RL run with its evaluation samples is a job of a grid (`salsa.grid`), planned with the SHA-256 of the base
+it reads and run by an executor (`salsa.executors`: here, one after another, or on a Ray cluster); a job commits
+atomically, and a job whose spec changed (its config or the base) is redone. `only` / `shard` run part of the grid;
+the eval stage waits for every job and summarises the union of their samples.
 
 Every RL arm gets the same RL config (steps, prompts, batch, seeds); only the start and the KL anchor differ,
 as `run.arms` says: by default ppo starts from and is anchored to sft-0 (sft-0:sft-0), salsa to the soup of all
@@ -40,13 +45,27 @@ from salsa.config import (
 from salsa.config_loading import config_to_yaml, load_stage_config, validate_values
 from salsa.config_loading import fingerprint as config_fingerprint
 from salsa.engine import Stage
-from salsa.errors import ConfigError
+from salsa.errors import ConfigError, SalsaError
+from salsa.grid import (
+    Job,
+    committed,
+    committed_rows,
+    cross_job_units,
+    input_paths,
+    job_dir,
+    plan_jobs,
+    select,
+    write_spec,
+)
 from salsa.io import atomic_write_json, atomic_write_text, is_complete, read_json
 from salsa.progress import console
 
 # RL settings that `salsa run` sets per arm and seed.
 PER_RUN = ("init", "reference", "reference_model", "reference_models", "kl_coef", "seed", "output_dir")  # seed: + s
 STATE_FILE = "pipeline.json"
+# What the run directory's own fingerprint leaves out: the grid's shape is handled job by job, the executor's
+# resources change nothing a run computes.
+RUN_IGNORED = ("seeds", "arms", "arm_seeds", "kl_coefs", "cpus_per_job")
 
 
 @dataclasses.dataclass
@@ -263,23 +282,67 @@ class StageRunner:
         return {name: s["seconds"] for name, s in stages if name in self.fingerprints and "seconds" in s}
 
 
+def _absolute(config: Any) -> Any:
+    """The config with its local paths absolute (a job may run on another node, from another directory): the
+    output directory, every input that exists and the evaluation's policies (RL runs that jobs will write)."""
+
+    def resolved(value: Any, always: bool = False) -> Any:
+        if isinstance(value, list):
+            return [resolved(v, always) for v in value]
+        if isinstance(value, dict):
+            return {k: resolved(v, always) for k, v in value.items()}
+        if isinstance(value, str) and (always or Path(value).exists()):
+            return str(Path(value).resolve())
+        return value
+
+    changes = {
+        f.name: resolved(getattr(config, f.name), f.name in ("output_dir", "policies"))
+        for f in dataclasses.fields(config)
+        if f.metadata.get("input") or f.name in ("output_dir", "policies")
+    }
+    return dataclasses.replace(config, **changes)
+
+
+def plan_grid(plan: RunPlan) -> list[Job]:
+    """The run's jobs (`salsa.grid`): the base job, then one per RL run; paths absolute."""
+    rl = {name: _absolute(config) for name, config in plan.rl.items()}
+    return plan_jobs(rl, _absolute(plan.eval).policies)
+
+
 def run_pipeline(
-    config_path: str | Path | None = None, overrides: list[str] | None = None, show_progress: bool = True
-) -> Path:
-    """Run (or finish) the whole pipeline; returns the report directory."""
+    config_path: str | Path | None = None,
+    overrides: list[str] | None = None,
+    show_progress: bool = True,
+    executor: str = "local",
+    ray_address: str | None = None,
+    only: str | None = None,
+    shard: str | None = None,
+) -> Path | None:
+    """Run (or finish) the whole pipeline; returns the report directory. With `only` or `shard`, the base stages and
+    those jobs of the grid only (`salsa.grid.select`); the evaluation and the report wait for every job, so this
+    returns None while some are not committed in this run directory."""
     from salsa.evaluate import evaluate
+    from salsa.executors import make_executor
     from salsa.report import write_report
     from salsa.reward import train_reward
-    from salsa.rl.ppo import train_rl
     from salsa.sft import train_sft
     from salsa.soup import build_soup_from_config
     from salsa.task_data import make_task_data
 
     plan = plan_run(config_path, overrides)
+    jobs = plan_grid(plan)
+    selected = select(jobs, only, shard)  # before any work, like the executor: a mistake is reported at once
+    runner = make_executor(executor, ray_address, plan.run.cpus_per_job)
+    evaluation = _absolute(plan.eval)
+    if (only or shard) and cross_job_units(Path(plan.run.output_dir).resolve(), evaluation):
+        raise ConfigError(
+            "eval.sweeps merge the RL policies of several jobs, which no one job draws: run the whole grid in one run "
+            "directory (without --only/--shard), or leave those sweeps out"
+        )
     # The run directory is a stage of its own: salsa's, locked while a run works in it. What changes between
     # runs (seeds, arms) is handled stage by stage below.
-    with Stage(plan.run, ignore=("seeds", "arms", "arm_seeds", "kl_coefs"), inputs={}) as run:
-        root = run.out
+    with Stage(plan.run, ignore=RUN_IGNORED, inputs={}) as run:
+        root = run.out.resolve()
         resolved = plan.to_yaml()
         if runtime.is_main_process():
             atomic_write_text(root / "config.yaml", resolved)
@@ -293,12 +356,35 @@ def run_pipeline(
             "sft", plan.sft, lambda redo: train_sft(plan.sft, overwrite=redo, show_progress=show_progress), after=data
         )
         stages.run("soup", plan.soup, lambda redo: build_soup_from_config(plan.soup, redo), after=("sft",))
-        for name, rl_config in plan.rl.items():
-            stages.run(
-                name, rl_config, lambda redo, c=rl_config: train_rl(c, show_progress, overwrite=redo),
-                after=("reward", "sft", "soup"),
-            )  # fmt: skip
-        stages.run("eval", plan.eval, lambda redo: evaluate(plan.eval, show_progress, redo), after=tuple(plan.rl))
+        base_inputs = input_paths(evaluation)
+        for job in jobs:
+            if runtime.is_main_process() and write_spec(root, job, evaluation, base_inputs):
+                console.print(f"[yellow]job {escape(job.id)}[/]: its config or inputs changed; redoing it")
+        runtime.barrier()
+        todo = [job for job in selected if committed(root, job.id) is None]
+        if len(todo) < len(selected):
+            console.print(f"[green]{len(selected) - len(todo)} job(s)[/] committed before; skipping them")
+        failed = runner.run(root, todo, show_progress) if todo else []
+        if failed:
+            raise SalsaError(
+                f"{len(failed)} of {len(todo)} job(s) failed (the others finished; rerun the same command to resume "
+                "them): " + "; ".join(failed)
+            )
+        missing = [job.id for job in jobs if committed(root, job.id) is None]
+        if missing:
+            console.print(
+                f"{len(jobs) - len(missing)} of {len(jobs)} jobs committed in {escape(str(root))}; missing: "
+                f"{escape(', '.join(missing))}. Archive what is here with `salsa study archive {escape(str(root))} "
+                "STUDY_DIR`; the evaluation and the report wait for every job."
+            )
+            return None
+        for job in jobs:
+            stages.fingerprints[job.id] = read_json(job_dir(root, job.id) / "job.json")["spec"]
+        stages.run(
+            "eval", plan.eval,
+            lambda redo: evaluate(plan.eval, show_progress, redo, drawn=committed_rows(root, jobs)),
+            after=tuple(job.id for job in jobs),
+        )  # fmt: skip
         report_dir = root / "report"
         write_report(plan.eval.output_dir, report_dir, {"timings": stages.timings, "config": resolved})
         run.finish()

@@ -177,16 +177,16 @@ def _matched_kl_text(entry: dict, confidence: float) -> str:
     several_seeds = len({r["seed_index"] for r in entry["runs"]}) > 1
     picked = "; ".join(
         f"{r['policy']}" + (f" seed {r['seed_index']}" if several_seeds else "")
-        + f" at step {r['step']} (training KL {r['kl_train']:.2f})"
+        + f" at step {r['step']} (KL {r['kl_eval']:.2f})"
         for r in entry["runs"]
     )  # fmt: skip
     measured = ", ".join(f"{name} {_with_ci(kl, '{:.2f}')}" for name, kl in entry["kl_sft"].items())
     text = (
-        f"**Win rate at matched KL.** From each run's saved policies, the one whose training KL to the SFT model "
-        f"lies closest to the largest KL both runs reached: {picked}."
+        f"**Win rate at matched KL.** From each run's saved policies, the one whose KL to the SFT model on the "
+        f"evaluation prompts lies closest to the largest KL both runs reached: {picked}."
     )
     if measured:
-        text += f" Their KL to SFT on the evaluation prompts (nats): {measured}."
+        text += f" Their KL to SFT on the evaluation prompts (nats, with intervals): {measured}."
     return text + " " + " ".join(verdict(c, confidence) for c in entry["comparisons"])
 
 

@@ -1,17 +1,24 @@
 """A study's results doc, regenerated from its committed raw data, so that every number in it can be checked.
 
-    salsa study archive runs/study docs/results/my-study     # once the run is done: the data the doc is made from
+    salsa study archive runs/study docs/results/my-study     # the committed jobs' data the doc is made from
     salsa study render docs/results/my-study                 # every number, table and figure, from that data
 
-`archive` copies what the numbers come from into the study folder, compressed: the run's resolved config and
-timings, the evaluation's config and samples (every response with its scores and KL), the matched-KL notes, each
-RL run's config, metrics and completion record, and the reward model's, soup's and data's records. Paths inside
-the run are stored relative to it.
+`archive` adds what the numbers come from to the study folder's data/, compressed: the run's resolved config, the
+evaluation's config, each committed job's samples, spec and completion record with its RL run's config, metrics and
+record, and the base's records (data sheet, reward model, soup, SFT metrics). Paths inside the run are stored
+relative to it. Jobs already archived are kept, so a study can be finished over several run directories, machines
+or days (`salsa run --shard i/n` in each, then `archive` each): a job whose base (the inputs its spec names, by
+SHA-256) differs from the archive's is refused unless `--accept-rebuilt-base` says a rebuilt base is acceptable
+(the same configs give weights that differ by float rounding on another CPU); the doc then says on how many builds
+of the base its jobs ran.
 
-`render` rebuilds a run-like tree from that folder, recomputes the evaluation's summary with salsa's own code (the
-`summarise` the eval stage runs), draws the report's figures into the folder and fills its `template.md` (a Jinja
-template over the summary) into the doc named in the folder's `study.json`. tests/test_study.py renders every
-committed study and compares the output with the committed doc, so a number cannot drift from its data.
+`render` rebuilds a run-like tree from that folder, recomputes the evaluation's summary with salsa's own code from
+the union of the jobs' samples, draws the report's figures into the folder and fills its `template.md` into the
+doc named in the folder's `study.json`. While jobs of the planned grid are missing, the doc opens with their list
+and every verdict is withheld. Rendering is safe on anyone's folder: the template runs in Jinja's sandbox with only
+salsa's formatting helpers, the doc must lie inside the folder, symbolic links are refused and compressed files
+are size-checked as they are decompressed. tests/test_study.py renders every committed study and compares the output
+with the committed doc, so a number cannot drift from its data.
 """
 
 from __future__ import annotations
@@ -27,113 +34,229 @@ import numpy as np
 from salsa.config import EvalConfig
 from salsa.config_loading import load_stage_config
 from salsa.errors import DataError
+from salsa.grid import JOBS, RUN_ROOT, committed, job_dir
 from salsa.io import atomic_file, atomic_write_text, read_json
 
-RUN_ROOT = "{RUN}"  # the run directory, in archived text files
 DATA = "data"  # the study folder's archive
-TEXT_FILES = ("config.yaml", "salsa_complete.json", "soup.json", "eval.json", "datasheet.md", "pipeline.json")
+MANIFEST = "manifest.json"  # the planned jobs, the archived ones and the builds of the base they ran on
+# The most a compressed archive file may expand to: samples of a large study are tens of MB.
+MAX_DECOMPRESSED = 1 << 30
+WITHHELD = "withheld: the study is incomplete"
 
 
-def _archived_files(run: Path) -> list[Path]:
-    """The files of a finished `salsa run` directory a study doc is computed from."""
-    wanted = [run / "config.yaml", run / "pipeline.json", run / "eval" / "config.yaml", run / "eval" / "results.json",
-              run / "eval" / "samples.jsonl", run / "reward" / "eval.json", run / "soup" / "soup.json",
+def _write(target: Path, text: str) -> Path:
+    """Write an archived text file: JSONL gzip-compressed (mtime 0: the same data gives the same bytes)."""
+    if target.suffix == ".jsonl":
+        target = target.with_name(target.name + ".gz")
+        with atomic_file(target) as tmp, gzip.GzipFile(tmp, "wb", mtime=0) as compressed:
+            compressed.write(text.encode("utf-8"))
+    else:
+        atomic_write_text(target, text)
+    return target
+
+
+def _base_files(run: Path) -> list[Path]:
+    """The base's records a study doc may quote: the data sheet, the reward model's and the soup's records, the
+    SFT models' metrics, the stages' timings."""
+    wanted = [run / "pipeline.json", run / "reward" / "eval.json", run / "soup" / "soup.json",
               run / "data" / "datasheet.md"]  # fmt: skip
-    for rl_run in sorted(p.parent for p in (run / "rl").rglob("metrics.jsonl")):
-        wanted += [rl_run / "config.yaml", rl_run / "metrics.jsonl", rl_run / "salsa_complete.json"]
     for sft in sorted((run / "sft").glob("sft-*")):
         wanted += [sft / "salsa_complete.json", sft / "metrics.jsonl"]
     return [p for p in wanted if p.is_file()]
 
 
-def archive(run_dir: str | Path, study_dir: str | Path) -> list[Path]:
-    """Copy a finished run's data into `study_dir/data` (JSONL gzip-compressed; the run's path made relative)."""
+def _job_files(run: Path, job_id: str) -> list[Path]:
+    folder, rl = job_dir(run, job_id), run / "rl" / job_id
+    wanted = [folder / "job.json", folder / "committed.json", folder / "samples.jsonl"]
+    wanted += [rl / "config.yaml", rl / "metrics.jsonl", rl / "salsa_complete.json"]
+    return [p for p in wanted if p.is_file()]
+
+
+def _join_build(builds: list[dict], inputs: dict, job_id: str, accept_rebuilt: bool) -> int:
+    """The build of the base a job ran on: the first whose inputs agree with the job's (same digests where both
+    name a file), else a new one if `accept_rebuilt`, else an error naming the inputs that differ."""
+    for number, build in enumerate(builds):
+        if all(build.get(name, digest) == digest for name, digest in inputs.items()):
+            build.update(inputs)
+            return number
+    if not accept_rebuilt:
+        differ = sorted(name for name, digest in inputs.items() if name in builds[0] and builds[0][name] != digest)
+        raise DataError(
+            f"job {job_id}: its base differs from the archive's ({', '.join(differ)}); archive it with "
+            "--accept-rebuilt-base if a base rebuilt from the same configs is acceptable (float rounding on another "
+            "CPU), else rerun it on the archive's base"
+        )
+    builds.append(dict(inputs))
+    return len(builds) - 1
+
+
+def archive(run_dir: str | Path, study_dir: str | Path, accept_rebuilt_base: bool = False) -> list[Path]:
+    """Add a run directory's committed jobs to `study_dir/data` (JSONL gzip-compressed, the run's path made
+    relative); jobs already archived are kept. Returns the files written."""
     run, out = Path(run_dir).resolve(), Path(study_dir) / DATA
-    if not (run / "eval" / "samples.jsonl").is_file():
-        raise DataError(f"{run}: no eval/samples.jsonl; archive a `salsa run` directory whose eval stage finished")
+    planned = sorted(p.parent.relative_to(run / JOBS).as_posix() for p in (run / JOBS).rglob("job.json"))
+    done = [job_id for job_id in planned if committed(run, job_id) is not None]
+    if not done:
+        raise DataError(f"{run}: no committed job (jobs/*/committed.json); archive a run directory of `salsa run`")
+    relative = lambda path: path.read_text(encoding="utf-8").replace(str(run), RUN_ROOT)  # noqa: E731
+    config = relative(run / "config.yaml")
+    evaluation = relative(job_dir(run, done[0]) / "eval.yaml")
+    manifest = read_json(out / MANIFEST) if (out / MANIFEST).is_file() else None
+    if manifest is not None:
+        _refuse_links(out)
+        for name, text in (("config.yaml", config), ("eval/config.yaml", evaluation)):
+            if (out / name).read_text(encoding="utf-8") != text:
+                raise DataError(f"{run}: its {name} differs from the archive's ({out / name}): another study's run")
+    else:
+        manifest = {"planned": planned, "jobs": {}, "builds": []}
+    specs = {job_id: read_json(job_dir(run, job_id) / "job.json") for job_id in done}
+    new = [job_id for job_id in done if job_id not in manifest["jobs"]]
+    builds = manifest["builds"]
+    joined = {job_id: _join_build(builds, specs[job_id]["inputs"], job_id, accept_rebuilt_base or not builds)
+              for job_id in new}  # fmt: skip
     written = []
-    for source in _archived_files(run):
-        relative = source.relative_to(run)
-        text = source.read_text(encoding="utf-8").replace(str(run), RUN_ROOT)
-        if source.suffix == ".jsonl":
-            target = out / f"{relative}.gz"
-            with atomic_file(target) as tmp:
-                # mtime 0: the same data gives the same bytes, so a re-archive changes nothing in git.
-                with gzip.GzipFile(tmp, "wb", mtime=0) as compressed:
-                    compressed.write(text.encode("utf-8"))
-        else:
-            target = out / relative
-            atomic_write_text(target, text)
-        written.append(target)
-    return written
+    if not (out / "config.yaml").is_file():
+        written += [_write(out / "config.yaml", config), _write(out / "eval" / "config.yaml", evaluation)]
+        written += [_write(out / p.relative_to(run), relative(p)) for p in _base_files(run)]
+    for job_id in new:
+        written += [_write(out / p.relative_to(run), relative(p)) for p in _job_files(run, job_id)]
+        manifest["jobs"][job_id] = {"build": joined[job_id]}
+    manifest["jobs"] = dict(sorted(manifest["jobs"].items()))
+    atomic_write_text(out / MANIFEST, json.dumps(manifest, indent=2) + "\n")
+    return [*written, out / MANIFEST]
 
 
-def restore(study_dir: Path, root: Path) -> None:
-    """The archived files as a run directory at `root` (paths inside them pointing there)."""
+def _refuse_links(folder: Path) -> None:
+    for path in [folder, *folder.rglob("*")]:
+        if path.is_symlink():
+            raise DataError(f"{path} is a symbolic link; a study folder holds plain files only")
+
+
+def _read(source: Path) -> str:
+    """An archived file's text; a compressed one is decompressed up to MAX_DECOMPRESSED bytes, no further."""
+    if source.suffix != ".gz":
+        return source.read_text(encoding="utf-8")
+    with gzip.open(source, "rb") as f:
+        data = f.read(MAX_DECOMPRESSED + 1)
+    if len(data) > MAX_DECOMPRESSED:
+        raise DataError(f"{source}: expands to more than {MAX_DECOMPRESSED >> 20} MB; not a salsa archive file")
+    return data.decode("utf-8")
+
+
+def restore(study_dir: Path, root: Path) -> dict:
+    """The archived files as a run directory at `root` (paths inside them pointing there); returns the manifest."""
     data = study_dir / DATA
-    if not data.is_dir():
-        raise DataError(f"{study_dir}: no {DATA}/ folder; make it with `salsa study archive RUN_DIR {study_dir}`")
+    if not (data / MANIFEST).is_file():
+        raise DataError(f"{study_dir}: no {DATA}/{MANIFEST}; make it with `salsa study archive RUN_DIR {study_dir}`")
+    _refuse_links(data)
     for source in data.rglob("*"):
-        if not source.is_file():
-            continue
-        relative = source.relative_to(data)
-        if source.suffix == ".gz":
-            text = gzip.decompress(source.read_bytes()).decode("utf-8")
-            relative = relative.with_suffix("")
-        else:
-            text = source.read_text(encoding="utf-8")
-        target = root / relative
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(text.replace(RUN_ROOT, str(root)), encoding="utf-8")
+        if source.is_file() and source.name != MANIFEST:
+            relative = source.relative_to(data)
+            target = root / (relative.with_suffix("") if source.suffix == ".gz" else relative)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(_read(source).replace(RUN_ROOT, str(root)), encoding="utf-8")
+    return read_json(data / MANIFEST)
 
 
-def recompute(root: Path) -> dict[str, Any]:
-    """The evaluation's summary, recomputed from the restored samples with the eval stage's own code."""
-    from salsa.evaluation.soup_health import summarise_soup_health
-    from salsa.evaluation.summary import summarise
+def _present(config: EvalConfig, rows: list[dict]) -> tuple[EvalConfig, list[dict]]:
+    """The evaluation restricted to the seeds whose samples are here (seed indices renumbered in order), and those
+    rows; comparisons and sweeps of a missing policy are left out."""
+    import dataclasses
+
+    have = {(r["policy"], r["seed_index"]) for r in rows if "policy" in r}
+    renumber, policies = {}, {}
+    for name, paths in config.policies.items():
+        kept = [s for s in range(len(paths)) if (name, s) in have]
+        renumber.update({(name, s): i for i, s in enumerate(kept)})
+        if kept:
+            policies[name] = [paths[s] for s in kept]
+    rows = [{**r, "seed_index": renumber[(r["policy"], r["seed_index"])]} if "policy" in r else r for r in rows
+            if "policy" not in r or (r["policy"], r["seed_index"]) in renumber]  # fmt: skip
+    pairs = [c for c in (config.comparisons or []) if all(p in policies for p in c.split(":"))]
+    # Sweeps are left out: a merge of two jobs' policies is drawn by the eval stage, not archived with a job.
+    return dataclasses.replace(config, policies=policies, comparisons=pairs if config.comparisons else None,
+                               sweeps={}), rows  # fmt: skip
+
+
+def recompute(root: Path, jobs: list[str] | None = None) -> dict[str, Any]:
+    """The evaluation's summary, recomputed from the restored jobs' samples with the eval stage's own code; with
+    jobs missing, over the seeds that are here."""
+    from salsa.evaluate import in_plan_order, plan_units, summarise_rows
+    from salsa.io import read_jsonl
 
     config = load_stage_config(EvalConfig, "eval", root / "eval" / "config.yaml")
-    rows = [json.loads(line) for line in (root / "eval" / "samples.jsonl").read_text().splitlines()]
-    landscape = [r for r in rows if "alpha" in r]
-    matched = [r for r in rows if "matched" in r]
-    health = [r for r in rows if "member" in r]
-    samples = [r for r in rows if not any(k in r for k in ("alpha", "matched", "member"))]
-    recorded = read_json(root / "eval" / "results.json")
-    judges, splits = recorded["judges"], list(recorded["settings"]["prompts"])
-    results = summarise(config, samples, landscape, judges, splits, matched, recorded.get("matched_kl_notes", []), None)
-    stats = {"num_samples": config.bootstrap_samples, "confidence": config.confidence, "seed": config.seed}
-    results["soup_health"] = summarise_soup_health(health, judges, config, stats) if health else None
-    return results
+    jobs = jobs if jobs is not None else sorted(p.parent.relative_to(root / JOBS).as_posix()
+                                                for p in (root / JOBS).rglob("samples.jsonl"))  # fmt: skip
+    rows = [r for job_id in jobs for r in read_jsonl(job_dir(root, job_id) / "samples.jsonl")]
+    rows = in_plan_order(rows, plan_units(config))
+    config, rows = _present(config, rows)
+    return summarise_rows(config, rows)
+
+
+def _withhold(results: dict) -> None:
+    """Every verdict of an incomplete study: withheld (the pre-registered design is not what ran)."""
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            for key in node:
+                if key in ("claim", "label", "verdict"):
+                    node[key] = WITHHELD
+                else:
+                    walk(node[key])
+        elif isinstance(node, list):
+            for item in node:
+                walk(item)
+
+    walk(results)
 
 
 def render(study_dir: str | Path) -> Path:
     """Recompute the study's numbers from its data, draw its figures and write its doc; returns the doc's path."""
-    import jinja2
     import matplotlib
+    from jinja2 import StrictUndefined, TemplateError
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
 
     from salsa.plots import plots_for
     from salsa.report import headline_comparison
 
     study = Path(study_dir)
-    spec_file = study / "study.json"
-    if not spec_file.is_file():
-        raise DataError(f"{spec_file} does not exist; a study folder names its doc there ({{'doc': '../name.md'}})")
+    spec_file, template_file = study / "study.json", study / "template.md"
+    for needed in (spec_file, template_file):
+        if needed.is_symlink() or not needed.is_file():
+            raise DataError(f"{needed}: missing or a symbolic link; a study folder holds study.json and template.md")
     spec = read_json(spec_file)
+    doc = (study / str(spec.get("doc", ""))).resolve()
+    if not doc.is_relative_to(study.resolve()) or doc == study.resolve() or doc.is_dir():
+        raise DataError(f"{spec_file}: doc {spec.get('doc')!r} must name a file inside the study folder {study}")
     with tempfile.TemporaryDirectory(prefix="salsa-study-") as tmp:
         root = Path(tmp)
-        restore(study, root)
-        results = recompute(root)
-        context = {**_run_records(root), "results": results, "r": results, "headline": headline_comparison(results)}
+        manifest = restore(study, root)
+        archived = list(manifest["jobs"])
+        missing = [job_id for job_id in manifest["planned"] if job_id not in archived]
+        results = recompute(root, archived)
+        if missing:
+            _withhold(results)
+        records = _run_records(root)
+        builds = len(manifest["builds"])
+        context = {**records, "results": results, "r": results, "headline": headline_comparison(results),
+                   "missing_jobs": missing, "complete": not missing, "base_builds": builds}  # fmt: skip
         matplotlib.use("Agg")
         for file, _, plot in plots_for(results):
             with atomic_file(study / file) as target:
                 plot(results, target)
-    template = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(study), undefined=jinja2.StrictUndefined, keep_trailing_newline=True
-    ).get_template("template.md")
-    template.globals.update(FORMATS)
-    doc = (study / spec["doc"]).resolve()
-    atomic_write_text(doc, template.render(**context))
+    environment = ImmutableSandboxedEnvironment(undefined=StrictUndefined, keep_trailing_newline=True)
+    environment.globals.clear()  # only salsa's helpers: no cycler, joiner, namespace, range, ...
+    environment.globals.update(FORMATS)
+    try:
+        text = environment.from_string(template_file.read_text(encoding="utf-8")).render(**context)
+    except TemplateError as e:  # a mistake in the template, or what the sandbox refused to run
+        raise DataError(f"{template_file}: {type(e).__name__}: {e}") from None
+    if missing:
+        text = (
+            f"> **Incomplete: {len(missing)} of {len(manifest['planned'])} planned jobs are missing** "
+            f"({', '.join(missing)}); every verdict below is withheld until they are archived.\n\n" + text
+        )
+    atomic_write_text(doc, text)
     return doc
 
 

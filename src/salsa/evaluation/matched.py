@@ -1,9 +1,9 @@
 """Comparing RL runs at matched KL: the training curves (score against KL to SFT, from each run's metrics.jsonl)
-and, from the policies a run saved along the way, which of them to compare with which."""
+and, from the policies a run saved along the way (their answers to the evaluation prompts), which of them to compare
+with which."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +13,6 @@ from salsa.config import EvalConfig
 from salsa.evaluation.judging import comparison_pairs
 from salsa.evaluation.stats import centered_average, match_steps
 from salsa.io import COMPLETE_MARKER, read_json, read_jsonl
-from salsa.rl.snapshots import list_snapshots
 
 
 def _policy_series(run_dir: Path) -> dict[str, list[float]] | None:
@@ -118,64 +117,50 @@ def training_reward(policy_path: str) -> str | None:
     return read_json(marker).get("reward") if marker.is_file() else None
 
 
-@dataclass
-class MatchedPolicy:
-    """One side of a matched-KL comparison: a run's policy after `step` updates (its last is the final policy)."""
-
-    comparison: str  # "a:b"
-    policy: str
-    seed_index: int
-    run_dir: Path
-    step: int
-    final: bool
-    kl_train: float  # KL to the SFT model of this policy on its own training rollouts (centred average)
-    target: float  # the KL both runs were matched at
-
-
-def _saved_policy_kls(final_path: str, window: int = 3) -> dict[int, float] | None:
-    """step -> KL to SFT of every saved policy (snapshots and the final one), measured on the rollouts that policy
-    sampled (centred average over `window` neighbouring policies: one rollout's estimate is noisy)."""
-    run_dir = Path(final_path).parent
-    snapshots, series = list_snapshots(run_dir), _policy_series(run_dir)
-    if not snapshots or series is None:
+def _saved_policies(config: EvalConfig, samples: list[dict], snapshots: list[dict], name: str, seed_index: int):
+    """step -> in-distribution rows of every policy one RL run saved: its snapshots, then its final policy (at the
+    run's last step); None when it saved no snapshot or the rows carry no KL to the SFT model."""
+    saved: dict[int, list[dict]] = {}
+    for row in snapshots:
+        if (row["policy"], row["seed_index"]) == (name, seed_index):
+            saved.setdefault(row["snapshot"], []).append(row)
+    final = [r for r in samples if (r["policy"], r["seed_index"], r["split"]) == (name, seed_index, "in_distribution")]
+    if not saved or not final or "kl_sft" not in final[0]:
         return None
-    kl = centered_average(series["kl_sft"], window)
-    final = len(kl) - 1
-    return {step: float(kl[step]) for step in [*snapshots, final] if step <= final}
+    log = Path(config.policies[name][seed_index]).parent / "metrics.jsonl"
+    last = len(read_jsonl(log)) if log.is_file() else max(saved) + 1
+    return {**dict(sorted(saved.items())), last: final}
 
 
-def plan_matched_kl(config: EvalConfig) -> tuple[list[MatchedPolicy], list[str]]:
-    """For each comparison of two RL runs whose every seed kept snapshots: seed by seed, the policies at matched KL.
-
-    Returns the plan and, for comparisons that could not be matched, why (their KL ranges did not overlap).
-    """
-    plan, unmatched = [], []
+def matched_kl_rows(config: EvalConfig, samples: list[dict], snapshots: list[dict]) -> tuple[list[dict], list[str]]:
+    """For each comparison of two RL runs whose every seed kept snapshots: seed by seed, the saved policies at
+    matched KL to the SFT model, that KL measured on the evaluation prompts (each saved policy's mean over its own
+    responses there). Returns their rows, tagged with the comparison, and for comparisons that could not be matched,
+    why (their KL ranges did not overlap)."""
+    out, unmatched = [], []
     for a, b in comparison_pairs(config):
-        paths_a, paths_b = config.policies[a], config.policies[b]
-        if len(paths_a) != len(paths_b):
+        if len(config.policies[a]) != len(config.policies[b]):
             continue
-        pair_plan = []
-        for seed_index, (path_a, path_b) in enumerate(zip(paths_a, paths_b, strict=True)):
-            kl_a, kl_b = _saved_policy_kls(path_a), _saved_policy_kls(path_b)
-            if kl_a is None or kl_b is None:  # a seed without saved policies (or not an RL run)
-                pair_plan = []
+        pair_rows = []
+        for seed_index in range(len(config.policies[a])):
+            saved = {name: _saved_policies(config, samples, snapshots, name, seed_index) for name in (a, b)}
+            if None in saved.values():  # a seed without saved policies (or not an RL run)
+                pair_rows = []
                 break
-            matched = match_steps(kl_a, kl_b)
+            kls = {name: {step: float(np.mean([r["kl_sft"] for r in rows])) for step, rows in saved[name].items()}
+                   for name in (a, b)}  # fmt: skip
+            matched = match_steps(kls[a], kls[b])
             if matched is None:
-                ranges = "; ".join(
-                    f"{name} {min(kl.values()):.2f}-{max(kl.values()):.2f}" for name, kl in ((a, kl_a), (b, kl_b))
-                )
+                ranges = "; ".join(f"{n} {min(kl.values()):.2f}-{max(kl.values()):.2f}" for n, kl in kls.items())
                 unmatched.append(
                     f"{a} vs {b}: no saved policies at matched KL (seed {seed_index}: KL to SFT of the saved policies "
-                    f"{ranges} nats do not overlap)"
+                    f"on the evaluation prompts {ranges} nats do not overlap)"
                 )
-                pair_plan = []
+                pair_rows = []
                 break
             step_a, step_b, target = matched
-            for name, path, kl, step in ((a, path_a, kl_a, step_a), (b, path_b, kl_b, step_b)):
-                final = step == max(kl)  # the largest saved step is the final policy
-                pair_plan.append(
-                    MatchedPolicy(f"{a}:{b}", name, seed_index, Path(path).parent, step, final, kl[step], target)
-                )
-        plan += pair_plan  # every seed of both runs matched: a comparison over only some seeds would mislead
-    return plan, unmatched
+            for name, step in ((a, step_a), (b, step_b)):
+                tag = {"matched": f"{a}:{b}", "step": step, "kl_eval": kls[name][step], "target_kl": target}
+                pair_rows += [{**r, **tag} for r in saved[name][step]]
+        out += pair_rows  # every seed of both runs matched: a comparison over only some seeds would mislead
+    return out, unmatched

@@ -55,7 +55,7 @@ def summarise_matched(matched_rows: list[dict], judges: list[str], config: EvalC
         entry: dict = {"a": a, "b": b, "split": "in_distribution", "runs": [], "kl_sft": {}, "comparisons": []}
         for name in (a, b):
             picked = {r["seed_index"]: r for r in rows if r["policy"] == name}
-            keys = ("step", "kl_train", "target_kl")
+            keys = ("step", "kl_eval", "target_kl")
             entry["runs"] += [
                 {"policy": name, "seed_index": i, **{k: r[k] for k in keys}} for i, r in sorted(picked.items())
             ]
