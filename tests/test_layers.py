@@ -26,7 +26,7 @@ LAYERS = [
     # the stages
     ("sft", "soup", "task_data", "reward", "rl", "evaluation", "evaluate", "report"),
     # the whole pipeline
-    ("pipeline", "demo", "study"),
+    ("pipeline", "grid", "executors", "demo", "study"),
     # the interfaces
     ("cli", "__init__"),
 ]  # fmt: skip
