@@ -32,6 +32,9 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    # Click's plain help for every command: at 80 columns Rich's option table shrinks its columns below the longest
+    # option name and cuts it (`--allow-extrapolat…`); Click's list puts a long name on its own line instead.
+    rich_markup_mode=None,
 )
 err = Console(stderr=True)
 data_app = typer.Typer(help="Datasets of the built-in tasks: `salsa data make`.", no_args_is_help=True)
