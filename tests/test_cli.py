@@ -29,6 +29,8 @@ def test_help_lists_every_stage_and_documents_config_keys():
     commands = top.stdout.split("\nCommands:\n")[1]
     listed = {line.split()[0] for line in commands.splitlines() if line.startswith("  ") and line[2] != " "}
     assert {"sft", "soup", "data", "reward", "rl", "ppo", "eval", "report", "run", "demo"} <= listed
+    bare = _run("data")  # a group alone prints its help, on stdout like --help
+    assert "Commands:\n  make " in bare.stdout and not bare.stderr
     sft_help = _run("sft", "--help").stdout
     for key in ("learning_rate", "grad_accum_steps", "use_lora", "save_steps", "--num-models"):
         assert key in sft_help

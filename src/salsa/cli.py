@@ -415,8 +415,8 @@ def main() -> None:
     except typer.Exit as e:
         sys.exit(e.exit_code)
     except typer.TyperException as e:  # a usage mistake: unknown option, missing argument, a value of the wrong type
-        if type(e).__name__ == "NoArgsIsHelpError":  # `salsa` or `salsa data` alone: the help, as usual
-            e.show()
+        if type(e).__name__ == "NoArgsIsHelpError":  # `salsa` or `salsa data` alone: the help, on stdout as --help
+            e.show(sys.stdout)
             sys.exit(e.exit_code)
         command = " ".join(a for a in sys.argv[1:3] if not a.startswith("-"))
         _fail(f"{e.format_message()} (see `salsa {command} --help`)".replace("  ", " "))
