@@ -301,7 +301,8 @@ def test_the_verdict_sentence_is_the_rules_not_the_win_rates():
     # A win rate whose interval lies above 50% on a comparison the rule leaves unresolved: the sentence says
     # "unresolved" and why, and gives the win rate only as a description.
     comparison = {"a": "salsa", "b": "ppo", "split": "in_distribution", "judge": "gold", "n": 96, "win_rate": 0.7,
-                  "ci": {"win_rate": (0.6, 0.8)}, "claim": "unresolved", "claim_reason": "2 seeds, fewer than the 5"}  # fmt: skip
+                  "ci": {"win_rate": (0.6, 0.8)}, "claim": "unresolved",
+                  "claim_reason": "2 seeds, fewer than the 5"}  # fmt: skip
     sentence = verdict(comparison, 0.95)
     assert sentence.startswith("salsa beats ppo (in-distribution prompts, gold judge): **unresolved** by the rule")
     assert "(2 seeds, fewer than the 5). As a description: win rate 70.0%, 95% CI [60.0%, 80.0%], n = 96." in sentence
@@ -375,7 +376,8 @@ def _health_rows(kl_between: float) -> list[dict]:
                 kls = {f"kl_{other}": (kl_between if "soup" not in (member, other) else kl_between / 4)
                        for other in names if other != member}  # fmt: skip
                 gold = 0.5 + 0.1 * index + (0.2 if member == "ingredient-0" else 0.0)
-                rows.append({"member": member, "index": index, "prompt": f"p{index}", "sample": sample, "gold": gold, **kls})
+                rows.append({"member": member, "index": index, "prompt": f"p{index}", "sample": sample, "gold": gold,
+                             **kls})  # fmt: skip
     return rows
 
 

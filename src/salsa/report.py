@@ -484,14 +484,14 @@ def _table_blocks(results: dict, policy_table: list, comparison_table: list) -> 
 
 
 def _bootstrap_units(settings: dict) -> str:
-    """What the bootstrap drew, in words: '8 subjects (clusters of 6 prompts...)' or 'prompts'."""
+    """What the bootstrap drew, in words: subjects (how many for how many prompts) or prompts."""
     if settings["bootstrap_unit"] == "prompt":
         return "prompts"
     counts = ", ".join(
-        f"{settings['bootstrap_clusters'][split]} of {n} {SPLIT_TITLES[split]} prompts"
+        f"{settings['bootstrap_clusters'][split]} for the {n} {SPLIT_TITLES[split]} prompts"
         for split, n in settings["prompts"].items()
     )
-    return f"subjects, whole clusters of near-paraphrased prompts ({counts})"
+    return f"subjects, each drawn with all its near-paraphrased prompts ({counts})"
 
 
 def _appendix_blocks(run_info: dict | None, environment: dict) -> list[Block]:
