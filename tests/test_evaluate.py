@@ -526,6 +526,16 @@ def test_factorial_tests_are_pooled_variance_t_tests_holm_corrected_by_hand():
     # input order, and capped at 1.
     assert holm([0.04, 0.01, 0.02]) == pytest.approx([0.04, 0.03, 0.04])
     assert holm([0.5, 0.6, 0.01]) == pytest.approx([1.0, 1.0, 0.03])
+    # Two seeds per cell, each cell's pair 0.2 apart (s_p^2 = 0.08 / 4 = 0.02): init and reference +0.225 with
+    # se = sqrt(0.02 * 0.25 * 4 / 2) = 0.1, t(4) = 2.25, p = 0.0876; interaction +0.35, se 0.2, t = 1.75, p = 0.155;
+    # Holm: 3 x 0.0876 = 0.263 for all three. The bootstrap over 2 seeds per cell excludes 0 for every effect, but
+    # the label is the corrected test's: unresolved.
+    few = {key: np.array(values)[:, None] for key, values in {("soup", "soup"): [1.0, 1.2], ("soup", "sft"): [0.6, 0.8],
+           ("sft", "soup"): [0.6, 0.8], ("sft", "sft"): [0.55, 0.75]}.items()}  # fmt: skip
+    narrow = factorial_effects(few, min_seeds=2, num_samples=2000)
+    assert narrow["init"]["t"] == pytest.approx(2.25) and narrow["interaction"]["t"] == pytest.approx(1.75)
+    assert narrow["init"]["p_holm"] == pytest.approx(0.26294, rel=1e-3)
+    assert all(e["ci"][0] > 0 and e["label"] == "unresolved" for e in narrow.values())
     # The sign of a significant effect: the soup as init hurting.
     flipped = {("soup" if i == "sft" else "sft", r): m for (i, r), m in cells.items()}
     hurt = factorial_effects(flipped, min_seeds=2, num_samples=300)
@@ -655,3 +665,61 @@ def test_prompt_clusters_are_the_built_in_subjects_or_single_prompts():
     own = [{"index": 1, "prompt": "Tell me a joke."}, {"index": 0, "prompt": "Write a poem."}]
     assert prompt_clusters(own, "reviews") == ["#0", "#1"] == prompt_clusters(own, None)
     assert len(set(prompt_clusters(rows, None))) == 48
+
+
+def _two_seed_rows(gain: float) -> list[dict]:
+    """salsa and ppo, 2 RL seeds each, on the built-in task's 48 evaluation prompts: salsa scores `gain` above ppo,
+    plus 0.03 per subject (0 to 7: the gain differs by subject) and 0.01 more with seed 1 (per-seed mean differences
+    `gain` + 0.105 and + 0.115: t(1) = 62, p = 0.01)."""
+    from salsa.tasks.reviews import prompts
+
+    rows = []
+    for index, entry in enumerate(prompts("eval")):
+        for seed in (0, 1):
+            for policy, level in (("salsa", 0.3 + gain), ("ppo", 0.3)):
+                own = 0.01 * seed + 0.03 * (index // 6) if policy == "salsa" else 0.0  # by seed and subject
+                gold = level + own + 0.02 * (index % 5)
+                rows.append({"policy": policy, "seed_index": seed, "split": "in_distribution", "index": index,
+                             "sample": 0, "prompt": entry["prompt"], "gold": gold})  # fmt: skip
+    return rows
+
+
+def test_a_two_seed_run_is_unresolved_by_the_rule_and_its_reason_says_why():
+    from salsa.config import EvalConfig
+    from salsa.evaluation.summary import _comparisons, prompt_clusters
+
+    rows = _two_seed_rows(0.2)
+    stats = {"num_samples": 300, "confidence": 0.95, "seed": 0}
+    config = EvalConfig(policies={"salsa": ["s0", "s1"], "ppo": ["p0", "p1"]}, comparisons=["salsa:ppo"])
+    (comparison,) = _comparisons(config, rows, ["gold"], ["in_distribution"], stats)
+    # The seeds agree: a t-test with 1 degree of freedom gives p < 0.05 and the interval lies above 0, but the design
+    # pre-registered 5 seeds (the default of eval.verdict_min_seeds).
+    assert comparison["seed_test"]["t_p"] < 0.05 and comparison["ci"]["mean_difference"][0] > 0
+    assert comparison["claim"] == "unresolved"
+    assert comparison["claim_reason"] == "2 seeds, fewer than the 5 the design pre-registers (eval.verdict_min_seeds)"
+    # Pre-registering 2 seeds lets the same numbers decide.
+    config.verdict_min_seeds = 2
+    (decided,) = _comparisons(config, rows, ["gold"], ["in_distribution"], stats)
+    assert decided["claim"] == "supported" and "paired t-test over 2 seeds" in decided["claim_reason"]
+    # The interval drew the 8 subjects, not the 48 prompts.
+    salsa = np.array([[r["gold"] for r in rows if (r["policy"], r["seed_index"]) == ("salsa", s)] for s in (0, 1)])
+    ppo = np.array([[r["gold"] for r in rows if (r["policy"], r["seed_index"]) == ("ppo", s)] for s in (0, 1)])
+    clusters = prompt_clusters([r for r in rows if r["policy"] == "salsa" and r["seed_index"] == 0], "reviews")
+    expected = compare(salsa, ppo, num_samples=300, seed=0, clusters=clusters)["ci"]["mean_difference"]
+    assert comparison["ci"]["mean_difference"] == pytest.approx(expected)
+    by_prompt = compare(salsa, ppo, num_samples=300, seed=0)["ci"]["mean_difference"]
+    assert expected[1] - expected[0] > 1.5 * (by_prompt[1] - by_prompt[0])
+
+
+def test_the_report_labels_each_effect_of_the_two_by_two_by_its_corrected_test():
+    from salsa.report import factorial_text
+
+    effect = {"mean": 0.12, "ci": (0.02, 0.22), "mde": 0.09, "label": "unresolved",
+              "reason": "pooled t(16) = +2.10, Holm-adjusted p = 0.104 >= 0.05"}  # fmt: skip
+    helped = {**effect, "label": "helped", "reason": "pooled t(16) = +4.00, Holm-adjusted p = 0.003 < 0.05"}
+    entry = {"kl_coef": 0.05, "effects": {"gold": {"init": effect, "reference": helped, "interaction": effect}}}
+    text = factorial_text(entry, "gold")
+    # An interval above 0 does not make "helped": the corrected test decides.
+    assert "starting from the soup: +0.120 [+0.020, +0.220], MDE 0.090 (unresolved: pooled t(16) = +2.10" in text
+    assert "anchoring to the soup: +0.120 [+0.020, +0.220], MDE 0.090 (helped: pooled t(16) = +4.00" in text
+    assert "Holm-corrected over the three" in text
