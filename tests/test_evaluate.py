@@ -305,7 +305,10 @@ def test_the_verdict_sentence_is_the_rules_not_the_win_rates():
                   "claim_reason": "2 seeds, fewer than the 5"}  # fmt: skip
     sentence = verdict(comparison, 0.95)
     assert sentence.startswith("salsa beats ppo (in-distribution prompts, gold judge): **unresolved** by the rule")
-    assert "(2 seeds, fewer than the 5). As a description: win rate 70.0%, 95% CI [60.0%, 80.0%], n = 96." in sentence
+    assert (
+        "rule fixed in advance: 2 seeds, fewer than the 5. As a description: win rate 70.0%, 95% CI [60.0%, 80.0%]"
+        in sentence
+    )
     assert "beat ppo on this run" not in sentence
 
 

@@ -42,8 +42,8 @@ def verdict(comparison: dict, confidence: float) -> str:
         where += ", at matched KL"
     rate = f"win rate {comparison['win_rate']:.1%}, {confidence:.0%} CI [{low:.1%}, {high:.1%}], n = {comparison['n']}"
     return (
-        f"{a} beats {b} ({where}): **{comparison['claim']}** by the rule fixed in advance "
-        f"({comparison['claim_reason']}). As a description: {rate}."
+        f"{a} beats {b} ({where}): **{comparison['claim']}** by the rule fixed in advance: "
+        f"{comparison['claim_reason']}. As a description: {rate}."
     )
 
 
