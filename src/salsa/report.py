@@ -17,7 +17,6 @@ from pathlib import Path
 from salsa import runtime
 from salsa.config import ReportConfig
 from salsa.engine import Stage
-from salsa.errors import DataError
 from salsa.evaluation.soup_health import soup_health_text
 from salsa.evaluation.stats import VERDICT_RULE
 from salsa.evaluation.sweeps import sweeps_text
@@ -355,8 +354,6 @@ def write_report(eval_dir: str | Path, out: str | Path | None = None, run_info: 
 def _render(results: dict, out: Path, run_info: dict | None) -> None:
     confidence = results["settings"]["confidence"]
     headline = headline_comparison(results)
-    if "verdict_min_seeds" not in results["settings"]:
-        raise DataError("results.json predates verdicts by the rule and subject bootstraps; run `salsa eval` again")
     title = "salsa report"
     headline_verdict = verdict(headline, confidence) if headline else None
     blocks = [Block("heading", (1, title))]
