@@ -32,6 +32,7 @@ import torch
 from salsa import runtime
 from salsa.config import EvalConfig
 from salsa.engine import Stage, run_stage
+from salsa.evaluation.ifeval import METRICS as IFEVAL_METRICS
 from salsa.evaluation.judging import Judges, comparison_pairs, frozen, sample_and_score
 from salsa.evaluation.landscape import sample_point
 from salsa.evaluation.matched import matched_kl_rows
@@ -43,6 +44,7 @@ from salsa.io import atomic_write_json, atomic_write_text
 from salsa.models import load_tokenizer
 from salsa.progress import training_progress
 from salsa.rl.snapshots import list_snapshots, load_snapshot
+from salsa.standard_sets import SETS, load_set
 
 LANDSCAPE_KEYS = ("index", "sample", "prompt", "response", "length", "gold", "reward")
 
@@ -316,9 +318,11 @@ def summarise_rows(config: EvalConfig, rows: list[dict], judgments: list[dict] |
     """results.json from every sample row of an evaluation (the eval stage's, or a study's restored archive)."""
     samples = rows_of(rows, "policy")
     splits = ["in_distribution"] + (["out_of_distribution"] if config.ood_prompts else [])
-    judges = [j for j in ("gold", "reward") if samples and j in samples[0]]
+    judges = [j for j in ("gold", "reward", *IFEVAL_METRICS) if any(j in r for r in samples)]
     matched, unmatched = matched_kl_rows(config, samples, rows_of(rows, "snapshot")) if config.matched_kl else ([], [])
     results = summarise(config, samples, rows_of(rows, "landscape"), judges, splits, matched, unmatched, judgments)
+    sources = {"in_distribution": config.prompts, "out_of_distribution": config.ood_prompts}
+    results["standard_sets"] = {split: load_set(sources[split])[1] for split in splits if sources[split] in SETS}
     stats = {"num_samples": config.bootstrap_samples, "confidence": config.confidence, "seed": config.seed}
     health = rows_of(rows, "health")
     results["soup_health"] = summarise_soup_health(health, judges, config, stats) if health else None
