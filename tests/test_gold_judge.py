@@ -3,7 +3,7 @@ prompt, while the task's demonstrations and ordinary human reviews keep their cr
 
 import pytest
 
-from salsa.tasks import reviews
+from salsa.tasks import recorded_gold_version, reviews
 
 SUBJECTS = [(phrase, keyword) for subjects, _ in reviews.SPLITS.values() for phrase, keyword in subjects]
 ADJECTIVES = {
@@ -158,3 +158,9 @@ def test_gold_rises_with_form_whatever_the_polarity():
     prompt = reviews.make_prompt("a cinema", "positive")
     for response in (fluent("a cinema", "positive"), fluent("a cinema", "negative")):
         assert reviews.gold_score(prompt, response) > reviews.gold_score(prompt, response.rstrip("."))
+
+
+def test_results_without_a_version_were_judged_by_version_1():
+    assert recorded_gold_version({"judges": ["gold", "reward"], "settings": {}}) == 1
+    assert recorded_gold_version({"judges": ["gold"], "settings": {"gold_judge_version": 2}}) == 2
+    assert recorded_gold_version({"judges": ["reward"], "settings": {}}) is None

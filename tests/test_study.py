@@ -11,6 +11,7 @@ import yaml
 from salsa.cli import main as cli_main
 from salsa.pipeline import run_pipeline
 from salsa.study import archive, recompute, render, restore
+from salsa.tasks import reviews
 
 RESULTS = Path(__file__).parent.parent / "docs" / "results"
 TEMPLATE = """# Tiny study
@@ -53,6 +54,12 @@ def test_the_archive_recomputes_the_runs_own_summary(study):
     for key in ("policies", "comparisons", "landscape", "soup_health", "frontier", "factorial"):
         again = json.dumps(recomputed[key], sort_keys=True).replace(str(restored), str(root / "run"))
         assert again == json.dumps(original[key], sort_keys=True), key
+    # The gold judge's version that scored the samples travels with them; results that record none were version 1's.
+    assert recomputed["settings"]["gold_judge_version"] == original["settings"]["gold_judge_version"]
+    assert original["settings"]["gold_judge_version"] == reviews.GOLD_JUDGE_VERSION
+    del original["settings"]["gold_judge_version"]
+    (restored / "eval" / "results.json").write_text(json.dumps(original))
+    assert recompute(restored)["settings"]["gold_judge_version"] == 1
 
 
 def test_render_fills_the_template_from_the_data_and_draws_the_figures(study, capsys, monkeypatch):

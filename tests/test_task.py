@@ -86,6 +86,8 @@ def test_task_data_is_deterministic_and_complete(task_data):
     sft = [json.loads(line) for line in (first / "sft.jsonl").read_text().splitlines()]
     assert len(sft) == len(reviews.prompts("train"))
     assert "Datasheet" in (first / "datasheet.md").read_text()
+    marker = json.loads((first / "salsa_complete.json").read_text())
+    assert marker["gold_judge_version"] == reviews.GOLD_JUDGE_VERSION  # the judge that chose and labelled the data
     prefs = [json.loads(line) for line in (first / "prefs.jsonl").read_text().splitlines()]
     held_out = [json.loads(line) for line in (first / "prefs_dev.jsonl").read_text().splitlines()]
     dev_prompts = {p["prompt"] for p in reviews.prompts("dev")}

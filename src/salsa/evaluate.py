@@ -256,6 +256,7 @@ def _evaluate(config: EvalConfig, stage: Stage, show_progress: bool) -> None:
         judgments = _judge(config, samples, stage, device, dtype, progress) if config.judge else []
 
     results = summarise(config, samples, landscape_rows, judges.names, list(splits), matched_rows, unmatched, judgments)
+    results["settings"]["gold_judge_version"] = judges.gold_version
     stats = {"num_samples": config.bootstrap_samples, "confidence": config.confidence, "seed": config.seed}
     results["soup_health"] = summarise_soup_health(health_rows, judges.names, config, stats) if health_rows else None
     if points:  # each point in the policies' table, and the sweeps as curves of points

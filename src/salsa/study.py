@@ -91,6 +91,7 @@ def recompute(root: Path) -> dict[str, Any]:
     """The evaluation's summary, recomputed from the restored samples with the eval stage's own code."""
     from salsa.evaluation.soup_health import summarise_soup_health
     from salsa.evaluation.summary import summarise
+    from salsa.tasks import recorded_gold_version
 
     config = load_stage_config(EvalConfig, "eval", root / "eval" / "config.yaml")
     rows = [json.loads(line) for line in (root / "eval" / "samples.jsonl").read_text().splitlines()]
@@ -103,6 +104,7 @@ def recompute(root: Path) -> dict[str, Any]:
     results = summarise(config, samples, landscape, judges, splits, matched, recorded.get("matched_kl_notes", []), None)
     stats = {"num_samples": config.bootstrap_samples, "confidence": config.confidence, "seed": config.seed}
     results["soup_health"] = summarise_soup_health(health, judges, config, stats) if health else None
+    results["settings"]["gold_judge_version"] = recorded_gold_version(recorded)  # the judge that scored the samples
     return results
 
 

@@ -30,10 +30,12 @@ class Judges:
 
     def __init__(self, task: str | None, reward_model: str | None, device: torch.device):
         self.gold_fn: Callable[[str, str], float] | None = None
+        self.gold_version: int | None = None  # recorded in results.json: which gold judge scored the samples
         if task:
             from salsa.tasks import BUILTIN_TASKS
 
             self.gold_fn = BUILTIN_TASKS[task].gold_score
+            self.gold_version = BUILTIN_TASKS[task].GOLD_JUDGE_VERSION
         self.reward = None
         if reward_model:
             from salsa.scoring import reward_function
