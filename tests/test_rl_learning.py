@@ -40,6 +40,7 @@ def test_the_gold_judge_as_the_reward_is_recorded_as_such(base, tmp_path):
     final = train_rl(config, show_progress=False)
     marker = json.loads((final.parent / "salsa_complete.json").read_text())
     assert marker["reward"] == "gold judge of the task" and marker["steps"] == 2
+    assert marker["gold_judge_version"] == reviews.GOLD_JUDGE_VERSION
     assert all(r["reward"] == pytest.approx(r["gold"], abs=1e-6) for r in _records(final))
 
 

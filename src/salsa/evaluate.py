@@ -45,6 +45,7 @@ from salsa.models import load_tokenizer
 from salsa.progress import training_progress
 from salsa.rl.snapshots import list_snapshots, load_snapshot
 from salsa.standard_sets import SETS, load_set
+from salsa.tasks import current_gold_version
 
 LANDSCAPE_KEYS = ("index", "sample", "prompt", "response", "length", "gold", "reward")
 
@@ -300,7 +301,7 @@ def _evaluate(config: EvalConfig, stage: Stage, show_progress: bool, drawn: list
     todo = [u for u in units if u.key not in have]
     rows = in_plan_order(drawn + draw_units(config, stage.inputs, todo, show_progress), units)
     judgments = _judge(config, rows_of(rows, "policy"), stage, show_progress) if config.judge else []
-    results = summarise_rows(config, rows, judgments)
+    results = summarise_rows(config, rows, judgments, current_gold_version(config.task))
     if runtime.is_main_process():
         atomic_write_text(stage.out / "samples.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
         if judgments:
@@ -314,13 +315,18 @@ def rows_of(rows: list[dict], kind: str) -> list[dict]:
     return [r for r in rows if unit_key(r)[0] == kind]
 
 
-def summarise_rows(config: EvalConfig, rows: list[dict], judgments: list[dict] | None = None) -> dict:
-    """results.json from every sample row of an evaluation (the eval stage's, or a study's restored archive)."""
+def summarise_rows(
+    config: EvalConfig, rows: list[dict], judgments: list[dict] | None = None, gold_version: int | None = None
+) -> dict:
+    """results.json from every sample row of an evaluation (the eval stage's, or a study's restored archive);
+    `gold_version`: the version of the gold judge that scored the rows, recorded with the results."""
     samples = rows_of(rows, "policy")
     splits = ["in_distribution"] + (["out_of_distribution"] if config.ood_prompts else [])
     judges = [j for j in ("gold", "reward", *IFEVAL_METRICS) if any(j in r for r in samples)]
     matched, unmatched = matched_kl_rows(config, samples, rows_of(rows, "snapshot")) if config.matched_kl else ([], [])
     results = summarise(config, samples, rows_of(rows, "landscape"), judges, splits, matched, unmatched, judgments)
+    if "gold" in judges:
+        results["settings"]["gold_judge_version"] = gold_version
     sources = {"in_distribution": config.prompts, "out_of_distribution": config.ood_prompts}
     results["standard_sets"] = {split: load_set(sources[split])[1] for split in splits if sources[split] in SETS}
     stats = {"num_samples": config.bootstrap_samples, "confidence": config.confidence, "seed": config.seed}

@@ -36,6 +36,7 @@ from salsa.config import EvalConfig, RLConfig
 from salsa.config_loading import fingerprint, load_stage_config, save_config
 from salsa.errors import ConfigError, DataError
 from salsa.io import atomic_file, atomic_write_text, read_json, read_jsonl, sha256_file
+from salsa.tasks import current_gold_version
 
 JOBS = "jobs"
 BASE_JOB = "base"
@@ -249,7 +250,8 @@ def run_job(run_dir: str | Path, job_id: str, show_progress: bool = True) -> dic
         if job.final:
             outputs["final"] = digest(job.final)
         record = {"job": job_id, "attempt": attempt, "spec": spec["spec"], "outputs": outputs,
-                  "host": socket.gethostname(), "finished": time.time()}  # fmt: skip
+                  "gold_judge_version": current_gold_version(evaluation.task), "host": socket.gethostname(),
+                  "finished": time.time()}  # fmt: skip
         _commit(folder, record)
     runtime.barrier()
     return committed(root, job_id)
