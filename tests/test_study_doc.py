@@ -162,3 +162,11 @@ def test_a_partial_archive_renders_with_its_missing_jobs_and_no_verdict(study, t
     lacking = "The 2 x 2 needs all four cells (salsa, ppo, init-soup, ref-soup) at one KL coefficient; this archive has"
     assert f"{lacking}\nppo, salsa, ref-soup." in text
     assert [text.index(section) for section in SECTIONS] == sorted(text.index(section) for section in SECTIONS)
+
+
+def test_a_response_is_one_markdown_table_cell():
+    assert cell("Great | *bold* <b>x</b> [link](u) a_b ~c~ `code` &amp;\\") == (
+        r"Great \| \*bold\* \<b\>x\</b\> \[link\](u) a\_b \~c\~ \`code\` \&amp;\\"
+    )
+    assert cell("one\ntwo\r\nthree") == "one ⏎ two ⏎ three"
+    assert cell("") == cell(" \n ") == "*(empty)*"
