@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -304,4 +305,12 @@ def find(items: list[dict], **fields) -> dict:
     return found[0]
 
 
-FORMATS = {"pct": pct, "signed": signed, "interval": interval, "mean": mean, "find": find, "round": round}
+def cell(text: str) -> str:
+    """Text (a model's response, say) as one cell of a Markdown table: the characters Markdown reads as markup
+    backslash-escaped, so nothing in it renders as formatting, a link or HTML or ends the cell; each line break shown
+    as ⏎, an empty text as *(empty)*."""
+    escaped = re.sub(r"([\\`*_\[\]<>|~&])", r"\\\1", text)
+    return " ⏎ ".join(escaped.splitlines()) if escaped.strip() else "*(empty)*"
+
+
+FORMATS = {"pct": pct, "signed": signed, "interval": interval, "mean": mean, "find": find, "round": round, "cell": cell}
