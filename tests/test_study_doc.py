@@ -26,27 +26,6 @@ SECTIONS = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def doc_results(monkeypatch):
-    """The results the doc reads besides the summary's: what `summarise_rows` adds once it computes them (one line
-    each), added here until it does."""
-    import salsa.evaluate
-    from salsa.evaluation.examples import paired_examples
-    from salsa.evaluation.text_stats import text_statistics
-
-    summarise_rows = salsa.evaluate.summarise_rows
-
-    def with_doc_results(config, rows, judgments=None):
-        results = summarise_rows(config, rows, judgments)
-        samples = salsa.evaluate.rows_of(rows, "policy")
-        stats = {"num_samples": config.bootstrap_samples, "confidence": config.confidence, "seed": config.seed}
-        results["text_stats"] = text_statistics(samples, config.max_new_tokens, stats)
-        results["examples"] = paired_examples(samples, seed=config.seed)
-        return results
-
-    monkeypatch.setattr(salsa.evaluate, "summarise_rows", with_doc_results)
-
-
 @pytest.fixture(scope="module")
 def study(tmp_path_factory, tiny_model_dir):
     """A tiny run of the study's 2 x 2 (2 seeds per arm, the headline salsa against ppo), archived with the doc's
@@ -123,20 +102,16 @@ def _nats(entry: dict) -> str:
     return f"{entry['mean']:.2f} [{entry['ci'][0]:.2f}, {entry['ci'][1]:.2f}]"
 
 
-def test_the_doc_cites_the_design_and_its_commit_when_render_passes_them(study, monkeypatch):
-    """With the study's record (study.json: the design file and its commit) and the archived config in the context,
-    'What was run' names them; without, it says they are not recorded."""
-    import salsa.study
-
-    _, folder = study
-    assert "The design file and its commit are not recorded" in render(folder).read_text()
-    records = salsa.study._run_records
-
-    def with_design(root):
-        design = {"design": "examples/study_salsa_ppo_cpu.yaml", "commit": "0123456789abcdef"}
-        return {**records(root), "study": design, "config": yaml.safe_load((root / "config.yaml").read_text())}
-
-    monkeypatch.setattr(salsa.study, "_run_records", with_design)
+def test_the_doc_cites_the_design_and_its_commit_from_study_json(study, tmp_path):
+    """With the design file and its commit in study.json, 'What was run' names them, and the archived config's
+    settings; without, it says they are not recorded."""
+    _, whole = study
+    assert "The design file and its commit are not recorded" in render(whole).read_text()
+    folder = tmp_path / STUDY.name
+    shutil.copytree(whole, folder)
+    spec = json.loads((folder / "study.json").read_text())
+    design = {"design": "examples/study_salsa_ppo_cpu.yaml", "commit": "0123456789abcdef"}
+    (folder / "study.json").write_text(json.dumps({**spec, **design}))
     text = render(folder).read_text()
     assert "(../../../examples/study_salsa_ppo_cpu.yaml) at commit\n`0123456789abcdef`" in text
     assert "**task**: `reviews`" in text and "KL coefficient **0.05**" in text

@@ -32,6 +32,7 @@ import torch
 from salsa import runtime
 from salsa.config import EvalConfig
 from salsa.engine import Stage, run_stage
+from salsa.evaluation.examples import paired_examples
 from salsa.evaluation.ifeval import METRICS as IFEVAL_METRICS
 from salsa.evaluation.judging import Judges, comparison_pairs, frozen, sample_and_score
 from salsa.evaluation.landscape import sample_point
@@ -39,6 +40,7 @@ from salsa.evaluation.matched import matched_kl_rows
 from salsa.evaluation.soup_health import ingredients_of, member_names, summarise_soup_health
 from salsa.evaluation.summary import summarise
 from salsa.evaluation.sweeps import summarise_sweeps
+from salsa.evaluation.text_stats import text_statistics
 from salsa.generation import check_prompt_lengths
 from salsa.io import atomic_write_json, atomic_write_text
 from salsa.models import load_tokenizer
@@ -330,6 +332,8 @@ def summarise_rows(
     sources = {"in_distribution": config.prompts, "out_of_distribution": config.ood_prompts}
     results["standard_sets"] = {split: load_set(sources[split])[1] for split in splits if sources[split] in SETS}
     stats = {"num_samples": config.bootstrap_samples, "confidence": config.confidence, "seed": config.seed}
+    results["text_stats"] = text_statistics(samples, config.max_new_tokens, stats)
+    results["examples"] = paired_examples(samples, seed=config.seed)
     health = rows_of(rows, "health")
     results["soup_health"] = summarise_soup_health(health, judges, config, stats) if health else None
     points = config.sweep_points()

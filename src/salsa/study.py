@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import yaml
 
 from salsa.config import EvalConfig
 from salsa.config_loading import load_stage_config
@@ -245,8 +246,12 @@ def render(study_dir: str | Path) -> Path:
             _withhold(results)
         records = _run_records(root)
         builds = len(manifest["builds"])
+        # The study's own record (study.json: the doc, and e.g. the design file and its commit) and the run's
+        # resolved config, for the doc to say what was run.
+        config = yaml.safe_load((root / "config.yaml").read_text(encoding="utf-8"))
         context = {**records, "results": results, "r": results, "headline": headline_comparison(results),
-                   "missing_jobs": missing, "complete": not missing, "base_builds": builds}  # fmt: skip
+                   "missing_jobs": missing, "complete": not missing, "base_builds": builds, "study": spec,
+                   "config": config}  # fmt: skip
         matplotlib.use("Agg")
         for file, _, plot in plots_for(results):
             with atomic_file(study / file) as target:

@@ -22,7 +22,7 @@ from salsa.evaluation.stats import (
     two_level_interval,
     within_prompt_interval,
 )
-from salsa.io import SOUP_RECORD, is_soup_directory, read_json
+from salsa.io import COMPLETE_MARKER, SOUP_RECORD, is_soup_directory, read_json
 from salsa.tasks import BUILTIN_TASKS
 
 
@@ -106,8 +106,10 @@ def _arm_of(paths: list[str]) -> tuple[str, str, float] | None:
     from salsa.config import RLConfig
     from salsa.config_loading import load_stage_config
 
-    config_file = Path(paths[0]).parent / "config.yaml"
-    if not config_file.is_file():
+    run_dir = Path(paths[0]).parent
+    marker, config_file = run_dir / COMPLETE_MARKER, run_dir / "config.yaml"
+    # Only an RL run's: the SFT models' folder has a config.yaml too, which would read as RL's defaults.
+    if not config_file.is_file() or not marker.is_file() or read_json(marker).get("stage") != "rl":
         return None
     rl = load_stage_config(RLConfig, "rl", config_file)
     if rl.reference not in ("sft", "soup"):
