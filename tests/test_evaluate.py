@@ -726,3 +726,19 @@ def test_the_report_labels_each_effect_of_the_two_by_two_by_its_corrected_test()
     assert "starting from the soup: +0.120 [+0.020, +0.220], MDE 0.090 (unresolved: pooled t(16) = +2.10" in text
     assert "anchoring to the soup: +0.120 [+0.020, +0.220], MDE 0.090 (helped: pooled t(16) = +4.00" in text
     assert "Holm-corrected over the three" in text
+
+
+def test_only_an_rl_runs_config_makes_a_policy_an_arm_of_the_two_by_two(tmp_path):
+    """The SFT models' folder holds a config.yaml too (the sft stage's): read as an RL config it is RL's defaults, an
+    sft:sft arm at the default KL coefficient, which took the 2 x 2's sft:sft cell from PPO."""
+    from salsa.evaluation.summary import _arm_of
+
+    (tmp_path / "sft" / "sft-0").mkdir(parents=True)
+    (tmp_path / "sft" / "config.yaml").write_text("sft:\n  num_models: 2\n")
+    (tmp_path / "sft" / "salsa_complete.json").write_text(json.dumps({"stage": "sft"}))
+    assert _arm_of([str(tmp_path / "sft" / "sft-0")]) is None
+    run = tmp_path / "rl" / "ppo" / "seed-0"
+    run.mkdir(parents=True)
+    (run / "config.yaml").write_text(f"rl:\n  init: {tmp_path / 'sft' / 'sft-0'}\n  reference: sft\n  kl_coef: 0.1\n")
+    (run / "salsa_complete.json").write_text(json.dumps({"stage": "rl"}))
+    assert _arm_of([str(run / "final")]) == ("sft", "sft", 0.1)
