@@ -3,6 +3,7 @@
 import dataclasses
 import json
 import os
+import re
 import struct
 import subprocess
 import sys
@@ -26,8 +27,8 @@ def prompts_file(tmp_path_factory):
     return str(path)
 
 
-def _length_reward(prompts, responses):
-    return torch.tensor([float(len(r)) for r in responses])
+def _letter_reward(prompts, responses):
+    return torch.tensor([float(r.count("e")) for r in responses])
 
 
 def _config(tmp_path, model_dir, prompts_file, **overrides) -> RLConfig:
@@ -118,6 +119,25 @@ def _trackio_logged(tmp_path: Path, run_name: str) -> tuple[dict[int, dict], dic
     return scalars, tables
 
 
+def _tensorboard_logged(out: Path) -> tuple[dict[int, dict], dict[int, list[dict]]]:
+    """TensorBoard's scalars (float32), and its Markdown tables read back into rows of text."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(out / "tensorboard"), size_guidance={"scalars": 0, "tensors": 0})
+    events.Reload()
+    scalars: dict[int, dict] = {}
+    for tag in events.Tags()["scalars"]:
+        for event in events.Scalars(tag):
+            scalars.setdefault(event.step, {})[tag] = event.value
+    tables = {}
+    for event in events.Tensors("rl/completions/text_summary"):
+        header, _, *lines = event.tensor_proto.string_val[0].decode().split("\n")
+        cells = [[c.replace("\\|", "|").replace("<br>", "\n") for c in re.split(r"(?<!\\) \| ", line[2:-2])]
+                 for line in [header, *lines]]  # fmt: skip
+        tables[event.step] = [dict(zip(cells[0], row, strict=True)) for row in cells[1:]]
+    return scalars, tables
+
+
 def _offline(monkeypatch, tmp_path: Path) -> None:
     """wandb with no login and no WANDB_MODE (so salsa picks offline), everything it writes in tmp_path; mlflow with
     no tracking URI (so salsa picks ./mlruns); trackio's local store in tmp_path."""
@@ -130,16 +150,19 @@ def _offline(monkeypatch, tmp_path: Path) -> None:
     monkeypatch.chdir(tmp_path)
 
 
-@pytest.mark.parametrize("tracker", ["wandb", "mlflow", "trackio"])
+@pytest.mark.parametrize("tracker", ["tensorboard", "wandb", "mlflow", "trackio"])
 def test_each_tracker_receives_the_metrics_and_the_completions(tracker, tmp_path, monkeypatch, tiny_model_dir,
                                                                prompts_file):  # fmt: skip
     _offline(monkeypatch, tmp_path)
     config = _config(tmp_path, tiny_model_dir, prompts_file, report_to=[tracker])
-    out = train_rl(config, show_progress=False, reward_fn=_length_reward).parent
+    out = train_rl(config, show_progress=False, reward_fn=_letter_reward).parent
     scalars, tables = _expected(out)
     assert sorted(tables) == [1, 2] and len(tables[1]) == 4  # 2 prompts x 2 samples at each step
     assert {"prompt", "response", "reward", "gold"} == set(tables[1][0])
-    if tracker == "wandb":
+    if tracker == "tensorboard":
+        logged, logged_tables = _tensorboard_logged(out)
+        tables = {step: [{k: str(v) for k, v in row.items()} for row in rows] for step, rows in tables.items()}
+    elif tracker == "wandb":
         logged, logged_tables = _wandb_logged(tmp_path)
     elif tracker == "mlflow":
         logged, logged_tables = _mlflow_logged(tmp_path)
@@ -188,3 +211,17 @@ def test_report_to_names_known_installed_trackers(monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else real(name, *a))
     with pytest.raises(ConfigError, match=r"names wandb, which is not installed: pip install 'salsa-rlhf\[trackers\]'"):
         validate_values(config("wandb"))
+
+
+def test_a_users_own_wandb_mode_and_mlflow_store_are_kept(tmp_path, monkeypatch):
+    from salsa.trackers import open_trackers
+
+    _offline(monkeypatch, tmp_path)
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", (tmp_path / "store").as_uri())
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    for tracker in open_trackers(["wandb", "mlflow"], tmp_path / "run", {"seed": 0}, resume_step=0):
+        tracker.scalars({"rl/reward": 1.0}, step=1)
+        tracker.close()
+    assert not (tmp_path / "wandb").exists()  # disabled, where salsa's own choice would be offline
+    assert not (tmp_path / "mlruns").exists() and list((tmp_path / "store").glob("*/*/metrics/rl/reward"))
