@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -69,8 +70,9 @@ class Wandb:
         import wandb
 
         self._wandb = wandb
-        mode = None  # wandb reads WANDB_MODE
-        if "WANDB_MODE" not in os.environ:
+        # WANDB_MODE passed on: wandb reads its environment once per process.
+        mode = os.environ.get("WANDB_MODE")
+        if mode is None:
             mode = "online" if wandb.login(prompt=False, verify=False) else "offline"
         project = os.environ.get("WANDB_PROJECT", PROJECT)
         self._run = wandb.init(project=project, name=run_name, config=config, mode=mode, reinit="create_new")
@@ -98,30 +100,38 @@ class Wandb:
 
 class MLflow:
     def __init__(self, folder: Path, run_name: str, config: dict, resume_step: int):
-        import mlflow
+        from mlflow import MlflowClient
+        from mlflow.entities import Param
 
-        self._mlflow = mlflow
+        store = None  # mlflow reads MLFLOW_TRACKING_URI
         if "MLFLOW_TRACKING_URI" not in os.environ:
             # mlflow's own default (a SQLite database) needs the full mlflow package; the file store needs only
             # mlflow-skinny, and MLflow asks that it be allowed by name.
             os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
-            mlflow.set_tracking_uri(Path("mlruns").resolve().as_uri())
-        mlflow.set_experiment(os.environ.get("MLFLOW_EXPERIMENT_NAME", PROJECT))
-        self._run_id = mlflow.start_run(run_name=run_name).info.run_id
-        mlflow.log_params(config, run_id=self._run_id)
+            store = Path("mlruns").resolve().as_uri()
+        # A client of its own: mlflow's global tracking URI and active run stay the user's.
+        self._client = MlflowClient(store)
+        name = os.environ.get("MLFLOW_EXPERIMENT_NAME", PROJECT)
+        experiment = self._client.get_experiment_by_name(name)
+        experiment_id = experiment.experiment_id if experiment else self._client.create_experiment(name)
+        self._run_id = self._client.create_run(experiment_id, run_name=run_name).info.run_id
+        self._client.log_batch(self._run_id, params=[Param(key, str(value)) for key, value in config.items()])
 
     def scalars(self, values: dict[str, float], step: int) -> None:
-        self._mlflow.log_metrics(values, step=step, run_id=self._run_id)
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        self._client.log_batch(self._run_id, metrics=[Metric(k, v, now, step) for k, v in values.items()])
 
     def table(self, key: str, rows: list[dict], step: int) -> None:
         import pandas as pd
 
         # Object columns: pandas 3's string columns draw a deprecation warning from inside mlflow.
         frame = pd.DataFrame(rows, columns=_columns(rows), dtype=object)
-        self._mlflow.log_table(frame, artifact_file=f"{key}/step_{step:06d}.json", run_id=self._run_id)
+        self._client.log_table(self._run_id, frame, artifact_file=f"{key}/step_{step:06d}.json")
 
     def close(self) -> None:
-        self._mlflow.end_run()
+        self._client.set_terminated(self._run_id)
 
 
 class Trackio:
