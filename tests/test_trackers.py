@@ -99,7 +99,7 @@ def _mlflow_logged(tmp_path: Path) -> tuple[dict[int, dict], dict[int, list[dict
         for point in client.get_metric_history(run.info.run_id, key):
             scalars.setdefault(point.step, {})[key] = point.value
     tables = {}
-    for table in sorted((Path(run.info.artifact_uri.removeprefix("file://")) / "rl/completions").iterdir()):
+    for table in sorted((Path(run.info.artifact_uri.removeprefix("file://")) / "rl/completions").glob("*.json")):
         data = json.loads(table.read_text())
         step = int(table.stem.removeprefix("step_"))
         tables[step] = [dict(zip(data["columns"], row, strict=True)) for row in data["data"]]
@@ -171,6 +171,38 @@ def test_each_tracker_receives_the_metrics_and_the_completions(tracker, tmp_path
     assert logged == {step: pytest.approx(values, rel=1e-6) for step, values in scalars.items()}
     assert "rl/reward" in logged[1] and "rl/kl_ref" in logged[1]
     assert logged_tables == tables
+
+
+def _pairs_file(tmp_path: Path) -> str:
+    path = tmp_path / "prefs.jsonl"
+    rows = [{"prompt": p["prompt"], "chosen": "Lovely place.", "rejected": "No."} for p in review_prompts("train")[:4]]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+@pytest.mark.parametrize("stage", ["sft", "reward", "dpo"])
+def test_sft_reward_and_dpo_report_to_what_they_name(stage, tmp_path, monkeypatch, tiny_sft_config, tiny_model_dir):
+    from salsa.config import RewardConfig
+    from salsa.reward import train_reward
+    from salsa.sft import train_sft
+
+    _offline(monkeypatch, tmp_path)
+    if stage == "sft":
+        out = train_sft(dataclasses.replace(tiny_sft_config, max_steps=2, report_to=["mlflow"]), show_progress=False)[0]
+    elif stage == "reward":
+        config = RewardConfig(backbone="causal", model=str(tiny_model_dir), data=_pairs_file(tmp_path), eval_data=None,
+                              output_dir=str(tmp_path / "rm"), num_epochs=1, batch_size=2, restarts=0,
+                              report_to=["mlflow"])  # fmt: skip
+        out = train_reward(config, False).parent
+    else:
+        config = RLConfig(algorithm="dpo", init=str(tiny_model_dir), preference_data=_pairs_file(tmp_path), task=None,
+                          output_dir=str(tmp_path / "dpo"), steps=2, dpo_batch_size=2,
+                          report_to=["mlflow"])  # fmt: skip
+        out = train_rl(config, False).parent
+    logged, _ = _mlflow_logged(tmp_path)
+    assert logged == {r["step"]: pytest.approx({f"{stage}/{k}": v for k, v in r.items() if k != "step"}, rel=1e-6)
+                      for r in read_jsonl(out / "metrics.jsonl")}  # fmt: skip
+    assert not (out / "tensorboard").exists()
 
 
 def test_tensorboard_alone_by_default_and_no_tracker_with_none(tmp_path, tiny_model_dir, prompts_file):
