@@ -173,6 +173,19 @@ def test_each_tracker_receives_the_metrics_and_the_completions(tracker, tmp_path
     assert logged_tables == tables
 
 
+def test_a_resumed_run_drops_the_completions_logged_after_its_checkpoint(tmp_path, tiny_model_dir, prompts_file,
+                                                                         interrupt):  # fmt: skip
+    config = _config(tmp_path, tiny_model_dir, prompts_file, steps=4, save_steps=2)
+    restore = interrupt("salsa.rl.ppo.rl_update", at_call=4)  # in step 4: step 3's completions are logged
+    with pytest.raises(KeyboardInterrupt):
+        train_rl(config, show_progress=False, reward_fn=_letter_reward)
+    assert [r["step"] for r in read_jsonl(tmp_path / "rl" / "completions.jsonl")] == [1] * 4 + [2] * 4 + [3] * 4
+    restore()
+    train_rl(config, show_progress=False, reward_fn=_letter_reward)  # resumes from step 2
+    steps = [r["step"] for r in read_jsonl(tmp_path / "rl" / "completions.jsonl")]
+    assert steps == [1] * 4 + [2] * 4 + [3] * 4 + [4] * 4  # step 3 once
+
+
 def _pairs_file(tmp_path: Path) -> str:
     path = tmp_path / "prefs.jsonl"
     rows = [{"prompt": p["prompt"], "chosen": "Lovely place.", "rejected": "No."} for p in review_prompts("train")[:4]]
