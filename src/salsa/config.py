@@ -30,8 +30,8 @@ SHARDING_HELP = (
 )
 REPORT_TO_HELP = (
     "trackers that also receive the metrics (TRL's report_to): tensorboard | wandb | mlflow | trackio, several or "
-    "none; metrics.jsonl is always written. wandb, mlflow, trackio: pip install 'salsa-rlhf[trackers]'; their "
-    "offline settings: docs/tracking.md"
+    "none; metrics.jsonl is always written. wandb, mlflow and trackio come with the `trackers` extra of salsa-rlhf; "
+    "their offline settings: docs/tracking.md"
 )
 NONFINITE_HELP = "on a NaN/inf loss, reward or statistic: stop (error naming the step) | skip (the step; counted)"
 

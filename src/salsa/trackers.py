@@ -71,12 +71,13 @@ class Wandb:
 
         self._wandb = wandb
         # WANDB_MODE passed on: wandb reads its environment once per process.
-        mode = os.environ.get("WANDB_MODE")
+        mode = os.environ.get("WANDB_MODE") or None
+        offline_by_choice = mode is None and not wandb.login(prompt=False, verify=False)
         if mode is None:
-            mode = "online" if wandb.login(prompt=False, verify=False) else "offline"
+            mode = "offline" if offline_by_choice else "online"
         project = os.environ.get("WANDB_PROJECT", PROJECT)
         self._run = wandb.init(project=project, name=run_name, config=config, mode=mode, reinit="create_new")
-        if mode == "offline":
+        if offline_by_choice:
             from rich.markup import escape
 
             from salsa.progress import console
