@@ -143,6 +143,7 @@ def test_two_process_rl_steps_equal_one_process_with_the_same_global_batch(work,
         save_steps=0,
         minibatch_size=4,
         ppo_epochs=2,
+        log_completions_steps=1,
     )  # several minibatches per epoch: a real PPO update
     for processes in (1, 2):
         config = json.dumps({**base, "output_dir": f"rl-{algorithm}-{processes}"})
@@ -156,6 +157,12 @@ def test_two_process_rl_steps_equal_one_process_with_the_same_global_batch(work,
     # 1e-4 is ~1% of the largest update of this run (2 steps at learning rate 1e-3).
     one_final, two_final = (_weights(work / f"rl-{algorithm}-{n}/final") for n in (1, 2))
     assert _close(one_final, two_final, atol=1e-4)
+    # The completions table holds every process's samples once, in the order of the step's global batch.
+    one, two = (_records(work / f"rl-{algorithm}-{n}/completions.jsonl") for n in (1, 2))
+    assert len(one) == 2 * 4 * 2 and [(r["step"], r["prompt"], r["response"]) for r in one] == [
+        (r["step"], r["prompt"], r["response"]) for r in two
+    ]
+    assert [r["reward"] for r in one] == pytest.approx([r["reward"] for r in two], rel=1e-4, abs=5e-5)
 
 
 def test_two_process_data_and_eval_write_what_one_process_writes(work):

@@ -13,7 +13,7 @@ PACKAGE = Path(__file__).parent.parent / "src" / "salsa"
 # Bottom to top. A module's layer is that of the longest prefix listed (a package covers its modules).
 LAYERS = [
     # leaves: no salsa imports but each other
-    ("errors", "version", "shipped", "progress", "seeding", "io", "tasks", "judge_prompt", "encoder_reward",
+    ("errors", "version", "shipped", "progress", "seeding", "io", "tasks", "judge_prompt", "encoder_reward", "trackers",
      "weights.spec", "sweep_spec", "rl.core", "evaluation.stats", "plots"),
     # settings: every stage's config and how it is read
     ("options", "config", "config_loading"),

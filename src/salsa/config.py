@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, ClassVar
 from salsa.errors import ConfigError
 from salsa.options import above, at_least, fraction, known_task, one_of, option
 from salsa.shipped import DEFAULT_MODEL
+from salsa.trackers import known_tracker
 
 if TYPE_CHECKING:
     from salsa.sweep_spec import SweepPoint
@@ -26,6 +27,11 @@ SHARDINGS = ("none", "fsdp2")
 SHARDING_HELP = (
     "none (every process holds the whole model: data parallel) | fsdp2 (torch FSDP2 shards the trained model "
     "over the processes: for models that do not fit one device)"
+)
+REPORT_TO_HELP = (
+    "trackers that also receive the metrics (TRL's report_to): tensorboard | wandb | mlflow | trackio, several or "
+    "none; metrics.jsonl is always written. wandb, mlflow and trackio come with the `trackers` extra of salsa-rlhf; "
+    "their offline settings: docs/tracking.md"
 )
 NONFINITE_HELP = "on a NaN/inf loss, reward or statistic: stop (error naming the step) | skip (the step; counted)"
 
@@ -77,6 +83,9 @@ class SFTConfig:
         0, "checkpoint every N steps (0: none); a rerun resumes from the newest", check=at_least(0), result=False
     )
     logging_steps: int = option(1, "write metrics every N steps", check=at_least(1), result=False)
+    report_to: list[str] = option(
+        help=REPORT_TO_HELP, factory=lambda: ["tensorboard"], check=known_tracker, result=False
+    )
     on_nonfinite: str = option("stop", NONFINITE_HELP, check=one_of("stop", "skip"))
 
     def check(self) -> None:
@@ -207,6 +216,9 @@ class RewardConfig:
     mixed_precision: str = option("auto", PRECISION_HELP, check=one_of(*PRECISIONS))
     gradient_checkpointing: bool = option(False, CHECKPOINTING_HELP)
     on_nonfinite: str = option("stop", NONFINITE_HELP, check=one_of("stop", "skip"))
+    report_to: list[str] = option(
+        help=REPORT_TO_HELP, factory=lambda: ["tensorboard"], check=known_tracker, result=False
+    )
     num_models: int = option(
         1, "K > 1: WARM, K members trained from one start (the backbone and one head initialisation) with their own "
         "seeds for data order and dropout, kept in members/member-<i>/ and averaged into model/; see "
@@ -349,6 +361,13 @@ class RLConfig:
     collapse_fraction: float = option(
         0.25, "flag a collapse when mean length falls below this fraction of step 1's", check=fraction(), result=False
     )
+    report_to: list[str] = option(
+        help=REPORT_TO_HELP, factory=lambda: ["tensorboard"], check=known_tracker, result=False
+    )
+    log_completions_steps: int = option(
+        5, "ppo, rloo, grpo: every N steps, the step's prompts, responses, rewards and gold scores go to "
+        "completions.jsonl and to the trackers as a table (0: never)", check=at_least(0), result=False,
+    )  # fmt: skip
     mixed_precision: str = option("auto", PRECISION_HELP, check=one_of(*PRECISIONS))
     gradient_checkpointing: bool = option(False, CHECKPOINTING_HELP)
     sharding: str = option("none", SHARDING_HELP, check=one_of(*SHARDINGS))

@@ -1,17 +1,19 @@
 """What every training stage records and refuses: metrics logs, and non-finite numbers.
 
-`MetricsLog` writes one JSON line per step to `metrics.jsonl` and the same scalars to TensorBoard, from the
-main process only; a resumed stage first drops what the interrupted run logged after its checkpoint.
+`MetricsLog` writes one JSON line per step to `metrics.jsonl` (RL's completions to `completions.jsonl`) and the same
+to the trackers the stage reports to (TensorBoard by default), from the main process only; a resumed stage first
+drops what the interrupted run logged after its checkpoint.
 `FiniteGuard` stops a stage at the first NaN or infinity in a loss, a reward or a statistic (naming the step
 and the quantity), or skips that step when the user asked for it, counting the skips.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import torch
 from rich.markup import escape
@@ -28,36 +30,61 @@ class NonFiniteError(SalsaError):
 
 
 class MetricsLog:
-    """`metrics.jsonl` + TensorBoard scalars under `prefix/`; a no-op on processes other than the main one."""
+    """`metrics.jsonl`, tables as `<name>.jsonl`, and both to the trackers of `config.report_to` (salsa.trackers);
+    a no-op on processes other than the main one."""
 
-    def __init__(self, folder: Path, prefix: str, resume_step: int = 0, enabled: bool = True):
-        self.enabled, self.prefix = enabled, prefix
-        self.path = Path(folder) / "metrics.jsonl"
+    def __init__(self, folder: Path, prefix: str, config: Any, resume_step: int = 0, enabled: bool = True):
+        self.enabled, self.prefix, self.folder, self.resume_step = enabled, prefix, Path(folder), resume_step
+        self.path = self.folder / "metrics.jsonl"
         if not enabled:
             return
-        kept = [r for r in read_jsonl(self.path) if r.get("step", 0) <= resume_step] if self.path.is_file() else []
-        atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in kept))
-        self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
-        from torch.utils.tensorboard import SummaryWriter
+        self._file = self._open(self.path)
+        self._tables: dict[str, TextIO] = {}
+        from salsa.trackers import open_trackers
 
-        # purge_step hides the events the interrupted run wrote after its checkpoint.
-        self._tensorboard = SummaryWriter(str(Path(folder) / "tensorboard"), purge_step=resume_step + 1)
+        self._trackers = open_trackers(config.report_to, self.folder, dataclasses.asdict(config), resume_step)
+
+    def _open(self, path: Path) -> TextIO:
+        """`path` for appending, without the records the interrupted run logged after its checkpoint."""
+        kept = [r for r in read_jsonl(path) if r.get("step", 0) <= self.resume_step] if path.is_file() else []
+        atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
+        return open(path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
 
     def write(self, record: dict[str, Any]) -> None:
-        """One step's record; it must hold `step`. Numbers go to TensorBoard as `prefix/key`."""
+        """One step's record; it must hold `step`. Its numbers go to the trackers as `prefix/key`."""
         if not self.enabled:
             return
         with naming(self.path):
             self._file.write(json.dumps(record, default=float) + "\n")
             self._file.flush()
-        for key, value in record.items():
-            if key != "step" and isinstance(value, int | float) and not isinstance(value, bool):
-                self._tensorboard.add_scalar(f"{self.prefix}/{key}", value, record["step"])
+        scalars = {
+            f"{self.prefix}/{key}": value
+            for key, value in record.items()
+            if key != "step" and isinstance(value, int | float) and not isinstance(value, bool)
+        }
+        for tracker in self._trackers:
+            tracker.scalars(scalars, record["step"])
+
+    def table(self, name: str, step: int, rows: list[dict[str, Any]]) -> None:
+        """Rows of text and numbers at `step`: one line each in `<name>.jsonl`, and a table `prefix/name` in the
+        trackers."""
+        if not self.enabled:
+            return
+        path = self.folder / f"{name}.jsonl"
+        if name not in self._tables:
+            self._tables[name] = self._open(path)
+        with naming(path):
+            self._tables[name].write("".join(json.dumps({"step": step, **row}) + "\n" for row in rows))
+            self._tables[name].flush()
+        for tracker in self._trackers:
+            tracker.table(f"{self.prefix}/{name}", rows, step)
 
     def close(self) -> None:
         if self.enabled:
-            self._file.close()
-            self._tensorboard.close()
+            for file in [self._file, *self._tables.values()]:
+                file.close()
+            for tracker in self._trackers:
+                tracker.close()
 
     def __enter__(self) -> MetricsLog:
         return self

@@ -356,7 +356,7 @@ def _fit_with_restarts(
     main = runtime.is_main_process()
     guard = FiniteGuard("reward", config.on_nonfinite)
     progress_bar = training_progress(disable=not show_progress or not main)
-    with MetricsLog(folder, "reward", enabled=main) as log, progress_bar as progress:
+    with MetricsLog(folder, "reward", config, enabled=main) as log, progress_bar as progress:
         for seed in seeds:
             fitted = _fit(config, pairs, seed, log, guard, progress, seed != seeds[-1], init_seed)
             if fitted is not None:

@@ -156,7 +156,7 @@ def _train_one(
     # Every rank walks the same global order and takes its own slice of each global micro-batch.
     stream = batch_stream([1] * len(examples), global_batch, seed, start=micro_step)
     bar = training_progress(disable=not show_progress or not main)
-    with MetricsLog(out, "sft", resume_step=step, enabled=main) as log, bar as progress:
+    with MetricsLog(out, "sft", config, resume_step=step, enabled=main) as log, bar as progress:
         task = progress.add_task(f"sft seed {seed}", total=total_steps, completed=step, metrics="")
         while step < total_steps:
             started = time.perf_counter()

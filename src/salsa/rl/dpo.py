@@ -69,7 +69,7 @@ def _run(config: RLConfig, stage: Stage, show_progress: bool) -> None:
     dtype = runtime.compute_dtype(config.mixed_precision)
     batches = batch_stream([1] * len(pairs), config.dpo_batch_size, derive_seed(config.seed, "pairs"), step)
     progress_bar = training_progress(disable=not show_progress or not main)
-    with MetricsLog(out, "dpo", resume_step=step, enabled=main) as log, progress_bar as progress:
+    with MetricsLog(out, "dpo", config, resume_step=step, enabled=main) as log, progress_bar as progress:
         task = progress.add_task(f"dpo ({config.reference} ref)", total=config.steps, completed=step, metrics="")
         while step < config.steps:
             step += 1

@@ -34,6 +34,7 @@ import torch
 from salsa import runtime
 from salsa.checkpoint import Checkpointer
 from salsa.config import RLConfig
+from salsa.data import prompt_text
 from salsa.engine import Stage, run_stage
 from salsa.errors import ConfigError, SalsaError
 from salsa.generation import check_prompt_lengths
@@ -322,7 +323,7 @@ def _run(config: RLConfig, stage: Stage, reward_fn: RewardFn | None, show_progre
     batches = batch_stream([1] * len(prompts), config.prompts_per_step, derive_seed(config.seed, "prompts"), step)
     positions = runtime.my_share(config.prompts_per_step)  # this process's prompts of every step's batch
     progress_bar = training_progress(disable=not show_progress or not main)
-    with MetricsLog(out, "rl", resume_step=step, enabled=main) as log, progress_bar as progress:
+    with MetricsLog(out, "rl", config, resume_step=step, enabled=main) as log, progress_bar as progress:
         task = progress.add_task(
             f"{config.algorithm} ({config.reference} ref)", total=config.steps, completed=step, metrics=""
         )
@@ -349,6 +350,8 @@ def _run(config: RLConfig, stage: Stage, reward_fn: RewardFn | None, show_progre
                 )
                 collapsed = True
             log.write(record)
+            if config.log_completions_steps and step % config.log_completions_steps == 0:
+                log.table("completions", step, _completions(rollout))
             if controller is not None and "kl_ref" in record:
                 controller.update(record["kl_ref"], config.prompts_per_step * config.samples_per_prompt)
                 beta = controller.value
@@ -397,6 +400,19 @@ def _record(
     if "kl_sft" not in record and reference_is_sft and "kl_ref" in record:
         record["kl_sft"] = record["kl_ref"]  # the reference is the SFT model
     return record
+
+
+def _completions(rollout: Rollout) -> list[dict]:
+    """The step's samples as table rows (prompt, response, reward, and gold when a task judges them), gathered from
+    every process in the order of the step's global batch."""
+    scores = rollout.scores.tolist()
+    mine = {}
+    for i, row in enumerate(rollout.rows):
+        mine[row] = {"prompt": prompt_text(rollout.prompts[i]), "response": rollout.responses[i], "reward": scores[i]}
+        if rollout.gold is not None:
+            mine[row]["gold"] = rollout.gold[i]
+    every = runtime.gather_dict(mine)
+    return [every[row] for row in sorted(every)]
 
 
 def _progress_text(record: dict) -> str:
