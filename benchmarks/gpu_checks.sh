@@ -50,7 +50,7 @@ RL_STEPS=${RL_STEPS:-4}
 mkdir -p "$OUT"
 export HF_HUB_OFFLINE=1
 if [ -n "$WHEELS" ]; then
-  $PY -m pip install -q --no-index --no-deps --no-compile "$WHEELS"/*.whl
+  $PY -m pip install -q --no-index --no-deps --force-reinstall --no-compile "$WHEELS"/*.whl
 fi
 # 1. What is installed, and the device: a GPU check that finds no GPU stops, unless the GPU is hidden on purpose.
 $PY - "$OUT" <<'PY'
@@ -154,7 +154,8 @@ soup = json.loads((run / "soup" / "soup.json").read_text())
 assert [Path(i["path"]).name for i in soup["ingredients"]] == ["sft-0", "sft-1"], soup  # SFT K = 2, souped
 arms = ("salsa", "ppo")
 config = {arm: yaml.safe_load((run / "rl" / arm / "seed-0" / "config.yaml").read_text())["rl"] for arm in arms}
-assert config["salsa"]["reference"] == "soup" and Path(config["salsa"]["reference_model"]) == (run / "soup").resolve()
+salsa = config["salsa"]
+assert salsa["reference"] == "soup" and Path(salsa["reference_model"]) == (run / "soup").resolve(), f"salsa: {salsa}"
 print("chain stages (s):", ", ".join(f"{k} {v:g}" for k, v in summary["timings"].items()))
 for arm in arms:
     last = [json.loads(line) for line in open(run / "rl" / arm / "seed-0" / "metrics.jsonl")][-1]
