@@ -14,6 +14,7 @@ from salsa.evaluation.stats import (
     matched_kl,
     mean_with_interval,
     outcomes,
+    resampled_means,
     score_at_kl,
     win_tie_loss,
     within_prompt_interval,
@@ -58,8 +59,8 @@ def test_bootstrap_resamples_seeds_as_well_as_prompts():
     low, high = result["ci"]["win_rate"]
     assert low == 0.0 and high == 1.0
     # Entry (seed, prompt) of arange(6).reshape(2, 3) is 3 * seed + prompt: each resampled entry says where it is from.
-    resamples = bootstrap_resamples(np.arange(6).reshape(2, 3), num_samples=50, seed=0)
-    assert resamples.shape == (50, 2, 3)
+    resamples, weights = bootstrap_resamples(np.arange(6).reshape(2, 3), num_samples=50, seed=0)
+    assert resamples.shape == (50, 2, 3) and (weights == 1).all()  # every prompt its own cluster: no padding
     seeds, prompts = resamples // 3, resamples % 3
     assert (seeds == seeds[:, :, :1]).all()  # a resampled row is one seed's row
     assert (prompts[:, 0] == prompts[:, 1]).all()  # both rows of a draw take the same prompts
@@ -77,7 +78,7 @@ def test_mean_difference_is_paired_and_resampled_with_the_outcomes():
     low, high = result["ci"]["mean_difference"]
     assert -0.2 <= low < 0.175 < high <= 0.8
     # Each resample's difference comes from the same prompt draw as its win rate: by hand for the draws.
-    draws = bootstrap_resamples(a - b, 1000, 3).reshape(1000, -1).mean(1)
+    draws = resampled_means(*bootstrap_resamples(a - b, 1000, 3))
     assert (low, high) == pytest.approx(tuple(np.percentile(draws, [2.5, 97.5])))
 
 
@@ -89,13 +90,13 @@ def test_outcomes_and_differences_are_resampled_by_one_draw(monkeypatch):
     calls = []
     real = stats.bootstrap_resamples
 
-    def recording(matrix, num_samples, seed):
+    def recording(matrix, num_samples, seed, clusters):
         calls.append(np.asarray(matrix).shape)
-        return real(matrix, num_samples, seed)
+        return real(matrix, num_samples, seed, clusters)
 
     monkeypatch.setattr(stats, "bootstrap_resamples", recording)
     stats.compare(np.array([[0.9, 0.2, 0.5]]), np.array([[0.1, 0.4, 0.5]]), num_samples=200)
-    assert calls == [(1, 3, 2)]  # once, with outcomes and differences stacked
+    assert calls == [(1, 3, 4)]  # once, with win, tie, loss and differences stacked
 
 
 def test_mean_with_interval_brackets_the_mean():
@@ -290,14 +291,19 @@ def test_sequence_kl_sums_log_ratios_over_the_response():
     assert sequence_kl(logprobs, ref, mask).tolist() == [0.5 - 1.0]
 
 
-@pytest.mark.parametrize(
-    ("interval", "expected"),
-    [((0.55, 0.7), "salsa beat ppo"), ((0.3, 0.45), "ppo won"), ((0.45, 0.6), "the interval includes 50%")],
-)
-def test_verdict_follows_the_interval(interval, expected):
-    comparison = {"a": "salsa", "b": "ppo", "split": "in_distribution", "judge": "gold", "n": 48}
-    comparison.update(win_rate=sum(interval) / 2, ci={"win_rate": interval})
-    assert expected in verdict(comparison, 0.95)
+def test_the_verdict_sentence_is_the_rules_not_the_win_rates():
+    # A win rate whose interval lies above 50% on a comparison the rule leaves unresolved: the sentence says
+    # "unresolved" and why, and gives the win rate only as a description.
+    comparison = {"a": "salsa", "b": "ppo", "split": "in_distribution", "judge": "gold", "n": 96, "win_rate": 0.7,
+                  "ci": {"win_rate": (0.6, 0.8)}, "claim": "unresolved",
+                  "claim_reason": "2 seeds, fewer than the 5"}  # fmt: skip
+    sentence = verdict(comparison, 0.95)
+    assert sentence.startswith("salsa beats ppo (in-distribution prompts, gold judge): **unresolved** by the rule")
+    assert (
+        "rule fixed in advance: 2 seeds, fewer than the 5. As a description: win rate 70.0%, 95% CI [60.0%, 80.0%]"
+        in sentence
+    )
+    assert "beat ppo on this run" not in sentence
 
 
 def test_generation_logprobs_equal_a_forward_pass(tokenizer, tiny_model_dir):
@@ -367,7 +373,8 @@ def _health_rows(kl_between: float) -> list[dict]:
                 kls = {f"kl_{other}": (kl_between if "soup" not in (member, other) else kl_between / 4)
                        for other in names if other != member}  # fmt: skip
                 gold = 0.5 + 0.1 * index + (0.2 if member == "ingredient-0" else 0.0)
-                rows.append({"member": member, "index": index, "sample": sample, "gold": gold, **kls})
+                rows.append({"member": member, "index": index, "prompt": f"p{index}", "sample": sample, "gold": gold,
+                             **kls})  # fmt: skip
     return rows
 
 
@@ -400,8 +407,9 @@ def test_seed_level_test_by_hand():
     assert result["per_seed"] == pytest.approx([0.4, 0.2, 0.4]) and result["seeds"] == 3
     assert result["permutation_p"] == pytest.approx(0.25) and result["min_permutation_p"] == pytest.approx(0.25)
     assert result["t_p"] == pytest.approx(scipy_stats.ttest_1samp([0.4, 0.2, 0.4], 0).pvalue)
-    # MDE = (t_0.975,2 + t_0.8,2) * sd / sqrt(3) = (4.303 + 1.061) * 0.11547 / 1.732
-    assert result["mde"] == pytest.approx((4.3027 + 1.0607) * np.std([0.4, 0.2, 0.4], ddof=1) / np.sqrt(3), rel=1e-3)
+    # MDE: the noncentral t's answer for 2 degrees of freedom, 3.2640 sd (80% power of the two-sided 5% t-test at
+    # 3 seeds; test_detectable_effect_is_the_noncentral_t_answer derives such values by hand).
+    assert result["mde"] == pytest.approx(3.2640 * np.std([0.4, 0.2, 0.4], ddof=1), rel=1e-4)
     # Mixed signs: half of the flips are at least as extreme.
     mixed = seed_level_test(np.array([[1.0], [-1.0]]), np.zeros((2, 1)))
     assert mixed["permutation_p"] == 1.0 and mixed["mean"] == 0.0
@@ -409,14 +417,43 @@ def test_seed_level_test_by_hand():
 
 
 @pytest.mark.parametrize(
-    ("interval", "t_p", "mean", "expected"),
-    [((0.01, 0.2), 0.01, 0.1, "supported"), ((0.01, 0.2), 0.2, 0.1, "unresolved"),
-     ((-0.05, 0.2), 0.01, 0.1, "unresolved"), ((-0.2, -0.01), 0.01, -0.1, "contradicted")],
+    ("interval", "t_p", "mean", "expected", "reason"),
+    [((0.01, 0.2), 0.01, 0.1, "supported", "p = 0.010 < 0.05, both above 0"),
+     ((0.01, 0.2), 0.2, 0.1, "unresolved", "p = 0.200: p >= 0.05"),
+     ((-0.05, 0.2), 0.01, 0.1, "unresolved", "the interval includes 0"),
+     ((-0.05, 0.2), 0.2, 0.1, "unresolved", "the interval includes 0 and p >= 0.05"),
+     ((-0.2, 0.05), 0.01, -0.1, "unresolved", "the interval includes 0"),
+     ((0.01, 0.2), 0.01, -0.1, "unresolved", "point opposite ways"),
+     ((-0.2, -0.01), 0.01, -0.1, "contradicted", "p = 0.010 < 0.05, both below 0")],
 )  # fmt: skip
-def test_claim_verdict_follows_the_rule(interval, t_p, mean, expected):
+def test_claim_verdict_follows_the_rule(interval, t_p, mean, expected, reason):
     from salsa.evaluation.stats import claim_verdict
 
-    assert claim_verdict(interval, {"t_p": t_p, "mean": mean}) == expected
+    verdict_, why = claim_verdict(interval, {"seeds": 5, "t_p": t_p, "mean": mean}, min_seeds=5)
+    assert verdict_ == expected and why.endswith(reason) and "over 5 seeds" in why
+    # Claimed the other way round, support and contradiction swap.
+    mirrored = {"supported": "contradicted", "contradicted": "supported"}.get(expected, expected)
+    assert claim_verdict(interval, {"seeds": 5, "t_p": t_p, "mean": mean}, 5, direction=-1)[0] == mirrored
+
+
+def test_two_seeds_are_never_supported_however_small_their_p():
+    from salsa.evaluation.stats import claim_verdict, seed_level_test
+
+    # Two seeds that agree closely: the t-test with one degree of freedom gives p < 0.05 and the bootstrap interval
+    # excludes 0, which the rule alone would call supported; the design pre-registered 5 seeds.
+    a = np.array([[0.50, 0.52, 0.48], [0.51, 0.53, 0.49]])
+    b = np.array([[0.10, 0.11, 0.09], [0.10, 0.12, 0.09]])
+    test = seed_level_test(a, b)
+    result = compare(a, b, num_samples=500)
+    assert test["t_p"] < 0.05 and result["ci"]["mean_difference"][0] > 0
+    assert claim_verdict(result["ci"]["mean_difference"], test, min_seeds=2)[0] == "supported"
+    verdict_, reason = claim_verdict(result["ci"]["mean_difference"], test, min_seeds=5)
+    assert verdict_ == "unresolved"
+    assert reason == "2 seeds, fewer than the 5 the design pre-registers (eval.verdict_min_seeds)"
+    # The same for a contradiction, and for one seed.
+    assert claim_verdict((-0.5, -0.3), {**test, "mean": -0.4}, 5)[0] == "unresolved"
+    assert claim_verdict(*(compare(a[:1], b[:1])["ci"]["mean_difference"], seed_level_test(a[:1], b[:1])), 5) == (
+        "unresolved", "1 seed, fewer than the 5 the design pre-registers (eval.verdict_min_seeds)")  # fmt: skip
 
 
 def test_two_level_interval_resamples_prompts_and_is_wider_than_fixed_prompts():
@@ -441,8 +478,245 @@ def test_factorial_effects_by_hand():
     # The soup as reference adds 0.2, the soup as init nothing; no interaction. Cells have 3 or 5 seeds.
     cells = {("soup", "soup"): 0.7 + noise(5), ("soup", "sft"): 0.5 + noise(3),
              ("sft", "soup"): 0.7 + noise(3), ("sft", "sft"): 0.5 + noise(5)}  # fmt: skip
-    effects = factorial_effects(cells, num_samples=500)
+    effects = factorial_effects(cells, min_seeds=3, num_samples=500)
     assert effects["reference"]["mean"] == pytest.approx(0.2, abs=0.01)
     assert effects["init"]["mean"] == pytest.approx(0.0, abs=0.01)
     assert effects["reference"]["ci"][0] > 0.15 and effects["init"]["ci"][0] < 0 < effects["init"]["ci"][1]
     assert effects["interaction"]["mean"] == pytest.approx(0.0, abs=0.02)
+    assert effects["reference"]["label"] == "helped" and effects["init"]["label"] == "unresolved"
+    # A cell with fewer seeds than pre-registered leaves every label unresolved, whatever the tests say.
+    short = factorial_effects(cells, min_seeds=5, num_samples=500)
+    assert short["reference"]["label"] == "unresolved" and short["reference"]["p_holm"] < 0.05
+    assert short["reference"]["reason"].startswith("3 seeds in the smallest cell, fewer than the 5")
+
+
+def test_factorial_tests_are_pooled_variance_t_tests_holm_corrected_by_hand():
+    from salsa.evaluation.stats import factorial_effects, holm
+
+    # Per-seed means (one prompt each, so a seed's score is its mean): soup:soup, soup:sft, sft:soup, sft:sft.
+    y = {("soup", "soup"): [0.9, 1.1, 1.0], ("soup", "sft"): [0.5, 0.7], ("sft", "soup"): [0.65, 0.55, 0.6],
+         ("sft", "sft"): [0.3, 0.5]}  # fmt: skip
+    cells = {key: np.array(values)[:, None] for key, values in y.items()}
+    effects = factorial_effects(cells, min_seeds=2, num_samples=300)
+    # By hand: cell means 1.0, 0.6, 0.6, 0.4; squared deviations 0.02 + 0.02 + 0.005 + 0.02 = 0.065 over
+    # N - C = 10 - 4 = 6 degrees of freedom: s_p^2 = 0.065 / 6.
+    sp2, df = 0.065 / 6, 6
+    inverse_sizes = [1 / 3, 1 / 2, 1 / 3, 1 / 2]
+    for name, weights, estimate in (("init", [0.5, 0.5, -0.5, -0.5], 0.3), ("reference", [0.5, -0.5, 0.5, -0.5], 0.3),
+                                    ("interaction", [1, -1, -1, 1], 0.2)):  # fmt: skip
+        se = np.sqrt(sp2 * sum(w**2 * k for w, k in zip(weights, inverse_sizes, strict=True)))
+        assert effects[name]["mean"] == pytest.approx(estimate)
+        assert effects[name]["df"] == df and effects[name]["t"] == pytest.approx(estimate / se)
+    # init and reference: se = sqrt(0.065/6 * 0.25 * 5/3) = 0.06719, t = 4.4653; interaction: se = 0.1344, t = 1.4884.
+    assert effects["init"]["t"] == pytest.approx(4.4653, abs=1e-3)
+    assert effects["interaction"]["t"] == pytest.approx(1.4884, abs=1e-3)
+    # Two-sided p from t(6): 0.004259 for t = 4.4653, 0.18721 for t = 1.4884. Holm over (0.004259, 0.004259, 0.18721):
+    # 3 x 0.004259 = 0.01278, then max(that, 2 x 0.004259) = 0.01278, then max(that, 1 x 0.18721) = 0.18721.
+    assert effects["init"]["p"] == pytest.approx(0.004259, rel=1e-3)
+    assert effects["interaction"]["p"] == pytest.approx(0.18721, rel=1e-3)
+    assert effects["init"]["p_holm"] == pytest.approx(0.012777, rel=1e-3)
+    assert effects["reference"]["p_holm"] == pytest.approx(0.012777, rel=1e-3)
+    assert effects["interaction"]["p_holm"] == pytest.approx(0.18721, rel=1e-3)
+    assert [effects[k]["label"] for k in ("init", "reference", "interaction")] == ["helped", "helped", "unresolved"]
+    assert effects["init"]["reason"] == "pooled t(6) = +4.47, Holm-adjusted p = 0.013 < 0.05"
+    # Holm's step-down: sorted p 0.01, 0.02, 0.04 of 3 become 0.03, max(0.03, 0.04), max(0.04, 0.04); not monotone
+    # input order, and capped at 1.
+    assert holm([0.04, 0.01, 0.02]) == pytest.approx([0.04, 0.03, 0.04])
+    assert holm([0.5, 0.6, 0.01]) == pytest.approx([1.0, 1.0, 0.03])
+    # Two seeds per cell, each cell's pair 0.2 apart (s_p^2 = 0.08 / 4 = 0.02): init and reference +0.225 with
+    # se = sqrt(0.02 * 0.25 * 4 / 2) = 0.1, t(4) = 2.25, p = 0.0876; interaction +0.35, se 0.2, t = 1.75, p = 0.155;
+    # Holm: 3 x 0.0876 = 0.263 for all three. The bootstrap over 2 seeds per cell excludes 0 for every effect, but
+    # the label is the corrected test's: unresolved.
+    few = {key: np.array(values)[:, None] for key, values in {("soup", "soup"): [1.0, 1.2], ("soup", "sft"): [0.6, 0.8],
+           ("sft", "soup"): [0.6, 0.8], ("sft", "sft"): [0.55, 0.75]}.items()}  # fmt: skip
+    narrow = factorial_effects(few, min_seeds=2, num_samples=2000)
+    assert narrow["init"]["t"] == pytest.approx(2.25) and narrow["interaction"]["t"] == pytest.approx(1.75)
+    assert narrow["init"]["p_holm"] == pytest.approx(0.26294, rel=1e-3)
+    assert all(e["ci"][0] > 0 and e["label"] == "unresolved" for e in narrow.values())
+    # The sign of a significant effect: the soup as init hurting.
+    flipped = {("soup" if i == "sft" else "sft", r): m for (i, r), m in cells.items()}
+    hurt = factorial_effects(flipped, min_seeds=2, num_samples=300)
+    assert hurt["init"]["label"] == "hurt" and hurt["reference"]["label"] == "helped"
+
+
+def test_detectable_effect_is_the_noncentral_t_answer():
+    from scipy import integrate
+    from scipy import stats as scipy_stats
+
+    from salsa.evaluation.stats import detectable_effect
+
+    def power_by_hand(noncentrality, df, alpha=0.05):
+        # T = (Z + delta) / sqrt(V / df), V ~ chi2(df): P(|T| > c) = E_V[P(Z > c sqrt(V/df) - delta) +
+        # P(Z < -c sqrt(V/df) - delta)], integrated over V's density (no noncentral-t code involved).
+        c = scipy_stats.t.ppf(1 - alpha / 2, df)
+
+        def integrand(v):
+            scale = c * np.sqrt(v / df)
+            tails = scipy_stats.norm.sf(scale - noncentrality) + scipy_stats.norm.cdf(-scale - noncentrality)
+            return tails * scipy_stats.chi2.pdf(v, df)
+
+        return integrate.quad(integrand, 0, np.inf, limit=200)[0]
+
+    for seeds in (2, 3, 5, 10):
+        sd = 0.035  # the issue's measured seed-to-seed spread of gold gains
+        mde = detectable_effect(sd / np.sqrt(seeds), seeds - 1)
+        assert power_by_hand(mde / (sd / np.sqrt(seeds)), seeds - 1) == pytest.approx(0.8, abs=1e-6)
+        normal = (scipy_stats.norm.ppf(0.975) + scipy_stats.norm.ppf(0.8)) * sd / np.sqrt(seeds)
+        assert mde > normal  # few seeds: the t's heavier tails need a larger effect
+    # In sd units (se = sd / sqrt(S)): 5 paired seeds 1.682 sd, against the normal approximation's 1.253 sd;
+    # 10 seeds 0.996 sd.
+    assert detectable_effect(1 / np.sqrt(5), 4) == pytest.approx(1.6820, abs=2e-4)
+    assert detectable_effect(1 / np.sqrt(10), 9) == pytest.approx(0.9960, abs=2e-4)
+    # One degree of freedom (2 seeds): 11.55 sd, where scipy's lower-tail cdf alone would return NaN.
+    assert detectable_effect(1 / np.sqrt(2), 1) == pytest.approx(11.5499, abs=1e-3)
+
+
+def _old_prompt_bootstrap(matrix, num_samples, seed):
+    """The bootstrap before clusters: seeds and single prompts drawn with replacement (each resample's mean)."""
+    rng = np.random.default_rng(seed)
+    rows = rng.integers(0, matrix.shape[0], size=(num_samples, matrix.shape[0]))
+    cols = rng.integers(0, matrix.shape[1], size=(num_samples, matrix.shape[1]))
+    return matrix[rows[:, :, None], cols[:, None, :]].reshape(num_samples, -1).mean(1)
+
+
+def _subject_scores(rng, seeds=3, subjects=8, per_subject=6):
+    """[seeds, prompts] scores whose prompts come in subjects of near-paraphrases: a subject's prompts share most
+    of their score (subject means 0..7), so they are one observation, not six."""
+    subject_means = np.repeat(np.arange(subjects, dtype=float), per_subject)
+    scores = subject_means + rng.normal(0, 0.1, size=(seeds, subjects * per_subject))
+    labels = [f"subject {i // per_subject}" for i in range(subjects * per_subject)]
+    return scores, labels
+
+
+def test_the_cluster_bootstrap_widens_the_interval_when_a_subjects_prompts_agree():
+    from salsa.evaluation.stats import two_level_interval
+
+    rng = np.random.default_rng(0)
+    a, labels = _subject_scores(rng)
+    b = np.zeros_like(a)
+    prompts = compare(a, b, num_samples=2000, seed=1)["ci"]["mean_difference"]
+    subjects = compare(a, b, num_samples=2000, seed=1, clusters=labels)["ci"]["mean_difference"]
+    # 48 prompts or 8 subjects with the same spread of means: the interval is about sqrt(48 / 8) = 2.45 times wider.
+    ratio = (subjects[1] - subjects[0]) / (prompts[1] - prompts[0])
+    assert 2.0 < ratio < 3.0
+    # By hand: the subject means' sd (ddof 0) is sqrt(5.25) = 2.29, so the interval is about +-1.96 * 2.29 / sqrt(8).
+    assert (subjects[1] - subjects[0]) / 2 == pytest.approx(1.96 * np.sqrt(5.25) / np.sqrt(8), rel=0.15)
+    # The landscape's two-level interval (prompts, then each drawn prompt's samples) widens the same way.
+    matrix = a.T  # [prompts, samples]
+    wide, narrow = (two_level_interval(matrix, 2000, seed=1, clusters=c)["ci"] for c in (labels, None))
+    assert 2.0 < (wide[1] - wide[0]) / (narrow[1] - narrow[0]) < 3.0
+
+
+def test_with_a_cluster_per_prompt_the_bootstrap_is_the_prompt_bootstrap_draw_for_draw():
+    from salsa.evaluation.stats import contrast_with_interval, percentile_interval, two_level_interval
+
+    rng = np.random.default_rng(3)
+    a, b = rng.normal(size=(3, 20)), rng.normal(size=(3, 20))
+    singletons = [f"prompt {i}" for i in range(20)]  # labels in any order: the clusters are numbered as they come
+    old = percentile_interval(_old_prompt_bootstrap(a - b, 500, 7))
+    for clusters in (None, singletons):
+        assert compare(a, b, num_samples=500, seed=7, clusters=clusters)["ci"]["mean_difference"] == pytest.approx(old)
+        assert mean_with_interval(a, 500, seed=7, clusters=clusters)["ci"] == pytest.approx(
+            percentile_interval(_old_prompt_bootstrap(a, 500, 7))
+        )
+    # The two-level interval and the 2 x 2's contrast, against their own code before clusters.
+    old_rng = np.random.default_rng(5)
+    matrix = a.T  # [20 prompts, 3 samples]
+    picked = old_rng.integers(0, 20, size=(400, 20))
+    picks = old_rng.integers(0, 3, size=(400, 20, 3))
+    old_two = percentile_interval(np.take_along_axis(matrix[picked], picks, axis=2).mean((1, 2)))
+    assert two_level_interval(matrix, 400, seed=5, clusters=singletons)["ci"] == pytest.approx(old_two)
+    cells, weights = [a, b, a[:2]], [1.0, -0.5, -0.5]
+    old_rng = np.random.default_rng(9)
+    prompts, total = old_rng.integers(0, 20, size=(400, 20)), np.zeros(400)
+    for cell, weight in zip(cells, weights, strict=True):
+        seeds = old_rng.integers(0, len(cell), size=(400, len(cell)))
+        total += weight * cell[seeds[:, :, None], prompts[:, None, :]].mean((1, 2))
+    contrast = contrast_with_interval(cells, weights, 400, seed=9, clusters=singletons)["ci"]
+    assert contrast == pytest.approx(percentile_interval(total))
+
+
+def test_unequal_clusters_are_drawn_whole_and_weighted_by_their_prompts():
+    from salsa.evaluation.stats import cluster_draws
+
+    # Cluster "x" holds prompts 0 and 1 (score 0), cluster "y" prompt 2 (score 3). Two clusters drawn: {x, x} has
+    # mean 0, {y, y} 3, {x, y} (0 + 0 + 3) / 3 = 1; the padding of y's second slot counts for nothing.
+    indices, weights = cluster_draws(["x", "x", "y"], 3, 400, np.random.default_rng(0))
+    assert indices.shape == weights.shape == (400, 4)
+    means = resampled_means(*bootstrap_resamples(np.array([[0.0, 0.0, 3.0]]), 400, 0, clusters=["x", "x", "y"]))
+    assert set(np.round(means, 12)) == {0.0, 1.0, 3.0}
+    assert (np.round(means, 12) == 1.0).mean() == pytest.approx(0.5, abs=0.08)  # {x, y} or {y, x}: half the draws
+    with pytest.raises(ValueError, match="2 cluster labels for 3 prompts"):
+        cluster_draws(["x", "y"], 3, 10, np.random.default_rng(0))
+
+
+def test_prompt_clusters_are_the_built_in_subjects_or_single_prompts():
+    from salsa.evaluation.summary import prompt_clusters
+    from salsa.tasks.reviews import prompts
+
+    rows = [{"index": i, "prompt": p["prompt"]} for i, p in enumerate(prompts("eval"))]
+    clusters = prompt_clusters(rows, "reviews")
+    assert len(clusters) == 48 and len(set(clusters)) == 8
+    assert clusters[:6] == ["a pair of headphones"] * 6  # both sentiments, all three paraphrases
+    # A user's own prompts: each its own cluster, with or without the task's gold judge.
+    own = [{"index": 1, "prompt": "Tell me a joke."}, {"index": 0, "prompt": "Write a poem."}]
+    assert prompt_clusters(own, "reviews") == ["#0", "#1"] == prompt_clusters(own, None)
+    assert len(set(prompt_clusters(rows, None))) == 48
+
+
+def _two_seed_rows(gain: float) -> list[dict]:
+    """salsa and ppo, 2 RL seeds each, on the built-in task's 48 evaluation prompts: salsa scores `gain` above ppo,
+    plus 0.03 per subject (0 to 7: the gain differs by subject) and 0.01 more with seed 1 (per-seed mean differences
+    `gain` + 0.105 and + 0.115: t(1) = 62, p = 0.01)."""
+    from salsa.tasks.reviews import prompts
+
+    rows = []
+    for index, entry in enumerate(prompts("eval")):
+        for seed in (0, 1):
+            for policy, level in (("salsa", 0.3 + gain), ("ppo", 0.3)):
+                own = 0.01 * seed + 0.03 * (index // 6) if policy == "salsa" else 0.0  # by seed and subject
+                gold = level + own + 0.02 * (index % 5)
+                rows.append({"policy": policy, "seed_index": seed, "split": "in_distribution", "index": index,
+                             "sample": 0, "prompt": entry["prompt"], "gold": gold})  # fmt: skip
+    return rows
+
+
+def test_a_two_seed_run_is_unresolved_by_the_rule_and_its_reason_says_why():
+    from salsa.config import EvalConfig
+    from salsa.evaluation.summary import _comparisons, prompt_clusters
+
+    rows = _two_seed_rows(0.2)
+    stats = {"num_samples": 300, "confidence": 0.95, "seed": 0}
+    config = EvalConfig(policies={"salsa": ["s0", "s1"], "ppo": ["p0", "p1"]}, comparisons=["salsa:ppo"])
+    (comparison,) = _comparisons(config, rows, ["gold"], ["in_distribution"], stats)
+    # The seeds agree: a t-test with 1 degree of freedom gives p < 0.05 and the interval lies above 0, but the design
+    # pre-registered 5 seeds (the default of eval.verdict_min_seeds).
+    assert comparison["seed_test"]["t_p"] < 0.05 and comparison["ci"]["mean_difference"][0] > 0
+    assert comparison["claim"] == "unresolved"
+    assert comparison["claim_reason"] == "2 seeds, fewer than the 5 the design pre-registers (eval.verdict_min_seeds)"
+    # Pre-registering 2 seeds lets the same numbers decide.
+    config.verdict_min_seeds = 2
+    (decided,) = _comparisons(config, rows, ["gold"], ["in_distribution"], stats)
+    assert decided["claim"] == "supported" and "paired t-test over 2 seeds" in decided["claim_reason"]
+    # The interval drew the 8 subjects, not the 48 prompts.
+    salsa = np.array([[r["gold"] for r in rows if (r["policy"], r["seed_index"]) == ("salsa", s)] for s in (0, 1)])
+    ppo = np.array([[r["gold"] for r in rows if (r["policy"], r["seed_index"]) == ("ppo", s)] for s in (0, 1)])
+    clusters = prompt_clusters([r for r in rows if r["policy"] == "salsa" and r["seed_index"] == 0], "reviews")
+    expected = compare(salsa, ppo, num_samples=300, seed=0, clusters=clusters)["ci"]["mean_difference"]
+    assert comparison["ci"]["mean_difference"] == pytest.approx(expected)
+    by_prompt = compare(salsa, ppo, num_samples=300, seed=0)["ci"]["mean_difference"]
+    assert expected[1] - expected[0] > 1.5 * (by_prompt[1] - by_prompt[0])
+
+
+def test_the_report_labels_each_effect_of_the_two_by_two_by_its_corrected_test():
+    from salsa.report import factorial_text
+
+    effect = {"mean": 0.12, "ci": (0.02, 0.22), "mde": 0.09, "label": "unresolved",
+              "reason": "pooled t(16) = +2.10, Holm-adjusted p = 0.104 >= 0.05"}  # fmt: skip
+    helped = {**effect, "label": "helped", "reason": "pooled t(16) = +4.00, Holm-adjusted p = 0.003 < 0.05"}
+    entry = {"kl_coef": 0.05, "effects": {"gold": {"init": effect, "reference": helped, "interaction": effect}}}
+    text = factorial_text(entry, "gold")
+    # An interval above 0 does not make "helped": the corrected test decides.
+    assert "starting from the soup: +0.120 [+0.020, +0.220], MDE 0.090 (unresolved: pooled t(16) = +2.10" in text
+    assert "anchoring to the soup: +0.120 [+0.020, +0.220], MDE 0.090 (helped: pooled t(16) = +4.00" in text
+    assert "Holm-corrected over the three" in text

@@ -95,8 +95,8 @@ def test_judged_pairs_share_prompt_and_seed_and_a_single_model_meets_every_seed(
 def test_judge_summary_counts_consistency_position_and_agreement_with_gold_by_hand():
     def row(index, verdict, a_first, b_first, gold_a, gold_b, same=False):
         return {"a": "x", "b": "y", "split": "in_distribution", "pair_index": 0, "index": index, "sample": 0,
-                "response_a": "r", "response_b": "r" if same else "s", "verdict": verdict, "a_first": a_first,
-                "b_first": b_first, "gold_a": gold_a, "gold_b": gold_b}  # fmt: skip
+                "prompt": "p", "response_a": "r", "response_b": "r" if same else "s", "verdict": verdict,
+                "a_first": a_first, "b_first": b_first, "gold_a": gold_a, "gold_b": gold_b}  # fmt: skip
 
     judgments = [
         row(0, 1, 1, -1, 2.0, 1.0),  # judge A, gold A: agree

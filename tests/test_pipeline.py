@@ -131,14 +131,21 @@ def test_run_resumes_after_interruption_then_skips_finished_stages(run_yaml, tmp
     for name in ("report.md", "report.html", "summary.json", "win_rates.png", "landscape.png", "frontier.png"):
         assert (report / name).is_file(), name
     summary = json.loads((report / "summary.json").read_text())
-    assert summary["verdict"].startswith("salsa ")
+    # One RL seed: the rule's verdict is unresolved, and says why (the design pre-registers 5 seeds).
+    assert summary["verdict"] == "unresolved" == summary["headline"]["claim"]
+    assert summary["verdict_reason"].startswith("1 seed, fewer than the 5 the design pre-registers")
+    assert summary["verdict_text"].startswith("salsa beats ppo (in-distribution prompts, gold judge): **unresolved**")
     assert summary["headline"]["a"] == "salsa" and summary["headline"]["b"] == "ppo"
     assert set(summary["policies"]) == {"salsa", "ppo", "sft"}
     assert summary["policies"]["sft"]["kl_sft"]["mean"] == 0.0  # the SFT policy is the KL reference itself
     markdown = (report / "report.md").read_text()
-    assert summary["verdict"] in markdown and "![Reward landscape" in markdown
+    assert summary["verdict_text"] in markdown and "![Reward landscape" in markdown
     results = json.loads((root / "eval/results.json").read_text())
     assert [p["alpha"] for p in results["landscape"]] == [0.0, 0.5, 1.0]
+    # The built-in prompts come in subjects of near-paraphrases: the bootstrap draws subjects, and says so.
+    settings = results["settings"]
+    assert settings["bootstrap_unit"] == "subject" and "percentile bootstrap over subjects" in markdown
+    assert settings["bootstrap_clusters"]["in_distribution"] * 6 == settings["prompts"]["in_distribution"]
     assert set(results["frontier"]) == {"salsa", "ppo"}
     assert set(results["over_optimisation"]) == {"salsa", "ppo"} and "**Over-optimisation**" in markdown
     # The landscape's alpha = 0 endpoint is the SFT policy: its samples are reused, not drawn again.

@@ -54,6 +54,10 @@ def w(tmp_path, tiny_model_dir, monkeypatch):
     (t / "eval_bad" / "results.json").write_text('{"settings": ')
     (t / "eval_good").mkdir()
     (t / "eval_good" / "results.json").write_text(
+        json.dumps({"settings": {"verdict_min_seeds": 5}, "policies": {}, "comparisons": [], "judges": []})
+    )
+    (t / "eval_old").mkdir()
+    (t / "eval_old" / "results.json").write_text(
         json.dumps({"settings": {}, "policies": {}, "comparisons": [], "judges": []})
     )
     (t / "template.txt").write_text("Request: {prompt}\nA: {response_a}\nWhich is better?")
@@ -477,6 +481,7 @@ CASES = [
     # --- salsa report
     ("report-no-results", ["report", "mine"], r"mine/results.json does not exist; run `salsa eval` first"),
     ("report-corrupt-results", ["report", "eval_bad"], r"eval_bad/results.json: corrupt results"),
+    ("report-old-results", ["report", "eval_old"], r"eval_old/results.json: written before verdicts by the rule"),
     (
         "report-out-is-eval",
         ["report", "eval_good", "--out", "eval_good"],

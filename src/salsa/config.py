@@ -474,6 +474,11 @@ class EvalConfig:
     tie_margin: float = option(0.0, "scores closer than this count as a tie", check=at_least(0))
     bootstrap_samples: int = option(2000, "bootstrap resamples for the confidence intervals", check=at_least(100))
     confidence: float = option(0.95, "confidence level of the intervals", check=fraction(low_inclusive=False))
+    verdict_min_seeds: int = option(
+        5, "the design's pre-registered number of RL seeds per arm: a comparison (or a 2 x 2 cell) with fewer seeds "
+        "gets the verdict 'unresolved', never 'supported' or 'contradicted', whatever its tests say",
+        check=at_least(2),
+    )  # fmt: skip
     output_dir: str = option("runs/eval", "where results.json and samples.jsonl are written")
     sweeps: dict[str, dict] = option(
         help="families of merged policies, each point built in memory and evaluated like a policy, named NAME@VALUE: "

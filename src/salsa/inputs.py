@@ -194,6 +194,10 @@ def check_eval_directory(ref: str, where: str) -> dict:
             raise KeyError
     except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError):
         raise DataError(f"{results_file}: corrupt results; run `salsa eval` again") from None
+    if "verdict_min_seeds" not in results["settings"]:  # the report reads each comparison's verdict by the rule
+        raise DataError(
+            f"{results_file}: written before verdicts by the rule and bootstraps over subjects; run `salsa eval` again"
+        )
     return results
 
 

@@ -1,8 +1,9 @@
 """`salsa report`: the evaluation as a Markdown file, a static HTML page, PNG plots and summary.json.
 
 The report is a list of blocks (headings, paragraphs, tables, images) rendered twice, to Markdown and to
-HTML, so the two always say the same thing. The verdict is computed, never written by hand: SALSA beat
-PPO only if the lower end of the win rate's interval lies above 50%.
+HTML, so the two always say the same thing. The verdict is computed, never written by hand: it is the rule's
+(`evaluation.stats.VERDICT_RULE`, applied when the evaluation was summarised) on the pre-specified comparison, with
+the win rate beside it as a description.
 """
 
 from __future__ import annotations
@@ -31,49 +32,56 @@ class Block:
 
 
 def verdict(comparison: dict, confidence: float) -> str:
-    """One plain sentence: did A beat B, with the interval that decides it."""
+    """One plain sentence: the verdict by the rule (VERDICT_RULE) on "A beats B" and what decided it, with the win
+    rate beside it as a description (it decides nothing)."""
     a, b = comparison["a"], comparison["b"]
     low, high = comparison["ci"]["win_rate"]
-    rate = comparison["win_rate"]
     where = f"{SPLIT_TITLES[comparison['split']]} prompts, {JUDGE_TITLES[comparison['judge']]}"
     if comparison.get("matched_kl"):
         where += ", at matched KL"
-    interval = f"win rate {rate:.1%}, {confidence:.0%} CI [{low:.1%}, {high:.1%}], n = {comparison['n']}"
-    if low > 0.5:
-        return f"{a} beat {b} on this run ({where}: {interval})."
-    if high < 0.5:
-        return f"{a} did not beat {b}: {b} won on this run ({where}: {interval})."
-    return f"{a} did not beat {b} on this run: the interval includes 50% ({where}: {interval})."
+    rate = f"win rate {comparison['win_rate']:.1%}, {confidence:.0%} CI [{low:.1%}, {high:.1%}], n = {comparison['n']}"
+    return (
+        f"{a} beats {b} ({where}): **{comparison['claim']}** by the rule fixed in advance: "
+        f"{comparison['claim_reason']}. As a description: {rate}."
+    )
 
 
 def seed_test_text(comparison: dict) -> str:
     """The comparison over seeds: per-seed differences, the two tests, the minimum detectable effect, the rule."""
     test = comparison["seed_test"]
     per_seed = ", ".join(f"{d:+.3f}" for d in test["per_seed"])
+    rule = f"The rule, fixed before the run: {VERDICT_RULE}."
     if test["t_p"] is None:
-        return f"Over seeds: per-seed mean differences {per_seed}; no test over identical differences."
-    low, high = comparison["ci"]["mean_difference"]
+        why = "one seed" if test["seeds"] == 1 else "identical differences"
+        return f"Over seeds: per-seed mean differences {per_seed}; no test ({why}). {rule}"
     return (
         f"Over the {test['seeds']} seeds: per-seed mean {JUDGE_TITLES[comparison['judge']]} differences {per_seed} "
         f"(mean {test['mean']:+.3f}); paired t-test p = {test['t_p']:.3f}; exact sign-flip test p = "
         f"{test['permutation_p']:.3f} (the smallest possible with {test['seeds']} seeds is "
-        f"{test['min_permutation_p']:.3f}); minimum detectable effect (5% level, 80% power) {test['mde']:.3f}. "
-        f"By the rule fixed before the run ({VERDICT_RULE}), with the bootstrap interval [{low:+.3f}, {high:+.3f}]: "
-        f"**{comparison['claim']}**."
+        f"{test['min_permutation_p']:.3f}); minimum detectable effect (5% level, 80% power, noncentral t) "
+        f"{test['mde']:.3f}. {rule}"
     )
 
 
 def factorial_text(entry: dict, judge: str) -> str:
-    """The 2 x 2 of init and reference at one KL coefficient, in one sentence per effect."""
+    """The 2 x 2 of init and reference at one KL coefficient, in one sentence per effect: the estimate, its bootstrap
+    interval, the minimum detectable effect, and the label from the Holm-corrected test over seeds."""
     effects = entry["effects"][judge]
     parts = []
     for factor, words in (("init", "starting from the soup"), ("reference", "anchoring to the soup"),
                           ("interaction", "both together beyond the sum (interaction)")):  # fmt: skip
         effect = effects[factor]
         low, high = effect["ci"]
-        sign = "no measurable difference" if low <= 0 <= high else ("helped" if low > 0 else "hurt")
-        parts.append(f"{words}: {effect['mean']:+.3f} [{low:+.3f}, {high:+.3f}] ({sign})")
-    return f"KL coefficient {entry['kl_coef']:g}, {JUDGE_TITLES[judge]}, in-distribution: " + "; ".join(parts) + "."
+        mde = "no MDE" if effect["mde"] is None else f"MDE {effect['mde']:.3f}"
+        parts.append(
+            f"{words}: {effect['mean']:+.3f} [{low:+.3f}, {high:+.3f}], {mde} ({effect['label']}: {effect['reason']})"
+        )
+    return (
+        f"KL coefficient {entry['kl_coef']:g}, {JUDGE_TITLES[judge]}, in-distribution (each label from a "
+        "pooled-variance t-test on per-seed means, Holm-corrected over the three; the interval is the bootstrap's): "
+        + "; ".join(parts)
+        + "."
+    )
 
 
 def against_sft(results: dict) -> list[str]:
@@ -401,7 +409,10 @@ def _render(results: dict, out: Path, run_info: dict | None) -> None:
     atomic_write_text(out / "report.md", _markdown(blocks))
     atomic_write_text(out / "report.html", _html(blocks, title))
     summary = {
-        "verdict": headline_verdict,
+        # The rule's verdict on the headline (supported | contradicted | unresolved), why, and the report's sentence.
+        "verdict": headline["claim"] if headline else None,
+        "verdict_reason": headline["claim_reason"] if headline else None,
+        "verdict_text": headline_verdict,
         "against_sft": rl_vs_sft,
         "headline": headline,
         "policies": results["policies"],
@@ -426,13 +437,15 @@ def _verdict_blocks(results: dict, headline: dict | None, headline_verdict: str 
     secondary = [c for c in results["comparisons"] if c is not headline]
     if secondary:
         listed = "; ".join(
-            f"{pair_label(c)}, {SPLIT_TITLES[c['split']]}, {JUDGE_TITLES[c['judge']]}: {_rate(c)}" for c in secondary
+            f"{pair_label(c)}, {SPLIT_TITLES[c['split']]}, {JUDGE_TITLES[c['judge']]}: {_rate(c)}, {c['claim']}"
+            for c in secondary
         )
         blocks.append(
             Block(
                 "text",
                 f"Secondary comparisons (each with its own {results['settings']['confidence']:.0%} interval, not "
-                f"adjusted for multiple comparisons; they describe, the verdict above decides): {listed}.",
+                f"adjusted for multiple comparisons; they describe, the verdict above decides; each with its "
+                f"verdict by the rule): {listed}.",
             )
         )
     return blocks
@@ -457,13 +470,25 @@ def _table_blocks(results: dict, policy_table: list, comparison_table: list) -> 
         Block(
             "text",
             f"Prompt by prompt: A wins if its score exceeds B's by more than {settings['tie_margin']}. Intervals: "
-            f"percentile bootstrap over prompts (and seeds), {settings['bootstrap_samples']} resamples.",
+            f"percentile bootstrap over {_bootstrap_units(settings)} (and seeds), {settings['bootstrap_samples']} "
+            "resamples.",
         ),
         Block("table", comparison_table),
     ]
     if results.get("llm_judge"):
         blocks.append(Block("text", _llm_judge_text(results["llm_judge"])))
     return blocks
+
+
+def _bootstrap_units(settings: dict) -> str:
+    """What the bootstrap drew, in words: subjects (how many for how many prompts) or prompts."""
+    if settings["bootstrap_unit"] == "prompt":
+        return "prompts"
+    counts = ", ".join(
+        f"{settings['bootstrap_clusters'][split]} for the {n} {SPLIT_TITLES[split]} prompts"
+        for split, n in settings["prompts"].items()
+    )
+    return f"subjects, each drawn with all its near-paraphrased prompts ({counts})"
 
 
 def _appendix_blocks(run_info: dict | None, environment: dict) -> list[Block]:
@@ -496,7 +521,7 @@ def print_summary(out: str | Path) -> None:
             table.add_row(*row)
         console.print(table)
     if summary["verdict"]:
-        console.print(f"[bold]verdict:[/] {escape(summary['verdict'])}")
+        console.print(f"[bold]verdict:[/] {escape(summary['verdict_text'].replace('**', ''))}")
     for sentence in summary.get("against_sft", []):
         console.print(f"[bold]against SFT:[/] {escape(sentence)}")
     console.print(f"report: {Path(out) / 'report.html'} ({Path(out) / 'report.md'})")

@@ -23,6 +23,7 @@ from salsa.evaluation.stats import (
     within_prompt_interval,
 )
 from salsa.io import SOUP_RECORD, is_soup_directory, read_json
+from salsa.tasks import BUILTIN_TASKS
 
 
 def _by_prompt(rows: list[dict], key: str) -> list[list[float]]:
@@ -31,6 +32,31 @@ def _by_prompt(rows: list[dict], key: str) -> list[list[float]]:
     for row in rows:
         grouped.setdefault(row["index"], {})[row["sample"]] = row[key]
     return [[grouped[i][s] for s in sorted(grouped[i])] for i in sorted(grouped)]
+
+
+def prompt_clusters(rows: list[dict], task: str | None) -> list[str]:
+    """Each prompt's cluster for the bootstrap, in prompt-index order (that of `_by_prompt`): with a built-in task,
+    the subject its prompt names (the built-in prompts of one subject are two requests in three near-paraphrases,
+    not independent draws); without a task, or for a prompt that names none of the task's subjects, the prompt
+    alone."""
+    prompts = {r["index"]: r["prompt"] for r in rows}
+    if task is None:
+        return [f"#{i}" for i in sorted(prompts)]
+    parse = BUILTIN_TASKS[task].parse_request
+    return [parse(prompts[i])[1] or f"#{i}" for i in sorted(prompts)]
+
+
+def clustered_stats(stats: dict, rows: list[dict], task: str | None) -> dict:
+    """The bootstrap settings `stats` with the clusters of the prompts that `rows` answered."""
+    return {**stats, "clusters": prompt_clusters(rows, task)}
+
+
+def with_verdict(result: dict, scores_a: np.ndarray, scores_b: np.ndarray, min_seeds: int) -> dict:
+    """A comparison `result` of paired [S, N, ...] scores with its tests over seeds and its verdict by the rule
+    (VERDICT_RULE): `claim` (supported | contradicted | unresolved, for A above B) and `claim_reason`."""
+    seed_test = seed_level_test(scores_a, scores_b)
+    claim, reason = claim_verdict(result["ci"]["mean_difference"], seed_test, min_seeds)
+    return {**result, "seed_test": seed_test, "claim": claim, "claim_reason": reason}
 
 
 def _score_matrix(samples: list[dict], policy: str, split: str, key: str) -> np.ndarray:
@@ -47,10 +73,12 @@ def _paired(a: np.ndarray, b: np.ndarray, names: tuple[str, str]) -> tuple[np.nd
 
 
 def summarise_matched(matched_rows: list[dict], judges: list[str], config: EvalConfig, stats: dict) -> list[dict]:
-    """Per compared pair of runs: the steps chosen at matched KL, their KL on the eval prompts, and win rates."""
+    """Per compared pair of runs: the steps chosen at matched KL, their KL on the eval prompts, and win rates with
+    the verdict by the rule."""
     out = []
     for comparison in dict.fromkeys(r["matched"] for r in matched_rows):
         rows = [r for r in matched_rows if r["matched"] == comparison]
+        clustered = clustered_stats(stats, rows, config.task)
         a, b = comparison.split(":")
         entry: dict = {"a": a, "b": b, "split": "in_distribution", "runs": [], "kl_sft": {}, "comparisons": []}
         for name in (a, b):
@@ -61,10 +89,10 @@ def summarise_matched(matched_rows: list[dict], judges: list[str], config: EvalC
             ]
             if "kl_sft" in rows[0]:
                 kl = _score_matrix(rows, name, "in_distribution", "kl_sft")
-                entry["kl_sft"][name] = mean_with_interval(kl, **stats)
+                entry["kl_sft"][name] = mean_with_interval(kl, **clustered)
         for judge in judges:
             scores = [_score_matrix(rows, name, "in_distribution", judge) for name in (a, b)]
-            result = compare(*scores, config.tie_margin, **stats)
+            result = with_verdict(compare(*scores, config.tie_margin, **clustered), *scores, config.verdict_min_seeds)
             entry["comparisons"].append(
                 {"a": a, "b": b, "split": "in_distribution", "judge": judge, "matched_kl": True, **result}
             )
@@ -89,8 +117,10 @@ def _arm_of(paths: list[str]) -> tuple[str, str, float] | None:
 
 def summarise_factorial(config: EvalConfig, samples: list[dict], judges: list[str], stats: dict) -> list[dict]:
     """Which of init and reference carries a difference: for every KL coefficient at which the four RL arms of
-    the 2 x 2 (init sft | soup, reference sft | soup) were evaluated, the main effects and their interaction."""
+    the 2 x 2 (init sft | soup, reference sft | soup) were evaluated, the main effects and their interaction, each
+    with its bootstrap interval and its Holm-corrected test over seeds (`factorial_effects`)."""
     arms = {name: _arm_of(paths) for name, paths in config.policies.items()}
+    clustered = clustered_stats(stats, [r for r in samples if r["split"] == "in_distribution"], config.task)
     out = []
     for coef in sorted({arm[2] for arm in arms.values() if arm}):
         cells = {(arm[0], arm[1]): name for name, arm in arms.items() if arm and arm[2] == coef}
@@ -99,7 +129,7 @@ def summarise_factorial(config: EvalConfig, samples: list[dict], judges: list[st
         effects = {
             judge: factorial_effects(
                 {key: _score_matrix(samples, name, "in_distribution", judge) for key, name in cells.items()},
-                num_samples=stats["num_samples"], confidence=stats["confidence"], seed=stats["seed"],
+                config.verdict_min_seeds, **clustered,
             )
             for judge in judges
         }  # fmt: skip
@@ -115,7 +145,9 @@ def summarise_judge(judgments: list[dict], config: EvalConfig, stats: dict) -> t
         rows = [r for r in judgments if (r["a"], r["b"], r["split"]) == (a, b, split)]
         pairs = sorted({r["pair_index"] for r in rows})
         verdicts = np.array([_by_prompt([r for r in rows if r["pair_index"] == p], "verdict") for p in pairs])
-        comparisons.append({"a": a, "b": b, "split": split, "judge": "llm", **compare_verdicts(verdicts, **stats)})
+        result = compare_verdicts(verdicts, **clustered_stats(stats, rows, config.task))
+        result = with_verdict(result, verdicts, np.zeros_like(verdicts), config.verdict_min_seeds)
+        comparisons.append({"a": a, "b": b, "split": split, "judge": "llm", **result})
     asked = [r for r in judgments if r["response_a"] != r["response_b"]]
     info: dict = {
         "model": config.judge,
@@ -142,30 +174,39 @@ def summarise_judge(judgments: list[dict], config: EvalConfig, stats: dict) -> t
 def _policy_means(config: EvalConfig, samples: list[dict], judges: list[str], splits: list[str], stats: dict) -> dict:
     """Each policy's mean score, length and KL (to SFT and the soup) per split, with intervals."""
     return {
-        name: {"paths": list(paths), **policy_means(samples, name, judges, splits, stats)}
+        name: {"paths": list(paths), **policy_means(samples, name, judges, splits, stats, config.task)}
         for name, paths in config.policies.items()
     }
 
 
-def policy_means(samples: list[dict], name: str, judges: list[str], splits: list[str], stats: dict) -> dict:
+def policy_means(
+    samples: list[dict], name: str, judges: list[str], splits: list[str], stats: dict, task: str | None
+) -> dict:
     """One policy's mean score by each judge and length per split, and its KL to SFT and the soup (in-distribution
-    prompts), with intervals; its rows are those of `samples` whose `policy` is `name`."""
+    prompts), with intervals (clusters of prompts by `task`, `prompt_clusters`); its rows are those of `samples`
+    whose `policy` is `name`."""
     entry: dict = {"splits": {}}
+    mine = {split: [r for r in samples if r["policy"] == name and r["split"] == split] for split in splits}
+    clustered = {split: clustered_stats(stats, rows, task) for split, rows in mine.items()}
     for split in splits:
         entry["splits"][split] = {
-            key: mean_with_interval(_score_matrix(samples, name, split, key), **stats) for key in (*judges, "length")
+            key: mean_with_interval(_score_matrix(samples, name, split, key), **clustered[split])
+            for key in (*judges, "length")
         }
     for ref in ("sft", "soup"):
         key = f"kl_{ref}"
         rows = [r for r in samples if r["policy"] == name and key in r]
         if rows:
-            entry[key] = mean_with_interval(_score_matrix(samples, name, "in_distribution", key), **stats)
+            matrix = _score_matrix(samples, name, "in_distribution", key)
+            entry[key] = mean_with_interval(matrix, **clustered["in_distribution"])
     return entry
 
 
 def _comparisons(config: EvalConfig, samples: list[dict], judges: list[str], splits: list[str], stats: dict) -> list:
-    """Every configured pair, split and judge: win rates and mean differences with intervals, and with several RL
-    seeds the tests over seeds and the verdict by the rule."""
+    """Every configured pair, split and judge: win rates and mean differences with intervals, the tests over seeds
+    and the verdict by the rule (unresolved with fewer seeds than eval.verdict_min_seeds)."""
+    by_split = {split: [r for r in samples if r["split"] == split] for split in splits}
+    clustered = {split: clustered_stats(stats, rows, config.task) for split, rows in by_split.items()}
     comparisons = []
     for a, b in comparison_pairs(config):
         for split in splits:
@@ -173,18 +214,16 @@ def _comparisons(config: EvalConfig, samples: list[dict], judges: list[str], spl
                 scores_a, scores_b = _paired(
                     _score_matrix(samples, a, split, judge), _score_matrix(samples, b, split, judge), (a, b)
                 )
-                result = compare(scores_a, scores_b, config.tie_margin, **stats)
-                if len(scores_a) >= 2:
-                    result["seed_test"] = seed_level_test(scores_a, scores_b)
-                    result["claim"] = claim_verdict(result["ci"]["mean_difference"], result["seed_test"])
+                result = compare(scores_a, scores_b, config.tie_margin, **clustered[split])
+                result = with_verdict(result, scores_a, scores_b, config.verdict_min_seeds)
                 comparisons.append({"a": a, "b": b, "split": split, "judge": judge, **result})
     return comparisons
 
 
-def _landscape(landscape_rows: list[dict], judges: list[str], stats: dict) -> list[dict]:
+def _landscape(landscape_rows: list[dict], judges: list[str], stats: dict, task: str | None) -> list[dict]:
     """Each landscape point's mean score with two intervals: `ci` keeps these prompts and resamples their samples
-    (what separates two points measured on the same prompts); `ci_prompts_resampled` resamples the prompts too
-    (the point's level for prompts like these)."""
+    (what separates two points measured on the same prompts); `ci_prompts_resampled` resamples the clusters of
+    prompts too (the point's level for prompts like these)."""
     landscape = []
     for alpha in dict.fromkeys(r["alpha"] for r in landscape_rows):
         rows = [r for r in landscape_rows if r["alpha"] == alpha]
@@ -192,7 +231,7 @@ def _landscape(landscape_rows: list[dict], judges: list[str], stats: dict) -> li
         for key in (*judges, "length"):
             matrix = np.array(_by_prompt(rows, key))
             point[key] = within_prompt_interval(matrix, **stats)
-            point[key]["ci_prompts_resampled"] = two_level_interval(matrix, **stats)["ci"]
+            point[key]["ci_prompts_resampled"] = two_level_interval(matrix, **clustered_stats(stats, rows, task))["ci"]
         landscape.append(point)
     return landscape
 
@@ -211,13 +250,15 @@ def summarise(
     stats = {"num_samples": config.bootstrap_samples, "confidence": config.confidence, "seed": config.seed}
     first = next(iter(config.policies))
     num_prompts = {split: _score_matrix(samples, first, split, "length").shape[1] for split in splits}
+    rows = {split: [r for r in samples if r["policy"] == first and r["split"] == split] for split in splits}
+    num_clusters = {split: len(set(prompt_clusters(rows[split], config.task))) for split in splits}
     policies = _policy_means(config, samples, judges, splits, stats)
     comparisons = _comparisons(config, samples, judges, splits, stats)
     llm_judge = None
     if judgments:
         judged, llm_judge = summarise_judge(judgments, config, stats)
         comparisons += judged
-    landscape = _landscape(landscape_rows, judges, stats)
+    landscape = _landscape(landscape_rows, judges, stats, config.task)
     curves = {name: training_curves(paths) for name, paths in config.policies.items()}
     curves = {name: c for name, c in curves.items() if c}
     diagnostics = {name: training_diagnostics(paths) for name, paths in config.policies.items()}
@@ -231,6 +272,10 @@ def summarise(
             "tie_margin": config.tie_margin,
             "confidence": config.confidence,
             "bootstrap_samples": config.bootstrap_samples,
+            # What the bootstrap resamples: subjects (clusters of near-paraphrased prompts) or single prompts.
+            "bootstrap_unit": "subject" if num_clusters != num_prompts else "prompt",
+            "bootstrap_clusters": num_clusters,
+            "verdict_min_seeds": config.verdict_min_seeds,
             "prompts": num_prompts,
             "samples_per_prompt": config.samples_per_prompt,
             "training_temperature": next((c["temperature"] for c in curves.values() if "temperature" in c), None),
