@@ -91,6 +91,38 @@ def test_arms_as_data_give_the_two_by_two_with_its_own_seeds_and_a_kl_frontier(r
         plan_run(run_yaml, ["run.arms={x: 'sft-7:soup'}"])
 
 
+def test_an_sft_arm_without_an_index_starts_seed_s_from_sft_model_s_mod_k(run_yaml, tmp_path):
+    from salsa.config_loading import save_config
+    from salsa.evaluation.summary import _arm_of
+    from salsa.io import SOUP_RECORD
+
+    arms = "{salsa: 'soup:soup', ppo: 'sft:sft', init-soup: 'soup:sft', ref-soup: 'sft:soup', pinned: 'sft-1:sft-1'}"
+    plan = plan_run(run_yaml, [f"run.arms={arms}", "run.seeds=3"])
+    root = tmp_path / "run"
+    sft, soup = [str(root / "sft" / f"sft-{i}") for i in range(2)], str(root / "soup")
+    for s in range(3):
+        ingredient = sft[s % 2]  # K = 2: seeds 0 and 2 on sft-0, seed 1 on sft-1
+        runs = {arm: plan.rl[f"rl/{arm}/seed-{s}"] for arm in ("salsa", "ppo", "init-soup", "ref-soup", "pinned")}
+        starts = {arm: (c.init, c.reference, c.reference_model) for arm, c in runs.items()}
+        assert starts == {
+            "salsa": (soup, "soup", soup), "ppo": (ingredient, "sft", ingredient),
+            "init-soup": (soup, "sft", ingredient), "ref-soup": (ingredient, "soup", soup),
+            "pinned": (sft[1], "sft", sft[1]),  # sft-<i> keeps its meaning
+        }, s  # fmt: skip
+        assert all(c.sft_model == sft[0] for c in runs.values())  # KL to SFT: sft-0 for every run, one axis
+    assert plan.eval.sft_model == sft[0]
+    # The 2 x 2 still finds its four cells, whichever ingredient a seed started from.
+    (root / "soup").mkdir(parents=True)
+    (root / "soup" / SOUP_RECORD).write_text(json.dumps({"ingredients": sft}))
+    for name, config in plan.rl.items():
+        save_config(config, root / name / "config.yaml", section="rl")
+    cells = {arm: _arm_of(plan.eval.policies[arm][1:]) for arm in ("salsa", "ppo", "init-soup", "ref-soup")}
+    assert cells == {"salsa": ("soup", "soup", 0.05), "ppo": ("sft", "sft", 0.05),
+                     "init-soup": ("soup", "sft", 0.05), "ref-soup": ("sft", "soup", 0.05)}  # fmt: skip
+    with pytest.raises(ConfigError, match="run.arms.x: 'sft-:soup' must be INIT:REFERENCE, INIT sft-<i>, sft or soup"):
+        plan_run(run_yaml, ["run.arms={x: 'sft-:soup'}"])
+
+
 def test_plan_rejects_unsectioned_overrides_and_single_sft(run_yaml):
     with pytest.raises(ConfigError, match="needs its section"):
         plan_run(run_yaml, ["steps=3"])
