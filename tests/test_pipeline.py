@@ -123,6 +123,75 @@ def test_an_sft_arm_without_an_index_starts_seed_s_from_sft_model_s_mod_k(run_ya
         plan_run(run_yaml, ["run.arms={x: 'sft-:soup'}"])
 
 
+def _stub_base_stages(monkeypatch, tiny_model_dir):
+    """data, reward, sft and soup as stubs that write what the stages after them read (training prompts, two SFT
+    models: copies of the tiny model) and their completion markers, in a fraction of a second."""
+    import shutil
+
+    from salsa.io import COMPLETE_MARKER
+    from salsa.tasks import reviews
+
+    def done(folder: Path) -> Path:
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / COMPLETE_MARKER).write_text("{}")
+        return folder
+
+    def data(config, *args):
+        rows = "".join(json.dumps({"prompt": p["prompt"]}) + "\n" for p in reviews.prompts("train")[:8])
+        (done(Path(config.output_dir)) / "prompts_train.jsonl").write_text(rows)
+
+    def sft(config, **kwargs):
+        for i in range(2):
+            shutil.copytree(tiny_model_dir, Path(config.output_dir) / f"sft-{i}")
+        done(Path(config.output_dir))
+
+    monkeypatch.setattr("salsa.task_data.make_task_data", data)
+    monkeypatch.setattr("salsa.reward.train_reward", lambda config, *args: done(Path(config.output_dir)))
+    monkeypatch.setattr("salsa.sft.train_sft", sft)
+    monkeypatch.setattr("salsa.soup.build_soup_from_config", lambda config, *args: done(Path(config.output_dir)))
+
+
+def test_a_shared_normalisation_is_measured_once_and_every_rl_job_reads_it_by_digest(
+    run_yaml, tmp_path, tiny_model_dir, monkeypatch
+):
+    from salsa.grid import digest
+
+    rule = f"{Path(__file__).parent / 'rewards.py'}:length"
+    shared = ["run.reward_normalisation=shared", "rl.normalisation_samples=4", f"rl.reward_model={rule}",
+              "run.arms={salsa: 'soup:soup', ppo: 'sft:sft'}", "run.seeds=2"]  # fmt: skip
+    plan = plan_run(run_yaml, shared)
+    root = tmp_path / "run"
+    file = root / "normalisation" / "reward_normalisation.json"
+    assert plan.normalisation.models == [str(root / "sft" / f"sft-{i}") for i in range(2)]
+    assert plan.normalisation.samples == 4 and plan.normalisation.reward_model == rule
+    assert {(c.reward_normalisation, c.normalisation_file) for c in plan.rl.values()} == {("fixed", str(file))}
+    (tmp_path / "resolved.yaml").write_text(plan.to_yaml())
+    again = plan_run(tmp_path / "resolved.yaml")  # the resolved config reads back to the same runs
+    assert again.rl == plan.rl and again.normalisation == plan.normalisation
+    assert plan_run(run_yaml).normalisation is None  # per_run, the default: each run measures its own
+    with pytest.raises(ConfigError, match="run.reward_normalisation is shared, .* but rl.reward_normalisation is none"):
+        plan_run(run_yaml, [*shared, "rl.reward_normalisation=none"])
+
+    class NoJobs:  # the base stages and the jobs' specs only: no RL
+        def run(self, root, todo, show_progress):
+            return []
+
+    monkeypatch.setattr("salsa.executors.make_executor", lambda *args: NoJobs())
+    _stub_base_stages(monkeypatch, tiny_model_dir)
+    assert run_pipeline(run_yaml, shared, show_progress=False) is None  # the jobs are not committed
+    recorded = json.loads(file.read_text())
+    assert recorded["samples"] == 4 and recorded["std"] > 0 and recorded["policy"] == plan.normalisation.models
+    assert "normalisation" in json.loads((root / "pipeline.json").read_text())["stages"]
+    for job in ("salsa/seed-0", "salsa/seed-1", "ppo/seed-0", "ppo/seed-1"):
+        rl = yaml.safe_load((root / "jobs" / job / "rl.yaml").read_text())["rl"]
+        assert (rl["reward_normalisation"], rl["normalisation_file"]) == ("fixed", str(file.resolve())), job
+        spec = json.loads((root / "jobs" / job / "job.json").read_text())
+        assert spec["inputs"]["{RUN}/normalisation/reward_normalisation.json"] == digest(file), job
+    # A rerun measures nothing again.
+    _forbid(monkeypatch, "salsa.rl.normalisation.shared_normalisation")
+    assert run_pipeline(run_yaml, shared, show_progress=False) is None
+
+
 def test_plan_rejects_unsectioned_overrides_and_single_sft(run_yaml):
     with pytest.raises(ConfigError, match="needs its section"):
         plan_run(run_yaml, ["steps=3"])
