@@ -192,6 +192,19 @@ def test_a_shared_normalisation_is_measured_once_and_every_rl_job_reads_it_by_di
     assert run_pipeline(run_yaml, shared, show_progress=False) is None
 
 
+def test_a_jobs_paths_are_absolute_before_the_base_stages_ran_as_after(run_yaml, tmp_path, monkeypatch):
+    from salsa.pipeline import plan_grid
+
+    monkeypatch.chdir(tmp_path)  # a relative run directory, as in the examples
+    overrides = ["run.output_dir=runs/study", "run.reward_normalisation=shared", "run.arms={ppo: 'sft:soup'}"]
+    before = plan_grid(plan_run(run_yaml, overrides))
+    for job in before[1:]:
+        paths = (job.rl.init, job.rl.reference_model, job.rl.sft_model, job.rl.normalisation_file, job.rl.prompts)
+        assert all(Path(p).is_absolute() for p in paths), paths
+    (tmp_path / "runs/study/sft/sft-0").mkdir(parents=True)  # once a stage wrote it, the job is the same job
+    assert plan_grid(plan_run(run_yaml, overrides)) == before
+
+
 def test_plan_rejects_unsectioned_overrides_and_single_sft(run_yaml):
     with pytest.raises(ConfigError, match="needs its section"):
         plan_run(run_yaml, ["steps=3"])

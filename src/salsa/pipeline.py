@@ -323,16 +323,19 @@ class StageRunner:
         return {name: s["seconds"] for name, s in stages if name in self.fingerprints and "seconds" in s}
 
 
-def _absolute(config: Any) -> Any:
+def _absolute(config: Any, root: Path) -> Any:
     """The config with its local paths absolute (a job may run on another node, from another directory): the
-    output directory, every input that exists and the evaluation's policies (RL runs that jobs will write)."""
+    output directory, every input that exists or that a stage will write in the run directory `root` (so that a job's
+    spec is the same before the base stages ran as after: a second `salsa run --only` must not take its jobs for
+    changed ones) and the evaluation's policies (RL runs that jobs will write)."""
+    inside = f"{root}/"
 
     def resolved(value: Any, always: bool = False) -> Any:
         if isinstance(value, list):
             return [resolved(v, always) for v in value]
         if isinstance(value, dict):
             return {k: resolved(v, always) for k, v in value.items()}
-        if isinstance(value, str) and (always or Path(value).exists()):
+        if isinstance(value, str) and (always or value.startswith(inside) or Path(value).exists()):
             return str(Path(value).resolve())
         return value
 
@@ -346,8 +349,9 @@ def _absolute(config: Any) -> Any:
 
 def plan_grid(plan: RunPlan) -> list[Job]:
     """The run's jobs (`salsa.grid`): the base job, then one per RL run; paths absolute."""
-    rl = {name: _absolute(config) for name, config in plan.rl.items()}
-    return plan_jobs(rl, _absolute(plan.eval).policies)
+    root = Path(plan.run.output_dir)
+    rl = {name: _absolute(config, root) for name, config in plan.rl.items()}
+    return plan_jobs(rl, _absolute(plan.eval, root).policies)
 
 
 def run_pipeline(
@@ -375,7 +379,7 @@ def run_pipeline(
     jobs = plan_grid(plan)
     selected = select(jobs, only, shard)  # before any work, like the executor: a mistake is reported at once
     runner = make_executor(executor, ray_address, plan.run.cpus_per_job)
-    evaluation = _absolute(plan.eval)
+    evaluation = _absolute(plan.eval, Path(plan.run.output_dir))
     if (only or shard) and cross_job_units(Path(plan.run.output_dir).resolve(), evaluation):
         raise ConfigError(
             "eval.sweeps merge the RL policies of several jobs, which no one job draws: run the whole grid in one run "
