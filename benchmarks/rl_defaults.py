@@ -111,11 +111,8 @@ def main() -> None:
             [round(x, 3) for x in c["ci"]["mean_difference"]],
         ]
         line[f"{c['judge']}_win_rate"] = [round(c["win_rate"], 3), [round(x, 3) for x in c["ci"]["win_rate"]]]
-    third = len(metrics) // 3
     if "explained_variance" in metrics[0]:  # PPO's critic; RLOO and GRPO have none
-        line["explained_variance_middle"] = round(
-            sum(m["explained_variance"] for m in metrics[third:-third]) / third, 3
-        )
+        line["explained_variance_middle"] = round(middle_third_mean([m["explained_variance"] for m in metrics]), 3)
     line["rollout_gold_first_last3"] = [
         round(metrics[0]["gold"], 3),
         round(sum(m["gold"] for m in metrics[-3:]) / 3, 3),
@@ -123,6 +120,20 @@ def main() -> None:
     curve = sorted({*range(0, len(metrics), 4), len(metrics) - 1})
     line["gold_vs_kl"] = [[round(metrics[i]["kl_sft"], 2), round(metrics[i]["gold"], 3)] for i in curve]
     print(json.dumps(line))
+
+
+def middle_third(steps: int) -> range:
+    """The steps of a run less its first and last floor(T / 3) (0-based): T = 10 gives steps 3-6, four of them; T = 24
+    gives 8-15. A run of 1 or 2 steps is its own middle."""
+    third = steps // 3
+    return range(third, steps - third)
+
+
+def middle_third_mean(values: list[float]) -> float:
+    """The mean of a per-step series over its middle third (the critic's explained variance once it has warmed up,
+    before the run's last steps)."""
+    middle = [values[i] for i in middle_third(len(values))]
+    return sum(middle) / len(middle)
 
 
 def pooled(folders: list[Path], against: list[Path] | None = None) -> dict:

@@ -96,3 +96,16 @@ def test_the_study_files_power_and_design_are_its_scripts_numbers_and_a_balanced
     assert {rl.reward_normalisation for rl in plan.rl.values()} == {"fixed"} and plan.normalisation is not None
     assert {(rl.snapshot_steps, rl.save_steps) for rl in plan.rl.values()} == {(2, 2)}
     assert plan.eval.comparisons[0] == "salsa:ppo"
+
+
+def test_the_middle_third_of_a_run_and_its_mean_by_hand():
+    rl_defaults = load_script("rl_defaults")
+    # T = 10: less the first and last 3 steps, steps 3-6 (four of them, not three).
+    assert list(rl_defaults.middle_third(10)) == [3, 4, 5, 6]
+    explained = [0.0, 0.0, 0.05, 0.1, 0.2, 0.1, 0.3, 0.2, 0.25, 0.3]
+    assert rl_defaults.middle_third_mean(explained) == pytest.approx((0.1 + 0.2 + 0.1 + 0.3) / 4)  # 0.175
+    # T = 11: steps 3-7; T = 24: steps 8-15; a run too short to trim is its own middle.
+    assert list(rl_defaults.middle_third(11)) == [3, 4, 5, 6, 7]
+    assert rl_defaults.middle_third_mean([float(i) for i in range(11)]) == pytest.approx(5.0)
+    assert list(rl_defaults.middle_third(24)) == list(range(8, 16))
+    assert rl_defaults.middle_third_mean([0.4, 0.6]) == pytest.approx(0.5)

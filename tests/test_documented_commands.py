@@ -114,10 +114,7 @@ PLANS: dict[str, Plan] = {
     "salsa sft --data my_sft.jsonl --num-models 3 --output-dir runs/x --set learning_rate=2e-5": Plan(
         budget=SFT_BUDGET
     ),
-    "salsa sft --config run.yaml --set sft.use_lora=true": Plan(),
     "salsa soup runs/x/sft-0 runs/x/sft-1 runs/x/sft-2 --out runs/x/soup": Plan(),
-    "salsa soup runs/x/sft-0 runs/x/sft-1 -w 0.3 -w 0.7 --out runs/x/soup-37": Plan(),
-    "salsa soup runs/x/sft-0 runs/x/sft-1 --alpha 1.5 --allow-extrapolation --out runs/x/beyond": Plan(),
     "salsa data make --output-dir runs/data": Plan(budget=DATA_BUDGET),
     "salsa reward --data runs/data/prefs.jsonl --eval-data runs/data/prefs_dev.jsonl --output-dir runs/reward": Plan(
         budget=REWARD_BUDGET
@@ -133,7 +130,7 @@ PLANS: dict[str, Plan] = {
     ),
     f"salsa eval {README_EVAL}": Plan(budget=EVAL_BUDGET),
     "salsa report runs/eval": Plan(),
-    # README: TRL users' models and data
+    # docs/guide.md: TRL users' models and data; training; soups
     "salsa sft --data hub:trl-lib/Capybara:train --num-models 3 --output-dir runs/x": Plan("check", why=HUB),
     "salsa reward --data hub:trl-lib/ultrafeedback_binarized:train --output-dir runs/reward": Plan("check", why=HUB),
     "salsa rl --init runs/x/soup --reference soup --output-dir runs/rl-salsa --reward-model "
@@ -144,6 +141,9 @@ PLANS: dict[str, Plan] = {
     "salsa eval ... --judge Qwen/Qwen2.5-7B-Instruct": Plan(
         "check", dots=README_EVAL, why="its judge is a 7B hub model: the network, and a GPU to be of use"
     ),
+    "salsa sft --config run.yaml --set sft.use_lora=true": Plan(),
+    "salsa soup runs/x/sft-0 runs/x/sft-1 -w 0.3 -w 0.7 --out runs/x/soup-37": Plan(),
+    "salsa soup runs/x/sft-0 runs/x/sft-1 --alpha 1.5 --allow-extrapolation --out runs/x/beyond": Plan(),
     # docs/methods/merges.md
     "salsa soup runs/x/sft-0 runs/rl-ppo/final --method expo --expo-alpha 0.3 --out runs/x/expo": Plan(),
     "salsa soup runs/x/sft-0 runs/rl-ppo/final --method liti --eta 0.5 --out runs/x/liti": Plan(),

@@ -99,10 +99,16 @@ def test_outcomes_and_differences_are_resampled_by_one_draw(monkeypatch):
     assert calls == [(1, 3, 4)]  # once, with win, tie, loss and differences stacked
 
 
-def test_mean_with_interval_brackets_the_mean():
-    result = mean_with_interval(np.array([[0.0, 1.0, 2.0, 3.0]]), num_samples=1000)
+def test_mean_with_interval_is_the_bootstraps_percentiles_by_hand():
+    # One seed, prompts 0, 1, 2, 3: a resample's sum of 4 draws is 0 or 1 with probability 5/256 (1.95%) and at most 2
+    # with 15/256 (5.9%), so the 2.5th percentile of the resampled mean is 2 / 4 and, by symmetry, the 97.5th 10 / 4.
+    result = mean_with_interval(np.array([[0.0, 1.0, 2.0, 3.0]]), num_samples=20000)
     assert result["mean"] == 1.5
-    assert 0.0 <= result["ci"][0] < 1.5 < result["ci"][1] <= 3.0
+    assert result["ci"] == pytest.approx((0.5, 2.5))
+    # Seeds are resampled too: two seeds at 0 and 2 on every prompt give resampled means 0, 1, 2 with probabilities
+    # 1/4, 1/2, 1/4, so the interval runs from 0 to 2 (over prompts alone it would have no width).
+    seeds = mean_with_interval(np.array([[0.0, 0.0, 0.0], [2.0, 2.0, 2.0]]), num_samples=20000)
+    assert seeds["mean"] == 1.0 and seeds["ci"] == pytest.approx((0.0, 2.0))
 
 
 def test_within_prompt_interval_has_no_width_when_each_prompts_samples_agree():

@@ -18,7 +18,7 @@ LAYERS = [
     # settings: every stage's config and how it is read
     ("options", "config", "config_loading"),
     # data and the torch-free check of every input
-    ("data", "tokenization", "inputs"),
+    ("data", "tokenization", "standard_sets", "inputs"),
     # compute: devices, models, weights, sampling, logs, checkpoints, scoring
     ("runtime", "models", "weights", "generation", "logs", "checkpoint", "scoring", "training", "rl.policy"),
     # the stage lifecycle
@@ -26,7 +26,7 @@ LAYERS = [
     # the stages
     ("sft", "soup", "task_data", "reward", "rl", "evaluation", "evaluate", "report"),
     # the whole pipeline
-    ("pipeline", "demo", "study"),
+    ("pipeline", "grid", "executors", "demo", "study"),
     # the interfaces
     ("cli", "__init__"),
 ]  # fmt: skip

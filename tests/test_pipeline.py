@@ -214,6 +214,7 @@ def test_plan_rejects_unsectioned_overrides_and_single_sft(run_yaml):
 
 def test_run_resumes_after_interruption_then_skips_finished_stages(run_yaml, tmp_path, monkeypatch):
     import salsa.rl.ppo as ppo
+    from salsa.grid import attempts
 
     root = tmp_path / "run"
     real_update, calls = ppo.rl_update, []
@@ -239,7 +240,12 @@ def test_run_resumes_after_interruption_then_skips_finished_stages(run_yaml, tmp
     report = run_pipeline(run_yaml, show_progress=False)
     assert [r["step"] for r in read_jsonl(root / "rl/salsa/seed-0/metrics.jsonl")] == [1, 2]
     state = json.loads((root / "pipeline.json").read_text())
-    assert set(state["stages"]) == {"data", "reward", "sft", "soup", "rl/salsa/seed-0", "rl/ppo/seed-0", "eval"}
+    assert set(state["stages"]) == {"data", "reward", "sft", "soup", "eval"}
+    # Each RL run is a job of the grid, committed once; the interrupted one by its second attempt, from step 1.
+    committed = sorted(p.parent.relative_to(root / "jobs").as_posix() for p in root.glob("jobs/**/committed.json"))
+    assert committed == ["base", "ppo/seed-0", "salsa/seed-0"]
+    assert [a["start_step"] for a in attempts(root, "salsa/seed-0")] == [0, 1]
+    assert json.loads((root / "jobs/salsa/seed-0/committed.json").read_text())["attempt"] == 2
 
     # The report: Markdown, HTML, every plot, a computed verdict and machine-readable numbers.
     for name in ("report.md", "report.html", "summary.json", "win_rates.png", "landscape.png", "frontier.png"):

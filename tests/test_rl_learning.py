@@ -41,6 +41,7 @@ def test_the_gold_judge_as_the_reward_is_recorded_as_such(base, tmp_path):
     final = train_rl(config, show_progress=False)
     marker = json.loads((final.parent / "salsa_complete.json").read_text())
     assert marker["reward"] == "gold judge of the task" and marker["steps"] == 2
+    assert marker["gold_judge_version"] == reviews.GOLD_JUDGE_VERSION
     assert all(r["reward"] == pytest.approx(r["gold"], abs=1e-6) for r in _records(final))
 
 
@@ -240,12 +241,19 @@ def test_at_the_default_critic_settings_the_critic_explains_the_returns(
     reward = _token_reward(tokenizer, _frequent_tokens(sampled_token_counts(wide, PROMPTS)))
     config = RLConfig(init=str(wide), prompts=str(base / "prompts.jsonl"), output_dir=str(tmp_path / "rl"), steps=10,
                       prompts_per_step=8, samples_per_prompt=4, max_new_tokens=8, save_steps=0, task=None)  # fmt: skip
-    defaults = RLConfig()
-    assert (config.value_learning_rate, config.value_warmup_steps) == (defaults.value_learning_rate, 2)
+    # The defaults this test measures are the ones docs/design.md ("RL defaults, and why") documents.
+    critic = (config.value_learning_rate, config.value_warmup_steps, config.reward_normalisation)
+    assert critic == (1e-3, 2, "initial_policy")
     records = _records(train_rl(config, show_progress=False, reward_fn=reward))
     explained = [r["explained_variance"] for r in records]
     assert explained[0] == 0.0  # the value head starts at zero
     assert sum(explained[-3:]) / 3 > 0.2, explained
+    # The control: the same run with a critic that cannot move explains nothing, so the rise above is the critic's.
+    still = dataclasses.replace(config, value_learning_rate=1e-9, output_dir=str(tmp_path / "still"))
+    still_explained = [
+        r["explained_variance"] for r in _records(train_rl(still, show_progress=False, reward_fn=reward))
+    ]
+    assert max(abs(e) for e in still_explained) < 0.01, still_explained
 
 
 def test_at_the_default_settings_ppo_earns_more_of_a_learnable_reward(base, tmp_path, tokenizer, sampled_token_counts):

@@ -12,6 +12,7 @@ from salsa.cli import main as cli_main
 from salsa.errors import DataError
 from salsa.pipeline import run_pipeline
 from salsa.study import archive, recompute, render, restore
+from salsa.tasks import reviews
 
 RESULTS = Path(__file__).parent.parent / "docs" / "results"
 TEMPLATE = """# Tiny study
@@ -54,6 +55,12 @@ def test_the_archive_recomputes_the_runs_own_summary(study):
     for key in ("policies", "comparisons", "landscape", "soup_health", "frontier", "factorial"):
         again = json.dumps(recomputed[key], sort_keys=True).replace(str(restored), str(root / "run"))
         assert again == json.dumps(original[key], sort_keys=True), key
+    # The gold judge's version that scored the samples travels with them; results that record none were version 1's.
+    assert recomputed["settings"]["gold_judge_version"] == original["settings"]["gold_judge_version"]
+    assert original["settings"]["gold_judge_version"] == reviews.GOLD_JUDGE_VERSION
+    for record in restored.glob("jobs/**/committed.json"):  # jobs committed before versions were recorded
+        record.write_text(json.dumps({k: v for k, v in json.loads(record.read_text()).items() if "gold" not in k}))
+    assert recompute(restored)["settings"]["gold_judge_version"] == 1
 
 
 def test_render_fills_the_template_from_the_data_and_draws_the_figures(study, capsys, monkeypatch):

@@ -43,10 +43,10 @@ def test_other_subject_asks_the_same_about_another_subject_of_the_split():
     assert reviews.other_subject("Tell me a joke.") is None
 
 
-def test_fluency_penalises_repetition_and_short_answers():
-    assert reviews.fluency("I really enjoyed the quiet garden and the kind staff.") == 1.0
-    assert reviews.fluency("so good so good so good so good") == 0.0
-    assert reviews.fluency("Nice.") == 0.0
+def test_form_penalises_repetition_and_short_answers():
+    assert reviews.form("I really enjoyed the quiet garden and the kind staff.") == 1.0
+    assert reviews.form("so good so good so good so good") == 0.0
+    assert reviews.form("Nice.") == 0.0
 
 
 def test_splits_are_disjoint_and_ood_is_another_domain():
@@ -86,6 +86,8 @@ def test_task_data_is_deterministic_and_complete(task_data):
     sft = [json.loads(line) for line in (first / "sft.jsonl").read_text().splitlines()]
     assert len(sft) == len(reviews.prompts("train"))
     assert "Datasheet" in (first / "datasheet.md").read_text()
+    marker = json.loads((first / "salsa_complete.json").read_text())
+    assert marker["gold_judge_version"] == reviews.GOLD_JUDGE_VERSION  # the judge that chose and labelled the data
     prefs = [json.loads(line) for line in (first / "prefs.jsonl").read_text().splitlines()]
     held_out = [json.loads(line) for line in (first / "prefs_dev.jsonl").read_text().splitlines()]
     dev_prompts = {p["prompt"] for p in reviews.prompts("dev")}

@@ -29,12 +29,14 @@ from safetensors.torch import load_file, save_file
 
 from salsa import runtime
 from salsa.errors import DataError, SalsaError
-from salsa.grid import FAULT_KILL_AT_STEP
 from salsa.io import atomic_dir, atomic_write_json, read_json
 from salsa.logs import check_finite_weights
 from salsa.progress import console
 
 STATE_FILE = "state.json"
+# A test setting (tests/test_ray.py): the process dies by SIGKILL, as a lost worker would, once its checkpoint of this
+# step is on disk; a job of a grid (`salsa.grid`) clears it for its later attempts.
+FAULT_KILL_AT_STEP = "SALSA_FAULT_KILL_AT_STEP"
 
 
 def _optimizer_parts(state: dict) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

@@ -32,6 +32,9 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    # Click's plain help for every command: at 80 columns Rich's option table shrinks its columns below the longest
+    # option name and cuts it (`--allow-extrapolat…`); Click's list puts a long name on its own line instead.
+    rich_markup_mode=None,
 )
 err = Console(stderr=True)
 data_app = typer.Typer(help="Datasets of the built-in tasks: `salsa data make`.", no_args_is_help=True)
@@ -452,8 +455,8 @@ def main() -> None:
     except typer.Exit as e:
         sys.exit(e.exit_code)
     except typer.TyperException as e:  # a usage mistake: unknown option, missing argument, a value of the wrong type
-        if type(e).__name__ == "NoArgsIsHelpError":  # `salsa` or `salsa data` alone: the help, as usual
-            e.show()
+        if type(e).__name__ == "NoArgsIsHelpError":  # `salsa` or `salsa data` alone: the help, on stdout as --help
+            e.show(sys.stdout)
             sys.exit(e.exit_code)
         command = " ".join(a for a in sys.argv[1:3] if not a.startswith("-"))
         _fail(f"{e.format_message()} (see `salsa {command} --help`)".replace("  ", " "))

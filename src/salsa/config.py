@@ -505,7 +505,8 @@ class EvalConfig:
         for name, paths in self.policies.items():
             if not paths:
                 raise ConfigError(f"eval.policies.{name}: no model directory")
-        if self.reward_model is None and self.task is None and self.judge is None:
+        judged_by_rules = "ifeval" in (self.prompts, self.ood_prompts)
+        if self.reward_model is None and self.task is None and self.judge is None and not judged_by_rules:
             raise ConfigError("eval: set reward_model, task or judge (something to score with); all are null")
         if self.judge_template is not None and self.judge is None:
             raise ConfigError("eval.judge_template is set but eval.judge is null; name the judge model too")

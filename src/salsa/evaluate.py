@@ -32,6 +32,7 @@ import torch
 from salsa import runtime
 from salsa.config import EvalConfig
 from salsa.engine import Stage, run_stage
+from salsa.evaluation.ifeval import METRICS as IFEVAL_METRICS
 from salsa.evaluation.judging import Judges, comparison_pairs, frozen, sample_and_score
 from salsa.evaluation.landscape import sample_point
 from salsa.evaluation.matched import matched_kl_rows
@@ -43,6 +44,8 @@ from salsa.io import atomic_write_json, atomic_write_text
 from salsa.models import load_tokenizer
 from salsa.progress import training_progress
 from salsa.rl.snapshots import list_snapshots, load_snapshot
+from salsa.standard_sets import SETS, load_set
+from salsa.tasks import current_gold_version
 
 LANDSCAPE_KEYS = ("index", "sample", "prompt", "response", "length", "gold", "reward")
 
@@ -112,7 +115,7 @@ class Sampler:
 
     config: EvalConfig
     splits: dict[str, list]
-    judges: Judges
+    judges: dict[str, Judges]  # each split's (a standard set has its own)
     kl_references: dict[str, torch.nn.Module]
     tokenizer: object
     device: torch.device
@@ -132,8 +135,8 @@ class Sampler:
     def scored(self, model: torch.nn.Module, split: str, samples: range | None = None) -> list[dict]:
         references = self.kl_references if split == "in_distribution" else None
         return sample_and_score(
-            model, self.tokenizer, self.splits[split], split, self.config, self.judges, references, self.advance,
-            samples or self.samples,
+            model, self.tokenizer, self.splits[split], split, self.config, self.judges[split], references,
+            self.advance, samples or self.samples,
         )  # fmt: skip
 
 
@@ -146,6 +149,8 @@ def open_sampler(config: EvalConfig, inputs: dict, first_model: str) -> Sampler:
     device = runtime.accelerator().device
     dtype = runtime.forward_dtype(config.mixed_precision)
     judges = Judges(config.task, config.reward_model, device)
+    sources = {"in_distribution": config.prompts, "out_of_distribution": config.ood_prompts}
+    judges = {split: judges.for_prompts(sources[split]) for split in splits}
     kl_paths = {name: p for name, p in (("sft", config.sft_model), ("soup", config.soup_model)) if p}
     tokenizer = load_tokenizer(first_model)
     kl_references = {name: frozen(path, device, dtype) for name, path in kl_paths.items()}
@@ -195,8 +200,8 @@ def _landscape_rows(sampler: Sampler, unit: Unit, drawn: list[dict]) -> list[dic
             return model.to(sampler.device, sampler.dtype).eval().requires_grad_(False)
 
         rows = sample_point(
-            config, build, sampler.tokenizer, sampler.splits["in_distribution"], sampler.judges, start,
-            sampler.advance,
+            config, build, sampler.tokenizer, sampler.splits["in_distribution"], sampler.judges["in_distribution"],
+            start, sampler.advance,
         )  # fmt: skip
         rows_out += [{"alpha": alpha, **r} for r in rows]
     return rows_out
@@ -211,7 +216,7 @@ def _health_rows(sampler: Sampler, unit: Unit) -> list[dict]:
         sampler.describe(f"soup health: {name}")
         scored = sample_and_score(
             model, sampler.tokenizer, sampler.splits["in_distribution"], "in_distribution", sampler.config,
-            sampler.judges, models, sampler.advance, sampler.samples,
+            sampler.judges["in_distribution"], models, sampler.advance, sampler.samples,
         )  # fmt: skip
         rows += [{"member": name, "split": "in_distribution", **r} for r in scored]
     return rows
@@ -296,7 +301,7 @@ def _evaluate(config: EvalConfig, stage: Stage, show_progress: bool, drawn: list
     todo = [u for u in units if u.key not in have]
     rows = in_plan_order(drawn + draw_units(config, stage.inputs, todo, show_progress), units)
     judgments = _judge(config, rows_of(rows, "policy"), stage, show_progress) if config.judge else []
-    results = summarise_rows(config, rows, judgments)
+    results = summarise_rows(config, rows, judgments, current_gold_version(config.task))
     if runtime.is_main_process():
         atomic_write_text(stage.out / "samples.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
         if judgments:
@@ -310,13 +315,20 @@ def rows_of(rows: list[dict], kind: str) -> list[dict]:
     return [r for r in rows if unit_key(r)[0] == kind]
 
 
-def summarise_rows(config: EvalConfig, rows: list[dict], judgments: list[dict] | None = None) -> dict:
-    """results.json from every sample row of an evaluation (the eval stage's, or a study's restored archive)."""
+def summarise_rows(
+    config: EvalConfig, rows: list[dict], judgments: list[dict] | None = None, gold_version: int | None = None
+) -> dict:
+    """results.json from every sample row of an evaluation (the eval stage's, or a study's restored archive);
+    `gold_version`: the version of the gold judge that scored the rows, recorded with the results."""
     samples = rows_of(rows, "policy")
     splits = ["in_distribution"] + (["out_of_distribution"] if config.ood_prompts else [])
-    judges = [j for j in ("gold", "reward") if samples and j in samples[0]]
+    judges = [j for j in ("gold", "reward", *IFEVAL_METRICS) if any(j in r for r in samples)]
     matched, unmatched = matched_kl_rows(config, samples, rows_of(rows, "snapshot")) if config.matched_kl else ([], [])
     results = summarise(config, samples, rows_of(rows, "landscape"), judges, splits, matched, unmatched, judgments)
+    if "gold" in judges:
+        results["settings"]["gold_judge_version"] = gold_version
+    sources = {"in_distribution": config.prompts, "out_of_distribution": config.ood_prompts}
+    results["standard_sets"] = {split: load_set(sources[split])[1] for split in splits if sources[split] in SETS}
     stats = {"num_samples": config.bootstrap_samples, "confidence": config.confidence, "seed": config.seed}
     health = rows_of(rows, "health")
     results["soup_health"] = summarise_soup_health(health, judges, config, stats) if health else None

@@ -36,13 +36,11 @@ from salsa.config import EvalConfig, RLConfig
 from salsa.config_loading import fingerprint, load_stage_config, save_config
 from salsa.errors import ConfigError, DataError
 from salsa.io import atomic_file, atomic_write_text, read_json, read_jsonl, sha256_file
+from salsa.tasks import current_gold_version
 
 JOBS = "jobs"
 BASE_JOB = "base"
 RUN_ROOT = "{RUN}"  # the run directory, in the inputs a spec names
-# A test setting (tests/test_ray.py): an RL run dies by SIGKILL, as a lost worker would, once its checkpoint of this
-# step is on disk (`salsa.checkpoint`); a job clears it for its later attempts.
-FAULT_KILL_AT_STEP = "SALSA_FAULT_KILL_AT_STEP"
 # The files of a model directory that decide what it computes (not salsa's records, which hold paths and times).
 MODEL_FILES = ("*.safetensors", "*.json", "*.jinja", "*.txt", "*.model")
 RECORDS = ("salsa_stage.json", "salsa_complete.json", "soup.json")
@@ -237,7 +235,9 @@ def run_job(run_dir: str | Path, job_id: str, show_progress: bool = True) -> dic
     attempt = _begin_attempt(folder, job) if runtime.is_main_process() else 0
     attempt = runtime.broadcast(attempt)
     if attempt > 1:
-        os.environ.pop(FAULT_KILL_AT_STEP, None)  # the fault is the first attempt's only
+        from salsa.checkpoint import FAULT_KILL_AT_STEP
+
+        os.environ.pop(FAULT_KILL_AT_STEP, None)  # the test's fault is the first attempt's only
     if job.rl is not None:
         from salsa.rl.ppo import train_rl
 
@@ -250,7 +250,8 @@ def run_job(run_dir: str | Path, job_id: str, show_progress: bool = True) -> dic
         if job.final:
             outputs["final"] = digest(job.final)
         record = {"job": job_id, "attempt": attempt, "spec": spec["spec"], "outputs": outputs,
-                  "host": socket.gethostname(), "finished": time.time()}  # fmt: skip
+                  "gold_judge_version": current_gold_version(evaluation.task), "host": socket.gethostname(),
+                  "finished": time.time()}  # fmt: skip
         _commit(folder, record)
     runtime.barrier()
     return committed(root, job_id)

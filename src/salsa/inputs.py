@@ -16,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from salsa import standard_sets
 from salsa.config import REWARD_BACKBONES
 from salsa.config_loading import validate_values
 from salsa.errors import ConfigError, DataError, SalsaError
@@ -265,6 +266,8 @@ def _check_one(kind: str, value: str, where: str, split: str, download: bool) ->
         return check_judge_template(value, where)
     if kind == "normalisation":
         return check_normalisation_file(value, where)
+    if kind == "prompts" and value in standard_sets.SETS:  # a benchmark's prompts, from its installed package
+        return standard_sets.load_set(value)[0]
     return _parse_data(kind, value, split, download)
 
 

@@ -190,7 +190,13 @@ def recompute(root: Path, jobs: list[str] | None = None) -> dict[str, Any]:
     rows = [r for job_id in jobs for r in read_jsonl(job_dir(root, job_id) / "samples.jsonl")]
     rows = in_plan_order(rows, plan_units(config))
     config, rows = _present(config, rows)
-    return summarise_rows(config, rows)
+    # The gold judge that scored the samples: each job records it; a record without one was version 1's.
+    versions = {read_json(job_dir(root, job_id) / "committed.json").get("gold_judge_version", 1) for job_id in jobs}
+    if config.task and len(versions) > 1:
+        raise DataError(
+            f"the archived jobs were scored by gold judge versions {sorted(versions)}; rerun the older ones"
+        )
+    return summarise_rows(config, rows, gold_version=versions.pop() if config.task and versions else None)
 
 
 def _withhold(results: dict) -> None:
@@ -199,7 +205,7 @@ def _withhold(results: dict) -> None:
     def walk(node: Any) -> None:
         if isinstance(node, dict):
             for key in node:
-                if key in ("claim", "label", "verdict"):
+                if key in ("claim", "claim_reason", "label", "reason", "verdict"):
                     node[key] = WITHHELD
                 else:
                     walk(node[key])

@@ -124,7 +124,9 @@ def _make(config: DataConfig, stage: Stage, show_progress: bool) -> None:
         config, splits, len(sft_rows), len(prefs["train"]), len(prefs["dev"]), agreement, base_gold, sft_gold
     )
     atomic_write_text(out / "datasheet.md", sheet)
-    stage.finish({"label_agreement_with_gold": agreement, "base_gold": base_gold})
+    stage.finish(
+        {"label_agreement_with_gold": agreement, "base_gold": base_gold, "gold_judge_version": task.GOLD_JUDGE_VERSION}
+    )
 
 
 def datasheet(config, splits, n_sft, n_prefs, n_prefs_dev, agreement, base_gold, sft_gold) -> str:
@@ -148,9 +150,10 @@ Made by `salsa data make` (seed {config.seed}) from the model `{config.model}`; 
 **Sampling.** {config.samples_per_prompt} samples per prompt, temperature {config.temperature},
 top-p {config.top_p}, at most {config.max_new_tokens} new tokens, through the model's chat template.
 
-**Gold judge.** VADER compound sentiment of the response, sign-flipped when a negative review was
-requested, times a fluency factor (repetition and very short answers score low) and an on-subject
-check; see `salsa.tasks.reviews`. Mean gold score of the model's samples: train {base_gold["train"]:+.3f},
+**Gold judge** (version {BUILTIN_TASKS[config.task].GOLD_JUDGE_VERSION}). VADER compound sentiment of the
+response, sign-flipped when a negative review was requested, times a form factor (repetition, very short
+answers, word lists, unfinished sentences and rambling score low) and an on-subject check; see
+`salsa.tasks.reviews`. Mean gold score of the model's samples: train {base_gold["train"]:+.3f},
 dev {base_gold["dev"]:+.3f}; of the best-of-{config.samples_per_prompt} demonstrations: {sft_gold:+.3f}.
 
 **Pairs.** Each train prompt pools its own samples, those of its twin (the opposite sentiment) and

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import copy
 import itertools
 from collections.abc import Callable
 
@@ -11,6 +12,7 @@ import torch
 from salsa import runtime
 from salsa.config import EvalConfig
 from salsa.data import Prompt, prompt_text
+from salsa.evaluation.ifeval import METRICS as IFEVAL_METRICS
 from salsa.generation import Generation, generate
 from salsa.models import load_causal_lm
 from salsa.rl.core import sequence_kl
@@ -26,7 +28,7 @@ def comparison_pairs(config: EvalConfig) -> list[tuple[str, str]]:
 
 
 class Judges:
-    """The gold judge and the reward model, both optional, scoring (prompt, response) pairs."""
+    """The gold judge, the reward model and IFEval's rules, each optional, scoring (prompt, response) pairs."""
 
     def __init__(self, task: str | None, reward_model: str | None, device: torch.device):
         self.gold_fn: Callable[[str, str], float] | None = None
@@ -39,10 +41,28 @@ class Judges:
             from salsa.scoring import reward_function
 
             self.reward = reward_function(reward_model, device)
+        self.ifeval = None
+
+    def for_prompts(self, source: str | None) -> Judges:
+        """The judges of a split whose prompts come from `source`: a standard set is judged by the reward model and,
+        for IFEval, by its rules; never by the task's gold judge, which knows only the task's prompts."""
+        from salsa.standard_sets import SETS
+
+        if source not in SETS:
+            return self
+        judges = copy.copy(self)
+        judges.gold_fn = None
+        if source == "ifeval":
+            from salsa.evaluation.ifeval import IFEvalJudge
+            from salsa.standard_sets import load_records
+
+            judges.ifeval = IFEvalJudge(load_records("ifeval")[0])
+        return judges
 
     @property
     def names(self) -> list[str]:
-        return [name for name, judge in (("gold", self.gold_fn), ("reward", self.reward)) if judge is not None]
+        named = [name for name, judge in (("gold", self.gold_fn), ("reward", self.reward)) if judge is not None]
+        return named + (list(IFEVAL_METRICS) if self.ifeval is not None else [])
 
     def score(self, prompts: list[Prompt], responses: list[str]) -> dict[str, list[float]]:
         scores = {}
@@ -50,6 +70,8 @@ class Judges:
             scores["gold"] = [self.gold_fn(prompt_text(p), r) for p, r in zip(prompts, responses, strict=True)]
         if self.reward is not None:
             scores["reward"] = self.reward(prompts, responses).tolist()
+        if self.ifeval is not None:
+            scores.update(self.ifeval.score(prompts, responses))
         return scores
 
 

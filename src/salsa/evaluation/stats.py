@@ -73,10 +73,10 @@ def resampled_means(resampled: np.ndarray, weights: np.ndarray, quantities: bool
     """Each resample's mean over seeds, prompts (each counted by its weight) and samples of `bootstrap_resamples`'
     output: [num_samples], or [num_samples, Q] keeping the last axis when it stacks Q quantities."""
     num_samples, seeds, prompts = resampled.shape[:3]
-    shape = (num_samples, 1, prompts) + (1,) * (resampled.ndim - 3)
-    full = np.broadcast_to(weights.reshape(shape), resampled.shape)
-    flat = (num_samples, -1, resampled.shape[-1]) if quantities else (num_samples, -1)
-    return (resampled * full).reshape(flat).sum(1) / full.reshape(flat).sum(1)
+    values = resampled.reshape(num_samples, seeds, prompts, -1, resampled.shape[-1] if quantities else 1)
+    per_prompt = values.mean((1, 3))  # [num_samples, L, Q]: every prompt has the same seeds and samples
+    means = np.einsum("nl,nlq->nq", weights, per_prompt) / weights.sum(1)[:, None]
+    return means if quantities else means[:, 0]
 
 
 def percentile_interval(values: np.ndarray, confidence: float = 0.95) -> tuple[float, float]:
@@ -128,6 +128,7 @@ def _summarise_outcomes(
 ) -> dict:
     point = win_tie_loss(results)
     stacked = np.stack([results == 1, results == 0, results == -1, difference], -1).astype(float)
+    stacked = stacked.reshape(*stacked.shape[:2], -1, stacked.shape[-1]).mean(2)  # [S, N, 4]: means over samples
     means = resampled_means(*bootstrap_resamples(stacked, num_samples, seed, clusters), quantities=True)
     resampled = dict(zip(("win", "tie", "loss", "mean_difference"), means.T, strict=True))
     resampled["win_rate"] = resampled["win"] + resampled["tie"] / 2

@@ -192,7 +192,7 @@ def policy_means(
     for split in splits:
         entry["splits"][split] = {
             key: mean_with_interval(_score_matrix(samples, name, split, key), **clustered[split])
-            for key in (*judges, "length")
+            for key in (*judged_by(judges, mine[split]), "length")
         }
     for ref in ("sft", "soup"):
         key = f"kl_{ref}"
@@ -203,6 +203,11 @@ def policy_means(
     return entry
 
 
+def judged_by(judges: list[str], rows: list[dict]) -> list[str]:
+    """The judges that scored `rows` (one split's: a standard set has judges of its own, IFEval its rules)."""
+    return [judge for judge in judges if rows and judge in rows[0]]
+
+
 def _comparisons(config: EvalConfig, samples: list[dict], judges: list[str], splits: list[str], stats: dict) -> list:
     """Every configured pair, split and judge: win rates and mean differences with intervals, the tests over seeds
     and the verdict by the rule (unresolved with fewer seeds than eval.verdict_min_seeds)."""
@@ -211,7 +216,7 @@ def _comparisons(config: EvalConfig, samples: list[dict], judges: list[str], spl
     comparisons = []
     for a, b in comparison_pairs(config):
         for split in splits:
-            for judge in judges:
+            for judge in judged_by(judges, by_split[split]):
                 scores_a, scores_b = _paired(
                     _score_matrix(samples, a, split, judge), _score_matrix(samples, b, split, judge), (a, b)
                 )

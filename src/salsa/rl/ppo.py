@@ -426,8 +426,9 @@ def _finish(
     if runtime.is_main_process():
         save_model(policy, models.tokenizer, stage.out / "final")
     reward = "gold judge of the task" if config.reward_model == GOLD_REWARD else config.reward_model
+    gold_version = BUILTIN_TASKS[config.task].GOLD_JUDGE_VERSION if config.task else None  # what logged "gold"
     info = {"algorithm": config.algorithm, "reference": config.reference, "reward": reward, "steps": step,
-            "skipped_steps": skipped}  # fmt: skip
+            "skipped_steps": skipped, "gold_judge_version": gold_version}  # fmt: skip
     stage.finish({**info, "final_policy": final_policy})
 
 

@@ -4,15 +4,28 @@ The default model already writes positive reviews when asked for a review, so a 
 objective would saturate at once. Asking for a positive or a negative review of a named subject leaves
 headroom: the model must follow the requested polarity, stay on the subject and write fluent text.
 
-Gold judge (nobody here wrote the sentiment model: it is VADER's lexicon, Hutto & Gilbert 2014):
+Gold judge, version 2 (`GOLD_JUDGE_VERSION`; nobody here wrote the sentiment model: it is VADER's lexicon,
+Hutto & Gilbert 2014):
 
     polarity = VADER compound(response) * (+1 if positive was requested else -1)      in [-1, 1]
-    fluency  = 1 for varied text, falling to 0 for repetition or fewer than 4 words    in [0, 1]
-    on_topic = 1 if the response names the subject (its keyword), else 0
-    gold     = fluency * on_topic * polarity - (1 - fluency)                          in [-2, 1]
+    form     = fluency * prose * not_a_list * finished * concise                       in [0, 1]
+    on_topic = 1 if the response names the subject (its keyword as a whole word), else 0
+    gold     = form * on_topic * polarity - (1 - form)                                in [-2, 1]
 
-so a degenerate repetition scores below any fluent answer, and an answer about something else earns
-no sentiment credit.
+    fluency    1 for varied text, falling to 0 for repetition or fewer than 4 words (version 1's only factor)
+    prose      1 with at least one function word (the, was, and, ...) per 4 words, falling below: a run of
+               adjectives is not a sentence
+    not_a_list 1 up to 3 short items (1-2 words between commas, "and", "or", or adjacent sentiment words),
+               0.25 less per further item: "wonderful, lovely, amazing, ..." stacks sentiment, it does not review
+    finished   1 when the response ends a sentence (. ! ? or an emoji, closing quotes allowed), else 0.5: a
+               response cut at the length limit stops mid-sentence
+    concise    1 up to 40 words, then 40 / words: one sentence was asked for
+
+so a degenerate or unfinished answer scores below the same answer well formed (gold rises with form whatever
+the polarity), and an answer about something else earns no sentiment credit. The keyword matches as a whole
+word, in the singular or plural ("market" is not named by "marketing", nor "course" by "of course").
+Version 1 (results that record no version) had the fluency factor alone and matched the keyword as the start of
+any word.
 
 Splits: in-distribution prompts are reviews of products, places and services, with train and eval split
 by subject (disjoint); the out-of-distribution split reviews media and art with differently phrased
@@ -23,6 +36,7 @@ from __future__ import annotations
 
 import random
 import re
+import unicodedata
 from collections import Counter
 from functools import lru_cache
 
@@ -106,6 +120,36 @@ def other_subject(prompt: str) -> str | None:
 # ---------------------------------------------------------------- gold judge
 
 
+GOLD_JUDGE_VERSION = 2  # recorded with every result the gold judge scores; change it whenever its scores change
+
+# Words that hold a sentence together; a response with too few of them is a list, not prose.
+FUNCTION_WORDS = frozenset(
+    "a an the this that these those my your his her its our their i me we us you he she it they them and or but so "
+    "because although though while if than as of in on at by for with from to into about over under after before "
+    "during without through between is are was were be been being am do does did have has had will would can could "
+    "should may might must not no never very too also just really".split()
+)
+_WORD = re.compile(r"[a-z']+")
+_LIST_SEPARATOR = re.compile(r"[,;:.!?…/&()\n]+|\b(?:and|or)\b")
+_ENDING = re.compile(r"[.!?…][\s\"'”’)\]*]*$|[\u2600-\u27bf\U0001f000-\U0001faff][\s\ufe0f]*$")
+# The keywords that are not named by a plain plural, or whose plain match names something else.
+_MENTIONS = {
+    "course": r"(?<!of )courses?",  # "of course" is not a course
+    "photo": r"photo(?:s|graphs?|graphy|graphers?)?",
+    "poem": r"poems?|poetry|poets?",
+}
+
+
+def _mention(keyword: str) -> re.Pattern:
+    forms = _MENTIONS.get(keyword) or (
+        rf"{keyword}|{keyword[:-1]}ies" if keyword.endswith("y") else rf"{keyword}(?:e?s)?"
+    )
+    return re.compile(rf"\b(?:{forms})\b")
+
+
+MENTIONS = {phrase: _mention(keyword) for phrase, keyword in KEYWORDS.items()}
+
+
 @lru_cache(maxsize=1)
 def _vader():
     from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
@@ -120,9 +164,13 @@ def parse_request(prompt: str) -> tuple[str, str | None]:
     return sentiment, subject
 
 
-def fluency(response: str) -> float:
+def _plain(text: str) -> str:
+    """Lower case without accents ("café" is "cafe")."""
+    return unicodedata.normalize("NFKD", text.lower()).encode("ascii", "ignore").decode()
+
+
+def fluency(words: list[str]) -> float:
     """1.0 for varied text; lower for repetition (low type/token ratio, repeated trigrams) or < 4 words."""
-    words = re.findall(r"[a-z']+", response.lower())
     if len(words) < 4:
         return 0.0
     trigrams = Counter(zip(words, words[1:], words[2:], strict=False))
@@ -132,11 +180,48 @@ def fluency(response: str) -> float:
     return min(1.0, max(0.0, (distinct - 0.3) / 0.3))
 
 
+def prose(words: list[str]) -> float:
+    """1.0 with at least one function word per 4 words (the first 4 words may have none), lower below."""
+    return min(1.0, 4 * (sum(w in FUNCTION_WORDS for w in words) + 1) / len(words))
+
+
+def list_items(text: str) -> int:
+    """How many short items (1-2 words) the text lists: between commas, "and", "or" and other separators, and
+    between two adjacent sentiment words ("wonderful lovely amazing" is three)."""
+    lexicon = _vader().lexicon
+    items = 0
+    for segment in _LIST_SEPARATOR.split(text):
+        length, previous = 0, False
+        for word in _WORD.findall(segment):
+            sentiment = word in lexicon
+            if length and previous and sentiment:  # a new item begins
+                items += length <= 2
+                length = 0
+            length, previous = length + 1, sentiment
+        items += 0 < length <= 2
+    return items
+
+
+def finished(response: str) -> bool:
+    """Whether the response ends a sentence: final punctuation (closing quotes after it allowed) or an emoji."""
+    return _ENDING.search(response.rstrip()) is not None
+
+
+def form(response: str) -> float:
+    """How well formed the response is as a one-sentence review, in [0, 1]; see the module docstring."""
+    text = _plain(response)
+    words = _WORD.findall(text)
+    fluent = fluency(words)
+    if fluent == 0.0:
+        return 0.0
+    not_a_list = min(1.0, max(0.0, (7 - list_items(text)) / 4))
+    ending = 1.0 if finished(response) else 0.5
+    return fluent * prose(words) * not_a_list * ending * min(1.0, 40 / len(words))
+
+
 def on_topic(subject: str | None, response: str) -> bool:
-    if subject is None:
-        return True
-    keyword = KEYWORDS[subject]
-    return any(word.startswith(keyword) for word in re.findall(r"[a-z'-]+", response.lower()))
+    """Whether the response names the subject: its keyword as a whole word (or plural); True without a subject."""
+    return subject is None or MENTIONS[subject].search(_plain(response)) is not None
 
 
 def gold_score(prompt: str, response: str) -> float:
@@ -144,8 +229,8 @@ def gold_score(prompt: str, response: str) -> float:
     sentiment, subject = parse_request(prompt)
     compound = _vader().polarity_scores(response)["compound"]
     polarity = compound if sentiment == "positive" else -compound
-    fluent = fluency(response)
-    return fluent * float(on_topic(subject, response)) * polarity - (1.0 - fluent)
+    well_formed = form(response)
+    return well_formed * float(on_topic(subject, response)) * polarity - (1.0 - well_formed)
 
 
 # ---------------------------------------------------------------- template demonstrations
