@@ -91,6 +91,120 @@ def test_arms_as_data_give_the_two_by_two_with_its_own_seeds_and_a_kl_frontier(r
         plan_run(run_yaml, ["run.arms={x: 'sft-7:soup'}"])
 
 
+def test_an_sft_arm_without_an_index_starts_seed_s_from_sft_model_s_mod_k(run_yaml, tmp_path):
+    from salsa.config_loading import save_config
+    from salsa.evaluation.summary import _arm_of
+    from salsa.io import SOUP_RECORD
+
+    arms = "{salsa: 'soup:soup', ppo: 'sft:sft', init-soup: 'soup:sft', ref-soup: 'sft:soup', pinned: 'sft-1:sft-1'}"
+    plan = plan_run(run_yaml, [f"run.arms={arms}", "run.seeds=3"])
+    root = tmp_path / "run"
+    sft, soup = [str(root / "sft" / f"sft-{i}") for i in range(2)], str(root / "soup")
+    for s in range(3):
+        ingredient = sft[s % 2]  # K = 2: seeds 0 and 2 on sft-0, seed 1 on sft-1
+        runs = {arm: plan.rl[f"rl/{arm}/seed-{s}"] for arm in ("salsa", "ppo", "init-soup", "ref-soup", "pinned")}
+        starts = {arm: (c.init, c.reference, c.reference_model) for arm, c in runs.items()}
+        assert starts == {
+            "salsa": (soup, "soup", soup), "ppo": (ingredient, "sft", ingredient),
+            "init-soup": (soup, "sft", ingredient), "ref-soup": (ingredient, "soup", soup),
+            "pinned": (sft[1], "sft", sft[1]),  # sft-<i> keeps its meaning
+        }, s  # fmt: skip
+        assert all(c.sft_model == sft[0] for c in runs.values())  # KL to SFT: sft-0 for every run, one axis
+    assert plan.eval.sft_model == sft[0]
+    # The 2 x 2 still finds its four cells, whichever ingredient a seed started from.
+    (root / "soup").mkdir(parents=True)
+    (root / "soup" / SOUP_RECORD).write_text(json.dumps({"ingredients": sft}))
+    for name, config in plan.rl.items():
+        save_config(config, root / name / "config.yaml", section="rl")
+    cells = {arm: _arm_of(plan.eval.policies[arm][1:]) for arm in ("salsa", "ppo", "init-soup", "ref-soup")}
+    assert cells == {"salsa": ("soup", "soup", 0.05), "ppo": ("sft", "sft", 0.05),
+                     "init-soup": ("soup", "sft", 0.05), "ref-soup": ("sft", "soup", 0.05)}  # fmt: skip
+    with pytest.raises(ConfigError, match="run.arms.x: 'sft-:soup' must be INIT:REFERENCE, INIT sft-<i>, sft or soup"):
+        plan_run(run_yaml, ["run.arms={x: 'sft-:soup'}"])
+
+
+def _stub_base_stages(monkeypatch, tiny_model_dir):
+    """data, reward, sft and soup as stubs that write what the stages after them read (training prompts, two SFT
+    models: copies of the tiny model) and their completion markers, in a fraction of a second."""
+    import shutil
+
+    from salsa.io import COMPLETE_MARKER
+    from salsa.tasks import reviews
+
+    def done(folder: Path) -> Path:
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / COMPLETE_MARKER).write_text("{}")
+        return folder
+
+    def data(config, *args):
+        rows = "".join(json.dumps({"prompt": p["prompt"]}) + "\n" for p in reviews.prompts("train")[:8])
+        (done(Path(config.output_dir)) / "prompts_train.jsonl").write_text(rows)
+
+    def sft(config, **kwargs):
+        for i in range(2):
+            shutil.copytree(tiny_model_dir, Path(config.output_dir) / f"sft-{i}")
+        done(Path(config.output_dir))
+
+    monkeypatch.setattr("salsa.task_data.make_task_data", data)
+    monkeypatch.setattr("salsa.reward.train_reward", lambda config, *args: done(Path(config.output_dir)))
+    monkeypatch.setattr("salsa.sft.train_sft", sft)
+    monkeypatch.setattr("salsa.soup.build_soup_from_config", lambda config, *args: done(Path(config.output_dir)))
+
+
+def test_a_shared_normalisation_is_measured_once_and_every_rl_job_reads_it_by_digest(
+    run_yaml, tmp_path, tiny_model_dir, monkeypatch
+):
+    from salsa.grid import digest
+
+    rule = f"{Path(__file__).parent / 'rewards.py'}:length"
+    shared = ["run.reward_normalisation=shared", "rl.normalisation_samples=4", f"rl.reward_model={rule}",
+              "run.arms={salsa: 'soup:soup', ppo: 'sft:sft'}", "run.seeds=2"]  # fmt: skip
+    plan = plan_run(run_yaml, shared)
+    root = tmp_path / "run"
+    file = root / "normalisation" / "reward_normalisation.json"
+    assert plan.normalisation.models == [str(root / "sft" / f"sft-{i}") for i in range(2)]
+    assert plan.normalisation.samples == 4 and plan.normalisation.reward_model == rule
+    assert {(c.reward_normalisation, c.normalisation_file) for c in plan.rl.values()} == {("fixed", str(file))}
+    (tmp_path / "resolved.yaml").write_text(plan.to_yaml())
+    again = plan_run(tmp_path / "resolved.yaml")  # the resolved config reads back to the same runs
+    assert again.rl == plan.rl and again.normalisation == plan.normalisation
+    assert plan_run(run_yaml).normalisation is None  # per_run, the default: each run measures its own
+    with pytest.raises(ConfigError, match="run.reward_normalisation is shared, .* but rl.reward_normalisation is none"):
+        plan_run(run_yaml, [*shared, "rl.reward_normalisation=none"])
+
+    class NoJobs:  # the base stages and the jobs' specs only: no RL
+        def run(self, root, todo, show_progress):
+            return []
+
+    monkeypatch.setattr("salsa.executors.make_executor", lambda *args: NoJobs())
+    _stub_base_stages(monkeypatch, tiny_model_dir)
+    assert run_pipeline(run_yaml, shared, show_progress=False) is None  # the jobs are not committed
+    recorded = json.loads(file.read_text())
+    assert recorded["samples"] == 4 and recorded["std"] > 0 and recorded["policy"] == plan.normalisation.models
+    assert "normalisation" in json.loads((root / "pipeline.json").read_text())["stages"]
+    for job in ("salsa/seed-0", "salsa/seed-1", "ppo/seed-0", "ppo/seed-1"):
+        rl = yaml.safe_load((root / "jobs" / job / "rl.yaml").read_text())["rl"]
+        assert (rl["reward_normalisation"], rl["normalisation_file"]) == ("fixed", str(file.resolve())), job
+        spec = json.loads((root / "jobs" / job / "job.json").read_text())
+        assert spec["inputs"]["{RUN}/normalisation/reward_normalisation.json"] == digest(file), job
+    # A rerun measures nothing again.
+    _forbid(monkeypatch, "salsa.rl.normalisation.shared_normalisation")
+    assert run_pipeline(run_yaml, shared, show_progress=False) is None
+
+
+def test_a_jobs_paths_are_absolute_before_the_base_stages_ran_as_after(run_yaml, tmp_path, monkeypatch):
+    from salsa.pipeline import plan_grid
+
+    monkeypatch.chdir(tmp_path)  # a relative run directory, as in the examples
+    overrides = ["run.output_dir=runs/study", "run.reward_normalisation=shared", "run.arms={ppo: 'sft:soup'}"]
+    before = plan_grid(plan_run(run_yaml, overrides))
+    for job in before[1:]:
+        paths = (job.rl.init, job.rl.reference_model, job.rl.sft_model, job.rl.normalisation_file, job.rl.prompts)
+        assert all(Path(p).is_absolute() for p in paths), paths
+    (tmp_path / "runs/study/sft/sft-0").mkdir(parents=True)  # once a stage wrote it, the job is the same job
+    assert plan_grid(plan_run(run_yaml, overrides)) == before
+
+
 def test_plan_rejects_unsectioned_overrides_and_single_sft(run_yaml):
     with pytest.raises(ConfigError, match="needs its section"):
         plan_run(run_yaml, ["steps=3"])

@@ -3,6 +3,7 @@ critic's own learning rate and warm-up, the diagnostics every step logs, and the
 
 import dataclasses
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -104,6 +105,83 @@ def test_the_normalisation_is_measured_once_and_reused_on_resume(base, tmp_path,
     final = train_rl(config, show_progress=False, reward_fn=length_reward)
     last = _records(final)[-1]
     assert last["step"] == 3 and last["reward"] == pytest.approx(-config.reward_clip)
+
+
+RULE_REWARD = f"{Path(__file__).parent / 'rewards.py'}:length"  # a rule reward the config can name
+
+
+def _normalisation_config(base, out, models, **overrides):
+    from salsa.config import NormalisationConfig
+
+    settings = dict(models=[str(m) for m in models], reward_model=RULE_REWARD, prompts=str(base / "prompts.jsonl"),
+                    samples=16, max_new_tokens=6, output_dir=str(out))  # fmt: skip
+    return NormalisationConfig(**{**settings, **overrides})
+
+
+def test_shared_normalisation_deals_the_prompts_to_the_k_models_in_turn_by_hand(base, tmp_path, tokenizer, monkeypatch):
+    import math
+
+    from salsa.rl.normalisation import shared_normalisation
+
+    save_tiny_model(tmp_path / "tiny-1", tokenizer, seed=1, initializer_range=1.0)
+    calls = []
+
+    def prompt_number(prompts, responses):  # the reward of a response: its prompt's number, whatever it says
+        calls.append([p for p in prompts])
+        return torch.tensor([float(PROMPTS.index(p)) for p in prompts])
+
+    monkeypatch.setattr("salsa.scoring.reward_function", lambda spec: prompt_number)
+    # 16 samples, 2 per prompt: the 8 training prompts, each once, 4 of them answered by each model.
+    saved = shared_normalisation(_normalisation_config(base, tmp_path / "norm", [base / "tiny", tmp_path / "tiny-1"]))
+    recorded = json.loads(saved.read_text())
+    assert recorded["mean"] == pytest.approx(3.5)  # mean of 0..7
+    assert recorded["std"] == pytest.approx(math.sqrt(sum((i - 3.5) ** 2 for i in range(8)) / 8))
+    assert recorded["samples"] == 16 and (saved.parent / "salsa_complete.json").is_file()
+    assert [len(c) for c in calls] == [8, 8]  # one model, then the other: 4 prompts x 2 responses each
+    first, second = ({p for p in c} for c in calls)
+    assert not first & second and first | second == set(PROMPTS)
+
+
+def test_shared_normalisation_of_one_model_is_that_models_own_measurement(base, tmp_path):
+    from salsa.data import load_prompts
+    from salsa.models import load_causal_lm, load_tokenizer
+    from salsa.rl.normalisation import per_run_normalisation, shared_normalisation
+    from salsa.scoring import reward_function
+
+    shared = shared_normalisation(_normalisation_config(base, tmp_path / "norm", [base / "tiny"], samples=8))
+    config = _config(base, tmp_path / "rl")
+    (tmp_path / "rl").mkdir()
+    own = per_run_normalisation(
+        reward_function(RULE_REWARD), load_causal_lm(str(base / "tiny")), load_tokenizer(str(base / "tiny")),
+        load_prompts(config.prompts), config, tmp_path / "rl",
+    )  # fmt: skip
+    recorded = json.loads(shared.read_text())
+    assert (recorded["mean"], recorded["std"]) == pytest.approx(own, rel=1e-6) and recorded["samples"] == 8
+
+
+def test_a_fixed_normalisation_is_read_from_its_file_by_the_run_and_its_critic(base, tmp_path, monkeypatch):
+    from salsa.errors import DataError
+    from salsa.rl.learner import Learner
+
+    calibrated, real = [], Learner.calibrate_value
+    monkeypatch.setattr(Learner, "calibrate_value", lambda self, m, s: calibrated.append((m, s)) or real(self, m, s))
+    file = tmp_path / "norm.json"
+    file.write_text(json.dumps({"mean": 1000.0, "std": 1.0}))  # recognisable: every reward at -reward_clip
+    config = _config(base, tmp_path / "rl", steps=1, reward_normalisation="fixed", normalisation_file=str(file))
+    final = train_rl(config, show_progress=False, reward_fn=length_reward)
+    assert [r["reward"] for r in _records(final)] == [pytest.approx(-config.reward_clip)]
+    assert calibrated == [(1000.0, 1.0)] and not (final.parent / "reward_normalisation.json").exists()
+    file.write_text(json.dumps({"mean": 0.0, "std": 0.0}))
+    with pytest.raises(DataError, match=r"rl.normalisation_file: .*norm.json is corrupt \(expects a finite mean"):
+        train_rl(dataclasses.replace(config, output_dir=str(tmp_path / "b")), False, reward_fn=length_reward)
+    with pytest.raises(ConfigError, match=r"rl.normalisation_file: .*missing.json does not exist"):
+        train_rl(
+            dataclasses.replace(config, normalisation_file=str(tmp_path / "missing.json")),
+            False,
+            reward_fn=length_reward,
+        )
+    with pytest.raises(ConfigError, match="rl.normalisation_file is the mean and std of rl.reward_normalisation fixed"):
+        train_rl(dataclasses.replace(config, normalisation_file=None), False, reward_fn=length_reward)
 
 
 def test_the_critic_can_start_as_the_reward_model(base, tmp_path):

@@ -50,6 +50,7 @@ def w(tmp_path, tiny_model_dir, monkeypatch):
     (t / "reward_ok" / "salsa_reward.json").write_text('{"backbone": "causal", "max_length": 64, "mean": 0, "std": 1}')
     (t / "reward_bad_meta").mkdir()
     (t / "reward_bad_meta" / "salsa_reward.json").write_text("{backbone: encoder")
+    (t / "norm_bad.json").write_text('{"mean": 0.1}')
     (t / "eval_bad").mkdir()
     (t / "eval_bad" / "results.json").write_text('{"settings": ')
     (t / "eval_good").mkdir()
@@ -387,6 +388,21 @@ CASES = [
         ["rl", "--init", "{model}", "--reward-model", "reward_bad_meta"],
         r"reward_bad_meta/salsa_reward.json: corrupt",
     ),
+    (
+        "rl-normalisation-without-file",
+        [*RL, "--set", "reward_normalisation=fixed"],
+        r"rl.normalisation_file is the mean and std of rl.reward_normalisation fixed: set both or neither",
+    ),
+    (
+        "rl-normalisation-missing",
+        [*RL, "--set", "reward_normalisation=fixed", "--set", "normalisation_file=nope.json"],
+        r"rl.normalisation_file: nope.json does not exist",
+    ),
+    (
+        "rl-normalisation-corrupt",
+        [*RL, "--set", "reward_normalisation=fixed", "--set", "normalisation_file=norm_bad.json"],
+        r"rl.normalisation_file: norm_bad.json is corrupt \(expects a finite mean and std > 0\)",
+    ),
     ("rl-prompts-missing", [*RL, "--set", "prompts=nope.jsonl"], r"data file nope.jsonl does not exist"),
     (
         "rl-prompt-empty",
@@ -499,6 +515,12 @@ CASES = [
     ("run-seeds-zero", ["run", "--seeds", "0"], r"run.seeds must be >= 1, got 0"),
     ("run-arm", ["run", "--set", "run.arms={{ppo: 'sft-0:dpo'}}"], r"run.arms.ppo: 'sft-0:dpo' must be INIT:REFERENCE"),
     ("run-one-sft", ["run", "--set", "sft.num_models=1"], r"a soup needs K >= 2 models"),
+    (
+        "run-shared-normalisation-overridden",
+        ["run", "--set", "run.reward_normalisation=shared", "--set", "rl.reward_normalisation=none"],
+        r"run.reward_normalisation is shared, one normalisation measured for every RL run, but rl.reward_normalisation "
+        r"is none",
+    ),
     ("run-dpo", ["run", "--set", "rl.algorithm=dpo"], r"compares online RL"),
     ("run-bad-later-stage", ["run", "--set", "rl.learning_rate=0"], r"rl.learning_rate must be > 0"),
     ("run-output-foreign", ["run", "--output-dir", "mine"], r"mine holds files salsa did not write"),

@@ -272,8 +272,13 @@ class RLConfig:
     reward_normalisation: str = option(
         "initial_policy", "initial_policy: centre and scale the reward by its mean and std over samples of the policy "
         "as RL starts, for the training prompts (measured once, kept in reward_normalisation.json, reused on resume), "
-        "so the first rollouts score about 0 +- 1 | none: the reward as it comes",
-        check=one_of("initial_policy", "none"),
+        "so the first rollouts score about 0 +- 1 | fixed: by the mean and std in normalisation_file (`salsa run` "
+        "with run.reward_normalisation shared: one for every run) | none: the reward as it comes",
+        check=one_of("initial_policy", "fixed", "none"),
+    )  # fmt: skip
+    normalisation_file: str | None = option(
+        None, "fixed: a JSON file with the reward's mean and std (as `salsa run` writes in normalisation/)",
+        input="normalisation",
     )  # fmt: skip
     normalisation_samples: int = option(
         64, "initial_policy: how many responses of the starting policy measure the reward's mean and std",
@@ -419,6 +424,11 @@ class RLConfig:
             raise ConfigError(
                 f"rl.reference_model is set but rl.reference is '{self.reference}', which does not use it"
             )
+        if (self.reward_normalisation == "fixed") != (self.normalisation_file is not None):
+            raise ConfigError(
+                "rl.normalisation_file is the mean and std of rl.reward_normalisation fixed: set both or neither "
+                f"(reward_normalisation is {self.reward_normalisation}, normalisation_file {self.normalisation_file})"
+            )
 
 
 @dataclass
@@ -560,15 +570,23 @@ class RunConfig:
     )  # fmt: skip
     seeds: int = option(1, "RL seeds per arm; results aggregate over them", check=at_least(1))
     arms: dict[str, str] = option(
-        help="RL arms to compare, name: INIT:REFERENCE, INIT sft-<i> | soup, REFERENCE sft-<i> | soup | ema | none; "
-        "the first two arms are the headline comparison (default: salsa soup:soup against ppo sft-0:sft-0; the 2 x 2 "
-        "of init and reference adds soup:sft-0 and sft-0:soup)",
+        help="RL arms to compare, name: INIT:REFERENCE, INIT sft-<i> | sft | soup, REFERENCE sft-<i> | sft | soup | "
+        "ema | none; sft-<i> is SFT model i for every seed, sft (no index) SFT model s mod K for RL seed s (K: "
+        "sft.num_models), so that an SFT arm's seeds start from (or anchor to) every ingredient in turn. The first two "
+        "arms are the headline comparison (default: salsa soup:soup against ppo sft-0:sft-0; the 2 x 2 of init and "
+        "reference adds soup:sft and sft:soup)",
         factory=lambda: {"salsa": "soup:soup", "ppo": "sft-0:sft-0"},
     )  # fmt: skip
     arm_seeds: dict[str, int] = option(help="RL seeds of particular arms (the others have `seeds`)", factory=dict)
     kl_coefs: list[float] | None = option(
         None, "several rl.kl_coef values: every arm trains at each, and the report draws each arm's gold-vs-KL "
         "frontier (KL measured on the evaluation prompts); null: rl.kl_coef only", check=at_least(0),
+    )  # fmt: skip
+    reward_normalisation: str = option(
+        "per_run", "per_run: every RL run normalises the reward on samples of its own starting policy "
+        "(rl.reward_normalisation) | shared: one mean and std for every run, measured once (in normalisation/) over "
+        "rl.normalisation_samples responses split evenly over the K SFT models, so that one KL coefficient is one "
+        "objective in every arm", check=one_of("per_run", "shared"),
     )  # fmt: skip
     cpus_per_job: int = option(
         2, "--executor ray: CPUs (and threads) each job asks for on a cluster without GPUs (with GPUs: one GPU)",
@@ -583,8 +601,8 @@ class RunConfig:
             known_reference = ARM_START.fullmatch(reference) or reference in ("ema", "none")
             if not (sep and ARM_START.fullmatch(init) and known_reference):
                 raise ConfigError(
-                    f"run.arms.{name}: '{spec}' must be INIT:REFERENCE, INIT sft-<i> or soup, REFERENCE sft-<i>, "
-                    "soup, ema or none (e.g. soup:sft-0)"
+                    f"run.arms.{name}: '{spec}' must be INIT:REFERENCE, INIT sft-<i>, sft or soup, REFERENCE "
+                    "sft-<i>, sft, soup, ema or none (e.g. soup:sft)"
                 )
             if name in ("sft", "soup") or "/" in name or "@" in name:
                 raise ConfigError(f"run.arms: '{name}' cannot name an arm (reserved, or holds / or @)")
@@ -595,7 +613,35 @@ class RunConfig:
             raise ConfigError(f"run.kl_coefs must be distinct values, got {self.kl_coefs}")
 
 
-ARM_START = re.compile(r"sft-\d+|soup")
+@dataclass
+class NormalisationConfig:
+    """`salsa run` with run.reward_normalisation shared: the RL reward's mean and std, measured once over samples of
+    the K SFT models to the training prompts, by which every RL run normalises it (rl.reward_normalisation fixed).
+    The pipeline fills it from the rl section; it is no section of its own."""
+
+    STAGE: ClassVar[str] = "normalisation"
+
+    models: list[str] = option(
+        help="the SFT models whose samples measure the reward, each answering an equal share", factory=list,
+        input="model_dir",
+    )  # fmt: skip
+    reward_model: str | None = option("runs/reward/model", "the RL reward (as rl.reward_model)", input="rl_reward")
+    task: str | None = option("reviews", "built-in task whose gold judge `reward_model: gold` is", check=known_task)
+    prompts: str = option("runs/data/prompts_train.jsonl", "training prompts", input="prompts")
+    samples: int = option(64, "responses in all (rl.normalisation_samples)", check=at_least(2))
+    samples_per_prompt: int = option(2, "responses per prompt (rl.samples_per_prompt)", check=at_least(1))
+    max_new_tokens: int = option(40, "longest response (rl.max_new_tokens)", check=at_least(1))
+    temperature: float = option(1.0, "sampling temperature (rl.temperature)", check=above(0))
+    seed: int = option(0, "seed of the prompts and the sampling (rl.seed)")
+    output_dir: str = option("runs/normalisation", "where reward_normalisation.json is written")
+
+    def check(self) -> None:
+        if self.reward_model == "gold" and not self.task:
+            raise ConfigError("rl.reward_model is gold, the task's gold judge, but rl.task is null; name the task")
+
+
+# sft-<i>: SFT model i for every seed; sft: SFT model s mod K for RL seed s; soup: the soup of the K.
+ARM_START = re.compile(r"sft(-\d+)?|soup")
 
 
 STAGES: dict[str, type] = {

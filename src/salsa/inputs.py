@@ -202,6 +202,26 @@ def check_eval_directory(ref: str, where: str) -> dict:
     return results
 
 
+def check_normalisation_file(ref: str, where: str) -> tuple[float, float]:
+    """A reward normalisation (`salsa run`'s normalisation/reward_normalisation.json): a JSON object with a finite
+    mean and a finite std > 0; returns them."""
+    path = Path(ref)
+    if not path.is_file():
+        raise ConfigError(f"{where}: {ref} {'is not a file' if path.exists() else 'does not exist'}")
+    try:
+        recorded = json.loads(path.read_text(encoding="utf-8"))
+        mean, std = recorded["mean"], recorded["std"]
+        valid = all(isinstance(v, int | float) and math.isfinite(v) for v in (mean, std)) and std > 0
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError):
+        valid = False
+    if not valid:
+        raise DataError(
+            f"{where}: {ref} is corrupt (expects a finite mean and std > 0); remove its folder and rerun `salsa run`, "
+            "which measures it again"
+        )
+    return float(mean), float(std)
+
+
 def is_hub_dataset(source: str) -> bool:
     """A data source that names a hub dataset (downloaded by `datasets`) rather than a local file or directory."""
     return source.startswith("hub:") or (
@@ -244,6 +264,8 @@ def _check_one(kind: str, value: str, where: str, split: str, download: bool) ->
         return check_eval_directory(value, where)
     if kind == "judge_template":
         return check_judge_template(value, where)
+    if kind == "normalisation":
+        return check_normalisation_file(value, where)
     if kind == "prompts" and value in standard_sets.SETS:  # a benchmark's prompts, from its installed package
         return standard_sets.load_set(value)[0]
     return _parse_data(kind, value, split, download)

@@ -27,6 +27,8 @@ REWARD_META = "salsa_reward.json"
 TEMPORARY = re.compile(r"\..+\.(tmp|old-\d+)")
 # A soup directory from `salsa soup`: its ingredients, their weights and the SHA-256 of their files.
 SOUP_RECORD = "soup.json"
+# The RL reward's mean and std (`salsa.rl.normalisation`): in an RL run's directory, or `salsa run`'s normalisation/.
+NORMALISATION_FILE = "reward_normalisation.json"
 
 
 def cache_dir() -> Path:

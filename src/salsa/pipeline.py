@@ -1,6 +1,7 @@
 """`salsa run`: the whole SALSA pipeline from one YAML file, cached and resumable.
 
-    data -> reward -> sft (K seeds) -> soup -> jobs: base, rl/<arm>/seed-<s> (+ samples) -> eval -> report
+    data -> reward -> sft (K seeds) -> soup [-> normalisation] -> jobs: base, rl/<arm>/seed-<s> (+ samples) -> eval
+    -> report
 
 Every stage writes into the run directory and ends with a completion marker. `pipeline.json` records
 each finished stage's fingerprint: a hash of its resolved config and of the fingerprints of the stages it
@@ -15,8 +16,12 @@ the eval stage waits for every job and summarises the union of their samples.
 
 Every RL arm gets the same RL config (steps, prompts, batch, seeds); only the start and the KL anchor differ,
 as `run.arms` says: by default ppo starts from and is anchored to sft-0 (sft-0:sft-0), salsa to the soup of all
-SFT models (soup:soup); soup:sft-0 and sft-0:soup separate the two changes. `run.kl_coefs` trains every arm at
-several KL coefficients, for a gold-vs-KL frontier. Every run logs KL to sft-0, so their curves share an axis.
+SFT models (soup:soup); soup:sft and sft:soup separate the two changes. `sft` without an index is SFT model s mod K
+for RL seed s (`sft:sft` is PPO from a typical ingredient, its seeds cycling through them). `run.kl_coefs` trains
+every arm at several KL coefficients, for a gold-vs-KL frontier. Every run logs KL to sft-0, whatever it starts
+from, so their curves share one axis. With `run.reward_normalisation: shared` the reward's mean and std are measured
+once, over samples of the K SFT models (the `normalisation` stage, `salsa.rl.normalisation`), and every RL run
+normalises by them: one KL coefficient is then one objective in every arm.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ from salsa.config import (
     STAGES,
     DataConfig,
     EvalConfig,
+    NormalisationConfig,
     RewardConfig,
     RLConfig,
     RunConfig,
@@ -57,7 +63,7 @@ from salsa.grid import (
     select,
     write_spec,
 )
-from salsa.io import atomic_write_json, atomic_write_text, is_complete, read_json
+from salsa.io import NORMALISATION_FILE, atomic_write_json, atomic_write_text, is_complete, read_json
 from salsa.progress import console
 
 # RL settings that `salsa run` sets per arm and seed.
@@ -65,7 +71,7 @@ PER_RUN = ("init", "reference", "reference_model", "reference_models", "kl_coef"
 STATE_FILE = "pipeline.json"
 # What the run directory's own fingerprint leaves out: the grid's shape is handled job by job, the executor's
 # resources change nothing a run computes.
-RUN_IGNORED = ("seeds", "arms", "arm_seeds", "kl_coefs", "cpus_per_job")
+RUN_IGNORED = ("seeds", "arms", "arm_seeds", "kl_coefs", "reward_normalisation", "cpus_per_job")
 
 
 @dataclasses.dataclass
@@ -80,6 +86,7 @@ class RunPlan:
     rl_base: RLConfig  # the `rl:` section, shared by every method and seed
     rl: dict[str, RLConfig]  # "rl/<method>/seed-<s>" -> its config
     eval: EvalConfig
+    normalisation: NormalisationConfig | None = None  # run.reward_normalisation shared: made from `rl:`, no section
 
     def to_yaml(self) -> str:
         """The resolved whole-run config; `salsa run` accepts it back.
@@ -95,6 +102,8 @@ class RunPlan:
         shared = {k: v for k, v in dataclasses.asdict(first).items() if k not in PER_RUN}
         shared["seed"] = self.rl_base.seed  # run s uses seed + s
         shared["kl_coef"] = self.rl_base.kl_coef  # run.kl_coefs, when set, replaces it per run
+        for key in ("reward_normalisation", "normalisation_file"):  # run.reward_normalisation shared replaces them
+            shared[key] = getattr(self.rl_base, key)
         text += yaml.safe_dump({"rl": shared}, sort_keys=False)
         for name, config in self.rl.items():
             runs = ", ".join(f"{k} {getattr(config, k)}" for k in PER_RUN if getattr(config, k) is not None)
@@ -141,18 +150,22 @@ def plan_run(config_path: str | Path | None = None, overrides: list[str] | None 
         raise ConfigError("rl.algorithm: `salsa run` compares online RL (ppo, rloo, grpo); run dpo with `salsa rl`")
     # RL trains on the run's reward model, unless rl.reward_model names another reward (gold, a function, ...).
     rl_reward = _wire(rl_base, reward_model=str(Path(reward.output_dir) / "model")).reward_model
+    normalisation = _shared_normalisation(run, rl_base, rl_reward, sft_dirs)
+    per_run = {} if normalisation is None else {
+        "reward_normalisation": "fixed", "normalisation_file": str(Path(normalisation.output_dir) / NORMALISATION_FILE)
+    }  # fmt: skip
     rl, policies = {}, {}
     for arm, spec in run.arms.items():
-        init, reference = (_anchor(part, sft_dirs, soup.output_dir) for part in spec.split(":"))
         for coef in run.kl_coefs or [rl_base.kl_coef]:
             policy = arm if run.kl_coefs is None else f"{arm}@kl{coef:g}"
             policies[policy] = []
             for s in range(run.arm_seeds.get(arm, run.seeds)):
+                init, reference = (_anchor(part, sft_dirs, soup.output_dir, s) for part in spec.split(":"))
                 name = f"rl/{arm}/seed-{s}" if run.kl_coefs is None else f"rl/{arm}/kl-{coef:g}/seed-{s}"
                 rl[name] = dataclasses.replace(
                     rl_base, init=init[1], reference=reference[0], reference_model=reference[1],
                     reference_models=None, sft_model=sft_dirs[0], reward_model=rl_reward, kl_coef=coef,
-                    output_dir=str(root / name), seed=rl_base.seed + s,
+                    output_dir=str(root / name), seed=rl_base.seed + s, **per_run,
                 )  # fmt: skip
                 policies[policy].append(str(root / name / "final"))
     policies["sft"] = [sft_dirs[0]]
@@ -163,16 +176,43 @@ def plan_run(config_path: str | Path | None = None, overrides: list[str] | None 
         sft_model=sft_dirs[0], soup_model=soup.output_dir, landscape_models=sft_dirs[:2],
         output_dir=str(root / "eval"),
     )  # fmt: skip
-    plan = RunPlan(run, data if run.task else None, reward, sft, soup, rl_base, rl, evaluation)
+    plan = RunPlan(run, data if run.task else None, reward, sft, soup, rl_base, rl, evaluation, normalisation)
     # Every value of every stage is checked now, not when its stage comes (an hour into the run); the inputs of
     # each stage are checked when it starts, once the stages before it have written them.
-    for config in (data, reward, sft, soup, *rl.values(), evaluation):
-        validate_values(config)
+    for config in (data, reward, sft, soup, normalisation, *rl.values(), evaluation):
+        if config is not None:
+            validate_values(config)
     return plan
 
 
-def _anchor(part: str, sft_dirs: list[str], soup_dir: str) -> tuple[str, str | None]:
-    """An arm's INIT or REFERENCE (sft-<i>, soup, ema, none) as (reference kind, model directory)."""
+def _shared_normalisation(
+    run: RunConfig, rl: RLConfig, reward_model: str | None, sft_dirs: list[str]
+) -> NormalisationConfig | None:
+    """With run.reward_normalisation shared, the stage that measures the reward's mean and std once for every RL
+    run: as a run would measure it on its starting policy (rl.normalisation_samples, samples_per_prompt,
+    max_new_tokens, temperature, seed), its samples dealt out to the K SFT models in turn."""
+    if run.reward_normalisation == "per_run":
+        return None
+    if rl.reward_normalisation != "initial_policy":
+        raise ConfigError(
+            f"run.reward_normalisation is shared, one normalisation measured for every RL run, but "
+            f"rl.reward_normalisation is {rl.reward_normalisation}: leave it at initial_policy, or set "
+            "run.reward_normalisation per_run"
+        )
+    return NormalisationConfig(
+        models=sft_dirs, reward_model=reward_model, task=rl.task, prompts=rl.prompts,
+        samples=rl.normalisation_samples, samples_per_prompt=rl.samples_per_prompt,
+        max_new_tokens=rl.max_new_tokens, temperature=rl.temperature, seed=rl.seed,
+        output_dir=str(Path(run.output_dir) / "normalisation"),
+    )  # fmt: skip
+
+
+def _anchor(part: str, sft_dirs: list[str], soup_dir: str, seed: int) -> tuple[str, str | None]:
+    """An arm's INIT or REFERENCE (sft-<i>, sft, soup, ema, none) for RL seed `seed` as (reference kind, model
+    directory): sft is SFT model seed mod K, so that the seeds of an SFT arm start from every ingredient in turn and
+    the arm stands for a typical ingredient, not one of them."""
+    if part == "sft":
+        return "sft", sft_dirs[seed % len(sft_dirs)]
     if part.startswith("sft-"):
         index = int(part.removeprefix("sft-"))
         if index >= len(sft_dirs):
@@ -224,6 +264,7 @@ def dry_run(plan: RunPlan) -> list[str]:
 
     root = Path(plan.run.output_dir).resolve()
     stages = {"data": plan.data, "reward": plan.reward, "sft": plan.sft, "soup": plan.soup}
+    stages["normalisation"] = plan.normalisation
     stages.update({**plan.rl, "eval": plan.eval})
     lines = []
     for name, config in stages.items():
@@ -282,16 +323,19 @@ class StageRunner:
         return {name: s["seconds"] for name, s in stages if name in self.fingerprints and "seconds" in s}
 
 
-def _absolute(config: Any) -> Any:
+def _absolute(config: Any, root: Path) -> Any:
     """The config with its local paths absolute (a job may run on another node, from another directory): the
-    output directory, every input that exists and the evaluation's policies (RL runs that jobs will write)."""
+    output directory, every input that exists or that a stage will write in the run directory `root` (so that a job's
+    spec is the same before the base stages ran as after: a second `salsa run --only` must not take its jobs for
+    changed ones) and the evaluation's policies (RL runs that jobs will write)."""
+    inside = f"{root}/"
 
     def resolved(value: Any, always: bool = False) -> Any:
         if isinstance(value, list):
             return [resolved(v, always) for v in value]
         if isinstance(value, dict):
             return {k: resolved(v, always) for k, v in value.items()}
-        if isinstance(value, str) and (always or Path(value).exists()):
+        if isinstance(value, str) and (always or value.startswith(inside) or Path(value).exists()):
             return str(Path(value).resolve())
         return value
 
@@ -305,8 +349,9 @@ def _absolute(config: Any) -> Any:
 
 def plan_grid(plan: RunPlan) -> list[Job]:
     """The run's jobs (`salsa.grid`): the base job, then one per RL run; paths absolute."""
-    rl = {name: _absolute(config) for name, config in plan.rl.items()}
-    return plan_jobs(rl, _absolute(plan.eval).policies)
+    root = Path(plan.run.output_dir)
+    rl = {name: _absolute(config, root) for name, config in plan.rl.items()}
+    return plan_jobs(rl, _absolute(plan.eval, root).policies)
 
 
 def run_pipeline(
@@ -325,6 +370,7 @@ def run_pipeline(
     from salsa.executors import make_executor
     from salsa.report import write_report
     from salsa.reward import train_reward
+    from salsa.rl.normalisation import shared_normalisation
     from salsa.sft import train_sft
     from salsa.soup import build_soup_from_config
     from salsa.task_data import make_task_data
@@ -333,7 +379,7 @@ def run_pipeline(
     jobs = plan_grid(plan)
     selected = select(jobs, only, shard)  # before any work, like the executor: a mistake is reported at once
     runner = make_executor(executor, ray_address, plan.run.cpus_per_job)
-    evaluation = _absolute(plan.eval)
+    evaluation = _absolute(plan.eval, Path(plan.run.output_dir))
     if (only or shard) and cross_job_units(Path(plan.run.output_dir).resolve(), evaluation):
         raise ConfigError(
             "eval.sweeps merge the RL policies of several jobs, which no one job draws: run the whole grid in one run "
@@ -356,6 +402,11 @@ def run_pipeline(
             "sft", plan.sft, lambda redo: train_sft(plan.sft, overwrite=redo, show_progress=show_progress), after=data
         )
         stages.run("soup", plan.soup, lambda redo: build_soup_from_config(plan.soup, redo), after=("sft",))
+        if plan.normalisation is not None:
+            stages.run(
+                "normalisation", plan.normalisation, lambda redo: shared_normalisation(plan.normalisation, redo),
+                after=(*data, "reward", "sft"),
+            )  # fmt: skip
         base_inputs = input_paths(evaluation)
         for job in jobs:
             if runtime.is_main_process() and write_spec(root, job, evaluation, base_inputs):

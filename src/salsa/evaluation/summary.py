@@ -102,7 +102,8 @@ def summarise_matched(matched_rows: list[dict], judges: list[str], config: EvalC
 
 def _arm_of(paths: list[str]) -> tuple[str, str, float] | None:
     """(init kind, reference kind, KL coefficient) of an RL policy, from its run's config; None for other models
-    and for references other than sft and soup."""
+    and for references other than sft and soup. Kinds, not models: an arm `sft:sft`, whose seeds start from SFT
+    model s mod K, is one cell of the 2 x 2 whichever ingredient its first seed started from."""
     from salsa.config import RLConfig
     from salsa.config_loading import load_stage_config
 

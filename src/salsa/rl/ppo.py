@@ -22,7 +22,6 @@ same global batch. Every process keeps the same policy and the same EMA referenc
 
 from __future__ import annotations
 
-import math
 import random
 import time
 from collections.abc import Callable
@@ -38,9 +37,8 @@ from salsa.data import prompt_text
 from salsa.engine import Stage, run_stage
 from salsa.errors import ConfigError, SalsaError
 from salsa.generation import check_prompt_lengths
-from salsa.inputs import GOLD_REWARD
-from salsa.io import atomic_write_json, read_json
-from salsa.logs import FiniteGuard, MetricsLog, NonFiniteError
+from salsa.inputs import GOLD_REWARD, check_normalisation_file
+from salsa.logs import FiniteGuard, MetricsLog
 from salsa.models import load_causal_lm, load_tokenizer, save_model
 from salsa.progress import console, training_progress
 from salsa.rl.core import (
@@ -60,6 +58,7 @@ from salsa.rl.core import (
     token_rewards,
 )
 from salsa.rl.learner import Learner
+from salsa.rl.normalisation import per_run_normalisation
 from salsa.rl.policy import fresh_policy
 from salsa.rl.reference import Reference, load_reference, reference_dir
 from salsa.rl.rollout import RewardFn, Rollout, chunk_rows, collect_rollout
@@ -294,8 +293,11 @@ def _load_models(config: RLConfig, stage: Stage, reward_fn: RewardFn | None) -> 
     if reward_fn is None:
         reward_fn = gold_reward(gold_fn) if config.reward_model == GOLD_REWARD else reward_function(config.reward_model)
     reward = reward_fn
-    if config.reward_normalisation == "initial_policy":
-        mean, std = _normalisation(reward_fn, learner.policy, tokenizer, prompts, config, stage.out)
+    if config.reward_normalisation != "none":
+        if config.reward_normalisation == "fixed":  # one for every run of a study, measured once (`salsa run`)
+            mean, std = check_normalisation_file(config.normalisation_file, "rl.normalisation_file")
+        else:
+            mean, std = per_run_normalisation(reward_fn, learner.policy, tokenizer, prompts, config, stage.out)
         learner.calibrate_value(mean, std)
         reward = lambda p, r: (torch.as_tensor(reward_fn(p, r), dtype=torch.float32) - mean) / std  # noqa: E731
     return Models(learner, tokenizer, reference, sft_model, reward, gold_fn, reference_is_sft)
@@ -444,43 +446,6 @@ def _finish(
     info = {"algorithm": config.algorithm, "reference": config.reference, "reward": reward, "steps": step,
             "skipped_steps": skipped, "gold_judge_version": gold_version}  # fmt: skip
     stage.finish({**info, "final_policy": final_policy})
-
-
-NORMALISATION_FILE = "reward_normalisation.json"
-
-
-def _normalisation(reward: RewardFn, policy, tokenizer, prompts: list, config: RLConfig, out: Path):
-    """Mean and std of `reward` over `normalisation_samples` responses of the starting policy to seeded training
-    prompts (over all processes), written to the run directory once; a resumed run reads them back."""
-    from salsa.generation import generate
-
-    saved = out / NORMALISATION_FILE
-    if saved.is_file():
-        recorded = read_json(saved)
-        return recorded["mean"], recorded["std"]
-    k = config.samples_per_prompt
-    num_prompts = -(-config.normalisation_samples // k)
-    order = next(batch_stream([1] * len(prompts), num_prompts, derive_seed(config.seed, "normalise")))
-    mine = [(p, prompts[order[p % len(order)]]) for p in runtime.my_share(num_prompts)]
-    texts = [prompt for _, prompt in mine for _ in range(k)]
-    seeds = [derive_seed(config.seed, "normalise", p, s) for p, _ in mine for s in range(k)]
-    with torch.no_grad():
-        sample = generate(policy, tokenizer, texts, max_new_tokens=config.max_new_tokens,
-                          temperature=config.temperature, seeds=seeds)  # fmt: skip
-    raw = torch.as_tensor(reward(texts, sample.responses), dtype=torch.float64)
-    sums = runtime.all_sum(torch.stack([raw.sum(), (raw * raw).sum(), raw.new_tensor(float(len(raw)))]))
-    mean = float(sums[0] / sums[2])
-    std = float((sums[1] / sums[2] - mean**2).clamp(min=0).sqrt())
-    if not (math.isfinite(mean) and std > 0):
-        raise NonFiniteError(
-            f"rl.reward_normalisation: the reward gives the {int(sums[2])} samples of the starting policy mean {mean} "
-            f"and std {std}; a reward that does not vary cannot be normalised (set reward_normalisation: none)"
-        )
-    if runtime.is_main_process():
-        record = {"mean": mean, "std": std, "samples": int(sums[2]), "policy": config.init}
-        atomic_write_json(saved, record)
-    console.print(f"reward normalised by mean {mean:+.4f}, std {std:.4f} over {int(sums[2])} samples of the policy")
-    return mean, std
 
 
 @torch.no_grad()
