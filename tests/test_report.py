@@ -34,10 +34,10 @@ def test_the_results_table_puts_the_headline_first_then_its_pair_then_each_polic
     comparisons = [
         comparison("salsa", "sft"), comparison("salsa", "ppo", split="out_of_distribution"),
         comparison("ppo", "sft", judge="reward"), headline, comparison("salsa@kl0.1", "ppo@kl0.1"),
-        comparison("salsa", "ppo", matched_kl=True),
+        comparison("salsa", "ppo", matched_kl=True), comparison("salsa", "sft", judge="llm"),
     ]  # fmt: skip
     main, others = results_comparisons(comparisons, dict(headline))  # an equal copy, as summary.json holds it
-    assert main == [headline, comparisons[1], comparisons[0], comparisons[2]]
+    assert main == [headline, comparisons[1], comparisons[0], comparisons[6], comparisons[2]]
     assert others == [comparisons[4], comparisons[5]]
     rows, notes = comparison_rows(main)
     assert rows[0] == ["A vs B", "prompts", "judge", "mean A - B [CI]", "win rate [CI]", "verdict"]
@@ -45,7 +45,7 @@ def test_the_results_table_puts_the_headline_first_then_its_pair_then_each_polic
                        "40.0% [31.0%, 49.5%]", "contradicted¹"]  # fmt: skip
     assert rows[2][1:] == ["out-of-distribution", "gold judge", "+0.120 [-0.010, +0.250]", "60.0% [51.0%, 69.0%]",
                            "unresolved²"]  # fmt: skip
-    assert [row[-1] for row in rows[3:]] == ["unresolved²", "unresolved²"]  # each reason once, in the notes
+    assert [row[-1] for row in rows[3:]] == ["unresolved²"] * 3  # each reason once, in the notes
     assert notes == [f"¹ {headline['claim_reason']}", f"² {ONE_SEED}"]
     assert comparison_rows(main, short=True)[0][2][1:3] == ["OOD", "gold"]
     assert results_comparisons(comparisons, None) == ([], comparisons)
@@ -70,6 +70,7 @@ def test_soup_health_is_a_kl_table_by_member_and_a_table_of_the_soup_against_eac
         ["ingredient-1", "0.30 [0.20, 0.40]", "-", "0.40 [0.30, 0.50]"],
         ["soup", "0.50 [0.40, 0.60]", "0.60 [0.50, 0.70]", "-"],
     ]
+    assert "| KL(row \\|\\| column) | ingredient-0 |" in _markdown([Block("table", kl)])  # not a column break
     assert versus == [
         ["soup vs", "judge", "mean soup - ingredient [CI]", "win rate [CI]"],
         ["ingredient-0", "gold judge", "-0.200 [-0.300, -0.100]", "0.0% [0.0%, 10.0%]"],

@@ -144,12 +144,13 @@ def _key(c: dict) -> tuple:
 
 def results_comparisons(comparisons: list[dict], headline: dict | None) -> tuple[list[dict], list[dict]]:
     """The results table's comparisons: the headline pair on every split and judge (the pre-specified one first),
-    then each policy against SFT; and the others (other pairs, those at matched KL), in their order."""
+    then each policy against SFT, a pair's rows together; and the others (other pairs, those at matched KL)."""
     if headline is None:
         return [], comparisons
     pair = headline["a"], headline["b"]
     main = [c for c in comparisons if not c.get("matched_kl") and ((c["a"], c["b"]) == pair or c["b"] == "sft")]
-    main.sort(key=lambda c: (_key(c) != _key(headline), (c["a"], c["b"]) != pair))
+    pairs = list(dict.fromkeys([pair] + [(c["a"], c["b"]) for c in main]))  # each pair's rows together
+    main.sort(key=lambda c: (_key(c) != _key(headline), pairs.index((c["a"], c["b"]))))
     chosen = {_key(c) for c in main}
     return main, [c for c in comparisons if _key(c) not in chosen]
 
@@ -371,8 +372,8 @@ def _markdown(blocks: list[Block]) -> str:
             parts.append(str(block.content))
         elif block.kind == "table":
             rows = block.content
-            lines = ["| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
-            lines += ["| " + " | ".join(r) + " |" for r in rows[1:]]
+            lines = ["| " + " | ".join(c.replace("|", "\\|") for c in r) + " |" for r in rows]  # a | in a cell: \|
+            lines.insert(1, "|" + "---|" * len(rows[0]))
             parts.append("\n".join(lines))
         elif block.kind == "image":
             file, alt = block.content
