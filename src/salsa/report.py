@@ -436,7 +436,8 @@ def _html(blocks: list[Block], title: str) -> str:
         "table{border-collapse:collapse;margin:1em 0;font-size:0.9em}"
         "td,th{border:1px solid #ccc;padding:4px 8px;text-align:left}th{background:#f3f3f3}"
         "img{max-width:100%}pre{background:#f6f6f6;padding:1em;overflow-x:auto;font-size:0.85em}"
-        "td{font-variant-numeric:tabular-nums;white-space:nowrap}.wide{overflow-x:auto}.notes{font-size:0.85em;color:#444}"
+        "td{font-variant-numeric:tabular-nums;white-space:nowrap;vertical-align:top}.wide{overflow-x:auto}"
+        ".notes{font-size:0.85em;color:#444}"
         ".example{border-left:3px solid #ccc;padding-left:1em;margin:1.5em 0}td.response{white-space:pre-wrap}"
         ".prompt{white-space:pre-wrap;background:#f6f6f6;padding:0.5em}"
     )
