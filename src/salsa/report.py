@@ -1,7 +1,8 @@
 """`salsa report`: the evaluation as a Markdown file, a static HTML page, PNG plots and summary.json.
 
-The report is a list of blocks (headings, paragraphs, tables, images) rendered twice, to Markdown and to
-HTML, so the two always say the same thing. The verdict is computed, never written by hand: it is the rule's
+The report is a list of blocks (headings, paragraphs, notes, tables, images, example responses) rendered twice, to
+Markdown and to HTML, so the two always say the same thing: a results page that opens with the results table and the
+verdict. The verdict is computed, never written by hand: it is the rule's
 (`evaluation.stats.VERDICT_RULE`, applied when the evaluation was summarised) on the pre-specified comparison, with
 the win rate beside it as a description.
 """
@@ -155,7 +156,12 @@ def results_comparisons(comparisons: list[dict], headline: dict | None) -> tuple
     return main, [c for c in comparisons if _key(c) not in chosen]
 
 
-SUPERSCRIPTS = str.maketrans("0123456789", "⁰¹²³⁴⁵⁶⁷⁸⁹")
+SHORT_SPLITS = {"in_distribution": "in", "out_of_distribution": "OOD"}  # the terminal's labels
+
+
+def _mark(number: int) -> str:
+    """A footnote mark: 12 -> ¹²."""
+    return str(number).translate(str.maketrans("0123456789", "⁰¹²³⁴⁵⁶⁷⁸⁹"))
 
 
 def comparison_rows(comparisons: list[dict], short: bool = False) -> tuple[list[list[str]], list[str]]:
@@ -166,15 +172,12 @@ def comparison_rows(comparisons: list[dict], short: bool = False) -> tuple[list[
     for c in comparisons:
         if c["claim_reason"] not in reasons:
             reasons.append(c["claim_reason"])
-        mark = str(reasons.index(c["claim_reason"]) + 1).translate(SUPERSCRIPTS)
+        mark = _mark(reasons.index(c["claim_reason"]) + 1)
         rows.append([
             pair_label(c), SHORT_SPLITS[c["split"]] if short else SPLIT_TITLES[c["split"]],
             c["judge"] if short else JUDGE_TITLES[c["judge"]], _difference(c), _win_rate(c), f"{c['claim']}{mark}",
         ])  # fmt: skip
-    return rows, [f"{str(i + 1).translate(SUPERSCRIPTS)} {reason}" for i, reason in enumerate(reasons)]
-
-
-SHORT_SPLITS = {"in_distribution": "in", "out_of_distribution": "OOD"}
+    return rows, [f"{_mark(i + 1)} {reason}" for i, reason in enumerate(reasons)]
 
 
 def soup_health_tables(health: dict) -> tuple[list[list[str]], list[list[str]]]:
