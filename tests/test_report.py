@@ -179,6 +179,7 @@ def test_the_terminal_tables_never_cut_a_number_at_80_columns(width, tmp_path, m
     print_summary(tmp_path)
     text = console.export_text()
     assert max(len(line) for line in text.splitlines()) <= width and "…" not in text
+    assert "\nreport: " in text  # where the report is (test_documented_commands expects it)
     printed = NUMBER.findall(text)
     rows = comparison_rows(results_comparisons(comparisons, headline)[0], short=True)[0]
     cells = [cell for row in rows[1:] + _policy_rows_short(summary["policies"], summary["judges"])[1:] for cell in row]

@@ -755,6 +755,7 @@ def print_summary(out: str | Path) -> None:
         console.print(f"[bold]against SFT:[/] {escape(sentence)}")
     console.print(terminal_table(_policy_rows_short(summary["policies"], summary["judges"]), "Policies' means"))
     console.print(
-        f"Means and differences with {summary['confidence']:.0%} bootstrap intervals. Every comparison, plot and "
-        f"example response: {Path(out) / 'report.html'} ({Path(out) / 'report.md'})"
+        f"Means and differences with {summary['confidence']:.0%} bootstrap intervals; every comparison, the plots and "
+        "example responses are in the report."
     )
+    console.print(f"report: {Path(out) / 'report.html'} ({Path(out) / 'report.md'})")
