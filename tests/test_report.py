@@ -92,6 +92,9 @@ def _samples(path, policies, prompts=10):
                                      "sample": sample, "prompt": f"<b>prompt</b> {split} {index} & more",
                                      "response": response + (" <script>x()</script> ```" if policy == "ppo" else ""),
                                      "gold": 0.5, "reward": -1.25})  # fmt: skip
+    for row in rows:  # a chat prompt (its turns) for prompt 5
+        if row["index"] == 5:
+            row["prompt"] = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": row["prompt"]}]
     rows.append({**rows[0], "snapshot": 1, "response": "a snapshot's answer"})
     rows.append({**rows[0], "sweep": "rl-expo", "response": "a sweep's answer"})
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -106,7 +109,8 @@ def test_examples_are_the_same_prompts_and_sample_for_every_policy_spread_over_t
     assert [e["index"] for e in examples] == [1, 5, 8]  # the middles of three equal thirds of 10 prompts
     for example in examples:
         i = example["index"]
-        assert example["prompt"] == f"<b>prompt</b> in_distribution {i} & more"
+        chat = "Be brief.\n" if i == 5 else ""  # a chat prompt shown as its turns, one per line
+        assert example["prompt"] == f"{chat}<b>prompt</b> in_distribution {i} & more"
         assert [(p, r.split(" <")[0], s) for p, r, s in example["responses"]] == [
             (p, f"{p} answers in_distribution {i} with seed 0 sample 0", {"gold": 0.5, "reward": -1.25})
             for p in ("salsa", "ppo", "sft")

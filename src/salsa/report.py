@@ -17,6 +17,7 @@ from pathlib import Path
 
 from salsa import runtime
 from salsa.config import ReportConfig
+from salsa.data import prompt_text
 from salsa.engine import Stage
 from salsa.evaluation.soup_health import soup_health_text
 from salsa.evaluation.stats import VERDICT_RULE
@@ -214,7 +215,7 @@ def example_responses(samples_file: Path, results: dict, count: int = EXAMPLES) 
         {
             "index": i,
             "prompts": results["settings"]["prompts"]["in_distribution"],
-            "prompt": rows[(policies[0], i)]["prompt"],
+            "prompt": prompt_text(rows[(policies[0], i)]["prompt"]),  # a chat prompt's turns, one per line
             "responses": [
                 (p, rows[(p, i)]["response"], {j: rows[(p, i)][j] for j in results["judges"] if j in rows[(p, i)]})
                 for p in policies
