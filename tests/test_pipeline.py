@@ -260,6 +260,18 @@ def test_run_resumes_after_interruption_then_skips_finished_stages(run_yaml, tmp
     assert summary["policies"]["sft"]["kl_sft"]["mean"] == 0.0  # the SFT policy is the KL reference itself
     markdown = (report / "report.md").read_text()
     assert summary["verdict_text"] in markdown and "![Reward landscape" in markdown
+    # A results page: the results table first (the headline pair on every split and judge, the pre-specified one
+    # first, then each policy against SFT), the verdict right under it; soup health and paired examples as tables.
+    page = (report / "report.html").read_text()
+    assert page.index("<h2>Results</h2>") < page.index("<table>") < page.index("<strong>Verdict</strong>")
+    table = summary["results_table"]
+    assert table[1][:3] == ["salsa vs ppo", "in-distribution", "gold judge"] and table[1][5] == "unresolved¹"
+    assert [row[0] for row in table[1:]] == sorted([row[0] for row in table[1:]], key=["salsa vs ppo", "salsa vs sft",
+            "ppo vs sft"].index)  # fmt: skip
+    assert "| KL(row \\|\\| column) | ingredient-0 | ingredient-1 | soup |" in markdown  # a | in a cell escaped
+    assert page.count('<div class="example">') == 3
+    # Clip fraction and approx. KL are 0 by construction (one gradient step per rollout): one line, not a flat plot.
+    assert "Training curves not drawn: clip fraction and approx. KL(old || new) per update were 0" in markdown
     results = json.loads((root / "eval/results.json").read_text())
     assert [p["alpha"] for p in results["landscape"]] == [0.0, 0.5, 1.0]
     # The built-in prompts come in subjects of near-paraphrases: the bootstrap draws subjects, and says so.

@@ -155,15 +155,50 @@ TRAINING_PANELS = (
     ("entropy (nats per token)", "diagnostics", ("entropy",)),
 )
 STYLES = ("-", "--", ":")
+# The ratio's panels are 0 by construction with one gradient step per rollout; drawn only when some update moved them.
+RATIO_PANELS = ("clip_fraction", "approx_kl")
+
+
+def _logged(results: dict, section: str, keys: tuple[str, ...]) -> list[str]:
+    """The keys of a panel that every run logged."""
+    curves = results.get(section) or {}
+    return [k for k in keys if curves and all(k in c for c in curves.values())]
+
+
+def flat_ratio_panels(results: dict) -> dict[str, str]:
+    """The ratio's panels (clip fraction, approx. KL) that are 0 at every update of every run: key -> label."""
+    return {
+        keys[0]: label
+        for label, section, keys in TRAINING_PANELS
+        if keys[0] in RATIO_PANELS
+        and _logged(results, section, keys)
+        and all(v == 0 for curve in results[section].values() for v in curve[keys[0]])
+    }
+
+
+def flat_ratio_text(results: dict) -> str | None:
+    """One line in place of the ratio's flat panels: that they are 0 throughout, and why."""
+    flat = flat_ratio_panels(results)
+    if not flat:
+        return None
+    why = (
+        "one gradient step per rollout (rl.ppo_epochs 1, one minibatch): the policy that sampled is the one updated, "
+        "so the ratio is 1 and nothing clips"
+        if "approx_kl" in flat  # KL(old || new) is 0 only where the ratio is 1
+        else "the ratio never left the clip range"
+    )
+    return f"Training curves not drawn: {' and '.join(flat.values())} were 0 at every update of every run ({why})."
+
+
+def training_panels(results: dict) -> list[tuple[str, str, list[str]]]:
+    """(label, section, keys drawn) of each panel of the training figure that can show something."""
+    flat = flat_ratio_panels(results)
+    logged = [(label, section, _logged(results, section, keys)) for label, section, keys in TRAINING_PANELS]
+    return [(label, section, keys) for label, section, keys in logged if keys and keys[0] not in flat]
 
 
 def _plot_training(results: dict, path: Path) -> None:
-    panels = []
-    for label, section, keys in TRAINING_PANELS:
-        curves = results.get(section) or {}
-        drawn = [k for k in keys if curves and all(k in c for c in curves.values())]
-        if drawn:
-            panels.append((label, section, drawn))
+    panels = training_panels(results)
     import matplotlib.pyplot as plt
 
     rows = (len(panels) + 1) // 2  # two panels a row, so that each stays readable at the page's width

@@ -1,7 +1,8 @@
 """`salsa report`: the evaluation as a Markdown file, a static HTML page, PNG plots and summary.json.
 
-The report is a list of blocks (headings, paragraphs, tables, images) rendered twice, to Markdown and to
-HTML, so the two always say the same thing. The verdict is computed, never written by hand: it is the rule's
+The report is a list of blocks (headings, paragraphs, notes, tables, images, example responses) rendered twice, to
+Markdown and to HTML, so the two always say the same thing: a results page that opens with the results table and the
+verdict. The verdict is computed, never written by hand: it is the rule's
 (`evaluation.stats.VERDICT_RULE`, applied when the evaluation was summarised) on the pre-specified comparison, with
 the win rate beside it as a description.
 """
@@ -16,18 +17,19 @@ from pathlib import Path
 
 from salsa import runtime
 from salsa.config import ReportConfig
+from salsa.data import prompt_text
 from salsa.engine import Stage
 from salsa.evaluation.soup_health import soup_health_text
 from salsa.evaluation.stats import VERDICT_RULE
 from salsa.evaluation.sweeps import sweeps_text
-from salsa.io import atomic_file, atomic_write_json, atomic_write_text, read_json
-from salsa.plots import JUDGE_TITLES, SPLIT_TITLES, all_comparisons, kl_label, pair_label, plots_for
+from salsa.io import atomic_file, atomic_write_json, atomic_write_text, read_json, read_jsonl
+from salsa.plots import JUDGE_TITLES, SPLIT_TITLES, all_comparisons, flat_ratio_text, kl_label, pair_label, plots_for
 from salsa.version import __version__
 
 
 @dataclass
 class Block:
-    kind: str  # heading | text | table | image | code
+    kind: str  # heading | text | notes | table | image | code | example
     content: object
 
 
@@ -138,9 +140,104 @@ def headline_comparison(results: dict) -> dict | None:
     return results["comparisons"][0] if results["comparisons"] else None
 
 
+def _key(c: dict) -> tuple:
+    return c["a"], c["b"], c["split"], c["judge"], bool(c.get("matched_kl"))
+
+
+def results_comparisons(comparisons: list[dict], headline: dict | None) -> tuple[list[dict], list[dict]]:
+    """The results table's comparisons: the headline pair on every split and judge (the pre-specified one first),
+    then each policy against SFT, a pair's rows together; and the others (other pairs, those at matched KL)."""
+    if headline is None:
+        return [], comparisons
+    pair = headline["a"], headline["b"]
+    main = [c for c in comparisons if not c.get("matched_kl") and ((c["a"], c["b"]) == pair or c["b"] == "sft")]
+    pairs = list(dict.fromkeys([pair] + [(c["a"], c["b"]) for c in main]))  # each pair's rows together
+    main.sort(key=lambda c: (_key(c) != _key(headline), pairs.index((c["a"], c["b"]))))
+    chosen = {_key(c) for c in main}
+    return main, [c for c in comparisons if _key(c) not in chosen]
+
+
+SHORT_SPLITS = {"in_distribution": "in", "out_of_distribution": "OOD"}  # the terminal's labels
+
+
+def _mark(number: int) -> str:
+    """A footnote mark: 12 -> ¹²."""
+    return str(number).translate(str.maketrans("0123456789", "⁰¹²³⁴⁵⁶⁷⁸⁹"))
+
+
+def comparison_rows(comparisons: list[dict], short: bool = False) -> tuple[list[list[str]], list[str]]:
+    """One row per comparison (A vs B, prompts, judge, mean A - B [CI], win rate [CI], the rule's verdict with a
+    footnote mark), and the footnotes: each distinct reason the rule gave, once. `short`: the terminal's labels."""
+    reasons: list[str] = []
+    rows = [["A vs B", "prompts", "judge", "mean A - B [CI]", "win rate [CI]", "verdict"]]
+    for c in comparisons:
+        if c["claim_reason"] not in reasons:
+            reasons.append(c["claim_reason"])
+        mark = _mark(reasons.index(c["claim_reason"]) + 1)
+        rows.append([
+            pair_label(c), SHORT_SPLITS[c["split"]] if short else SPLIT_TITLES[c["split"]],
+            c["judge"] if short else JUDGE_TITLES[c["judge"]], _difference(c), _win_rate(c), f"{c['claim']}{mark}",
+        ])  # fmt: skip
+    return rows, [f"{_mark(i + 1)} {reason}" for i, reason in enumerate(reasons)]
+
+
+def soup_health_tables(health: dict) -> tuple[list[list[str]], list[list[str]]]:
+    """The KL between every two members (row: whose samples; nats per response) and the soup against each
+    ingredient on every judge (mean difference and win rate, with intervals)."""
+    members = health["members"]
+    kl = [["KL(row || column)", *members]]
+    for a in members:
+        kl.append([a] + ["-" if a == b else _with_ci(health["kl"][f"{a}||{b}"], "{:.2f}") for b in members])
+    versus = [["soup vs", "judge", "mean soup - ingredient [CI]", "win rate [CI]"]]
+    for c in health["comparisons"]:
+        versus.append([c["b"], JUDGE_TITLES[c["judge"]], _difference(c), _win_rate(c)])
+    return kl, versus
+
+
+EXAMPLES = 3
+
+
+def example_responses(samples_file: Path, results: dict, count: int = EXAMPLES) -> list[dict]:
+    """`count` in-distribution prompts spread evenly over those every policy answered, each with every policy's
+    response to it with the same sampling seed (sample 0 of RL seed 0) and its scores; [] without samples.jsonl."""
+    if not samples_file.is_file():
+        return []
+    policies = [name for name, entry in results["policies"].items() if "merge" not in entry]  # not sweep points
+    rows = {
+        (r["policy"], r["index"]): r
+        for r in read_jsonl(samples_file)
+        if r.get("policy") in policies and "snapshot" not in r and "sweep" not in r
+        and (r["split"], r["seed_index"], r.get("sample", 0)) == ("in_distribution", 0, 0)
+    }  # fmt: skip
+    indices = sorted({i for _, i in rows if all((p, i) in rows for p in policies)})
+    chosen = sorted({indices[(2 * k + 1) * len(indices) // (2 * count)] for k in range(count)}) if indices else []
+    return [
+        {
+            "index": i,
+            "prompts": results["settings"]["prompts"]["in_distribution"],
+            "prompt": prompt_text(rows[(policies[0], i)]["prompt"]),  # a chat prompt's turns, one per line
+            "responses": [
+                (p, rows[(p, i)]["response"], {j: rows[(p, i)][j] for j in results["judges"] if j in rows[(p, i)]})
+                for p in policies
+            ],
+        }
+        for i in chosen
+    ]
+
+
 def _rate(c: dict) -> str:
+    return f"win rate {_win_rate(c)}"
+
+
+def _win_rate(c: dict) -> str:
+    """A comparison's win rate and its interval: 52.1% [40.3%, 63.0%]."""
     low, high = c["ci"]["win_rate"]
-    return f"win rate {c['win_rate']:.1%} [{low:.1%}, {high:.1%}]"
+    return f"{_pct(c['win_rate'])} [{_pct(low)}, {_pct(high)}]"
+
+
+def _difference(c: dict) -> str:
+    """A comparison's mean difference A - B and its interval: +0.012 [-0.031, +0.055]."""
+    return _with_ci({"mean": c["mean_difference"], "ci": c["ci"]["mean_difference"]})
 
 
 def _matched_kl_blocks(results: dict, confidence: float) -> list[Block]:
@@ -259,12 +356,9 @@ def _policy_table(results: dict) -> list[list[str]]:
 def _comparison_table(results: dict) -> list[list[str]]:
     rows = [["A vs B", "prompts", "judge", "win", "tie", "loss", "win rate [CI]", "mean A - B [CI]", "n"]]
     for c in all_comparisons(results):
-        low, high = c["ci"]["win_rate"]
-        difference = {"mean": c["mean_difference"], "ci": c["ci"]["mean_difference"]}
         rows.append([
             pair_label(c), SPLIT_TITLES[c["split"]], JUDGE_TITLES[c["judge"]],
-            _pct(c["win"]), _pct(c["tie"]), _pct(c["loss"]), f"{_pct(c['win_rate'])} [{_pct(low)}, {_pct(high)}]",
-            _with_ci(difference), str(c["n"]),
+            _pct(c["win"]), _pct(c["tie"]), _pct(c["loss"]), _win_rate(c), _difference(c), str(c["n"]),
         ])  # fmt: skip
     return rows
 
@@ -282,15 +376,40 @@ def _markdown(blocks: list[Block]) -> str:
             parts.append(str(block.content))
         elif block.kind == "table":
             rows = block.content
-            lines = ["| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
-            lines += ["| " + " | ".join(r) + " |" for r in rows[1:]]
+            lines = ["| " + " | ".join(c.replace("|", "\\|") for c in r) + " |" for r in rows]  # a | in a cell: \|
+            lines.insert(1, "|" + "---|" * len(rows[0]))
             parts.append("\n".join(lines))
         elif block.kind == "image":
             file, alt = block.content
             parts.append(f"![{alt}]({file})")
         elif block.kind == "code":
-            parts.append("```\n" + str(block.content).rstrip() + "\n```")
+            parts.append(_fenced(str(block.content)))
+        elif block.kind == "notes":
+            parts.append("  \n".join(block.content))  # one note a line (a hard line break)
+        elif block.kind == "example":
+            parts.append(_example_markdown(block.content))
     return "\n\n".join(parts) + "\n"
+
+
+def _fenced(text: str) -> str:
+    """A fenced code block that no run of backticks in `text` can close early."""
+    fence = "`" * max(3, 1 + max((len(run) for run in re.findall(r"`+", text)), default=0))
+    return f"{fence}\n{text.rstrip()}\n{fence}"
+
+
+def _example_title(example: dict) -> str:
+    return f"Prompt {example['index'] + 1} of {example['prompts']} (in-distribution)"
+
+
+def _scores(scores: dict) -> str:
+    return ", ".join(f"{JUDGE_TITLES[judge]} {value:+.3f}" for judge, value in scores.items())
+
+
+def _example_markdown(example: dict) -> str:
+    parts = [f"**{_example_title(example)}**", _fenced(example["prompt"])]
+    for policy, response, scores in example["responses"]:
+        parts += [f"*{policy}* ({_scores(scores)})", _fenced(response or "(empty response)")]
+    return "\n\n".join(parts)
 
 
 def _html(blocks: list[Block], title: str) -> str:
@@ -306,21 +425,44 @@ def _html(blocks: list[Block], title: str) -> str:
             rows = block.content
             head = "".join(f"<th>{html.escape(c)}</th>" for c in rows[0])
             cells = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows[1:])
-            body.append(f"<table><thead><tr>{head}</tr></thead><tbody>{cells}</tbody></table>")
+            body.append(f'<div class="wide"><table><thead><tr>{head}</tr></thead><tbody>{cells}</tbody></table></div>')
         elif block.kind == "image":
             file, alt = block.content
             body.append(f'<figure><img src="{html.escape(file)}" alt="{html.escape(alt)}"></figure>')
         elif block.kind == "code":
             body.append(f"<pre>{html.escape(str(block.content))}</pre>")
+        elif block.kind == "notes":
+            body.append('<p class="notes">' + "<br>".join(html.escape(note) for note in block.content) + "</p>")
+        elif block.kind == "example":
+            body.append(_example_html(block.content))
     style = (
         "body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;line-height:1.45}"
         "table{border-collapse:collapse;margin:1em 0;font-size:0.9em}"
         "td,th{border:1px solid #ccc;padding:4px 8px;text-align:left}th{background:#f3f3f3}"
         "img{max-width:100%}pre{background:#f6f6f6;padding:1em;overflow-x:auto;font-size:0.85em}"
+        "td{font-variant-numeric:tabular-nums;white-space:nowrap;vertical-align:top}.wide{overflow-x:auto}"
+        ".notes{font-size:0.85em;color:#444}"
+        ".example{border-left:3px solid #ccc;padding-left:1em;margin:1.5em 0}td.response{white-space:pre-wrap}"
+        ".prompt{white-space:pre-wrap;background:#f6f6f6;padding:0.5em}"
     )
     return (
         f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
         f"<style>{style}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n"
+    )
+
+
+def _example_html(example: dict) -> str:
+    judges = list(example["responses"][0][2])
+    head = "".join(f"<th>{html.escape(JUDGE_TITLES[j])}</th>" for j in judges)
+    rows = "".join(
+        f"<tr><td>{html.escape(policy)}</td>" + "".join(f"<td>{scores[j]:+.3f}</td>" for j in judges)
+        + f'<td class="response">{html.escape(response) if response else "<em>(empty response)</em>"}</td></tr>'
+        for policy, response, scores in example["responses"]
+    )  # fmt: skip
+    return (
+        f'<div class="example"><p><strong>{html.escape(_example_title(example))}</strong></p>'
+        f'<p class="prompt">{html.escape(example["prompt"])}</p>'
+        f"<table><thead><tr><th>policy</th>{head}<th>response</th></tr></thead><tbody>{rows}</tbody></table></div>"
     )
 
 
@@ -346,20 +488,22 @@ def write_report(eval_dir: str | Path, out: str | Path | None = None, run_info: 
     out = Path(out) if out is not None else Path(eval_dir).parent / "report"
     with Stage(config, out, overwrite=True) as stage:
         if runtime.is_main_process():
-            _render(stage.inputs["eval_dir"], stage.out, run_info)
+            _render(stage.inputs["eval_dir"], Path(eval_dir) / "samples.jsonl", stage.out, run_info)
         stage.finish()
     return out
 
 
-def _render(results: dict, out: Path, run_info: dict | None) -> None:
+def _render(results: dict, samples_file: Path, out: Path, run_info: dict | None) -> None:
     confidence = results["settings"]["confidence"]
     headline = headline_comparison(results)
     title = "salsa report"
     headline_verdict = verdict(headline, confidence) if headline else None
+    main, others = results_comparisons(all_comparisons(results), headline)
+    health = results.get("soup_health")
     blocks = [Block("heading", (1, title))]
-    if results.get("soup_health"):  # first: it says whether the comparison below can show anything
-        blocks.append(Block("text", "**Soup health.** " + soup_health_text(results["soup_health"])))
-    blocks += _verdict_blocks(results, headline, headline_verdict)
+    if health and not health["distinct"]:  # before any result: the comparison below can show little
+        blocks.append(Block("text", "**Soup health.** " + soup_health_text(health) + " (See Soup health below.)"))
+    blocks += _results_blocks(results, main, headline, headline_verdict)
     rl_vs_sft = against_sft(results)
     if rl_vs_sft:
         blocks.append(Block("text", "**Against the SFT model** (in-distribution prompts). " + " ".join(rl_vs_sft)))
@@ -379,10 +523,24 @@ def _render(results: dict, out: Path, run_info: dict | None) -> None:
             )
         )
     blocks += _matched_kl_blocks(results, confidence)
+    if others:
+        rows, notes = comparison_rows(others)
+        blocks += [
+            Block("heading", (2, "Other comparisons")),
+            Block("text", f"Each with its own {confidence:.0%} interval, not adjusted for multiple comparisons."),
+            Block("table", rows),
+            Block("notes", notes),
+        ]
+    if health:
+        blocks += _soup_health_blocks(health)
+    blocks += _example_blocks(example_responses(samples_file, results), results["settings"])
     plots = plots_for(results)
     if plots:
         blocks.append(Block("heading", (2, "Plots")))
         blocks += [Block("image", (file, alt)) for file, alt, _ in plots]
+    flat = flat_ratio_text(results) if results["frontier"] else None
+    if flat:
+        blocks.append(Block("text", flat))
     if results.get("sweeps"):
         blocks.append(Block("text", sweeps_text(results)))
     if results["frontier"]:
@@ -415,10 +573,13 @@ def _render(results: dict, out: Path, run_info: dict | None) -> None:
         "verdict_text": headline_verdict,
         "against_sft": rl_vs_sft,
         "headline": headline,
+        "confidence": confidence,
+        "judges": results["judges"],
         "policies": results["policies"],
         "comparisons": results["comparisons"],
         "matched_kl": results.get("matched_kl"),
         "matched_kl_comparisons": results.get("matched_kl_comparisons", []),
+        "results_table": comparison_rows(main)[0],
         "table": policy_table,
         "win_rates": comparison_table,
         "timings": (run_info or {}).get("timings"),
@@ -427,28 +588,59 @@ def _render(results: dict, out: Path, run_info: dict | None) -> None:
     atomic_write_json(out / "summary.json", summary)
 
 
-def _verdict_blocks(results: dict, headline: dict | None, headline_verdict: str | None) -> list[Block]:
-    """The verdict on the pre-specified comparison, then the secondary comparisons in one sentence."""
+def _results_blocks(results: dict, main: list[dict], headline: dict | None, sentence: str | None) -> list[Block]:
+    """The results table (each policy against the baseline), the verdict on the pre-specified comparison right under
+    it, and its test over seeds."""
     if not headline:
         return []
-    blocks = [Block("text", "**Verdict** (the pre-specified comparison). " + headline_verdict)]
-    if headline.get("seed_test"):
-        blocks.append(Block("text", seed_test_text(headline)))
-    secondary = [c for c in results["comparisons"] if c is not headline]
-    if secondary:
-        listed = "; ".join(
-            f"{pair_label(c)}, {SPLIT_TITLES[c['split']]}, {JUDGE_TITLES[c['judge']]}: {_rate(c)}, {c['claim']}"
-            for c in secondary
-        )
-        blocks.append(
-            Block(
-                "text",
-                f"Secondary comparisons (each with its own {results['settings']['confidence']:.0%} interval, not "
-                f"adjusted for multiple comparisons; they describe, the verdict above decides; each with its "
-                f"verdict by the rule): {listed}.",
-            )
-        )
-    return blocks
+    rows, notes = comparison_rows(main)
+    confidence = results["settings"]["confidence"]
+    return [
+        Block("heading", (2, "Results")),
+        Block(
+            "text",
+            "Each policy against the baseline on the same prompts and sampling seeds, prompt by prompt: the mean score "
+            f"difference A - B and the win rate, each with its {confidence:.0%} bootstrap interval, and the verdict "
+            'on "A beats B" by the rule fixed in advance (its reason in the notes). The first row is the '
+            "pre-specified comparison; the others are secondary (not adjusted for multiple comparisons).",
+        ),
+        Block("table", rows),
+        Block("notes", notes),
+        Block("text", "**Verdict** (the pre-specified comparison). " + sentence),
+        *([Block("text", seed_test_text(headline))] if headline.get("seed_test") else []),
+    ]
+
+
+def _soup_health_blocks(health: dict) -> list[Block]:
+    """Is the soup a soup: the KL between its members and the soup against each ingredient, as two small tables."""
+    kl, versus = soup_health_tables(health)
+    return [
+        Block("heading", (2, "Soup health")),
+        Block(
+            "text",
+            "KL between the soup's members on the in-distribution prompts (nats per response, on the row's own "
+            "samples), and the soup against each ingredient, prompt by prompt.",
+        ),
+        Block("table", kl),
+        Block("table", versus),
+        Block("text", soup_health_text(health)),
+    ]
+
+
+def _example_blocks(examples: list[dict], settings: dict) -> list[Block]:
+    """A few prompts with every policy's answer to each, drawn with the same seed."""
+    if not examples:
+        return []
+    return [
+        Block("heading", (2, "Example responses")),
+        Block(
+            "text",
+            f"{len(examples)} in-distribution prompts spread over the {settings['prompts']['in_distribution']}, each "
+            "answered by every policy with the same sampling seed (sample 0; RL seed 0 of each policy), with each "
+            "judge's score.",
+        ),
+        *(Block("example", example) for example in examples),
+    ]
 
 
 def _table_blocks(results: dict, policy_table: list, comparison_table: list) -> list[Block]:
@@ -466,7 +658,7 @@ def _table_blocks(results: dict, policy_table: list, comparison_table: list) -> 
             + f". Means with {confidence:.0%} bootstrap intervals; KL on in-distribution prompts, nats per response.",
         ),
         Block("table", policy_table),
-        Block("heading", (2, "Win rates")),
+        Block("heading", (2, "All comparisons: win, tie and loss")),
         Block(
             "text",
             f"Prompt by prompt: A wins if its score exceeds B's by more than {settings['tie_margin']}. Intervals: "
@@ -505,23 +697,66 @@ def _appendix_blocks(run_info: dict | None, environment: dict) -> list[Block]:
     ]
 
 
-def print_summary(out: str | Path) -> None:
-    """The verdict and the result tables of a written report, on the terminal."""
-    from rich.markup import escape
+KL_TITLES = {"kl_sft": "KL to SFT", "kl_soup": "KL to soup"}
+
+
+def _policy_rows_short(policies: dict, judges: list[str]) -> list[list[str]]:
+    """The policies' means for the terminal: a row per policy and measure (each judge that scored it, its KL to SFT
+    and to the soup on the in-distribution prompts), a column per split."""
+    first = next(iter(policies.values()))
+    splits = list(first["splits"])
+    scored = [j for j in judges if j in first["splits"][splits[0]]]
+    rows = [["policy", "measure", *(SPLIT_TITLES[split] for split in splits)]]
+    for name, entry in policies.items():
+        measures = [(j, [_with_ci(entry["splits"][split][j]) for split in splits]) for j in scored]
+        measures += [
+            (title, [_with_ci(entry[k], "{:.2f}") if split == "in_distribution" else "-" for split in splits])
+            for k, title in KL_TITLES.items()
+            if k in entry
+        ]
+        rows += [[name if i == 0 else "", measure, *cells] for i, (measure, cells) in enumerate(measures)]
+    return rows
+
+
+def terminal_table(rows: list[list[str]], title: str | None = None):
+    """A rich table that wraps a cell between words and never cuts one (each column at least as wide as its longest
+    word: a signed number, a bracketed bound), two spaces between columns and no rules, so that a row of the results
+    table (worst case: "OOD  reward  -0.111 [-0.205, -0.015]  100.0% [100.0%, 100.0%]  contradicted¹") fits 80."""
+    from rich import box
     from rich.table import Table
+
+    table = Table(title=title, box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, padding=(0, 1, 0, 0),
+                  title_justify="left")  # fmt: skip
+    for i, header in enumerate(rows[0]):
+        table.add_column(header, min_width=max(len(word) for row in rows for word in row[i].split()))
+    for row in rows[1:]:
+        table.add_row(*row)
+    return table
+
+
+def print_summary(out: str | Path) -> None:
+    """The results table (a table per pair), the verdict and the policies' means of a written report, on the
+    terminal."""
+    from rich.markup import escape
 
     from salsa.progress import console
 
     if not runtime.is_main_process():
         return
     summary = read_json(Path(out) / "summary.json")
-    for rows in (summary["table"], summary["win_rates"]):
-        table = Table(*rows[0])
-        for row in rows[1:]:
-            table.add_row(*row)
-        console.print(table)
+    main, _ = results_comparisons(summary["comparisons"], summary["headline"])
+    rows, notes = comparison_rows(main, short=True)
+    for pair in dict.fromkeys(row[0] for row in rows[1:]):
+        console.print(terminal_table([rows[0][1:]] + [row[1:] for row in rows[1:] if row[0] == pair], escape(pair)))
+    for note in notes:
+        console.print(escape(note))
     if summary["verdict"]:
         console.print(f"[bold]verdict:[/] {escape(summary['verdict_text'].replace('**', ''))}")
     for sentence in summary.get("against_sft", []):
         console.print(f"[bold]against SFT:[/] {escape(sentence)}")
+    console.print(terminal_table(_policy_rows_short(summary["policies"], summary["judges"]), "Policies' means"))
+    console.print(
+        f"Means and differences with {summary['confidence']:.0%} bootstrap intervals; every comparison, the plots and "
+        "example responses are in the report."
+    )
     console.print(f"report: {Path(out) / 'report.html'} ({Path(out) / 'report.md'})")

@@ -72,24 +72,15 @@ def summarise_soup_health(rows: list[dict], judges: list[str], config: EvalConfi
 
 
 def soup_health_text(health: dict) -> str:
-    """The report's paragraph: how far apart the ingredients are, and what that means for the comparison."""
-    kl = health["kl"]
-    pairs = ", ".join(f"KL({k.replace('||', ' || ')}) {v['mean']:.2f} [{v['ci'][0]:.2f}, {v['ci'][1]:.2f}]"
-                      for k, v in kl.items())  # fmt: skip
-    versus = "; ".join(
-        f"soup vs {c['b']} on {c['judge']}: {c['mean_difference']:+.3f} "
-        f"[{c['ci']['mean_difference'][0]:+.3f}, {c['ci']['mean_difference'][1]:+.3f}]"
-        for c in health["comparisons"]
-    )
+    """The report's sentence under its soup-health tables: how far apart the ingredients are, and what that means for
+    the comparison."""
     if health["distinct"]:
-        meaning = (
+        return (
             f"The closest two ingredients are {health['closest_ingredients_kl']:.2f} nats apart (at least the "
             f"{health['threshold']} that counts as distinct here): the soup is a model of its own."
         )
-    else:
-        meaning = (
-            f"**The ingredients are only {health['closest_ingredients_kl']:.2f} nats apart** (less than "
-            f"{health['threshold']}): the soup is effectively one of them, so a soup reference can change little; read "
-            "any SALSA-against-PPO difference below with that in mind."
-        )
-    return f"{meaning} Per response, on the in-distribution prompts: {pairs}. Mean score differences: {versus}."
+    return (
+        f"**The ingredients are only {health['closest_ingredients_kl']:.2f} nats apart** (less than "
+        f"{health['threshold']}): the soup is effectively one of them, so a soup reference can change little; read "
+        "any SALSA-against-PPO difference with that in mind."
+    )
