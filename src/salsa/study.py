@@ -59,9 +59,9 @@ def _write(target: Path, text: str) -> Path:
 
 def _base_files(run: Path) -> list[Path]:
     """The base's records a study doc may quote: the data sheet, the reward model's and the soup's records, the
-    SFT models' metrics, the stages' timings."""
+    SFT models' metrics, the stages' timings, the shared reward normalisation."""
     wanted = [run / "pipeline.json", run / "reward" / "eval.json", run / "soup" / "soup.json",
-              run / "data" / "datasheet.md"]  # fmt: skip
+              run / "data" / "datasheet.md", run / "normalisation" / "reward_normalisation.json"]  # fmt: skip
     for sft in sorted((run / "sft").glob("sft-*")):
         wanted += [sft / "salsa_complete.json", sft / "metrics.jsonl"]
     return [p for p in wanted if p.is_file()]
