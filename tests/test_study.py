@@ -109,7 +109,7 @@ def test_a_grid_run_in_two_shards_renders_the_doc_of_the_whole_grid(study):
     assert run_pipeline(_config(root, "shard-0"), show_progress=False, shard="0/2") is None  # no eval: jobs missing
     archive(root / "shard-0", halves)
     partial = render(halves).read_text()
-    assert partial.startswith("> **Incomplete: 2 of 5 planned jobs are missing** (salsa/seed-0, ppo/seed-0)")
+    assert partial.startswith("> **Incomplete: 2 of 5 planned jobs are missing** (ppo/seed-0, salsa/seed-0)")
     assert "supported" not in partial and "contradicted" not in partial and "unresolved" not in partial
     assert "Verdict by the rule: withheld" in partial
     run_pipeline(_config(root, "shard-1"), show_progress=False, shard="1/2")
