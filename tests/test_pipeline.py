@@ -94,7 +94,7 @@ def test_arms_as_data_give_the_two_by_two_with_its_own_seeds_and_a_kl_frontier(r
 def test_an_sft_arm_without_an_index_starts_seed_s_from_sft_model_s_mod_k(run_yaml, tmp_path):
     from salsa.config_loading import save_config
     from salsa.evaluation.summary import _arm_of
-    from salsa.io import SOUP_RECORD
+    from salsa.io import COMPLETE_MARKER, SOUP_RECORD
 
     arms = "{salsa: 'soup:soup', ppo: 'sft:sft', init-soup: 'soup:sft', ref-soup: 'sft:soup', pinned: 'sft-1:sft-1'}"
     plan = plan_run(run_yaml, [f"run.arms={arms}", "run.seeds=3"])
@@ -116,6 +116,7 @@ def test_an_sft_arm_without_an_index_starts_seed_s_from_sft_model_s_mod_k(run_ya
     (root / "soup" / SOUP_RECORD).write_text(json.dumps({"ingredients": sft}))
     for name, config in plan.rl.items():
         save_config(config, root / name / "config.yaml", section="rl")
+        (root / name / COMPLETE_MARKER).write_text(json.dumps({"stage": "rl"}))  # a finished RL run's
     cells = {arm: _arm_of(plan.eval.policies[arm][1:]) for arm in ("salsa", "ppo", "init-soup", "ref-soup")}
     assert cells == {"salsa": ("soup", "soup", 0.05), "ppo": ("sft", "sft", 0.05),
                      "init-soup": ("soup", "sft", 0.05), "ref-soup": ("sft", "soup", 0.05)}  # fmt: skip
