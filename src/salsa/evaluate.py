@@ -45,7 +45,7 @@ from salsa.generation import check_prompt_lengths
 from salsa.io import atomic_write_json, atomic_write_text
 from salsa.models import load_tokenizer
 from salsa.progress import training_progress
-from salsa.rl.snapshots import list_snapshots, load_snapshot
+from salsa.snapshots import list_snapshots, load_snapshot
 from salsa.standard_sets import SETS, load_set
 from salsa.tasks import current_gold_version
 

@@ -42,6 +42,7 @@ from salsa.progress import console, training_progress
 from salsa.scoring import LAYOUTS, RewardModel
 from salsa.seeding import batch_stream
 from salsa.shipped import DEFAULT_MODEL, default_encoder_path
+from salsa.weights.merge import average_into
 
 
 def bradley_terry_loss(chosen: torch.Tensor, rejected: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
@@ -438,8 +439,6 @@ def _train_members(
 def _average(backbone: str, folders: list[Path], pairs: list[PreferencePair], out: Path) -> RewardModel:
     """The members' uniform weight average, streamed into `out` as `salsa soup` streams a soup, with the normalisation
     of its own scores (measured as a single model's are)."""
-    from salsa.soup import average_into
-
     with atomic_dir(out) as tmp:
         average_into([folder / "model" for folder in folders], tmp)
         average = RewardModel.load(str(tmp))

@@ -15,8 +15,7 @@ from salsa.data import Prompt, prompt_text
 from salsa.evaluation.ifeval import METRICS as IFEVAL_METRICS
 from salsa.generation import Generation, generate
 from salsa.models import load_causal_lm
-from salsa.rl.core import sequence_kl
-from salsa.rl.policy import response_forward
+from salsa.policy import response_forward, sequence_kl
 from salsa.seeding import derive_seed
 
 

@@ -70,7 +70,7 @@ class Reference:
         return self.model.disable_adapter() if self.adapters_off else contextlib.nullcontext()
 
     def logprobs(self, sequences, attention_mask, prompt_length: int, temperature: float) -> torch.Tensor:
-        from salsa.rl.policy import response_forward
+        from salsa.policy import response_forward
 
         with self.scoring():
             return response_forward(self.model, sequences, attention_mask, prompt_length, temperature).logprobs
