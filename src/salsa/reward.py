@@ -26,9 +26,10 @@ import torch
 import torch.nn.functional as F
 from accelerate.utils import set_seed
 from rich.progress import Progress
+from scipy.stats import spearmanr
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, BertModel, get_scheduler
 
-from salsa import runtime
+from salsa import encoder_reward, runtime
 from salsa.config import RewardConfig
 from salsa.data import PreferencePair, Prompt, prompt_key
 from salsa.encoder_reward import SalsaEncoderRewardConfig, SalsaEncoderRewardModel
@@ -73,8 +74,6 @@ def save_reward_model(reward: RewardModel, backbone: str, out: Path) -> None:
     """A directory that `RewardModel.load`, plain transformers and TRL all load as a sequence-classification model:
     the encoder's own architecture travels with it (modeling_salsa_encoder_reward.py, loaded with
     trust_remote_code=True); the causal backbone is a standard `*ForSequenceClassification`."""
-    from salsa import encoder_reward
-
     with atomic_dir(out) as tmp:
         if backbone == "encoder":
             module = "modeling_salsa_encoder_reward"
@@ -97,8 +96,6 @@ def _write_meta(reward: RewardModel, backbone: str, folder: Path) -> None:
 
 def spearman(x: list[float] | torch.Tensor, y: list[float] | torch.Tensor) -> float:
     """Spearman rank correlation (average ranks for ties)."""
-    from scipy.stats import spearmanr
-
     return float(spearmanr(list(map(float, x)), list(map(float, y))).statistic)
 
 

@@ -17,6 +17,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from rich.markup import escape
+
+from salsa.progress import console
+
 TRACKERS = ("tensorboard", "wandb", "mlflow", "trackio")
 PROJECT = "salsa"  # the wandb project, mlflow experiment and trackio project unless the user names one
 
@@ -45,7 +49,7 @@ def _columns(rows: list[dict]) -> list[str]:
 
 class TensorBoard:
     def __init__(self, folder: Path, run_name: str, config: dict, resume_step: int):
-        from torch.utils.tensorboard import SummaryWriter
+        from torch.utils.tensorboard import SummaryWriter  # torch: the CLI reads report_to without it
 
         # purge_step hides the events the interrupted run wrote after its checkpoint.
         self._writer = SummaryWriter(str(Path(folder) / "tensorboard"), purge_step=resume_step + 1)
@@ -67,7 +71,7 @@ class TensorBoard:
 
 class Wandb:
     def __init__(self, folder: Path, run_name: str, config: dict, resume_step: int):
-        import wandb
+        import wandb  # each tracker but TensorBoard is an optional extra (salsa[trackers])
 
         self._wandb = wandb
         # WANDB_MODE passed on: wandb reads its environment once per process.
@@ -78,10 +82,6 @@ class Wandb:
         project = os.environ.get("WANDB_PROJECT", PROJECT)
         self._run = wandb.init(project=project, name=run_name, config=config, mode=mode, reinit="create_new")
         if offline_by_choice:
-            from rich.markup import escape
-
-            from salsa.progress import console
-
             console.print(
                 f"wandb: no login found, so the run is logged offline in {escape(str(self._run.dir))}; "
                 "`wandb sync` uploads it"
