@@ -25,10 +25,9 @@ from salsa.config import (
 )
 from salsa.config_loading import describe_fields, load_stage_config
 from salsa.errors import SalsaError, os_error_message
-from salsa.inputs import validate
 
-# Commands import their stage (and runtime, transformers) inside them: `salsa --help` and a mistake in a config
-# answer without loading torch.
+# Commands import their stage (and inputs, runtime, transformers) inside them: `salsa --help` answers without
+# loading torch or the hub client, and a mistake in a config without loading torch.
 app = typer.Typer(
     help="salsa: soup-referenced RLHF. Fine-tune K models, average them into a soup, and use the soup as the "
     "KL reference for RL.",
@@ -104,6 +103,8 @@ def _fail(message: str, code: int = 2) -> None:
 def _checked(config, out: str | Path | None = None):
     """The config, after every check of its values and inputs: before torch and the stage's module load, so a
     mistake is reported at once (the stage itself reuses this check)."""
+    from salsa.inputs import validate
+
     validate(config, Path(out if out is not None else config.output_dir))
     return config
 

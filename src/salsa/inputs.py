@@ -18,9 +18,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from huggingface_hub import is_offline_mode, try_to_load_from_cache
-from huggingface_hub.utils import HFValidationError, validate_repo_id
-
 from salsa import data, standard_sets
 from salsa.config import REWARD_BACKBONES
 from salsa.config_loading import validate_values
@@ -54,6 +51,10 @@ def check_model_reference(ref: str, where: str, download: bool = False) -> None:
         return
     if _looks_like_path(ref):
         raise ConfigError(f"{where}: model directory {ref} does not exist")
+    # huggingface_hub loads httpx (a second of start-up): only a hub id needs it.
+    from huggingface_hub import is_offline_mode, try_to_load_from_cache
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
     try:
         validate_repo_id(ref)
     except HFValidationError:
@@ -234,6 +235,8 @@ def _parse_data(kind: str, source: str, split: str, download: bool) -> Any:
             name = data.hub_source(source)[0]
         else:
             name = source
+        from huggingface_hub.utils import HFValidationError, validate_repo_id  # as above: a hub name only
+
         try:
             validate_repo_id(name)
         except HFValidationError:

@@ -17,10 +17,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-from rich.markup import escape
-
-from salsa.progress import console
-
 TRACKERS = ("tensorboard", "wandb", "mlflow", "trackio")
 PROJECT = "salsa"  # the wandb project, mlflow experiment and trackio project unless the user names one
 
@@ -82,6 +78,11 @@ class Wandb:
         project = os.environ.get("WANDB_PROJECT", PROJECT)
         self._run = wandb.init(project=project, name=run_name, config=config, mode=mode, reinit="create_new")
         if offline_by_choice:
+            # The CLI imports this module at start-up; rich's progress bars load only when wandb reports.
+            from rich.markup import escape
+
+            from salsa.progress import console
+
             console.print(
                 f"wandb: no login found, so the run is logged offline in {escape(str(self._run.dir))}; "
                 "`wandb sync` uploads it"
