@@ -42,7 +42,7 @@ def salsa_run(algorithm: str, args, out: Path, rewards) -> list[tuple[float, str
     """A salsa run under the wall-clock budget; its policy snapshots at the checkpoints of the budget."""
     from salsa.config import RLConfig
     from salsa.rl.ppo import train_rl
-    from salsa.rl.snapshots import list_snapshots, load_snapshot
+    from salsa.snapshots import list_snapshots, load_snapshot
 
     # The group methods need several responses per prompt: RLOO 4 to each of 8 prompts; GRPO TRL's GRPOTrainer's
     # defaults (8 responses to a prompt, 8 sequences an update), 8 prompts a rollout.

@@ -203,12 +203,12 @@ def test_a_soup_with_a_nan_ingredient_is_refused_before_its_shard_lands(tmp_path
 
 
 def test_os_refusals_become_one_line_naming_the_path(tmp_path, tiny_model_dir, monkeypatch):
-    import salsa.soup
+    import salsa.weights.merge
 
     def full_disk(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "soup" / "model.safetensors"))
 
-    monkeypatch.setattr(salsa.soup, "write_streaming", full_disk)
+    monkeypatch.setattr(salsa.weights.merge, "write_streaming", full_disk)
     with pytest.raises(SalsaError, match=r"soup/model.safetensors: no space left on the device; free some space"):
         build_soup([tiny_model_dir, tiny_model_dir], tmp_path / "soup")
     monkeypatch.undo()

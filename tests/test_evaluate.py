@@ -19,8 +19,8 @@ from salsa.evaluation.stats import (
     win_tie_loss,
     within_prompt_interval,
 )
+from salsa.policy import sequence_kl
 from salsa.report import verdict
-from salsa.rl.core import sequence_kl
 
 
 def test_outcomes_and_rates_by_hand_with_ties():
@@ -315,7 +315,7 @@ def test_the_verdict_sentence_is_the_rules_not_the_win_rates():
 def test_generation_logprobs_equal_a_forward_pass(tokenizer, tiny_model_dir):
     from salsa.generation import generate
     from salsa.models import load_causal_lm
-    from salsa.rl.policy import response_forward
+    from salsa.policy import response_forward
 
     model = load_causal_lm(str(tiny_model_dir)).eval()
     prompts = ["Say something.", "Write a one-sentence review of a cinema."]

@@ -5,7 +5,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from salsa.models import forward_logits
-from salsa.rl.policy import response_forward
+from salsa.policy import response_forward
 
 # Tiny configs of architectures whose final logits are not just the output projection.
 FAMILIES = {

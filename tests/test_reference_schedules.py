@@ -10,7 +10,7 @@ from torch import nn
 
 from salsa.config import RLConfig
 from salsa.models import load_causal_lm, save_tiny_model
-from salsa.rl.policy import fresh_policy
+from salsa.policy import fresh_policy
 from salsa.rl.ppo import train_rl
 from salsa.rl.reference import Reference, load_reference, move_towards, reference_schedule
 from salsa.soup import build_soup

@@ -13,10 +13,10 @@ from salsa.config import RLConfig
 from salsa.errors import ConfigError
 from salsa.generation import encode_prompts, generate, left_pad, position_ids, response_mask
 from salsa.models import load_causal_lm, save_tiny_model
-from salsa.rl.policy import response_forward
+from salsa.policy import response_forward
 from salsa.rl.ppo import train_rl
 from salsa.rl.reference import load_reference, shares_the_policy_base
-from salsa.rl.snapshots import list_snapshots, load_snapshot
+from salsa.snapshots import list_snapshots, load_snapshot
 from salsa.soup import build_soup
 
 PROMPTS = ["Say something.", "Write a word.", "Tell me a story.", "Describe the sea.",

@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 
+from salsa.policy import entropy_from_logprobs
 from salsa.rl.core import (
     AdaptiveKLController,
     advantage_diagnostics,
@@ -12,7 +13,6 @@ from salsa.rl.core import (
     clipped_value_loss,
     discounted_returns,
     dpo_loss,
-    entropy_from_logprobs,
     explained_variance,
     gae,
     grpo_advantages,

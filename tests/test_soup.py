@@ -82,7 +82,9 @@ def test_streamed_soup_equals_hand_computed_average(tmp_path):
 
 
 def test_chunked_streaming_matches_whole_tensor_average(tmp_path, monkeypatch):
-    monkeypatch.setattr("salsa.soup.CHUNK_ELEMENTS", 3)  # every tensor spans several chunks, the last one partial
+    monkeypatch.setattr(
+        "salsa.weights.merge.CHUNK_ELEMENTS", 3
+    )  # every tensor spans several chunks, the last one partial
     generator = torch.Generator().manual_seed(0)
     states = [
         {
@@ -352,7 +354,7 @@ def test_streamed_expo_liti_and_slerp_equal_hand_computations(tmp_path, monkeypa
         assert [m["parameters"]["weight"] for m in merge["models"]] == weights
 
     # Slerp, one element per streamed piece: the norms and dot product are sums over the pieces.
-    monkeypatch.setattr("salsa.soup.CHUNK_ELEMENTS", 1)
+    monkeypatch.setattr("salsa.weights.merge.CHUNK_ELEMENTS", 1)
     from salsa.weights import reader
 
     hashed_from, real_hash_file = [], reader.hash_file  # where each file's hash went on after the reads
@@ -378,7 +380,9 @@ def test_streamed_expo_liti_and_slerp_equal_hand_computations(tmp_path, monkeypa
 
 
 def test_streamed_slerp_in_pieces_equals_the_in_memory_slerp(tmp_path, monkeypatch):
-    monkeypatch.setattr("salsa.soup.CHUNK_ELEMENTS", 3)  # every tensor spans several pieces, the last one partial
+    monkeypatch.setattr(
+        "salsa.weights.merge.CHUNK_ELEMENTS", 3
+    )  # every tensor spans several pieces, the last one partial
     generator = torch.Generator().manual_seed(0)
     states = [
         {"w": torch.randn(5, 2, generator=generator), "h": torch.randn(7, generator=generator).to(torch.bfloat16)}

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import torch
+from accelerate.utils import gather_object
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
@@ -79,8 +80,6 @@ def save_checkpoint(
     Every process calls it (their RNG states are gathered); the main process writes. The weights and optimizer
     state are whole (`runtime.trainable_state`, `runtime.optimizer_state`), the same for every process.
     """
-    from accelerate.utils import gather_object
-
     own = {"cpu": torch.get_rng_state()}
     if torch.cuda.is_available():
         own["cuda"] = torch.cuda.get_rng_state()

@@ -24,8 +24,10 @@ from salsa.config import (
     SoupConfig,
 )
 from salsa.config_loading import describe_fields, load_stage_config
-from salsa.errors import SalsaError
+from salsa.errors import SalsaError, os_error_message
 
+# Commands import their stage (and inputs, runtime, transformers) inside them: `salsa --help` answers without
+# loading torch or the hub client, and a mistake in a config without loading torch.
 app = typer.Typer(
     help="salsa: soup-referenced RLHF. Fine-tune K models, average them into a soup, and use the soup as the "
     "KL reference for RL.",
@@ -444,8 +446,6 @@ def study_render(
 
 def main() -> None:
     """Entry point: user mistakes become one red line and exit code 2, never a traceback."""
-    from salsa.errors import os_error_message
-
     try:
         app(standalone_mode=False)
     except SalsaError as e:

@@ -8,16 +8,14 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar
+from typing import ClassVar
 
 from salsa.errors import ConfigError
 from salsa.options import above, at_least, fraction, known_task, one_of, option
 from salsa.shipped import DEFAULT_MODEL
+from salsa.sweep_spec import SweepPoint, sweep_points
 from salsa.trackers import known_tracker
-
-if TYPE_CHECKING:
-    from salsa.sweep_spec import SweepPoint
-    from salsa.weights.spec import Merge
+from salsa.weights.spec import Merge, parse_size, resolve_merge, soup_weights
 
 REWARD_BACKBONES = ("encoder", "causal")
 PRECISIONS = ("auto", "no", "bf16")
@@ -121,15 +119,11 @@ class SoupConfig:
     max_shard_size: str = option("2GB", "largest output shard, e.g. 500MB or 5GB", result=False)
 
     def check(self) -> None:
-        from salsa.weights.spec import parse_size
-
         self.merge()
         parse_size(self.max_shard_size)
 
     def merge(self) -> Merge:
         """The checked merge these settings describe."""
-        from salsa.weights.spec import resolve_merge
-
         return resolve_merge(
             len(self.models), self.method, weights=self.weights, alpha=self.alpha,
             allow_extrapolation=self.allow_extrapolation, t=self.t, eta=self.eta, expo_alpha=self.expo_alpha,
@@ -391,8 +385,6 @@ class RLConfig:
         if self.reference_weights is not None:
             if not self.reference_models:
                 raise ConfigError("rl.reference_weights needs rl.reference_models")
-            from salsa.weights.spec import soup_weights
-
             soup_weights(len(self.reference_models), self.reference_weights)
         moving = self.reference == "ema" or self.reference_schedule != "fixed"
         if self.sharding == "fsdp2" and (self.algorithm == "dpo" or (moving and self.use_lora)):
@@ -541,8 +533,6 @@ class EvalConfig:
 
     def sweep_points(self) -> list[SweepPoint]:
         """Every point of `sweeps`, checked against the policies and the reference models (salsa.sweep_spec)."""
-        from salsa.sweep_spec import sweep_points
-
         references = {"sft_model": self.sft_model, "soup_model": self.soup_model}
         return sweep_points(self.sweeps, self.policies, references)
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from salsa.errors import DataError
+from salsa.tasks import builtin_split
 
 
 def hub_source(source: str) -> tuple[str, str | None, str | None]:
@@ -39,8 +40,6 @@ def load_records(source: str | Sequence[dict[str, Any]], split: str = "train") -
     if not isinstance(source, str):
         return [dict(r) for r in source], "<in-memory rows>"
     if source.startswith("builtin:"):
-        from salsa.tasks import builtin_split
-
         return builtin_split(source.removeprefix("builtin:"), split), source
     if source.startswith("hub:"):
         name, config, hub_split = hub_source(source)
@@ -53,13 +52,13 @@ def load_records(source: str | Sequence[dict[str, Any]], split: str = "train") -
     if path.suffix == ".parquet":
         if not path.is_file():
             raise DataError(f"data file {path} does not exist")
-        import pyarrow.parquet as pq
+        import pyarrow.parquet as pq  # seconds to import: only Parquet files need it
 
         try:
             return pq.read_table(path).to_pylist(), str(path)
         except Exception as e:  # pyarrow raises several unrelated types for a corrupt file
             raise DataError(f"{path}: not a readable Parquet file ({e})") from None
-    import datasets
+    import datasets  # seconds to import: JSONL, Parquet and built-in data never load it
 
     if path.is_dir():
         try:
@@ -78,7 +77,7 @@ def load_records(source: str | Sequence[dict[str, Any]], split: str = "train") -
 
 
 def _load_dataset(source: str, name: str, config: str | None, split: str) -> list[dict]:
-    import datasets
+    import datasets  # seconds to import: JSONL, Parquet and built-in data never load it
 
     try:
         return datasets.load_dataset(name, config, split=split).to_list()

@@ -36,6 +36,7 @@ from salsa.evaluation.examples import paired_examples
 from salsa.evaluation.ifeval import METRICS as IFEVAL_METRICS
 from salsa.evaluation.judging import Judges, comparison_pairs, frozen, sample_and_score
 from salsa.evaluation.landscape import sample_point
+from salsa.evaluation.llm_judge import LLMJudge, judgment_rows
 from salsa.evaluation.matched import matched_kl_rows
 from salsa.evaluation.soup_health import ingredients_of, member_names, summarise_soup_health
 from salsa.evaluation.summary import summarise
@@ -43,11 +44,13 @@ from salsa.evaluation.sweeps import summarise_sweeps
 from salsa.evaluation.text_stats import text_statistics
 from salsa.generation import check_prompt_lengths
 from salsa.io import atomic_write_json, atomic_write_text
+from salsa.judge_prompt import DEFAULT_TEMPLATE
 from salsa.models import load_tokenizer
 from salsa.progress import training_progress
-from salsa.rl.snapshots import list_snapshots, load_snapshot
+from salsa.snapshots import list_snapshots, load_snapshot
 from salsa.standard_sets import SETS, load_set
 from salsa.tasks import current_gold_version
+from salsa.weights.in_memory import soup_model
 
 LANDSCAPE_KEYS = ("index", "sample", "prompt", "response", "length", "gold", "reward")
 
@@ -186,8 +189,6 @@ def _drawn(rows: list[dict], path: str, config: EvalConfig) -> list[dict]:
 def _landscape_rows(sampler: Sampler, unit: Unit, drawn: list[dict]) -> list[dict]:
     """The samples of every point (1 - alpha) * SFT-1 + alpha * SFT-2 of the landscape; an endpoint that is also a
     policy starts from the responses already drawn from it."""
-    from salsa.weights.in_memory import soup_model
-
     config = sampler.config
     endpoints = {0.0: unit.models[0], 1.0: unit.models[1]}
     rows_out: list[dict] = []
@@ -226,8 +227,6 @@ def _health_rows(sampler: Sampler, unit: Unit) -> list[dict]:
 
 def draw(sampler: Sampler, unit: Unit, drawn: list[dict]) -> list[dict]:
     """The rows of one unit (`drawn`: the rows drawn before it, which the landscape may start from)."""
-    from salsa.weights.in_memory import soup_model
-
     label = f"{unit.policy} [{unit.seed_index}]"
     if unit.kind == "policy":
         sampler.describe(label)
@@ -275,9 +274,6 @@ def in_plan_order(rows: list[dict], units: list[Unit]) -> list[dict]:
 
 def _judge(config: EvalConfig, samples: list[dict], stage: Stage, show_progress: bool) -> list[dict]:
     """The LLM judge's verdicts on every comparison (both orders of each pair of responses)."""
-    from salsa.evaluation.llm_judge import LLMJudge, judgment_rows
-    from salsa.judge_prompt import DEFAULT_TEMPLATE
-
     device, dtype = runtime.accelerator().device, runtime.forward_dtype(config.mixed_precision)
     rows = judgment_rows(samples, comparison_pairs(config))
     template = stage.inputs.get("judge_template") or DEFAULT_TEMPLATE

@@ -18,7 +18,7 @@ from pathlib import Path
 from rich.markup import escape
 
 from salsa.errors import SalsaError
-from salsa.grid import Job, run_job
+from salsa.grid import Job, committed, run_job
 from salsa.progress import console
 
 EXECUTORS = ("local", "ray")
@@ -54,8 +54,6 @@ def _job_command(root: str, job_id: str, threads: int) -> dict:
     if done.returncode != 0:
         last = (done.stderr.strip().splitlines() or ["exit code " + str(done.returncode)])[-1]
         return {"job": job_id, "error": last.removeprefix("error: ")}
-    from salsa.grid import committed
-
     return {"job": job_id, "outputs": committed(Path(root), job_id)["outputs"]}
 
 
@@ -71,7 +69,7 @@ class RayExecutor:
 
     def __init__(self, address: str | None, cpus_per_job: int):
         try:
-            import ray
+            import ray  # an optional extra (salsa[ray])
         except ImportError:
             raise SalsaError(RAY_EXTRA) from None
         self.ray, self.address, self.cpus = ray, address, cpus_per_job
@@ -95,7 +93,7 @@ class RayExecutor:
 
     def _check_storage(self, root: Path) -> None:
         """Every alive node reads a file the driver wrote into the run directory, or the grid does not start."""
-        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy  # the optional extra
 
         token = uuid.uuid4().hex
         probe = root / f".salsa-probe-{token}"

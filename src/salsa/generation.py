@@ -9,6 +9,7 @@ import torch
 from torch import nn
 from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
+from salsa import runtime
 from salsa.data import Prompt, as_messages
 from salsa.errors import ConfigError, DataError
 from salsa.models import base_model, forward_logits
@@ -124,8 +125,6 @@ def sample_responses(
     all the replies. They are one process's replies but for rare tokens: the logits agree to float rounding only,
     and a token whose draw falls within it of the boundary between two tokens can differ (see `generate`).
     """
-    from salsa import runtime
-
     lengths = [len(ids) for ids in encode_prompts(tokenizer, prompts)]
     jobs = sorted((lengths[i], i, s) for i in range(len(prompts)) for s in range(num_samples))
     replies: dict[tuple[int, int], str] = {}

@@ -26,6 +26,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import shutil
 import socket
 import time
 from dataclasses import dataclass
@@ -33,9 +34,19 @@ from pathlib import Path
 from typing import Any
 
 from salsa.config import EvalConfig, RLConfig
-from salsa.config_loading import fingerprint, load_stage_config, save_config
+from salsa.config_loading import fingerprint, load_stage_config, save_config, validate_values
 from salsa.errors import ConfigError, DataError
-from salsa.io import atomic_file, atomic_write_text, read_json, read_jsonl, sha256_file
+from salsa.inputs import check_inputs
+from salsa.io import (
+    atomic_file,
+    atomic_write_text,
+    digest_key,
+    load_digest_cache,
+    read_json,
+    read_jsonl,
+    save_digest_cache,
+    sha256_file,
+)
 from salsa.tasks import current_gold_version
 
 JOBS = "jobs"
@@ -97,8 +108,6 @@ def select(jobs: list[Job], only: str | None = None, shard: str | None = None) -
 def digest(path: str | Path) -> str:
     """SHA-256 of an input: a file's bytes, or a model directory's files that decide what it computes (weights,
     model and tokenizer configs; not salsa's records, which hold paths and times)."""
-    from salsa.io import digest_key, load_digest_cache, save_digest_cache
-
     path = Path(path)
     files = [path] if path.is_file() else sorted(
         {f for pattern in MODEL_FILES for f in path.glob(pattern) if f.is_file() and f.name not in RECORDS}
@@ -170,9 +179,7 @@ def write_spec(root: Path, job: Job, evaluation: EvalConfig, inputs: list[str]) 
 
 def _forget(root: Path, job: Job, folder: Path) -> None:
     """Remove what a job wrote under an older spec (only salsa's own files)."""
-    import shutil
-
-    from salsa.engine import owner
+    from salsa.engine import owner  # torch: the grid plans without it
 
     for name in ("committed.json", "samples.jsonl"):
         (folder / name).unlink(missing_ok=True)
@@ -223,7 +230,7 @@ def load_job(root: Path, job_id: str) -> tuple[dict, Job, EvalConfig]:
 def run_job(run_dir: str | Path, job_id: str, show_progress: bool = True) -> dict:
     """Run one job of a planned grid to its commit; returns its completion record. A committed job returns at
     once; an unfinished RL run resumes from its newest checkpoint."""
-    from salsa import runtime
+    from salsa import runtime  # torch: only where a job runs
 
     root = Path(run_dir).resolve()
     spec, job, evaluation = load_job(root, job_id)
@@ -235,11 +242,11 @@ def run_job(run_dir: str | Path, job_id: str, show_progress: bool = True) -> dic
     attempt = _begin_attempt(folder, job) if runtime.is_main_process() else 0
     attempt = runtime.broadcast(attempt)
     if attempt > 1:
-        from salsa.checkpoint import FAULT_KILL_AT_STEP
+        from salsa.checkpoint import FAULT_KILL_AT_STEP  # torch: only where a job runs
 
         os.environ.pop(FAULT_KILL_AT_STEP, None)  # the test's fault is the first attempt's only
     if job.rl is not None:
-        from salsa.rl.ppo import train_rl
+        from salsa.rl.ppo import train_rl  # torch: only where a job runs
 
         train_rl(job.rl, show_progress)
     rows = draw_job_units(root, job, evaluation, show_progress)
@@ -312,7 +319,7 @@ def _rl_reads(unit, finals: set[str]) -> set[str]:
 def cross_job_units(root: Path, evaluation: EvalConfig) -> list:
     """The units that read the RL policies of several jobs (a sweep merging two of them): the eval stage draws
     them, once every job is committed."""
-    from salsa.evaluate import plan_units
+    from salsa.evaluate import plan_units  # torch: the grid plans without it
 
     finals = rl_finals(evaluation, root)
     return [unit for unit in plan_units(evaluation) if len(_rl_reads(unit, finals)) > 1]
@@ -321,7 +328,7 @@ def cross_job_units(root: Path, evaluation: EvalConfig) -> list:
 def job_units(root: Path, job: Job, evaluation: EvalConfig) -> list:
     """The evaluation units a job draws: an RL job its policy's, its snapshots' and the merges of its policy with
     base models; the base job every unit that reads no RL policy."""
-    from salsa.evaluate import plan_units
+    from salsa.evaluate import plan_units  # torch: the grid plans without it
 
     finals = rl_finals(evaluation, root)
     mine = {str(Path(job.final).resolve())} if job.final else set()
@@ -329,9 +336,7 @@ def job_units(root: Path, job: Job, evaluation: EvalConfig) -> list:
 
 
 def draw_job_units(root: Path, job: Job, evaluation: EvalConfig, show_progress: bool) -> list[dict]:
-    from salsa.config_loading import validate_values
-    from salsa.evaluate import draw_units
-    from salsa.inputs import check_inputs
+    from salsa.evaluate import draw_units  # torch: only where a job runs
 
     validate_values(evaluation)
     inputs = check_inputs(evaluation, made_in=root / "rl")  # the RL policies are the jobs' (this one's: just made)
@@ -341,7 +346,7 @@ def draw_job_units(root: Path, job: Job, evaluation: EvalConfig, show_progress: 
 def committed_rows(root: Path, jobs: list[Job]) -> list[dict]:
     """The samples of the committed jobs among `jobs`, each checked against its record; a unit drawn by two jobs
     is refused."""
-    from salsa.evaluate import unit_key
+    from salsa.evaluate import unit_key  # torch: the grid plans without it
 
     rows, seen = [], {}
     for job in jobs:

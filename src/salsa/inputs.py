@@ -10,17 +10,20 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import importlib
+import importlib.util
 import json
 import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from salsa import standard_sets
+from salsa import data, standard_sets
 from salsa.config import REWARD_BACKBONES
 from salsa.config_loading import validate_values
 from salsa.errors import ConfigError, DataError, SalsaError
 from salsa.io import REWARD_META, SOUP_RECORD, is_soup_directory
+from salsa.judge_prompt import check_template
 from salsa.shipped import DEFAULT_MODEL, default_gguf_path
 
 
@@ -48,6 +51,7 @@ def check_model_reference(ref: str, where: str, download: bool = False) -> None:
         return
     if _looks_like_path(ref):
         raise ConfigError(f"{where}: model directory {ref} does not exist")
+    # huggingface_hub loads httpx (a second of start-up): only a hub id needs it.
     from huggingface_hub import is_offline_mode, try_to_load_from_cache
     from huggingface_hub.utils import HFValidationError, validate_repo_id
 
@@ -99,9 +103,6 @@ def import_function(spec: str) -> Callable:
 @functools.cache  # validation imports it before any model loads, then the stage: a reward file runs once
 def _import_module(location: str):
     """A module by name, or a Python file by its (absolute) path."""
-    import importlib
-    import importlib.util
-
     if not location.endswith(".py"):
         return importlib.import_module(location)
     module_spec = importlib.util.spec_from_file_location(Path(location).stem, location)
@@ -173,8 +174,6 @@ def _check_salsa_reward(path: Path, meta_file: Path) -> None:
 
 def check_judge_template(ref: str, where: str) -> str:
     """A judge prompt template file holding every placeholder; returns its text."""
-    from salsa.judge_prompt import check_template
-
     path = Path(ref)
     if not path.is_file():
         raise ConfigError(f"{where}: judge template {ref} {'is not a file' if path.exists() else 'does not exist'}")
@@ -231,14 +230,12 @@ def is_hub_dataset(source: str) -> bool:
 
 
 def _parse_data(kind: str, source: str, split: str, download: bool) -> Any:
-    from salsa import data
-
     if download and is_hub_dataset(source):  # a dry run: the name's form only, nothing fetched
         if source.startswith("hub:"):
             name = data.hub_source(source)[0]
         else:
             name = source
-        from huggingface_hub.utils import HFValidationError, validate_repo_id
+        from huggingface_hub.utils import HFValidationError, validate_repo_id  # as above: a hub name only
 
         try:
             validate_repo_id(name)

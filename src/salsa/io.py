@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from salsa.errors import naming
+from salsa.errors import DataError, naming
 
 COMPLETE_MARKER = "salsa_complete.json"
 # A reward model directory from `salsa reward`: its backbone, layout and normalisation.
@@ -100,8 +100,6 @@ def read_json(path: str | os.PathLike) -> Any:
         with open(path, encoding="utf-8") as f:
             return json.load(f)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        from salsa.errors import DataError
-
         raise DataError(f"{path}: corrupt JSON ({e}); remove or regenerate it") from None
 
 
@@ -149,8 +147,6 @@ def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
         with open(path, encoding="utf-8") as f:
             return [json.loads(line) for line in f if line.strip()]
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        from salsa.errors import DataError
-
         raise DataError(f"{path}: corrupt JSONL ({e}); remove or regenerate it") from None
 
 

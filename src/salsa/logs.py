@@ -18,9 +18,11 @@ from typing import Any, TextIO
 import torch
 from rich.markup import escape
 
+from salsa import runtime
 from salsa.errors import SalsaError, naming
 from salsa.io import atomic_write_text, read_jsonl
 from salsa.progress import console
+from salsa.trackers import open_trackers
 
 ON_NONFINITE = ("stop", "skip")
 
@@ -40,8 +42,6 @@ class MetricsLog:
             return
         self._file = self._open(self.path)
         self._tables: dict[str, TextIO] = {}
-        from salsa.trackers import open_trackers
-
         self._trackers = open_trackers(config.report_to, self.folder, dataclasses.asdict(config), resume_step)
 
     def _open(self, path: Path) -> TextIO:
@@ -116,8 +116,6 @@ class FiniteGuard:
 
         Every process decides the same: a non-finite value on any one of them stops or skips the step on all.
         """
-        from salsa import runtime
-
         found = next(((name, p) for name, v in values.items() if (p := _first_nonfinite(v)) is not None), None)
         anywhere = found is not None
         if runtime.world_size() > 1:

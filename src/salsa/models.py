@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import torch
+from peft import LoraConfig, get_peft_model
 from transformers import (
     AutoConfig,
     AutoModelForCausalLM,
@@ -28,6 +29,7 @@ from transformers import (
 
 from salsa.errors import SalsaError, naming
 from salsa.io import atomic_dir, cache_dir, record_digests, remove_debris, sha256_file, usual_permissions
+from salsa.logs import check_finite_weights
 from salsa.progress import console
 from salsa.shipped import DEFAULT_MODEL, default_gguf_path
 
@@ -152,8 +154,6 @@ def save_model(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, out: 
     (logs of the run) stay. Non-finite weights are refused. The SHA-256 of the weight files is recorded, so a
     later soup of this model reads each file once without hashing it.
     """
-    from salsa.logs import check_finite_weights
-
     out = Path(out)
     check_finite_weights(model, str(out))
     out.mkdir(parents=True, exist_ok=True)
@@ -185,8 +185,6 @@ def enable_activation_checkpointing(model: PreTrainedModel) -> None:
 
 def add_lora(model: PreTrainedModel, r: int, alpha: int, dropout: float = 0.0, target_modules=None):
     """Wrap a causal LM in PEFT LoRA adapters (all linear layers unless `target_modules`)."""
-    from peft import LoraConfig, get_peft_model
-
     config = LoraConfig(
         r=r,
         lora_alpha=alpha,

@@ -12,6 +12,8 @@ from collections.abc import Callable
 from dataclasses import field
 from typing import Any
 
+from salsa.tasks import BUILTIN_TASKS
+
 # A check returns what is wrong with a value ("must be > 0") or None when it is fine.
 Check = Callable[[Any], "str | None"]
 
@@ -40,8 +42,6 @@ def one_of(*choices: str) -> Check:
 
 
 def known_task(name: str) -> str | None:
-    from salsa.tasks import BUILTIN_TASKS
-
     return None if name in BUILTIN_TASKS else f"must be a built-in task ({', '.join(BUILTIN_TASKS)})"
 
 

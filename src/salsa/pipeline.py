@@ -52,6 +52,7 @@ from salsa.config_loading import config_to_yaml, load_stage_config, validate_val
 from salsa.config_loading import fingerprint as config_fingerprint
 from salsa.engine import Stage
 from salsa.errors import ConfigError, SalsaError
+from salsa.executors import make_executor
 from salsa.grid import (
     Job,
     committed,
@@ -63,6 +64,7 @@ from salsa.grid import (
     select,
     write_spec,
 )
+from salsa.inputs import check_inputs
 from salsa.io import NORMALISATION_FILE, atomic_write_json, atomic_write_text, is_complete, read_json
 from salsa.progress import console
 
@@ -137,7 +139,7 @@ def plan_run(config_path: str | Path | None = None, overrides: list[str] | None 
     made = _task_files(Path(data.output_dir)) if run.task else _own_data_files()
     reward = _wire(load(RewardConfig, "reward"), **made["reward"], output_dir=str(root / "reward"))
     sft = _wire(load(SFTConfig, "sft"), **made["sft"], output_dir=str(root / "sft"))
-    from salsa.sft import seeds_of
+    from salsa.sft import seeds_of  # the stages load transformers: planning a run (--dry-run) does not
 
     sft_dirs = [str(Path(sft.output_dir) / f"sft-{i}") for i in range(len(seeds_of(sft)))]
     if len(sft_dirs) < 2:
@@ -260,8 +262,6 @@ def dry_run(plan: RunPlan) -> list[str]:
     """Check the whole run without training or downloading: every stage's values and every input that exists
     before the run starts (local files parsed to their rows, hub models and datasets by their names); returns one
     line per stage. An input an earlier stage writes (inside the run directory) is checked when that stage ran."""
-    from salsa.inputs import check_inputs
-
     root = Path(plan.run.output_dir).resolve()
     stages = {"data": plan.data, "reward": plan.reward, "sft": plan.sft, "soup": plan.soup}
     stages["normalisation"] = plan.normalisation
@@ -366,8 +366,8 @@ def run_pipeline(
     """Run (or finish) the whole pipeline; returns the report directory. With `only` or `shard`, the base stages and
     those jobs of the grid only (`salsa.grid.select`); the evaluation and the report wait for every job, so this
     returns None while some are not committed in this run directory."""
+    # The stages load transformers: planning a run (--dry-run) does not.
     from salsa.evaluate import evaluate
-    from salsa.executors import make_executor
     from salsa.report import write_report
     from salsa.reward import train_reward
     from salsa.rl.normalisation import shared_normalisation

@@ -8,6 +8,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+import matplotlib.pyplot as plt
+
 SPLIT_TITLES = {"in_distribution": "in-distribution", "out_of_distribution": "out-of-distribution"}
 JUDGE_TITLES = {"gold": "gold judge", "reward": "reward model", "llm": "LLM judge"}
 
@@ -30,15 +32,11 @@ def pair_label(c: dict) -> str:
 
 def _panels(count: int, width: float, height: float):
     """A row of `count` axes."""
-    import matplotlib.pyplot as plt
-
     fig, axes = plt.subplots(1, count, figsize=(width * count, height), squeeze=False)
     return fig, axes[0]
 
 
 def _save(fig, path: Path, title: str) -> None:
-    import matplotlib.pyplot as plt
-
     fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=120, format="png")
@@ -199,8 +197,6 @@ def training_panels(results: dict) -> list[tuple[str, str, list[str]]]:
 
 def _plot_training(results: dict, path: Path) -> None:
     panels = training_panels(results)
-    import matplotlib.pyplot as plt
-
     rows = (len(panels) + 1) // 2  # two panels a row, so that each stays readable at the page's width
     fig, grid = plt.subplots(rows, 2, figsize=(10, 3.4 * rows), squeeze=False)
     for ax, (label, section, keys) in zip(grid.flat, panels, strict=False):

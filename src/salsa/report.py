@@ -15,6 +15,13 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+import matplotlib
+import torch
+import transformers
+from rich import box
+from rich.markup import escape
+from rich.table import Table
+
 from salsa import runtime
 from salsa.config import ReportConfig
 from salsa.data import prompt_text
@@ -24,6 +31,7 @@ from salsa.evaluation.stats import VERDICT_RULE
 from salsa.evaluation.sweeps import sweeps_text
 from salsa.io import atomic_file, atomic_write_json, atomic_write_text, read_json, read_jsonl
 from salsa.plots import JUDGE_TITLES, SPLIT_TITLES, all_comparisons, flat_ratio_text, kl_label, pair_label, plots_for
+from salsa.progress import console
 from salsa.version import __version__
 
 
@@ -467,9 +475,6 @@ def _example_html(example: dict) -> str:
 
 
 def versions() -> dict[str, str]:
-    import torch
-    import transformers
-
     return {
         "salsa": __version__,
         "python": platform.python_version(),
@@ -557,8 +562,6 @@ def _render(results: dict, samples_file: Path, out: Path, run_info: dict | None)
     blocks += _table_blocks(results, policy_table, comparison_table)
     environment = versions()
     blocks += _appendix_blocks(run_info, environment)
-
-    import matplotlib
 
     matplotlib.use("Agg")
     for file, _, plot in plots:
@@ -722,9 +725,6 @@ def terminal_table(rows: list[list[str]], title: str | None = None):
     """A rich table that wraps a cell between words and never cuts one (each column at least as wide as its longest
     word: a signed number, a bracketed bound), two spaces between columns and no rules, so that a row of the results
     table (worst case: "OOD  reward  -0.111 [-0.205, -0.015]  100.0% [100.0%, 100.0%]  contradicted¹") fits 80."""
-    from rich import box
-    from rich.table import Table
-
     table = Table(title=title, box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, padding=(0, 1, 0, 0),
                   title_justify="left")  # fmt: skip
     for i, header in enumerate(rows[0]):
@@ -737,10 +737,6 @@ def terminal_table(rows: list[list[str]], title: str | None = None):
 def print_summary(out: str | Path) -> None:
     """The results table (a table per pair), the verdict and the policies' means of a written report, on the
     terminal."""
-    from rich.markup import escape
-
-    from salsa.progress import console
-
     if not runtime.is_main_process():
         return
     summary = read_json(Path(out) / "summary.json")

@@ -26,9 +26,10 @@ import torch
 import torch.nn.functional as F
 from accelerate.utils import set_seed
 from rich.progress import Progress
+from scipy.stats import spearmanr
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, BertModel, get_scheduler
 
-from salsa import runtime
+from salsa import encoder_reward, runtime
 from salsa.config import RewardConfig
 from salsa.data import PreferencePair, Prompt, prompt_key
 from salsa.encoder_reward import SalsaEncoderRewardConfig, SalsaEncoderRewardModel
@@ -42,6 +43,7 @@ from salsa.progress import console, training_progress
 from salsa.scoring import LAYOUTS, RewardModel
 from salsa.seeding import batch_stream
 from salsa.shipped import DEFAULT_MODEL, default_encoder_path
+from salsa.weights.merge import average_into
 
 
 def bradley_terry_loss(chosen: torch.Tensor, rejected: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
@@ -72,8 +74,6 @@ def save_reward_model(reward: RewardModel, backbone: str, out: Path) -> None:
     """A directory that `RewardModel.load`, plain transformers and TRL all load as a sequence-classification model:
     the encoder's own architecture travels with it (modeling_salsa_encoder_reward.py, loaded with
     trust_remote_code=True); the causal backbone is a standard `*ForSequenceClassification`."""
-    from salsa import encoder_reward
-
     with atomic_dir(out) as tmp:
         if backbone == "encoder":
             module = "modeling_salsa_encoder_reward"
@@ -96,8 +96,6 @@ def _write_meta(reward: RewardModel, backbone: str, folder: Path) -> None:
 
 def spearman(x: list[float] | torch.Tensor, y: list[float] | torch.Tensor) -> float:
     """Spearman rank correlation (average ranks for ties)."""
-    from scipy.stats import spearmanr
-
     return float(spearmanr(list(map(float, x)), list(map(float, y))).statistic)
 
 
@@ -438,8 +436,6 @@ def _train_members(
 def _average(backbone: str, folders: list[Path], pairs: list[PreferencePair], out: Path) -> RewardModel:
     """The members' uniform weight average, streamed into `out` as `salsa soup` streams a soup, with the normalisation
     of its own scores (measured as a single model's are)."""
-    from salsa.soup import average_into
-
     with atomic_dir(out) as tmp:
         average_into([folder / "model" for folder in folders], tmp)
         average = RewardModel.load(str(tmp))

@@ -15,6 +15,8 @@ import torch
 from accelerate import Accelerator, PartialState
 from accelerate.utils import broadcast_object_list, gather_object
 
+from salsa.errors import SalsaError
+
 
 def process_state() -> PartialState:
     """The process group of this run (one process when not launched by torchrun / accelerate launch)."""
@@ -176,7 +178,7 @@ def place(model: torch.nn.Module, device: torch.device, sharding: str = "none") 
     model.to(device)
     if sharding != "fsdp2" or world_size() == 1:
         return model
-    from torch.distributed.fsdp import fully_shard
+    from torch.distributed.fsdp import fully_shard  # seconds to import: only a sharded run loads it
 
     for module in list(model.modules()):
         if isinstance(module, torch.nn.ModuleList):
@@ -187,7 +189,7 @@ def place(model: torch.nn.Module, device: torch.device, sharding: str = "none") 
 
 
 def is_sharded(module: torch.nn.Module) -> bool:
-    from torch.distributed.tensor import DTensor
+    from torch.distributed.tensor import DTensor  # seconds to import: only a process that trains loads it
 
     return any(isinstance(p, DTensor) for p in module.parameters())
 
@@ -197,7 +199,7 @@ def trainable_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     this); the main process receives the weights, the others an empty dict."""
     if not is_sharded(module):
         return {n: p.detach().cpu() for n, p in module.named_parameters() if p.requires_grad}
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict  # sharded only
 
     options = StateDictOptions(full_state_dict=True, cpu_offload=True, ignore_frozen_params=True)
     return get_model_state_dict(module, options=options)
@@ -208,7 +210,7 @@ def load_trainable_state(module: torch.nn.Module, weights: dict[str, torch.Tenso
     if not weights:
         return
     if is_sharded(module):
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict  # sharded only
 
         set_model_state_dict(module, weights, options=StateDictOptions(full_state_dict=True, strict=False))
         return
@@ -222,7 +224,7 @@ def optimizer_state(module: torch.nn.Module, optimizer: torch.optim.Optimizer) -
     """The optimizer's state with whole tensors (gathered from the shards of a sharded `module`)."""
     if not is_sharded(module):
         return optimizer.state_dict()
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict  # sharded only
 
     return get_optimizer_state_dict(module, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 
@@ -231,7 +233,7 @@ def load_optimizer_state(module: torch.nn.Module, optimizer: torch.optim.Optimiz
     if not is_sharded(module):
         optimizer.load_state_dict(state)
         return
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict  # sharded only
 
     set_optimizer_state_dict(module, optimizer, state, options=StateDictOptions(full_state_dict=True))
 
@@ -241,7 +243,7 @@ def full_model(module: torch.nn.Module, build) -> torch.nn.Module | None:
     is not sharded. `build()` makes an unsharded model of the same architecture to load the gathered weights into."""
     if not is_sharded(module):
         return module if is_main_process() else None
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict  # sharded only
 
     state = get_model_state_dict(module, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     if not is_main_process():
@@ -262,6 +264,4 @@ def check_replicas_agree(*modules: torch.nn.Module, what: str = "weights") -> No
     local = torch.stack([sum(p.sum() for p in parts), sum((p * p).sum() for p in parts)])
     sums = gather_object([local.tolist()])
     if any(s != sums[0] for s in sums):
-        from salsa.errors import SalsaError
-
         raise SalsaError(f"the {what} differ between the {world_size()} processes (checksums {sums}); please report it")

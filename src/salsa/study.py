@@ -23,6 +23,7 @@ with the committed doc, so a number cannot drift from its data.
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import json
 import re
@@ -32,12 +33,14 @@ from typing import Any
 
 import numpy as np
 import yaml
+from jinja2 import StrictUndefined, TemplateError
+from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from salsa.config import EvalConfig
 from salsa.config_loading import load_stage_config
 from salsa.errors import DataError
 from salsa.grid import JOBS, RUN_ROOT, committed, job_dir
-from salsa.io import atomic_file, atomic_write_text, read_json
+from salsa.io import atomic_file, atomic_write_text, read_json, read_jsonl
 
 DATA = "data"  # the study folder's archive
 MANIFEST = "manifest.json"  # the planned jobs, the archived ones and the builds of the base they ran on
@@ -163,8 +166,6 @@ def restore(study_dir: Path, root: Path) -> dict:
 def _present(config: EvalConfig, rows: list[dict]) -> tuple[EvalConfig, list[dict]]:
     """The evaluation restricted to the seeds whose samples are here (seed indices renumbered in order), and those
     rows; comparisons and sweeps of a missing policy are left out."""
-    import dataclasses
-
     have = {(r["policy"], r["seed_index"]) for r in rows if "policy" in r}
     renumber, policies = {}, {}
     for name, paths in config.policies.items():
@@ -183,8 +184,7 @@ def _present(config: EvalConfig, rows: list[dict]) -> tuple[EvalConfig, list[dic
 def recompute(root: Path, jobs: list[str] | None = None) -> dict[str, Any]:
     """The evaluation's summary, recomputed from the restored jobs' samples with the eval stage's own code; with
     jobs missing, over the seeds that are here."""
-    from salsa.evaluate import in_plan_order, plan_units, summarise_rows
-    from salsa.io import read_jsonl
+    from salsa.evaluate import in_plan_order, plan_units, summarise_rows  # torch: `salsa study archive` never loads it
 
     config = load_stage_config(EvalConfig, "eval", root / "eval" / "config.yaml")
     jobs = jobs if jobs is not None else sorted(p.parent.relative_to(root / JOBS).as_posix()
@@ -220,9 +220,8 @@ def _withhold(results: dict) -> None:
 
 def render(study_dir: str | Path) -> Path:
     """Recompute the study's numbers from its data, draw its figures and write its doc; returns the doc's path."""
+    # Only rendering draws and reads the report: `salsa study archive` loads neither torch nor matplotlib.
     import matplotlib
-    from jinja2 import StrictUndefined, TemplateError
-    from jinja2.sandbox import ImmutableSandboxedEnvironment
 
     from salsa.plots import plots_for
     from salsa.report import headline_comparison

@@ -45,7 +45,7 @@ def _columns(rows: list[dict]) -> list[str]:
 
 class TensorBoard:
     def __init__(self, folder: Path, run_name: str, config: dict, resume_step: int):
-        from torch.utils.tensorboard import SummaryWriter
+        from torch.utils.tensorboard import SummaryWriter  # torch: the CLI reads report_to without it
 
         # purge_step hides the events the interrupted run wrote after its checkpoint.
         self._writer = SummaryWriter(str(Path(folder) / "tensorboard"), purge_step=resume_step + 1)
@@ -67,7 +67,7 @@ class TensorBoard:
 
 class Wandb:
     def __init__(self, folder: Path, run_name: str, config: dict, resume_step: int):
-        import wandb
+        import wandb  # each tracker but TensorBoard is an optional extra (salsa[trackers])
 
         self._wandb = wandb
         # WANDB_MODE passed on: wandb reads its environment once per process.
@@ -78,6 +78,7 @@ class Wandb:
         project = os.environ.get("WANDB_PROJECT", PROJECT)
         self._run = wandb.init(project=project, name=run_name, config=config, mode=mode, reinit="create_new")
         if offline_by_choice:
+            # The CLI imports this module at start-up; rich's progress bars load only when wandb reports.
             from rich.markup import escape
 
             from salsa.progress import console

@@ -13,11 +13,14 @@ from salsa import runtime
 from salsa.config import EvalConfig
 from salsa.data import Prompt, prompt_text
 from salsa.evaluation.ifeval import METRICS as IFEVAL_METRICS
+from salsa.evaluation.ifeval import IFEvalJudge
 from salsa.generation import Generation, generate
 from salsa.models import load_causal_lm
-from salsa.rl.core import sequence_kl
-from salsa.rl.policy import response_forward
+from salsa.policy import response_forward, sequence_kl
+from salsa.scoring import reward_function
 from salsa.seeding import derive_seed
+from salsa.standard_sets import SETS, load_records
+from salsa.tasks import BUILTIN_TASKS
 
 
 def comparison_pairs(config: EvalConfig) -> list[tuple[str, str]]:
@@ -33,29 +36,20 @@ class Judges:
     def __init__(self, task: str | None, reward_model: str | None, device: torch.device):
         self.gold_fn: Callable[[str, str], float] | None = None
         if task:
-            from salsa.tasks import BUILTIN_TASKS
-
             self.gold_fn = BUILTIN_TASKS[task].gold_score
         self.reward = None
         if reward_model:
-            from salsa.scoring import reward_function
-
             self.reward = reward_function(reward_model, device)
         self.ifeval = None
 
     def for_prompts(self, source: str | None) -> Judges:
         """The judges of a split whose prompts come from `source`: a standard set is judged by the reward model and,
         for IFEval, by its rules; never by the task's gold judge, which knows only the task's prompts."""
-        from salsa.standard_sets import SETS
-
         if source not in SETS:
             return self
         judges = copy.copy(self)
         judges.gold_fn = None
         if source == "ifeval":
-            from salsa.evaluation.ifeval import IFEvalJudge
-            from salsa.standard_sets import load_records
-
             judges.ifeval = IFEvalJudge(load_records("ifeval")[0])
         return judges
 

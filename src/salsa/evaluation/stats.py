@@ -9,6 +9,8 @@ without clusters every prompt is its own.
 from __future__ import annotations
 
 import numpy as np
+from scipy import optimize
+from scipy import stats as scipy_stats
 
 from salsa.errors import DataError
 
@@ -243,8 +245,6 @@ def two_level_interval(
 def t_test_power(noncentrality: float, df: float, alpha: float = 0.05) -> float:
     """Exact power of a two-sided t-test of level `alpha` with `df` degrees of freedom when the true effect is
     `noncentrality` standard errors: P(|T| > t_{1 - alpha/2, df}) for T ~ noncentral t(df, noncentrality)."""
-    from scipy import stats as scipy_stats
-
     critical = scipy_stats.t.ppf(1 - alpha / 2, df)
     # The lower tail as the upper tail of -T: scipy's nct.cdf far below 0 with a large noncentrality returns NaN.
     upper, lower = (scipy_stats.nct.sf(critical, df, sign * noncentrality) for sign in (1, -1))
@@ -257,9 +257,6 @@ def detectable_effect(standard_error: float, df: float, alpha: float = 0.05, pow
     the noncentral t (`t_test_power`). With few degrees of freedom it is larger than the normal approximation
     (z_{1-alpha/2} + z_power) * se: for 5 paired seeds (se = sd / sqrt(5), 4 degrees of freedom) 1.68 sd, against
     1.25 sd."""
-    from scipy import optimize
-    from scipy import stats as scipy_stats
-
     # Twice the approximate answer t_{1-alpha/2} + z_power: the power there is above `power`, a bracket for the root.
     high = 2 * (scipy_stats.t.ppf(1 - alpha / 2, df) + scipy_stats.norm.ppf(power))
     noncentrality = optimize.brentq(lambda x: t_test_power(x, df, alpha) - power, 0.0, high, xtol=1e-12)
@@ -276,8 +273,6 @@ def seed_level_test(scores_a: np.ndarray, scores_b: np.ndarray, alpha: float = 0
     With S seeds the permutation test cannot go below p = 2 / 2^S (0.0625 for 5 seeds): few seeds cannot carry a
     claim on their own, whatever the bootstrap over prompts says.
     """
-    from scipy import stats as scipy_stats
-
     difference = np.atleast_2d(scores_a).astype(float) - np.atleast_2d(scores_b).astype(float)
     differences = difference.reshape(len(difference), -1).mean(1)  # one mean per seed, over prompts (and samples)
     seeds = len(differences)
@@ -367,8 +362,6 @@ def pooled_contrast_test(
 
     with N - C degrees of freedom, a two-sided p, and the minimum detectable effect of a test of level `alpha`
     with this se (`detectable_effect`). No test (t, p and mde None) when the cells have no spread to pool."""
-    from scipy import stats as scipy_stats
-
     means = [np.asarray(m, dtype=float) for m in seed_means]
     df = sum(len(m) for m in means) - len(means)
     squares = sum(float(((m - m.mean()) ** 2).sum()) for m in means)

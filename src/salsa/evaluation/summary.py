@@ -6,7 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
-from salsa.config import EvalConfig
+from salsa.config import EvalConfig, RLConfig
+from salsa.config_loading import load_stage_config
 from salsa.evaluation.judging import comparison_pairs
 from salsa.evaluation.matched import over_optimisation_by_policy, training_curves, training_diagnostics, training_reward
 from salsa.evaluation.stats import (
@@ -104,9 +105,6 @@ def _arm_of(paths: list[str]) -> tuple[str, str, float] | None:
     """(init kind, reference kind, KL coefficient) of an RL policy, from its run's config; None for other models
     and for references other than sft and soup. Kinds, not models: an arm `sft:sft`, whose seeds start from SFT
     model s mod K, is one cell of the 2 x 2 whichever ingredient its first seed started from."""
-    from salsa.config import RLConfig
-    from salsa.config_loading import load_stage_config
-
     run_dir = Path(paths[0]).parent
     marker, config_file = run_dir / COMPLETE_MARKER, run_dir / "config.yaml"
     # Only an RL run's: the SFT models' folder has a config.yaml too, which would read as RL's defaults.

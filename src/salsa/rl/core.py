@@ -82,11 +82,6 @@ def kl_k1(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
     return logp - ref_logp
 
 
-def sequence_kl(logp: torch.Tensor, ref_logp: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """KL(p || q) of whole responses, estimated on p's own samples: k1 summed over each response's tokens."""
-    return (kl_k1(logp, ref_logp) * mask).sum(1)
-
-
 def kl_k3(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
     """k3 = (r - 1) - log r with r = q(y) / p(y): unbiased and always >= 0 for y ~ p (Schulman 2020)."""
     log_ratio = ref_logp - logp
@@ -198,11 +193,6 @@ def clipped_value_loss(
     """0.5 * E[max((V - R)^2, (clip(V, V_old - eps, V_old + eps) - R)^2)]; `count` as in `masked_mean`."""
     clipped = old_values + torch.clamp(values - old_values, -clip, clip)
     return 0.5 * masked_mean(torch.maximum((values - returns) ** 2, (clipped - returns) ** 2), mask, count=count)
-
-
-def entropy_from_logprobs(logprobs: torch.Tensor) -> torch.Tensor:
-    """Per-position entropy H = -sum_v p(v) log p(v), from normalised log-probabilities."""
-    return -(logprobs.exp() * logprobs).sum(-1)
 
 
 def dpo_loss(

@@ -21,9 +21,9 @@ from salsa.engine import Stage, run_stage
 from salsa.errors import ConfigError
 from salsa.logs import FiniteGuard, MetricsLog
 from salsa.models import forward_logits, load_tokenizer, save_model
+from salsa.policy import fresh_policy
 from salsa.progress import training_progress
 from salsa.rl.core import dpo_loss
-from salsa.rl.policy import fresh_policy
 from salsa.rl.reference import Reference, load_reference
 from salsa.seeding import batch_stream, derive_seed
 from salsa.tokenization import IGNORE_INDEX, collate, tokenize_conversation

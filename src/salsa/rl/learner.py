@@ -14,13 +14,28 @@ import contextlib
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
+from torch import nn
 
 from salsa import runtime
 from salsa.config import RLConfig
 from salsa.errors import ConfigError
 from salsa.io import REWARD_META, read_json
 from salsa.models import load_causal_lm
-from salsa.rl.policy import ValueHead, fresh_policy, response_forward
+from salsa.policy import fresh_policy, response_forward
+
+
+class ValueHead(nn.Module):
+    """V(s_t) = w . h_t + b on the hidden state that predicts token t."""
+
+    def __init__(self, hidden_size: int):
+        super().__init__()
+        self.linear = nn.Linear(hidden_size, 1)
+        nn.init.zeros_(self.linear.weight)
+        nn.init.zeros_(self.linear.bias)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.linear(hidden.float()).squeeze(-1)
 
 
 class Learner:
@@ -113,8 +128,6 @@ def _value_head_from_reward_model(head: ValueHead, critic: torch.nn.Module, poli
             f"rl.value_init reward_model: {path} is not a causal `salsa reward` model with the policy's hidden size "
             f"({policy.config.hidden_size}); train one with `salsa reward --set backbone=causal`, or use zero"
         )
-    from safetensors import safe_open
-
     with safe_open(str(Path(path) / "model.safetensors"), "pt") as weights:
         score = weights.get_tensor("score.weight")
     with torch.no_grad():

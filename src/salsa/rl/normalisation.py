@@ -19,11 +19,17 @@ import torch
 
 from salsa import runtime
 from salsa.config import NormalisationConfig, RLConfig
+from salsa.engine import run_stage
+from salsa.generation import generate
+from salsa.inputs import GOLD_REWARD
 from salsa.io import NORMALISATION_FILE, atomic_write_json, read_json
 from salsa.logs import NonFiniteError
+from salsa.models import load_causal_lm, load_tokenizer
 from salsa.progress import console
 from salsa.rl.rollout import RewardFn
+from salsa.scoring import gold_reward, reward_function
 from salsa.seeding import batch_stream, derive_seed
+from salsa.tasks import BUILTIN_TASKS
 
 
 def _reward_sums(
@@ -32,8 +38,6 @@ def _reward_sums(
 ) -> torch.Tensor:  # fmt: skip
     """[sum, sum of squares, count] of `reward` over this process's share of `samples_per_prompt` responses of
     `policy` to each of the prompts at `positions` of the seeded selection of `num_prompts` training prompts."""
-    from salsa.generation import generate
-
     order = next(batch_stream([1] * len(prompts), num_prompts, derive_seed(seed, "normalise")))
     mine = [(p, prompts[order[p % len(order)]]) for p in (positions[i] for i in runtime.my_share(len(positions)))]
     texts = [prompt for _, prompt in mine for _ in range(samples_per_prompt)]
@@ -90,17 +94,10 @@ def shared_normalisation(config: NormalisationConfig, overwrite: bool = False) -
     """The `normalisation` stage of `salsa run`: the reward's mean and std over `samples` responses of the K SFT
     models (prompt p of the seeded selection answered by model p mod K), in `output_dir/reward_normalisation.json`;
     returns that file."""
-    from salsa.engine import run_stage
-
     return run_stage(config, lambda stage: _measure_shared(config, stage), overwrite) / NORMALISATION_FILE
 
 
 def _measure_shared(config: NormalisationConfig, stage) -> None:
-    from salsa.inputs import GOLD_REWARD
-    from salsa.models import load_causal_lm, load_tokenizer
-    from salsa.scoring import gold_reward, reward_function
-    from salsa.tasks import BUILTIN_TASKS
-
     if config.reward_model == GOLD_REWARD:
         reward = gold_reward(BUILTIN_TASKS[config.task].gold_score)
     else:

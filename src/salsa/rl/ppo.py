@@ -40,6 +40,7 @@ from salsa.generation import check_prompt_lengths
 from salsa.inputs import GOLD_REWARD, check_normalisation_file
 from salsa.logs import FiniteGuard, MetricsLog
 from salsa.models import load_causal_lm, load_tokenizer, save_model
+from salsa.policy import fresh_policy, sequence_kl
 from salsa.progress import console, training_progress
 from salsa.rl.core import (
     AdaptiveKLController,
@@ -54,17 +55,15 @@ from salsa.rl.core import (
     kl_k3,
     masked_whiten,
     rloo_advantages,
-    sequence_kl,
     token_rewards,
 )
 from salsa.rl.learner import Learner
 from salsa.rl.normalisation import per_run_normalisation
-from salsa.rl.policy import fresh_policy
 from salsa.rl.reference import Reference, load_reference, reference_dir
 from salsa.rl.rollout import RewardFn, Rollout, chunk_rows, collect_rollout
-from salsa.rl.snapshots import save_snapshot
 from salsa.scoring import gold_reward, reward_function
 from salsa.seeding import batch_stream, derive_seed, generator
+from salsa.snapshots import save_snapshot
 from salsa.tasks import BUILTIN_TASKS
 
 

@@ -33,6 +33,8 @@ from torch import nn
 from salsa import runtime
 from salsa.config import RLConfig
 from salsa.models import base_model, load_causal_lm
+from salsa.policy import response_forward
+from salsa.weights.in_memory import soup_model
 
 STATE_PREFIX = "reference."
 
@@ -70,8 +72,6 @@ class Reference:
         return self.model.disable_adapter() if self.adapters_off else contextlib.nullcontext()
 
     def logprobs(self, sequences, attention_mask, prompt_length: int, temperature: float) -> torch.Tensor:
-        from salsa.rl.policy import response_forward
-
         with self.scoring():
             return response_forward(self.model, sequences, attention_mask, prompt_length, temperature).logprobs
 
@@ -125,8 +125,6 @@ def load_reference(config: RLConfig, policy: nn.Module, device: torch.device) ->
     # A moving one accumulates small updates, so it stays in float32.
     dtype = runtime.forward_dtype(config.mixed_precision) if schedule is None else torch.float32
     if config.reference == "soup" and config.reference_models:
-        from salsa.weights.in_memory import soup_model
-
         model = soup_model(config.reference_models, config.reference_weights).to(dtype)
     else:
         model = load_causal_lm(reference_dir(config), dtype)  # reference ema: the init

@@ -15,8 +15,8 @@ import torch
 from salsa.config import RLConfig
 from salsa.data import Prompt, prompt_text
 from salsa.generation import eos_token_ids, generate
+from salsa.policy import response_forward
 from salsa.rl.learner import Learner
-from salsa.rl.policy import response_forward
 from salsa.rl.reference import Reference
 from salsa.seeding import derive_seed
 

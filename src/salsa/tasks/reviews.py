@@ -152,7 +152,7 @@ MENTIONS = {phrase: _mention(keyword) for phrase, keyword in KEYWORDS.items()}
 
 @lru_cache(maxsize=1)
 def _vader():
-    from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
+    from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer  # the CLI lists the tasks without it
 
     return SentimentIntensityAnalyzer()
 

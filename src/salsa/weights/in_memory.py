@@ -13,9 +13,12 @@ from pathlib import Path
 import torch
 
 from salsa.errors import SoupError
+from salsa.models import load_causal_lm
 from salsa.weights.average import slerp, weighted_average
 from salsa.weights.checks import check_same_tensors
+from salsa.weights.reader import tensor_index
 from salsa.weights.spec import resolve_merge
+from salsa.weights.stream import read_tensor
 
 
 def soup_state_dict(
@@ -59,9 +62,6 @@ def _as_state_dict(source) -> dict[str, torch.Tensor]:
         return {k: v.detach().cpu() for k, v in source.state_dict().items()}
     if isinstance(source, dict):
         return source
-    from salsa.weights.reader import tensor_index
-    from salsa.weights.stream import read_tensor
-
     index = tensor_index(Path(source))
     return {name: read_tensor(entry) for name, entry in index.items()}
 
@@ -76,8 +76,6 @@ def soup_model(
     """A causal LM holding the in-memory soup of model directories (for references, the reward landscape and merge
     sweeps); `merge` names another method and its parameter as `soup_state_dict` takes them (method, t, eta,
     expo_alpha)."""
-    from salsa.models import load_causal_lm
-
     model = load_causal_lm(str(models[0]))
     missing, unexpected = model.load_state_dict(
         soup_state_dict(models, weights, alpha, allow_extrapolation, **merge), strict=False

@@ -1,4 +1,5 @@
-"""Policy snapshots along an RL run, so that runs can be compared at equal KL from the SFT model.
+"""Policy snapshots along an RL run, so that runs can be compared at equal KL from the SFT model: RL writes them,
+the evaluation reads them.
 
 A snapshot holds only the weights RL trains (the LoRA adapters, or every weight without LoRA) as
 `snapshots/step-NNNNNN.safetensors` in the run directory; the run's config.yaml says how to rebuild the
@@ -17,7 +18,8 @@ from salsa.config import RLConfig
 from salsa.config_loading import load_stage_config
 from salsa.errors import DataError
 from salsa.io import atomic_file
-from salsa.rl.policy import fresh_policy
+from salsa.logs import check_finite_weights
+from salsa.policy import fresh_policy
 
 SNAPSHOT_DIR = "snapshots"
 _NAME = re.compile(r"step-(\d+)\.safetensors")
@@ -25,8 +27,6 @@ _NAME = re.compile(r"step-(\d+)\.safetensors")
 
 def save_snapshot(trained: dict[str, torch.Tensor], run_dir: Path, step: int) -> Path:
     """Write the policy's trainable weights at `step` (whole, from `runtime.trainable_state`), atomically."""
-    from salsa.logs import check_finite_weights
-
     path = run_dir / SNAPSHOT_DIR / f"step-{step:06d}.safetensors"
     check_finite_weights(trained, str(path))
     with atomic_file(path) as tmp:

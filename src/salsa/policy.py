@@ -1,4 +1,5 @@
-"""Forward passes of a policy for RL: log-probs (and values, entropy) of response tokens only.
+"""A policy as RL builds it, and its forward pass over responses: log-probs (and hidden states, entropy) of
+response tokens only. Below both RL (which trains the policy) and the evaluation (which scores it and its KL).
 
 Sequences are [left-padded prompt | response]; the prompt part has the same length P for every row.
 Only the hidden states that predict response tokens go through the LM head, which skips the vocabulary
@@ -15,7 +16,17 @@ from torch import nn
 from salsa.config import RLConfig
 from salsa.generation import position_ids, shared_prompt_cache
 from salsa.models import forward_logits, trainable_model
-from salsa.rl.core import entropy_from_logprobs
+
+
+def entropy_from_logprobs(logprobs: torch.Tensor) -> torch.Tensor:
+    """Per-position entropy H = -sum_v p(v) log p(v), from normalised log-probabilities."""
+    return -(logprobs.exp() * logprobs).sum(-1)
+
+
+def sequence_kl(logp: torch.Tensor, ref_logp: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """KL(p || q) of whole responses, estimated on p's own samples: k1 = log p(y) - log q(y) (`rl.core.kl_k1`)
+    summed over each response's tokens (`mask`: 1 on response tokens)."""
+    return ((logp - ref_logp) * mask).sum(1)
 
 
 def fresh_policy(config: RLConfig, activation_checkpointing: bool = False) -> nn.Module:
@@ -68,16 +79,3 @@ def response_forward(
     logprobs = torch.gather(all_logprobs, -1, sequences[:, prompt_length:, None]).squeeze(-1)
     entropy = entropy_from_logprobs(all_logprobs.detach()) if with_entropy else None
     return ResponseForward(logprobs, hidden, entropy)
-
-
-class ValueHead(nn.Module):
-    """V(s_t) = w . h_t + b on the hidden state that predicts token t."""
-
-    def __init__(self, hidden_size: int):
-        super().__init__()
-        self.linear = nn.Linear(hidden_size, 1)
-        nn.init.zeros_(self.linear.weight)
-        nn.init.zeros_(self.linear.bias)
-
-    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.linear(hidden.float()).squeeze(-1)
