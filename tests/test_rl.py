@@ -440,7 +440,7 @@ def test_ppo_trains_its_value_function_on_the_trunk_or_on_a_separate_critic(toke
 
 
 def test_ppo_advantages_are_gae_of_the_kl_shaped_rewards():
-    from salsa.rl.ppo import advantages
+    from salsa.rl.update import advantages
 
     config = RLConfig(algorithm="ppo", gamma=1.0, lam=0.95, whiten_advantages=False)
     adv, returns = advantages(config, torch.tensor([1.0]), torch.tensor([[0.1, 0.2]]), torch.tensor([[0.5, 0.3]]),
