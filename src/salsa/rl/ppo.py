@@ -62,10 +62,6 @@ def train_rl(
     """
     if reward_fn is not None:
         config = replace(config, reward_model=None)
-    if config.algorithm == "dpo":
-        from salsa.rl.dpo import train_dpo
-
-        return train_dpo(config, show_progress, overwrite)
     if reward_fn is None and config.reward_model is None:
         raise SalsaError("rl.reward_model is null: give a reward model directory (or reward_fn in Python)")
     return run_stage(config, lambda stage: _run(config, stage, reward_fn, show_progress), overwrite) / "final"
@@ -98,7 +94,7 @@ def _load_models(config: RLConfig, stage: Stage, reward_fn: RewardFn | None) -> 
     tokenizer = load_tokenizer(config.init)
     learner = Learner(config, device)
     check_prompt_lengths(tokenizer, prompts, config.max_new_tokens, learner.policy, f"rl.prompts ({config.prompts})")
-    reference = load_reference(config, learner.policy, device)
+    reference = load_reference(config, learner.policy, device, config.sharding)
     fixed_sft = config.reference == "sft" and not reference.moving
     reference_is_sft = fixed_sft and config.sft_model in (None, reference_dir(config))
     sft_model = None
