@@ -28,7 +28,7 @@ def test_help_lists_every_stage_and_documents_config_keys():
     # Each command is a row of the Commands section ("  sft  Fine-tune ..."), not just a word of the description.
     commands = top.stdout.split("\nCommands:\n")[1]
     listed = {line.split()[0] for line in commands.splitlines() if line.startswith("  ") and line[2] != " "}
-    assert {"sft", "soup", "data", "reward", "rl", "ppo", "eval", "report", "run", "demo"} <= listed
+    assert {"sft", "soup", "data", "reward", "rl", "ppo", "dpo", "eval", "report", "run", "demo"} <= listed
     bare = _run("data")  # a group alone prints its help, on stdout like --help
     assert "Commands:\n  make " in bare.stdout and not bare.stderr
     sft_help = _run("sft", "--help").stdout

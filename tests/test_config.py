@@ -1,7 +1,7 @@
 import pytest
 
-from salsa.config import SFTConfig
-from salsa.config_loading import load_stage_config, save_config
+from salsa.config import DPOConfig, RLConfig, SFTConfig
+from salsa.config_loading import load_stage_config, save_config, validate_values
 from salsa.errors import ConfigError
 
 
@@ -49,3 +49,17 @@ def test_saved_config_round_trips(tmp_path):
     cfg = SFTConfig(learning_rate=1e-4, seeds=[1, 2], use_lora=True)
     save_config(cfg, tmp_path / "config.yaml", section="sft")
     assert load_stage_config(SFTConfig, "sft", tmp_path / "config.yaml") == cfg
+
+
+def test_dpo_reads_its_own_section_and_an_rl_section_with_dpo_points_to_it(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("rl:\n  steps: 3\ndpo:\n  beta: 0.2\n  batch_size: 4\n  reference: ema\n")
+    assert load_stage_config(DPOConfig, "dpo", path) == DPOConfig(beta=0.2, batch_size=4, reference="ema")
+    assert load_stage_config(RLConfig, "rl", path) == RLConfig(steps=3)
+    old = tmp_path / "old.yaml"  # DPO's settings as they were, in the rl section
+    old.write_text("rl:\n  algorithm: dpo\n  dpo_beta: 0.2\n")
+    with pytest.raises(ConfigError, match=r"old.yaml \[rl\]: unknown key 'dpo_beta'; it is dpo.beta now, in the "):
+        load_stage_config(RLConfig, "rl", old)
+    old.write_text("rl:\n  algorithm: dpo\n")
+    with pytest.raises(ConfigError, match=r"rl.algorithm must be one of ppo, rloo, grpo \(DPO is its own command now"):
+        validate_values(load_stage_config(RLConfig, "rl", old))

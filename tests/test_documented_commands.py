@@ -141,6 +141,9 @@ PLANS: dict[str, Plan] = {
     "salsa eval ... --judge Qwen/Qwen2.5-7B-Instruct": Plan(
         "check", dots=README_EVAL, why="its judge is a 7B hub model: the network, and a GPU to be of use"
     ),
+    "salsa dpo --init runs/x/soup --reference soup --data runs/data/prefs.jsonl --output-dir runs/dpo-salsa": Plan(
+        budget=settings("steps=1", "batch_size=2")
+    ),
     "salsa sft --config run.yaml --set sft.use_lora=true": Plan(),
     "salsa soup runs/x/sft-0 runs/x/sft-1 -w 0.3 -w 0.7 --out runs/x/soup-37": Plan(),
     "salsa soup runs/x/sft-0 runs/x/sft-1 --alpha 1.5 --allow-extrapolation --out runs/x/beyond": Plan(),
@@ -171,10 +174,8 @@ PLANS: dict[str, Plan] = {
     "--set reference_schedule=hard --set reference_update_steps=4 --set use_lora=true": Plan(
         budget=settings("steps=4", "prompts_per_step=2", "max_new_tokens=4")
     ),
-    "salsa rl --algorithm dpo --init runs/x/sft-0 --reference sft --output-dir runs/dpo-soft --set "
-    "preference_data=runs/data/prefs.jsonl --set reference_schedule=soft --set reference_update_steps=2": Plan(
-        budget=settings("steps=2", "dpo_batch_size=2")
-    ),
+    "salsa dpo --init runs/x/sft-0 --reference sft --data runs/data/prefs.jsonl --output-dir runs/dpo-soft --set "
+    "reference_schedule=soft --set reference_update_steps=2": Plan(budget=settings("steps=2", "batch_size=2")),
     # docs/results/cpu-smollm2-135m.md
     "salsa run examples/study_cpu.yaml": Plan(
         "dry-run", why="the study takes about 6 h on the default model; `salsa run my_run.yaml` runs the same stages"

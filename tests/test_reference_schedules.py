@@ -8,9 +8,11 @@ import pytest
 import torch
 from torch import nn
 
-from salsa.config import RLConfig
+import salsa.rl.dpo
+from salsa.config import DPOConfig, RLConfig
 from salsa.models import load_causal_lm, save_tiny_model
 from salsa.policy import fresh_policy
+from salsa.rl.dpo import train_dpo
 from salsa.rl.ppo import train_rl
 from salsa.rl.reference import Reference, load_reference, move_towards, reference_schedule
 from salsa.soup import build_soup
@@ -106,22 +108,27 @@ def test_an_interrupted_lora_run_with_a_moving_reference_resumes_bit_identically
     pairs = [{"prompt": p, "chosen": "Yes, gladly.", "rejected": "No."} for p in ["Say hi.", "Greet me.", "Go."]]
     prefs.write_text("".join(json.dumps(r) + "\n" for r in pairs))
     # Soft every 2 steps: the checkpoint at step 2 holds the moved reference, and steps 3 and 4 depend on it.
-    config = RLConfig(
-        algorithm=algorithm, init=str(tiny_model_dir), reference="sft", reference_schedule="soft",
-        reference_update_steps=2, reference_update_weight=0.5, use_lora=True, lora_r=4, prompts=str(prompts),
-        preference_data=str(prefs), task=None, output_dir=str(tmp_path / "straight"), steps=4, save_steps=2,
-        prompts_per_step=3, samples_per_prompt=2, max_new_tokens=6, learning_rate=1e-2, kl_coef=0.5, ppo_epochs=1,
-        dpo_batch_size=3,
+    shared = dict(
+        init=str(tiny_model_dir), reference="sft", reference_schedule="soft", reference_update_steps=2,
+        reference_update_weight=0.5, use_lora=True, lora_r=4, output_dir=str(tmp_path / "straight"), steps=4,
+        save_steps=2, learning_rate=1e-2,
     )  # fmt: skip
-    reward = (lambda prompts, responses: [len(r) / 10.0 for r in responses]) if algorithm == "rloo" else None
-    straight = train_rl(config, False, reward)
+    if algorithm == "rloo":
+        config = RLConfig(algorithm=algorithm, prompts=str(prompts), task=None, prompts_per_step=3,
+                          samples_per_prompt=2, max_new_tokens=6, kl_coef=0.5, ppo_epochs=1, **shared)  # fmt: skip
+        reward = lambda prompts, responses: [len(r) / 10.0 for r in responses]  # noqa: E731
+        train = lambda config: train_rl(config, False, reward)  # noqa: E731
+    else:
+        config = DPOConfig(data=str(prefs), batch_size=3, **shared)
+        train = lambda config: train_dpo(config, False)  # noqa: E731
+    straight = train(config)
     resumed_config = dataclasses.replace(config, output_dir=str(tmp_path / "resumed"))
     restore = interrupt("salsa.rl.ppo.rl_update" if algorithm == "rloo" else "salsa.rl.dpo.dpo_loss", at_call=4)
     with pytest.raises(KeyboardInterrupt):
-        train_rl(resumed_config, False, reward)
+        train(resumed_config)
     restore()
     assert (tmp_path / "resumed" / "checkpoints" / "step-0000002").is_dir()  # killed at step 4: resumes from 2
-    resumed = train_rl(resumed_config, False, reward)
+    resumed = train(resumed_config)
     a, b = load_causal_lm(str(straight)).state_dict(), load_causal_lm(str(resumed)).state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
     logged = [[json.loads(line) for line in (out.parent / "metrics.jsonl").read_text().splitlines()]
@@ -129,6 +136,38 @@ def test_an_interrupted_lora_run_with_a_moving_reference_resumes_bit_identically
     assert [m["step"] for m in logged[1]] == [1, 2, 3, 4]
     assert all("kl_sft" not in m for m in logged[0])  # a reference that moved away from SFT: its KL is not to SFT
     assert logged[0] == [{**m, **_timings(logged[0][i])} for i, m in enumerate(logged[1])]
+
+
+@pytest.mark.parametrize("algorithm", ["ppo", "dpo"])
+def test_a_skipped_step_leaves_the_reference_where_it_is(tmp_path, tiny_model_dir, monkeypatch, algorithm):
+    """One rule for online RL and DPO: a moving reference follows the policy only after a step that updated it; a
+    step skipped for a non-finite value (here step 2) leaves it where it is."""
+    moved_at, follow = [], Reference.update
+    monkeypatch.setattr(
+        Reference, "update", lambda self, policy, step: (moved_at.append(step), follow(self, policy, step))
+    )
+    calls = {"n": 0}
+
+    def nan_at_call_2(value: torch.Tensor) -> torch.Tensor:
+        calls["n"] += 1
+        return value * float("nan") if calls["n"] == 2 else value
+
+    shared = dict(init=str(tiny_model_dir), reference="ema", output_dir=str(tmp_path / algorithm), steps=3,
+                  save_steps=0, on_nonfinite="skip", report_to=[])  # fmt: skip
+    if algorithm == "ppo":
+        (tmp_path / "prompts.jsonl").write_text("".join(json.dumps({"prompt": p}) + "\n" for p in ["Hi.", "Go."]))
+        config = RLConfig(algorithm="ppo", prompts=str(tmp_path / "prompts.jsonl"), task=None, prompts_per_step=2,
+                          samples_per_prompt=2, max_new_tokens=4, value_warmup_steps=0, reward_normalisation="none",
+                          **shared)  # fmt: skip
+        train_rl(config, False, lambda prompts, responses: nan_at_call_2(torch.ones(len(responses))))
+    else:
+        (tmp_path / "prefs.jsonl").write_text(
+            json.dumps({"prompt": "Hi.", "chosen": "Hello!", "rejected": "No."}) + "\n"
+        )
+        dpo_loss = salsa.rl.dpo.dpo_loss
+        monkeypatch.setattr(salsa.rl.dpo, "dpo_loss", lambda *args, **kwargs: nan_at_call_2(dpo_loss(*args, **kwargs)))
+        train_dpo(DPOConfig(data=str(tmp_path / "prefs.jsonl"), batch_size=1, **shared), False)
+    assert moved_at == [1, 3]
 
 
 def _timings(record: dict) -> dict:

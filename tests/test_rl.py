@@ -9,11 +9,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from salsa.config import RLConfig
+from salsa.config import DPOConfig, RLConfig
 from salsa.errors import ConfigError
 from salsa.generation import encode_prompts, generate, left_pad, position_ids, response_mask
 from salsa.models import load_causal_lm, save_tiny_model
 from salsa.policy import response_forward
+from salsa.rl.dpo import train_dpo
 from salsa.rl.ppo import train_rl
 from salsa.rl.reference import load_reference, shares_the_policy_base
 from salsa.snapshots import list_snapshots, load_snapshot
@@ -387,16 +388,15 @@ def test_an_interrupted_dpo_run_resumes_to_the_same_policy(tmp_path, peaked_mode
     prefs = tmp_path / "prefs.jsonl"
     rows = [{"prompt": p, "chosen": "Yes, gladly.", "rejected": "No."} for p in PROMPTS]
     prefs.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    cfg = RLConfig(algorithm="dpo", init=str(peaked_model), reference="ema", preference_data=str(prefs), task=None,
-                   output_dir=str(tmp_path / "straight"), steps=4, dpo_batch_size=3, learning_rate=1e-3,
-                   save_steps=2)  # fmt: skip
-    straight = train_rl(cfg, False)
+    cfg = DPOConfig(init=str(peaked_model), reference="ema", data=str(prefs), output_dir=str(tmp_path / "straight"),
+                    steps=4, batch_size=3, learning_rate=1e-3, save_steps=2)  # fmt: skip
+    straight = train_dpo(cfg, False)
     resumed_cfg = dataclasses.replace(cfg, output_dir=str(tmp_path / "resumed"))
     restore = interrupt("salsa.rl.dpo.dpo_loss", at_call=4)
     with pytest.raises(KeyboardInterrupt):
-        train_rl(resumed_cfg, False)
+        train_dpo(resumed_cfg, False)
     restore()
-    resumed = train_rl(resumed_cfg, False)
+    resumed = train_dpo(resumed_cfg, False)
     a, b = load_causal_lm(str(straight)).state_dict(), load_causal_lm(str(resumed)).state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert [m["step"] for m in _metrics(resumed)] == [1, 2, 3, 4]
@@ -440,7 +440,7 @@ def test_ppo_trains_its_value_function_on_the_trunk_or_on_a_separate_critic(toke
 
 
 def test_ppo_advantages_are_gae_of_the_kl_shaped_rewards():
-    from salsa.rl.ppo import advantages
+    from salsa.rl.update import advantages
 
     config = RLConfig(algorithm="ppo", gamma=1.0, lam=0.95, whiten_advantages=False)
     adv, returns = advantages(config, torch.tensor([1.0]), torch.tensor([[0.1, 0.2]]), torch.tensor([[0.5, 0.3]]),
@@ -494,8 +494,7 @@ def test_reference_free_dpo_trains_without_a_reference(tmp_path, peaked_model):
     prefs.write_text(
         "".join(json.dumps({"prompt": p, "chosen": "Yes.", "rejected": "No, never."}) + "\n" for p in PROMPTS)
     )
-    cfg = RLConfig(algorithm="dpo", init=str(peaked_model), reference="none", preference_data=str(prefs), task=None,
-                   output_dir=str(tmp_path / "dpo"), steps=6, dpo_batch_size=4, learning_rate=1e-3,
-                   save_steps=0, gradient_checkpointing=True)  # fmt: skip
-    records = _metrics(train_rl(cfg, False))
+    cfg = DPOConfig(init=str(peaked_model), reference="none", data=str(prefs), output_dir=str(tmp_path / "dpo"),
+                    steps=6, batch_size=4, learning_rate=1e-3, save_steps=0, gradient_checkpointing=True)  # fmt: skip
+    records = _metrics(train_dpo(cfg, False))
     assert records[-1]["margin"] > records[0]["margin"]  # the chosen response gains on the rejected one

@@ -195,8 +195,9 @@ def _pairs_file(tmp_path: Path) -> str:
 
 @pytest.mark.parametrize("stage", ["sft", "reward", "dpo"])
 def test_sft_reward_and_dpo_report_to_what_they_name(stage, tmp_path, monkeypatch, tiny_sft_config, tiny_model_dir):
-    from salsa.config import RewardConfig
+    from salsa.config import DPOConfig, RewardConfig
     from salsa.reward import train_reward
+    from salsa.rl.dpo import train_dpo
     from salsa.sft import train_sft
 
     _offline(monkeypatch, tmp_path)
@@ -208,10 +209,9 @@ def test_sft_reward_and_dpo_report_to_what_they_name(stage, tmp_path, monkeypatc
                               report_to=["mlflow"])  # fmt: skip
         out = train_reward(config, False).parent
     else:
-        config = RLConfig(algorithm="dpo", init=str(tiny_model_dir), preference_data=_pairs_file(tmp_path), task=None,
-                          output_dir=str(tmp_path / "dpo"), steps=2, dpo_batch_size=2,
-                          report_to=["mlflow"])  # fmt: skip
-        out = train_rl(config, False).parent
+        config = DPOConfig(init=str(tiny_model_dir), data=_pairs_file(tmp_path), output_dir=str(tmp_path / "dpo"),
+                           steps=2, batch_size=2, report_to=["mlflow"])  # fmt: skip
+        out = train_dpo(config, False).parent
     logged, _ = _mlflow_logged(tmp_path)
     assert logged == {r["step"]: pytest.approx({f"{stage}/{k}": v for k, v in r.items() if k != "step"}, rel=1e-6)
                       for r in read_jsonl(out / "metrics.jsonl")}  # fmt: skip

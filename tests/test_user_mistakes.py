@@ -333,7 +333,17 @@ CASES = [
         ["rl", "--algorithm", "rloo", "--set", "samples_per_prompt=1"],
         r"rl.samples_per_prompt must be >= 2 for rloo, got 1",
     ),
-    ("rl-algorithm", ["rl", "--algorithm", "a2c"], r"rl.algorithm must be one of ppo, rloo, grpo, dpo"),
+    ("rl-algorithm", ["rl", "--algorithm", "a2c"], r"rl.algorithm must be one of ppo, rloo, grpo, got 'a2c'"),
+    (
+        "rl-dpo",
+        ["rl", "--set", "algorithm=dpo"],
+        r"rl.algorithm must be one of ppo, rloo, grpo \(DPO is its own command now: `salsa dpo`",
+    ),
+    (
+        "rl-dpo-key",
+        ["rl", "--set", "dpo_beta=0.2"],
+        r"unknown key 'dpo_beta'; it is dpo.beta now, in the config of `salsa dpo`",
+    ),
     ("rl-temperature", ["rl", "--set", "temperature=0"], r"rl.temperature must be > 0"),
     ("rl-value-head", ["rl", "--set", "value_head=tied"], r"rl.value_head must be one of shared, separate"),
     ("rl-unknown-task", ["rl", "--set", "task=movies"], r"rl.task must be a built-in task"),
@@ -415,34 +425,28 @@ CASES = [
         r"data file reviews\[train\].jsonl does not exist",
     ),
     (
-        "rl-dpo-pair-incomplete",
-        ["rl", "--algorithm", "dpo", "--init", "{model}", "--set", "preference_data=empty_prompt.jsonl"],
-        r"empty_prompt.jsonl row 1: missing field 'chosen'",
-    ),
-    (
-        "rl-dpo-prefs-missing",
-        ["rl", "--algorithm", "dpo", "--init", "{model}", "--set", "preference_data=nope.jsonl"],
-        r"data file nope.jsonl does not exist",
-    ),
-    (
-        "rl-output-inside-init",
-        [
-            "rl",
-            "--algorithm",
-            "dpo",
-            "--init",
-            "{model}",
-            "--set",
-            "preference_data={prefs}",
-            "--output-dir",
-            "{model}/rl",
-        ],
-        r"lies inside the input rl.init",
-    ),
-    (
         "rl-weights-without-models",
         ["rl", "--set", "reference_weights=[0.5, 0.5]"],
         r"rl.reference_weights needs rl.reference_models",
+    ),
+    # --- salsa dpo
+    ("dpo-beta", ["dpo", "--set", "beta=0"], r"dpo.beta must be > 0, got 0.0"),
+    ("dpo-old-key", ["dpo", "--set", "dpo_batch_size=4"], r"unknown key 'dpo_batch_size'; did you mean 'batch_size'\?"),
+    (
+        "dpo-schedule-without-reference",
+        ["dpo", "--reference", "none", "--set", "reference_schedule=soft"],
+        r"dpo.reference_schedule is soft but dpo.reference is none",
+    ),
+    (
+        "dpo-pair-incomplete",
+        ["dpo", "--init", "{model}", "--data", "empty_prompt.jsonl"],
+        r"empty_prompt.jsonl row 1: missing field 'chosen'",
+    ),
+    ("dpo-prefs-missing", ["dpo", "--init", "{model}", "--data", "nope.jsonl"], r"data file nope.jsonl does not exist"),
+    (
+        "dpo-output-inside-init",
+        ["dpo", "--init", "{model}", "--data", "{prefs}", "--output-dir", "{model}/dpo"],
+        r"lies inside the input dpo.init",
     ),
     # --- salsa eval
     ("eval-no-policies", ["eval"], r"eval.policies is empty"),
@@ -521,7 +525,12 @@ CASES = [
         r"run.reward_normalisation is shared, one normalisation measured for every RL run, but rl.reward_normalisation "
         r"is none",
     ),
-    ("run-dpo", ["run", "--set", "rl.algorithm=dpo"], r"compares online RL"),
+    ("run-dpo", ["run", "--set", "rl.algorithm=dpo"], r"rl.algorithm must be one of ppo, rloo, grpo \(DPO is its own"),
+    (
+        "run-dpo-section",
+        ["run", "--set", "dpo.beta=0.2"],
+        r"dpo: `salsa run` compares online RL arms and trains no DPO",
+    ),
     ("run-bad-later-stage", ["run", "--set", "rl.learning_rate=0"], r"rl.learning_rate must be > 0"),
     ("run-output-foreign", ["run", "--output-dir", "mine"], r"mine holds files salsa did not write"),
 ]
@@ -545,7 +554,7 @@ def test_the_catalogue_covers_every_stage_and_the_docs_list_it():
 
     assert len(CASES) >= 60
     stages = {argv[0] for _, argv, _ in CASES}
-    assert stages == {"sft", "soup", "data", "reward", "rl", "eval", "report", "run"}
+    assert stages == {"sft", "soup", "data", "reward", "rl", "dpo", "eval", "report", "run"}
     docs = (Path(__file__).parent.parent / "docs" / "errors.md").read_text()
     missing = [name for name, _, _ in CASES if f"`{name}`" not in docs]
     assert not missing, f"docs/errors.md does not list {missing}"

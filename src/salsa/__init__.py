@@ -23,6 +23,8 @@ _API = {
     "DataConfig": "salsa.config",
     "RewardConfig": "salsa.config",
     "train_rl": "salsa.rl.ppo",
+    "DPOConfig": "salsa.config",
+    "train_dpo": "salsa.rl.dpo",
     "train_reward": "salsa.reward",
     "RewardModel": "salsa.scoring",
     "make_task_data": "salsa.task_data",
@@ -41,6 +43,8 @@ __all__ = [
     "DataConfig",
     "RewardConfig",
     "train_rl",
+    "DPOConfig",
+    "train_dpo",
     "train_reward",
     "RewardModel",
     "make_task_data",
@@ -48,10 +52,11 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from salsa.config import DataConfig, RewardConfig, RLConfig, SFTConfig, SoupConfig
+    from salsa.config import DataConfig, DPOConfig, RewardConfig, RLConfig, SFTConfig, SoupConfig
     from salsa.errors import SalsaError
     from salsa.models import load_causal_lm, load_tokenizer
     from salsa.reward import train_reward
+    from salsa.rl.dpo import train_dpo
     from salsa.rl.ppo import train_rl
     from salsa.scoring import RewardModel
     from salsa.sft import train_sft

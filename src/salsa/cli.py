@@ -15,6 +15,7 @@ from rich.text import Text
 
 from salsa.config import (
     DataConfig,
+    DPOConfig,
     EvalConfig,
     ReportConfig,
     RewardConfig,
@@ -64,6 +65,10 @@ SetOption = Annotated[
     ),
 ]
 QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
+# The policy's start and its KL reference: `salsa rl` and `salsa dpo` alike.
+InitOption = Annotated[str | None, typer.Option(help="Policy start: an SFT model or a soup directory.")]
+ReferenceOption = Annotated[str | None, typer.Option(help="KL anchor: sft, soup, ema or none.")]
+ReferenceModelOption = Annotated[str | None, typer.Option(help="Reference directory (default: init).")]
 OverwriteOption = Annotated[
     bool,
     typer.Option(help="Start over in an output directory that salsa wrote with another config (never a foreign one)."),
@@ -241,10 +246,10 @@ def reward(
 
 @app.command(epilog=_keys_epilog(RLConfig))
 def rl(
-    algorithm: Annotated[str | None, typer.Option(help="ppo, rloo, grpo or dpo.")] = None,
-    init: Annotated[str | None, typer.Option(help="Policy start: an SFT model or a soup directory.")] = None,
-    reference: Annotated[str | None, typer.Option(help="KL anchor: sft, soup, ema or none.")] = None,
-    reference_model: Annotated[str | None, typer.Option(help="Reference directory (default: init).")] = None,
+    algorithm: Annotated[str | None, typer.Option(help="ppo, rloo or grpo (DPO: `salsa dpo`).")] = None,
+    init: InitOption = None,
+    reference: ReferenceOption = None,
+    reference_model: ReferenceModelOption = None,
     reward_model: Annotated[
         str | None,
         typer.Option(
@@ -259,7 +264,7 @@ def rl(
     overwrite: OverwriteOption = False,
     quiet: QuietOption = False,
 ) -> None:
-    """RL from the reward model with a choice of KL reference: PPO (default), RLOO, GRPO, or offline DPO."""
+    """Online RL from the reward model with a choice of KL reference: PPO (default), RLOO or GRPO."""
     overrides = _overrides(
         set_, algorithm=algorithm, init=init, reference=reference, reference_model=reference_model,
         reward_model=reward_model, output_dir=output_dir, steps=steps,
@@ -272,6 +277,31 @@ def rl(
 
 
 app.command("ppo", help="Alias of `salsa rl` (PPO is its default algorithm).", epilog=_keys_epilog(RLConfig))(rl)
+
+
+@app.command(epilog=_keys_epilog(DPOConfig))
+def dpo(
+    config: ConfigOption = None,
+    set_: SetOption = None,
+    init: InitOption = None,
+    reference: ReferenceOption = None,
+    reference_model: ReferenceModelOption = None,
+    data: Annotated[str | None, typer.Option(help="Preference pairs: prompt/chosen/rejected.")] = None,
+    output_dir: Annotated[str | None, typer.Option(help="Where checkpoints/, metrics.jsonl and final/ go.")] = None,
+    steps: Annotated[int | None, typer.Option(help="Optimizer steps.")] = None,
+    overwrite: OverwriteOption = False,
+    quiet: QuietOption = False,
+) -> None:
+    """Offline DPO on preference pairs with a choice of KL reference (sft, soup, ema, none) and schedule."""
+    overrides = _overrides(
+        set_, init=init, reference=reference, reference_model=reference_model, data=data, output_dir=output_dir,
+        steps=steps,
+    )  # fmt: skip
+    cfg = _checked(load_stage_config(DPOConfig, "dpo", config, overrides))
+    from salsa.rl.dpo import train_dpo
+
+    _quiet_libraries()
+    _echo(train_dpo(cfg, show_progress=not quiet, overwrite=overwrite))
 
 
 @app.command("eval", epilog=_keys_epilog(EvalConfig))

@@ -220,17 +220,18 @@ class RewardConfig:
     )  # fmt: skip
 
 
-def _online(config: RLConfig) -> bool:
-    return config.algorithm != "dpo"
+def _online_algorithm(name: str) -> str | None:
+    if name == "dpo":
+        return "must be one of ppo, rloo, grpo (DPO is its own command now: `salsa dpo`, with a `dpo:` config section)"
+    return one_of("ppo", "rloo", "grpo")(name)
 
 
 @dataclass
-class RLConfig:
-    """Online RL (PPO, RLOO, GRPO) or offline DPO with a choice of KL reference."""
+class PolicyConfig:
+    """What online RL and DPO share: where the policy starts (LoRA or not), its KL reference and how that moves."""
 
-    STAGE: ClassVar[str] = "rl"
+    STAGE: ClassVar[str]  # each subclass's section, which its errors name
 
-    algorithm: str = option("ppo", "ppo | rloo | grpo | dpo", check=one_of("ppo", "rloo", "grpo", "dpo"))
     init: str = option("runs/sft/sft-0", "policy start: an SFT model or a soup directory", input="model")
     reference: str = option("sft", "KL anchor: sft | soup | ema | none", check=one_of("sft", "soup", "ema", "none"))
     reference_model: str | None = option(
@@ -254,6 +255,48 @@ class RLConfig:
         0.6, "soft: w, the policy's share of the moved reference (TR-DPO's alpha)",
         check=fraction(high_inclusive=True, low_inclusive=False),
     )  # fmt: skip
+    use_lora: bool = option(False, "train LoRA adapters on the policy")
+    lora_r: int = option(16, "LoRA rank", check=at_least(1))
+    lora_alpha: int = option(32, "LoRA scaling numerator", check=above(0))
+
+    def check(self) -> None:
+        stage = self.STAGE
+        if self.reference_models and self.reference != "soup":
+            raise ConfigError(
+                f"{stage}.reference_models averages a soup reference; {stage}.reference is '{self.reference}'"
+            )
+        if self.reference_weights is not None:
+            if not self.reference_models:
+                raise ConfigError(f"{stage}.reference_weights needs {stage}.reference_models")
+            soup_weights(len(self.reference_models), self.reference_weights)
+        if self.reference_schedule != "fixed" and self.reference == "none":
+            raise ConfigError(
+                f"{stage}.reference_schedule is {self.reference_schedule} but {stage}.reference is none: there is no "
+                f"reference to move; set {stage}.reference to where it starts (sft or soup)"
+            )
+        if self.reference == "ema" and self.reference_schedule not in ("fixed", "ema"):
+            raise ConfigError(
+                f"{stage}.reference ema is the ema schedule from the init, but {stage}.reference_schedule is "
+                f"{self.reference_schedule}; set {stage}.reference to where the {self.reference_schedule} schedule "
+                "starts (sft or soup)"
+            )
+        if self.reference_model and self.reference in ("ema", "none"):
+            raise ConfigError(
+                f"{stage}.reference_model is set but {stage}.reference is '{self.reference}', which does not use it"
+            )
+
+
+@dataclass
+class RLConfig(PolicyConfig):
+    """Online RL (PPO, RLOO, GRPO) with a choice of KL reference."""
+
+    STAGE: ClassVar[str] = "rl"
+    # Keys DPO's own config took with it (`salsa dpo`), as they are named there.
+    MOVED: ClassVar[dict[str, str]] = {
+        "dpo_beta": "dpo.beta", "dpo_batch_size": "dpo.batch_size", "preference_data": "dpo.data"
+    }  # fmt: skip
+
+    algorithm: str = option("ppo", "ppo | rloo | grpo", check=_online_algorithm)
     sft_model: str | None = option(
         None, "also log KL to this SFT model (an extra forward pass per step)", input="model"
     )
@@ -261,7 +304,7 @@ class RLConfig:
         "runs/reward/model", "a `salsa reward` directory, any one-label sequence-classification model (directory "
         "or hub id, read as TRL reads it), a Python function module:function / file.py:function, or gold: the task's "
         "gold judge (a control: can RL optimise the true objective at all?)",
-        input="rl_reward", needed=_online,
+        input="rl_reward",
     )  # fmt: skip
     reward_normalisation: str = option(
         "initial_policy", "initial_policy: centre and scale the reward by its mean and std over samples of the policy "
@@ -279,17 +322,12 @@ class RLConfig:
         check=at_least(2),
     )  # fmt: skip
     prompts: str = option(
-        "runs/data/prompts_train.jsonl", "training prompts (JSONL/Parquet/datasets with 'prompt')",
-        input="prompts", needed=_online,
-    )  # fmt: skip
-    preference_data: str = option(
-        "runs/data/prefs.jsonl", "dpo: prompt/chosen/rejected pairs", input="preferences",
-        needed=lambda c: c.algorithm == "dpo",
-    )  # fmt: skip
+        "runs/data/prompts_train.jsonl", "training prompts (JSONL/Parquet/datasets with 'prompt')", input="prompts"
+    )
     task: str | None = option("reviews", "built-in task whose gold judge is logged; null for none", check=known_task)
     output_dir: str = option("runs/rl", "checkpoints/, snapshots/, metrics.jsonl, tensorboard/, final/")
     seed: int = option(0, "seed of prompt order, sampling and initialisation")
-    steps: int = option(10, "RL iterations (rollout + update); dpo: optimizer steps", check=at_least(1))
+    steps: int = option(10, "RL iterations (rollout + update)", check=at_least(1))
     max_minutes: float | None = option(
         None, "stop at the first step that ends after this much training time (a wall-clock budget; how many steps "
         "that is depends on the machine), then save the final policy as usual; null: run every step",
@@ -344,12 +382,7 @@ class RLConfig:
     value_head: str = option(
         "shared", "shared (head on the policy trunk) | separate (own critic model)", check=one_of("shared", "separate")
     )
-    use_lora: bool = option(False, "train LoRA adapters on the policy")
-    lora_r: int = option(16, "LoRA rank", check=at_least(1))
-    lora_alpha: int = option(32, "LoRA scaling numerator", check=above(0))
     max_grad_norm: float = option(1.0, "gradient clipping norm", check=above(0))
-    dpo_beta: float = option(0.1, "dpo: beta", check=above(0))
-    dpo_batch_size: int = option(8, "dpo: pairs per step", check=at_least(1))
     save_steps: int = option(
         10, "checkpoint every N steps (0: none); a rerun resumes from the newest", check=at_least(0), result=False
     )
@@ -378,32 +411,15 @@ class RLConfig:
         return min(self.value_warmup_steps, self.steps - 1) if self.algorithm == "ppo" else 0
 
     def check(self) -> None:
+        super().check()
         if self.algorithm in ("rloo", "grpo") and self.samples_per_prompt < 2:
             raise ConfigError(f"rl.samples_per_prompt must be >= 2 for {self.algorithm}, got {self.samples_per_prompt}")
-        if self.reference_models and self.reference != "soup":
-            raise ConfigError(f"rl.reference_models averages a soup reference; rl.reference is '{self.reference}'")
-        if self.reference_weights is not None:
-            if not self.reference_models:
-                raise ConfigError("rl.reference_weights needs rl.reference_models")
-            soup_weights(len(self.reference_models), self.reference_weights)
         moving = self.reference == "ema" or self.reference_schedule != "fixed"
-        if self.sharding == "fsdp2" and (self.algorithm == "dpo" or (moving and self.use_lora)):
+        if self.sharding == "fsdp2" and moving and self.use_lora:
             raise ConfigError(
-                "rl.sharding fsdp2 shards the online RL policy (ppo, rloo, grpo) and its critic; use none for dpo "
-                "and for a moving reference (ema, soft, hard) of a LoRA policy"
+                "rl.sharding fsdp2 cannot shard a moving reference (ema, soft, hard) of a LoRA policy; use none"
             )
-        if self.reference_schedule != "fixed" and self.reference == "none":
-            raise ConfigError(
-                f"rl.reference_schedule is {self.reference_schedule} but rl.reference is none: there is no reference "
-                "to move; set rl.reference to where it starts (sft or soup)"
-            )
-        if self.reference == "ema" and self.reference_schedule not in ("fixed", "ema"):
-            raise ConfigError(
-                f"rl.reference ema is the ema schedule from the init, but rl.reference_schedule is "
-                f"{self.reference_schedule}; set rl.reference to where the {self.reference_schedule} schedule starts "
-                "(sft or soup)"
-            )
-        if self.reward_model == "gold" and self.algorithm != "dpo" and not self.task:
+        if self.reward_model == "gold" and not self.task:
             raise ConfigError("rl.reward_model is gold, the task's gold judge, but rl.task is null; name the task")
         if self.value_init == "reward_model" and self.reward_model == "gold":
             raise ConfigError("rl.value_init reward_model needs a reward model to start the critic from, not gold")
@@ -412,15 +428,41 @@ class RLConfig:
                 "rl.value_init reward_model starts the critic from the reward model, which needs its own critic: set "
                 "rl.value_head to separate"
             )
-        if self.reference_model and self.reference in ("ema", "none"):
-            raise ConfigError(
-                f"rl.reference_model is set but rl.reference is '{self.reference}', which does not use it"
-            )
         if (self.reward_normalisation == "fixed") != (self.normalisation_file is not None):
             raise ConfigError(
                 "rl.normalisation_file is the mean and std of rl.reward_normalisation fixed: set both or neither "
                 f"(reward_normalisation is {self.reward_normalisation}, normalisation_file {self.normalisation_file})"
             )
+
+
+@dataclass
+class DPOConfig(PolicyConfig):
+    """Offline DPO on preference pairs, with the KL references and schedules of online RL."""
+
+    STAGE: ClassVar[str] = "dpo"
+
+    data: str = option(
+        "runs/data/prefs.jsonl", "prompt/chosen/rejected pairs (JSONL, Parquet, datasets)", input="preferences"
+    )
+    output_dir: str = option("runs/dpo", "checkpoints/, metrics.jsonl, tensorboard/, final/")
+    seed: int = option(0, "seed of pair order and initialisation")
+    steps: int = option(10, "optimizer steps", check=at_least(1))
+    batch_size: int = option(8, "pairs per step (global)", check=at_least(1))
+    beta: float = option(
+        0.1, "beta: loss = -log sigmoid(beta * ((log pi - log ref)(chosen) - (log pi - log ref)(rejected)))",
+        check=above(0),
+    )  # fmt: skip
+    learning_rate: float = option(3e-5, "AdamW learning rate of the policy (constant)", check=above(0))
+    max_grad_norm: float = option(1.0, "gradient clipping norm", check=above(0))
+    mixed_precision: str = option("auto", PRECISION_HELP, check=one_of(*PRECISIONS))
+    gradient_checkpointing: bool = option(False, CHECKPOINTING_HELP)
+    on_nonfinite: str = option("stop", NONFINITE_HELP, check=one_of("stop", "skip"))
+    save_steps: int = option(
+        10, "checkpoint every N steps (0: none); a rerun resumes from the newest", check=at_least(0), result=False
+    )
+    report_to: list[str] = option(
+        help=REPORT_TO_HELP, factory=lambda: ["tensorboard"], check=known_tracker, result=False
+    )
 
 
 @dataclass
@@ -641,5 +683,6 @@ STAGES: dict[str, type] = {
     "data": DataConfig,
     "reward": RewardConfig,
     "rl": RLConfig,
+    "dpo": DPOConfig,
     "eval": EvalConfig,
 }

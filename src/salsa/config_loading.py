@@ -30,6 +30,15 @@ def _suggest(key: str, valid: list[str]) -> str:
     return f"; did you mean '{close[0]}'?" if close else f"; valid keys: {', '.join(sorted(valid))}"
 
 
+def _unknown_key(cls: type, key: str) -> str:
+    """Why `key` is no key of the stage `cls`: moved to another stage's config (`MOVED`), else the closest key."""
+    moved = getattr(cls, "MOVED", {}).get(key)
+    if moved:
+        section = moved.partition(".")[0]
+        return f"unknown key '{key}'; it is {moved} now, in the config of `salsa {section}`"
+    return f"unknown key '{key}'{_suggest(key, _field_names(cls))}"
+
+
 def _coerce(value: Any, annotation: Any, where: str) -> Any:
     """Convert a YAML or command-line value to the field's declared type."""
     origin = typing.get_origin(annotation)
@@ -98,7 +107,7 @@ def build_config(cls: type[C], values: dict[str, Any], where: str = "config") ->
     kwargs = {}
     for key, value in values.items():
         if key not in names:
-            raise ConfigError(f"{where}: unknown key '{key}'{_suggest(key, names)}")
+            raise ConfigError(f"{where}: {_unknown_key(cls, key)}")
         kwargs[key] = _coerce(value, hints[key], f"{where}: key '{key}'")
     return cls(**kwargs)
 
@@ -123,7 +132,7 @@ def parse_overrides(cls: type, overrides: list[str], section: str) -> dict[str, 
                 continue  # meant for another stage of a whole-run config
             key = rest
         if key not in names:
-            raise ConfigError(f"--set {item!r}: unknown key '{key}'{_suggest(key, names)}")
+            raise ConfigError(f"--set {item!r}: {_unknown_key(cls, key)}")
         out[key] = _coerce(value, hints[key], f"--set {item!r}")
     return out
 

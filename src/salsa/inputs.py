@@ -305,7 +305,7 @@ def check_inputs(
     stage = type(config).STAGE
     parsed: dict[str, Any] = {}
     local: list[tuple[str, Path]] = []
-    if stage == "rl":  # first: which model anchors the run matters more than a data row
+    if stage in ("rl", "dpo"):  # first: which model anchors the run matters more than a data row
         check_soup_reference(config, made_in, download)
     for f in dataclasses.fields(config):
         kind, value = f.metadata.get("input"), getattr(config, f.name)
@@ -330,11 +330,12 @@ def check_soup_reference(config: Any, made_in: Path | None = None, download: boo
         return
     if made_in is not None and made_in in Path(config.init).resolve().parents:
         return  # an earlier stage of the run writes it
-    check_model_reference(config.init, "rl.init", download)  # a missing init is reported as missing
+    stage = type(config).STAGE
+    check_model_reference(config.init, f"{stage}.init", download)  # a missing init is reported as missing
     if not is_soup_directory(config.init):
         raise ConfigError(
-            f"rl.reference is soup but rl.init ({config.init}) is not a soup directory (no {SOUP_RECORD} from "
-            "`salsa soup`); pass a soup directory as --init or --reference-model, or models to average as "
+            f"{stage}.reference is soup but {stage}.init ({config.init}) is not a soup directory (no {SOUP_RECORD} "
+            "from `salsa soup`); pass a soup directory as --init or --reference-model, or models to average as "
             "--set reference_models=[A,B]"
         )
 

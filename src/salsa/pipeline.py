@@ -40,6 +40,7 @@ from salsa import runtime
 from salsa.config import (
     STAGES,
     DataConfig,
+    DPOConfig,
     EvalConfig,
     NormalisationConfig,
     RewardConfig,
@@ -148,8 +149,11 @@ def plan_run(config_path: str | Path | None = None, overrides: list[str] | None 
     rl_base = _wire(load(RLConfig, "rl"), **made["rl"])
     if not run.task:
         _require_own_data(reward, sft, rl_base, load(EvalConfig, "eval"))
-    if rl_base.algorithm == "dpo":
-        raise ConfigError("rl.algorithm: `salsa run` compares online RL (ppo, rloo, grpo); run dpo with `salsa rl`")
+    if load(DPOConfig, "dpo") != DPOConfig():
+        raise ConfigError(
+            "dpo: `salsa run` compares online RL arms and trains no DPO; run DPO on its own with `salsa dpo --config "
+            "FILE`, which reads the dpo: section"
+        )
     # RL trains on the run's reward model, unless rl.reward_model names another reward (gold, a function, ...).
     rl_reward = _wire(rl_base, reward_model=str(Path(reward.output_dir) / "model")).reward_model
     normalisation = _shared_normalisation(run, rl_base, rl_reward, sft_dirs)

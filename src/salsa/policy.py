@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from salsa.config import RLConfig
+from salsa.config import PolicyConfig
 from salsa.generation import position_ids, shared_prompt_cache
 from salsa.models import forward_logits, trainable_model
 
@@ -29,7 +29,7 @@ def sequence_kl(logp: torch.Tensor, ref_logp: torch.Tensor, mask: torch.Tensor) 
     return ((logp - ref_logp) * mask).sum(1)
 
 
-def fresh_policy(config: RLConfig, activation_checkpointing: bool = False) -> nn.Module:
+def fresh_policy(config: PolicyConfig, activation_checkpointing: bool = False) -> nn.Module:
     """The policy as RL starts it: the init model, LoRA-wrapped with `use_lora` (DPO, RL, snapshots, gathering)."""
     return trainable_model(
         config.init, use_lora=config.use_lora, lora_r=config.lora_r, lora_alpha=config.lora_alpha,

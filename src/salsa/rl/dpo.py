@@ -3,7 +3,8 @@
     loss = -log sigmoid(beta * ((log pi(y_c|x) - log ref(y_c|x)) - (log pi(y_r|x) - log ref(y_r|x))))
 
 `reference: none` drops the reference terms (reference-free); a reference schedule (ema, soft, hard: TR-DPO's
-updates) moves the reference towards the policy after optimizer steps.
+updates) moves the reference towards the policy after each optimizer step (a step skipped for a non-finite loss
+leaves it, as in online RL). `salsa dpo` runs it, from its own config (`DPOConfig`, the `dpo:` section).
 Like online RL, a run checkpoints every `save_steps` and a rerun resumes from the newest checkpoint.
 """
 
@@ -15,7 +16,7 @@ import torch
 
 from salsa import runtime
 from salsa.checkpoint import Checkpointer
-from salsa.config import RLConfig
+from salsa.config import DPOConfig
 from salsa.data import Conversation, as_messages
 from salsa.engine import Stage, run_stage
 from salsa.errors import ConfigError
@@ -42,18 +43,19 @@ def sequence_logprobs(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     return torch.zeros(len(labels), dtype=token_logp.dtype, device=token_logp.device).index_add(0, rows, token_logp)
 
 
-def train_dpo(config: RLConfig, show_progress: bool = True, overwrite: bool = False) -> Path:
+def train_dpo(config: DPOConfig, show_progress: bool = True, overwrite: bool = False) -> Path:
+    """Run DPO as configured; returns the directory of the final policy (`output_dir/final`)."""
     return run_stage(config, lambda stage: _run(config, stage, show_progress), overwrite) / "final"
 
 
-def _run(config: RLConfig, stage: Stage, show_progress: bool) -> None:
+def _run(config: DPOConfig, stage: Stage, show_progress: bool) -> None:
     accelerator = runtime.accelerator()
     out, device, main = stage.out, accelerator.device, accelerator.is_main_process
     world, rank = runtime.world_size(), runtime.process_state().process_index
-    if config.dpo_batch_size < world:
-        raise ConfigError(f"rl.dpo_batch_size ({config.dpo_batch_size}) must be at least the {world} processes")
+    if config.batch_size < world:
+        raise ConfigError(f"dpo.batch_size ({config.batch_size}) must be at least the {world} processes")
     torch.manual_seed(config.seed)
-    pairs = stage.inputs["preference_data"]
+    pairs = stage.inputs["data"]
     tokenizer = load_tokenizer(config.init)
     core = fresh_policy(config, config.gradient_checkpointing)
     core.to(device).train()
@@ -65,9 +67,9 @@ def _run(config: RLConfig, stage: Stage, show_progress: bool) -> None:
         out / "checkpoints", core, optimizer, every=config.save_steps, identity={"world_size": world}, extra=reference
     )
     step = (checkpoints.resume() or {"step": 0})["step"]
-    guard = FiniteGuard("rl", config.on_nonfinite)
+    guard = FiniteGuard("dpo", config.on_nonfinite)
     dtype = runtime.compute_dtype(config.mixed_precision)
-    batches = batch_stream([1] * len(pairs), config.dpo_batch_size, derive_seed(config.seed, "pairs"), step)
+    batches = batch_stream([1] * len(pairs), config.batch_size, derive_seed(config.seed, "pairs"), step)
     progress_bar = training_progress(disable=not show_progress or not main)
     with MetricsLog(out, "dpo", config, resume_step=step, enabled=main) as log, progress_bar as progress:
         task = progress.add_task(f"dpo ({config.reference} ref)", total=config.steps, completed=step, metrics="")
@@ -76,11 +78,11 @@ def _run(config: RLConfig, stage: Stage, show_progress: bool) -> None:
             # Every process takes its share of the step's pairs; DDP averages the gradients.
             batch_pairs = [pairs[i] for i in next(batches)[rank::world]]
             with runtime.autocast(dtype):
-                losses, margin = _pair_losses(policy, reference, tokenizer, batch_pairs, config.dpo_beta, device)
+                losses, margin = _pair_losses(policy, reference, tokenizer, batch_pairs, config.beta, device)
             # The loss of this process's pairs, scaled to its share of the global mean (DDP averages).
-            (losses.sum() * world / config.dpo_batch_size).backward()
+            (losses.sum() * world / config.batch_size).backward()
             grad_norm = runtime.clip_gradients(trainable, config.max_grad_norm)
-            global_loss = runtime.all_sum(losses.sum().detach()) / config.dpo_batch_size
+            global_loss = runtime.all_sum(losses.sum().detach()) / config.batch_size
             if guard.ok(step, loss=global_loss, grad_norm=grad_norm):
                 optimizer.step()
                 if reference is not None:
@@ -90,8 +92,8 @@ def _run(config: RLConfig, stage: Stage, show_progress: bool) -> None:
             record = {
                 "step": step,
                 "loss": float(global_loss),
-                "margin": float(totals[0]) / config.dpo_batch_size,
-                "accuracy": float(totals[1]) / config.dpo_batch_size,
+                "margin": float(totals[0]) / config.batch_size,
+                "accuracy": float(totals[1]) / config.batch_size,
                 "skipped": guard.skipped,
             }
             log.write(record)

@@ -4,13 +4,11 @@ Each iteration, in order (CleanRL style):
   1. rollout:   sample `samples_per_prompt` responses to `prompts_per_step` prompts (batched, KV cache);
   2. score:     the reward model once per response (normalised, clipped); the gold judge for logging;
   3. reference: log-probs of the responses under the frozen reference, once, under no_grad;
-  4. advantages (see `advantages`):
-       ppo   r_t = -beta KL_t, plus the score on the last token; GAE with the value head (InstructGPT);
-       rloo  R = score - beta sum_t KL_t;  A = R - mean(R of the other samples of the prompt);
-       grpo  A = (score - group mean) / group std;  beta * KL_k3 is added to the loss instead;
-  5. update:    `ppo_epochs` passes of the clipped policy (and value) loss over minibatches. With one epoch
-                and one minibatch the rollout forward pass is also the training forward pass;
-  6. log, adapt beta, move an EMA reference, checkpoint, keep a snapshot of the trained weights.
+  4. update (`salsa.rl.update`): the advantages (ppo: GAE of the KL-shaped rewards; rloo: leave-one-out;
+                grpo: group-normalised), then `ppo_epochs` passes of the clipped policy (and value) loss over
+                minibatches;
+  5. log, adapt beta, move a moving reference (only after a step that updated the policy, as in DPO: a step
+     skipped for a non-finite value leaves it where it is), checkpoint, keep a snapshot of the trained weights.
 
 Every random choice is seeded from (seed, step), so a run resumed from a checkpoint continues exactly.
 
@@ -42,197 +40,16 @@ from salsa.logs import FiniteGuard, MetricsLog
 from salsa.models import load_causal_lm, load_tokenizer, save_model
 from salsa.policy import fresh_policy, sequence_kl
 from salsa.progress import console, training_progress
-from salsa.rl.core import (
-    AdaptiveKLController,
-    advantage_diagnostics,
-    aggregate,
-    clipped_policy_loss,
-    clipped_value_loss,
-    explained_variance,
-    gae,
-    grpo_advantages,
-    kl_k1,
-    kl_k3,
-    masked_whiten,
-    rloo_advantages,
-    token_rewards,
-)
+from salsa.rl.core import AdaptiveKLController
 from salsa.rl.learner import Learner
 from salsa.rl.normalisation import per_run_normalisation
 from salsa.rl.reference import Reference, load_reference, reference_dir
-from salsa.rl.rollout import RewardFn, Rollout, chunk_rows, collect_rollout
+from salsa.rl.rollout import RewardFn, Rollout, collect_rollout
+from salsa.rl.update import global_mean, rl_update
 from salsa.scoring import gold_reward, reward_function
 from salsa.seeding import batch_stream, derive_seed, generator
 from salsa.snapshots import save_snapshot
 from salsa.tasks import BUILTIN_TASKS
-
-
-def advantages(
-    config: RLConfig,
-    scores: torch.Tensor,
-    kl: torch.Tensor,
-    values: torch.Tensor | None,
-    mask: torch.Tensor,
-    beta: float,
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Per-token advantages (and PPO's value targets) of one rollout; see the module docstring.
-
-    A process holds whole prompts (RLOO and GRPO groups); whitening uses the statistics of the global batch.
-    """
-    returns = None
-    if config.algorithm == "ppo":
-        rewards = token_rewards(scores, kl, mask, beta)
-        adv, returns = gae(rewards, values, mask, config.gamma, config.lam)
-    else:
-        if config.algorithm == "rloo":
-            sequence_adv = rloo_advantages(scores - beta * (kl * mask).sum(1), config.samples_per_prompt)
-        else:
-            sequence_adv = grpo_advantages(scores, config.samples_per_prompt)
-        adv = sequence_adv[:, None] * mask
-    whiten = config.whiten_advantages if config.whiten_advantages is not None else config.algorithm == "ppo"
-    if whiten:
-        adv = masked_whiten(adv, mask, total=runtime.all_sum) * mask
-    return adv, returns
-
-
-def _global_mean(total: torch.Tensor, count: torch.Tensor | float) -> float:
-    """A sum and a count of this process, as the mean over all processes (the count joins the sum's device)."""
-    count = torch.as_tensor(count, dtype=torch.float32, device=total.device)
-    sums = runtime.all_sum(torch.stack([total.detach().float(), count.detach()]))
-    return float(sums[0] / sums[1].clamp(min=1))
-
-
-def rl_update(
-    learner: Learner,
-    rollout: Rollout,
-    config: RLConfig,
-    optimizer: torch.optim.Optimizer,
-    beta: float,
-    generator: torch.Generator,
-    guard: FiniteGuard,
-    step: int,
-    value_only: bool = False,
-) -> dict:
-    """Advantages, then `ppo_epochs` passes of clipped updates over minibatches; returns the step's statistics.
-
-    Each epoch draws a permutation of the step's global rows from `generator` (seeded alike on every process); a
-    minibatch is a slice of it, and each process works on the rows of it that it rolled out. A minibatch whose
-    loss or gradient is not finite is never applied (`guard` stops the run or skips it). `value_only` (the value
-    warm-up) trains the value function alone.
-    """
-    n_local, n_global = len(rollout.rows), config.prompts_per_step * config.samples_per_prompt
-    local_index = {row: i for i, row in enumerate(rollout.rows)}
-    fused = config.ppo_epochs == 1 and config.minibatch_size >= n_global and not value_only
-    dtype = runtime.compute_dtype(config.mixed_precision)
-    with runtime.autocast(dtype):
-        if fused:  # the one minibatch is the whole rollout: this pass is also the training pass
-            live_logp, live_values, entropy = learner.evaluate(rollout, torch.arange(n_local), with_entropy=True)
-        else:
-            live_logp, live_values, entropy = learner.measure(rollout, chunk_rows(config))
-    old_logp = live_logp.detach()
-    old_values = live_values.detach() if live_values is not None else None
-    mask = rollout.mask
-    kl = kl_k1(old_logp, rollout.ref_logprobs) * mask if rollout.ref_logprobs is not None else torch.zeros_like(mask)
-    kl_for_reward = kl if config.algorithm != "grpo" else torch.zeros_like(kl)
-    adv, returns = advantages(config, rollout.scores, kl_for_reward, old_values, mask, beta)
-    batch = Minibatches(learner, rollout, config, optimizer, beta, guard, step, old_logp, old_values, adv, returns)
-    for _ in range(config.ppo_epochs):
-        epoch_order = torch.randperm(n_global, generator=generator)
-        for start in range(0, n_global, config.minibatch_size):
-            mine = [
-                local_index[g] for g in epoch_order[start : start + config.minibatch_size].tolist() if g in local_index
-            ]
-            live = (live_logp, live_values) if fused else None  # the one minibatch is the rollout: reuse its pass
-            batch.train(mine, live, value_only)
-    result = {k: sum(v) / len(v) for k, v in batch.stats.items() if v and not k.startswith("ratio")}
-    if batch.stats["ratio_max"]:
-        result["ratio_min"], result["ratio_max"] = min(batch.stats["ratio_min"]), max(batch.stats["ratio_max"])
-    result["kl_ref"] = _global_mean(kl.sum(), n_local)
-    if rollout.sft_logprobs is not None:
-        result["kl_sft"] = _global_mean(sequence_kl(old_logp, rollout.sft_logprobs, mask).sum(), n_local)
-    result["entropy"] = _global_mean((entropy * mask).sum(), mask.sum())
-    result.update(advantage_diagnostics(adv, mask, total=runtime.all_sum))
-    if old_values is not None:
-        result["returns"] = _global_mean((returns * mask).sum(), mask.sum())
-        result["values"] = _global_mean((old_values * mask).sum(), mask.sum())
-        result["explained_variance"] = explained_variance(old_values, returns, mask, total=runtime.all_sum)
-    return result
-
-
-class Minibatches:
-    """The clipped updates of one rollout, a minibatch at a time, and the statistics they log."""
-
-    def __init__(self, learner, rollout, config, optimizer, beta, guard, step, old_logp, old_values, adv, returns):
-        self.learner, self.rollout, self.config, self.optimizer = learner, rollout, config, optimizer
-        self.beta, self.guard, self.step = beta, guard, step
-        self.old_logp, self.old_values, self.adv, self.returns = old_logp, old_values, adv, returns
-        names = ("policy_loss", "value_loss", "clip_fraction", "approx_kl", "ratio_min", "ratio_max",
-                 "grad_norm_policy", "grad_norm_value")  # fmt: skip
-        self.stats: dict[str, list[float]] = {name: [] for name in names}
-
-    def _log(self, name: str, value: torch.Tensor) -> None:
-        """The mean over processes of a statistic each process computed as its share of the global mean."""
-        self.stats.setdefault(name, []).append(float(runtime.all_sum(value.detach())) / runtime.world_size())
-
-    def train(self, mine: list[int], live: tuple | None, value_only: bool) -> None:
-        """One optimizer step on this process's rows `mine` of a minibatch (its forward pass `live` if given)."""
-        config, world, learner = self.config, runtime.world_size(), self.learner
-        # A process with no row in this minibatch still takes part (its weight is 0), so that every
-        # process runs the same collective operations (FSDP2 gathers weights in every forward pass).
-        weight = 1.0 if mine else 0.0
-        rows = torch.tensor(mine or [0])
-        if live is not None:
-            logp, values = live[0][rows], live[1][rows] if live[1] is not None else None
-        else:
-            with runtime.autocast(runtime.compute_dtype(config.mixed_precision)):
-                logp, values, _ = learner.evaluate(self.rollout, rows, value_only=value_only)
-        m = self.rollout.mask[rows] * weight
-        # Each process divides its sums by its share of the global count (tokens, or responses; the count
-        # over all processes / world), so the average of the processes' losses, and of their gradients, is the
-        # mean over the global minibatch.
-        tokens = runtime.all_sum(m.sum()) / world
-        count = tokens if config.loss_aggregation == "token" else runtime.all_sum((m.sum(1) > 0).sum()) / world
-        loss, clip_fraction, approx_kl = clipped_policy_loss(
-            logp, self.old_logp[rows], self.adv[rows], m, config.clip_range, count, config.loss_aggregation
-        )
-        self._log("policy_loss", loss)
-        if config.algorithm == "grpo" and self.rollout.ref_logprobs is not None:  # GRPO: beta * k3 in the loss
-            kl_loss = aggregate(kl_k3(logp, self.rollout.ref_logprobs[rows]), m, config.loss_aggregation, count)
-            loss = loss + self.beta * kl_loss
-            self._log("kl_loss", kl_loss)
-        if value_only:
-            loss = torch.zeros((), device=m.device)
-        if values is not None:
-            value_loss = clipped_value_loss(
-                values, self.old_values[rows], self.returns[rows], m, config.value_clip_range, count=tokens
-            )
-            loss = loss + config.vf_coef * value_loss
-            self._log("value_loss", value_loss)
-        loss.backward()
-        if not runtime.is_sharded(learner.policy):
-            runtime.average_gradients(learner.parameters())
-        # The policy and the value function are clipped apart: the large early gradients of an untrained value
-        # function must not shrink the policy's step.
-        grad_norm = runtime.clip_gradients(learner.policy_parameters(), config.max_grad_norm)
-        self.stats["grad_norm_policy"].append(grad_norm)
-        if learner.value_head is not None:
-            value_norm = runtime.clip_gradients(learner.value_parameters(), config.max_grad_norm)
-            self.stats["grad_norm_value"].append(value_norm)
-            grad_norm = (grad_norm**2 + value_norm**2) ** 0.5
-        if self.guard.ok(self.step, loss=runtime.all_sum(loss.detach()), grad_norm=grad_norm):
-            self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        self._log("clip_fraction", clip_fraction)
-        self._log("approx_kl", approx_kl)
-        # The range of pi_new / pi_old over the minibatch's tokens (every process joins the reduction).
-        log_ratio = logp.detach() - self.old_logp[rows]
-        outside = m == 0
-        extremes = torch.stack(
-            [log_ratio.masked_fill(outside, -torch.inf).max(), (-log_ratio).masked_fill(outside, -torch.inf).max()]
-        )
-        highest = runtime.all_max(extremes)
-        self.stats["ratio_max"].append(float(highest[0].exp()))
-        self.stats["ratio_min"].append(float((-highest[1]).exp()))
 
 
 def train_rl(
@@ -245,10 +62,6 @@ def train_rl(
     """
     if reward_fn is not None:
         config = replace(config, reward_model=None)
-    if config.algorithm == "dpo":
-        from salsa.rl.dpo import train_dpo
-
-        return train_dpo(config, show_progress, overwrite)
     if reward_fn is None and config.reward_model is None:
         raise SalsaError("rl.reward_model is null: give a reward model directory (or reward_fn in Python)")
     return run_stage(config, lambda stage: _run(config, stage, reward_fn, show_progress), overwrite) / "final"
@@ -281,7 +94,7 @@ def _load_models(config: RLConfig, stage: Stage, reward_fn: RewardFn | None) -> 
     tokenizer = load_tokenizer(config.init)
     learner = Learner(config, device)
     check_prompt_lengths(tokenizer, prompts, config.max_new_tokens, learner.policy, f"rl.prompts ({config.prompts})")
-    reference = load_reference(config, learner.policy, device)
+    reference = load_reference(config, learner.policy, device, config.sharding)
     fixed_sft = config.reference == "sft" and not reference.moving
     reference_is_sft = fixed_sft and config.sft_model in (None, reference_dir(config))
     sft_model = None
@@ -356,7 +169,7 @@ def _run(config: RLConfig, stage: Stage, reward_fn: RewardFn | None, show_progre
             if controller is not None and "kl_ref" in record:
                 controller.update(record["kl_ref"], config.prompts_per_step * config.samples_per_prompt)
                 beta = controller.value
-            if reference is not None:
+            if reference is not None and stats.get("optimizer_steps"):  # a skipped step leaves the reference
                 reference.update(learner.policy, step)
             progress.update(task, advance=1, metrics=_progress_text(record))
             if config.snapshot_steps and step % config.snapshot_steps == 0 and step < config.steps:
@@ -386,15 +199,15 @@ def _record(
     here = len(rollout.rows)
     gold = None
     if rollout.gold is not None:
-        gold = _global_mean(torch.tensor(rollout.gold, dtype=torch.float64).sum(), here)
+        gold = global_mean(torch.tensor(rollout.gold, dtype=torch.float64).sum(), here)
     tokens = float(runtime.all_sum(rollout.attention_mask.sum().double()))
     record = {
         "step": step,
-        "reward": _global_mean(rollout.scores.nan_to_num().sum(), here),
+        "reward": global_mean(rollout.scores.nan_to_num().sum(), here),
         "gold": gold,
         **stats,
         "kl_coef": beta,
-        "response_length": _global_mean(rollout.mask.sum(), here),
+        "response_length": global_mean(rollout.mask.sum(), here),
         "tokens_per_s": tokens / (time.perf_counter() - started),
         "skipped": skipped,
     }
@@ -453,14 +266,14 @@ def _measure(learner: Learner, rollout: Rollout, config: RLConfig, reference_is_
     with runtime.autocast(runtime.compute_dtype(config.mixed_precision)):
         logp, _, _ = learner.evaluate(rollout, torch.arange(len(rollout.rows)))
     here, mask = len(rollout.rows), rollout.mask
-    result = {"reward": _global_mean(rollout.scores.nan_to_num().sum(), here)}
+    result = {"reward": global_mean(rollout.scores.nan_to_num().sum(), here)}
     if rollout.gold is not None:
-        result["gold"] = _global_mean(torch.tensor(rollout.gold, dtype=torch.float64).sum(), here)
-    result["response_length"] = _global_mean(mask.sum(), here)
+        result["gold"] = global_mean(torch.tensor(rollout.gold, dtype=torch.float64).sum(), here)
+    result["response_length"] = global_mean(mask.sum(), here)
     if rollout.ref_logprobs is not None:
-        result["kl_ref"] = _global_mean(sequence_kl(logp, rollout.ref_logprobs, mask).sum(), here)
+        result["kl_ref"] = global_mean(sequence_kl(logp, rollout.ref_logprobs, mask).sum(), here)
     if rollout.sft_logprobs is not None:
-        result["kl_sft"] = _global_mean(sequence_kl(logp, rollout.sft_logprobs, mask).sum(), here)
+        result["kl_sft"] = global_mean(sequence_kl(logp, rollout.sft_logprobs, mask).sum(), here)
     elif reference_is_sft and "kl_ref" in result:
         result["kl_sft"] = result["kl_ref"]
     return result

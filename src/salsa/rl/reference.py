@@ -17,8 +17,9 @@ A moving reference is a copy of its own in float32 (small updates must not round
 LoRA adapters on the model that is also a fixed reference (sft, or a soup directory), the reference is the policy
 with its adapters switched off: no second copy (as TRL and verl do).
 
-A `Reference` owns its state: the training loops call `update` after each optimizer step, and checkpoint and
-restore it with `state` / `restore` (a fixed reference has no state to keep).
+A `Reference` owns its state: the training loops (online RL and DPO alike) call `update` after a step that updated
+the policy, never after a step skipped for a non-finite value, and checkpoint and restore it with `state` / `restore`
+(a fixed reference has no state to keep).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ import torch
 from torch import nn
 
 from salsa import runtime
-from salsa.config import RLConfig
+from salsa.config import PolicyConfig
 from salsa.models import base_model, load_causal_lm
 from salsa.policy import response_forward
 from salsa.weights.in_memory import soup_model
@@ -48,7 +49,7 @@ class Schedule:
     weight: float
 
 
-def reference_schedule(config: RLConfig) -> Schedule | None:
+def reference_schedule(config: PolicyConfig) -> Schedule | None:
     """The schedule `reference_schedule` names (`reference: ema` is the ema schedule); None for a fixed reference."""
     kind = "ema" if config.reference == "ema" else config.reference_schedule
     schedules = {
@@ -100,13 +101,13 @@ class Reference:
                 self.model.get_parameter(name.removeprefix(STATE_PREFIX)).copy_(value)
 
 
-def reference_dir(config: RLConfig) -> str:
+def reference_dir(config: PolicyConfig) -> str:
     """The model directory (or hub id) of a frozen sft or soup reference: reference_model, else the init (for a soup
     reference, input validation made sure the init is a soup)."""
     return config.reference_model or config.init
 
 
-def shares_the_policy_base(config: RLConfig) -> bool:
+def shares_the_policy_base(config: PolicyConfig) -> bool:
     """LoRA on the model that is also a fixed reference (sft, or a soup directory): the base under the adapters is
     the reference."""
     from_a_directory = config.reference in ("sft", "soup") and not config.reference_models
@@ -114,8 +115,10 @@ def shares_the_policy_base(config: RLConfig) -> bool:
     return config.use_lora and from_a_directory and same_model and reference_schedule(config) is None
 
 
-def load_reference(config: RLConfig, policy: nn.Module, device: torch.device) -> Reference | None:
-    """The reference, in eval mode, at its start; None for `reference: none`."""
+def load_reference(
+    config: PolicyConfig, policy: nn.Module, device: torch.device, sharding: str = "none"
+) -> Reference | None:
+    """The reference, in eval mode, at its start, placed by `sharding` when it is fixed; None for `reference: none`."""
     if config.reference == "none":
         return None
     if shares_the_policy_base(config):
@@ -130,8 +133,7 @@ def load_reference(config: RLConfig, policy: nn.Module, device: torch.device) ->
         model = load_causal_lm(reference_dir(config), dtype)  # reference ema: the init
     model.eval().requires_grad_(False)
     # A moving reference is updated in place from the policy's full weights, so it stays whole on every process.
-    sharding = config.sharding if schedule is None else "none"
-    return Reference(runtime.place(model, device, sharding), schedule=schedule)
+    return Reference(runtime.place(model, device, sharding if schedule is None else "none"), schedule=schedule)
 
 
 @torch.no_grad()
