@@ -4,6 +4,7 @@ import pytest
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
+from salsa.generation import position_ids, prefill
 from salsa.models import forward_logits
 from salsa.policy import response_forward
 
@@ -41,3 +42,18 @@ def test_scores_use_the_final_logits_of_each_architecture(family):
     if family != "llama":  # these architectures change the logits after the output layer
         unprocessed = raw[:, 3:-1].log_softmax(-1).gather(-1, ids[:, 4:, None]).squeeze(-1)
         assert not torch.allclose(got, unprocessed, atol=1e-3)
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_a_decoding_step_reads_the_prompt_from_the_cache(family):
+    # A cache handed to the model under a keyword its transformers release does not read is dropped without a word,
+    # and each decoding step then sees its own token only: one cached step must give the logits of one whole pass.
+    model = _tiny(family)
+    ids = torch.randint(0, 96, (2, 9))
+    mask = torch.ones_like(ids)
+    mask[1, :3] = 0  # the second row left-padded, as sampling batches its prompts
+    with torch.no_grad():
+        whole, _ = forward_logits(model, ids, mask, position_ids(mask), keep=1)
+        cache, _, _ = prefill(model, ids[:, :-1], mask[:, :-1])
+        step, _ = forward_logits(model, ids[:, -1:], mask, position_ids(mask)[:, -1:], cache=cache, keep=1)
+    assert torch.allclose(step, whole, atol=1e-4)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import inspect
 import io
 import shutil
 import tempfile
@@ -120,6 +121,12 @@ def base_model(model: torch.nn.Module) -> torch.nn.Module:
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
+# The keyword a model's forward takes its KV cache by: transformers 5.24 renamed `past_key_values` to `cache`, and
+# before 5.24 a `cache` keyword lands in the forward's **kwargs unread, so the model would run with no cache at all
+# (each decoding step blind to the prompt). Every architecture of one transformers release takes the same name.
+CACHE_KEYWORD = "cache" if "cache" in inspect.signature(LlamaForCausalLM.forward).parameters else "past_key_values"
+
+
 def forward_logits(
     model: torch.nn.Module,
     input_ids: torch.Tensor,
@@ -137,7 +144,7 @@ def forward_logits(
     `logits_to_keep` sends only the positions asked for through the output layer.
     """
     out = model(
-        input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, cache=cache,
+        input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, **{CACHE_KEYWORD: cache},
         use_cache=cache is not None, logits_to_keep=keep, output_hidden_states=hidden,
     )  # fmt: skip
     states = None
