@@ -1,7 +1,10 @@
 """Two CPU processes under torchrun (gloo) against one process with the same global batch.
 
-Each test launches `python -m torch.distributed.run --standalone --nproc_per_node 2`, the way a user launches salsa
-on several GPUs; the one-process run uses one thread, as each of the two processes does (torchrun's default).
+The 2-process runs are launched with `python -m torch.distributed.run --standalone --nproc_per_node 2`, the way a
+user launches salsa on several GPUs; the 1-process runs use one thread, as each of the two processes does (torchrun's
+default). The runs the tests compare share two launches, one of 2 processes and one of 1 (tests/workers.py batch:
+each run as `python -m salsa.cli` runs it, its exit code and output recorded); the killed rank, its resumption and
+`salsa run --num-processes 2` launch their own.
 
 Numbers agree to float rounding, not bit for bit: a process that computes a batch of another shape, or the same
 batch with its weights at another memory alignment (measured: MKL's matrix product rounds differently), gets
@@ -36,7 +39,7 @@ def _env():
     return {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "CUDA_VISIBLE_DEVICES": ""}
 
 
-def _launch(args, processes, cwd, check=True):
+def _launch(args, processes, cwd, check=True, timeout=300):
     if processes == 1:
         command = [sys.executable, *args]
     else:
@@ -48,7 +51,14 @@ def _launch(args, processes, cwd, check=True):
             f"--nproc_per_node={processes}",
             *args,
         ]
-    result = subprocess.run(command, cwd=cwd, env=_env(), capture_output=True, text=True, timeout=300)
+    job = subprocess.Popen(command, cwd=cwd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                           start_new_session=True)  # fmt: skip
+    try:
+        stdout, stderr = job.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(job.pid, signal.SIGKILL)  # torchrun's workers too, not only torchrun
+        raise
+    result = subprocess.CompletedProcess(command, job.returncode, stdout, stderr)
     if check:
         assert result.returncode == 0, result.stderr[-3000:]
     return result
@@ -99,15 +109,91 @@ def work(tmp_path_factory, tokenizer):
 
 SFT = ["sft", "--model", "tiny", "-q", "--set", "max_steps=4", "--set", "learning_rate=3e-3", "--set", "warmup_ratio=0",
        "--set", "max_length=64", "--set", "num_models=1", "--set", "save_steps=2"]  # fmt: skip
+# The RL runs compared: each process rolls out a batch of another shape, so the logits differ by rounding; the worker
+# draws tokens by Gumbel-max (workers.rounding_proof_sample), which rounding changes only at a near-tie, so that both
+# runs update from the same samples. Several minibatches per epoch: a real PPO update.
+RL = dict(init="tiny", reference="ema", prompts="prompts.jsonl", task=None, steps=2, prompts_per_step=4,
+          samples_per_prompt=2, max_new_tokens=6, learning_rate=1e-3, kl_coef=0.1, save_steps=0, minibatch_size=4,
+          ppo_epochs=2, log_completions_steps=1)  # fmt: skip
+DATA = ["data", "make", "--model", "tiny", "-q", "--set", "samples_per_prompt=2", "--set", "max_new_tokens=5"]
+EVAL_SETTINGS = ["prompts=data2/prompts_eval.jsonl", "ood_prompts=data2/prompts_ood.jsonl", "reward_model=null",
+                 "sft_model=tiny", "soup_model=null", "landscape_models=[tiny,tiny2]", "batch_size=16",
+                 "landscape_alphas=[0.0,0.5,1.0]", "max_new_tokens=5", "bootstrap_samples=200"]  # fmt: skip
+EVAL = ["eval", "-p", "a=tiny", "-p", "b=tiny2", "-q", *[x for s in EVAL_SETTINGS for x in ("--set", s)]]
+KILLED = [*SFT, "--set", "max_steps=120", "--set", "save_steps=10", "--set", "batch_size=2", "--set", "sharding=fsdp2"]
+WORLD = [*SFT, "--set", "batch_size=2", "--output-dir", "world"]
+
+
+def _jobs(processes: int) -> list[dict]:
+    """The runs the tests compare, on `processes` processes: {"name", "salsa": ARGS} runs `salsa ARGS`, {"name", "rl":
+    CONFIG} RL with workers.length_reward as the reward."""
+    n = processes
+    if n == 1:
+        sft = [{"name": "sft1", "salsa": [*SFT, "--output-dir", "sft1", "--set", "batch_size=4"]}]
+    else:
+        sft = [{"name": f"sft2-{s}", "salsa": [*SFT, "--output-dir", f"sft2-{s}", "--set", "batch_size=2", "--set",
+                f"sharding={s}"]} for s in ("none", "fsdp2")]  # fmt: skip
+    rl = [{"name": f"rl-{a}-{n}", "rl": {**RL, "algorithm": a, "output_dir": f"rl-{a}-{n}"}} for a in ("rloo", "ppo")]
+    # Both evaluations read the 2-process run's prompts (the tests check they are the 1-process run's, byte for byte).
+    stages = [{"name": f"data{n}", "salsa": [*DATA, "--output-dir", f"data{n}"]},
+              {"name": f"eval{n}", "salsa": [*EVAL, "--output-dir", f"eval{n}"]}]  # fmt: skip
+    if n == 1:  # the 2-process run's checkpoint, resumed on 1 process (see _as_if_interrupted)
+        return [*sft, *rl, *stages, {"name": "world-resumed", "salsa": WORLD}]
+    return [*sft, *rl, *stages, {"name": "straight", "salsa": [*KILLED, "--output-dir", "straight"]},
+            {"name": "world", "salsa": WORLD}]  # fmt: skip
+
+
+def _as_if_interrupted(run: Path) -> None:
+    """Make a finished 2-process SFT run look interrupted after its step-2 checkpoint: the marker gone, a checkpoint
+    of 2 processes left."""
+    (run / "sft-0/salsa_complete.json").unlink()
+    (run / "salsa_complete.json").unlink()
+    checkpoint = run / "sft-0/checkpoints/step-0000002"
+    checkpoint.mkdir(parents=True)
+    (checkpoint / "state.json").write_text(json.dumps({"optimizer": {"param_groups": [], "scalars": {}},
+                                                       "scheduler": None, "counters": {"seed": 0, "world_size": 2,
+                                                       "step": 2, "micro_step": 2}}))  # fmt: skip
+    for name in ("weights", "optimizer", "rng"):
+        save_file({"state/0/step": torch.zeros(1)}, str(checkpoint / f"{name}.safetensors"))
+
+
+def _batch(work: Path, processes: int) -> dict[str, dict]:
+    """The jobs of `_jobs(processes)`, in one launch (every launch starts torch anew in each process, most of a
+    tiny run's time): name -> {"codes": each process's exit code, "stdout", "stderr": every process's, in order}."""
+    jobs = _jobs(processes)
+    folder = work / f"batch-{processes}"
+    folder.mkdir()
+    (folder / "jobs.json").write_text(json.dumps(jobs))
+    _launch([WORKERS, "batch", str(folder / "jobs.json")], processes, work, timeout=300 * len(jobs))  # 300 s a run
+    outcomes = {}
+    for job in jobs:
+        ranks = [json.loads((folder / f"{job['name']}.rank-{r}.json").read_text()) for r in range(processes)]
+        outcomes[job["name"]] = {"codes": [r["code"] for r in ranks], "stdout": "".join(r["stdout"] for r in ranks),
+                                 "stderr": "".join(r["stderr"] for r in ranks)}  # fmt: skip
+    return outcomes
+
+
+@pytest.fixture(scope="module")
+def runs(work):
+    """Every run the comparisons below read: the 2-process ones in one torchrun launch, then their 1-process
+    counterparts in one process."""
+    two = _batch(work, 2)
+    if two["world"]["codes"] == [0, 0]:  # else its test says why
+        _as_if_interrupted(work / "world")
+    return {**two, **_batch(work, 1)}
+
+
+def _finished(runs, *names):
+    for name in names:
+        assert set(runs[name]["codes"]) == {0}, f"{name}:\n{runs[name]['stderr'][-3000:]}"
+    return [runs[name] for name in names]
 
 
 @pytest.mark.parametrize("sharding", ["none", "fsdp2"])
-def test_two_process_sft_equals_one_process_with_the_same_global_batch(work, sharding):
-    one = _launch(_salsa(*SFT, "--output-dir", "sft1", "--set", "batch_size=4"), 1, work)
-    two = _launch(_salsa(*SFT, "--output-dir", f"sft2-{sharding}", "--set", "batch_size=2",
-                         "--set", f"sharding={sharding}"), 2, work)  # fmt: skip
-    assert two.stdout.split() == [f"sft2-{sharding}/sft-0"]  # each output printed once
-    assert one.stdout.split() == ["sft1/sft-0"]
+def test_two_process_sft_equals_one_process_with_the_same_global_batch(work, runs, sharding):
+    one, two = _finished(runs, "sft1", f"sft2-{sharding}")
+    assert two["stdout"].split() == [f"sft2-{sharding}/sft-0"]  # each output printed once
+    assert one["stdout"].split() == ["sft1/sft-0"]
     assert _close(_weights(work / "sft1/sft-0"), _weights(work / f"sft2-{sharding}/sft-0"))
     # The same learning-rate schedule (not N times too fast) and the global loss and token counts.
     one_log, two_log = (
@@ -124,30 +210,8 @@ def test_two_process_sft_equals_one_process_with_the_same_global_batch(work, sha
 
 
 @pytest.mark.parametrize("algorithm", ["rloo", "ppo"])
-def test_two_process_rl_steps_equal_one_process_with_the_same_global_batch(work, algorithm):
-    # Each process rolls out a batch of another shape, so the logits differ by rounding: the worker draws tokens
-    # by Gumbel-max (workers.rounding_proof_sample), which rounding changes only at a near-tie, so that both runs
-    # update from the same samples.
-    base = dict(
-        algorithm=algorithm,
-        init="tiny",
-        reference="ema",
-        prompts="prompts.jsonl",
-        task=None,
-        steps=2,
-        prompts_per_step=4,
-        samples_per_prompt=2,
-        max_new_tokens=6,
-        learning_rate=1e-3,
-        kl_coef=0.1,
-        save_steps=0,
-        minibatch_size=4,
-        ppo_epochs=2,
-        log_completions_steps=1,
-    )  # several minibatches per epoch: a real PPO update
-    for processes in (1, 2):
-        config = json.dumps({**base, "output_dir": f"rl-{algorithm}-{processes}"})
-        _launch([WORKERS, "rl", config], processes, work)  # also checks that both ranks end with equal replicas
+def test_two_process_rl_steps_equal_one_process_with_the_same_global_batch(work, runs, algorithm):
+    _finished(runs, f"rl-{algorithm}-1", f"rl-{algorithm}-2")  # train_rl also checks that both ranks end equal
     one, two = (_records(work / f"rl-{algorithm}-{n}/metrics.jsonl") for n in (1, 2))
     # Adam divides each gradient element by its own scale, so an element whose gradient is at float-rounding level
     # (an embedding row of a token barely seen) moves by a rounding-dependent amount: the policies of step 2 agree
@@ -165,10 +229,8 @@ def test_two_process_rl_steps_equal_one_process_with_the_same_global_batch(work,
     assert [r["reward"] for r in one] == pytest.approx([r["reward"] for r in two], rel=1e-4, abs=5e-5)
 
 
-def test_two_process_data_and_eval_write_what_one_process_writes(work):
-    data = ["data", "make", "--model", "tiny", "-q", "--set", "samples_per_prompt=2", "--set", "max_new_tokens=5"]
-    for processes in (1, 2):
-        _launch(_salsa(*data, "--output-dir", f"data{processes}"), processes, work)
+def test_two_process_data_and_eval_write_what_one_process_writes(work, runs):
+    _finished(runs, "data1", "data2")
     for name in ("prompts_train.jsonl", "prompts_eval.jsonl", "prompts_ood.jsonl"):  # no model involved
         assert (work / "data1" / name).read_bytes() == (work / "data2" / name).read_bytes(), name
     one, two = (_records(work / f"data{n}/samples.jsonl") for n in (1, 2))
@@ -178,32 +240,15 @@ def test_two_process_data_and_eval_write_what_one_process_writes(work):
     if samples_agree:  # the pairs and their labels are drawn from the samples, the same way by one process
         for name in ("prefs.jsonl", "prefs_dev.jsonl", "datasheet.md"):
             assert (work / "data1" / name).read_bytes() == (work / "data2" / name).read_bytes(), name
-    settings = ["prompts=data1/prompts_eval.jsonl", "ood_prompts=data1/prompts_ood.jsonl", "reward_model=null",
-                "sft_model=tiny", "soup_model=null", "landscape_models=[tiny,tiny2]", "batch_size=16",
-                "landscape_alphas=[0.0,0.5,1.0]", "max_new_tokens=5", "bootstrap_samples=200"]  # fmt: skip
-    evaluation = ["eval", "-p", "a=tiny", "-p", "b=tiny2", "-q", *[x for s in settings for x in ("--set", s)]]
-    for processes in (1, 2):
-        _launch(_salsa(*evaluation, "--output-dir", f"eval{processes}"), processes, work)
+    _finished(runs, "eval1", "eval2")
     one, two = (_records(work / f"eval{n}/samples.jsonl") for n in (1, 2))
     _same_but_rare_samples(one, two, "response", derived=("length", "gold"), close=("kl_sft",))
 
 
-def test_a_killed_rank_ends_the_job_and_a_rerun_resumes(work):
-    args = [
-        *SFT,
-        "--set",
-        "max_steps=120",
-        "--set",
-        "save_steps=10",
-        "--set",
-        "batch_size=2",
-        "--set",
-        "sharding=fsdp2",
-    ]
-    straight = _launch(_salsa(*args, "--output-dir", "straight"), 2, work)
-    assert straight.returncode == 0
+def test_a_killed_rank_ends_the_job_and_a_rerun_resumes(work, runs):
+    _finished(runs, "straight")  # the same run, not killed
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-               *_salsa(*args, "--output-dir", "killed")]  # fmt: skip
+               *_salsa(*KILLED, "--output-dir", "killed")]  # fmt: skip
     job = subprocess.Popen(command, cwd=work, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                            start_new_session=True)  # fmt: skip
     checkpoints = work / "killed/sft-0/checkpoints"
@@ -216,28 +261,17 @@ def test_a_killed_rank_ends_the_job_and_a_rerun_resumes(work):
     _, stderr = job.communicate(timeout=120)
     assert job.returncode != 0 and "Signal 9 (SIGKILL)" in stderr  # the job ends, saying why
     assert not (work / "killed/sft-0/model.safetensors").exists()
-    _launch(_salsa(*args, "--output-dir", "killed"), 2, work)  # the rerun resumes from the checkpoint
+    _launch(_salsa(*KILLED, "--output-dir", "killed"), 2, work)  # the rerun resumes from the checkpoint
     assert _close(_weights(work / "straight/sft-0"), _weights(work / "killed/sft-0"))
     assert [r["step"] for r in _records(work / "killed/sft-0/metrics.jsonl")] == list(range(1, 121))
 
 
-def test_a_checkpoint_resumes_only_on_the_world_size_it_was_saved_with(work):
-    args = [*SFT, "--set", "batch_size=2", "--output-dir", "world"]
-    _launch(_salsa(*args), 2, work)
-    run = work / "world/sft-0"
-    # Make it look interrupted after its step-2 checkpoint: the marker gone, a checkpoint of 2 processes left.
-    (run / "salsa_complete.json").unlink()
-    (work / "world/salsa_complete.json").unlink()
-    checkpoint = run / "checkpoints/step-0000002"
-    checkpoint.mkdir(parents=True)
-    (checkpoint / "state.json").write_text(json.dumps({"optimizer": {"param_groups": [], "scalars": {}},
-                                                       "scheduler": None, "counters": {"seed": 0, "world_size": 2,
-                                                       "step": 2, "micro_step": 2}}))  # fmt: skip
-    for name in ("weights", "optimizer", "rng"):
-        save_file({"state/0/step": torch.zeros(1)}, str(checkpoint / f"{name}.safetensors"))
-    result = _launch(_salsa(*args), 1, work, check=False)
-    assert result.returncode == 2
-    assert "seed 0, 2 processes; this one has seed 0, 1 process" in result.stderr
+def test_a_checkpoint_resumes_only_on_the_world_size_it_was_saved_with(runs):
+    # The 2-process run `world`, made to look interrupted (_as_if_interrupted), rerun on 1 process.
+    _finished(runs, "world")
+    resumed = runs["world-resumed"]
+    assert resumed["codes"] == [2]
+    assert "seed 0, 2 processes; this one has seed 0, 1 process" in resumed["stderr"]
 
 
 def test_salsa_run_launches_its_processes_and_writes_each_file_once(work):

@@ -1,10 +1,15 @@
 """Entry points the 2-process tests launch with torchrun (and once with a single process, to compare).
 
-python -m torch.distributed.run --standalone --nproc_per_node 2 tests/workers.py rl CONFIG_JSON
+python -m torch.distributed.run --standalone --nproc_per_node 2 tests/workers.py batch JOBS_JSON
 """
 
+import contextlib
+import io
 import json
+import os
 import sys
+import traceback
+from pathlib import Path
 
 import torch
 
@@ -26,23 +31,54 @@ def rounding_proof_sample(probs, uniform):
     return torch.tensor(tokens, device=probs.device)
 
 
-def rl(config_json: str) -> None:
+def rl(config: dict) -> None:
     """RL on one or several processes, whose rollouts sample from logits that differ by rounding: they draw
-    tokens with `rounding_proof_sample`, so both update from the same samples (what the test compares)."""
+    tokens with `rounding_proof_sample`, so both update from the same samples (what the test compares). The real
+    sampler is put back after, for the jobs that follow in the same process."""
     import salsa.generation
     from salsa.config import RLConfig
     from salsa.rl.ppo import train_rl
 
-    salsa.generation.inverse_cdf_sample = rounding_proof_sample
-    train_rl(RLConfig(**json.loads(config_json)), show_progress=False, reward_fn=length_reward)
+    real, salsa.generation.inverse_cdf_sample = salsa.generation.inverse_cdf_sample, rounding_proof_sample
+    try:
+        train_rl(RLConfig(**config), show_progress=False, reward_fn=length_reward)
+    finally:
+        salsa.generation.inverse_cdf_sample = real
 
 
-def fsdp_sft(config_json: str) -> None:
-    from salsa.config import SFTConfig
-    from salsa.sft import train_sft
+def salsa_command(args: list[str]) -> None:
+    """`salsa ARGS`, as `python -m salsa.cli ARGS` runs it."""
+    import salsa.cli
 
-    train_sft(SFTConfig(**json.loads(config_json)), show_progress=False)
+    sys.argv = ["salsa", *args]
+    salsa.cli.main()
+
+
+def run_job(job: dict) -> dict:
+    """One job: {"name", "salsa": [args]} or {"name", "rl": {config}}. Its exit code (a traceback for a bug, as an
+    uncaught exception prints it) and what it printed."""
+    stdout, stderr = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+        try:
+            salsa_command(job["salsa"]) if "salsa" in job else rl(job["rl"])
+            code = 0
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else int(e.code is not None)
+        except Exception:
+            traceback.print_exc()
+            code = 1
+    return {"code": code, "stdout": stdout.getvalue(), "stderr": stderr.getvalue()}
+
+
+def batch(jobs_json: str) -> None:
+    """Several runs in one launch, in order: every launch starts torch anew in each of its processes, most of a tiny
+    run's time. Each job's outcome goes to DIR/NAME.rank-R.json beside the jobs file."""
+    jobs_file = Path(jobs_json)
+    rank = int(os.environ.get("RANK", "0"))
+    for job in json.loads(jobs_file.read_text()):
+        outcome = run_job(job)
+        (jobs_file.parent / f"{job['name']}.rank-{rank}.json").write_text(json.dumps(outcome))
 
 
 if __name__ == "__main__":
-    {"rl": rl, "fsdp-sft": fsdp_sft}[sys.argv[1]](sys.argv[2])
+    {"batch": batch}[sys.argv[1]](sys.argv[2])
