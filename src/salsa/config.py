@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, ClassVar
 from salsa.errors import ConfigError
 from salsa.options import above, at_least, fraction, known_task, one_of, option
 from salsa.shipped import DEFAULT_MODEL
+from salsa.standard_sets import REFERENCES
 from salsa.trackers import known_tracker
 
 if TYPE_CHECKING:
@@ -441,7 +442,11 @@ class EvalConfig:
         help="name: model dir, or a list of dirs (one per RL seed), e.g. {sft: [runs/sft/sft-0], ppo: [...]}",
         factory=dict, input="model_dir",
     )  # fmt: skip
-    comparisons: list[str] | None = option(None, "pairs 'a:b' to compare (a against b); null: every pair")
+    comparisons: list[str] | None = option(
+        None, "pairs 'a:b' to compare (a against b); 'a:references': a against the reference answers of a standard "
+        "set (eval.prompts / ood_prompts: mt-bench, arena-hard, alpaca-eval), by the LLM judge; null: every pair of "
+        "policies",
+    )  # fmt: skip
     prompts: str = option("runs/data/prompts_eval.jsonl", "in-distribution held-out prompts", input="prompts")
     ood_prompts: str | None = option(
         "runs/data/prompts_ood.jsonl", "out-of-distribution prompts; null for none", input="prompts"
@@ -533,11 +538,30 @@ class EvalConfig:
             raise ConfigError(f"eval.landscape_models needs exactly two models, got {len(self.landscape_models)}")
         for item in self.comparisons or []:
             a, sep, b = item.partition(":")
-            if not sep or a not in self.policies or b not in self.policies or a == b:
+            if b == REFERENCES and a in self.policies:
+                self._check_references(item)
+            elif not sep or a not in self.policies or b not in self.policies or a == b:
                 raise ConfigError(
                     f"eval.comparisons: '{item}' must be 'a:b' with two policy names from {', '.join(self.policies)}"
+                    f", or 'a:{REFERENCES}'"
                 )
         self.sweep_points()
+
+    def _check_references(self, item: str) -> None:
+        """'a:references' needs the LLM judge and a split whose prompts are a standard set with reference answers."""
+        from salsa.standard_sets import SETS, has_references
+
+        if REFERENCES in self.policies:
+            raise ConfigError(f"eval.policies: '{REFERENCES}' names a standard set's reference answers; rename it")
+        if self.judge is None:
+            raise ConfigError(f"eval.comparisons: '{item}' is judged by the LLM judge only; name it (--judge MODEL)")
+        if not has_references(self.prompts) and not has_references(self.ood_prompts):
+            with_references = ", ".join(name for name in SETS if has_references(name))
+            raise ConfigError(
+                f"eval.comparisons: '{item}' needs the reference answers of a standard set, but neither eval.prompts "
+                f"({self.prompts}) nor eval.ood_prompts ({self.ood_prompts or 'null'}) has any; sets with references: "
+                f"{with_references}"
+            )
 
     def sweep_points(self) -> list[SweepPoint]:
         """Every point of `sweeps`, checked against the policies and the reference models (salsa.sweep_spec)."""

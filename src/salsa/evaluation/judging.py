@@ -18,13 +18,17 @@ from salsa.models import load_causal_lm
 from salsa.rl.core import sequence_kl
 from salsa.rl.policy import response_forward
 from salsa.seeding import derive_seed
+from salsa.standard_sets import REFERENCES
 
 
-def comparison_pairs(config: EvalConfig) -> list[tuple[str, str]]:
-    """The (A, B) pairs to compare: the configured ones (checked by EvalConfig.check), else every pair."""
+def comparison_pairs(config: EvalConfig, with_references: bool = False) -> list[tuple[str, str]]:
+    """The (A, B) pairs to compare: the configured ones (checked by EvalConfig.check), else every pair of policies.
+    A policy against a set's reference answers (B `references`) is compared by the LLM judge only: with it only on
+    request."""
     if config.comparisons is None:
         return list(itertools.combinations(config.policies, 2))
-    return [tuple(item.split(":", 1)) for item in config.comparisons]
+    pairs = [tuple(item.split(":", 1)) for item in config.comparisons]
+    return [(a, b) for a, b in pairs if with_references or b != REFERENCES]
 
 
 class Judges:
