@@ -102,6 +102,11 @@ README_EVAL = (
     "-p salsa=runs/rl-salsa/final -p ppo=runs/rl-ppo/final -p sft=runs/x/sft-0 --set soup_model=runs/x/soup "
     '--set sft_model=runs/x/sft-0 --set "landscape_models=[runs/x/sft-0,runs/x/sft-1]"'
 )
+MT_BENCH_EVAL = (
+    "salsa eval -p sft=runs/x/sft-0 -p ppo=runs/rl-ppo/final --set sft_model=runs/x/sft-0 --set soup_model=runs/x/soup "
+    '--set prompts=mt-bench --set ood_prompts=null --set "comparisons=[ppo:sft,ppo:references]" --judge '
+    "Qwen/Qwen2.5-7B-Instruct"
+)
 HUB = "it names hub data or models, and nothing here reaches the network"
 EIGHT = "it needs 8 processes (GPUs); the dry run checks every stage's settings and inputs"
 NODES = "it needs 2 machines of 8 GPUs; the dry run checks every stage's settings and inputs"
@@ -130,6 +135,17 @@ PLANS: dict[str, Plan] = {
     ),
     f"salsa eval {README_EVAL}": Plan(budget=EVAL_BUDGET),
     "salsa report runs/eval": Plan(),
+    # docs/benchmarks-sets.md: IFEval by its rules; MT-Bench judged against a policy and GPT-4's reference answers
+    "salsa eval -p sft=runs/x/sft-0 --set sft_model=runs/x/sft-0 --set soup_model=runs/x/soup --set prompts=ifeval "
+    "--set ood_prompts=null --set samples_per_prompt=1 --output-dir runs/eval-ifeval": Plan(budget=EVAL_BUDGET),
+    f"{MT_BENCH_EVAL} --dry-run": Plan(
+        expect="ppo vs references on in_distribution (mt-bench): 30 of 80 prompts x 1 samples x 1 seed pairs = 30 pairs"
+    ),
+    f"{MT_BENCH_EVAL} --output-dir runs/eval-mt-bench": Plan(
+        "check",
+        why="its judge is a 7B hub model: the network, and a GPU to be of use; tests/test_judged_sets.py "
+        "runs the same comparison end to end with a tiny judge",
+    ),
     # docs/guide.md: TRL users' models and data; training; soups
     "salsa sft --data hub:trl-lib/Capybara:train --num-models 3 --output-dir runs/x": Plan("check", why=HUB),
     "salsa reward --data hub:trl-lib/ultrafeedback_binarized:train --output-dir runs/reward": Plan("check", why=HUB),

@@ -482,6 +482,18 @@ CASES = [
         r"eval.judge_template is set but eval.judge is null",
     ),
     ("eval-prompts-missing", [*EVAL, "--set", "prompts=nope.jsonl"], r"data file nope.jsonl does not exist"),
+    (
+        "eval-references-no-set",
+        [*EVAL, "--judge", "{model}", "--set", "comparisons=[a:references]"],
+        r"eval.comparisons: 'a:references' needs the reference answers of a standard set, but neither eval.prompts "
+        r"\(.*prompts.jsonl\) nor eval.ood_prompts \(null\) has any; sets with references: mt-bench, arena-hard, "
+        r"alpaca-eval",
+    ),
+    (
+        "eval-references-no-judge",
+        [*EVAL, "--set", "prompts=alpaca-eval", "--set", "comparisons=[a:references]"],
+        r"eval.comparisons: 'a:references' is judged by the LLM judge only; name it \(--judge MODEL\)",
+    ),
     ("eval-bootstrap", [*EVAL, "--set", "bootstrap_samples=10"], r"eval.bootstrap_samples must be >= 100"),
     (
         "eval-sweep-unknown-model",

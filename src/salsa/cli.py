@@ -322,6 +322,14 @@ def eval_(
     set_: SetOption = None,
     overwrite: OverwriteOption = False,
     quiet: QuietOption = False,
+    dry_run: Annotated[
+        bool,
+        typer.Option(
+            "--dry-run",
+            help="Check the config and every input, and say what the LLM judge would be asked; load no "
+            "model, download nothing.",
+        ),
+    ] = False,
 ) -> None:
     """Compare policies on held-out prompts: win rates with bootstrap CIs, KL to SFT and soup, reward landscape."""
     overrides = _overrides(set_, output_dir=output_dir, judge=judge, judge_template=judge_template)
@@ -333,6 +341,13 @@ def eval_(
                 raise SalsaError(f"--policy {item!r}: expected NAME=MODEL_DIR, e.g. --policy ppo=runs/rl-ppo/final")
             policies.setdefault(name, []).append(path)
         overrides.append("policies=" + json.dumps(policies))
+    if dry_run:
+        from salsa.evaluate import dry_run as check_eval
+
+        for line in check_eval(load_stage_config(EvalConfig, "eval", config, overrides)):
+            typer.echo(line)
+        typer.echo("the config and every input are valid; nothing was downloaded, sampled or judged")
+        return
     cfg = _checked(load_stage_config(EvalConfig, "eval", config, overrides))
     from salsa.evaluate import evaluate
 

@@ -18,6 +18,7 @@ from salsa.trackers import known_tracker
 from salsa.weights.spec import Merge, parse_size, resolve_merge, soup_weights
 
 REWARD_BACKBONES = ("encoder", "causal")
+REFERENCES = "references"  # eval.comparisons `a:references`: a standard set's reference answers as policy B
 PRECISIONS = ("auto", "no", "bf16")
 PRECISION_HELP = "auto (bf16 on a GPU that supports it, else fp32) | no (fp32) | bf16: forward passes under autocast"
 CHECKPOINTING_HELP = "recompute activations in the backward pass of trained models: less memory, ~30% more time"
@@ -475,7 +476,11 @@ class EvalConfig:
         help="name: model dir, or a list of dirs (one per RL seed), e.g. {sft: [runs/sft/sft-0], ppo: [...]}",
         factory=dict, input="model_dir",
     )  # fmt: skip
-    comparisons: list[str] | None = option(None, "pairs 'a:b' to compare (a against b); null: every pair")
+    comparisons: list[str] | None = option(
+        None, "pairs 'a:b' to compare (a against b); 'a:references': a against the reference answers of a standard "
+        "set (eval.prompts / ood_prompts: mt-bench, arena-hard, alpaca-eval), by the LLM judge; null: every pair of "
+        "policies",
+    )  # fmt: skip
     prompts: str = option("runs/data/prompts_eval.jsonl", "in-distribution held-out prompts", input="prompts")
     ood_prompts: str | None = option(
         "runs/data/prompts_ood.jsonl", "out-of-distribution prompts; null for none", input="prompts"
@@ -567,11 +572,21 @@ class EvalConfig:
             raise ConfigError(f"eval.landscape_models needs exactly two models, got {len(self.landscape_models)}")
         for item in self.comparisons or []:
             a, sep, b = item.partition(":")
-            if not sep or a not in self.policies or b not in self.policies or a == b:
+            if b == REFERENCES and a in self.policies:
+                self._check_references(item)
+            elif not sep or a not in self.policies or b not in self.policies or a == b:
                 raise ConfigError(
                     f"eval.comparisons: '{item}' must be 'a:b' with two policy names from {', '.join(self.policies)}"
+                    f", or 'a:{REFERENCES}'"
                 )
         self.sweep_points()
+
+    def _check_references(self, item: str) -> None:
+        """'a:references' needs the LLM judge (and a standard set with reference answers: inputs.py checks that)."""
+        if REFERENCES in self.policies:
+            raise ConfigError(f"eval.policies: '{REFERENCES}' names a standard set's reference answers; rename it")
+        if self.judge is None:
+            raise ConfigError(f"eval.comparisons: '{item}' is judged by the LLM judge only; name it (--judge MODEL)")
 
     def sweep_points(self) -> list[SweepPoint]:
         """Every point of `sweeps`, checked against the policies and the reference models (salsa.sweep_spec)."""

@@ -30,25 +30,27 @@ from pathlib import Path
 import torch
 
 from salsa import runtime
-from salsa.config import EvalConfig
+from salsa.config import REFERENCES, EvalConfig
+from salsa.config_loading import validate_values
 from salsa.engine import Stage, run_stage
 from salsa.evaluation.examples import paired_examples
 from salsa.evaluation.ifeval import METRICS as IFEVAL_METRICS
 from salsa.evaluation.judging import Judges, comparison_pairs, frozen, sample_and_score
 from salsa.evaluation.landscape import sample_point
-from salsa.evaluation.llm_judge import LLMJudge, judgment_rows
+from salsa.evaluation.llm_judge import LLMJudge, judging_plan, judgment_rows, reference_samples
 from salsa.evaluation.matched import matched_kl_rows
 from salsa.evaluation.soup_health import ingredients_of, member_names, summarise_soup_health
 from salsa.evaluation.summary import summarise
 from salsa.evaluation.sweeps import summarise_sweeps
 from salsa.evaluation.text_stats import text_statistics
 from salsa.generation import check_prompt_lengths
+from salsa.inputs import check_inputs
 from salsa.io import atomic_write_json, atomic_write_text
 from salsa.judge_prompt import DEFAULT_TEMPLATE
 from salsa.models import load_tokenizer
 from salsa.progress import training_progress
 from salsa.snapshots import list_snapshots, load_snapshot
-from salsa.standard_sets import SETS, load_set
+from salsa.standard_sets import SETS, load_set, reference_info
 from salsa.tasks import current_gold_version
 from salsa.weights.in_memory import soup_model
 
@@ -154,15 +156,14 @@ def open_sampler(config: EvalConfig, inputs: dict, first_model: str) -> Sampler:
     device = runtime.accelerator().device
     dtype = runtime.forward_dtype(config.mixed_precision)
     judges = Judges(config.task, config.reward_model, device)
-    sources = {"in_distribution": config.prompts, "out_of_distribution": config.ood_prompts}
+    sources = prompt_sources(config)
     judges = {split: judges.for_prompts(sources[split]) for split in splits}
     kl_paths = {name: p for name, p in (("sft", config.sft_model), ("soup", config.soup_model)) if p}
     tokenizer = load_tokenizer(first_model)
     kl_references = {name: frozen(path, device, dtype) for name, path in kl_paths.items()}
     model = next(iter(kl_references.values()), None) or frozen(first_model, device, dtype)
-    for split, source in (("in_distribution", config.prompts), ("out_of_distribution", config.ood_prompts)):
-        if split in splits:
-            check_prompt_lengths(tokenizer, splits[split], config.max_new_tokens, model, f"eval ({source})")
+    for split in splits:
+        check_prompt_lengths(tokenizer, splits[split], config.max_new_tokens, model, f"eval ({sources[split]})")
     loaded = {Path(kl_paths[name]).resolve(): model for name, model in kl_references.items()}
     return Sampler(config, splits, judges, kl_references, tokenizer, device, dtype, loaded=loaded)
 
@@ -272,10 +273,19 @@ def in_plan_order(rows: list[dict], units: list[Unit]) -> list[dict]:
     return sorted(rows, key=lambda r: place.get(unit_key(r), len(place)))
 
 
+def prompt_sources(config: EvalConfig) -> dict[str, str | None]:
+    """Where each split's prompts come from: a file, a hub dataset or a standard set's name."""
+    return {"in_distribution": config.prompts, "out_of_distribution": config.ood_prompts}
+
+
 def _judge(config: EvalConfig, samples: list[dict], stage: Stage, show_progress: bool) -> list[dict]:
-    """The LLM judge's verdicts on every comparison (both orders of each pair of responses)."""
+    """The LLM judge's verdicts on every comparison (both orders of each pair of responses), a policy against
+    another or against a standard set's reference answers."""
     device, dtype = runtime.accelerator().device, runtime.forward_dtype(config.mixed_precision)
-    rows = judgment_rows(samples, comparison_pairs(config))
+    pairs = comparison_pairs(config, with_references=True)
+    if any(b == REFERENCES for _, b in pairs):
+        samples = samples + reference_samples(samples, prompt_sources(config))
+    rows = judgment_rows(samples, pairs)
     template = stage.inputs.get("judge_template") or DEFAULT_TEMPLATE
     judge = LLMJudge(frozen(config.judge, device, dtype), config.judge, template, config.batch_size)
     jobs = [(r["prompt"], r["response_a"], r["response_b"]) for r in rows]
@@ -283,6 +293,23 @@ def _judge(config: EvalConfig, samples: list[dict], stage: Stage, show_progress:
         task = progress.add_task("LLM judge", total=len(rows), metrics=config.judge)
         verdicts = judge.verdicts(jobs, lambda n: progress.update(task, advance=n))
     return [{**r, **v} for r, v in zip(rows, verdicts, strict=True)]
+
+
+def dry_run(config: EvalConfig) -> list[str]:
+    """Check the evaluation's values and every input without sampling, judging or downloading (hub models and
+    datasets by the form of their names, as `salsa run --dry-run`): one line per split of prompts and, with an LLM
+    judge, what it would be asked (`judging_plan`). Loads no model."""
+    validate_values(config)
+    inputs = check_inputs(config, Path(config.output_dir), download=True)
+    sources = prompt_sources(config)
+    fields = {"in_distribution": "prompts", "out_of_distribution": "ood_prompts"}
+    prompts = {split: inputs[fields[split]] for split, source in sources.items() if source}
+    lines = [f"eval: {config.output_dir} (policies {', '.join(config.policies)})"]
+    for split, rows in prompts.items():
+        count = "a hub dataset, not read in a dry run" if rows is None else f"{len(rows)} prompts"
+        lines.append(f"{split}: {sources[split]}, {count}, {config.samples_per_prompt} samples per prompt and policy")
+    read = {split: rows for split, rows in prompts.items() if rows is not None}
+    return lines + (judging_plan(config, read, sources) if config.judge else [])
 
 
 def evaluate(
@@ -325,8 +352,11 @@ def summarise_rows(
     results = summarise(config, samples, rows_of(rows, "landscape"), judges, splits, matched, unmatched, judgments)
     if "gold" in judges:
         results["settings"]["gold_judge_version"] = gold_version
-    sources = {"in_distribution": config.prompts, "out_of_distribution": config.ood_prompts}
+    sources = prompt_sources(config)
     results["standard_sets"] = {split: load_set(sources[split])[1] for split in splits if sources[split] in SETS}
+    judged_references = dict.fromkeys(r["split"] for r in judgments or [] if r["b"] == REFERENCES)
+    if judged_references:  # which reference answers the policies met, from which file, under which licence
+        results["llm_judge"]["references"] = {split: reference_info(sources[split]) for split in judged_references}
     stats = {"num_samples": config.bootstrap_samples, "confidence": config.confidence, "seed": config.seed}
     results["text_stats"] = text_statistics(samples, config.max_new_tokens, stats)
     results["examples"] = paired_examples(samples, seed=config.seed)

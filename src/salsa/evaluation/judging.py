@@ -10,7 +10,7 @@ from collections.abc import Callable
 import torch
 
 from salsa import runtime
-from salsa.config import EvalConfig
+from salsa.config import REFERENCES, EvalConfig
 from salsa.data import Prompt, prompt_text
 from salsa.evaluation.ifeval import METRICS as IFEVAL_METRICS
 from salsa.evaluation.ifeval import IFEvalJudge
@@ -23,11 +23,14 @@ from salsa.standard_sets import SETS, load_records
 from salsa.tasks import BUILTIN_TASKS
 
 
-def comparison_pairs(config: EvalConfig) -> list[tuple[str, str]]:
-    """The (A, B) pairs to compare: the configured ones (checked by EvalConfig.check), else every pair."""
+def comparison_pairs(config: EvalConfig, with_references: bool = False) -> list[tuple[str, str]]:
+    """The (A, B) pairs to compare: the configured ones (checked by EvalConfig.check), else every pair of policies.
+    A policy against a set's reference answers (B `references`) is compared by the LLM judge only: with it only on
+    request."""
     if config.comparisons is None:
         return list(itertools.combinations(config.policies, 2))
-    return [tuple(item.split(":", 1)) for item in config.comparisons]
+    pairs = [tuple(item.split(":", 1)) for item in config.comparisons]
+    return [(a, b) for a, b in pairs if with_references or b != REFERENCES]
 
 
 class Judges:

@@ -14,12 +14,15 @@ from collections.abc import Callable
 import torch
 
 from salsa import runtime
+from salsa.config import REFERENCES, EvalConfig
 from salsa.data import Prompt, prompt_text
 from salsa.errors import DataError
+from salsa.evaluation.judging import comparison_pairs
 from salsa.evaluation.stats import seed_pairs
 from salsa.generation import left_pad
 from salsa.judge_prompt import LABELS, fill_template, order_verdict, pairwise_verdict
 from salsa.models import forward_logits, load_tokenizer
+from salsa.standard_sets import has_references, reference_answers
 from salsa.tokenization import render_prompt
 
 
@@ -88,7 +91,10 @@ def judgment_rows(samples: list[dict], pairs: list[tuple[str, str]]) -> list[dic
     for a, b in pairs:
         for pair_index, (seed_a, seed_b) in enumerate(seed_pairs(seeds[a], seeds[b], (a, b))):
             for row_a in (r for r in samples if (r["policy"], r["seed_index"]) == (a, seed_a)):
-                row_b = by_key[(b, seed_b, row_a["split"], row_a["index"], row_a["sample"])]
+                key = (b, seed_b, row_a["split"], row_a["index"], row_a["sample"])
+                if b == REFERENCES and key not in by_key:  # no reference answer to this prompt (MT-Bench: 50 of 80)
+                    continue
+                row_b = by_key[key]
                 rows.append({
                     "a": a, "b": b, "split": row_a["split"], "pair_index": pair_index, "seed_a": seed_a,
                     "seed_b": seed_b, "index": row_a["index"], "sample": row_a["sample"], "prompt": row_a["prompt"],
@@ -97,3 +103,47 @@ def judgment_rows(samples: list[dict], pairs: list[tuple[str, str]]) -> list[dic
                 if "gold" in row_a:  # kept beside the verdict to measure the judge's agreement with gold
                     rows[-1] |= {"gold_a": row_a["gold"], "gold_b": row_b["gold"]}
     return rows
+
+
+def reference_samples(samples: list[dict], sources: dict[str, str | None]) -> list[dict]:
+    """The reference answers of every split whose prompts (`sources`: split -> eval.prompts / ood_prompts) are a
+    standard set that has some, as the sample rows of a policy named `references` with one seed: the answer to
+    prompt i stands as every sample of prompt i, so that each response of a policy meets the reference answer to its
+    prompt. A prompt without one (MT-Bench's 50 questions outside math, reasoning and coding) has no row."""
+    rows = []
+    for split, source in sources.items():
+        if not has_references(source):
+            continue
+        answers = reference_answers(source)
+        prompts = {(r["index"], r["sample"]): r["prompt"] for r in samples if r["split"] == split}
+        rows += [
+            {"policy": REFERENCES, "seed_index": 0, "split": split, "index": i, "sample": s, "prompt": prompt,
+             "response": answers[i]}
+            for (i, s), prompt in sorted(prompts.items()) if answers[i] is not None
+        ]  # fmt: skip
+    return rows
+
+
+def judging_plan(config: EvalConfig, prompts: dict[str, list], sources: dict[str, str | None]) -> list[str]:
+    """What the LLM judge would be asked, one line per compared pair and split, then the total: the prompts judged
+    (those with a reference answer, against `references`), the pairs of responses (prompts x samples x pairs of
+    seeds) and the judge calls (two orders each; two identical responses are a tie and not asked, so the calls are
+    at most this many). Reads no model."""
+    lines, calls = [], 0
+    for a, b in comparison_pairs(config, with_references=True):
+        seeds_b = 1 if b == REFERENCES else len(config.policies[b])
+        seeds = len(seed_pairs(len(config.policies[a]), seeds_b, (a, b)))
+        for split, split_prompts in prompts.items():
+            judged = len(split_prompts)
+            if b == REFERENCES:
+                if not has_references(sources[split]):
+                    continue
+                judged = sum(answer is not None for answer in reference_answers(sources[split]))
+            pairs = judged * config.samples_per_prompt * seeds
+            calls += 2 * pairs
+            lines.append(
+                f"judge {config.judge}: {a} vs {b} on {split} ({sources[split]}): {judged} of {len(split_prompts)} "
+                f"prompts x {config.samples_per_prompt} samples x {seeds} seed pairs = {pairs} pairs, both orders: "
+                f"{2 * pairs} judge calls"
+            )
+    return [*lines, f"judge {config.judge}: at most {calls} judge calls in all (identical responses are not asked)"]

@@ -160,9 +160,10 @@ def summarise_judge(judgments: list[dict], config: EvalConfig, stats: dict) -> t
         if asked
         else None,
     }
-    if asked and "gold_a" in asked[0]:
-        gold = outcomes([r["gold_a"] for r in asked], [r["gold_b"] for r in asked], config.tie_margin)
-        verdicts = np.array([r["verdict"] for r in asked])
+    scored = [r for r in asked if "gold_a" in r]  # a standard set's prompts (or a reference answer) have no gold
+    if scored:
+        gold = outcomes([r["gold_a"] for r in scored], [r["gold_b"] for r in scored], config.tie_margin)
+        verdicts = np.array([r["verdict"] for r in scored])
         decisive = (gold != 0) & (verdicts != 0)
         info["gold"] = {
             "agreement": float((gold == verdicts).mean()),  # win, tie and loss as three classes
