@@ -304,7 +304,7 @@ def two_sample_tests(gains_a: list[float], gains_b: list[float]) -> dict:
         mask = np.zeros(len(pooled), dtype=bool)
         mask[list(group)] = True
         extreme += abs(pooled[mask].mean() - pooled[~mask].mean()) >= observed - 1e-12
-    return {"t": tested["t"], "df": tested["df"], "t_p": tested["p"], "permutation_p": extreme / len(splits),
+    return {"t": tested["t"], "df": tested["df"], "t_p": tested["p"], "permutation_p": float(extreme / len(splits)),
             "min_permutation_p": 2 / len(splits), "mde": tested["mde"]}  # fmt: skip
 
 
