@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ REPO = Path(__file__).parent.parent
 def load_script(name: str):
     spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # a dataclass looks its module up there
     spec.loader.exec_module(module)
     return module
 
@@ -109,3 +111,111 @@ def test_the_middle_third_of_a_run_and_its_mean_by_hand():
     assert rl_defaults.middle_third_mean([float(i) for i in range(11)]) == pytest.approx(5.0)
     assert list(rl_defaults.middle_third(24)) == list(range(8, 16))
     assert rl_defaults.middle_third_mean([0.4, 0.6]) == pytest.approx(0.5)
+
+
+def slowly_prepared(trainer, seconds: float):
+    """A trainer that prepares `seconds` longer (inside its budget: the clock runs from before the call)."""
+    import time
+
+    def slow(*args, **kwargs):
+        time.sleep(seconds)
+        return trainer(*args, **kwargs)
+
+    return slow
+
+
+def test_rl_quality_picks_each_rate_on_dev_trains_seeds_within_budget_and_tests_them_as_by_hand(
+    tmp_path, tokenizer, monkeypatch
+):
+    import itertools
+
+    import numpy as np
+    import torch
+    from safetensors.torch import load_file
+    from scipy import stats
+
+    from salsa.io import read_jsonl
+    from salsa.models import save_tiny_model
+    from salsa.tasks import reviews
+
+    rl_quality = load_script("rl_quality")
+    # The scale of a test on a busy CPU: 4-token responses, 4 responses a step, 4 to measure salsa's normalisation.
+    small = {"prompts_per_step": 2, "samples_per_prompt": 2, "minibatch_size": 4, "normalisation_samples": 4}
+    monkeypatch.setattr(rl_quality, "SALSA_SHAPES", {"ppo": {**small, "value_warmup_steps": 0}, "grpo": small})
+    monkeypatch.setattr(rl_quality, "TRL_SHAPE", {"num_generations": 2, "per_device_train_batch_size": 4})
+    monkeypatch.setattr(rl_quality, "RESPONSE_TOKENS", 4)
+    # A tiny random model's 4 tokens are all the same to the real gold judge (-1); a stand-in that tells them apart.
+    monkeypatch.setattr(reviews, "gold_score", lambda prompt, response: len(response) / 10)
+    run, out = tmp_path / "run", tmp_path / "out"
+    splits = {
+        "train": reviews.prompts("train")[:16],
+        "dev": reviews.prompts("dev")[:3],
+        "eval": reviews.prompts("eval")[:3],
+    }
+    (run / "data").mkdir(parents=True)
+    for split, prompts in splits.items():
+        (run / f"data/prompts_{split}.jsonl").write_text("".join(json.dumps(p) + "\n" for p in prompts))
+    save_tiny_model(run / "sft/sft-0", tokenizer, seed=0, initializer_range=1.0)  # peaked: it learns in a few steps
+    trainers = ["salsa-ppo", "salsa-grpo"] + (["trl-grpo"] if importlib.util.find_spec("trl") else [])
+    common = ["--run", str(run), "--out", str(out), "--trainers", ",".join(trainers)]
+    # A budget spent before the first step: every run takes the one step that each trainer always takes.
+    rl_quality.main([*common, "--phase", "lr-grid", "--grid", "3e-3,3e-2", "--grid-minutes", "0.001"])
+
+    # Each trainer's rate is the argmax of its gold gain over SFT on the dev prompts (never the evaluation prompts).
+    grid = json.loads((out / "lr-grid.json").read_text())
+    samples = read_jsonl(out / "lr-grid/eval-dev/samples.jsonl")
+    assert {r["prompt"] for r in samples} == {p["prompt"] for p in splits["dev"]}
+
+    def mean_gold(rows, policy, seed=0):
+        return np.mean([r["gold"] for r in rows if r["policy"] == policy and r["seed_index"] == seed])
+
+    for trainer in trainers:
+        gains = {lr: mean_gold(samples, f"{trainer}@{lr:g}") - mean_gold(samples, "sft") for lr in (3e-3, 3e-2)}
+        assert len(set(gains.values())) == 2  # no tie: the choice means something
+        assert grid["chosen"][trainer]["learning_rate"] == max(gains, key=gains.get)
+        assert grid["chosen"][trainer]["dev_gold_gain"] == pytest.approx(max(gains.values()))
+
+    # 3 s of preparation that the trainers do not see, inside a 3 s budget: one step each, however fast the steps.
+    for name in ("salsa_train", "trl_train"):
+        monkeypatch.setattr(rl_quality, name, slowly_prepared(getattr(rl_quality, name), 3.0))
+    rl_quality.main([*common, "--phase", "seeds", "--seeds", "2", "--minutes", "0.05"])
+    summary = json.loads((out / "seeds-gold.json").read_text())
+    samples = read_jsonl(out / "seeds-gold/eval/samples.jsonl")
+    assert {r["prompt"] for r in samples} == {p["prompt"] for p in splits["eval"]}
+    for trainer in trainers:
+        row = summary["trainers"][trainer]
+        assert row["learning_rate"] == grid["chosen"][trainer]["learning_rate"] and row["seed"] == [0, 1]
+        # The budget runs from the trainer's entry: spent by the preparation, the first step was the last.
+        records = [json.loads((out / f"seeds-gold/{trainer}-seed{s}/trained.json").read_text()) for s in (0, 1)]
+        for record in records:
+            assert record["budget_s"] == pytest.approx(3.0) and record["preparation_s"] >= 3.0
+            assert record["steps"] == 1 and record["stopped_s"] > record["preparation_s"]
+        # The seeds differ: each trained its own policy.
+        weights = [load_file(Path(record["policy"]) / "model.safetensors") for record in records]
+        assert any(not torch.equal(weights[0][name], weights[1][name]) for name in weights[0])
+        by_hand = [mean_gold(samples, trainer, s) - mean_gold(samples, "sft") for s in (0, 1)]
+        assert row["per_seed_gain"] == pytest.approx(by_hand)
+        assert 0 <= row["kl_sft"] and row["per_seed_kl"] != [0.0, 0.0]
+    if "trl-grpo" not in trainers:
+        pytest.skip("TRL is not installed: no salsa-against-TRL test")
+
+    # Salsa's best and TRL's best by the dev gains; the seed-level tests by hand on the written per-seed gains.
+    test = summary["test"]
+    assert test["a"] == max(("salsa-ppo", "salsa-grpo"), key=lambda t: grid["chosen"][t]["dev_gold_gain"])
+    assert test["b"] == "trl-grpo"
+    a, b = (np.array(summary["trainers"][name]["per_seed_gain"]) for name in (test["a"], test["b"]))
+    student = stats.ttest_ind(a, b, equal_var=True)
+    assert test["t"] == pytest.approx(student.statistic) and test["t_p"] == pytest.approx(student.pvalue)
+    assert test["df"] == 2
+    pooled = np.concatenate([a, b])
+    relabelled = [
+        abs(pooled[list(g)].mean() - np.delete(pooled, list(g)).mean()) for g in itertools.combinations(range(4), 2)
+    ]
+    assert test["permutation_p"] == pytest.approx(np.mean([d >= abs(a.mean() - b.mean()) - 1e-12 for d in relabelled]))
+    assert test["min_permutation_p"] == pytest.approx(1 / 3)  # 2 of the C(4, 2) = 6 relabellings
+    se = np.sqrt((a.var(ddof=1) + b.var(ddof=1)) / 2 * (1 / 2 + 1 / 2))
+    critical = stats.t.ppf(0.975, 2)
+    power = stats.nct.sf(critical, 2, test["mde"] / se) + stats.nct.cdf(-critical, 2, test["mde"] / se)
+    assert power == pytest.approx(0.8, abs=1e-6)
+    text = (out / "report.md").read_text()
+    assert "dev split" in text and "two-sample t(2)" in text and f"{test['permutation_p']:.3f}" in text
