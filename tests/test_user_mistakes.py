@@ -7,12 +7,10 @@ directory of prepared files.
 
 import json
 import re
-import sys
 from types import SimpleNamespace
 
 import pytest
 
-from salsa.cli import main
 from salsa.config import DataConfig
 from salsa.config_loading import fingerprint, result_values
 
@@ -76,20 +74,6 @@ def w(tmp_path, tiny_model_dir, monkeypatch):
 
 def _tree(root):
     return {str(p.relative_to(root)): p.stat().st_mtime_ns for p in sorted(root.rglob("*"))}
-
-
-def _run(argv, capfd):
-    capfd.readouterr()
-    saved = sys.argv
-    sys.argv = ["salsa", *argv]
-    try:
-        main()
-        code = 0
-    except SystemExit as e:
-        code = e.code
-    finally:
-        sys.argv = saved
-    return code, capfd.readouterr().err
 
 
 RL = ["rl", "--init", "{model}", "--reward-model", "reward_ok"]
@@ -549,10 +533,10 @@ CASES = [
 
 
 @pytest.mark.parametrize(("argv", "message"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
-def test_a_user_mistake_is_one_line_naming_it_and_changes_nothing(w, capfd, argv, message):
+def test_a_user_mistake_is_one_line_naming_it_and_changes_nothing(w, salsa_main, argv, message):
     argv = [a.format(**vars(w)) for a in argv]
     before = _tree(w.root)
-    code, err = _run(argv, capfd)
+    code, _, err = salsa_main(argv)
     lines = [line for line in err.splitlines() if line.strip()]
     assert code == 2, err
     assert len(lines) == 1, err
