@@ -177,7 +177,7 @@ def test_a_shared_normalisation_is_measured_once_and_every_rl_job_reads_it_by_di
         def run(self, root, todo, show_progress):
             return []
 
-    monkeypatch.setattr("salsa.executors.make_executor", lambda *args: NoJobs())
+    monkeypatch.setattr("salsa.pipeline.make_executor", lambda *args: NoJobs())
     _stub_base_stages(monkeypatch, tiny_model_dir)
     assert run_pipeline(run_yaml, shared, show_progress=False) is None  # the jobs are not committed
     recorded = json.loads(file.read_text())

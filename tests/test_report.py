@@ -160,7 +160,7 @@ NUMBER = re.compile(r"[+-]?\d+(?:\.\d+)?%?")
 def test_the_terminal_tables_never_cut_a_number_at_80_columns(width, tmp_path, monkeypatch):
     from rich.console import Console
 
-    import salsa.progress
+    import salsa.report
     from salsa.report import _policy_rows_short
 
     wide = dict(difference=(-0.111, -0.2054, -0.0153), rate=(1.0, 1.0, 1.0), claim="contradicted")
@@ -179,7 +179,7 @@ def test_the_terminal_tables_never_cut_a_number_at_80_columns(width, tmp_path, m
                "confidence": 0.95}  # fmt: skip
     (tmp_path / "summary.json").write_text(json.dumps(summary))
     console = Console(width=width, record=True)
-    monkeypatch.setattr(salsa.progress, "console", console)
+    monkeypatch.setattr(salsa.report, "console", console)
     print_summary(tmp_path)
     text = console.export_text()
     assert max(len(line) for line in text.splitlines()) <= width and "…" not in text

@@ -130,7 +130,7 @@ def test_shared_normalisation_deals_the_prompts_to_the_k_models_in_turn_by_hand(
         calls.append([p for p in prompts])
         return torch.tensor([float(PROMPTS.index(p)) for p in prompts])
 
-    monkeypatch.setattr("salsa.scoring.reward_function", lambda spec: prompt_number)
+    monkeypatch.setattr("salsa.rl.normalisation.reward_function", lambda spec: prompt_number)
     # 16 samples, 2 per prompt: the 8 training prompts, each once, 4 of them answered by each model.
     saved = shared_normalisation(_normalisation_config(base, tmp_path / "norm", [base / "tiny", tmp_path / "tiny-1"]))
     recorded = json.loads(saved.read_text())

@@ -150,11 +150,17 @@ def _read_yaml(path: Path) -> dict[str, Any]:
 
 
 def load_stage_config(
-    cls: type[C], section: str, path: str | Path | None = None, overrides: list[str] | None = None
+    cls: type[C],
+    section: str,
+    path: str | Path | None = None,
+    overrides: list[str] | None = None,
+    recorded: bool = False,
 ) -> C:
     """Load one stage's config from an optional YAML file plus `--set` overrides.
 
     The file holds this stage's keys at top level, or sections named after stages (`sft:`, `rl:`, ...).
+    `recorded`: the file is one salsa wrote (a run's config.yaml, a job's spec); keys that have since moved to
+    another stage's config (`MOVED`: DPO's, out of rl) were that stage's then and are left out, not refused.
     """
     values: dict[str, Any] = {}
     where = ""
@@ -174,6 +180,8 @@ def load_stage_config(
             where = f"{path} [{section}]"
         else:
             where = str(path)
+        if recorded:
+            raw = {k: v for k, v in raw.items() if k not in getattr(cls, "MOVED", {})}
         values = dataclasses.asdict(build_config(cls, raw, where))
     values.update(parse_overrides(cls, overrides or [], section))
     if overrides:

@@ -222,7 +222,8 @@ def load_job(root: Path, job_id: str) -> tuple[dict, Job, EvalConfig]:
             f"{root}: no job {job_id!r} (no {folder / 'job.json'}); jobs planned here: {', '.join(known) or 'none'}"
         )
     spec = read_json(folder / "job.json")
-    rl = load_stage_config(RLConfig, "rl", folder / "rl.yaml") if (folder / "rl.yaml").is_file() else None
+    rl_file = folder / "rl.yaml"
+    rl = load_stage_config(RLConfig, "rl", rl_file, recorded=True) if rl_file.is_file() else None
     evaluation = load_stage_config(EvalConfig, "eval", folder / "eval.yaml")
     return spec, Job(job_id, rl, spec["policy"], spec["seed_index"]), evaluation
 

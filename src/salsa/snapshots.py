@@ -47,7 +47,7 @@ def load_snapshot(run_dir: str | Path, step: int) -> torch.nn.Module:
     snapshots = list_snapshots(run_dir)
     if step not in snapshots:
         raise DataError(f"{run_dir}: no snapshot of step {step} (has {sorted(snapshots) or 'none'})")
-    config = load_stage_config(RLConfig, "rl", run_dir / "config.yaml")
+    config = load_stage_config(RLConfig, "rl", run_dir / "config.yaml", recorded=True)
     policy = fresh_policy(config)
     params = dict(policy.named_parameters())
     weights = load_file(str(snapshots[step]))

@@ -110,7 +110,7 @@ def _arm_of(paths: list[str]) -> tuple[str, str, float] | None:
     # Only an RL run's: the SFT models' folder has a config.yaml too, which would read as RL's defaults.
     if not config_file.is_file() or not marker.is_file() or read_json(marker).get("stage") != "rl":
         return None
-    rl = load_stage_config(RLConfig, "rl", config_file)
+    rl = load_stage_config(RLConfig, "rl", config_file, recorded=True)
     if rl.reference not in ("sft", "soup"):
         return None
     return ("soup" if is_soup_directory(rl.init) else "sft", rl.reference, rl.kl_coef)
