@@ -101,3 +101,37 @@ def salsa_main(capfd):
         return code, out.out, out.err
 
     return run
+
+
+@pytest.fixture(scope="session")
+def tiny_study(tmp_path_factory, tiny_model_dir):
+    """One finished tiny study, for every test that reads one (a test that changes a run copies it first): the 2 x 2
+    of docs/results/salsa-vs-ppo-cpu (arms salsa, ppo, init-soup, ref-soup; 2 seeds each, the headline salsa against
+    ppo) on tiny models. Built the way a sharded study is: shard 0 of 2 in `run`, archived as it stood then into
+    `after-shard-0/` (a study folder of data only); shard 1 of 2 in `shard-1`, a run directory of its own; then `run`
+    finished (shard 1's jobs, the evaluation and the report).
+
+    Returns root, holding run.yaml (the study's config), run/, shard-1/, shard-1.yaml and after-shard-0/."""
+    import yaml
+
+    from salsa.pipeline import run_pipeline
+    from salsa.study import archive
+
+    root = tmp_path_factory.mktemp("tiny-study")
+    arms = {"salsa": "soup:soup", "ppo": "sft-0:sft-0", "init-soup": "soup:sft-0", "ref-soup": "sft-0:soup"}
+    config = {
+        "run": {"output_dir": str(root / "run"), "seeds": 2, "arms": arms},
+        "data": {"model": str(tiny_model_dir), "samples_per_prompt": 2, "max_new_tokens": 6},
+        "reward": {"backbone": "causal", "model": str(tiny_model_dir), "num_epochs": 0.2, "max_length": 64},
+        "sft": {"model": str(tiny_model_dir), "max_steps": 2, "batch_size": 4, "max_length": 64},
+        "rl": {"steps": 2, "prompts_per_step": 4, "max_new_tokens": 6, "learning_rate": 1e-3},
+        "eval": {"max_new_tokens": 6, "landscape_alphas": [0.0, 0.5, 1.0], "bootstrap_samples": 200},
+    }
+    (root / "run.yaml").write_text(yaml.safe_dump(config, sort_keys=False))  # the arms' order: the headline first
+    assert run_pipeline(root / "run.yaml", show_progress=False, shard="0/2") is None  # no eval: jobs missing
+    archive(root / "run", root / "after-shard-0")
+    config["run"]["output_dir"] = str(root / "shard-1")
+    (root / "shard-1.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    assert run_pipeline(root / "shard-1.yaml", show_progress=False, shard="1/2") is None
+    run_pipeline(root / "run.yaml", show_progress=False)
+    return root

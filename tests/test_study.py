@@ -6,11 +6,9 @@ import shutil
 from pathlib import Path
 
 import pytest
-import yaml
 
 from salsa.cli import main as cli_main
 from salsa.errors import DataError
-from salsa.pipeline import run_pipeline
 from salsa.study import archive, recompute, render, restore
 from salsa.tasks import reviews
 
@@ -25,30 +23,20 @@ Verdict by the rule: {{ headline.claim }}. KL of salsa to SFT {{ signed(r.polici
 
 
 @pytest.fixture(scope="module")
-def study(tmp_path_factory, tiny_model_dir):
-    root = tmp_path_factory.mktemp("study")
-    config = {
-        "run": {"output_dir": str(root / "run"), "seeds": 2},
-        "data": {"model": str(tiny_model_dir), "samples_per_prompt": 2, "max_new_tokens": 6},
-        "reward": {"backbone": "causal", "model": str(tiny_model_dir), "num_epochs": 0.2, "max_length": 64},
-        "sft": {"model": str(tiny_model_dir), "max_steps": 2, "batch_size": 4, "max_length": 64},
-        "rl": {"steps": 2, "prompts_per_step": 4, "max_new_tokens": 6, "learning_rate": 1e-3},
-        "eval": {"max_new_tokens": 6, "landscape_alphas": [0.0, 0.5, 1.0], "bootstrap_samples": 200},
-    }
-    (root / "run.yaml").write_text(yaml.safe_dump(config))
-    run_pipeline(root / "run.yaml", show_progress=False)
-    folder = root / "results" / "tiny"
-    archive(root / "run", folder)
+def study(tmp_path_factory, tiny_study):
+    """The tiny study (conftest.tiny_study), archived with this module's template: (its root, the study folder)."""
+    folder = tmp_path_factory.mktemp("study") / "results" / "tiny"
+    archive(tiny_study / "run", folder)
     (folder / "template.md").write_text(TEMPLATE)
     (folder / "study.json").write_text(json.dumps({"doc": "tiny.md"}))
-    return root, folder
+    return tiny_study, folder
 
 
-def test_the_archive_recomputes_the_runs_own_summary(study):
+def test_the_archive_recomputes_the_runs_own_summary(study, tmp_path):
     root, folder = study
     assert (folder / "data" / "jobs" / "salsa" / "seed-1" / "samples.jsonl.gz").is_file()
     assert str(root / "run") not in (folder / "data" / "eval" / "config.yaml").read_text()  # paths made relative
-    restored = root / "restored"
+    restored = tmp_path / "restored"
     restore(folder, restored)
     recomputed = recompute(restored)
     original = json.loads((root / "run" / "eval" / "results.json").read_text())
@@ -64,11 +52,11 @@ def test_the_archive_recomputes_the_runs_own_summary(study):
 
 
 def test_render_fills_the_template_from_the_data_and_draws_the_figures(study, capsys, monkeypatch):
-    _, folder = study
+    root, folder = study
     monkeypatch.setattr("sys.argv", ["salsa", "study", "render", str(folder)])
     cli_main()
     doc = (folder / "tiny.md").read_text()
-    original = json.loads((folder.parent.parent / "run" / "eval" / "results.json").read_text())
+    original = json.loads((root / "run" / "eval" / "results.json").read_text())
     headline = next(c for c in original["comparisons"] if c["a"] == "salsa" and c["b"] == "ppo")
     assert f"win rate {100 * headline['win_rate']:.1f}%" in doc
     assert f"Verdict by the rule: {headline['claim']}." in doc
@@ -91,47 +79,41 @@ def test_every_committed_study_doc_is_what_its_data_renders(tmp_path):
         assert rendered == (study_folder / doc_name).read_text(), f"re-render {study_folder} and commit the doc"
 
 
-def _config(root: Path, name: str) -> Path:
-    """The study fixture's config, run into root/name."""
-    config = yaml.safe_load((root / "run.yaml").read_text())
-    config["run"]["output_dir"] = str(root / name)
-    (root / f"{name}.yaml").write_text(yaml.safe_dump(config))
-    return root / f"{name}.yaml"
-
-
-def test_a_grid_run_in_two_shards_renders_the_doc_of_the_whole_grid(study):
+def test_a_grid_run_in_two_shards_renders_the_doc_of_the_whole_grid(study, tmp_path):
+    """conftest.tiny_study ran shard 0 of 2 in run/ (archived then into after-shard-0/) and shard 1 of 2 in shard-1/,
+    a run directory with its own base stages; run/ was finished after."""
     root, whole = study
     render(whole)
-    halves = root / "results" / "halves"
-    halves.mkdir(parents=True)
+    halves = tmp_path / "results" / "halves"
+    shutil.copytree(root / "after-shard-0", halves)
     for name in ("template.md", "study.json"):
         shutil.copy(whole / name, halves / name)
-    assert run_pipeline(_config(root, "shard-0"), show_progress=False, shard="0/2") is None  # no eval: jobs missing
-    archive(root / "shard-0", halves)
     partial = render(halves).read_text()
-    assert partial.startswith("> **Incomplete: 2 of 5 planned jobs are missing** (ppo/seed-0, salsa/seed-0)")
+    missing = "(init-soup/seed-0, ppo/seed-0, ref-soup/seed-0, salsa/seed-0)"
+    assert partial.startswith(f"> **Incomplete: 4 of 9 planned jobs are missing** {missing}")
     assert "supported" not in partial and "contradicted" not in partial and "unresolved" not in partial
     assert "Verdict by the rule: withheld" in partial
-    run_pipeline(_config(root, "shard-1"), show_progress=False, shard="1/2")
     archive(root / "shard-1", halves)
     assert render(halves).read_text() == (whole / "tiny.md").read_text()
     # Archiving a shard again adds nothing; a job archived from a base with other digests is refused by name.
     archive(root / "shard-1", halves)
     manifest = json.loads((halves / "data" / "manifest.json").read_text())
-    assert sorted(manifest["jobs"]) == ["base", "ppo/seed-0", "ppo/seed-1", "salsa/seed-0", "salsa/seed-1"]
+    arms = ("init-soup", "ppo", "ref-soup", "salsa")
+    assert sorted(manifest["jobs"]) == ["base", *(f"{arm}/seed-{s}" for arm in arms for s in (0, 1))]
     assert len(manifest["builds"]) == 1
 
 
-def test_a_job_refuses_changed_inputs_and_a_committed_job_returns_at_once(study, monkeypatch, capsys):
+def test_a_job_refuses_changed_inputs_and_a_committed_job_returns_at_once(study, monkeypatch, capsys, tmp_path):
     from salsa.grid import attempts, run_job
 
     root, _ = study
-    run = root / "run"
+    run = tmp_path / "run"
+    shutil.copytree(root / "run", run)  # the shared run stays as it is
     record = json.loads((run / "jobs" / "ppo" / "seed-0" / "committed.json").read_text())
     assert run_job(run, "ppo/seed-0") == record and len(attempts(run, "ppo/seed-0")) == 1
     spec_file = run / "jobs" / "ppo" / "seed-0" / "job.json"
     spec = json.loads(spec_file.read_text())
-    fresh = root / "fresh-job"
+    fresh = tmp_path / "fresh-job"
     shutil.copytree(run / "jobs" / "ppo" / "seed-0", fresh, ignore=shutil.ignore_patterns("committed.json"))
     changed = {**spec, "inputs": {name: "0" * 64 for name in spec["inputs"]}}
     (run / "jobs" / "copy").mkdir(exist_ok=True)
@@ -143,7 +125,6 @@ def test_a_job_refuses_changed_inputs_and_a_committed_job_returns_at_once(study,
         cli_main()
     err = capsys.readouterr().err
     assert exit_.value.code == 2 and "job copy/x: inputs differ from its spec" in err and "sft-0" in err
-    shutil.rmtree(run / "jobs" / "copy")
 
 
 def test_rendering_runs_no_code_and_writes_only_inside_the_folder(study, tmp_path):

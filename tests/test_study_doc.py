@@ -6,9 +6,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-import yaml
 
-from salsa.pipeline import run_pipeline
 from salsa.study import archive, cell, recompute, render, restore
 
 STUDY = Path(__file__).parent.parent / "docs" / "results" / "salsa-vs-ppo-cpu"
@@ -27,23 +25,12 @@ SECTIONS = [
 
 
 @pytest.fixture(scope="module")
-def study(tmp_path_factory, tiny_model_dir):
-    """A tiny run of the study's 2 x 2 (2 seeds per arm, the headline salsa against ppo), archived with the doc's
-    template and study.json."""
+def study(tmp_path_factory, tiny_study):
+    """The tiny study's 2 x 2 (conftest.tiny_study: 2 seeds per arm, the headline salsa against ppo), archived with
+    the doc's template and study.json: (a folder of this module's, the study folder)."""
     root = tmp_path_factory.mktemp("study-doc")
-    arms = {"salsa": "soup:soup", "ppo": "sft-0:sft-0", "init-soup": "soup:sft-0", "ref-soup": "sft-0:soup"}
-    config = {
-        "run": {"output_dir": str(root / "run"), "seeds": 2, "arms": arms},
-        "data": {"model": str(tiny_model_dir), "samples_per_prompt": 2, "max_new_tokens": 6},
-        "reward": {"backbone": "causal", "model": str(tiny_model_dir), "num_epochs": 0.2, "max_length": 64},
-        "sft": {"model": str(tiny_model_dir), "max_steps": 2, "batch_size": 4, "max_length": 64},
-        "rl": {"steps": 2, "prompts_per_step": 4, "max_new_tokens": 6, "learning_rate": 1e-3},
-        "eval": {"max_new_tokens": 6, "landscape_alphas": [0.5], "bootstrap_samples": 200},
-    }
-    (root / "run.yaml").write_text(yaml.safe_dump(config, sort_keys=False))  # the arms' order: the headline first
-    run_pipeline(root / "run.yaml", show_progress=False)
     folder = root / "results" / STUDY.name
-    archive(root / "run", folder)
+    archive(tiny_study / "run", folder)
     shutil.copy(STUDY / "template.md", folder / "template.md")
     # The committed study.json names the real study's design and commit; this tiny one has neither.
     (folder / "study.json").write_text(json.dumps({"doc": json.loads((STUDY / "study.json").read_text())["doc"]}))
