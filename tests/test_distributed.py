@@ -120,7 +120,10 @@ EVAL_SETTINGS = ["prompts=data2/prompts_eval.jsonl", "ood_prompts=data2/prompts_
                  "sft_model=tiny", "soup_model=null", "landscape_models=[tiny,tiny2]", "batch_size=16",
                  "landscape_alphas=[0.0,0.5,1.0]", "max_new_tokens=5", "bootstrap_samples=200"]  # fmt: skip
 EVAL = ["eval", "-p", "a=tiny", "-p", "b=tiny2", "-q", *[x for s in EVAL_SETTINGS for x in ("--set", s)]]
-KILLED = [*SFT, "--set", "max_steps=120", "--set", "save_steps=10", "--set", "batch_size=2", "--set", "sharding=fsdp2"]
+# Killed once its first checkpoint (step 5) is on disk: 35 steps more (seconds) for the kill to land before the end.
+KILLED_STEPS = 40
+KILLED = [*SFT, "--set", f"max_steps={KILLED_STEPS}", "--set", "save_steps=5", "--set", "batch_size=2", "--set",
+          "sharding=fsdp2"]  # fmt: skip
 WORLD = [*SFT, "--set", "batch_size=2", "--output-dir", "world"]
 
 
@@ -263,7 +266,7 @@ def test_a_killed_rank_ends_the_job_and_a_rerun_resumes(work, runs):
     assert not (work / "killed/sft-0/model.safetensors").exists()
     _launch(_salsa(*KILLED, "--output-dir", "killed"), 2, work)  # the rerun resumes from the checkpoint
     assert _close(_weights(work / "straight/sft-0"), _weights(work / "killed/sft-0"))
-    assert [r["step"] for r in _records(work / "killed/sft-0/metrics.jsonl")] == list(range(1, 121))
+    assert [r["step"] for r in _records(work / "killed/sft-0/metrics.jsonl")] == list(range(1, KILLED_STEPS + 1))
 
 
 def test_a_checkpoint_resumes_only_on_the_world_size_it_was_saved_with(runs):

@@ -76,7 +76,7 @@ def cluster():
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]  # fmt: skip
     address = f"127.0.0.1:{head_ports[0]}"
     try:
-        _wait_for_nodes(address, 1)
+        _wait_for_port(head_ports[0], nodes[0])  # the worker node joins through the head's GCS
         nodes.append(subprocess.Popen(_node_command(worker_ports, temp_dir, head_ports[0]), env=env,
                                       start_new_session=True, stdout=subprocess.DEVNULL,
                                       stderr=subprocess.DEVNULL))  # fmt: skip
@@ -93,30 +93,44 @@ def cluster():
         _kill_leftovers(temp_dir)
 
 
-def _wait_for_nodes(address: str, count: int, timeout: float = 90) -> None:
-    script = (
-        "import ray, sys; ray.init(address=sys.argv[1], log_to_driver=False);"
-        "print(sum(n['Alive'] for n in ray.nodes()))"
-    )
+def _wait_for_port(port: int, node: subprocess.Popen, timeout: float = 90) -> None:
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        done = subprocess.run([sys.executable, "-c", script, address], capture_output=True, text=True)
-        if done.returncode == 0 and int(done.stdout.strip().splitlines()[-1]) >= count:
-            return
-        time.sleep(1)
-    raise RuntimeError(f"the Ray cluster at {address} did not reach {count} nodes in {timeout} s")
+    while time.monotonic() < deadline and node.poll() is None:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.2)
+    raise RuntimeError(f"the Ray head did not open port {port} in {timeout} s (exit code {node.poll()})")
 
 
-def _run(config: Path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+def _wait_for_nodes(address: str, count: int, timeout: float = 90) -> None:
+    """One driver process polls until `count` nodes are alive (a process per check imported ray each time: CPU the
+    starting nodes need). Its printed count decides, not its exit status: a Ray driver may crash as it exits."""
+    script = (
+        "import ray, sys, time; ray.init(address=sys.argv[1], log_to_driver=False)\n"
+        "alive, deadline = lambda: sum(n['Alive'] for n in ray.nodes()), time.monotonic() + float(sys.argv[3])\n"
+        "while alive() < int(sys.argv[2]) and time.monotonic() < deadline:\n"
+        "    time.sleep(0.2)\n"
+        "print(alive(), flush=True)"
+    )
+    done = subprocess.run([sys.executable, "-c", script, address, str(count), str(timeout)], capture_output=True,
+                          text=True)  # fmt: skip
+    if int((done.stdout.strip().splitlines() or ["0"])[-1]) < count:
+        raise RuntimeError(f"the Ray cluster at {address} did not reach {count} nodes in {timeout} s: {done.stderr}")
+
+
+def _start(config: Path, *args: str, env: dict | None = None) -> subprocess.Popen:
     """`salsa run` in a subprocess at one thread (the Ray jobs' thread count), so both executors compute alike."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", **(env or {})}
-    return subprocess.run([*SALSA, "run", str(config), "--quiet", *args], env=env, capture_output=True, text=True)
+    return subprocess.Popen([*SALSA, "run", str(config), "--quiet", *args], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)  # fmt: skip
 
 
 @pytest.fixture(scope="module")
-def grids(tmp_path_factory, tiny_model_dir, cluster):
+def grids(request, tmp_path_factory, tiny_model_dir):
     """A tiny grid of 4 RL jobs (and the base job), run by the local executor and, with every job's first attempt
-    killed once its checkpoint of step 1 is on disk, by the Ray executor."""
+    killed once its checkpoint of step 1 is on disk, by the Ray executor. The two runs overlap (one thread each, so
+    the same numbers on a busy machine), the local one starting before the cluster."""
     root = tmp_path_factory.mktemp("grid")
     config = {
         "run": {"seeds": 2, "cpus_per_job": 1},
@@ -131,10 +145,18 @@ def grids(tmp_path_factory, tiny_model_dir, cluster):
         config["run"]["output_dir"] = str(root / name)
         (root / f"{name}.yaml").write_text(yaml.safe_dump(config))
         runs[name] = root / name
-    local = _run(root / "local.yaml")
-    assert local.returncode == 0, local.stderr[-3000:]
-    ray = _run(root / "ray.yaml", "--executor", "ray", "--ray-address", cluster, env={"SALSA_FAULT_KILL_AT_STEP": "1"})
-    assert ray.returncode == 0, ray.stderr[-3000:]
+    local = _start(root / "local.yaml")
+    try:
+        address = request.getfixturevalue("cluster")
+    except BaseException:
+        local.kill()
+        local.wait()
+        raise
+    ray = _start(root / "ray.yaml", "--executor", "ray", "--ray-address", address,
+                 env={"SALSA_FAULT_KILL_AT_STEP": "1"})  # fmt: skip
+    stderrs = [run.communicate()[1] for run in (local, ray)]  # both to the end, whichever fails
+    for run, stderr in zip((local, ray), stderrs, strict=True):
+        assert run.returncode == 0, stderr[-3000:]
     return runs
 
 
