@@ -69,7 +69,9 @@ def test_a_recorded_rl_config_from_before_dpo_moved_out_still_reads(tmp_path):
     # An RL run's config.yaml written before DPO had its own config (every archived study's runs) holds DPO's keys
     # at their defaults: read as a record they are left out; typed by a user they are still refused.
     old = tmp_path / "config.yaml"
-    old.write_text("rl:\n  algorithm: ppo\n  kl_coef: 0.05\n  dpo_beta: 0.1\n  dpo_batch_size: 8\n  preference_data: null\n")
+    old.write_text(
+        "rl:\n  algorithm: ppo\n  kl_coef: 0.05\n  dpo_beta: 0.1\n  dpo_batch_size: 8\n  preference_data: null\n"
+    )
     recorded = load_stage_config(RLConfig, "rl", old, recorded=True)
     assert recorded.kl_coef == 0.05 and recorded.algorithm == "ppo"
     with pytest.raises(ConfigError, match="unknown key 'dpo_beta'; it is dpo.beta now"):
