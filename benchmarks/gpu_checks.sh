@@ -17,7 +17,10 @@
 #            travel, the arithmetic of every step is the same
 #   PRECISION      mixed precision of every stage (default bf16)
 #   SFT_STEPS, RL_STEPS  steps of the throughput runs (default 20 and 4)
+#   SFT_BATCH  batch of the 1-process throughput SFT (default 16); the 2-process runs take half each
 #   RUN_SET  more `--set section.key=value` overrides of the chain's `salsa run`, space-separated
+#   THROUGHPUT_SET  more `--set section.key=value` overrides of the throughput runs (sft.* of the SFT runs, rl.* of
+#            the RL steps), space-separated: smaller sizes where bf16 is slow (a CPU)
 #   DISTRIBUTED_TESTS=0  skip the 2-process CPU tests at the end
 # Without a GPU (CUDA_VISIBLE_DEVICES=) it skips the GPU-only assertions and the multi-GPU part and runs the rest:
 # tests/test_gpu_checks.py runs it so on a tiny model.
@@ -47,6 +50,7 @@ MODEL=${MODEL:-smollm2-135m}
 PRECISION=${PRECISION:-bf16}
 SFT_STEPS=${SFT_STEPS:-20}
 RL_STEPS=${RL_STEPS:-4}
+SFT_BATCH=${SFT_BATCH:-16}
 mkdir -p "$OUT"
 export HF_HUB_OFFLINE=1
 if [ -n "$WHEELS" ]; then
@@ -165,13 +169,15 @@ print(f"chain report: {run / 'report' / 'report.md'}; verdict: {summary['verdict
 PY
 
 # 3-5. Throughput.
+THROUGHPUT_SETS=()
+for item in ${THROUGHPUT_SET:-}; do THROUGHPUT_SETS+=(--set "$item"); done
 SFT=(-m salsa.cli sft -q --model "$MODEL" --set max_steps="$SFT_STEPS" --set max_length=128 --set num_models=1
-     --set mixed_precision="$PRECISION")
-time $PY "${SFT[@]}" --output-dir "$OUT/sft1" --set batch_size=16
+     --set mixed_precision="$PRECISION" "${THROUGHPUT_SETS[@]}")
+time $PY "${SFT[@]}" --output-dir "$OUT/sft1" --set batch_size="$SFT_BATCH"
 $PY -c "import json; r=[json.loads(l) for l in open('$OUT/sft1/sft-0/metrics.jsonl')][5:]; print('sft $PRECISION $GPUS gpu tokens/s', round(len(r)/sum(1/x['tokens_per_s'] for x in r)))"
 if [ "$GPUS" -ge 2 ]; then
-  $PY -m torch.distributed.run --standalone --nproc_per_node 2 "${SFT[@]}" --output-dir "$OUT/sft2" --set batch_size=8
-  $PY -m torch.distributed.run --standalone --nproc_per_node 2 "${SFT[@]}" --output-dir "$OUT/fsdp2" --set batch_size=8 --set sharding=fsdp2
+  $PY -m torch.distributed.run --standalone --nproc_per_node 2 "${SFT[@]}" --output-dir "$OUT/sft2" --set batch_size=$((SFT_BATCH / 2))
+  $PY -m torch.distributed.run --standalone --nproc_per_node 2 "${SFT[@]}" --output-dir "$OUT/fsdp2" --set batch_size=$((SFT_BATCH / 2)) --set sharding=fsdp2
   $PY - "$OUT" <<'PY'
 import sys
 from safetensors.torch import load_file
@@ -183,21 +189,22 @@ PY
 fi
 # salsa's own sampler on the GPU (tests/workers.py's `rl` swaps in the tests' CPU-side sampler), with the tests' length
 # reward.
-$PY - "$OUT" "$RL_STEPS" "$PRECISION" <<'PY'
+$PY - "$OUT" "$RL_STEPS" "$PRECISION" ${THROUGHPUT_SET:-} <<'PY'
 import json
 import sys
 
 sys.path.insert(0, "tests")
 from workers import length_reward
 from salsa.config import RLConfig
+from salsa.config_loading import parse_overrides
 from salsa.rl.ppo import train_rl
 
-out, steps, precision = sys.argv[1:]
+out, steps, precision, *overrides = sys.argv[1:]
 for algorithm in ("rloo", "ppo"):
-    config = RLConfig(algorithm=algorithm, init=f"{out}/sft1/sft-0", reference="sft",
-                      prompts="tests/data/prompts.jsonl", task=None, output_dir=f"{out}/rl-{algorithm}",
-                      steps=int(steps), prompts_per_step=8, samples_per_prompt=2, max_new_tokens=32, save_steps=0,
-                      mixed_precision=precision)
+    values = dict(init=f"{out}/sft1/sft-0", reference="sft", prompts="tests/data/prompts.jsonl", task=None,
+                  output_dir=f"{out}/rl-{algorithm}", steps=int(steps), prompts_per_step=8, samples_per_prompt=2,
+                  max_new_tokens=32, save_steps=0, mixed_precision=precision)
+    config = RLConfig(algorithm=algorithm, **values | parse_overrides(RLConfig, overrides, "rl"))
     train_rl(config, show_progress=False, reward_fn=length_reward)
     last = [json.loads(line) for line in open(f"{out}/rl-{algorithm}/metrics.jsonl")][-1]
     print(f"{algorithm} {precision} tokens/s {last['tokens_per_s']:.0f} kl {last['kl_ref']:.4f}")

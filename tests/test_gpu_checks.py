@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 import salsa
 
@@ -25,6 +26,9 @@ TINY_RUN = (
     "rl.max_new_tokens=4 rl.normalisation_samples=8 rl.snapshot_steps=0 eval.max_new_tokens=4 eval.ood_prompts=null "
     "eval.bootstrap_samples=100 eval.landscape_alphas=[] eval.soup_health=false eval.matched_kl=false"
 )
+# The throughput runs at the chain's sizes: the lines are what is checked, not the numbers, and bf16 matrix products
+# on a CPU without bf16 instructions run about 10 times slower than fp32 ones (the default sizes took 5 of 9 minutes).
+TINY_THROUGHPUT = "sft.max_length=64 rl.prompts_per_step=2 rl.max_new_tokens=4 rl.normalisation_samples=8"
 
 
 def run_script(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
@@ -40,7 +44,7 @@ def test_the_whole_chain_and_the_throughput_lines_on_the_cpu(tiny_model_dir, tmp
     out = tmp_path / "checks"
     env = {
         "CUDA_VISIBLE_DEVICES": "", "OUT": str(out), "MODEL": str(tiny_model_dir), "SFT_STEPS": "6", "RL_STEPS": "1",
-        "RUN_SET": TINY_RUN, "DISTRIBUTED_TESTS": "0",
+        "SFT_BATCH": "2", "RUN_SET": TINY_RUN, "THROUGHPUT_SET": TINY_THROUGHPUT, "DISTRIBUTED_TESTS": "0",
     }  # fmt: skip
     result = run_script(env)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -68,6 +72,12 @@ def test_the_whole_chain_and_the_throughput_lines_on_the_cpu(tiny_model_dir, tmp
     for stage in ("data", "reward", "sft", "eval"):
         assert "mixed_precision: bf16" in (out / "run" / stage / "config.yaml").read_text(), stage
     assert "mixed_precision: bf16" in (out / "run" / "rl" / "salsa" / "seed-0" / "config.yaml").read_text()
+    # The throughput runs took the sizes the test gave them (SFT_BATCH, THROUGHPUT_SET).
+    sft = yaml.safe_load((out / "sft1" / "config.yaml").read_text())["sft"]
+    assert (sft["batch_size"], sft["max_length"]) == (2, 64), sft
+    for algorithm in ("rloo", "ppo"):
+        rl = yaml.safe_load((out / f"rl-{algorithm}" / "config.yaml").read_text())["rl"]
+        assert (rl["algorithm"], rl["prompts_per_step"], rl["max_new_tokens"]) == (algorithm, 2, 4), rl
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is visible: the script would run the checks on it")
