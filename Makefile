@@ -22,8 +22,11 @@ install: $(BIN)/salsa
 demo: install
 	$(BIN)/salsa demo
 
+# pytest-xdist workers (2 for 2 cores; `make test TEST_WORKERS=4` on more), each taking whole test files, the
+# longest first (tests/conftest.py).
+TEST_WORKERS ?= 2
 test: install
-	$(BIN)/python -m pytest -q -p no:cacheprovider
+	$(BIN)/python -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist loadfile
 
 lint: install
 	$(BIN)/ruff check src tests benchmarks

@@ -4,11 +4,28 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # `make test` runs two pytest workers on a 2-core machine: one thread each (and in the processes a test
+    # launches), or their thread pools would fight over the cores.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    os.environ.setdefault("MKL_NUM_THREADS", "1")
+
+
+# The test files that take longest, longest first: `make test` runs two pytest-xdist workers, each taking whole files
+# in collection order (`--dist loadfile`), so these start at once and the short files fill in around them. Measured
+# alone (--durations), 2026-12-07; a stale order costs minutes, never a result.
+LONGEST_FILES = ("test_ray.py", "test_distributed.py", "test_documented_commands.py", "test_study.py", "test_rl.py")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    rank = {name: i for i, name in enumerate(LONGEST_FILES)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: each file keeps its own order
 
 
 @pytest.fixture(scope="session")
@@ -112,12 +129,27 @@ def tiny_study(tmp_path_factory, tiny_model_dir):
     finished (shard 1's jobs, the evaluation and the report).
 
     Returns root, holding run.yaml (the study's config), run/, shard-1/, shard-1.yaml and after-shard-0/."""
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        return _build_tiny_study(tmp_path_factory.mktemp("tiny-study"), tiny_model_dir)
+    # Under pytest-xdist the first worker to get here builds it in the directory the workers share; the others wait.
+    import fcntl
+
+    root = tmp_path_factory.getbasetemp().parent / "tiny-study"
+    with open(root.parent / "tiny-study.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (root / "built").exists():
+            root.mkdir(exist_ok=True)
+            _build_tiny_study(root, tiny_model_dir)
+            (root / "built").touch()
+    return root
+
+
+def _build_tiny_study(root: Path, tiny_model_dir: Path) -> Path:
     import yaml
 
     from salsa.pipeline import run_pipeline
     from salsa.study import archive
 
-    root = tmp_path_factory.mktemp("tiny-study")
     arms = {"salsa": "soup:soup", "ppo": "sft-0:sft-0", "init-soup": "soup:sft-0", "ref-soup": "sft-0:soup"}
     config = {
         "run": {"output_dir": str(root / "run"), "seeds": 2, "arms": arms},
