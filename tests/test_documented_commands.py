@@ -94,14 +94,22 @@ def settings(*items: str) -> tuple[str, ...]:
 
 
 SFT_BUDGET = settings(f"model={TINY}", "max_steps=1", "batch_size=2", "max_length=64")
-DATA_BUDGET = settings(f"model={TINY}", "samples_per_prompt=2", "max_new_tokens=4")
-REWARD_BUDGET = settings("num_epochs=0.01", "max_length=32")  # the default MiniLM encoder, shipped offline
-RL_BUDGET = settings("steps=1", "prompts_per_step=2", "max_new_tokens=4")
+# One preference pair per prompt: a reward model's normalisation scores the distinct responses of its pairs (2 per
+# prompt, not the 6 of every pair), and the WARM command does that 4 times (3 members and their average).
+DATA_BUDGET = settings(f"model={TINY}", "samples_per_prompt=2", "max_new_tokens=4", "pairs_per_prompt=1")
+# The default MiniLM encoder, shipped offline: one step of one prompt's pairs.
+REWARD_BUDGET = settings("num_epochs=0.01", "batch_size=2", "max_length=32")
+# The reward's mean and std measured on 2 of the starting policy's responses, not 64.
+RL_BUDGET = settings("steps=1", "prompts_per_step=2", "max_new_tokens=4", "normalisation_samples=2")
 EVAL_BUDGET = settings("max_new_tokens=4", "landscape_alphas=[0.0,0.5,1.0]", "bootstrap_samples=100")
 # IFEval scores all 541 prompts; the soup's health would sample its 3 ingredients and the soup on each of them too, and
 # the README's `salsa eval` already runs that on the same soup (the command took 99 s with it, 28 s without, at a load
 # of 10 on 2 cores).
 IFEVAL_BUDGET = settings("max_new_tokens=4", "soup_health=false", "bootstrap_samples=100")
+# The merges' sweeps on the in-distribution prompts only, without the soup's health: the README's `salsa eval` samples
+# the same policies on the out-of-distribution prompts, and the same soup's health (6 merges and 3 policies drew 72
+# OOD responses each, and the health 4 x 24 more).
+MERGES_EVAL_BUDGET = (*EVAL_BUDGET, *settings("ood_prompts=null", "soup_health=false"))
 README_EVAL = (
     "-p salsa=runs/rl-salsa/final -p ppo=runs/rl-ppo/final -p sft=runs/x/sft-0 --set soup_model=runs/x/soup "
     '--set sft_model=runs/x/sft-0 --set "landscape_models=[runs/x/sft-0,runs/x/sft-1]"'
@@ -175,7 +183,7 @@ PLANS: dict[str, Plan] = {
     "sft_model=runs/x/sft-0 --set soup_model=runs/x/soup --set prompts=runs/data/prompts_dev.jsonl --set 'sweeps={"
     "ppo-expo: {method: expo, models: [sft, ppo], values: [0.5, 1]}, ppo-liti: {method: liti, models: [sft, ppo], "
     "values: [0.25, 0.5, 0.75]}, rl-slerp: {method: slerp, models: [ppo, salsa], values: [0.5]}}' --output-dir "
-    "runs/eval-merges": Plan(budget=EVAL_BUDGET),
+    "runs/eval-merges": Plan(budget=MERGES_EVAL_BUDGET),
     "salsa report runs/eval-merges": Plan(expect="report:"),
     "salsa run examples/merges_cpu.yaml": Plan(
         "dry-run", why="it runs the demo's pipeline on the default model, then 12 merges (about 15 min on 2 cores)"
@@ -188,11 +196,11 @@ PLANS: dict[str, Plan] = {
     # docs/methods/reference-schedules.md: enough steps for the reference to move
     "salsa rl --init runs/x/soup --reference soup --reward-model runs/reward/model --output-dir runs/rl-salsa-soft "
     "--set reference_schedule=soft --set reference_update_steps=2 --set reference_update_weight=0.5": Plan(
-        budget=settings("steps=2", "prompts_per_step=2", "max_new_tokens=4")
+        budget=settings("steps=2", "prompts_per_step=2", "max_new_tokens=4", "normalisation_samples=2")
     ),
     "salsa rl --init runs/x/sft-0 --reference sft --reward-model runs/reward/model --output-dir runs/rl-hard "
     "--set reference_schedule=hard --set reference_update_steps=4 --set use_lora=true": Plan(
-        budget=settings("steps=4", "prompts_per_step=2", "max_new_tokens=4")
+        budget=settings("steps=4", "prompts_per_step=2", "max_new_tokens=4", "normalisation_samples=2")
     ),
     "salsa dpo --init runs/x/sft-0 --reference sft --data runs/data/prefs.jsonl --output-dir runs/dpo-soft --set "
     "reference_schedule=soft --set reference_update_steps=2": Plan(budget=settings("steps=2", "batch_size=2")),
@@ -262,7 +270,7 @@ def _write_user_files(root: Path, tiny_model_dir: Path) -> None:
         "run: {output_dir: runs/my_run, task: null, seeds: 3}\n"
         f"sft: {{{sft}}}\n"
         f"reward: {{backbone: causal, model: {TINY}, data: my_prefs.jsonl, num_epochs: 0.5, max_length: 64}}\n"
-        "rl: {prompts: my_prompts.jsonl, steps: 1, prompts_per_step: 2, max_new_tokens: 4}\n"
+        "rl: {prompts: my_prompts.jsonl, steps: 1, prompts_per_step: 2, max_new_tokens: 4, normalisation_samples: 2}\n"
         "eval: {prompts: my_prompts.jsonl, max_new_tokens: 4, landscape_alphas: [0, 0.5, 1], bootstrap_samples: 100}\n"
     )
 
