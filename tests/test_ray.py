@@ -4,7 +4,8 @@ never importing ray.
 
 The cluster: two `ray start --block` processes this module owns, on free loopback ports given explicitly (every
 port Ray opens), a short temporary directory (Unix socket paths are limited to about 107 bytes), a 100 MB object
-store, no dashboard, 1 CPU each. Teardown stops only those processes and what they started (never `ray stop`).
+store, no dashboard, autoscaler monitor or log monitor (Python processes the tests do not need: CPU), 1 CPU each.
+Teardown stops only those processes and what they started (never `ray stop`).
 """
 
 from __future__ import annotations
@@ -43,9 +44,13 @@ def _node_command(ports: list[int], temp_dir: str, head_port: int | None) -> lis
     named = dict(zip(PORTS, ports, strict=False))
     command = [str(Path(sys.executable).parent / "ray"), "start", "--block", "--node-ip-address=127.0.0.1",
                "--num-cpus=1", "--object-store-memory=100000000", f"--temp-dir={temp_dir}", "--disable-usage-stats",
-               f"--worker-port-list={','.join(map(str, ports[len(PORTS) + 1:]))}"]  # fmt: skip
+               f"--worker-port-list={','.join(map(str, ports[len(PORTS) + 1:]))}",
+               "--include-log-monitor=false"]  # fmt: skip
     if head_port is None:
-        command += ["--head", "--include-dashboard=false", f"--ray-client-server-port={ports[len(PORTS)]}"]
+        # No autoscaler monitor (a hidden flag of `ray start`): nothing to scale, and it is one more Python process
+        # polling the GCS. The log monitor above: salsa's driver does not read the workers' logs (log_to_driver).
+        command += ["--head", "--include-dashboard=false", "--no-monitor",
+                    f"--ray-client-server-port={ports[len(PORTS)]}"]  # fmt: skip
         command += [f"--{name}={port}" for name, port in named.items()]
     else:
         command += [f"--address=127.0.0.1:{head_port}"]
@@ -69,7 +74,9 @@ def _kill_leftovers(temp_dir: str) -> None:
 def cluster():
     """HOST:PORT of a two-node Ray cluster (1 CPU each) on loopback."""
     temp_dir = tempfile.mkdtemp(prefix="r", dir="/tmp")
-    env = {**os.environ, "RAY_ADDRESS": ""}
+    # No worker prestarted for the first driver (_wait_for_nodes'), which runs no task: salsa's jobs run in workers of
+    # their own runtime environment anyway.
+    env = {**os.environ, "RAY_ADDRESS": "", "RAY_prestart_worker_first_driver": "0"}
     ports = _free_ports(2 * (len(PORTS) + 11))
     head_ports, worker_ports = ports[: len(ports) // 2], ports[len(ports) // 2 :]
     nodes = [subprocess.Popen(_node_command(head_ports, temp_dir, None), env=env, start_new_session=True,

@@ -1,6 +1,7 @@
 """Entry points the 2-process tests launch with torchrun (and once with a single process, to compare).
 
 python -m torch.distributed.run --standalone --nproc_per_node 2 tests/workers.py batch JOBS_JSON
+python -m torch.distributed.run --standalone --nproc_per_node 2 tests/workers.py kill-last-rank STEP SALSA_ARGS...
 """
 
 import contextlib
@@ -80,5 +81,15 @@ def batch(jobs_json: str) -> None:
         (jobs_file.parent / f"{job['name']}.rank-{rank}.json").write_text(json.dumps(outcome))
 
 
+def kill_last_rank(step: str, *args: str) -> None:
+    """`salsa ARGS` on every process, the last rank dying by SIGKILL once its checkpoint of `step` is on disk (a
+    lost worker, at a known step: no race between the run's end and a kill from outside)."""
+    from salsa.checkpoint import FAULT_KILL_AT_STEP
+
+    if int(os.environ["RANK"]) == int(os.environ["WORLD_SIZE"]) - 1:
+        os.environ[FAULT_KILL_AT_STEP] = step
+    salsa_command(list(args))
+
+
 if __name__ == "__main__":
-    {"batch": batch}[sys.argv[1]](sys.argv[2])
+    {"batch": batch, "kill-last-rank": kill_last_rank}[sys.argv[1]](*sys.argv[2:])

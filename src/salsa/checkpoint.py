@@ -35,8 +35,8 @@ from salsa.logs import check_finite_weights
 from salsa.progress import console
 
 STATE_FILE = "state.json"
-# A test setting (tests/test_ray.py): the process dies by SIGKILL, as a lost worker would, once its checkpoint of this
-# step is on disk; a job of a grid (`salsa.grid`) clears it for its later attempts.
+# A test setting (tests/test_ray.py, tests/workers.py): the process dies by SIGKILL, as a lost worker would, once its
+# checkpoint of this step is on disk; a job of a grid (`salsa.grid`) clears it for its later attempts.
 FAULT_KILL_AT_STEP = "SALSA_FAULT_KILL_AT_STEP"
 
 
