@@ -27,8 +27,9 @@ def test_cross_entropy_sum_matches_hand_computation():
 
 
 def test_same_seed_same_weights_different_seeds_differ(tiny_sft_config, tmp_path):
-    a = train_sft(dataclasses.replace(tiny_sft_config, output_dir=str(tmp_path / "a")), seeds=[0, 1])
-    b = train_sft(dataclasses.replace(tiny_sft_config, output_dir=str(tmp_path / "b")), seeds=[0])
+    config = dataclasses.replace(tiny_sft_config, max_steps=2)  # two steps already differ in their data and order
+    a = train_sft(dataclasses.replace(config, output_dir=str(tmp_path / "a")), seeds=[0, 1])
+    b = train_sft(dataclasses.replace(config, output_dir=str(tmp_path / "b")), seeds=[0])
     assert _same(_weights(a[0]), _weights(b[0]))
     assert not _same(_weights(a[0]), _weights(a[1]))
 
@@ -74,22 +75,22 @@ def test_lora_saves_merged_model_equal_to_base_plus_adapter(tiny_sft_config, tin
 
 
 def test_interrupted_run_resumes_to_identical_weights(tiny_sft_config, tmp_path, interrupt):
-    cfg = dataclasses.replace(tiny_sft_config, max_steps=8, save_steps=3, grad_accum_steps=2)
+    cfg = dataclasses.replace(tiny_sft_config, max_steps=5, save_steps=2, grad_accum_steps=2)
     (reference,) = train_sft(dataclasses.replace(cfg, output_dir=str(tmp_path / "straight")))
 
     interrupted = dataclasses.replace(cfg, output_dir=str(tmp_path / "resumed"))
-    # The first micro-batch of step 6 dies: the newest checkpoint is step 3.
-    restore = interrupt("salsa.sft.token_cross_entropy_sum", at_call=2 * 5 + 1)
+    # The first micro-batch of step 4 dies: the newest checkpoint is step 2, and step 3 is done again.
+    restore = interrupt("salsa.sft.token_cross_entropy_sum", at_call=2 * 3 + 1)
     with pytest.raises(KeyboardInterrupt):
         train_sft(interrupted)
     out = tmp_path / "resumed" / "sft-0"
-    assert (out / "checkpoints" / "step-0000003").is_dir()
+    assert (out / "checkpoints" / "step-0000002").is_dir()
     assert not (out / "model.safetensors").exists()
     restore()
     (resumed,) = train_sft(interrupted)
     assert _same(_weights(resumed), _weights(reference))
     steps = [json.loads(line)["step"] for line in (resumed / "metrics.jsonl").read_text().splitlines()]
-    assert steps == list(range(1, 9))
+    assert steps == list(range(1, 6))
 
 
 def test_complete_models_are_reused_and_config_changes_refused(tiny_sft_config):
