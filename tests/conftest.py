@@ -20,7 +20,14 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 # The test files that take longest, longest first: `make test` runs two pytest-xdist workers, each taking whole files
 # in collection order (`--dist loadfile`), so these start at once and the short files fill in around them. Measured
 # alone (--durations), 2026-12-07; a stale order costs minutes, never a result.
-LONGEST_FILES = ("test_ray.py", "test_distributed.py", "test_documented_commands.py", "test_study.py", "test_rl.py")
+LONGEST_FILES = (
+    "test_study.py",
+    "test_rl.py",
+    "test_distributed.py",
+    "test_ray.py",
+    "test_documented_commands.py",
+    "test_rl_learning.py",
+)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
