@@ -18,8 +18,8 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 
 
 # The test files that take longest, longest first: `make test` runs two pytest-xdist workers, each taking whole files
-# in collection order (`--dist loadfile`), so these start at once and the short files fill in around them. Measured
-# alone (--durations), 2026-12-07; a stale order costs minutes, never a result.
+# in collection order (`--dist loadfile`), so these start at once and the short files fill in around them. Ordered by
+# their summed --durations in a 2-worker run, 2026-12-07; a stale order costs minutes, never a result.
 LONGEST_FILES = (
     "test_study.py",
     "test_rl.py",
