@@ -133,3 +133,23 @@ def test_a_response_is_one_markdown_table_cell():
     )
     assert cell("one\ntwo\r\nthree") == "one ⏎ two ⏎ three"
     assert cell("") == cell(" \n ") == "*(empty)*"
+
+
+def test_a_seed_only_one_arm_has_is_left_out_and_named(study, tmp_path):
+    """Seed i of each arm is compared with seed i of the others: while a shard is still running, a seed that only
+    some arms have is left out of every comparison (not paired with another seed), and the doc names it."""
+    _, whole = study
+    folder = tmp_path / STUDY.name
+    shutil.copytree(whole, folder)
+    manifest = json.loads((folder / "data" / "manifest.json").read_text())
+    for job in ("ppo/seed-1", "init-soup/seed-1", "ref-soup/seed-1"):  # salsa is one seed ahead
+        del manifest["jobs"][job]
+        shutil.rmtree(folder / "data" / "jobs" / job)
+        shutil.rmtree(folder / "data" / "rl" / job)
+    (folder / "data" / "manifest.json").write_text(json.dumps(manifest))
+    results = _results(folder, tmp_path / "restored")
+    assert results["seeds_left_out"] == ["salsa/seed-1"]
+    headline = next(c for c in results["comparisons"] if (c["a"], c["b"]) == ("salsa", "ppo"))
+    assert len(headline["seed_test"]["per_seed"]) == 1
+    text = render(folder).read_text()
+    assert "Left out of every comparison until the other arms of its seed are archived: salsa/seed-1." in text

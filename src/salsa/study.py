@@ -163,13 +163,20 @@ def restore(study_dir: Path, root: Path) -> dict:
     return read_json(data / MANIFEST)
 
 
-def _present(config: EvalConfig, rows: list[dict]) -> tuple[EvalConfig, list[dict]]:
-    """The evaluation restricted to the seeds whose samples are here (seed indices renumbered in order), and those
-    rows; comparisons and sweeps of a missing policy are left out."""
+def _present(config: EvalConfig, rows: list[dict]) -> tuple[EvalConfig, list[dict], list[str]]:
+    """The evaluation restricted to the seeds whose samples are here (seed indices renumbered in order), those rows,
+    and the seeds left out; comparisons and sweeps of a missing policy are left out.
+
+    Seed i of one arm is compared with seed i of another, so a seed counts only once every arm that has samples
+    (every policy with more than one seed planned) has it: an arm one seed ahead of the others (a shard still
+    running) keeps that seed out of the analysis rather than unbalancing it."""
     have = {(r["policy"], r["seed_index"]) for r in rows if "policy" in r}
+    arms = [name for name, paths in config.policies.items() if len(paths) > 1 and any(p == name for p, _ in have)]
+    common = set.intersection(*({s for p, s in have if p == name} for name in arms)) if arms else set()
+    left_out = sorted(f"{p}/seed-{s}" for p, s in have if p in arms and s not in common)
     renumber, policies = {}, {}
     for name, paths in config.policies.items():
-        kept = [s for s in range(len(paths)) if (name, s) in have]
+        kept = [s for s in range(len(paths)) if (name, s) in have and (name not in arms or s in common)]
         renumber.update({(name, s): i for i, s in enumerate(kept)})
         if kept:
             policies[name] = [paths[s] for s in kept]
@@ -177,8 +184,9 @@ def _present(config: EvalConfig, rows: list[dict]) -> tuple[EvalConfig, list[dic
             if "policy" not in r or (r["policy"], r["seed_index"]) in renumber]  # fmt: skip
     pairs = [c for c in (config.comparisons or []) if all(p in policies for p in c.split(":"))]
     # Sweeps are left out: a merge of two jobs' policies is drawn by the eval stage, not archived with a job.
-    return dataclasses.replace(config, policies=policies, comparisons=pairs if config.comparisons else None,
-                               sweeps={}), rows  # fmt: skip
+    config = dataclasses.replace(config, policies=policies, comparisons=pairs if config.comparisons else None,
+                                 sweeps={})  # fmt: skip
+    return config, rows, left_out
 
 
 def recompute(root: Path, jobs: list[str] | None = None) -> dict[str, Any]:
@@ -191,14 +199,15 @@ def recompute(root: Path, jobs: list[str] | None = None) -> dict[str, Any]:
                                                 for p in (root / JOBS).rglob("samples.jsonl"))  # fmt: skip
     rows = [r for job_id in jobs for r in read_jsonl(job_dir(root, job_id) / "samples.jsonl")]
     rows = in_plan_order(rows, plan_units(config))
-    config, rows = _present(config, rows)
+    config, rows, left_out = _present(config, rows)
     # The gold judge that scored the samples: each job records it; a record without one was version 1's.
     versions = {read_json(job_dir(root, job_id) / "committed.json").get("gold_judge_version", 1) for job_id in jobs}
     if config.task and len(versions) > 1:
         raise DataError(
             f"the archived jobs were scored by gold judge versions {sorted(versions)}; rerun the older ones"
         )
-    return summarise_rows(config, rows, gold_version=versions.pop() if config.task and versions else None)
+    results = summarise_rows(config, rows, gold_version=versions.pop() if config.task and versions else None)
+    return {**results, "seeds_left_out": left_out}
 
 
 def _withhold(results: dict) -> None:
@@ -263,9 +272,12 @@ def render(study_dir: str | Path) -> Path:
     except TemplateError as e:  # a mistake in the template, or what the sandbox refused to run
         raise DataError(f"{template_file}: {type(e).__name__}: {e}") from None
     if missing:
+        left_out = results["seeds_left_out"]
+        waiting = f" Left out of every comparison until the other arms of its seed are archived: {', '.join(left_out)}."
         text = (
             f"> **Incomplete: {len(missing)} of {len(manifest['planned'])} planned jobs are missing** "
-            f"({', '.join(missing)}); every verdict below is withheld until they are archived.\n\n" + text
+            f"({', '.join(missing)}); every verdict below is withheld until they are archived."
+            f"{waiting if left_out else ''}\n\n{text}"
         )
     atomic_write_text(doc, text)
     return doc
