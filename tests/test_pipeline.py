@@ -1,6 +1,7 @@
 """`salsa run` on tiny models: the whole pipeline, its report, stage caching and resume after an interruption."""
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -127,8 +128,6 @@ def test_an_sft_arm_without_an_index_starts_seed_s_from_sft_model_s_mod_k(run_ya
 def _stub_base_stages(monkeypatch, tiny_model_dir):
     """data, reward, sft and soup as stubs that write what the stages after them read (training prompts, two SFT
     models: copies of the tiny model) and their completion markers, in a fraction of a second."""
-    import shutil
-
     from salsa.io import COMPLETE_MARKER
     from salsa.tasks import reviews
 
@@ -213,11 +212,25 @@ def test_plan_rejects_unsectioned_overrides_and_single_sft(run_yaml):
         plan_run(run_yaml, ["sft.num_models=1"])
 
 
-def test_run_resumes_after_interruption_then_skips_finished_stages(run_yaml, tmp_path, monkeypatch):
+def _copy_data_stage(finished: Path, run: Path) -> None:
+    """The data stage of a finished run into a new run directory, as a run stopped after it leaves it: its folder,
+    the run directory's own record and its fingerprint in pipeline.json. It reads no path of the run, so a run with
+    the same data: section finds it finished."""
+    run.mkdir()
+    shutil.copytree(finished / "data", run / "data")
+    shutil.copy2(finished / "salsa_stage.json", run / "salsa_stage.json")
+    data = json.loads((finished / "pipeline.json").read_text())["stages"]["data"]
+    (run / "pipeline.json").write_text(json.dumps({"stages": {"data": data}}))
+
+
+def test_run_resumes_after_interruption_then_skips_finished_stages(run_yaml, tmp_path, monkeypatch, tiny_study):
     import salsa.rl.ppo as ppo
     from salsa.grid import attempts
 
     root = tmp_path / "run"
+    # The tiny study's data (the same data: section) instead of sampling it again: the first run starts after it.
+    _copy_data_stage(tiny_study / "run", root)
+    _forbid(monkeypatch, "salsa.task_data.make_task_data")
     real_update, calls = ppo.rl_update, []
 
     def interrupted_update(*args, **kwargs):
@@ -234,10 +247,7 @@ def test_run_resumes_after_interruption_then_skips_finished_stages(run_yaml, tmp
     monkeypatch.setattr(ppo, "rl_update", real_update)
 
     # Rerun: finished stages are skipped; the interrupted RL run continues from its step-1 checkpoint.
-    _forbid(
-        monkeypatch, "salsa.task_data.make_task_data", "salsa.reward.train_reward", "salsa.sft.train_sft",
-        "salsa.soup.build_soup_from_config",
-    )  # fmt: skip
+    _forbid(monkeypatch, "salsa.reward.train_reward", "salsa.sft.train_sft", "salsa.soup.build_soup_from_config")
     report = run_pipeline(run_yaml, show_progress=False)
     assert [r["step"] for r in read_jsonl(root / "rl/salsa/seed-0/metrics.jsonl")] == [1, 2]
     state = json.loads((root / "pipeline.json").read_text())
@@ -302,7 +312,6 @@ def test_run_resumes_after_interruption_then_skips_finished_stages(run_yaml, tmp
     assert "Saved policies at matched KL" in markdown and "(matched KL)" not in markdown
 
     # A changed RL budget redoes RL and eval only.
-    _forbid(monkeypatch, "salsa.task_data.make_task_data")
     run_pipeline(run_yaml, ["rl.steps=3"], show_progress=False)
     assert [r["step"] for r in read_jsonl(root / "rl/ppo/seed-0/metrics.jsonl")] == [1, 2, 3]
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -133,47 +134,71 @@ def _start(config: Path, *args: str, env: dict | None = None) -> subprocess.Pope
                             stderr=subprocess.PIPE, text=True)  # fmt: skip
 
 
+# What `salsa run` computes in its own process before the grid, whichever the executor runs the jobs.
+BASE_STAGES = ("data", "reward", "sft", "soup")
+
+
 @pytest.fixture(scope="module")
-def grids(request, tmp_path_factory, tiny_model_dir):
+def grids(request, tmp_path_factory, tiny_model_dir, tiny_study):
     """A tiny grid of 4 RL jobs (and the base job), run by the local executor and, with every job's first attempt
-    killed once its checkpoint of step 1 is on disk, by the Ray executor. The two runs overlap (one thread each, so
-    the same numbers on a busy machine), the local one starting before the cluster."""
+    killed once its checkpoint of step 1 is on disk, by the Ray executor. Both in the same run directory, one after
+    the other (one thread each, so the same numbers on a busy machine; the cluster starts while the local run
+    works): the local run starts from conftest.tiny_study's data (the same data: section), then, finished, moves to
+    local/ and its base stages come back, so that the Ray run reuses them and runs every job and the evaluation."""
     root = tmp_path_factory.mktemp("grid")
+    run = root / "run"
     config = {
-        "run": {"seeds": 2, "cpus_per_job": 1},
+        "run": {"output_dir": str(run), "seeds": 2, "cpus_per_job": 1},
         "data": {"model": str(tiny_model_dir), "samples_per_prompt": 2, "max_new_tokens": 6},
         "reward": {"backbone": "causal", "model": str(tiny_model_dir), "num_epochs": 0.2, "max_length": 64},
         "sft": {"model": str(tiny_model_dir), "max_steps": 2, "batch_size": 4, "max_length": 64},
         "rl": {"steps": 2, "prompts_per_step": 4, "max_new_tokens": 6, "learning_rate": 1e-3, "save_steps": 1},
         "eval": {"max_new_tokens": 6, "landscape_alphas": [0.0, 1.0], "bootstrap_samples": 200},
     }
-    runs = {}
-    for name in ("local", "ray"):
-        config["run"]["output_dir"] = str(root / name)
-        (root / f"{name}.yaml").write_text(yaml.safe_dump(config))
-        runs[name] = root / name
-    local = _start(root / "local.yaml")
+    (root / "run.yaml").write_text(yaml.safe_dump(config))
+    _copy_stages(tiny_study / "run", run, ("data",))
+    local = _start(root / "run.yaml")
     try:
         address = request.getfixturevalue("cluster")
     except BaseException:
         local.kill()
         local.wait()
         raise
-    ray = _start(root / "ray.yaml", "--executor", "ray", "--ray-address", address,
+    stderr = local.communicate()[1]
+    assert local.returncode == 0, stderr[-3000:]
+    assert _stages(run)["data"] == _stages(tiny_study / "run")["data"], "the local run sampled its data again"
+    run.rename(root / "local")
+    _copy_stages(root / "local", run, BASE_STAGES)
+    ray = _start(root / "run.yaml", "--executor", "ray", "--ray-address", address,
                  env={"SALSA_FAULT_KILL_AT_STEP": "1"})  # fmt: skip
-    stderrs = [run.communicate()[1] for run in (local, ray)]  # both to the end, whichever fails
-    for run, stderr in zip((local, ray), stderrs, strict=True):
-        assert run.returncode == 0, stderr[-3000:]
-    return runs
+    stderr = ray.communicate()[1]
+    assert ray.returncode == 0, stderr[-3000:]
+    return {"local": root / "local", "ray": run}
+
+
+def _stages(run: Path) -> dict:
+    """The finished stages pipeline.json records: fingerprints and seconds."""
+    return json.loads((run / "pipeline.json").read_text())["stages"]
+
+
+def _copy_stages(finished: Path, run: Path, stages: tuple[str, ...]) -> None:
+    """Stages of a finished run into a new run directory, as a run stopped after them leaves them: their folders,
+    the run directory's own record and their fingerprints in pipeline.json."""
+    run.mkdir()
+    for stage in stages:
+        shutil.copytree(finished / stage, run / stage)
+    shutil.copy2(finished / "salsa_stage.json", run / "salsa_stage.json")
+    recorded = _stages(finished)
+    (run / "pipeline.json").write_text(json.dumps({"stages": {name: recorded[name] for name in stages}}))
 
 
 def test_the_ray_executor_gives_the_local_executors_samples_and_summary(grids):
     local, ray = grids["local"], grids["ray"]
-    # Byte-identical: the same machine and thread count, the same seeds; the samples hold no path.
+    # The Ray run reused the local run's base stages (redone, they would record their own seconds).
+    assert [_stages(ray)[name] for name in BASE_STAGES] == [_stages(local)[name] for name in BASE_STAGES]
+    # Byte-identical: the same machine and thread count, the same seeds, the same run directory.
     assert (ray / "eval" / "samples.jsonl").read_bytes() == (local / "eval" / "samples.jsonl").read_bytes()
-    summary = [
-        json.loads((run / "eval" / "results.json").read_text().replace(str(run), "RUN")) for run in grids.values()
-    ]
+    summary = [json.loads((run / "eval" / "results.json").read_text()) for run in (local, ray)]
     assert summary[0] == summary[1]
     jobs = sorted(p.parent.relative_to(ray / "jobs").as_posix() for p in (ray / "jobs").rglob("committed.json"))
     assert jobs == ["base", "ppo/seed-0", "ppo/seed-1", "salsa/seed-0", "salsa/seed-1"]
