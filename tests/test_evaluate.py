@@ -742,3 +742,57 @@ def test_only_an_rl_runs_config_makes_a_policy_an_arm_of_the_two_by_two(tmp_path
     (run / "config.yaml").write_text(f"rl:\n  init: {tmp_path / 'sft' / 'sft-0'}\n  reference: sft\n  kl_coef: 0.1\n")
     (run / "salsa_complete.json").write_text(json.dumps({"stage": "rl"}))
     assert _arm_of([str(run / "final")]) == ("sft", "sft", 0.1)
+
+
+def test_a_model_that_several_units_read_answers_once_and_each_kl_is_computed_once(
+    tokenizer, tiny_model_dir, tmp_path, monkeypatch
+):
+    """The SFT policy, the landscape's endpoints and the soup's health read the same models (a study's base job
+    draws all three): each model directory answers each split once and each KL is computed once, and every unit's
+    rows are those it draws in a process of its own."""
+    import dataclasses
+
+    from salsa.config import EvalConfig
+    from salsa.evaluate import draw_units, plan_units
+    from salsa.evaluation import judging
+    from salsa.models import save_tiny_model
+    from salsa.soup import build_soup
+
+    sft1 = save_tiny_model(tmp_path / "sft-1", tokenizer, seed=1)
+    soup = build_soup([tiny_model_dir, sft1], tmp_path / "soup")
+    config = EvalConfig(
+        policies={"sft": [str(tiny_model_dir)]}, reward_model=None, sft_model=str(tiny_model_dir),
+        soup_model=str(soup), landscape_models=[str(tiny_model_dir), str(sft1)], landscape_alphas=[0.0, 0.5, 1.0],
+        max_new_tokens=4, batch_size=16,
+    )  # fmt: skip
+    inputs = {"prompts": PROMPTS, "ood_prompts": PROMPTS[:4]}
+    units = plan_units(config)
+    assert [u.kind for u in units] == ["policy", "landscape", "health"]
+    counts = {"generate": 0, "response_forward": 0}
+    for name in counts:
+        real = getattr(judging, name)
+
+        def counted(*args, _name=name, _real=real, **kwargs):
+            counts[_name] += 1
+            return _real(*args, **kwargs)
+
+        monkeypatch.setattr(judging, name, counted)
+    rows = draw_units(config, inputs, units, show_progress=False)
+    # Answers: SFT-0 on both splits, SFT-1 (the landscape's alpha = 1 and the second ingredient), the soup (alpha =
+    # 0.5: the soup of the two, which the in-memory merge reproduces bit for bit, and the third member); each split
+    # one batch. KL: SFT-0 to the soup (its policy row and its health row), and between every other ordered pair of
+    # the soup's members.
+    assert counts == {"generate": 4, "response_forward": 6}
+    alone = [row for unit in units for row in draw_units(config, inputs, [unit], show_progress=False)]
+    assert rows == alone
+    health = {m: [r for r in rows if r.get("member") == m] for m in ("ingredient-0", "ingredient-1", "soup")}
+    sft_rows = [r for r in rows if r.get("policy") == "sft" and r["split"] == "in_distribution"]
+    assert [r["response"] for r in health["ingredient-0"]] == [r["response"] for r in sft_rows]
+    assert [r["kl_soup"] for r in health["ingredient-0"]] == [r["kl_soup"] for r in sft_rows]
+    for member, alpha in (("ingredient-1", 1.0), ("soup", 0.5)):
+        assert [r["response"] for r in health[member]] == [r["response"] for r in rows if r.get("alpha") == alpha]
+    # Without the soup on disk the landscape builds the alpha = 0.5 point in memory: the same answers.
+    merged = draw_units(dataclasses.replace(config, soup_model=None), inputs, [units[1]], show_progress=False)
+    assert [r for r in merged if r["alpha"] == 0.5] == [r for r in rows if r.get("alpha") == 0.5]
+    assert all(r["kl_ingredient-1"] == 0.0 for r in health["ingredient-1"])  # to itself
+    assert np.mean([r["kl_ingredient-0"] for r in health["ingredient-1"]]) > 0  # k1 per response may be negative

@@ -310,6 +310,9 @@ def test_run_resumes_after_interruption_then_skips_finished_stages(run_yaml, tmp
     (note,) = results["matched_kl_notes"]
     assert note.startswith("salsa vs ppo: no saved policies at matched KL") and "do not overlap" in note
     assert "Saved policies at matched KL" in markdown and "(matched KL)" not in markdown
+    # The saved policies answer with their KL to the SFT model, the axis they are matched on, and to nothing else.
+    saved = [r for r in samples if "snapshot" in r]
+    assert saved and all("kl_sft" in r and "kl_soup" not in r for r in saved)
 
     # A changed RL budget redoes RL and eval only.
     run_pipeline(run_yaml, ["rl.steps=3"], show_progress=False)

@@ -17,7 +17,9 @@
 
 The sampling is cut into units (one policy model, one snapshot, one merge, the landscape, the soup's health), each
 of which depends only on its models, the prompts and the seeds: a study draws them in separate jobs
-(`salsa.grid`) and `evaluate(config, drawn=rows)` draws only the units the rows do not hold yet.
+(`salsa.grid`) and `evaluate(config, drawn=rows)` draws only the units the rows do not hold yet. Within one process
+a model directory that several units read (the SFT policy, the landscape's endpoints and soup, the soup's health)
+answers each split once, and each of its KLs is computed once (`Sampler.answers`).
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from salsa.config_loading import validate_values
 from salsa.engine import Stage, run_stage
 from salsa.evaluation.examples import paired_examples
 from salsa.evaluation.ifeval import METRICS as IFEVAL_METRICS
-from salsa.evaluation.judging import Judges, comparison_pairs, frozen, sample_and_score
+from salsa.evaluation.judging import Answers, Judges, comparison_pairs, draw_answers, frozen, kl_to, sample_and_score
 from salsa.evaluation.landscape import sample_point
 from salsa.evaluation.llm_judge import LLMJudge, judging_plan, judgment_rows, reference_samples
 from salsa.evaluation.matched import matched_kl_rows
@@ -45,7 +47,7 @@ from salsa.evaluation.sweeps import summarise_sweeps
 from salsa.evaluation.text_stats import text_statistics
 from salsa.generation import check_prompt_lengths
 from salsa.inputs import check_inputs
-from salsa.io import atomic_write_json, atomic_write_text
+from salsa.io import SOUP_RECORD, atomic_write_json, atomic_write_text, read_json
 from salsa.judge_prompt import DEFAULT_TEMPLATE
 from salsa.models import load_tokenizer
 from salsa.progress import training_progress
@@ -118,18 +120,23 @@ def plan_units(config: EvalConfig) -> list[Unit]:
 @dataclass
 class Sampler:
     """What every unit of one evaluation shares: the prompts of each split, the judges, the KL references (the SFT
-    model and the soup, loaded once), the tokenizer and the progress bar."""
+    model and the soup, loaded once), the tokenizer, the progress bar, and the answers of every model directory
+    drawn so far with their KLs: units that read the same model (the SFT policy, the landscape's endpoints, the
+    soup's health) draw its answers once."""
 
     config: EvalConfig
     splits: dict[str, list]
     judges: dict[str, Judges]  # each split's (a standard set has its own)
     kl_references: dict[str, torch.nn.Module]
+    kl_paths: dict[str, str]  # the KL references' model directories, by the same names
     tokenizer: object
     device: torch.device
     dtype: torch.dtype
     advance: Callable[[int], None] = lambda n: None
     describe: Callable[[str], None] = lambda text: None
     loaded: dict[Path, torch.nn.Module] = field(default_factory=dict)
+    answered: dict[tuple[Path, str], Answers] = field(default_factory=dict)  # (model directory, split)
+    kls: dict[tuple[Path, str, Path], list[float]] = field(default_factory=dict)  # (model, split, reference)
 
     @property
     def samples(self) -> range:
@@ -139,12 +146,53 @@ class Sampler:
         """A model to sample from: a KL reference already loaded (KL 0 to itself), else loaded now."""
         return self.loaded.get(Path(path).resolve()) or frozen(path, self.device, self.dtype)
 
-    def scored(self, model: torch.nn.Module, split: str, samples: range | None = None) -> list[dict]:
-        references = self.kl_references if split == "in_distribution" else None
+    def scored(self, model: torch.nn.Module, split: str, references: dict[str, torch.nn.Module] | None = None):
+        """The answers of a model built in memory (a snapshot, a merge): drawn each time, with their KL to
+        `references` (default: the KL references, on the in-distribution prompts)."""
+        if references is None:
+            references = self.kl_references if split == "in_distribution" else {}
         return sample_and_score(
             model, self.tokenizer, self.splits[split], split, self.config, self.judges[split], references,
-            self.advance, samples or self.samples,
+            self.advance, self.samples,
         )  # fmt: skip
+
+    def answers(
+        self, path: str, split: str, references: dict[str, str], models: dict[Path, torch.nn.Module] | None = None
+    ) -> list[dict]:
+        """The answers of the model directory `path` to `split`, with their KL to each of `references` (name ->
+        model directory; 0 to itself) as `kl_<name>`: drawn once per model and split, each KL computed once, however
+        many units ask. `models`: the models the caller loaded (by resolved directory), which this adds to."""
+        models = {} if models is None else models
+
+        def load(directory: Path) -> torch.nn.Module:
+            if directory not in models:
+                models[directory] = self.model(str(directory))
+            return models[directory]
+
+        key = Path(path).resolve()
+        answers = self.answered.get((key, split))
+        if answers is None:
+            answers = draw_answers(
+                load(key), self.tokenizer, self.splits[split], split, self.config, self.judges[split], self.advance,
+                self.samples,
+            )  # fmt: skip
+            self.answered[(key, split)] = answers
+        else:
+            self.advance(len(answers.rows))
+        kls = {}
+        for name, reference in references.items():
+            ref = Path(reference).resolve()
+            if ref == key:
+                kls[name] = [0.0] * len(answers.rows)
+                continue
+            if (key, split, ref) not in self.kls:
+                self.kls[(key, split, ref)] = kl_to(answers, load(ref), self.config)
+            kls[name] = self.kls[(key, split, ref)]
+        return [{**row, **{f"kl_{n}": values[j] for n, values in kls.items()}} for j, row in enumerate(answers.rows)]
+
+    def reference_paths(self, split: str) -> dict[str, str]:
+        """The KL references of a policy's answers to `split`: the SFT model and the soup, in-distribution only."""
+        return self.kl_paths if split == "in_distribution" else {}
 
 
 def open_sampler(config: EvalConfig, inputs: dict, first_model: str) -> Sampler:
@@ -165,15 +213,15 @@ def open_sampler(config: EvalConfig, inputs: dict, first_model: str) -> Sampler:
     for split in splits:
         check_prompt_lengths(tokenizer, splits[split], config.max_new_tokens, model, f"eval ({sources[split]})")
     loaded = {Path(kl_paths[name]).resolve(): model for name, model in kl_references.items()}
-    return Sampler(config, splits, judges, kl_references, tokenizer, device, dtype, loaded=loaded)
+    return Sampler(config, splits, judges, kl_references, kl_paths, tokenizer, device, dtype, loaded=loaded)
 
 
-def _policy_rows(sampler: Sampler, model: torch.nn.Module, name: str, seed_index: int) -> list[dict]:
-    """One policy model's answers on every split, scored, with its KL to the references on the in-distribution
-    prompts."""
+def _policy_rows(sampler: Sampler, name: str, seed_index: int, answer: Callable[[str], list[dict]]) -> list[dict]:
+    """One policy's answers on every split (`answer(split)`: scored, with the KL to the references on the
+    in-distribution prompts)."""
     rows = []
     for split in sampler.splits:
-        rows += [{"policy": name, "seed_index": seed_index, "split": split, **r} for r in sampler.scored(model, split)]
+        rows += [{"policy": name, "seed_index": seed_index, "split": split, **r} for r in answer(split)]
     return rows
 
 
@@ -187,17 +235,38 @@ def _drawn(rows: list[dict], path: str, config: EvalConfig) -> list[dict]:
     return []
 
 
+def _points_on_disk(config: EvalConfig, models: tuple[str, ...]) -> dict[float, str]:
+    """The landscape's points that are model directories: its endpoints, and the soup when it is the linear merge of
+    the two in their own dtype at weights (1 - alpha, alpha), which the in-memory merge reproduces bit for bit
+    (`weights.in_memory`)."""
+    points = {0.0: models[0], 1.0: models[1]}
+    record = Path(config.soup_model) / SOUP_RECORD if config.soup_model else None
+    if record is None or not record.is_file():
+        return points
+    soup = read_json(record)
+    ingredients = soup.get("ingredients", [])
+    on_line = [Path(entry["path"]).resolve() for entry in ingredients] == [Path(m).resolve() for m in models]
+    weights = [entry.get("weight") for entry in ingredients] if on_line else []
+    linear = (soup.get("method"), soup.get("dtype")) == ("linear", "ingredients")
+    if linear and on_line and None not in weights and weights[0] == 1.0 - weights[1]:
+        points.setdefault(weights[1], config.soup_model)
+    return points
+
+
 def _landscape_rows(sampler: Sampler, unit: Unit, drawn: list[dict]) -> list[dict]:
-    """The samples of every point (1 - alpha) * SFT-1 + alpha * SFT-2 of the landscape; an endpoint that is also a
-    policy starts from the responses already drawn from it."""
+    """The samples of every point (1 - alpha) * SFT-1 + alpha * SFT-2 of the landscape; a point that is a model
+    directory (an endpoint, the soup) starts from its answers (those of a policy drawn before, or drawn now and kept
+    for the soup's health)."""
     config = sampler.config
-    endpoints = {0.0: unit.models[0], 1.0: unit.models[1]}
+    endpoints = _points_on_disk(config, unit.models)
     rows_out: list[dict] = []
     for alpha in config.landscape_alphas:
         sampler.describe(f"landscape alpha={alpha:+.2f}")
         start = _drawn(drawn, endpoints[alpha], config) if alpha in endpoints else []
-        start = [{k: v for k, v in r.items() if k in LANDSCAPE_KEYS} for r in start]
         sampler.advance(len(start))
+        if alpha in endpoints and not start:
+            start = sampler.answers(endpoints[alpha], "in_distribution", {})
+        start = [{k: v for k, v in r.items() if k in LANDSCAPE_KEYS} for r in start]
 
         def build(alpha=alpha):
             model = soup_model(list(unit.models), alpha=alpha, allow_extrapolation=True)
@@ -213,16 +282,13 @@ def _landscape_rows(sampler: Sampler, unit: Unit, drawn: list[dict]) -> list[dic
 
 def _health_rows(sampler: Sampler, unit: Unit) -> list[dict]:
     """Every ingredient and the soup answer the in-distribution prompts, each scored with its KL to the others."""
-    models = {name: sampler.model(path) for name, path in zip(member_names(len(unit.models) - 1), unit.models,
-                                                                strict=True)}  # fmt: skip
+    members = dict(zip(member_names(len(unit.models) - 1), unit.models, strict=True))
+    models: dict[Path, torch.nn.Module] = {}  # each member loaded once, if some answer or KL still needs it
     rows = []
-    for name, model in models.items():
+    for name, path in members.items():
         sampler.describe(f"soup health: {name}")
-        scored = sample_and_score(
-            model, sampler.tokenizer, sampler.splits["in_distribution"], "in_distribution", sampler.config,
-            sampler.judges["in_distribution"], models, sampler.advance, sampler.samples,
-        )  # fmt: skip
-        rows += [{"member": name, "split": "in_distribution", **r} for r in scored]
+        answers = sampler.answers(path, "in_distribution", members, models)
+        rows += [{"member": name, "split": "in_distribution", **r} for r in answers]
     return rows
 
 
@@ -231,20 +297,25 @@ def draw(sampler: Sampler, unit: Unit, drawn: list[dict]) -> list[dict]:
     label = f"{unit.policy} [{unit.seed_index}]"
     if unit.kind == "policy":
         sampler.describe(label)
-        return _policy_rows(sampler, sampler.model(unit.models[0]), unit.policy, unit.seed_index)
+        path = unit.models[0]
+        answer = lambda split: sampler.answers(path, split, sampler.reference_paths(split))  # noqa: E731
+        return _policy_rows(sampler, unit.policy, unit.seed_index, answer)
     if unit.kind == "snapshot":
         sampler.describe(f"{label} at step {unit.step}")
         model = load_snapshot(Path(unit.models[0]).parent, unit.step)
         model = model.to(sampler.device, sampler.dtype).eval().requires_grad_(False)
         meta = {"policy": unit.policy, "seed_index": unit.seed_index, "split": "in_distribution",
                 "snapshot": unit.step}  # fmt: skip
-        return [{**meta, **r} for r in sampler.scored(model, "in_distribution")]
+        # Matched KL needs the KL to the SFT model only (the axis the runs are matched on), not to the soup.
+        sft = {name: model for name, model in sampler.kl_references.items() if name == "sft"}
+        return [{**meta, **r} for r in sampler.scored(model, "in_distribution", sft)]
     if unit.kind == "sweep":
         sampler.describe(label)
         model = soup_model(list(unit.models), **dict(unit.parameters))
         model = model.to(sampler.device, sampler.dtype).eval().requires_grad_(False)
         sweep = unit.policy.rsplit("@", 1)[0]
-        return [{**r, "sweep": sweep} for r in _policy_rows(sampler, model, unit.policy, unit.seed_index)]
+        rows = _policy_rows(sampler, unit.policy, unit.seed_index, lambda split: sampler.scored(model, split))
+        return [{**r, "sweep": sweep} for r in rows]
     if unit.kind == "landscape":
         return _landscape_rows(sampler, unit, drawn)
     return _health_rows(sampler, unit)

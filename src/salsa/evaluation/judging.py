@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import itertools
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 
@@ -72,7 +73,68 @@ class Judges:
         return scores
 
 
+@dataclass
+class Answers:
+    """One model's scored responses to one split's prompts, and the generations of this process's batches, kept so
+    that its KL to one more reference costs a forward pass, not another draw."""
+
+    rows: list[dict]  # every process's, in (prompt, sample) order
+    generations: list[tuple[list[tuple[int, int]], Generation]]  # this process's batches: (prompt, sample) pairs
+    jobs: list[tuple[int, int]]
+
+
 @torch.no_grad()
+def draw_answers(
+    model: torch.nn.Module,
+    tokenizer,
+    prompts: list[Prompt],
+    split: str,
+    config: EvalConfig,
+    judges: Judges,
+    on_batch: Callable[[int], None] | None = None,
+    samples: range | None = None,
+) -> Answers:
+    """Responses to every prompt (sample numbers `samples`, default one per prompt), in (prompt, sample) order,
+    with their judges' scores.
+
+    Sample s of prompt i of `split` is drawn with seed (seed, split, i, s) by every policy (common random numbers).
+    Under several processes each answers its share of the batches one process would make and every process
+    receives all rows (one process's rows but for rare tokens at a rounding boundary: see `generation.generate`).
+    """
+    jobs = [(i, s) for i in range(len(prompts)) for s in samples or range(1)]
+    rows: dict[tuple[int, int], dict] = {}
+    generations = []
+    for batch_jobs in runtime.my_batches(jobs, config.batch_size):
+        batch = [prompts[i] for i, _ in batch_jobs]
+        sample: Generation = generate(
+            model, tokenizer, batch, max_new_tokens=config.max_new_tokens, temperature=config.temperature,
+            seeds=[derive_seed(config.seed, "eval", split, i, s) for i, s in batch_jobs], with_logprobs=True,
+        )  # fmt: skip
+        generations.append((batch_jobs, sample))
+        scores = judges.score(batch, sample.responses)
+        lengths = sample.mask.sum(1).tolist()
+        for j, ((i, s), response) in enumerate(zip(batch_jobs, sample.responses, strict=True)):
+            rows[(i, s)] = {"index": i, "sample": s, "prompt": prompts[i], "response": response, "length": lengths[j]}
+            rows[(i, s)].update({key: values[j] for key, values in scores.items()})
+        if on_batch:
+            on_batch(len(batch) * runtime.world_size())
+    everything = runtime.gather_dict(rows)
+    return Answers([everything[job] for job in jobs], generations, jobs)
+
+
+@torch.no_grad()
+def kl_to(answers: Answers, reference: torch.nn.Module, config: EvalConfig) -> list[float]:
+    """KL of the answering model to `reference` on each of its answers (k1 summed over the response), in the order
+    of `answers.rows`."""
+    kls = {}
+    for batch_jobs, sample in answers.generations:
+        args = (sample.sequences, sample.attention_mask, sample.prompt_length, config.temperature)
+        ref_logprobs = response_forward(reference, *args).logprobs
+        kls.update(zip(batch_jobs, sequence_kl(sample.logprobs, ref_logprobs, sample.mask).tolist(), strict=True))
+    everything = runtime.gather_dict(kls)
+    return [everything[job] for job in answers.jobs]
+
+
 def sample_and_score(
     model: torch.nn.Module,
     tokenizer,
@@ -84,40 +146,13 @@ def sample_and_score(
     on_batch: Callable[[int], None] | None = None,
     samples: range | None = None,
 ) -> list[dict]:
-    """Responses to every prompt (sample numbers `samples`, default one per prompt), in (prompt, sample) order,
-    with their judges' scores and, given references, their KL to each.
-
-    Sample s of prompt i of `split` is drawn with seed (seed, split, i, s) by every policy (common random numbers).
-    Under several processes each answers its share of the batches one process would make and every process
-    receives all rows (one process's rows but for rare tokens at a rounding boundary: see `generation.generate`).
-    """
-    jobs = [(i, s) for i in range(len(prompts)) for s in samples or range(1)]
-    rows: dict[tuple[int, int], dict] = {}
-    for batch_jobs in runtime.my_batches(jobs, config.batch_size):
-        batch = [prompts[i] for i, _ in batch_jobs]
-        sample: Generation = generate(
-            model, tokenizer, batch, max_new_tokens=config.max_new_tokens, temperature=config.temperature,
-            seeds=[derive_seed(config.seed, "eval", split, i, s) for i, s in batch_jobs],
-            with_logprobs=bool(kl_references),
-        )  # fmt: skip
-        scores = judges.score(batch, sample.responses)
-        kls = {}
-        if kl_references:
-            args = (sample.sequences, sample.attention_mask, sample.prompt_length, config.temperature)
-            for name, reference in kl_references.items():
-                if reference is model:
-                    kls[f"kl_{name}"] = [0.0] * len(batch)
-                else:
-                    ref_logprobs = response_forward(reference, *args).logprobs
-                    kls[f"kl_{name}"] = sequence_kl(sample.logprobs, ref_logprobs, sample.mask).tolist()
-        lengths = sample.mask.sum(1).tolist()
-        for j, ((i, s), response) in enumerate(zip(batch_jobs, sample.responses, strict=True)):
-            rows[(i, s)] = {"index": i, "sample": s, "prompt": prompts[i], "response": response, "length": lengths[j]}
-            rows[(i, s)].update({key: values[j] for key, values in {**scores, **kls}.items()})
-        if on_batch:
-            on_batch(len(batch) * runtime.world_size())
-    everything = runtime.gather_dict(rows)
-    return [everything[job] for job in jobs]
+    """`draw_answers`' rows with, given references, each row's KL to each (`kl_<name>`; 0 to the model itself)."""
+    answers = draw_answers(model, tokenizer, prompts, split, config, judges, on_batch, samples)
+    kls = {
+        f"kl_{name}": [0.0] * len(answers.rows) if reference is model else kl_to(answers, reference, config)
+        for name, reference in (kl_references or {}).items()
+    }
+    return [{**row, **{key: values[j] for key, values in kls.items()}} for j, row in enumerate(answers.rows)]
 
 
 def frozen(path: str, device: torch.device, dtype: torch.dtype = torch.float32) -> torch.nn.Module:
