@@ -115,7 +115,7 @@ def trl_train(name: str, run: Path, reward_fn, lr: float, seed: int, budget: Bud
     """A TRL trainer stopped by `budget`, with the settings every trainer shares."""
     import datasets
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback, TrainingArguments
     from trl import GRPOConfig, GRPOTrainer, RLOOConfig, RLOOTrainer
 
     class Stop(TrainerCallback):
@@ -133,12 +133,18 @@ def trl_train(name: str, run: Path, reward_fn, lr: float, seed: int, budget: Bud
     path = str(run / "sft" / "sft-0")
     rows = [{"prompt": [{"role": "user", "content": json.loads(line)["prompt"]}]}
             for line in (run / "data" / "prompts_train.jsonl").open()]  # fmt: skip
+    # Recent transformers name it activation_checkpointing (the old name deprecated); 5.0 has only the old one.
+    no_checkpointing = {
+        "activation_checkpointing"
+        if hasattr(TrainingArguments, "activation_checkpointing")
+        else "gradient_checkpointing": False
+    }
     config_cls, trainer_cls = (RLOOConfig, RLOOTrainer) if name == "rloo" else (GRPOConfig, GRPOTrainer)
     config = config_cls(
         output_dir=str(folder / "trl"), max_steps=1_000_000, max_completion_length=RESPONSE_TOKENS,
-        temperature=TEMPERATURE, beta=KL_COEF, learning_rate=lr, activation_checkpointing=False, seed=seed,
+        temperature=TEMPERATURE, beta=KL_COEF, learning_rate=lr, seed=seed,
         report_to="none", save_strategy="no", logging_strategy="no", disable_tqdm=True, use_cpu=True, bf16=False,
-        **TRL_SHAPE,
+        **no_checkpointing, **TRL_SHAPE,
     )  # fmt: skip
     tokenizer = AutoTokenizer.from_pretrained(path)
     trainer = trainer_cls(

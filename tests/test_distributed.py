@@ -76,6 +76,21 @@ def _close(a, b, atol=1e-5):
     return a.keys() == b.keys() and max(float((a[k] - b[k]).abs().max()) for k in a) <= atol
 
 
+def _rl_weights_agree(init, one, two):
+    """Final RL weights of two runs from `init`: all but 1 in 100,000 agree to float rounding (2e-5), and the rest
+    by less than twice the largest distance any weight moved from `init` in `one`. Adam divides each gradient element
+    by its own scale, so an element whose gradient is at rounding level (an embedding row of a token barely seen)
+    moves by up to a whole step (~the learning rate) either way, as rounding signs its gradient: measured, one such
+    element a run, 3.5e-5 (transformers 5.25) and 1.5e-4 (5.0) of a largest move of 8e-3. A bug in dealing out,
+    reducing or scaling the batch moves most weights, not a few."""
+    assert one.keys() == two.keys() == init.keys()
+    differences = torch.cat([(one[k] - two[k]).abs().flatten() for k in one])
+    largest_move = max(float((one[k] - init[k]).abs().max()) for k in one)
+    outliers = differences[differences > 2e-5]
+    assert len(outliers) <= differences.numel() // 100_000, f"{len(outliers)} weights differ by over 2e-5"
+    assert float(differences.max()) < 2 * largest_move, (float(differences.max()), largest_move)
+
+
 def _records(path):
     return [json.loads(line) for line in Path(path).read_text().splitlines()]
 
@@ -226,14 +241,12 @@ def test_two_process_sft_equals_one_process_with_the_same_global_batch(work, run
 def test_two_process_rl_steps_equal_one_process_with_the_same_global_batch(work, runs, algorithm):
     _finished(runs, f"rl-{algorithm}-1", f"rl-{algorithm}-2")  # train_rl also checks that both ranks end equal
     one, two = (_records(work / f"rl-{algorithm}-{n}/metrics.jsonl") for n in (1, 2))
-    # Adam divides each gradient element by its own scale, so an element whose gradient is at float-rounding level
-    # (an embedding row of a token barely seen) moves by a rounding-dependent amount: the policies of step 2 agree
-    # to ~1e-5 per weight (measured with AVX2, AVX-512 and plain kernels), their numbers to ~1e-5 (KL, losses).
+    # The policies of step 2 agree to ~1e-5 per weight (measured with AVX2, AVX-512 and plain kernels) but for a
+    # few elements (_rl_weights_agree), their numbers to ~1e-5 (KL, losses).
     for key in ("reward", "kl_ref", "policy_loss", "approx_kl", "entropy", "response_length"):
         assert [r[key] for r in one] == pytest.approx([r[key] for r in two], rel=1e-4, abs=5e-5), key
-    # 1e-4 is ~1% of the largest update of this run (2 steps at learning rate 1e-3).
     one_final, two_final = (_weights(work / f"rl-{algorithm}-{n}/final") for n in (1, 2))
-    assert _close(one_final, two_final, atol=1e-4)
+    _rl_weights_agree(_weights(work / "tiny"), one_final, two_final)
     # The completions table holds every process's samples once, in the order of the step's global batch.
     one, two = (_records(work / f"rl-{algorithm}-{n}/completions.jsonl") for n in (1, 2))
     assert len(one) == 2 * 4 * 2 and [(r["step"], r["prompt"], r["response"]) for r in one] == [

@@ -184,10 +184,13 @@ def save_model(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, out: 
 def enable_activation_checkpointing(model: PreTrainedModel) -> None:
     """Recompute activations in the backward pass: less memory for about a third more compute.
 
-    Non-reentrant, as torch recommends; `activation_checkpointing_enable` is transformers 5's name (the old
-    `gradient_checkpointing_enable` is deprecated).
+    Non-reentrant, as torch recommends. `activation_checkpointing_enable` is the name of recent transformers (which
+    deprecate `gradient_checkpointing_enable`); releases before it, 5.0 among them, have only the old name.
     """
-    model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
 
 def add_lora(model: PreTrainedModel, r: int, alpha: int, dropout: float = 0.0, target_modules=None):
