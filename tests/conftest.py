@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -45,9 +46,11 @@ def tokenizer():
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory, tokenizer):
+    """The tiny base model, one directory for every worker: a stage's fingerprint holds its model's path, so a test
+    that reuses the tiny study's finished stages needs the very path the study was built with."""
     from salsa.models import save_tiny_model
 
-    return save_tiny_model(tmp_path_factory.mktemp("tiny") / "base", tokenizer, seed=0)
+    return _built_once(tmp_path_factory, "tiny", lambda root: save_tiny_model(root / "base", tokenizer, seed=0))
 
 
 @pytest.fixture(scope="session")
@@ -136,19 +139,24 @@ def tiny_study(tmp_path_factory, tiny_model_dir):
     finished (shard 1's jobs, the evaluation and the report).
 
     Returns root, holding run.yaml (the study's config), run/, shard-1/, shard-1.yaml and after-shard-0/."""
+    return _built_once(tmp_path_factory, "tiny-study", lambda root: _build_tiny_study(root, tiny_model_dir))
+
+
+def _built_once(tmp_path_factory, name: str, build: Callable[[Path], Path]) -> Path:
+    """`build(root)`'s result, built once per session: under pytest-xdist the first worker to get here builds it in
+    the directory the workers share, and the others wait for it."""
     if not os.environ.get("PYTEST_XDIST_WORKER"):
-        return _build_tiny_study(tmp_path_factory.mktemp("tiny-study"), tiny_model_dir)
-    # Under pytest-xdist the first worker to get here builds it in the directory the workers share; the others wait.
+        return build(tmp_path_factory.mktemp(name))
     import fcntl
 
-    root = tmp_path_factory.getbasetemp().parent / "tiny-study"
-    with open(root.parent / "tiny-study.lock", "a") as lock:
+    root = tmp_path_factory.getbasetemp().parent / name
+    with open(root.parent / f"{name}.lock", "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not (root / "built").exists():
             root.mkdir(exist_ok=True)
-            _build_tiny_study(root, tiny_model_dir)
+            (root / "result").write_text(str(build(root)))
             (root / "built").touch()
-    return root
+    return Path((root / "result").read_text())
 
 
 def _build_tiny_study(root: Path, tiny_model_dir: Path) -> Path:
