@@ -133,7 +133,7 @@ def trl_train(name: str, run: Path, reward_fn, lr: float, seed: int, budget: Bud
     path = str(run / "sft" / "sft-0")
     rows = [{"prompt": [{"role": "user", "content": json.loads(line)["prompt"]}]}
             for line in (run / "data" / "prompts_train.jsonl").open()]  # fmt: skip
-    # Recent transformers name it activation_checkpointing (the old name deprecated); 5.0 has only the old one.
+    # Recent transformers name it activation_checkpointing (the old name deprecated); 5.21 and older only the old one.
     no_checkpointing = {
         "activation_checkpointing"
         if hasattr(TrainingArguments, "activation_checkpointing")

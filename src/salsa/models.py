@@ -185,7 +185,8 @@ def enable_activation_checkpointing(model: PreTrainedModel) -> None:
     """Recompute activations in the backward pass: less memory for about a third more compute.
 
     Non-reentrant, as torch recommends. `activation_checkpointing_enable` is the name of recent transformers (which
-    deprecate `gradient_checkpointing_enable`); releases before it, 5.0 among them, have only the old name.
+    deprecate `gradient_checkpointing_enable`); 5.21 and older, salsa's lower bound 5.18 among them, have only
+    the old name.
     """
     if hasattr(model, "activation_checkpointing_enable"):
         model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
