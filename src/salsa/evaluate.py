@@ -297,8 +297,8 @@ def draw(sampler: Sampler, unit: Unit, drawn: list[dict]) -> list[dict]:
     label = f"{unit.policy} [{unit.seed_index}]"
     if unit.kind == "policy":
         sampler.describe(label)
-        path = unit.models[0]
-        answer = lambda split: sampler.answers(path, split, sampler.reference_paths(split))  # noqa: E731
+        path, models = unit.models[0], {}  # the policy loaded once for all its splits
+        answer = lambda split: sampler.answers(path, split, sampler.reference_paths(split), models)  # noqa: E731
         return _policy_rows(sampler, unit.policy, unit.seed_index, answer)
     if unit.kind == "snapshot":
         sampler.describe(f"{label} at step {unit.step}")
