@@ -228,7 +228,7 @@ PLANS: dict[str, Plan] = {
 }
 # Lines of the bash blocks that do not run salsa.
 NOT_SALSA = {
-    "make demo": "installs, then runs `salsa demo` on the default model (18 min from a fresh clone)",
+    "make demo": "installs, then runs `salsa demo` on the default model (about 15 min from a fresh clone)",
     "make test": "runs this test suite",
     "git checkout e1ca679": "the commit the study ran",
     "ray start --head --port 6379": "starts a Ray cluster's head node (tests/test_ray.py starts its own cluster)",

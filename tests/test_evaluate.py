@@ -744,6 +744,35 @@ def test_only_an_rl_runs_config_makes_a_policy_an_arm_of_the_two_by_two(tmp_path
     assert _arm_of([str(run / "final")]) == ("sft", "sft", 0.1)
 
 
+@pytest.mark.parametrize("kept", [True, False])
+def test_a_reference_reads_each_prompt_batch_once_for_every_model_measured_against_it(
+    tokenizer, tiny_model_dir, tmp_path, monkeypatch, kept
+):
+    """A job measures its policy's and its snapshots' KL to the SFT model on the same prompts: the SFT model reads
+    each batch of prompts once (kept within its budget, read again past it), and every KL is what a fresh read
+    gives (the kept keys and values are not extended by the first model's responses)."""
+    from salsa.config import EvalConfig
+    from salsa.evaluation import judging
+    from salsa.models import load_causal_lm, save_tiny_model
+
+    reference = load_causal_lm(str(tiny_model_dir)).eval()
+    models = [load_causal_lm(str(save_tiny_model(tmp_path / f"m{s}", tokenizer, seed=s))).eval() for s in (1, 2)]
+    config = EvalConfig(policies={"a": ["a"]}, reward_model=None, max_new_tokens=5, batch_size=3)
+    judges = judging.Judges(None, None, torch.device("cpu"))
+    answers = [judging.draw_answers(m, tokenizer, PROMPTS[:5], "in_distribution", config, judges) for m in models]
+    fresh = [judging.kl_to(a, reference, config) for a in answers]
+    reads, real = [], judging.prefill
+    monkeypatch.setattr(judging, "prefill", lambda *a, **k: reads.append(1) or real(*a, **k))
+    if not kept:  # past the budget (the reference's own size): read every time
+        monkeypatch.setattr(judging, "_bytes", lambda state: 1 << 60)
+    states = judging.PromptStates()
+    measured = [judging.kl_to(a, reference, config, states) for a in answers]
+    assert len(reads) == (2 if kept else 4)  # 5 prompts in batches of 3: 2 batches, for each of 2 models
+    for got, want in zip(measured, fresh, strict=True):
+        np.testing.assert_allclose(got, want, atol=1e-4)
+    assert len(set(fresh[0]) | set(fresh[1])) > 2  # the two models' answers differ, so a stale cache would show
+
+
 def test_a_model_that_several_units_read_answers_once_and_each_kl_is_computed_once(
     tokenizer, tiny_model_dir, tmp_path, monkeypatch
 ):

@@ -37,7 +37,16 @@ from salsa.config_loading import validate_values
 from salsa.engine import Stage, run_stage
 from salsa.evaluation.examples import paired_examples
 from salsa.evaluation.ifeval import METRICS as IFEVAL_METRICS
-from salsa.evaluation.judging import Answers, Judges, comparison_pairs, draw_answers, frozen, kl_to, sample_and_score
+from salsa.evaluation.judging import (
+    Answers,
+    Judges,
+    PromptStates,
+    comparison_pairs,
+    draw_answers,
+    frozen,
+    kl_to,
+    sample_and_score,
+)
 from salsa.evaluation.landscape import sample_point
 from salsa.evaluation.llm_judge import LLMJudge, judging_plan, judgment_rows, reference_samples
 from salsa.evaluation.matched import matched_kl_rows
@@ -137,6 +146,7 @@ class Sampler:
     loaded: dict[Path, torch.nn.Module] = field(default_factory=dict)
     answered: dict[tuple[Path, str], Answers] = field(default_factory=dict)  # (model directory, split)
     kls: dict[tuple[Path, str, Path], list[float]] = field(default_factory=dict)  # (model, split, reference)
+    prompt_states: PromptStates = field(default_factory=PromptStates)  # the references' reading of the prompts
 
     @property
     def samples(self) -> range:
@@ -153,7 +163,7 @@ class Sampler:
             references = self.kl_references if split == "in_distribution" else {}
         return sample_and_score(
             model, self.tokenizer, self.splits[split], split, self.config, self.judges[split], references,
-            self.advance, self.samples,
+            self.advance, self.samples, self.prompt_states,
         )  # fmt: skip
 
     def answers(
@@ -186,7 +196,7 @@ class Sampler:
                 kls[name] = [0.0] * len(answers.rows)
                 continue
             if (key, split, ref) not in self.kls:
-                self.kls[(key, split, ref)] = kl_to(answers, load(ref), self.config)
+                self.kls[(key, split, ref)] = kl_to(answers, load(ref), self.config, self.prompt_states)
             kls[name] = self.kls[(key, split, ref)]
         return [{**row, **{f"kl_{n}": values[j] for n, values in kls.items()}} for j, row in enumerate(answers.rows)]
 

@@ -51,16 +51,18 @@ def response_forward(
     prompt_length: int,
     temperature: float = 1.0,
     with_entropy: bool = False,
+    prompt_state: tuple | None = None,
 ) -> ResponseForward:
     """One forward pass; log-probs of tokens sequences[:, P:] under `model` at `temperature`.
 
     Gradients flow through both parts of the shared-prompt pass (the prompt's keys/values included), so it
-    trains exactly like a plain forward pass over every row.
+    trains exactly like a plain forward pass over every row. `prompt_state`: `model`'s `prefill` of these prompts
+    with hidden states, when the caller has it (a cache this pass extends; responses of more than one token).
     """
     positions = position_ids(attention_mask)
     response_length = sequences.shape[1] - prompt_length
-    shared = None
-    if response_length > 1:
+    shared = prompt_state
+    if shared is None and response_length > 1:
         shared = shared_prompt_cache(model, sequences[:, :prompt_length], attention_mask[:, :prompt_length], True)
     if shared is None:
         # Positions P - 1 ... P + R - 2 predict the R response tokens.

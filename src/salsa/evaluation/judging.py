@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -15,7 +16,7 @@ from salsa.config import REFERENCES, EvalConfig
 from salsa.data import Prompt, prompt_text
 from salsa.evaluation.ifeval import METRICS as IFEVAL_METRICS
 from salsa.evaluation.ifeval import IFEvalJudge
-from salsa.generation import Generation, generate
+from salsa.generation import Generation, generate, prefill
 from salsa.models import load_causal_lm
 from salsa.policy import response_forward, sequence_kl
 from salsa.scoring import reward_function
@@ -122,14 +123,48 @@ def draw_answers(
     return Answers([everything[job] for job in jobs], generations, jobs)
 
 
+def _bytes(state: tuple) -> int:
+    cache, logits, hidden = state
+    tensors = [logits, hidden, *(t for layer in cache.layers for t in (layer.keys, layer.values))]
+    return sum(t.numel() * t.element_size() for t in tensors if t is not None)
+
+
+class PromptStates:
+    """The keys and values of the prompts each reference model has read, by model and prompt batch. Every model of
+    an evaluation answers the same prompts in the same batches, so a reference reads each batch once however many
+    models' KL to it are measured (a job's policy and snapshots, the soup's ingredients). Kept up to the reference's
+    own size in memory, after which it reads them again; a model's entries go when it does."""
+
+    def __init__(self) -> None:
+        self._kept: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+    def prefill(self, model: torch.nn.Module, ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple:
+        """`generation.prefill(model, ids, attention_mask, hidden=True)`, its cache a copy the caller may extend."""
+        kept = self._kept.setdefault(model, [])
+        state = next((s for i, m, s in kept if torch.equal(i, ids) and torch.equal(m, attention_mask)), None)
+        if state is None:
+            state = prefill(model, ids, attention_mask, hidden=True)
+            budget = sum(p.numel() * p.element_size() for p in model.parameters())
+            if sum(_bytes(s) for _, _, s in kept) + _bytes(state) <= budget:
+                kept.append((ids, attention_mask, state))
+        cache, logits, hidden = state
+        return copy.deepcopy(cache), logits, hidden
+
+
 @torch.no_grad()
-def kl_to(answers: Answers, reference: torch.nn.Module, config: EvalConfig) -> list[float]:
+def kl_to(
+    answers: Answers, reference: torch.nn.Module, config: EvalConfig, prompt_states: PromptStates | None = None
+) -> list[float]:
     """KL of the answering model to `reference` on each of its answers (k1 summed over the response), in the order
-    of `answers.rows`."""
+    of `answers.rows`; `prompt_states` keeps the reference's reading of the prompts for the next model's answers."""
     kls = {}
     for batch_jobs, sample in answers.generations:
         args = (sample.sequences, sample.attention_mask, sample.prompt_length, config.temperature)
-        ref_logprobs = response_forward(reference, *args).logprobs
+        state = None
+        if prompt_states is not None and sample.sequences.shape[1] - sample.prompt_length > 1:
+            prompt = slice(0, sample.prompt_length)
+            state = prompt_states.prefill(reference, sample.sequences[:, prompt], sample.attention_mask[:, prompt])
+        ref_logprobs = response_forward(reference, *args, prompt_state=state).logprobs
         kls.update(zip(batch_jobs, sequence_kl(sample.logprobs, ref_logprobs, sample.mask).tolist(), strict=True))
     everything = runtime.gather_dict(kls)
     return [everything[job] for job in answers.jobs]
@@ -145,11 +180,14 @@ def sample_and_score(
     kl_references: dict[str, torch.nn.Module] | None = None,
     on_batch: Callable[[int], None] | None = None,
     samples: range | None = None,
+    prompt_states: PromptStates | None = None,
 ) -> list[dict]:
     """`draw_answers`' rows with, given references, each row's KL to each (`kl_<name>`; 0 to the model itself)."""
     answers = draw_answers(model, tokenizer, prompts, split, config, judges, on_batch, samples)
     kls = {
-        f"kl_{name}": [0.0] * len(answers.rows) if reference is model else kl_to(answers, reference, config)
+        f"kl_{name}": [0.0] * len(answers.rows)
+        if reference is model
+        else kl_to(answers, reference, config, prompt_states)
         for name, reference in (kl_references or {}).items()
     }
     return [{**row, **{key: values[j] for key, values in kls.items()}} for j, row in enumerate(answers.rows)]
