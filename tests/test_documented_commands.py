@@ -153,6 +153,12 @@ PLANS: dict[str, Plan] = {
     f"{MT_BENCH_EVAL} --dry-run": Plan(
         expect="ppo vs references on in_distribution (mt-bench): 30 of 80 prompts x 1 samples x 1 seed pairs = 30 pairs"
     ),
+    "salsa eval -p sft=runs/x/sft-0 -p ppo=runs/rl-ppo/final --set sft_model=runs/x/sft-0 --set soup_model=runs/x/soup "
+    "--set prompts=mt-bench --set ood_prompts=null --set mt_bench_turns=2 --set "
+    '"comparisons=[ppo:sft,ppo:references]" --judge Qwen/Qwen2.5-7B-Instruct --dry-run': Plan(
+        expect="ppo vs references on in_distribution_turn_2 (mt-bench): 30 of 80 prompts x 1 samples x 1 seed pairs "
+        "= 30 pairs"
+    ),
     f"{MT_BENCH_EVAL} --output-dir runs/eval-mt-bench": Plan(
         "check",
         why="its judge is a 7B hub model: the network, and a GPU to be of use; tests/test_judged_sets.py "

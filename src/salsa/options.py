@@ -37,8 +37,8 @@ def fraction(high_inclusive: bool = False, low_inclusive: bool = True) -> Check:
     return check
 
 
-def one_of(*choices: str) -> Check:
-    return lambda v: None if v in choices else f"must be one of {', '.join(choices)}"
+def one_of(*choices: str | int) -> Check:
+    return lambda v: None if v in choices else f"must be one of {', '.join(map(str, choices))}"
 
 
 def known_task(name: str) -> str | None:

@@ -10,7 +10,12 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 
-SPLIT_TITLES = {"in_distribution": "in-distribution", "out_of_distribution": "out-of-distribution"}
+SPLIT_TITLES = {
+    "in_distribution": "in-distribution",
+    "out_of_distribution": "out-of-distribution",
+    "in_distribution_turn_2": "in-distribution second-turn",  # MT-Bench's follow-ups (eval.mt_bench_turns 2)
+    "out_of_distribution_turn_2": "out-of-distribution second-turn",
+}
 JUDGE_TITLES = {"gold": "gold judge", "reward": "reward model", "llm": "LLM judge"}
 
 

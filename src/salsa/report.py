@@ -165,7 +165,9 @@ def results_comparisons(comparisons: list[dict], headline: dict | None) -> tuple
     return main, [c for c in comparisons if _key(c) not in chosen]
 
 
-SHORT_SPLITS = {"in_distribution": "in", "out_of_distribution": "OOD"}  # the terminal's labels
+# The terminal's labels.
+SHORT_SPLITS = {"in_distribution": "in", "out_of_distribution": "OOD", "in_distribution_turn_2": "in-2",
+                "out_of_distribution_turn_2": "OOD-2"}  # fmt: skip
 
 
 def _mark(number: int) -> str:

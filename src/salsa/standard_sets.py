@@ -199,10 +199,10 @@ def has_references(source: str | None) -> bool:
     return source in SETS and SETS[source].reference is not None
 
 
-def reference_info(name: str) -> dict[str, Any]:
-    """Which reference answers `reference_answers(name)` gives, for results.json: the set, their source and licence,
-    and how many of the set's prompts have one."""
-    answers = reference_answers(name)
+def reference_info(name: str, turn: int = 1) -> dict[str, Any]:
+    """Which reference answers `reference_answers(name, turn)` gives, for results.json: the set, their source and
+    licence, and how many of the set's prompts have one."""
+    answers = reference_answers(name, turn)
     spec = SETS[name]
     return {
         "set": name, "answers": spec.reference, "licence": spec.reference_licence, "prompts": len(answers),

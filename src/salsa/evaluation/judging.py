@@ -21,8 +21,36 @@ from salsa.models import load_causal_lm
 from salsa.policy import response_forward, sequence_kl
 from salsa.scoring import reward_function
 from salsa.seeding import derive_seed
-from salsa.standard_sets import SETS, load_records
+from salsa.standard_sets import SETS, load_records, mt_bench_second_turns
 from salsa.tasks import BUILTIN_TASKS
+
+SECOND_TURN = "_turn_2"  # the split of a split's MT-Bench second turns: in_distribution_turn_2, ...
+
+
+def second_turn_splits(config: EvalConfig) -> dict[str, str]:
+    """The splits whose MT-Bench second turns are sampled too (eval.mt_bench_turns 2): split -> its second turn's."""
+    if config.mt_bench_turns == 1:
+        return {}
+    sources = {"in_distribution": config.prompts, "out_of_distribution": config.ood_prompts}
+    return {split: split + SECOND_TURN for split, source in sources.items() if source == "mt-bench"}
+
+
+def turn_of(split: str) -> int:
+    """Which MT-Bench turn a split's prompts are: 2 for a second turn's split, else 1."""
+    return 2 if split.endswith(SECOND_TURN) else 1
+
+
+def second_turn_prompts(first_turn: list[dict]) -> dict[tuple[int, int], Prompt]:
+    """MT-Bench's second turn of each of one model's first-turn answer rows, by (question, sample): the first
+    question, that sample's own first answer, the follow-up question."""
+    answers: dict[int, dict[int, str]] = {}
+    for row in first_turn:
+        answers.setdefault(row["sample"], {})[row["index"]] = row["response"]
+    return {
+        (i, s): conversation
+        for s, by_question in answers.items()
+        for i, conversation in enumerate(mt_bench_second_turns([by_question[i] for i in range(len(by_question))]))
+    }
 
 
 def comparison_pairs(config: EvalConfig, with_references: bool = False) -> list[tuple[str, str]]:
@@ -84,29 +112,36 @@ class Answers:
     jobs: list[tuple[int, int]]
 
 
+# A split's prompts: one per prompt index, answered by every sample, or one per (prompt, sample): MT-Bench's second
+# turns, each sample's conversation holding its own first answer.
+Prompts = list[Prompt] | dict[tuple[int, int], Prompt]
+
+
 @torch.no_grad()
 def draw_answers(
     model: torch.nn.Module,
     tokenizer,
-    prompts: list[Prompt],
+    prompts: Prompts,
     split: str,
     config: EvalConfig,
     judges: Judges,
     on_batch: Callable[[int], None] | None = None,
     samples: range | None = None,
 ) -> Answers:
-    """Responses to every prompt (sample numbers `samples`, default one per prompt), in (prompt, sample) order,
-    with their judges' scores.
+    """Responses to every prompt (sample numbers `samples`, default one per prompt; the keys of `prompts` when it
+    gives each (prompt, sample) its own), in (prompt, sample) order, with their judges' scores.
 
     Sample s of prompt i of `split` is drawn with seed (seed, split, i, s) by every policy (common random numbers).
     Under several processes each answers its share of the batches one process would make and every process
     receives all rows (one process's rows but for rare tokens at a rounding boundary: see `generation.generate`).
     """
-    jobs = [(i, s) for i in range(len(prompts)) for s in samples or range(1)]
+    if not isinstance(prompts, dict):
+        prompts = {(i, s): prompts[i] for i in range(len(prompts)) for s in samples or range(1)}
+    jobs = sorted(prompts)
     rows: dict[tuple[int, int], dict] = {}
     generations = []
     for batch_jobs in runtime.my_batches(jobs, config.batch_size):
-        batch = [prompts[i] for i, _ in batch_jobs]
+        batch = [prompts[job] for job in batch_jobs]
         sample: Generation = generate(
             model, tokenizer, batch, max_new_tokens=config.max_new_tokens, temperature=config.temperature,
             seeds=[derive_seed(config.seed, "eval", split, i, s) for i, s in batch_jobs], with_logprobs=True,
@@ -115,7 +150,7 @@ def draw_answers(
         scores = judges.score(batch, sample.responses)
         lengths = sample.mask.sum(1).tolist()
         for j, ((i, s), response) in enumerate(zip(batch_jobs, sample.responses, strict=True)):
-            rows[(i, s)] = {"index": i, "sample": s, "prompt": prompts[i], "response": response, "length": lengths[j]}
+            rows[(i, s)] = {"index": i, "sample": s, "prompt": batch[j], "response": response, "length": lengths[j]}
             rows[(i, s)].update({key: values[j] for key, values in scores.items()})
         if on_batch:
             on_batch(len(batch) * runtime.world_size())
@@ -173,7 +208,7 @@ def kl_to(
 def sample_and_score(
     model: torch.nn.Module,
     tokenizer,
-    prompts: list[Prompt],
+    prompts: Prompts,
     split: str,
     config: EvalConfig,
     judges: Judges,

@@ -17,12 +17,12 @@ from salsa import runtime
 from salsa.config import REFERENCES, EvalConfig
 from salsa.data import Prompt, prompt_text
 from salsa.errors import DataError
-from salsa.evaluation.judging import comparison_pairs
+from salsa.evaluation.judging import comparison_pairs, turn_of
 from salsa.evaluation.stats import seed_pairs
 from salsa.generation import left_pad
-from salsa.judge_prompt import LABELS, fill_template, order_verdict, pairwise_verdict
+from salsa.judge_prompt import LABELS, conversation_text, fill_template, order_verdict, pairwise_verdict
 from salsa.models import forward_logits, load_tokenizer
-from salsa.standard_sets import has_references, reference_answers
+from salsa.standard_sets import has_references, mt_bench_second_turns, reference_answers
 from salsa.tokenization import render_prompt
 
 
@@ -82,7 +82,10 @@ class LLMJudge:
 
 def judgment_rows(samples: list[dict], pairs: list[tuple[str, str]]) -> list[dict]:
     """The pairs of responses to judge, for every compared pair of policies and split: response (prompt i,
-    sample s) of A against B's response to the same prompt with the same sampling seed."""
+    sample s) of A against B's response to the same prompt with the same sampling seed. On an MT-Bench second turn,
+    as FastChat's multi-turn pairwise judge: each side's response is its whole conversation (the first question, its
+    own first answer, the follow-up, its answer to it; `conversation_text`) and the prompt is the follow-up, the
+    question whose answers are judged."""
     by_key = {(r["policy"], r["seed_index"], r["split"], r["index"], r["sample"]): r for r in samples}
     seeds: dict[str, int] = {}
     for r in samples:
@@ -95,10 +98,14 @@ def judgment_rows(samples: list[dict], pairs: list[tuple[str, str]]) -> list[dic
                 if b == REFERENCES and key not in by_key:  # no reference answer to this prompt (MT-Bench: 50 of 80)
                     continue
                 row_b = by_key[key]
+                prompt, response_a, response_b = row_a["prompt"], row_a["response"], row_b["response"]
+                if turn_of(row_a["split"]) == 2:
+                    prompt = row_a["prompt"][-1]["content"]
+                    response_a, response_b = (conversation_text(r["prompt"], r["response"]) for r in (row_a, row_b))
                 rows.append({
                     "a": a, "b": b, "split": row_a["split"], "pair_index": pair_index, "seed_a": seed_a,
-                    "seed_b": seed_b, "index": row_a["index"], "sample": row_a["sample"], "prompt": row_a["prompt"],
-                    "response_a": row_a["response"], "response_b": row_b["response"],
+                    "seed_b": seed_b, "index": row_a["index"], "sample": row_a["sample"], "prompt": prompt,
+                    "response_a": response_a, "response_b": response_b,
                 })  # fmt: skip
                 if "gold" in row_a:  # kept beside the verdict to measure the judge's agreement with gold
                     rows[-1] |= {"gold_a": row_a["gold"], "gold_b": row_b["gold"]}
@@ -109,13 +116,19 @@ def reference_samples(samples: list[dict], sources: dict[str, str | None]) -> li
     """The reference answers of every split whose prompts (`sources`: split -> eval.prompts / ood_prompts) are a
     standard set that has some, as the sample rows of a policy named `references` with one seed: the answer to
     prompt i stands as every sample of prompt i, so that each response of a policy meets the reference answer to its
-    prompt. A prompt without one (MT-Bench's 50 questions outside math, reasoning and coding) has no row."""
+    prompt. A prompt without one (MT-Bench's 50 questions outside math, reasoning and coding) has no row. On an
+    MT-Bench second turn the reference's conversation is its own: the first question, GPT-4's first answer, the
+    follow-up, and GPT-4's second answer as the response."""
     rows = []
     for split, source in sources.items():
         if not has_references(source):
             continue
-        answers = reference_answers(source)
+        turn = turn_of(split)
+        answers = reference_answers(source, turn)
         prompts = {(r["index"], r["sample"]): r["prompt"] for r in samples if r["split"] == split}
+        if turn == 2:  # a question without references is left out below: its placeholder first answer is never read
+            conversations = mt_bench_second_turns([first or "" for first in reference_answers(source, 1)])
+            prompts = {(i, s): conversations[i] for i, s in prompts}
         rows += [
             {"policy": REFERENCES, "seed_index": 0, "split": split, "index": i, "sample": s, "prompt": prompt,
              "response": answers[i]}
@@ -138,7 +151,7 @@ def judging_plan(config: EvalConfig, prompts: dict[str, list], sources: dict[str
             if b == REFERENCES:
                 if not has_references(sources[split]):
                     continue
-                judged = sum(answer is not None for answer in reference_answers(sources[split]))
+                judged = sum(answer is not None for answer in reference_answers(sources[split], turn_of(split)))
             pairs = judged * config.samples_per_prompt * seeds
             calls += 2 * pairs
             lines.append(

@@ -8,6 +8,7 @@ import numpy as np
 
 from salsa.config import EvalConfig, RLConfig
 from salsa.config_loading import load_stage_config
+from salsa.data import as_messages
 from salsa.evaluation.judging import comparison_pairs
 from salsa.evaluation.matched import over_optimisation_by_policy, training_curves, training_diagnostics, training_reward
 from salsa.evaluation.stats import (
@@ -39,8 +40,9 @@ def prompt_clusters(rows: list[dict], task: str | None) -> list[str]:
     """Each prompt's cluster for the bootstrap, in prompt-index order (that of `_by_prompt`): with a built-in task,
     the subject its prompt names (the built-in prompts of one subject are two requests in three near-paraphrases,
     not independent draws); without a task, or for a prompt that names none of the task's subjects, the prompt
-    alone."""
-    prompts = {r["index"]: r["prompt"] for r in rows}
+    alone. A conversation is clustered by its last turn, the request answered (an MT-Bench second turn's follow-up,
+    the prompt its judge is shown), never by the policy's own first answer in it."""
+    prompts = {r["index"]: as_messages(r["prompt"])[-1]["content"] for r in rows}
     if task is None:
         return [f"#{i}" for i in sorted(prompts)]
     parse = BUILTIN_TASKS[task].parse_request
