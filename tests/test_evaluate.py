@@ -670,6 +670,31 @@ def test_prompt_clusters_are_the_built_in_subjects_or_single_prompts():
     assert len(set(prompt_clusters(rows, None))) == 48
 
 
+def test_a_standard_sets_prompts_are_never_clustered_by_the_tasks_subjects():
+    """With the built-in task's prompts in-distribution and a standard set out of distribution (or MT-Bench's
+    turns), the set's prompts are each their own cluster: a task keyword inside one is no subject."""
+    from salsa.config import EvalConfig
+    from salsa.evaluation.summary import cluster_task
+
+    config = EvalConfig(policies={"a": ["a"]}, task="reviews", prompts="prompts_eval.jsonl", ood_prompts="ifeval")
+    assert cluster_task(config, "in_distribution") == "reviews"
+    assert cluster_task(config, "out_of_distribution") is None
+    config = EvalConfig(policies={"a": ["a"]}, task="reviews", prompts="mt-bench", ood_prompts="prompts_ood.jsonl")
+    assert [cluster_task(config, s) for s in ("in_distribution", "in_distribution_turn_2")] == [None, None]
+    assert cluster_task(config, "out_of_distribution") == "reviews"
+    # In the summary: IFEval-like prompts that happen to hold a subject's keyword are still one cluster each.
+    from salsa.evaluation.summary import summarise
+
+    config = EvalConfig(policies={"a": ["a"], "b": ["b"]}, task="reviews", ood_prompts="ifeval", bootstrap_samples=50)
+    prompts = {"in_distribution": ["Write a one-sentence positive review of a pair of headphones."] * 2,
+               "out_of_distribution": ["Is a budget hotel worth it?", "Name a budget hotel chain."]}  # fmt: skip
+    samples = [{"policy": p, "seed_index": 0, "split": split, "index": i, "sample": 0, "prompt": prompt,
+                "response": "ok", "reward": float(i), "length": 2}
+               for p in ("a", "b") for split, texts in prompts.items() for i, prompt in enumerate(texts)]  # fmt: skip
+    summary = summarise(config, samples, [], ["reward"], list(prompts))
+    assert summary["settings"]["bootstrap_clusters"] == {"in_distribution": 1, "out_of_distribution": 2}
+
+
 def _two_seed_rows(gain: float) -> list[dict]:
     """salsa and ppo, 2 RL seeds each, on the built-in task's 48 evaluation prompts: salsa scores `gain` above ppo,
     plus 0.03 per subject (0 to 7: the gain differs by subject) and 0.01 more with seed 1 (per-seed mean differences

@@ -193,3 +193,26 @@ def test_the_terminal_tables_never_cut_a_number_at_80_columns(width, tmp_path, m
     assert not missing, f"cut at {width} columns: {missing}\n{text}"
     if width == 80:  # and each interval on one line, with its estimate: a row of the results table is a line
         assert all(cell in text for row in rows[1:] for cell in row[3:5]), text
+
+
+def test_a_judge_that_scores_one_split_only_has_a_dash_on_the_others():
+    """The task's gold judge scores the task's prompts, not a standard set's (eval.ood_prompts: ifeval), and IFEval's
+    rules only IFEval's: each policy table shows a judge where it scored and "-" elsewhere (it raised KeyError)."""
+    from salsa.report import _policy_rows_short, _policy_table
+
+    score = {"mean": 0.5, "ci": [0.25, 0.75]}
+    ood = {"reward": score, "ifeval_prompt_strict": score, "length": score}
+    policy = {
+        "splits": {"in_distribution": {"gold": score, "reward": score, "length": score}, "out_of_distribution": ood}
+    }
+    judges = ["gold", "reward", "ifeval_prompt_strict"]
+    results = {"settings": {"prompts": {"in_distribution": "prompts_eval.jsonl", "out_of_distribution": "ifeval"},
+                            "temperature": 0.7}, "judges": judges, "policies": {"a": policy, "b": policy}}  # fmt: skip
+    table = _policy_table(results)
+    assert table[0][1:5] == ["gold (in-distribution)", "reward (in-distribution)", "reward (out-of-distribution)",
+                             "ifeval_prompt_strict (out-of-distribution)"]  # fmt: skip
+    assert table[1][1:5] == ["+0.500 [+0.250, +0.750]"] * 4
+    short = _policy_rows_short(results["policies"], judges)
+    assert short[1:4] == [["a", "gold", "+0.500 [+0.250, +0.750]", "-"],
+                          ["", "reward", "+0.500 [+0.250, +0.750]", "+0.500 [+0.250, +0.750]"],
+                          ["", "ifeval_prompt_strict", "-", "+0.500 [+0.250, +0.750]"]]  # fmt: skip

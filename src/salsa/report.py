@@ -347,16 +347,20 @@ def _with_ci(entry: dict, fmt: str = "{:+.3f}") -> str:
 
 def _policy_table(results: dict) -> list[list[str]]:
     splits = list(results["settings"]["prompts"])
-    judges = results["judges"]
+    policies = results["policies"].values()
+    # A judge scores only some splits (the task's gold judge knows its own prompts, not a standard set's).
+    columns = [(judge, split) for judge in results["judges"] for split in splits
+               if any(judge in entry["splits"].get(split, {}) for entry in policies)]  # fmt: skip
     header = ["policy"]
-    header += [f"{judge} ({SPLIT_TITLES[split]})" for judge in judges for split in splits]
+    header += [f"{judge} ({SPLIT_TITLES[split]})" for judge, split in columns]
     temperature = results["settings"]["temperature"]
     header += [f"KL to {ref} (nats, evaluation prompts, T {temperature})" for ref in ("SFT", "soup")]
     header += ["length (tokens)"]
     rows = [header]
     for name, entry in results["policies"].items():
         row = [name]
-        row += [_with_ci(entry["splits"][split][judge]) for judge in judges for split in splits]
+        scores = [entry["splits"].get(split, {}).get(judge) for judge, split in columns]
+        row += [_with_ci(score) if score else "-" for score in scores]
         row += [_with_ci(entry[k], "{:.2f}") if k in entry else "-" for k in ("kl_sft", "kl_soup")]
         row.append(f"{entry['splits'][splits[0]]['length']['mean']:.1f}")
         rows.append(row)
@@ -710,10 +714,13 @@ def _policy_rows_short(policies: dict, judges: list[str]) -> list[list[str]]:
     and to the soup on the in-distribution prompts), a column per split."""
     first = next(iter(policies.values()))
     splits = list(first["splits"])
-    scored = [j for j in judges if j in first["splits"][splits[0]]]
+    scored = [j for j in judges if any(j in first["splits"][split] for split in splits)]  # gold: the task's only
     rows = [["policy", "measure", *(SPLIT_TITLES[split] for split in splits)]]
     for name, entry in policies.items():
-        measures = [(j, [_with_ci(entry["splits"][split][j]) for split in splits]) for j in scored]
+        measures = [
+            (j, [_with_ci(entry["splits"][split][j]) if j in entry["splits"][split] else "-" for split in splits])
+            for j in scored
+        ]
         measures += [
             (title, [_with_ci(entry[k], "{:.2f}") if split == "in_distribution" else "-" for split in splits])
             for k, title in KL_TITLES.items()

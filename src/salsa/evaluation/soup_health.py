@@ -16,7 +16,7 @@ import numpy as np
 
 from salsa.config import EvalConfig
 from salsa.evaluation.stats import compare, mean_with_interval
-from salsa.evaluation.summary import clustered_stats
+from salsa.evaluation.summary import cluster_task, clustered_stats
 from salsa.io import read_json
 
 
@@ -38,7 +38,7 @@ def member_names(count: int) -> list[str]:
 def summarise_soup_health(rows: list[dict], judges: list[str], config: EvalConfig, stats: dict) -> dict:
     """KL between every pair of members, the soup against each ingredient, and whether the ingredients differ."""
     names = list(dict.fromkeys(r["member"] for r in rows))
-    stats = clustered_stats(stats, rows, config.task)  # the bootstrap draws subjects, not prompts
+    stats = clustered_stats(stats, rows, cluster_task(config, "in_distribution"))  # draws subjects, not prompts
 
     def matrix(member: str, key: str) -> np.ndarray:
         grouped: dict[int, list[float]] = {}

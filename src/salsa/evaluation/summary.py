@@ -25,6 +25,7 @@ from salsa.evaluation.stats import (
     within_prompt_interval,
 )
 from salsa.io import COMPLETE_MARKER, SOUP_RECORD, is_soup_directory, read_json
+from salsa.standard_sets import SETS
 from salsa.tasks import BUILTIN_TASKS
 
 
@@ -47,6 +48,13 @@ def prompt_clusters(rows: list[dict], task: str | None) -> list[str]:
         return [f"#{i}" for i in sorted(prompts)]
     parse = BUILTIN_TASKS[task].parse_request
     return [parse(prompts[i])[1] or f"#{i}" for i in sorted(prompts)]
+
+
+def cluster_task(config: EvalConfig, split: str) -> str | None:
+    """The built-in task whose subjects cluster `split`'s prompts (`prompt_clusters`): none for a standard set's,
+    whose prompts are no task's (a task keyword inside one, "park" in "sparkling", is no subject)."""
+    source = config.ood_prompts if split.startswith("out_of_distribution") else config.prompts
+    return None if source in SETS else config.task
 
 
 def clustered_stats(stats: dict, rows: list[dict], task: str | None) -> dict:
@@ -81,7 +89,7 @@ def summarise_matched(matched_rows: list[dict], judges: list[str], config: EvalC
     out = []
     for comparison in dict.fromkeys(r["matched"] for r in matched_rows):
         rows = [r for r in matched_rows if r["matched"] == comparison]
-        clustered = clustered_stats(stats, rows, config.task)
+        clustered = clustered_stats(stats, rows, cluster_task(config, "in_distribution"))
         a, b = comparison.split(":")
         entry: dict = {"a": a, "b": b, "split": "in_distribution", "runs": [], "kl_sft": {}, "comparisons": []}
         for name in (a, b):
@@ -123,7 +131,8 @@ def summarise_factorial(config: EvalConfig, samples: list[dict], judges: list[st
     the 2 x 2 (init sft | soup, reference sft | soup) were evaluated, the main effects and their interaction, each
     with its bootstrap interval and its Holm-corrected test over seeds (`factorial_effects`)."""
     arms = {name: _arm_of(paths) for name, paths in config.policies.items()}
-    clustered = clustered_stats(stats, [r for r in samples if r["split"] == "in_distribution"], config.task)
+    in_distribution = [r for r in samples if r["split"] == "in_distribution"]
+    clustered = clustered_stats(stats, in_distribution, cluster_task(config, "in_distribution"))
     out = []
     for coef in sorted({arm[2] for arm in arms.values() if arm}):
         cells = {(arm[0], arm[1]): name for name, arm in arms.items() if arm and arm[2] == coef}
@@ -148,7 +157,7 @@ def summarise_judge(judgments: list[dict], config: EvalConfig, stats: dict) -> t
         rows = [r for r in judgments if (r["a"], r["b"], r["split"]) == (a, b, split)]
         pairs = sorted({r["pair_index"] for r in rows})
         verdicts = np.array([_by_prompt([r for r in rows if r["pair_index"] == p], "verdict") for p in pairs])
-        result = compare_verdicts(verdicts, **clustered_stats(stats, rows, config.task))
+        result = compare_verdicts(verdicts, **clustered_stats(stats, rows, cluster_task(config, split)))
         result = with_verdict(result, verdicts, np.zeros_like(verdicts), config.verdict_min_seeds)
         comparisons.append({"a": a, "b": b, "split": split, "judge": "llm", **result})
     asked = [r for r in judgments if r["response_a"] != r["response_b"]]
@@ -178,20 +187,20 @@ def summarise_judge(judgments: list[dict], config: EvalConfig, stats: dict) -> t
 def _policy_means(config: EvalConfig, samples: list[dict], judges: list[str], splits: list[str], stats: dict) -> dict:
     """Each policy's mean score, length and KL (to SFT and the soup) per split, with intervals."""
     return {
-        name: {"paths": list(paths), **policy_means(samples, name, judges, splits, stats, config.task)}
+        name: {"paths": list(paths), **policy_means(samples, name, judges, splits, stats, config)}
         for name, paths in config.policies.items()
     }
 
 
 def policy_means(
-    samples: list[dict], name: str, judges: list[str], splits: list[str], stats: dict, task: str | None
+    samples: list[dict], name: str, judges: list[str], splits: list[str], stats: dict, config: EvalConfig
 ) -> dict:
     """One policy's mean score by each judge and length per split, and its KL to SFT and the soup (in-distribution
-    prompts), with intervals (clusters of prompts by `task`, `prompt_clusters`); its rows are those of `samples`
+    prompts), with intervals (clusters of prompts by `cluster_task`, `prompt_clusters`); its rows are those of `samples`
     whose `policy` is `name`."""
     entry: dict = {"splits": {}}
     mine = {split: [r for r in samples if r["policy"] == name and r["split"] == split] for split in splits}
-    clustered = {split: clustered_stats(stats, rows, task) for split, rows in mine.items()}
+    clustered = {split: clustered_stats(stats, rows, cluster_task(config, split)) for split, rows in mine.items()}
     for split in splits:
         entry["splits"][split] = {
             key: mean_with_interval(_score_matrix(samples, name, split, key), **clustered[split])
@@ -215,7 +224,7 @@ def _comparisons(config: EvalConfig, samples: list[dict], judges: list[str], spl
     """Every configured pair, split and judge: win rates and mean differences with intervals, the tests over seeds
     and the verdict by the rule (unresolved with fewer seeds than eval.verdict_min_seeds)."""
     by_split = {split: [r for r in samples if r["split"] == split] for split in splits}
-    clustered = {split: clustered_stats(stats, rows, config.task) for split, rows in by_split.items()}
+    clustered = {split: clustered_stats(stats, rows, cluster_task(config, split)) for split, rows in by_split.items()}
     comparisons = []
     for a, b in comparison_pairs(config):
         for split in splits:
@@ -260,14 +269,14 @@ def summarise(
     first = next(iter(config.policies))
     num_prompts = {split: _score_matrix(samples, first, split, "length").shape[1] for split in splits}
     rows = {split: [r for r in samples if r["policy"] == first and r["split"] == split] for split in splits}
-    num_clusters = {split: len(set(prompt_clusters(rows[split], config.task))) for split in splits}
+    num_clusters = {split: len(set(prompt_clusters(rows[split], cluster_task(config, split)))) for split in splits}
     policies = _policy_means(config, samples, judges, splits, stats)
     comparisons = _comparisons(config, samples, judges, splits, stats)
     llm_judge = None
     if judgments:
         judged, llm_judge = summarise_judge(judgments, config, stats)
         comparisons += judged
-    landscape = _landscape(landscape_rows, judges, stats, config.task)
+    landscape = _landscape(landscape_rows, judges, stats, cluster_task(config, "in_distribution"))
     curves = {name: training_curves(paths) for name, paths in config.policies.items()}
     curves = {name: c for name, c in curves.items() if c}
     diagnostics = {name: training_diagnostics(paths) for name, paths in config.policies.items()}

@@ -23,7 +23,7 @@ def summarise_sweeps(
     entries = {
         point.name: {
             "merge": {"method": point.method, "value": point.value, "models": [list(pair) for pair in point.models]},
-            **policy_means(rows, point.name, judges, splits, stats, config.task),
+            **policy_means(rows, point.name, judges, splits, stats, config),
         }
         for point in points
     }
