@@ -5,8 +5,11 @@ BIN := $(VENV)/bin
 # torch first, pinned to the CPU wheel on this disk: a bare `torch` would pull a multi-GB CUDA build.
 TORCH_SPEC ?= torch==2.13.0
 # --no-compile: pip's byte-compiling of every installed file cost 45 CPU-s of torch's and salsa's dependencies here,
-# most of them never imported; Python compiles what salsa imports on its first import (7 CPU-s) and caches it.
+# most of them never imported; Python compiles what salsa imports on its first import (7 CPU-s) and caches it in the
+# venv, which it may only do without PYTHONDONTWRITEBYTECODE (set in many containers and CI images, and on the
+# machine salsa is measured on: with it, every process of the suite compiled its imports again).
 PIP := $(VENV)/bin/pip install -q --no-compile
+unexport PYTHONDONTWRITEBYTECODE
 
 .PHONY: install demo test lint bench
 

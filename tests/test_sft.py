@@ -26,6 +26,29 @@ def test_cross_entropy_sum_matches_hand_computation():
     assert torch.allclose(token_cross_entropy_sum(logits, labels), expected)
 
 
+def test_only_the_positions_that_predict_a_target_go_through_the_output_layer(tiny_model_dir):
+    """Completion-only loss: the prompts' positions predict no target, so the output layer skips them; the loss and
+    its gradients are those of every position's logits (rows right-padded, targets starting at different columns)."""
+    from salsa.sft import _accumulate, count_targets, predicting_positions
+
+    labels = torch.tensor([[-100, -100, -100, 5, 6, -100, -100], [-100, -100, 7, 8, 9, 10, -100]])
+    assert predicting_positions(labels) == 6  # position 1 predicts row 1's first target (column 2)
+    assert predicting_positions(torch.full((2, 4), -100)) == 4  # no target: every position, as before
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    ids = torch.randint(0, model.config.vocab_size, labels.shape, generator=torch.Generator().manual_seed(0))
+    labels = torch.where(labels == -100, labels, ids)
+    mask = torch.tensor([[1, 1, 1, 1, 1, 0, 0], [1, 1, 1, 1, 1, 1, 0]])
+    grads = []
+    full = token_cross_entropy_sum(model(input_ids=ids, attention_mask=mask).logits, labels)  # every position
+    (full / count_targets(labels)).backward()
+    grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
+    model.zero_grad()
+    totals = _accumulate(model, [{"input_ids": ids, "labels": labels, "attention_mask": mask}], None)
+    grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
+    torch.testing.assert_close(totals[1].float(), full.detach())
+    torch.testing.assert_close(grads[1], grads[0], atol=1e-5, rtol=1e-4)
+
+
 def test_same_seed_same_weights_different_seeds_differ(tiny_sft_config, tmp_path):
     config = dataclasses.replace(tiny_sft_config, max_steps=2)  # two steps already differ in their data and order
     a = train_sft(dataclasses.replace(config, output_dir=str(tmp_path / "a")), seeds=[0, 1])

@@ -57,6 +57,13 @@ def count_targets(labels: torch.Tensor) -> int:
     return int((labels[:, 1:] != IGNORE_INDEX).sum())
 
 
+def predicting_positions(labels: torch.Tensor) -> int:
+    """How many of the last positions predict a target token, from the first position that does to the end (rows
+    right-padded): the output layer needs only those; with completion-only loss, not the prompts'."""
+    predicting = (labels[:, 1:] != IGNORE_INDEX).any(0).nonzero()
+    return labels.shape[1] - int(predicting[0]) if len(predicting) else labels.shape[1]
+
+
 def train_sft(
     config: SFTConfig, *, seeds: list[int] | None = None, overwrite: bool = False, show_progress: bool = True
 ) -> list[Path]:
@@ -205,8 +212,9 @@ def _accumulate(model, window: list[dict[str, torch.Tensor]], dtype: torch.dtype
     for i, batch in enumerate(window):
         batch = {k: v.to(accelerator.device) for k, v in batch.items()}
         with runtime.gradient_sync(model, sync=i == len(window) - 1), runtime.autocast(dtype):
-            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-            summed = token_cross_entropy_sum(logits, batch["labels"])
+            keep = predicting_positions(batch["labels"])
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], logits_to_keep=keep)
+            summed = token_cross_entropy_sum(logits.logits, batch["labels"][:, -keep:])
         # DDP averages gradients over ranks, hence the factor `world`.
         accelerator.backward(summed * world / num_targets)
         local[1] += summed.detach()
