@@ -43,7 +43,10 @@ def test_only_the_positions_that_predict_a_target_go_through_the_output_layer(ti
     (full / count_targets(labels)).backward()
     grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
     model.zero_grad()
+    through = []  # the positions the output layer sees: 6 of 7, the first predicts no target in either row
+    model.lm_head.register_forward_hook(lambda module, args, out: through.append(args[0].shape[1]))
     totals = _accumulate(model, [{"input_ids": ids, "labels": labels, "attention_mask": mask}], None)
+    assert through == [6]
     grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
     torch.testing.assert_close(totals[1].float(), full.detach())
     torch.testing.assert_close(grads[1], grads[0], atol=1e-5, rtol=1e-4)

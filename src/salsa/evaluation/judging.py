@@ -16,7 +16,7 @@ from salsa.config import REFERENCES, EvalConfig
 from salsa.data import Prompt, prompt_text
 from salsa.evaluation.ifeval import METRICS as IFEVAL_METRICS
 from salsa.evaluation.ifeval import IFEvalJudge
-from salsa.generation import Generation, generate, prefill
+from salsa.generation import Generation, distinct_rows, generate, prefill
 from salsa.models import load_causal_lm
 from salsa.policy import response_forward, sequence_kl
 from salsa.scoring import reward_function
@@ -159,16 +159,25 @@ def draw_answers(
 
 
 def _bytes(state: tuple) -> int:
+    """Memory of a kept prefill: its cache's tensors (keys and values, or a hybrid layer's states) and outputs."""
     cache, logits, hidden = state
-    tensors = [logits, hidden, *(t for layer in cache.layers for t in (layer.keys, layer.values))]
-    return sum(t.numel() * t.element_size() for t in tensors if t is not None)
+    tensors = [logits, hidden, *(t for layer in cache.layers for t in vars(layer).values())]
+    return sum(t.numel() * t.element_size() for t in tensors if isinstance(t, torch.Tensor))
+
+
+def _budget(model: torch.nn.Module) -> int:
+    """What a reference may keep: its own size, and on a GPU at most a quarter of the memory free now."""
+    size = sum(p.numel() * p.element_size() for p in model.parameters())
+    device = next(model.parameters()).device
+    return min(size, torch.cuda.mem_get_info(device)[0] // 4) if device.type == "cuda" else size
 
 
 class PromptStates:
     """The keys and values of the prompts each reference model has read, by model and prompt batch. Every model of
     an evaluation answers the same prompts in the same batches, so a reference reads each batch once however many
-    models' KL to it are measured (a job's policy and snapshots, the soup's ingredients). Kept up to the reference's
-    own size in memory, after which it reads them again; a model's entries go when it does."""
+    models' KL to it are measured (a job's policy and snapshots, the soup's ingredients). Each distinct prompt row
+    is kept once (not once per sample), up to the reference's own size in memory (on a GPU, a quarter of what is
+    free), after which it reads them again; a model's entries go when it does."""
 
     def __init__(self) -> None:
         self._kept: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -176,14 +185,16 @@ class PromptStates:
     def prefill(self, model: torch.nn.Module, ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple:
         """`generation.prefill(model, ids, attention_mask, hidden=True)`, its cache a copy the caller may extend."""
         kept = self._kept.setdefault(model, [])
-        state = next((s for i, m, s in kept if torch.equal(i, ids) and torch.equal(m, attention_mask)), None)
-        if state is None:
-            state = prefill(model, ids, attention_mask, hidden=True)
-            budget = sum(p.numel() * p.element_size() for p in model.parameters())
-            if sum(_bytes(s) for _, _, s in kept) + _bytes(state) <= budget:
-                kept.append((ids, attention_mask, state))
-        cache, logits, hidden = state
-        return copy.deepcopy(cache), logits, hidden
+        found = next((s for i, m, s in kept if torch.equal(i, ids) and torch.equal(m, attention_mask)), None)
+        if found is None:
+            first, inverse = distinct_rows(ids, attention_mask)
+            found = (prefill(model, ids[first], attention_mask[first], hidden=True), inverse)
+            if sum(_bytes(s) for _, _, (s, _) in kept) + _bytes(found[0]) <= _budget(model):
+                kept.append((ids, attention_mask, found))
+        (cache, logits, hidden), inverse = found
+        cache = copy.deepcopy(cache)  # the caller's forward extends it; the kept one stays the prompts'
+        cache.batch_select_indices(inverse)
+        return cache, logits[inverse], hidden[inverse]
 
 
 @torch.no_grad()

@@ -52,7 +52,7 @@ def prompt_clusters(rows: list[dict], task: str | None) -> list[str]:
 
 def cluster_task(config: EvalConfig, split: str) -> str | None:
     """The built-in task whose subjects cluster `split`'s prompts (`prompt_clusters`): none for a standard set's,
-    whose prompts are no task's (a task keyword inside one, "park" in "sparkling", is no subject)."""
+    whose prompts are no task's (a subject's words inside one do not make it one of that subject's paraphrases)."""
     source = config.ood_prompts if split.startswith("out_of_distribution") else config.prompts
     return None if source in SETS else config.task
 
