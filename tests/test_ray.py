@@ -232,9 +232,12 @@ def test_the_local_executor_never_imports_ray_and_a_missing_extra_is_one_line(tm
     )
     done = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True)
     assert done.stdout.strip().splitlines()[-1] == "False", done.stderr[-2000:]
-    hidden = "import sys; sys.modules['ray'] = None; sys.argv[1:] = sys.argv[1:]\nfrom salsa.cli import main; main()"
+    hidden = (
+        "import sys; sys.modules['ray'] = None\nfrom salsa.cli import main\ntry: main()\n"
+        "finally: print('transformers' in sys.modules)"  # the error comes before transformers loads
+    )
     done = subprocess.run([sys.executable, "-c", hidden, "run", "--executor", "ray", "--set",
                            f"run.output_dir={tmp_path / 'r'}"], capture_output=True, text=True)  # fmt: skip
-    assert done.returncode == 2
+    assert done.returncode == 2 and done.stdout.strip().splitlines()[-1] == "False", done.stdout
     assert done.stderr.strip() == "error: --executor ray needs Ray: pip install 'salsa-rlhf[ray]'"
     assert not (tmp_path / "r").exists()

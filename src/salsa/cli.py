@@ -424,6 +424,9 @@ def run(
             typer.echo(line)
         typer.echo("the config and every input are valid; nothing was downloaded or trained")
         return
+    from salsa.executors import make_executor
+
+    make_executor(executor, ray_address, 1)  # a missing Ray extra: one line, before transformers loads (seconds)
     from salsa.report import print_summary
 
     _quiet_libraries()
