@@ -679,7 +679,9 @@ def test_a_standard_sets_prompts_are_never_clustered_by_the_tasks_subjects():
     config = EvalConfig(policies={"a": ["a"]}, task="reviews", prompts="prompts_eval.jsonl", ood_prompts="ifeval")
     assert cluster_task(config, "in_distribution") == "reviews"
     assert cluster_task(config, "out_of_distribution") is None
-    config = EvalConfig(policies={"a": ["a"]}, task="reviews", prompts="mt-bench", ood_prompts="prompts_ood.jsonl")
+    config = EvalConfig(
+        policies={"a": ["a"]}, task="reviews", prompts="mt-bench", ood_prompts="prompts_ood.jsonl", mt_bench_turns=2
+    )
     assert [cluster_task(config, s) for s in ("in_distribution", "in_distribution_turn_2")] == [None, None]
     assert cluster_task(config, "out_of_distribution") == "reviews"
     # In the summary: IFEval-like prompts that happen to hold a subject's keyword are still one cluster each.

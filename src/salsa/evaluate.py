@@ -46,6 +46,7 @@ from salsa.evaluation.judging import (
     draw_answers,
     frozen,
     kl_to,
+    prompt_sources,
     sample_and_score,
     second_turn_prompts,
     second_turn_splits,
@@ -399,13 +400,6 @@ def in_plan_order(rows: list[dict], units: list[Unit]) -> list[dict]:
     were shared out."""
     place = {unit.key: i for i, unit in enumerate(units)}
     return sorted(rows, key=lambda r: place.get(unit_key(r), len(place)))
-
-
-def prompt_sources(config: EvalConfig) -> dict[str, str | None]:
-    """Where each split's prompts come from: a file, a hub dataset or a standard set's name (an MT-Bench second
-    turn's split: mt-bench)."""
-    sources = {"in_distribution": config.prompts, "out_of_distribution": config.ood_prompts}
-    return sources | {second: sources[split] for split, second in second_turn_splits(config).items()}
 
 
 def split_names(config: EvalConfig) -> list[str]:

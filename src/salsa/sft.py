@@ -213,8 +213,8 @@ def _accumulate(model, window: list[dict[str, torch.Tensor]], dtype: torch.dtype
         batch = {k: v.to(accelerator.device) for k, v in batch.items()}
         with runtime.gradient_sync(model, sync=i == len(window) - 1), runtime.autocast(dtype):
             keep = predicting_positions(batch["labels"])
-            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], logits_to_keep=keep)
-            summed = token_cross_entropy_sum(logits.logits, batch["labels"][:, -keep:])
+            out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], logits_to_keep=keep)
+            summed = token_cross_entropy_sum(out.logits, batch["labels"][:, -keep:])
         # DDP averages gradients over ranks, hence the factor `world`.
         accelerator.backward(summed * world / num_targets)
         local[1] += summed.detach()

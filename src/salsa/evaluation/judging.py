@@ -27,12 +27,22 @@ from salsa.tasks import BUILTIN_TASKS
 SECOND_TURN = "_turn_2"  # the split of a split's MT-Bench second turns: in_distribution_turn_2, ...
 
 
+def _first_turn_sources(config: EvalConfig) -> dict[str, str | None]:
+    return {"in_distribution": config.prompts, "out_of_distribution": config.ood_prompts}
+
+
 def second_turn_splits(config: EvalConfig) -> dict[str, str]:
     """The splits whose MT-Bench second turns are sampled too (eval.mt_bench_turns 2): split -> its second turn's."""
     if config.mt_bench_turns == 1:
         return {}
-    sources = {"in_distribution": config.prompts, "out_of_distribution": config.ood_prompts}
-    return {split: split + SECOND_TURN for split, source in sources.items() if source == "mt-bench"}
+    return {split: split + SECOND_TURN for split, source in _first_turn_sources(config).items() if source == "mt-bench"}
+
+
+def prompt_sources(config: EvalConfig) -> dict[str, str | None]:
+    """Where each split's prompts come from: a file, a hub dataset or a standard set's name (an MT-Bench second
+    turn's split: mt-bench)."""
+    sources = _first_turn_sources(config)
+    return sources | {second: sources[split] for split, second in second_turn_splits(config).items()}
 
 
 def turn_of(split: str) -> int:

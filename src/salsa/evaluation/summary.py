@@ -9,7 +9,7 @@ import numpy as np
 from salsa.config import EvalConfig, RLConfig
 from salsa.config_loading import load_stage_config
 from salsa.data import as_messages
-from salsa.evaluation.judging import comparison_pairs
+from salsa.evaluation.judging import comparison_pairs, prompt_sources
 from salsa.evaluation.matched import over_optimisation_by_policy, training_curves, training_diagnostics, training_reward
 from salsa.evaluation.stats import (
     claim_verdict,
@@ -53,8 +53,7 @@ def prompt_clusters(rows: list[dict], task: str | None) -> list[str]:
 def cluster_task(config: EvalConfig, split: str) -> str | None:
     """The built-in task whose subjects cluster `split`'s prompts (`prompt_clusters`): none for a standard set's,
     whose prompts are no task's (a subject's words inside one do not make it one of that subject's paraphrases)."""
-    source = config.ood_prompts if split.startswith("out_of_distribution") else config.prompts
-    return None if source in SETS else config.task
+    return None if prompt_sources(config)[split] in SETS else config.task
 
 
 def clustered_stats(stats: dict, rows: list[dict], task: str | None) -> dict:
