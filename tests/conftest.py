@@ -19,16 +19,29 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 
 
 # The test files that take longest, longest first: `make test` runs two pytest-xdist workers, each taking whole files
-# in collection order (`--dist loadfile`), so these start at once and the short files fill in around them. Ordered by
-# their summed --durations in a 2-worker run, 2026-12-07; a stale order costs minutes, never a result.
+# in collection order (`--dist loadfile`, reordering off: pytest_configure), so these start at once and the short
+# files fill in around them. Ordered by their CPU-seconds, each file run alone, 2026-12-07 (user + sys of pytest and
+# what it launches; test_ray's Ray job processes, which no test process waits for, sampled from /proc): test_ray
+# first, whose worker builds tiny_study (about 75 CPU-s) while the other runs test_distributed; the other files that
+# read the study come after its build. A stale order costs minutes, never a result.
 LONGEST_FILES = (
-    "test_study.py",
-    "test_rl.py",
-    "test_distributed.py",
     "test_ray.py",
+    "test_distributed.py",
+    "test_rl.py",
     "test_documented_commands.py",
     "test_rl_learning.py",
+    "test_gpu_checks.py",
+    "test_study.py",
+    "test_pipeline.py",
+    "test_sft.py",
 )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # pytest-xdist (3.8) otherwise hands out the files with the most tests first, whatever the collection order:
+    # the heavy files with few tests (test_ray 4, test_gpu_checks 2, test_study 6, test_distributed 8) came last.
+    if hasattr(config.option, "loadscopereorder"):
+        config.option.loadscopereorder = False
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -135,8 +148,9 @@ def tiny_study(tmp_path_factory, tiny_model_dir):
     """One finished tiny study, for every test that reads one (a test that changes a run copies it first): the 2 x 2
     of docs/results/salsa-vs-ppo-cpu (arms salsa, ppo, init-soup, ref-soup; 2 seeds each, the headline salsa against
     ppo) on tiny models. Built the way a sharded study is: shard 0 of 2 in `run`, archived as it stood then into
-    `after-shard-0/` (a study folder of data only); shard 1 of 2 in `shard-1`, a run directory of its own; then `run`
-    finished (shard 1's jobs, the evaluation and the report).
+    `after-shard-0/` (a study folder of data only); shard 1 of 2 in `shard-1`, a run directory of its own (its base
+    stages made again: tests/test_task.py checks the two data stages are the same); then `run` finished (shard 1's
+    jobs, the evaluation and the report).
 
     Returns root, holding run.yaml (the study's config), run/, shard-1/, shard-1.yaml and after-shard-0/."""
     return _built_once(tmp_path_factory, "tiny-study", lambda root: _build_tiny_study(root, tiny_model_dir))

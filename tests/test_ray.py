@@ -140,15 +140,17 @@ BASE_STAGES = ("data", "reward", "sft", "soup")
 
 @pytest.fixture(scope="module")
 def grids(request, tmp_path_factory, tiny_model_dir, tiny_study):
-    """A tiny grid of 4 RL jobs (and the base job), run by the local executor and, with every job's first attempt
-    killed once its checkpoint of step 1 is on disk, by the Ray executor. Both in the same run directory, one after
+    """A tiny grid of 2 RL jobs (and the base job), run by the local executor and, with every job's first attempt
+    killed once its checkpoint of step 1 is on disk, by the Ray executor. One seed: three jobs on two 1-CPU nodes
+    already run side by side and queue for a free node; each further RL job would cost the Ray run two more processes
+    (its killed attempt and its retry) that import torch and transformers. Both in the same run directory, one after
     the other (one thread each, so the same numbers on a busy machine; the cluster starts while the local run
     works): the local run starts from conftest.tiny_study's data (the same data: section), then, finished, moves to
     local/ and its base stages come back, so that the Ray run reuses them and runs every job and the evaluation."""
     root = tmp_path_factory.mktemp("grid")
     run = root / "run"
     config = {
-        "run": {"output_dir": str(run), "seeds": 2, "cpus_per_job": 1},
+        "run": {"output_dir": str(run), "seeds": 1, "cpus_per_job": 1},
         "data": {"model": str(tiny_model_dir), "samples_per_prompt": 2, "max_new_tokens": 6},
         "reward": {"backbone": "causal", "model": str(tiny_model_dir), "num_epochs": 0.2, "max_length": 64},
         "sft": {"model": str(tiny_model_dir), "max_steps": 2, "batch_size": 4, "max_length": 64},
@@ -201,14 +203,14 @@ def test_the_ray_executor_gives_the_local_executors_samples_and_summary(grids):
     summary = [json.loads((run / "eval" / "results.json").read_text()) for run in (local, ray)]
     assert summary[0] == summary[1]
     jobs = sorted(p.parent.relative_to(ray / "jobs").as_posix() for p in (ray / "jobs").rglob("committed.json"))
-    assert jobs == ["base", "ppo/seed-0", "ppo/seed-1", "salsa/seed-0", "salsa/seed-1"]
+    assert jobs == ["base", "ppo/seed-0", "salsa/seed-0"]
 
 
 def test_a_killed_job_is_retried_once_from_its_checkpoint(grids):
     from salsa.grid import attempts
 
     ray = grids["ray"]
-    for job in ("ppo/seed-0", "ppo/seed-1", "salsa/seed-0", "salsa/seed-1"):
+    for job in ("ppo/seed-0", "salsa/seed-0"):
         tries = attempts(ray, job)
         assert [t["start_step"] for t in tries] == [0, 1], job  # the second resumed from the checkpoint of step 1
         assert json.loads((ray / "jobs" / job / "committed.json").read_text())["attempt"] == 2

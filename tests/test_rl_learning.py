@@ -251,8 +251,10 @@ def test_at_the_default_critic_settings_the_critic_explains_the_returns(
     assert explained[0] == 0.0  # the value head starts at zero
     assert sum(explained[-3:]) / 3 > 0.2, explained
     # The control: the same run with a critic that cannot move explains nothing, so the rise above is the critic's.
-    # Its warm-up steps and a policy step show it; a value head that stays at zero predicts a constant at any step.
-    still = dataclasses.replace(config, value_learning_rate=1e-9, output_dir=str(tmp_path / "still"), steps=3)
+    # Its warm-up steps and a policy step show it; a value head that stays at zero predicts a constant at any step,
+    # whose explained variance is 0 on a rollout of any size: a quarter of the prompts per step tells it as well.
+    still = dataclasses.replace(config, value_learning_rate=1e-9, output_dir=str(tmp_path / "still"), steps=3,
+                                prompts_per_step=2)  # fmt: skip
     still_explained = [
         r["explained_variance"] for r in _records(train_rl(still, show_progress=False, reward_fn=reward))
     ]

@@ -1,4 +1,3 @@
-import dataclasses
 import itertools
 import json
 import random
@@ -72,11 +71,10 @@ def test_bradley_terry_labels_follow_gold_without_noise_and_are_seeded():
 
 
 @pytest.fixture(scope="module")
-def task_data(tmp_path_factory, tiny_model_dir):
-    cfg = DataConfig(model=str(tiny_model_dir), samples_per_prompt=2, max_new_tokens=6, batch_size=96)
-    first = make_task_data(dataclasses.replace(cfg, output_dir=str(tmp_path_factory.mktemp("d1"))), False)
-    second = make_task_data(dataclasses.replace(cfg, output_dir=str(tmp_path_factory.mktemp("d2"))), False)
-    return first, second
+def task_data(tiny_study):
+    """The same data made twice, each on its own: conftest.tiny_study's data stage in run/ and in shard-1/ (the tiny
+    model, 2 samples per prompt, 6 new tokens), which the study makes anyway."""
+    return tiny_study / "run" / "data", tiny_study / "shard-1" / "data"
 
 
 def test_task_data_is_deterministic_and_complete(task_data):
