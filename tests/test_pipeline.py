@@ -314,13 +314,14 @@ def test_run_resumes_after_interruption_then_skips_finished_stages(run_yaml, tmp
     saved = [r for r in samples if "snapshot" in r]
     assert saved and all("kl_sft" in r and "kl_soup" not in r for r in saved)
 
-    # A changed RL budget redoes RL and eval only.
-    run_pipeline(run_yaml, ["rl.steps=3"], show_progress=False)
-    assert [r["step"] for r in read_jsonl(root / "rl/ppo/seed-0/metrics.jsonl")] == [1, 2, 3]
+    # A changed RL budget redoes RL and eval only. A smaller one: the runs are redone (step 1 only, not the 2 steps
+    # they had), and leave no snapshot to draw and evaluate.
+    run_pipeline(run_yaml, ["rl.steps=1"], show_progress=False)
+    assert [r["step"] for r in read_jsonl(root / "rl/ppo/seed-0/metrics.jsonl")] == [1]
 
     # Everything finished with this config: nothing runs but the report.
     _forbid(monkeypatch, "salsa.rl.ppo.train_rl", "salsa.evaluate.evaluate")
-    run_pipeline(run_yaml, ["rl.steps=3"], show_progress=False)
+    run_pipeline(run_yaml, ["rl.steps=1"], show_progress=False)
 
 
 def test_the_resolved_config_holds_what_the_runs_use_and_reads_back_to_the_same_plan(run_yaml, tmp_path):

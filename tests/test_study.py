@@ -132,6 +132,8 @@ def test_rendering_runs_no_code_and_writes_only_inside_the_folder(study, tmp_pat
     folder = tmp_path / "evil"
     shutil.copytree(whole, folder)
     marker = tmp_path / "pwned"
+    for figure in folder.glob("*.png"):
+        figure.unlink()
     (folder / "template.md").write_text(f"{{{{ cycler.__init__.__globals__.os.system('touch {marker}') }}}}")
     with pytest.raises(DataError, match="template.md"):
         render(folder)
@@ -139,6 +141,7 @@ def test_rendering_runs_no_code_and_writes_only_inside_the_folder(study, tmp_pat
     with pytest.raises(DataError, match="SecurityError"):
         render(folder)
     assert not marker.exists()
+    assert not list(folder.glob("*.png"))  # a template that fails is found before any figure is drawn
     outside = tmp_path / "victim.md"
     outside.write_text("keep me")
     (folder / "template.md").write_text("hello")

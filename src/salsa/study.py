@@ -260,17 +260,18 @@ def render(study_dir: str | Path) -> Path:
         context = {**records, "results": results, "r": results, "headline": headline_comparison(results),
                    "missing_jobs": missing, "complete": not missing, "base_builds": builds, "study": spec,
                    "config": config}  # fmt: skip
+        # The template first: one that fails leaves the figures as they were, and costs no drawing.
+        environment = ImmutableSandboxedEnvironment(undefined=StrictUndefined, keep_trailing_newline=True)
+        environment.globals.clear()  # only salsa's helpers: no cycler, joiner, namespace, range, ...
+        environment.globals.update(FORMATS)
+        try:
+            text = environment.from_string(template_file.read_text(encoding="utf-8")).render(**context)
+        except TemplateError as e:  # a mistake in the template, or what the sandbox refused to run
+            raise DataError(f"{template_file}: {type(e).__name__}: {e}") from None
         matplotlib.use("Agg")
         for file, _, plot in plots_for(results):
             with atomic_file(study / file) as target:
                 plot(results, target)
-    environment = ImmutableSandboxedEnvironment(undefined=StrictUndefined, keep_trailing_newline=True)
-    environment.globals.clear()  # only salsa's helpers: no cycler, joiner, namespace, range, ...
-    environment.globals.update(FORMATS)
-    try:
-        text = environment.from_string(template_file.read_text(encoding="utf-8")).render(**context)
-    except TemplateError as e:  # a mistake in the template, or what the sandbox refused to run
-        raise DataError(f"{template_file}: {type(e).__name__}: {e}") from None
     if missing:
         left_out = results["seeds_left_out"]
         waiting = f" Left out of every comparison until the other arms of its seed are archived: {', '.join(left_out)}."
