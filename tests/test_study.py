@@ -24,11 +24,13 @@ Verdict by the rule: {{ headline.claim }}. KL of salsa to SFT {{ signed(r.polici
 
 @pytest.fixture(scope="module")
 def study(tmp_path_factory, tiny_study):
-    """The tiny study (conftest.tiny_study), archived with this module's template: (its root, the study folder)."""
+    """The tiny study (conftest.tiny_study), archived with this module's template and rendered once: (its root, the
+    study folder)."""
     folder = tmp_path_factory.mktemp("study") / "results" / "tiny"
     archive(tiny_study / "run", folder)
     (folder / "template.md").write_text(TEMPLATE)
     (folder / "study.json").write_text(json.dumps({"doc": "tiny.md"}))
+    render(folder)
     return tiny_study, folder
 
 
@@ -53,6 +55,9 @@ def test_the_archive_recomputes_the_runs_own_summary(study, tmp_path):
 
 def test_render_fills_the_template_from_the_data_and_draws_the_figures(study, capsys, monkeypatch):
     root, folder = study
+    rendered = (folder / "tiny.md").read_text()  # by the fixture: the CLI renders the folder again, from nothing
+    for made in [folder / "tiny.md", *folder.glob("*.png")]:
+        made.unlink()
     monkeypatch.setattr("sys.argv", ["salsa", "study", "render", str(folder)])
     cli_main()
     doc = (folder / "tiny.md").read_text()
@@ -62,7 +67,7 @@ def test_render_fills_the_template_from_the_data_and_draws_the_figures(study, ca
     assert f"Verdict by the rule: {headline['claim']}." in doc
     assert "- salsa/seed-1: 2 steps" in doc
     assert (folder / "win_rates.png").is_file() and (folder / "training.png").is_file()
-    assert render(folder).read_text() == doc  # the same data renders the same doc
+    assert doc == rendered  # the same data renders the same doc
 
 
 def test_every_committed_study_doc_is_what_its_data_renders(tmp_path):
@@ -83,7 +88,6 @@ def test_a_grid_run_in_two_shards_renders_the_doc_of_the_whole_grid(study, tmp_p
     """conftest.tiny_study ran shard 0 of 2 in run/ (archived then into after-shard-0/) and shard 1 of 2 in shard-1/,
     a run directory with its own base stages; run/ was finished after."""
     root, whole = study
-    render(whole)
     halves = tmp_path / "results" / "halves"
     shutil.copytree(root / "after-shard-0", halves)
     for name in ("template.md", "study.json"):
