@@ -57,3 +57,39 @@ def test_a_decoding_step_reads_the_prompt_from_the_cache(family):
         cache, _, _ = prefill(model, ids[:, :-1], mask[:, :-1])
         step, _ = forward_logits(model, ids[:, -1:], mask, position_ids(mask)[:, -1:], cache=cache, keep=1)
     assert torch.allclose(step, whole, atol=1e-4)
+
+
+@pytest.mark.parametrize("with_entropy", [False, True])
+@pytest.mark.parametrize("route", ["one token", "whole rows", "shared prompt", "prompt_state"])
+def test_response_log_probs_and_their_gradient_match_a_full_log_softmax(route, with_entropy):
+    # response_forward takes the chosen token's log-prob as logit/T - logsumexp(logits/T) per part of the pass;
+    # it must equal log_softmax(logits/T) gathered, in values, entropy and the gradient RL trains on.
+    model = _tiny("llama").train()
+    torch.manual_seed(1)
+    prompts = torch.randint(0, 96, (4, 5))
+    if route in ("shared prompt", "prompt_state"):
+        prompts[2:] = prompts[0]  # rows 0, 2, 3 share a prompt: one prefill serves them
+    response_length = 1 if route == "one token" else 6
+    sequences = torch.cat([prompts, torch.randint(0, 96, (4, response_length))], 1)
+    mask = torch.ones_like(sequences)
+    mask[1, :2] = 0  # a left-padded row
+    temperature = 0.7
+    weights = torch.randn(4, response_length)
+
+    state = prefill(model, sequences[:, :5], mask[:, :5], hidden=True) if route == "prompt_state" else None
+    out = response_forward(model, sequences, mask, 5, temperature, with_entropy, prompt_state=state)
+    (out.logprobs * weights).sum().backward()
+    got_grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    logits = model(input_ids=sequences, attention_mask=mask, position_ids=position_ids(mask)).logits[:, 4:-1]
+    all_logprobs = (logits / temperature).log_softmax(-1)
+    want = all_logprobs.gather(-1, sequences[:, 5:, None]).squeeze(-1)
+    (want * weights).sum().backward()
+
+    torch.testing.assert_close(out.logprobs, want)
+    for got_grad, p in zip(got_grads, model.parameters(), strict=True):
+        torch.testing.assert_close(got_grad, p.grad, atol=1e-4 * p.grad.abs().max().item(), rtol=0)
+    if with_entropy:
+        torch.testing.assert_close(out.entropy, -(all_logprobs.exp() * all_logprobs).sum(-1).detach())
+    else:
+        assert out.entropy is None
