@@ -47,7 +47,7 @@ class _TokenLogProbs(torch.autograd.Function):
     The same values and gradient as gathering from a full `log_softmax`, without its [B, R, vocab] copies: the
     forward pass keeps only a [B, R] log-sum-exp (found a few rows at a time), and the backward pass builds the
     gradient (onehot(target) - softmax) * g / T in one vocabulary-sized tensor. At batch 64 x 40 each such copy is
-    ~0.5 GB, which is where RL's time went.
+    ~0.5 GB (benchmarks/token_logprobs.py measures both ways side by side).
     """
 
     @staticmethod
@@ -75,6 +75,14 @@ class _TokenLogProbs(torch.autograd.Function):
         scale = (grad_logprobs / ctx.temperature)[..., None]
         grad = (logits / ctx.temperature).sub_(lse[..., None]).exp_().mul_(-scale)
         return grad.scatter_add_(-1, targets[..., None], scale), None, None, None
+
+
+def token_logprobs(
+    logits: torch.Tensor, targets: torch.Tensor, temperature: float, with_entropy: bool = False
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """log softmax(logits / T) at `targets` ([B, R, vocab] logits, [B, R] targets), and with `with_entropy` the
+    entropy of softmax(logits / T) per position (no gradient); the same as a gathered `log_softmax`, in less memory."""
+    return _TokenLogProbs.apply(logits, targets, temperature, with_entropy)
 
 
 @dataclass
@@ -119,7 +127,7 @@ def response_forward(
         parts = [(first_logits, targets[:, :1]), (rest_logits, targets[:, 1:])]
         hidden = torch.cat([first_hidden, rest_hidden], 1)
     # Per part, not over a concatenation: only the small [B, R] results are concatenated.
-    results = [_TokenLogProbs.apply(logits, part_targets, temperature, with_entropy) for logits, part_targets in parts]
+    results = [token_logprobs(logits, part_targets, temperature, with_entropy) for logits, part_targets in parts]
     logprobs = torch.cat([logprob for logprob, _ in results], 1)
     entropy = torch.cat([part_entropy for _, part_entropy in results], 1) if with_entropy else None
     return ResponseForward(logprobs, hidden, entropy)
