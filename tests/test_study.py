@@ -171,3 +171,153 @@ def test_rendering_runs_no_code_and_writes_only_inside_the_folder(study, tmp_pat
     finally:
         study_module.MAX_DECOMPRESSED = original
     assert render(folder).read_text() == "hello"
+
+
+# The tiny template, and the pre-registered headline in the headline's own words (an extension's doc says both).
+EXTENDED_TEMPLATE = (
+    TEMPLATE + "{% if preregistered is not none %}Pre-registered, {{ preregistered_seeds }} seeds\n(complete: "
+    "{{ preregistered_complete }}):\n{% with r = preregistered, headline = preregistered_headline %}"
+    + TEMPLATE[TEMPLATE.index("Headline:") : TEMPLATE.index("{% for")]
+    + "{% endwith %}{% endif %}"
+)
+NEW_SEEDS = ("salsa/seed-2", "ppo/seed-2", "init-soup/seed-2", "ref-soup/seed-2")
+
+
+@pytest.fixture(scope="module")
+def extended(study, tmp_path_factory):
+    """The tiny study's run extended from 2 to 3 seeds (`run.seeds` only) in a copy of its run directory (there the
+    base stages run again, on the same machine to the same bytes: its paths differ): seed 2 of two arms, archived then
+    with --extend into a copy of the 2-seed study folder, then seed 2 of the other two. Returns (the run, that
+    partly extended study folder)."""
+    from salsa.pipeline import run_pipeline
+
+    root, _ = study
+    run = tmp_path_factory.mktemp("extended") / "run"
+    shutil.copytree(root / "run", run)
+    partial = _study_copy(study, run.parent, "partial")
+    overrides = ["run.seeds=3", f"run.output_dir={run}"]
+    assert run_pipeline(root / "run.yaml", overrides, show_progress=False, only=",".join(NEW_SEEDS[:2])) is None
+    archive(run, partial, extend=True)
+    assert run_pipeline(root / "run.yaml", overrides, show_progress=False, only=",".join(NEW_SEEDS[2:])) is None
+    return run, partial
+
+
+def _study_copy(study, tmp_path: Path, name: str) -> Path:
+    """A copy of the tiny 2-seed study folder, with the template that shows the pre-registered result too."""
+    folder = tmp_path / "results" / name
+    shutil.copytree(study[1], folder)
+    (folder / "template.md").write_text(EXTENDED_TEMPLATE)
+    return folder
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _headline(doc: str) -> str:
+    """The headline's lines of a doc (from "Headline:" to the verdict's line)."""
+    start = doc.index("Headline:")
+    return doc[start : doc.index("\n", doc.index("Verdict by the rule:", start))]
+
+
+def test_added_seeds_need_extend_and_the_preregistered_result_stands_while_they_come(study, extended, tmp_path):
+    _, partial = extended
+    folder = tmp_path / "partial"
+    shutil.copytree(partial, folder)
+    manifest = json.loads((folder / "data" / "manifest.json").read_text())
+    planned = json.loads((study[1] / "data" / "manifest.json").read_text())["planned"]
+    assert manifest["preregistered"] == {"seeds": 2, "planned": planned}
+    assert len(manifest["planned"]) == 13 and "init-soup/seed-2" in manifest["planned"]
+    assert len(manifest["builds"]) == 1  # the base built again in the copy is byte for byte the archive's
+    doc = render(folder).read_text()
+    missing = "(init-soup/seed-2, ref-soup/seed-2)"
+    assert doc.startswith(
+        f"> **Incomplete: 2 of 13 planned jobs are missing** {missing}; every verdict of the extended"
+    )
+    extended_headline, preregistered = doc.split("Pre-registered, 2 seeds\n(complete: True):\n")
+    assert "Verdict by the rule: withheld" in extended_headline
+    # The pre-registered result is the 2-seed study's, its verdict not withheld: salsa/seed-2 and ppo/seed-2 are in.
+    assert _headline(preregistered) == _headline((study[1] / "tiny.md").read_text())
+    assert "withheld" not in preregistered
+    # Extended before the pre-registered seeds were all in (shard 0 only): both results are withheld.
+    early = tmp_path / "early"
+    shutil.copytree(study[0] / "after-shard-0", early)
+    for name in ("template.md", "study.json"):
+        shutil.copy(folder / name, early / name)
+    archive(extended[0], early, extend=True)
+    preregistered = render(early).read_text().split("Pre-registered, 2 seeds\n(complete: False):\n")[1]
+    assert "Verdict by the rule: withheld" in preregistered
+
+
+def test_a_finished_extension_renders_both_results_and_says_first_when_their_verdicts_differ(
+    study, extended, salsa_main, monkeypatch, tmp_path
+):
+    from salsa import report
+
+    run, partial = extended
+    folder = _study_copy(study, tmp_path, "full")
+    before = _files(folder)
+    code, _, err = salsa_main(["study", "archive", str(run), str(folder)])
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "its config.yaml differs from the archive's" in err and "archive it with --extend" in err
+    assert _files(folder) == before  # nothing half-written
+    code, _, err = salsa_main(["study", "archive", str(run), str(folder), "--extend"])
+    assert code == 0, err
+    assert len(json.loads((folder / "data" / "manifest.json").read_text())["planned"]) == 13
+    doc = render(folder).read_text()
+    extended_headline, preregistered = doc.split("Pre-registered, 2 seeds\n(complete: True):\n")
+    assert extended_headline.startswith("# Tiny study")  # complete, with the same verdict: no banner
+    assert "per-seed differences 3." in extended_headline and "per-seed differences 2." in preregistered
+    assert _headline(preregistered) == _headline((study[1] / "tiny.md").read_text())
+    assert "withheld" not in doc
+    # The rest of an extension is archived as any run of the study is (its configs are the archive's now).
+    finished = tmp_path / "finished"
+    shutil.copytree(partial, finished)
+    archive(run, finished)
+    assert render(finished).read_text() == doc
+    real = report.headline_comparison  # at 3 seeds the tiny study's verdict stays unresolved: make it differ
+
+    def supported_at_three_seeds(results: dict) -> dict:
+        headline = real(results)
+        return {**headline, "claim": "supported"} if headline["seed_test"]["seeds"] == 3 else headline
+
+    monkeypatch.setattr(report, "headline_comparison", supported_at_three_seeds)
+    first = render(folder).read_text().splitlines()[0]
+    assert first.startswith("> **The headline verdict changed with the added seeds**: unresolved at the 2 ")
+    assert "supported at 3 seeds" in first
+
+
+def test_an_extension_with_fewer_seeds_or_another_change_is_refused_by_name(study, extended, tmp_path):
+    root, _ = study
+    full, _ = extended
+    folder = _study_copy(study, tmp_path, "refused")
+    archive(full, folder, extend=True)
+    changed = tmp_path / "changed"  # the run at another KL coefficient, as if it had run in its own directory
+    shutil.copytree(full, changed, ignore=shutil.ignore_patterns("*.safetensors"))
+    for config in changed.rglob("*.yaml"):
+        config.write_text(config.read_text().replace(str(full), str(changed)))
+    config = changed / "config.yaml"
+    config.write_text(config.read_text().replace("\n  kl_coef: 0.05\n", "\n  kl_coef: 0.1\n"))
+    before = _files(folder)
+    refusals = {
+        root / "run": "run.seeds 2, the archive's",
+        full: "run.seeds 3, the archive's",
+        changed: r"in rl.kl_coef;",
+    }
+    for run, named in refusals.items():
+        with pytest.raises(DataError, match=named):
+            archive(run, folder, extend=True)
+        assert _files(folder) == before, run
+
+
+def test_the_committed_study_template_reports_both_results_of_an_extension(extended, tmp_path):
+    _, partial = extended
+    folder = tmp_path / "salsa-vs-ppo-cpu"
+    shutil.copytree(partial, folder)
+    shutil.copy(RESULTS / "salsa-vs-ppo-cpu" / "template.md", folder / "template.md")
+    doc = render(folder).read_text()
+    assert "[extension rule](../../study-extension-salsa-vs-ppo-cpu.md)" in doc
+    assert (RESULTS / "salsa-vs-ppo-cpu" / "../../study-extension-salsa-vs-ppo-cpu.md").is_file()
+    rows = [line for line in doc.splitlines() if line.startswith(("| pre-registered |", "| extended |"))]
+    assert rows[0].startswith("| pre-registered | 2 | ") and rows[0].endswith(" | unresolved |"), rows
+    assert rows[1].startswith("| extended | 2 | ") and rows[1].endswith(" | withheld: the study is incomplete |"), rows

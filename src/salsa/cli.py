@@ -473,11 +473,19 @@ def study_archive(
             "archive's (float rounding on another CPU, say); the doc says on how many builds its jobs ran.",
         ),
     ] = False,
+    extend: Annotated[
+        bool,
+        typer.Option(
+            "--extend",
+            help="Add seeds to the study: a run whose configs differ from the archive's only in a larger run.seeds; "
+            "the doc then reports the pre-registered result beside the extended one.",
+        ),
+    ] = False,
 ) -> None:
     """Add a run's committed jobs (samples, metrics, records) to STUDY_DIR/data, compressed; other jobs are kept."""
     from salsa.study import archive
 
-    for path in archive(run_dir, study_dir, accept_rebuilt_base):
+    for path in archive(run_dir, study_dir, accept_rebuilt_base, extend):
         typer.echo(str(path))
 
 

@@ -10,15 +10,18 @@ relative to it. Jobs already archived are kept, so a study can be finished over 
 or days (`salsa run --shard i/n` in each, then `archive` each): a job whose base (the inputs its spec names, by
 SHA-256) differs from the archive's is refused unless `--accept-rebuilt-base` says a rebuilt base is acceptable
 (the same configs give weights that differ by float rounding on another CPU); the doc then says on how many builds
-of the base its jobs ran.
+of the base its jobs ran. `--extend` adds seeds after the pre-registered ones: a run whose configs differ from
+the archive's only by a larger `run.seeds` replaces them and the planned grid, the pre-registered plan recorded.
 
 `render` rebuilds a run-like tree from that folder, recomputes the evaluation's summary with salsa's own code from
 the union of the jobs' samples, draws the report's figures into the folder and fills its `template.md` into the
 doc named in the folder's `study.json`. While jobs of the planned grid are missing, the doc opens with their list
-and every verdict is withheld. Rendering is safe on anyone's folder: the template runs in Jinja's sandbox with only
-salsa's formatting helpers, the doc must lie inside the folder, symbolic links are refused and compressed files
-are size-checked as they are decompressed. tests/test_study.py renders every committed study and compares the output
-with the committed doc, so a number cannot drift from its data.
+and every verdict is withheld. An extended study's doc gets the pre-registered result too, withheld only while the
+pre-registered jobs are missing, and opens with a line when the two headline verdicts differ. Rendering is safe
+on anyone's folder: the template runs in Jinja's sandbox with only salsa's formatting helpers, the doc must lie
+inside the folder, symbolic links are refused and compressed files are size-checked as they are decompressed.
+tests/test_study.py renders every committed study and compares the output with the committed doc, so a number
+cannot drift from its data.
 """
 
 from __future__ import annotations
@@ -95,23 +98,31 @@ def _join_build(builds: list[dict], inputs: dict, job_id: str, accept_rebuilt: b
     return len(builds) - 1
 
 
-def archive(run_dir: str | Path, study_dir: str | Path, accept_rebuilt_base: bool = False) -> list[Path]:
+def archive(
+    run_dir: str | Path, study_dir: str | Path, accept_rebuilt_base: bool = False, extend: bool = False
+) -> list[Path]:
     """Add a run directory's committed jobs to `study_dir/data` (JSONL gzip-compressed, the run's path made
-    relative); jobs already archived are kept. Returns the files written."""
+    relative); jobs already archived are kept. With `extend`, the run may add seeds to the archive's (its configs
+    differ only in a larger `run.seeds`): the archive then plans the run's grid and records the pre-registered one.
+    Returns the files written."""
     run, out = Path(run_dir).resolve(), Path(study_dir) / DATA
     planned = sorted(p.parent.relative_to(run / JOBS).as_posix() for p in (run / JOBS).rglob("job.json"))
     done = [job_id for job_id in planned if committed(run, job_id) is not None]
     if not done:
         raise DataError(f"{run}: no committed job (jobs/*/committed.json); archive a run directory of `salsa run`")
     relative = lambda path: path.read_text(encoding="utf-8").replace(str(run), RUN_ROOT)  # noqa: E731
-    config = relative(run / "config.yaml")
-    evaluation = relative(job_dir(run, done[0]) / "eval.yaml")
+    configs = {
+        "config.yaml": relative(run / "config.yaml"),
+        "eval/config.yaml": relative(job_dir(run, done[0]) / "eval.yaml"),
+    }
     manifest = read_json(out / MANIFEST) if (out / MANIFEST).is_file() else None
     if manifest is not None:
         _refuse_links(out)
-        for name, text in (("config.yaml", config), ("eval/config.yaml", evaluation)):
-            if (out / name).read_text(encoding="utf-8") != text:
-                raise DataError(f"{run}: its {name} differs from the archive's ({out / name}): another study's run")
+        archived = {name: (out / name).read_text(encoding="utf-8") for name in configs}
+        seeds = _check_same_study(run, out, archived, configs, extend)
+        if seeds is not None:  # an extension: from now on the archive plans the run's grid
+            manifest.setdefault("preregistered", {"seeds": seeds, "planned": manifest["planned"]})
+            manifest["planned"] = planned
     else:
         manifest = {"planned": planned, "jobs": {}, "builds": []}
     specs = {job_id: read_json(job_dir(run, job_id) / "job.json") for job_id in done}
@@ -119,16 +130,75 @@ def archive(run_dir: str | Path, study_dir: str | Path, accept_rebuilt_base: boo
     builds = manifest["builds"]
     joined = {job_id: _join_build(builds, specs[job_id]["inputs"], job_id, accept_rebuilt_base or not builds)
               for job_id in new}  # fmt: skip
-    written = []
-    if not (out / "config.yaml").is_file():
-        written += [_write(out / "config.yaml", config), _write(out / "eval" / "config.yaml", evaluation)]
+    written, first = [], not (out / "config.yaml").is_file()
+    if first:
         written += [_write(out / p.relative_to(run), relative(p)) for p in _base_files(run)]
+    if first or extend:  # an extension's configs replace the archive's: they plan the whole extended grid
+        written += [_write(out / name, text) for name, text in configs.items()]
     for job_id in new:
         written += [_write(out / p.relative_to(run), relative(p)) for p in _job_files(run, job_id)]
         manifest["jobs"][job_id] = {"build": joined[job_id]}
     manifest["jobs"] = dict(sorted(manifest["jobs"].items()))
     atomic_write_text(out / MANIFEST, json.dumps(manifest, indent=2) + "\n")
     return [*written, out / MANIFEST]
+
+
+def _check_same_study(
+    run: Path, out: Path, archived: dict[str, str], configs: dict[str, str], extend: bool
+) -> int | None:
+    """Refuse a run of another study: its config.yaml and eval config must be the archive's, or with `extend` differ
+    only by more seeds. Returns the archive's `run.seeds` when the run extends it, else None."""
+    if not extend and archived == configs:
+        return None
+    # Parsed, the run's path made a path ("{RUN}/data" alone would read as a YAML mapping).
+    old = {name: yaml.safe_load(text.replace(RUN_ROOT, f"/{RUN_ROOT}")) for name, text in archived.items()}
+    now = {name: yaml.safe_load(text.replace(RUN_ROOT, f"/{RUN_ROOT}")) for name, text in configs.items()}
+    other = [
+        key
+        for name in configs
+        for key in _changed_keys(old[name], now[name])
+        if not _seeds_only(key, old[name], now[name])
+    ]
+    seeds = old["config.yaml"]["run"]["seeds"], now["config.yaml"]["run"]["seeds"]
+    if not extend:
+        hint = "; if it adds seeds to this study, archive it with --extend" if not other and seeds[1] > seeds[0] else ""
+        name = next(name for name in configs if archived[name] != configs[name])
+        raise DataError(f"{run}: its {name} differs from the archive's ({out / name}): another study's run{hint}")
+    if other:
+        raise DataError(
+            f"{run}: its config differs from the archive's ({out / 'config.yaml'}) in {', '.join(sorted(set(other)))}; "
+            "--extend adds seeds only: rerun the extension with the archive's config and a larger run.seeds"
+        )
+    if seeds[1] <= seeds[0]:
+        raise DataError(
+            f"{run}: its config.yaml has run.seeds {seeds[1]}, the archive's ({out / 'config.yaml'}) {seeds[0]}; "
+            "--extend adds seeds: rerun with a larger run.seeds, or archive it without --extend"
+        )
+    return seeds[0]
+
+
+def _changed_keys(old: dict, new: dict) -> list[str]:
+    """The keys (section.key) whose values differ between two parsed configs."""
+    changed = []
+    for section in sorted(set(old) | set(new)):
+        a, b = old.get(section), new.get(section)
+        if isinstance(a, dict) and isinstance(b, dict):
+            changed += [f"{section}.{key}" for key in sorted(set(a) | set(b)) if a.get(key) != b.get(key)]
+        elif a != b:
+            changed.append(section)
+    return changed
+
+
+def _seeds_only(key: str, old: dict, new: dict) -> bool:
+    """Whether a changed key is one that another number of seeds changes: `run.seeds`, or the evaluation's
+    policies, each policy's paths one list extending the other."""
+    if key == "run.seeds":
+        return True
+    if key != "eval.policies":
+        return False
+    before, after = old["eval"]["policies"], new["eval"]["policies"]
+    prefix = lambda a, b: a[: len(b)] == b or b[: len(a)] == a  # noqa: E731
+    return set(before) == set(after) and all(prefix(after[name], paths) for name, paths in before.items())
 
 
 def _refuse_links(folder: Path) -> None:
@@ -252,6 +322,7 @@ def render(study_dir: str | Path) -> Path:
         results = recompute(root, archived)
         if missing:
             _withhold(results)
+        preregistered = _preregistered(root, manifest)
         records = _run_records(root)
         builds = len(manifest["builds"])
         # The study's own record (study.json: the doc, and e.g. the design file and its commit) and the run's
@@ -259,7 +330,7 @@ def render(study_dir: str | Path) -> Path:
         config = yaml.safe_load((root / "config.yaml").read_text(encoding="utf-8"))
         context = {**records, "results": results, "r": results, "headline": headline_comparison(results),
                    "missing_jobs": missing, "complete": not missing, "base_builds": builds, "study": spec,
-                   "config": config}  # fmt: skip
+                   "config": config, **preregistered}  # fmt: skip
         # The template first: one that fails leaves the figures as they were, and costs no drawing.
         environment = ImmutableSandboxedEnvironment(undefined=StrictUndefined, keep_trailing_newline=True)
         environment.globals.clear()  # only salsa's helpers: no cycler, joiner, namespace, range, ...
@@ -275,13 +346,46 @@ def render(study_dir: str | Path) -> Path:
     if missing:
         left_out = results["seeds_left_out"]
         waiting = f" Left out of every comparison until the other arms of its seed are archived: {', '.join(left_out)}."
+        verdicts = "every verdict of the extended study" if preregistered["preregistered"] else "every verdict"
         text = (
             f"> **Incomplete: {len(missing)} of {len(manifest['planned'])} planned jobs are missing** "
-            f"({', '.join(missing)}); every verdict below is withheld until they are archived."
+            f"({', '.join(missing)}); {verdicts} below is withheld until they are archived."
             f"{waiting if left_out else ''}\n\n{text}"
         )
+    elif preregistered["preregistered_complete"]:
+        text = _verdicts_differ(preregistered, context["headline"], config["run"]["seeds"]) + text
     atomic_write_text(doc, text)
     return doc
+
+
+def _preregistered(root: Path, manifest: dict) -> dict[str, Any]:
+    """The template's view of the pre-registered study inside an extended one: its results over the jobs it planned
+    (the seeds it pre-registered), withheld while any of them is missing; all None when the study was not extended."""
+    record = manifest.get("preregistered")
+    if record is None:
+        return dict.fromkeys(("preregistered", "preregistered_headline", "preregistered_complete",
+                              "preregistered_seeds"))  # fmt: skip
+    from salsa.report import headline_comparison
+
+    results = recompute(root, [job_id for job_id in manifest["jobs"] if job_id in record["planned"]])
+    complete = all(job_id in manifest["jobs"] for job_id in record["planned"])
+    if not complete:
+        _withhold(results)
+    return {"preregistered": results, "preregistered_headline": headline_comparison(results),
+            "preregistered_complete": complete, "preregistered_seeds": record["seeds"]}  # fmt: skip
+
+
+def _verdicts_differ(preregistered: dict, headline: dict | None, seeds: int) -> str:
+    """The doc's first line when the extended study's headline verdict is not the pre-registered one; else ""."""
+    before = (preregistered["preregistered_headline"] or {}).get("claim")
+    after = (headline or {}).get("claim")
+    if before == after:
+        return ""
+    return (
+        f"> **The headline verdict changed with the added seeds**: {before} at the "
+        f"{preregistered['preregistered_seeds']} pre-registered seeds, {after} at {seeds} seeds; both are reported "
+        "below.\n\n"
+    )
 
 
 def _run_records(root: Path) -> dict[str, Any]:
