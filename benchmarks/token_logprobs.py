@@ -34,9 +34,11 @@ def full_log_softmax(
     logits: torch.Tensor, targets: torch.Tensor, temperature: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The former way: every word's log-prob ([B, R, vocab]), gathered; the entropy from the same tensor."""
+    from salsa.policy import entropy_from_logprobs
+
     all_logprobs = (logits / temperature).log_softmax(-1)
     logprobs = torch.gather(all_logprobs, -1, targets[..., None]).squeeze(-1)
-    entropy = -(all_logprobs.detach().exp() * all_logprobs.detach()).sum(-1)
+    entropy = entropy_from_logprobs(all_logprobs.detach())
     return logprobs, entropy
 
 
