@@ -1,5 +1,6 @@
 """`salsa run` on tiny models: the whole pipeline, its report, stage caching and resume after an interruption."""
 
+import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -203,6 +204,55 @@ def test_a_jobs_paths_are_absolute_before_the_base_stages_ran_as_after(run_yaml,
         assert all(Path(p).is_absolute() for p in paths), paths
     (tmp_path / "runs/study/sft/sft-0").mkdir(parents=True)  # once a stage wrote it, the job is the same job
     assert plan_grid(plan_run(run_yaml, overrides)) == before
+
+
+def test_adding_seeds_keeps_the_jobs_that_ran_and_a_changed_setting_redoes_them(tmp_path, tiny_model_dir):
+    from salsa.config import EvalConfig, RLConfig
+    from salsa.config_loading import fingerprint
+    from salsa.grid import Job, committed, job_dir, write_spec
+
+    root = tmp_path / "run"
+
+    def plan(seeds: int, **settings) -> tuple[EvalConfig, list[Job]]:
+        """A grid of `seeds` RL seeds of one arm beside a base policy, as `salsa run --seeds` plans it."""
+        runs = [root / "rl" / "salsa" / f"seed-{s}" for s in range(seeds)]
+        evaluation = EvalConfig(policies={"sft": [str(tiny_model_dir)], "salsa": [str(r / "final") for r in runs]},
+                                task="reviews", **settings)  # fmt: skip
+        rl = [Job(f"salsa/seed-{s}", RLConfig(output_dir=str(r), seed=s), "salsa", s) for s, r in enumerate(runs)]
+        return evaluation, [Job("base"), *rl]
+
+    def write(evaluation: EvalConfig, jobs: list[Job]) -> dict[str, bool]:
+        return {job.id: write_spec(root, job, evaluation, [str(tiny_model_dir)]) for job in jobs}
+
+    def commit(job_id: str) -> None:  # what a finished job leaves: its commit and its RL run
+        (job_dir(root, job_id) / "committed.json").write_text("{}")
+        if job_id != "base":
+            (root / "rl" / job_id).mkdir(parents=True)
+            (root / "rl" / job_id / "salsa_complete.json").write_text(json.dumps({"stage": "rl"}))
+
+    two = plan(2)
+    assert write(*two) == dict.fromkeys(["base", "salsa/seed-0", "salsa/seed-1"], False)
+    for job_id in ("base", "salsa/seed-0", "salsa/seed-1"):
+        commit(job_id)
+    # A third seed: the jobs that ran keep their commits and RL runs; their eval.yaml is the grown grid's.
+    three = plan(3)
+    assert write(*three) == dict.fromkeys(["base", "salsa/seed-0", "salsa/seed-1", "salsa/seed-2"], False)
+    assert all(committed(root, job_id) is not None for job_id in ("base", "salsa/seed-0", "salsa/seed-1"))
+    assert (root / "rl/salsa/seed-1/salsa_complete.json").is_file()
+    grid = yaml.safe_load((job_dir(root, "salsa/seed-0") / "eval.yaml").read_text())["eval"]["policies"]["salsa"]
+    assert grid == three[0].policies["salsa"]
+    spec = json.loads((job_dir(root, "salsa/seed-1") / "job.json").read_text())
+    assert spec["policies"] == {"sft": [str(tiny_model_dir)], "salsa": ["{RUN}/rl/salsa/seed-1/final"]}
+    # A spec of the first form (the whole evaluation fingerprinted) is the same job: upgraded, not redone.
+    first = {key: spec[key] for key in ("id", "policy", "seed_index", "inputs", "rl")}
+    first["eval"] = fingerprint(three[0])
+    first["spec"] = hashlib.sha256(json.dumps(first, sort_keys=True).encode()).hexdigest()[:16]
+    (job_dir(root, "salsa/seed-1") / "job.json").write_text(json.dumps(first))
+    assert write(*three)["salsa/seed-1"] is False and committed(root, "salsa/seed-1") is not None
+    assert json.loads((job_dir(root, "salsa/seed-1") / "job.json").read_text()) == spec
+    # A setting every job's samples depend on: each job that ran is redone, its RL run removed.
+    assert set(write(*plan(3, max_new_tokens=7)).values()) == {True}
+    assert committed(root, "salsa/seed-0") is None and not (root / "rl/salsa/seed-0").exists()
 
 
 def test_plan_rejects_unsectioned_overrides_and_single_sft(run_yaml):

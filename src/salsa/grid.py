@@ -155,26 +155,48 @@ def job_dir(root: Path, job_id: str) -> Path:
 def write_spec(root: Path, job: Job, evaluation: EvalConfig, inputs: list[str]) -> bool:
     """Write the job's spec (its configs and the digest of every input); returns whether it changed. A job whose
     spec changed loses its commit and its RL run (salsa's own output): its inputs or config are not those it ran
-    on."""
+    on. The spec names only the job's own RL policy among the evaluation's, so that adding seeds or arms to the grid
+    leaves the jobs that ran as they were; its eval.yaml is the whole grid's (what `salsa study archive` records)."""
     folder = job_dir(root, job.id)
     if job.rl is not None:
         inputs = [*inputs, *input_paths(job.rl)]
     made_by_jobs = (root / "rl").resolve(), (root / JOBS).resolve()
     inputs = [p for p in dict.fromkeys(inputs) if not any(Path(p).resolve().is_relative_to(d) for d in made_by_jobs)]
     names = {_relative(p, root): digest(p) for p in inputs}
-    body = {"id": job.id, "policy": job.policy, "seed_index": job.seed_index, "inputs": names,
-            "rl": fingerprint(job.rl) if job.rl else None, "eval": fingerprint(evaluation)}  # fmt: skip
-    body["spec"] = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
+    head = {"id": job.id, "policy": job.policy, "seed_index": job.seed_index, "inputs": names,
+            "rl": fingerprint(job.rl) if job.rl else None}  # fmt: skip
+    body = {
+        **head,
+        "eval": fingerprint(evaluation, ignore=("policies",)),
+        "policies": _own_policies(root, job, evaluation),
+    }
+    body["spec"] = _spec_digest(body)
     old = read_json(folder / "job.json") if (folder / "job.json").is_file() else None
-    if old is not None and old.get("spec") == body["spec"]:
-        return False
-    if old is not None:
+    # A spec of the first form fingerprinted the whole evaluation, every RL policy of the grid included: if it
+    # matches that, the job is the same job as the one that ran (only its spec's form is new).
+    first_form = _spec_digest({**head, "eval": fingerprint(evaluation)})
+    changed = old is not None and old.get("spec") not in (body["spec"], first_form)
+    if changed:
         _forget(root, job, folder)
     if job.rl is not None:
         save_config(job.rl, folder / "rl.yaml", section="rl")
-    save_config(evaluation, folder / "eval.yaml", section="eval")
-    atomic_write_text(folder / "job.json", json.dumps(body, indent=2) + "\n")
-    return old is not None
+    save_config(evaluation, folder / "eval.yaml", section="eval")  # the whole grid's, also when the job is the same
+    if old is None or old.get("spec") != body["spec"]:
+        atomic_write_text(folder / "job.json", json.dumps(body, indent=2) + "\n")
+    return changed
+
+
+def _spec_digest(body: dict) -> str:
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _own_policies(root: Path, job: Job, evaluation: EvalConfig) -> dict[str, list[str]]:
+    """The evaluation's policies as the job sees them: every model that is not an RL policy of the grid, and the
+    job's own RL policy; paths inside the run directory named relative to it."""
+    others = rl_finals(evaluation, root) - ({str(Path(job.final).resolve())} if job.final else set())
+    policies = {name: [_relative(p, root) for p in paths if str(Path(p).resolve()) not in others]
+                for name, paths in evaluation.policies.items()}  # fmt: skip
+    return {name: paths for name, paths in policies.items() if paths}
 
 
 def _forget(root: Path, job: Job, folder: Path) -> None:
