@@ -99,12 +99,51 @@ def test_a_grid_run_in_two_shards_renders_the_doc_of_the_whole_grid(study, tmp_p
     assert "Verdict by the rule: withheld" in partial
     archive(root / "shard-1", halves)
     assert render(halves).read_text() == (whole / "tiny.md").read_text()
-    # Archiving a shard again adds nothing; a job archived from a base with other digests is refused by name.
+    # Archiving a shard again adds nothing.
     archive(root / "shard-1", halves)
     manifest = json.loads((halves / "data" / "manifest.json").read_text())
     arms = ("init-soup", "ppo", "ref-soup", "salsa")
     assert sorted(manifest["jobs"]) == ["base", *(f"{arm}/seed-{s}" for arm in arms for s in (0, 1))]
     assert len(manifest["builds"]) == 1
+
+
+def test_a_job_on_a_rebuilt_base_is_refused_by_name_or_joins_a_build_of_its_own(study, tmp_path):
+    """Shard 1 archived as if one of its jobs had run on a base rebuilt elsewhere (the same configs, other digests):
+    that job is refused, naming the inputs that differ, unless accepted; then it joins a second build, whose records
+    are archived beside the first's, and the doc can say which jobs ran on which build."""
+    root, whole = study
+    folder = tmp_path / "results" / "rebuilt"
+    shutil.copytree(root / "after-shard-0", folder)
+    run = tmp_path / "shard-1"
+    shutil.copytree(root / "shard-1", run)
+    for file in run.rglob("*"):  # the copy's records name the copy
+        if file.suffix in (".yaml", ".json", ".jsonl"):
+            file.write_text(file.read_text().replace(str(root / "shard-1"), str(run)))
+    spec_file = run / "jobs" / "salsa" / "seed-0" / "job.json"
+    spec = json.loads(spec_file.read_text())
+    changed = next(iter(spec["inputs"]))
+    spec["inputs"][changed] = "0" * 64
+    spec_file.write_text(json.dumps(spec))
+    record = json.loads((run / "reward" / "eval.json").read_text())
+    (run / "reward" / "eval.json").write_text(json.dumps({**record, "accuracy_vs_labels": 0.123}))
+    with pytest.raises(DataError, match=rf"job salsa/seed-0: its base differs from the archive's \({changed}\)"):
+        archive(run, folder)
+    archive(run, folder, accept_rebuilt_base=True)
+    manifest = json.loads((folder / "data" / "manifest.json").read_text())
+    assert len(manifest["builds"]) == 2
+    assert {job_id for job_id, job in manifest["jobs"].items() if job["build"] == 1} == {"salsa/seed-0"}
+    assert json.loads((folder / "data" / "builds" / "1" / "reward" / "eval.json").read_text()) == {
+        **record, "accuracy_vs_labels": 0.123}  # fmt: skip
+    (folder / "study.json").write_text(json.dumps({"doc": "tiny.md"}))
+    (folder / "template.md").write_text(
+        "{% for b in builds %}build {{ b.number }}: {{ b.jobs | join(' ') }}; seeds {{ b.seeds | join(' ') }}; "
+        "accuracy {{ b.reward.accuracy_vs_labels }}\n{% endfor %}on several builds: {{ seeds_on_several_builds }}"
+    )
+    others = " ".join(f"{arm}/seed-{s}" for arm in ("init-soup", "ppo", "ref-soup", "salsa") for s in (0, 1))
+    assert render(folder).read_text() == (
+        f"build 0: base {others.replace('salsa/seed-0 ', '')}; seeds 0 1; accuracy {record['accuracy_vs_labels']}\n"
+        "build 1: salsa/seed-0; seeds 0; accuracy 0.123\non several builds: [0]"
+    )
 
 
 def test_a_job_refuses_changed_inputs_and_a_committed_job_returns_at_once(study, monkeypatch, capsys, tmp_path):

@@ -9,9 +9,10 @@ record, and the base's records (data sheet, reward model, soup, SFT metrics). Pa
 relative to it. Jobs already archived are kept, so a study can be finished over several run directories, machines
 or days (`salsa run --shard i/n` in each, then `archive` each): a job whose base (the inputs its spec names, by
 SHA-256) differs from the archive's is refused unless `--accept-rebuilt-base` says a rebuilt base is acceptable
-(the same configs give weights that differ by float rounding on another CPU); the doc then says on how many builds
-of the base its jobs ran. `--extend` adds seeds after the pre-registered ones: a run whose configs differ from
-the archive's only by a larger `run.seeds` replaces them and the planned grid, the pre-registered plan recorded.
+(the same configs give weights that differ by float rounding on another CPU); a rebuilt base's records are archived
+too (data/builds/<n>/), so the doc can say which jobs ran on which build and quote each build's records. `--extend`
+adds seeds after the pre-registered ones: a run whose configs differ from the archive's only by a larger `run.seeds`
+replaces them and the planned grid, the pre-registered plan recorded.
 
 `render` rebuilds a run-like tree from that folder, recomputes the evaluation's summary with salsa's own code from
 the union of the jobs' samples, draws the report's figures into the folder and fills its `template.md` into the
@@ -47,6 +48,10 @@ from salsa.io import atomic_file, atomic_write_text, read_json, read_jsonl
 
 DATA = "data"  # the study folder's archive
 MANIFEST = "manifest.json"  # the planned jobs, the archived ones and the builds of the base they ran on
+BUILDS = "builds"  # data/builds/<n>/: the base's records of build n > 0 (build 0's lie in data/ itself)
+# The base's records a doc may quote, by the name its template knows them by.
+BASE_RECORDS = {"pipeline": "pipeline.json", "reward": "reward/eval.json", "soup": "soup/soup.json",
+                "normalisation": "normalisation/reward_normalisation.json"}  # fmt: skip
 # The most a compressed archive file may expand to: samples of a large study are tens of MB.
 MAX_DECOMPRESSED = 1 << 30
 WITHHELD = "withheld: the study is incomplete"
@@ -66,8 +71,7 @@ def _write(target: Path, text: str) -> Path:
 def _base_files(run: Path) -> list[Path]:
     """The base's records a study doc may quote: the data sheet, the reward model's and the soup's records, the
     SFT models' metrics, the stages' timings, the shared reward normalisation."""
-    wanted = [run / "pipeline.json", run / "reward" / "eval.json", run / "soup" / "soup.json",
-              run / "data" / "datasheet.md", run / "normalisation" / "reward_normalisation.json"]  # fmt: skip
+    wanted = [run / path for path in BASE_RECORDS.values()] + [run / "data" / "datasheet.md"]
     for sft in sorted((run / "sft").glob("sft-*")):
         wanted += [sft / "salsa_complete.json", sft / "metrics.jsonl"]
     return [p for p in wanted if p.is_file()]
@@ -135,6 +139,10 @@ def archive(
         written += [_write(out / p.relative_to(run), relative(p)) for p in _base_files(run)]
     if first or extend:  # an extension's configs replace the archive's: they plan the whole extended grid
         written += [_write(out / name, text) for name, text in configs.items()]
+    for number in sorted(set(joined.values()) - {0}):
+        folder = out / BUILDS / str(number)
+        if not folder.is_dir():  # a rebuilt base's records, brought by the first of its jobs archived
+            written += [_write(folder / p.relative_to(run), relative(p)) for p in _base_files(run)]
     for job_id in new:
         written += [_write(out / p.relative_to(run), relative(p)) for p in _job_files(run, job_id)]
         manifest["jobs"][job_id] = {"build": joined[job_id]}
@@ -324,13 +332,14 @@ def render(study_dir: str | Path) -> Path:
             _withhold(results)
         preregistered = _preregistered(root, manifest)
         records = _run_records(root)
-        builds = len(manifest["builds"])
+        builds = _builds(root, manifest)
         # The study's own record (study.json: the doc, and e.g. the design file and its commit) and the run's
         # resolved config, for the doc to say what was run.
         config = yaml.safe_load((root / "config.yaml").read_text(encoding="utf-8"))
         context = {**records, "results": results, "r": results, "headline": headline_comparison(results),
-                   "missing_jobs": missing, "complete": not missing, "base_builds": builds, "study": spec,
-                   "config": config, **preregistered}  # fmt: skip
+                   "missing_jobs": missing, "complete": not missing, "base_builds": len(builds), "builds": builds,
+                   "seeds_on_several_builds": _seeds_on_several_builds(builds), "study": spec, "config": config,
+                   **preregistered}  # fmt: skip
         # The template first: one that fails leaves the figures as they were, and costs no drawing.
         environment = ImmutableSandboxedEnvironment(undefined=StrictUndefined, keep_trailing_newline=True)
         environment.globals.clear()  # only salsa's helpers: no cycler, joiner, namespace, range, ...
@@ -395,10 +404,33 @@ def _run_records(root: Path) -> dict[str, Any]:
         name = str(marker.parent.relative_to(root / "rl"))
         metrics = [json.loads(line) for line in (marker.parent / "metrics.jsonl").read_text().splitlines()]
         runs[name] = {"marker": read_json(marker), "metrics": metrics}
-    optional = {"pipeline": root / "pipeline.json", "reward": root / "reward" / "eval.json",
-                "soup": root / "soup" / "soup.json"}  # fmt: skip
-    records = {name: read_json(path) if path.is_file() else None for name, path in optional.items()}
-    return {**records, "runs": runs}
+    return {**_base_records(root), "runs": runs}
+
+
+def _base_records(folder: Path) -> dict[str, Any]:
+    """A base's records (BASE_RECORDS), None where the archive has none."""
+    return {
+        name: read_json(folder / path) if (folder / path).is_file() else None for name, path in BASE_RECORDS.items()
+    }
+
+
+def _builds(root: Path, manifest: dict) -> list[dict[str, Any]]:
+    """Each build of the base, for the doc: its number, the jobs that ran on it and its records (those of a build
+    archived before salsa kept every build's are None)."""
+    builds = []
+    for number in range(len(manifest["builds"])):
+        jobs = [job_id for job_id, job in manifest["jobs"].items() if job["build"] == number]
+        seeds = sorted({int(job_id.rpartition("/seed-")[2]) for job_id in jobs if "/seed-" in job_id})
+        folder = root if number == 0 else root / BUILDS / str(number)
+        records = _base_records(folder) if folder.is_dir() else dict.fromkeys(BASE_RECORDS)
+        builds.append({"number": number, "jobs": jobs, "seeds": seeds, **records})
+    return builds
+
+
+def _seeds_on_several_builds(builds: list[dict]) -> list[int]:
+    """The seeds some of whose jobs ran on one build and some on another: their arms' comparisons cross builds."""
+    seen = [seed for build in builds for seed in build["seeds"]]
+    return sorted({seed for seed in seen if seen.count(seed) > 1})
 
 
 def pct(value: float, digits: int = 1) -> str:
