@@ -159,8 +159,8 @@ def _check_same_study(
     if not extend and archived == configs:
         return None
     # Parsed, the run's path made a path ("{RUN}/data" alone would read as a YAML mapping).
-    old = {name: yaml.safe_load(text.replace(RUN_ROOT, f"/{RUN_ROOT}")) for name, text in archived.items()}
-    now = {name: yaml.safe_load(text.replace(RUN_ROOT, f"/{RUN_ROOT}")) for name, text in configs.items()}
+    old, now = ({name: yaml.safe_load(text.replace(RUN_ROOT, f"/{RUN_ROOT}")) for name, text in texts.items()}
+                for texts in (archived, configs))  # fmt: skip
     other = [
         key
         for name in configs
