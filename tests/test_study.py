@@ -275,6 +275,9 @@ def test_added_seeds_need_extend_and_the_preregistered_result_stands_while_they_
     )
     extended_headline, preregistered = doc.split("Pre-registered, 2 seeds\n(complete: True):\n")
     assert "Verdict by the rule: withheld" in extended_headline
+    # The added seeds archived so far are not shown, anywhere: the extension is read once, at its 3 seeds.
+    assert "The added seeds' jobs archived so far (ppo/seed-2, salsa/seed-2) are not shown" in doc.splitlines()[0]
+    assert "per-seed differences 2." in extended_headline and "- salsa/seed-2:" not in doc and "- salsa/seed-1:" in doc
     # The pre-registered result is the 2-seed study's, its verdict not withheld: salsa/seed-2 and ppo/seed-2 are in.
     assert _headline(preregistered) == _headline((study[1] / "tiny.md").read_text())
     assert "withheld" not in preregistered
@@ -349,14 +352,28 @@ def test_an_extension_with_fewer_seeds_or_another_change_is_refused_by_name(stud
         assert _files(folder) == before, run
 
 
-def test_the_committed_study_template_reports_both_results_of_an_extension(extended, tmp_path):
-    _, partial = extended
+def test_the_committed_study_template_reports_both_results_of_an_extension(extended, monkeypatch, tmp_path):
+    from salsa import report
+
+    run, partial = extended
     folder = tmp_path / "salsa-vs-ppo-cpu"
     shutil.copytree(partial, folder)
-    shutil.copy(RESULTS / "salsa-vs-ppo-cpu" / "template.md", folder / "template.md")
+    for name in ("template.md", "study.json"):
+        shutil.copy(RESULTS / "salsa-vs-ppo-cpu" / name, folder / name)
     doc = render(folder).read_text()
     assert "[extension rule](../../study-extension-salsa-vs-ppo-cpu.md)" in doc
     assert (RESULTS / "salsa-vs-ppo-cpu" / "../../study-extension-salsa-vs-ppo-cpu.md").is_file()
     rows = [line for line in doc.splitlines() if line.startswith(("| pre-registered |", "| extended |"))]
     assert rows[0].startswith("| pre-registered | 2 | ") and rows[0].endswith(" | unresolved |"), rows
     assert rows[1].startswith("| extended | 2 | ") and rows[1].endswith(" | withheld: the study is incomplete |"), rows
+    assert "(10 seeds, fixed before any added seed was run): withheld until every planned job is archived." in doc
+    # Finished: a verdict at the nominal 0.05 stands only if its t-test p is below the corrected level, 0.04.
+    archive(run, folder)
+    real = report.headline_comparison
+    for p, outcome in (
+        (0.045, "is not, so the extended verdict is **unresolved**"),
+        (0.01, "so it stands: **supported**"),
+    ):
+        monkeypatch.setattr(report, "headline_comparison", lambda results, p=p: {
+            **real(results), "claim": "supported", "seed_test": {**real(results)["seed_test"], "t_p": p}})  # fmt: skip
+        assert outcome in render(folder).read_text(), p

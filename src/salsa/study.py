@@ -27,6 +27,7 @@ cannot drift from its data.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import gzip
 import json
@@ -327,11 +328,15 @@ def render(study_dir: str | Path) -> Path:
         manifest = restore(study, root)
         archived = list(manifest["jobs"])
         missing = [job_id for job_id in manifest["planned"] if job_id not in archived]
-        results = recompute(root, archived)
+        preregistered = _preregistered(root, manifest)
+        # Added seeds are read once, at the number the extension planned: until every planned job is in, the doc
+        # shows only the jobs of the pre-registered design, never a result at an interim number of seeds.
+        before = (manifest.get("preregistered") or {}).get("planned", archived)
+        hidden = [job_id for job_id in archived if job_id not in before] if missing else []
+        results = copy.deepcopy(preregistered["preregistered"]) if hidden else recompute(root, archived)
         if missing:
             _withhold(results)
-        preregistered = _preregistered(root, manifest)
-        records = _run_records(root)
+        records = _run_records(root, [job_id for job_id in archived if job_id not in hidden])
         builds = _builds(root, manifest)
         # The study's own record (study.json: the doc, and e.g. the design file and its commit) and the run's
         # resolved config, for the doc to say what was run.
@@ -356,10 +361,14 @@ def render(study_dir: str | Path) -> Path:
         left_out = results["seeds_left_out"]
         waiting = f" Left out of every comparison until the other arms of its seed are archived: {', '.join(left_out)}."
         verdicts = "every verdict of the extended study" if preregistered["preregistered"] else "every verdict"
+        added = (
+            f" The added seeds' jobs archived so far ({', '.join(hidden)}) are not shown until every planned job is "
+            "in: the extended study is read once, at its full number of seeds; below are the pre-registered seeds."
+        )
         text = (
             f"> **Incomplete: {len(missing)} of {len(manifest['planned'])} planned jobs are missing** "
             f"({', '.join(missing)}); {verdicts} below is withheld until they are archived."
-            f"{waiting if left_out else ''}\n\n{text}"
+            f"{waiting if left_out else ''}{added if hidden else ''}\n\n{text}"
         )
     elif preregistered["preregistered_complete"]:
         text = _verdicts_differ(preregistered, context["headline"], config["run"]["seeds"]) + text
@@ -397,11 +406,14 @@ def _verdicts_differ(preregistered: dict, headline: dict | None, seeds: int) -> 
     )
 
 
-def _run_records(root: Path) -> dict[str, Any]:
-    """The run's other records, for the doc: timings, reward model and soup records, each RL run's summary."""
+def _run_records(root: Path, jobs: list[str]) -> dict[str, Any]:
+    """The run's other records, for the doc: timings, reward model and soup records, the summary of each RL run
+    among `jobs`."""
     runs = {}
     for marker in sorted((root / "rl").rglob("salsa_complete.json")):
-        name = str(marker.parent.relative_to(root / "rl"))
+        name = marker.parent.relative_to(root / "rl").as_posix()
+        if name not in jobs:
+            continue
         metrics = [json.loads(line) for line in (marker.parent / "metrics.jsonl").read_text().splitlines()]
         runs[name] = {"marker": read_json(marker), "metrics": metrics}
     return {**_base_records(root), "runs": runs}
