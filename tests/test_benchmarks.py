@@ -54,6 +54,25 @@ def test_pooled_gold_gain_is_over_sft_or_over_the_runs_it_is_paired_against(tmp_
     assert over_others["per_seed"] == pytest.approx([0.1, 0.2])
 
 
+def test_the_extension_rules_seeds_and_the_level_its_test_needs_are_its_scripts_numbers():
+    import math
+
+    import numpy as np
+
+    design = load_script("study_design")
+    extension = load_script("study_extension_alpha")
+    limits = extension.sd_thresholds(0.07, 7, 12)
+    for n, limit in limits.items():  # where the rule's n steps past n, as seeds_needed has it
+        assert design.seeds_needed(0.999 * limit / math.sqrt(2), 0.07, 7) <= n
+        assert design.seeds_needed(1.001 * limit / math.sqrt(2), 0.07, 7) > n
+    assert list(extension.rule_seeds(np.array([0.05, 0.0692, 0.2]), 0.07, 7, 12)) == [7, 10, 12]  # 0.0692: the study's
+    # Under the null, at the study's spread: the plain t-test is above its 0.05; at 0.04 it is not (MC se 0.0012).
+    levels = extension.type_one_error(0.069, [0.05, 0.04], 40_000, 0.07, 7, 12)
+    assert levels[0.05] > 0.054 and levels[0.04] < 0.051, levels
+    doc = (REPO / "docs" / "study-extension-salsa-vs-ppo-cpu.md").read_text()
+    assert f"at sd_7 {limits[7]:.3f} or less" in doc and f"above {limits[11]:.4f}, n is capped at 12" in doc
+
+
 def test_the_study_files_power_and_design_are_its_scripts_numbers_and_a_balanced_two_by_two():
     import re
     import statistics
