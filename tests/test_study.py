@@ -367,8 +367,10 @@ def test_the_committed_study_template_reports_both_results_of_an_extension(exten
     assert rows[0].startswith("| pre-registered | 2 | ") and rows[0].endswith(" | unresolved |"), rows
     assert rows[1].startswith("| extended | 2 | ") and rows[1].endswith(" | withheld: the study is incomplete |"), rows
     assert "(10 seeds, fixed before any added seed was run): withheld until every planned job is archived." in doc
-    # Finished: a verdict at the nominal 0.05 stands only if its t-test p is below the corrected level, 0.04.
+    # Finished: a verdict at the nominal 0.05 stands only if its t-test p is below the corrected level, 0.04; the
+    # sensitivity analysis (study.json: without seed 0) gets its row.
     archive(run, folder)
+    assert "| extended, without seed 0 | 2 | " in render(folder).read_text()
     real = report.headline_comparison
     for p, outcome in (
         (0.045, "is not, so the extended verdict is **unresolved**"),

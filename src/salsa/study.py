@@ -337,6 +337,11 @@ def render(study_dir: str | Path) -> Path:
         if missing:
             _withhold(results)
         records = _run_records(root, [job_id for job_id in archived if job_id not in hidden])
+        # study.json's "sensitivity": the headline of the complete study again without some seeds (e.g. those that
+        # ran on another build of the base), stated before the study was complete.
+        without = [f"/seed-{s}" for s in (spec.get("sensitivity") or {}).get("without_seeds", [])]
+        kept = [job_id for job_id in archived if not job_id.endswith(tuple(without))]
+        sensitivity = headline_comparison(recompute(root, kept)) if without and not missing else None
         builds = _builds(root, manifest)
         # The study's own record (study.json: the doc, and e.g. the design file and its commit) and the run's
         # resolved config, for the doc to say what was run.
@@ -344,7 +349,7 @@ def render(study_dir: str | Path) -> Path:
         context = {**records, "results": results, "r": results, "headline": headline_comparison(results),
                    "missing_jobs": missing, "complete": not missing, "base_builds": len(builds), "builds": builds,
                    "seeds_on_several_builds": _seeds_on_several_builds(builds), "study": spec, "config": config,
-                   **preregistered}  # fmt: skip
+                   "sensitivity_headline": sensitivity, **preregistered}  # fmt: skip
         # The template first: one that fails leaves the figures as they were, and costs no drawing.
         environment = ImmutableSandboxedEnvironment(undefined=StrictUndefined, keep_trailing_newline=True)
         environment.globals.clear()  # only salsa's helpers: no cycler, joiner, namespace, range, ...
