@@ -208,7 +208,7 @@ def test_a_jobs_paths_are_absolute_before_the_base_stages_ran_as_after(run_yaml,
 
 def test_adding_seeds_keeps_the_jobs_that_ran_and_a_changed_setting_redoes_them(tmp_path, tiny_model_dir):
     from salsa.config import EvalConfig, RLConfig
-    from salsa.config_loading import fingerprint
+    from salsa.config_loading import fingerprint, save_config
     from salsa.grid import Job, committed, job_dir, write_spec
 
     root = tmp_path / "run"
@@ -243,13 +243,21 @@ def test_adding_seeds_keeps_the_jobs_that_ran_and_a_changed_setting_redoes_them(
     assert grid == three[0].policies["salsa"]
     spec = json.loads((job_dir(root, "salsa/seed-1") / "job.json").read_text())
     assert spec["policies"] == {"sft": [str(tiny_model_dir)], "salsa": ["{RUN}/rl/salsa/seed-1/final"]}
-    # A spec of the first form (the whole evaluation fingerprinted) is the same job: upgraded, not redone.
+    # Comparisons (another arm's, say) are the eval stage's alone: no job is redone for them.
+    assert set(write(*plan(3, comparisons=["salsa:sft"])).values()) == {False}
+    # A spec of the first form (the whole 2-seed evaluation fingerprinted, as salsa wrote it then beside that
+    # evaluation's eval.yaml), planned now with 3 seeds: the same job, its spec upgraded, not redone.
     first = {key: spec[key] for key in ("id", "policy", "seed_index", "inputs", "rl")}
-    first["eval"] = fingerprint(three[0])
+    first["eval"] = fingerprint(two[0])
     first["spec"] = hashlib.sha256(json.dumps(first, sort_keys=True).encode()).hexdigest()[:16]
     (job_dir(root, "salsa/seed-1") / "job.json").write_text(json.dumps(first))
+    save_config(two[0], job_dir(root, "salsa/seed-1") / "eval.yaml", section="eval")
     assert write(*three)["salsa/seed-1"] is False and committed(root, "salsa/seed-1") is not None
     assert json.loads((job_dir(root, "salsa/seed-1") / "job.json").read_text()) == spec
+    # One whose recorded evaluation had other settings is another job.
+    (job_dir(root, "salsa/seed-1") / "job.json").write_text(json.dumps(first))
+    save_config(plan(2, max_new_tokens=7)[0], job_dir(root, "salsa/seed-1") / "eval.yaml", section="eval")
+    assert write(*three)["salsa/seed-1"] is True and committed(root, "salsa/seed-1") is None
     # A setting every job's samples depend on: each job that ran is redone, its RL run removed.
     assert set(write(*plan(3, max_new_tokens=7)).values()) == {True}
     assert committed(root, "salsa/seed-0") is None and not (root / "rl/salsa/seed-0").exists()

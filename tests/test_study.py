@@ -365,17 +365,29 @@ def test_the_committed_study_template_reports_both_results_of_an_extension(exten
     assert (RESULTS / "salsa-vs-ppo-cpu" / "../../study-extension-salsa-vs-ppo-cpu.md").is_file()
     rows = [line for line in doc.splitlines() if line.startswith(("| pre-registered |", "| extended |"))]
     assert rows[0].startswith("| pre-registered | 2 | ") and rows[0].endswith(" | unresolved |"), rows
-    assert rows[1].startswith("| extended | 2 | ") and rows[1].endswith(" | withheld: the study is incomplete |"), rows
+    assert rows[1] == (
+        "| extended | 3 planned | not shown until every planned job is archived | n/a | n/a | withheld: the study is "
+        "incomplete |"
+    )
     assert "(10 seeds, fixed before any added seed was run): withheld until every planned job is archived." in doc
     # Finished: a verdict at the nominal 0.05 stands only if its t-test p is below the corrected level, 0.04; the
     # sensitivity analysis (study.json: without seed 0) gets its row.
     archive(run, folder)
     assert "| extended, without seed 0 | 2 | " in render(folder).read_text()
     real = report.headline_comparison
-    for p, outcome in (
-        (0.045, "is not, so the extended verdict is **unresolved**"),
-        (0.01, "so it stands: **supported**"),
-    ):
-        monkeypatch.setattr(report, "headline_comparison", lambda results, p=p: {
-            **real(results), "claim": "supported", "seed_test": {**real(results)["seed_test"], "t_p": p}})  # fmt: skip
-        assert outcome in render(folder).read_text(), p
+
+    def supported_at_three_seeds(results: dict, p: float) -> dict:
+        headline = real(results)
+        if headline["seed_test"]["seeds"] != 3:  # the pre-registered 2 seeds keep their own verdict: unresolved
+            return headline
+        return {**headline, "claim": "supported", "seed_test": {**headline["seed_test"], "t_p": p}}
+
+    monkeypatch.setattr(report, "headline_comparison", lambda results: supported_at_three_seeds(results, 0.045))
+    doc = render(folder).read_text()
+    assert "supported at 0.05, but p 0.045 is not, so the extended\nverdict is **unresolved**" in doc
+    assert "Verdict by the rule: unresolved" in doc and "changed with the added seeds" not in doc
+    assert doc.split("| extended | 3 | ")[1].split("\n")[0].endswith("| unresolved |")
+    monkeypatch.setattr(report, "headline_comparison", lambda results: supported_at_three_seeds(results, 0.01))
+    doc = render(folder).read_text()
+    assert "p 0.010, so it stands: **supported**" in doc and "Verdict by the rule: supported" in doc
+    assert doc.startswith("> **The headline verdict changed with the added seeds**: unresolved at the 2 ")

@@ -3,7 +3,7 @@ with its evaluation samples is one job, runnable on its own on any machine that 
 
     salsa job run RUN_DIR JOB_ID
 
-    RUN/jobs/<id>/rl.yaml, eval.yaml   what the job runs (paths absolute)
+    RUN/jobs/<id>/rl.yaml, eval.yaml   its configs (paths absolute; eval.yaml: the whole grid's, as last planned)
     RUN/jobs/<id>/job.json             its spec: the SHA-256 of every input it reads, and the spec's own digest
     RUN/jobs/<id>/attempt-<n>.json     one per attempt: host, pid, when, and the RL step it started from
     RUN/jobs/<id>/samples.jsonl        its evaluation samples
@@ -165,17 +165,10 @@ def write_spec(root: Path, job: Job, evaluation: EvalConfig, inputs: list[str]) 
     names = {_relative(p, root): digest(p) for p in inputs}
     head = {"id": job.id, "policy": job.policy, "seed_index": job.seed_index, "inputs": names,
             "rl": fingerprint(job.rl) if job.rl else None}  # fmt: skip
-    body = {
-        **head,
-        "eval": fingerprint(evaluation, ignore=("policies",)),
-        "policies": _own_policies(root, job, evaluation),
-    }
+    body = {**head, "eval": _job_eval_fingerprint(evaluation), "policies": _own_policies(root, job, evaluation)}
     body["spec"] = _spec_digest(body)
     old = read_json(folder / "job.json") if (folder / "job.json").is_file() else None
-    # A spec of the first form fingerprinted the whole evaluation, every RL policy of the grid included: if it
-    # matches that, the job is the same job as the one that ran (only its spec's form is new).
-    first_form = _spec_digest({**head, "eval": fingerprint(evaluation)})
-    changed = old is not None and old.get("spec") not in (body["spec"], first_form)
+    changed = old is not None and old.get("spec") != body["spec"] and not _same_first_form(root, job, head, body, old)
     if changed:
         _forget(root, job, folder)
     if job.rl is not None:
@@ -188,6 +181,27 @@ def write_spec(root: Path, job: Job, evaluation: EvalConfig, inputs: list[str]) 
 
 def _spec_digest(body: dict) -> str:
     return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _job_eval_fingerprint(evaluation: EvalConfig) -> str:
+    """The evaluation's settings that a job's samples depend on: all but the grid's policies (the job's own are in
+    its spec by name) and the comparisons (only the eval stage's summary reads them)."""
+    return fingerprint(evaluation, ignore=("policies", "comparisons"))
+
+
+def _same_first_form(root: Path, job: Job, head: dict, body: dict, old: dict) -> bool:
+    """Whether a spec of the first form (the whole evaluation fingerprinted, every RL policy of the grid included)
+    is the job `body` describes: it matches the evaluation the job's folder recorded then, and that evaluation's
+    settings and the job's own policies are today's. Only the spec's form is new."""
+    try:
+        then = load_stage_config(EvalConfig, "eval", job_dir(root, job.id) / "eval.yaml")
+    except (ConfigError, DataError, OSError):
+        return False
+    return (
+        old.get("spec") == _spec_digest({**head, "eval": fingerprint(then)})
+        and _job_eval_fingerprint(then) == body["eval"]
+        and _own_policies(root, job, then) == body["policies"]
+    )
 
 
 def _own_policies(root: Path, job: Job, evaluation: EvalConfig) -> dict[str, list[str]]:

@@ -346,7 +346,11 @@ def render(study_dir: str | Path) -> Path:
         # The study's own record (study.json: the doc, and e.g. the design file and its commit) and the run's
         # resolved config, for the doc to say what was run.
         config = yaml.safe_load((root / "config.yaml").read_text(encoding="utf-8"))
-        context = {**records, "results": results, "r": results, "headline": headline_comparison(results),
+        headline = headline_comparison(results)
+        level = (spec.get("extension") or {}).get("t_alpha")
+        if level is not None and preregistered["preregistered"] is not None and not missing:
+            _at_extension_level(headline, level)
+        context = {**records, "results": results, "r": results, "headline": headline,
                    "missing_jobs": missing, "complete": not missing, "base_builds": len(builds), "builds": builds,
                    "seeds_on_several_builds": _seeds_on_several_builds(builds), "study": spec, "config": config,
                    "sensitivity_headline": sensitivity, **preregistered}  # fmt: skip
@@ -396,6 +400,21 @@ def _preregistered(root: Path, manifest: dict) -> dict[str, Any]:
         _withhold(results)
     return {"preregistered": results, "preregistered_headline": headline_comparison(results),
             "preregistered_complete": complete, "preregistered_seeds": record["seeds"]}  # fmt: skip
+
+
+def _at_extension_level(headline: dict | None, level: float) -> None:
+    """The extended study's headline verdict by its extension rule (study.json's extension.t_alpha): a supported or
+    contradicted claim stands only if its t-test p is below `level` as well; else it is unresolved. The claim at the
+    rule's own level stays readable as `claim_nominal`."""
+    if headline is None or headline["claim"] not in ("supported", "contradicted"):
+        return
+    headline["claim_nominal"] = headline["claim"]
+    if headline["seed_test"]["t_p"] >= level:
+        headline["claim"] = "unresolved"
+        headline["claim_reason"] = (
+            f"{headline['claim_nominal']} at 0.05, but its t-test p {headline['seed_test']['t_p']:.3f} is not below "
+            f"{level}, the extension rule's level"
+        )
 
 
 def _verdicts_differ(preregistered: dict, headline: dict | None, seeds: int) -> str:
