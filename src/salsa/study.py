@@ -339,8 +339,8 @@ def render(study_dir: str | Path) -> Path:
         records = _run_records(root, [job_id for job_id in archived if job_id not in hidden])
         # study.json's "sensitivity": the headline of the complete study again without some seeds (e.g. those that
         # ran on another build of the base), stated before the study was complete.
-        without = [f"/seed-{s}" for s in (spec.get("sensitivity") or {}).get("without_seeds", [])]
-        kept = [job_id for job_id in archived if not job_id.endswith(tuple(without))]
+        without = (spec.get("sensitivity") or {}).get("without_seeds", [])
+        kept = [job_id for job_id in archived if _seed_of(job_id) not in without]
         sensitivity = headline_comparison(recompute(root, kept)) if without and not missing else None
         builds = _builds(root, manifest)
         # The study's own record (study.json: the doc, and e.g. the design file and its commit) and the run's
@@ -456,11 +456,17 @@ def _builds(root: Path, manifest: dict) -> list[dict[str, Any]]:
     builds = []
     for number in range(len(manifest["builds"])):
         jobs = [job_id for job_id, job in manifest["jobs"].items() if job["build"] == number]
-        seeds = sorted({int(job_id.rpartition("/seed-")[2]) for job_id in jobs if "/seed-" in job_id})
+        seeds = sorted({seed for seed in map(_seed_of, jobs) if seed is not None})
         folder = root if number == 0 else root / BUILDS / str(number)
         records = _base_records(folder) if folder.is_dir() else dict.fromkeys(BASE_RECORDS)
         builds.append({"number": number, "jobs": jobs, "seeds": seeds, **records})
     return builds
+
+
+def _seed_of(job_id: str) -> int | None:
+    """The RL seed of a job id (`salsa/seed-3`, `ppo/kl-0.05/seed-1`); None for the base job."""
+    _, sep, seed = job_id.rpartition("/seed-")
+    return int(seed) if sep else None
 
 
 def _seeds_on_several_builds(builds: list[dict]) -> list[int]:
