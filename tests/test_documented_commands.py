@@ -229,7 +229,7 @@ PLANS: dict[str, Plan] = {
     "torchrun --nproc_per_node 8 -m salsa.cli sft --config my_run.yaml": Plan(
         "check", why="it needs 8 processes (GPUs), and `salsa sft` has no dry run"
     ),
-    "salsa run examples/study_cpu.yaml --executor ray --ray-address auto": Plan(
+    "salsa run examples/study_salsa_ppo_cpu.yaml --executor ray --ray-address auto": Plan(
         "dry-run", why="it needs a Ray cluster; tests/test_ray.py runs a grid on a two-node cluster of this machine"
     ),
 }
