@@ -84,6 +84,25 @@ def test_every_committed_study_doc_is_what_its_data_renders(tmp_path):
         assert rendered == (study_folder / doc_name).read_text(), f"re-render {study_folder} and commit the doc"
 
 
+def test_the_studys_figures_quoted_outside_its_doc_are_its_docs():
+    """The README's row for the study and the extension rule's outcome quote the committed doc: every figure of the
+    README's row (3 decimals) is in the doc, and the outcome's result rows are the doc's rows verbatim."""
+    import re
+
+    doc = (RESULTS / "salsa-vs-ppo-cpu" / "README.md").read_text()
+    readme = (RESULTS.parent.parent / "README.md").read_text()
+    row = next(line for line in readme.splitlines() if "docs/results/salsa-vs-ppo-cpu/README.md" in line)
+    figures = re.findall(r"[-+]?\d+\.\d{3}", row)
+    assert figures and [f for f in figures if f not in doc] == []
+    rule = (RESULTS.parent / "study-extension-salsa-vs-ppo-cpu.md").read_text()
+    outcome = [
+        line
+        for line in rule[rule.index("## Outcome") :].splitlines()
+        if re.match(r"\| (pre-registered|extended)", line)
+    ]
+    assert len(outcome) == 3 and [line for line in outcome if line not in doc.splitlines()] == []
+
+
 def test_a_grid_run_in_two_shards_renders_the_doc_of_the_whole_grid(study, tmp_path):
     """conftest.tiny_study ran shard 0 of 2 in run/ (archived then into after-shard-0/) and shard 1 of 2 in shard-1/,
     a run directory with its own base stages; run/ was finished after."""
