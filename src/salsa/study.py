@@ -340,7 +340,7 @@ def render(study_dir: str | Path) -> Path:
         # study.json's "sensitivity": the headline of the complete study again without some seeds (e.g. those that
         # ran on another build of the base), stated before the study was complete.
         without = (spec.get("sensitivity") or {}).get("without_seeds", [])
-        kept = [job_id for job_id in archived if _seed_of(job_id) not in without]
+        kept = [job_id for job_id in archived if _arm_and_seed(job_id)[1] not in without]
         sensitivity = headline_comparison(recompute(root, kept)) if without and not missing else None
         builds = _builds(root, manifest)
         # The study's own record (study.json: the doc, and e.g. the design file and its commit) and the run's
@@ -451,22 +451,25 @@ def _base_records(folder: Path) -> dict[str, Any]:
 
 
 def _builds(root: Path, manifest: dict) -> list[dict[str, Any]]:
-    """Each build of the base, for the doc: its number, the jobs that ran on it and its records (those of a build
-    archived before salsa kept every build's are None)."""
+    """Each build of the base, for the doc: its number, the jobs that ran on it, their seeds, each seed's arms on it
+    and its records (those of a build archived before salsa kept every build's are None)."""
     builds = []
     for number in range(len(manifest["builds"])):
         jobs = [job_id for job_id, job in manifest["jobs"].items() if job["build"] == number]
-        seeds = sorted({seed for seed in map(_seed_of, jobs) if seed is not None})
+        cells = [_arm_and_seed(job_id) for job_id in jobs]
+        seeds = sorted({seed for _, seed in cells if seed is not None})
+        arms = {seed: [arm for arm, of in cells if of == seed] for seed in seeds}
         folder = root if number == 0 else root / BUILDS / str(number)
         records = _base_records(folder) if folder.is_dir() else dict.fromkeys(BASE_RECORDS)
-        builds.append({"number": number, "jobs": jobs, "seeds": seeds, **records})
+        builds.append({"number": number, "jobs": jobs, "seeds": seeds, "arms": arms, **records})
     return builds
 
 
-def _seed_of(job_id: str) -> int | None:
-    """The RL seed of a job id (`salsa/seed-3`, `ppo/kl-0.05/seed-1`); None for the base job."""
-    _, sep, seed = job_id.rpartition("/seed-")
-    return int(seed) if sep else None
+def _arm_and_seed(job_id: str) -> tuple[str, int | None]:
+    """The arm and RL seed of a job id (`salsa/seed-3`: salsa, 3; `ppo/kl-0.05/seed-1`: ppo/kl-0.05, 1); the base
+    job has no seed."""
+    arm, sep, seed = job_id.rpartition("/seed-")
+    return (arm, int(seed)) if sep else (job_id, None)
 
 
 def _seeds_on_several_builds(builds: list[dict]) -> list[int]:
