@@ -5,8 +5,8 @@ sft/sft-0 and reward/model), trains on the same training prompts with the same r
 response length (40 tokens) and KL coefficient (0.05), without gradient checkpointing (passed to TRL explicitly:
 its default recomputes activations), and gets the same wall-clock budget on this machine. The budget starts when
 the trainer is entered, before it loads anything: the model loads, salsa's reward-normalisation samples and TRL's
-setup are spent inside it. Both take at least one step and stop at the first step that ends after the budget
-(salsa's check before each step is replaced by this one, TRL is stopped by a callback), then save the final policy
+setup are spent inside it. Both take at least one step and stop at the step end nearest the budget (`Budget`;
+salsa's check before each step is replaced by this one, TRL is stopped by a callback), then save the final policy
 (not counted, for either; salsa also measures it on one more rollout, for its log).
 
     salsa's PPO, GRPO (and RLOO): their defaults; GRPO with TRL's GRPOTrainer's group and update size (8 responses
@@ -19,29 +19,34 @@ Two phases, the second reading the first's choice:
   --phase lr-grid  each trainer at each policy learning rate of `--grid` (one seed, `--grid-minutes`), evaluated on
                    the dev split of the training distribution (data/prompts_dev.jsonl: subjects held out of
                    training, never the evaluation prompts) with the gold judge; each trainer's rate is the one with
-                   the largest dev gold gain over SFT. Writes <out>/lr-grid.json and lr-grid.md.
+                   the largest dev gold gain over SFT. Writes <archive>/lr-grid.json.
   --phase seeds    each trainer at its chosen rate, `--seeds` training seeds, `--minutes`, evaluated on the held-out
                    evaluation prompts: gold gain over SFT per seed and pooled over seeds (salsa's `compare`, seeds
                    and subjects resampled), KL to SFT at the budget (on the evaluation samples, the same for all),
                    and the seed-level test of salsa's best trainer against TRL's best (each "best" by its dev gain
                    in the learning-rate grid): two-sample t, exact permutation p, minimum detectable effect at 80%
-                   power. Writes <out>/seeds-<reward>.json. `--reward learned`: the run's reward model instead of
-                   the gold judge, one seed each for the two best trainers (does their order hold?).
+                   power. Writes <archive>/seeds-<reward>.json. `--reward learned`: the run's reward model instead
+                   of the gold judge, one seed each for the two best trainers (does their order hold?).
 
-Every phase ends by writing <out>/report.md (printed too): the markdown for docs/benchmarks.md from whatever
+Every phase ends by writing <archive>/report.md (printed too): the markdown for docs/benchmarks.md from whatever
 phases are done.
 
-    .venv/bin/python benchmarks/rl_quality.py --run runs/salsa --phase lr-grid --grid-minutes 5 --out runs/rlq
-    .venv/bin/python benchmarks/rl_quality.py --run runs/salsa --phase seeds --seeds 3 --minutes 10 --out runs/rlq
-    .venv/bin/python benchmarks/rl_quality.py --run runs/salsa --phase seeds --reward learned --out runs/rlq
+    .venv/bin/python benchmarks/rl_quality.py --run runs/salsa --phase lr-grid --out runs/rlq --archive A
+    .venv/bin/python benchmarks/rl_quality.py --run runs/salsa --phase seeds --out runs/rlq --archive A
+    .venv/bin/python benchmarks/rl_quality.py --run runs/salsa --phase seeds --reward learned --out runs/rlq --archive A
 
-Each trained policy's record (budget, preparation, steps) is <its folder>/trained.json; a rerun with the same
-`--out` reuses every run whose record has the same budget, rate, seed and reward (delete it to train it again).
+The trained policies stay in `--out` (about 0.5 GB each), each with its record (<its folder>/trained.json). The
+archive (`--archive`, default <out>/archive; benchmarks/results/rl-quality is the committed one) holds each run's
+record and its evaluation's sample rows, written as soon as the run is evaluated, and the SFT model's rows per split:
+a phase reruns from it on another machine, training and evaluating only the runs it lacks, and every table is
+computed from it alone. A run is reused when its record has the same budget, rate, seed and reward (delete it, in
+both places, to train it again).
 """
 
 from __future__ import annotations
 
 import argparse
+import gzip
 import importlib.util
 import itertools
 import json
@@ -66,22 +71,28 @@ TRAINERS = ("salsa-ppo", "salsa-rloo", "salsa-grpo", "trl-grpo", "trl-rloo")
 class Budget:
     """A wall-clock budget that runs from the trainer's entry, asked between steps (`over`). The first step is always
     taken (TRL's callback can only stop a run after a step; salsa's check comes before each), and when it begins
-    the preparation ends."""
+    the preparation ends. A run stops at the step end nearest the budget, as judged from the step just taken: when
+    the next step would end farther past it than this moment falls short of it (now + step / 2 >= budget). So a
+    trainer with long steps is not given half a step more on average than one with short steps (stopping at the
+    first step end past the budget), nor half a step less (stopping at the last one before it)."""
 
     seconds: float
     began: float = field(default_factory=time.perf_counter)
     first_step: float | None = None
+    last_check: float | None = None
     stopped: float | None = None
 
     def step_begins(self) -> None:
-        self.first_step = self.first_step or time.perf_counter()
+        if self.first_step is None:
+            self.first_step = self.last_check = time.perf_counter()
 
     def over(self) -> bool:
         if self.first_step is None:  # salsa, before its first step
             self.step_begins()
             return False
         now = time.perf_counter()
-        if now - self.began >= self.seconds:
+        step, self.last_check = now - self.last_check, now
+        if now + step / 2 - self.began >= self.seconds:
             self.stopped = self.stopped or now
             return True
         return False
@@ -166,7 +177,7 @@ def train(trainer: str, args, reward: str, lr: float, seed: int, minutes: float,
 
     settings = {"trainer": trainer, "reward": reward, "learning_rate": lr, "seed": seed, "minutes": minutes}
     done = folder / "trained.json"
-    if done.exists() and {k: v for k, v in json.loads(done.read_text()).items() if k in settings} == settings:
+    if done.exists() and _same_settings(json.loads(done.read_text()), settings):
         return json.loads(done.read_text())
     kind, algorithm = trainer.split("-")
     model = str(args.run / "reward" / "model")
@@ -183,53 +194,141 @@ def train(trainer: str, args, reward: str, lr: float, seed: int, minutes: float,
     return record
 
 
-def evaluate_policies(run: Path, split: str, policies: dict[str, list[str]], out: Path) -> tuple[dict, list[dict]]:
-    """Gold of every policy and of the SFT model on one prompt split (4 responses a prompt at temperature 0.7, the
-    same sampling seeds for every policy), each policy's KL to SFT on those samples, and `compare` against SFT
-    (seeds and subjects resampled); results.json and the sample rows."""
+def _same_settings(record: dict, settings: dict) -> bool:
+    return {k: v for k, v in record.items() if k in settings} == settings
+
+
+def evaluate_policies(run: Path, split: str, policies: dict[str, list[str]], out: Path) -> list[dict]:
+    """The sample rows of `policies` on one prompt split (4 responses a prompt at temperature 0.7), scored by the
+    gold judge, with each response's KL to SFT. Every policy draws sample s of prompt i with the same seed whatever
+    else is evaluated with it (evaluate's common random numbers), so rows drawn in separate evaluations pool."""
     from salsa.config import EvalConfig
     from salsa.evaluate import evaluate
     from salsa.io import read_jsonl
 
     sft = str(run / "sft" / "sft-0")
     config = EvalConfig(
-        policies={**policies, "sft": [sft]}, comparisons=[f"{name}:sft" for name in policies],
-        prompts=str(run / "data" / f"prompts_{split}.jsonl"), ood_prompts=None, reward_model=None, sft_model=sft,
-        soup_model=None, samples_per_prompt=EVAL_SAMPLES, max_new_tokens=RESPONSE_TOKENS, matched_kl=False,
-        output_dir=str(out),
+        policies=policies, comparisons=[], prompts=str(run / "data" / f"prompts_{split}.jsonl"), ood_prompts=None,
+        reward_model=None, sft_model=sft, soup_model=None, samples_per_prompt=EVAL_SAMPLES,
+        max_new_tokens=RESPONSE_TOKENS, matched_kl=False, output_dir=str(out),
     )  # fmt: skip
     evaluate(config, show_progress=False, overwrite=True)
-    return json.loads((out / "results.json").read_text()), read_jsonl(out / "samples.jsonl")
+    return read_jsonl(out / "samples.jsonl")
 
 
-def gold_over_sft(results: dict, name: str) -> dict:
-    c = next(c for c in results["comparisons"] if (c["a"], c["b"], c["judge"]) == (name, "sft", "gold"))
-    return {"gold_gain": c["mean_difference"], "ci": list(c["ci"]["mean_difference"])}
+# The archive (--archive, committed): each run's record and its evaluation's sample rows, written as soon as the run
+# is evaluated, so that a phase resumes from it on another machine (the policies themselves stay in --out); every
+# table is computed from the archive alone.
+
+
+def _write_rows(path: Path, rows: list[dict]) -> None:
+    from salsa.io import atomic_file
+
+    text = "".join(json.dumps(row) + "\n" for row in rows)
+    with atomic_file(path) as tmp, gzip.GzipFile(tmp, "wb", mtime=0) as compressed:  # mtime 0: reproducible bytes
+        compressed.write(text.encode("utf-8"))
+
+
+def _read_rows(path: Path) -> list[dict]:
+    with gzip.open(path, "rt", encoding="utf-8") as f:
+        return [json.loads(line) for line in f]
+
+
+def sft_rows(args, split: str) -> list[dict]:
+    """The SFT model's sample rows on a split, archived at <archive>/sft-<split>.jsonl.gz."""
+    path = args.archive / f"sft-{split}.jsonl.gz"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _write_rows(path, evaluate_policies(args.run, split, {"sft": [str(args.run / "sft" / "sft-0")]},
+                                            args.out / f"eval-sft-{split}"))  # fmt: skip
+    return _read_rows(path)
+
+
+def trained_and_evaluated(args, trainer: str, reward: str, lr: float, seed: int, minutes: float, phase: str,
+                          split: str) -> tuple[dict, list[dict]]:  # fmt: skip
+    """One run's record and its policy's sample rows on `split`: from the archive (<archive>/<phase>/<name>.json and
+    .jsonl.gz) when it holds this run, else trained (or its policy reused from --out), evaluated and archived."""
+    from salsa.io import atomic_write_json, read_json
+
+    name = f"{trainer}-lr{lr:g}" if phase == "lr-grid" else f"{trainer}-seed{seed}"
+    record_file, rows_file = args.archive / phase / f"{name}.json", args.archive / phase / f"{name}.jsonl.gz"
+    settings = {"trainer": trainer, "reward": reward, "learning_rate": lr, "seed": seed, "minutes": minutes}
+    if record_file.exists() and _same_settings(read_json(record_file), settings):
+        return read_json(record_file), _read_rows(rows_file)
+    folder = args.out / phase / name
+    record = train(trainer, args, reward, lr, seed, minutes, folder)
+    rows = evaluate_policies(args.run, split, {name: [record["policy"]]}, folder / "eval")
+    record_file.parent.mkdir(parents=True, exist_ok=True)
+    _write_rows(rows_file, rows)
+    # The starting model's digest: a phase resumed on another machine, whose rebuilt base may differ by float
+    # rounding, says so (`bases`).
+    record = {**{k: v for k, v in record.items() if k != "policy"}, "sft_sha256": sft_digest(args.run)}
+    atomic_write_json(record_file, record)  # last: the run's marker
+    return read_json(record_file), rows
+
+
+def sft_digest(run: Path) -> str:
+    from salsa.io import sha256_file
+
+    return sha256_file(run / "sft" / "sft-0" / "model.safetensors")
+
+
+def bases(records: list[dict]) -> list[str]:
+    """The distinct starting models (sft_sha256, first 12 digits) of these runs, in order of appearance."""
+    return list(dict.fromkeys(record["sft_sha256"][:12] for record in records))
+
+
+def pooled_samples(sft: list[dict], runs: dict[str, list[list[dict]]]) -> list[dict]:
+    """SFT's rows and each policy's, named by `runs`' keys, its seeds in order (`seed_index`)."""
+    rows = [{**r, "policy": "sft", "seed_index": 0} for r in sft]
+    for name, seeds in runs.items():
+        rows += [{**r, "policy": name, "seed_index": i} for i, seed_rows in enumerate(seeds) for r in seed_rows]
+    return rows
+
+
+def stats_settings() -> dict:
+    """The bootstrap settings of salsa's evaluation at its defaults."""
+    from salsa.config import EvalConfig
+
+    defaults = EvalConfig()
+    return {"num_samples": defaults.bootstrap_samples, "confidence": defaults.confidence, "seed": defaults.seed}
+
+
+def over_sft(samples: list[dict], name: str) -> dict:
+    """A policy's gold gain over SFT (salsa's `compare`: its seeds and the subjects resampled) and its KL to SFT,
+    each with a 95% interval."""
+    from salsa.evaluation.stats import compare, mean_with_interval
+    from salsa.evaluation.summary import _score_matrix, clustered_stats
+
+    clusters = clustered_stats(stats_settings(), [r for r in samples if r["policy"] == "sft"], "reviews")
+    gold, sft = (_score_matrix(samples, policy, "in_distribution", "gold") for policy in (name, "sft"))
+    gain = compare(gold, np.repeat(sft, len(gold), axis=0), **clusters)  # SFT paired with every seed
+    kl = mean_with_interval(_score_matrix(samples, name, "in_distribution", "kl_sft"), **clusters)
+    return {"gold_gain": gain["mean_difference"], "ci": list(gain["ci"]["mean_difference"]),
+            "kl_sft": kl["mean"], "kl_sft_ci": list(kl["ci"])}  # fmt: skip
 
 
 def lr_grid(args) -> dict:
     """Every trainer at every rate of the grid (seed 0), its dev gold gain over SFT, and the rate that maximises it."""
-    from salsa.io import atomic_write_json, atomic_write_text
+    from salsa.io import atomic_write_json
 
-    runs = {}
-    for trainer in args.trainers:
-        for lr in args.grid:
-            folder = args.out / "lr-grid" / f"{trainer}-lr{lr:g}"
-            runs[f"{trainer}@{lr:g}"] = train(trainer, args, "gold", lr, 0, args.grid_minutes, folder)
-    policies = {name: [record["policy"]] for name, record in runs.items()}
-    results, _ = evaluate_policies(args.run, "dev", policies, args.out / "lr-grid" / "eval-dev")
+    sft = sft_rows(args, "dev")
+    runs = {f"{trainer}@{lr:g}": trained_and_evaluated(args, trainer, "gold", lr, 0, args.grid_minutes, "lr-grid",
+                                                       "dev")
+            for trainer in args.trainers for lr in args.grid}  # fmt: skip
+    samples = pooled_samples(sft, {name: [rows] for name, (_, rows) in runs.items()})
     rows = [
         {**{k: record[k] for k in ("trainer", "learning_rate", "steps", "preparation_s", "stopped_s")},
-         **gold_over_sft(results, name), "kl_sft": results["policies"][name]["kl_sft"]["mean"]}
-        for name, record in runs.items()
+         **over_sft(samples, name)}
+        for name, (record, _) in runs.items()
     ]  # fmt: skip
     chosen = {}
     for trainer in args.trainers:
         best = max((r for r in rows if r["trainer"] == trainer), key=lambda r: r["gold_gain"])
         chosen[trainer] = {"learning_rate": best["learning_rate"], "dev_gold_gain": best["gold_gain"]}
-    grid = {"split": "dev", "minutes": args.grid_minutes, "grid": args.grid, "rows": rows, "chosen": chosen}
-    atomic_write_json(args.out / "lr-grid.json", grid)
-    atomic_write_text(args.out / "lr-grid.md", lr_table(grid))
+    grid = {"split": "dev", "minutes": args.grid_minutes, "grid": args.grid, "rows": rows, "chosen": chosen,
+            "bases": bases([record for record, _ in runs.values()])}  # fmt: skip
+    atomic_write_json(args.archive / "lr-grid.json", grid)
     return grid
 
 
@@ -245,39 +344,40 @@ def seeds_phase(args) -> dict:
     from salsa.evaluation.summary import _score_matrix
     from salsa.io import atomic_write_json
 
-    grid_file = args.out / "lr-grid.json"
+    grid_file = args.archive / "lr-grid.json"
     if not grid_file.exists():
-        raise SystemExit(f"no {grid_file}: run --phase lr-grid first (with the same --out)")
+        raise SystemExit(f"no {grid_file}: run --phase lr-grid first (with the same --archive)")
     chosen = json.loads(grid_file.read_text())["chosen"]
     best = {kind: best_of(chosen, kind) for kind in ("salsa", "trl")}
     if args.reward == "learned":
         trainers, seeds = [t for t in best.values() if t], [0]
     else:
         trainers, seeds = [t for t in args.trainers if t in chosen], list(range(args.seeds))
-    folder = args.out / f"seeds-{args.reward}"
-    runs = {
-        trainer: [train(trainer, args, args.reward, chosen[trainer]["learning_rate"], seed, args.minutes,
-                        folder / f"{trainer}-seed{seed}") for seed in seeds]
-        for trainer in trainers
-    }  # fmt: skip
-    policies = {trainer: [r["policy"] for r in records] for trainer, records in runs.items()}
-    results, samples = evaluate_policies(args.run, "eval", policies, folder / "eval")
-    sft = _score_matrix(samples, "sft", "in_distribution", "gold")
+    sft = sft_rows(args, "eval")
+    phase = f"seeds-{args.reward}"
+    runs: dict[str, list] = {trainer: [] for trainer in trainers}
+    for seed in seeds:  # one seed of every trainer at a time: a phase cut short leaves them balanced
+        for trainer in trainers:
+            lr = chosen[trainer]["learning_rate"]
+            runs[trainer].append(trained_and_evaluated(args, trainer, args.reward, lr, seed, args.minutes, phase,
+                                                       "eval"))  # fmt: skip
+    samples = pooled_samples(sft, {trainer: [rows for _, rows in done] for trainer, done in runs.items()})
+    sft_gold = _score_matrix(samples, "sft", "in_distribution", "gold")[0]
     rows = {}
-    for trainer, records in runs.items():
+    for trainer, done in runs.items():
+        records = [record for record, _ in done]
         gold, kl = (_score_matrix(samples, trainer, "in_distribution", key) for key in ("gold", "kl_sft"))
         rows[trainer] = {
-            "learning_rate": chosen[trainer]["learning_rate"], **gold_over_sft(results, trainer),
-            "per_seed_gain": [float((g - sft[0]).mean()) for g in gold],
-            "kl_sft": results["policies"][trainer]["kl_sft"]["mean"],
-            "kl_sft_ci": list(results["policies"][trainer]["kl_sft"]["ci"]),
+            "learning_rate": chosen[trainer]["learning_rate"], **over_sft(samples, trainer),
+            "per_seed_gain": [float((g - sft_gold).mean()) for g in gold],
             "per_seed_kl": [float(k.mean()) for k in kl],
             **{key: [r[key] for r in records] for key in ("seed", "steps", "preparation_s", "stopped_s")},
         }  # fmt: skip
-    summary = {"reward": args.reward, "minutes": args.minutes, "best": best, "trainers": rows}
+    summary = {"reward": args.reward, "minutes": args.minutes, "best": best, "trainers": rows,
+               "bases": bases([record for done in runs.values() for record, _ in done])}  # fmt: skip
     if args.reward == "gold" and best["salsa"] in rows and best["trl"] in rows:  # learned: one seed, no test
         summary["test"] = best_against_best(samples, best["salsa"], best["trl"], rows)
-    atomic_write_json(args.out / f"seeds-{args.reward}.json", summary)
+    atomic_write_json(args.archive / f"{phase}.json", summary)
     return summary
 
 
@@ -288,7 +388,7 @@ def best_against_best(samples: list[dict], a: str, b: str, rows: dict) -> dict:
     from salsa.evaluation.summary import _score_matrix, clustered_stats
 
     rows_a = [r for r in samples if r["policy"] == a]
-    clusters = clustered_stats({"num_samples": 2000, "confidence": 0.95, "seed": 0}, rows_a, "reviews")
+    clusters = clustered_stats(stats_settings(), rows_a, "reviews")
     scores = [_score_matrix(samples, name, "in_distribution", "gold") for name in (a, b)]
     both = contrast_with_interval(scores, [1.0, -1.0], **clusters)
     return {"a": a, "b": b, "gold_difference": both["mean"], "ci": list(both["ci"]),
@@ -318,6 +418,14 @@ def _signed(x: float | None) -> str:
     return "-" if x is None else f"{x:+.3f}"
 
 
+def _bases_note(table: dict) -> list[str]:
+    if len(table["bases"]) < 2:
+        return []
+    digests = ", ".join(table["bases"])
+    return ["", f"These runs started from {len(table['bases'])} builds of the base (SFT model sha256 {digests}): "
+            "a base rebuilt on another machine differs from the first by float rounding."]  # fmt: skip
+
+
 def lr_table(grid: dict) -> str:
     lines = [
         f"Learning-rate grid (one seed, {grid['minutes']:g} min each; gold gain over SFT on the dev split):",
@@ -331,7 +439,7 @@ def lr_table(grid: dict) -> str:
             f"| {r['trainer']} | {r['learning_rate']:g} | {r['steps']} | {r['preparation_s']:.0f} s | "
             f"{_signed(r['gold_gain'])} [{_signed(r['ci'][0])}, {_signed(r['ci'][1])}] | {r['kl_sft']:.2f} | {mark} |"
         )
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + _bases_note(grid)) + "\n"
 
 
 def seeds_table(summary: dict) -> str:
@@ -368,19 +476,19 @@ def seeds_table(summary: dict) -> str:
         (high, h), (low, lo) = sorted(summary["trainers"].items(), key=lambda item: -item[1]["gold_gain"])
         lines += ["", f"Trained on the learned reward model (one seed each), {high} gains more held-out gold than "
                   f"{low} ({_signed(h['gold_gain'])} against {_signed(lo['gold_gain'])})."]  # fmt: skip
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + _bases_note(summary)) + "\n"
 
 
-def report(out: Path) -> str:
-    """The markdown for docs/benchmarks.md from the phases done so far, written to <out>/report.md."""
-    from salsa.io import atomic_write_text
+def report(archive: Path) -> str:
+    """The markdown for docs/benchmarks.md from the phases archived so far, written to <archive>/report.md."""
+    from salsa.io import atomic_write_text, read_json
 
-    parts = [(out / "lr-grid.md").read_text()] if (out / "lr-grid.md").exists() else []
+    parts = [lr_table(read_json(archive / "lr-grid.json"))] if (archive / "lr-grid.json").exists() else []
     for reward in ("gold", "learned"):
-        if (out / f"seeds-{reward}.json").exists():
-            parts.append(seeds_table(json.loads((out / f"seeds-{reward}.json").read_text())))
+        if (archive / f"seeds-{reward}.json").exists():
+            parts.append(seeds_table(read_json(archive / f"seeds-{reward}.json")))
     text = "\n".join(parts)
-    atomic_write_text(out / "report.md", text)
+    atomic_write_text(archive / "report.md", text)
     return text
 
 
@@ -393,7 +501,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--grid-minutes", type=float, default=5.0, help="lr-grid: each run's budget")
     parser.add_argument("--seeds", type=int, default=3, help="seeds: training seeds per trainer (gold reward)")
     parser.add_argument("--minutes", type=float, default=10.0, help="seeds: each run's budget")
-    parser.add_argument("--out", type=Path, default=Path("runs/rl-quality"))
+    parser.add_argument("--out", type=Path, default=Path("runs/rl-quality"), help="the trained policies")
+    parser.add_argument(
+        "--archive", type=Path, help="each run's record and samples, and the tables (default <out>/archive)"
+    )
     parser.add_argument("--trainers", default="salsa-ppo,salsa-grpo,trl-grpo", help=f"any of {', '.join(TRAINERS)}")
     args = parser.parse_args(argv)
     args.trainers, args.grid = args.trainers.split(","), [float(x) for x in args.grid.split(",")]
@@ -412,12 +523,13 @@ def main(argv: list[str] | None = None) -> None:
 
     transformers.logging.set_verbosity_error()
     transformers.logging.disable_progress_bar()
+    args.archive = args.archive or args.out / "archive"
     args.out.mkdir(parents=True, exist_ok=True)
     if args.phase == "lr-grid":
         lr_grid(args)
     else:
         seeds_phase(args)
-    print(report(args.out))
+    print(report(args.archive))
 
 
 if __name__ == "__main__":

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import gzip
+import hashlib
 import importlib.util
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -143,6 +146,40 @@ def slowly_prepared(trainer, seconds: float):
     return slow
 
 
+def flattened(tree, path: str = "") -> dict:
+    """A JSON tree as {path: leaf}, so that pytest.approx compares its numbers within float rounding."""
+    if isinstance(tree, dict):
+        return {k: v for key, value in tree.items() for k, v in flattened(value, f"{path}/{key}").items()}
+    if isinstance(tree, list):
+        return {k: v for i, value in enumerate(tree) for k, v in flattened(value, f"{path}/{i}").items()}
+    return {path: tree}
+
+
+def test_the_trl_comparison_in_the_docs_is_what_its_committed_archive_computes(tmp_path):
+    """docs/benchmarks.md's TRL tables are the report of benchmarks/results/rl-quality, whose tables are recomputed
+    here from its archived sample rows alone (no model)."""
+    import argparse
+    import shutil
+
+    rl_quality = load_script("rl_quality")
+    archive = tmp_path / "archive"
+    shutil.copytree(REPO / "benchmarks/results/rl-quality", archive)
+    grid = json.loads((archive / "lr-grid.json").read_text())
+    args = argparse.Namespace(
+        run=None, out=tmp_path / "no-policies", archive=archive, trainers=list(grid["chosen"]), grid=grid["grid"],
+        grid_minutes=grid["minutes"], reward="gold",
+    )  # fmt: skip
+    assert flattened(rl_quality.lr_grid(args)) == pytest.approx(flattened(grid))
+    for reward in ("gold", "learned"):
+        if (archive / f"seeds-{reward}.json").exists():
+            summary = json.loads((archive / f"seeds-{reward}.json").read_text())
+            seeds = max(len(row["seed"]) for row in summary["trainers"].values())
+            args.reward, args.seeds, args.minutes = reward, seeds, summary["minutes"]
+            assert flattened(rl_quality.seeds_phase(args)) == pytest.approx(flattened(summary))
+    assert not args.out.exists()  # nothing trained or sampled
+    assert rl_quality.report(archive) in (REPO / "docs/benchmarks.md").read_text()
+
+
 def test_rl_quality_picks_each_rate_on_dev_trains_seeds_within_budget_and_tests_them_as_by_hand(
     tmp_path, tokenizer, monkeypatch
 ):
@@ -153,7 +190,6 @@ def test_rl_quality_picks_each_rate_on_dev_trains_seeds_within_budget_and_tests_
     from safetensors.torch import load_file
     from scipy import stats
 
-    from salsa.io import read_jsonl
     from salsa.models import save_tiny_model
     from salsa.tasks import reviews
 
@@ -165,7 +201,7 @@ def test_rl_quality_picks_each_rate_on_dev_trains_seeds_within_budget_and_tests_
     monkeypatch.setattr(rl_quality, "RESPONSE_TOKENS", 4)
     # A tiny random model's 4 tokens are all the same to the real gold judge (-1); a stand-in that tells them apart.
     monkeypatch.setattr(reviews, "gold_score", lambda prompt, response: len(response) / 10)
-    run, out = tmp_path / "run", tmp_path / "out"
+    run, out, archive = tmp_path / "run", tmp_path / "out", tmp_path / "archive"
     splits = {
         "train": reviews.prompts("train")[:16],
         "dev": reviews.prompts("dev")[:3],
@@ -176,20 +212,29 @@ def test_rl_quality_picks_each_rate_on_dev_trains_seeds_within_budget_and_tests_
         (run / f"data/prompts_{split}.jsonl").write_text("".join(json.dumps(p) + "\n" for p in prompts))
     save_tiny_model(run / "sft/sft-0", tokenizer, seed=0, initializer_range=1.0)  # peaked: it learns in a few steps
     trainers = ["salsa-ppo", "salsa-grpo"] + (["trl-grpo"] if importlib.util.find_spec("trl") else [])
-    common = ["--run", str(run), "--out", str(out), "--trainers", ",".join(trainers)]
+    common = ["--run", str(run), "--out", str(out), "--archive", str(archive), "--trainers", ",".join(trainers)]
     # A budget spent before the first step: every run takes the one step that each trainer always takes.
     rl_quality.main([*common, "--phase", "lr-grid", "--grid", "3e-3,3e-2", "--grid-minutes", "0.001"])
 
     # Each trainer's rate is the argmax of its gold gain over SFT on the dev prompts (never the evaluation prompts).
-    grid = json.loads((out / "lr-grid.json").read_text())
-    samples = read_jsonl(out / "lr-grid/eval-dev/samples.jsonl")
-    assert {r["prompt"] for r in samples} == {p["prompt"] for p in splits["dev"]}
+    grid = json.loads((archive / "lr-grid.json").read_text())
 
-    def mean_gold(rows, policy, seed=0):
-        return np.mean([r["gold"] for r in rows if r["policy"] == policy and r["seed_index"] == seed])
+    def archived(name):  # a run's (or SFT's) archived sample rows
+        with gzip.open(archive / f"{name}.jsonl.gz", "rt") as f:
+            return [json.loads(line) for line in f]
+
+    sft_dev = archived("sft-dev")
+    # Every run records the model it started from; runs from two builds of the base would be said so.
+    assert grid["bases"] == [hashlib.sha256((run / "sft/sft-0/model.safetensors").read_bytes()).hexdigest()[:12]]
+    assert "2 builds of the base" in rl_quality.lr_table({**grid, "bases": ["0" * 12, "1" * 12]})
+    assert "builds of the base" not in rl_quality.lr_table(grid)
+    assert {r["prompt"] for r in sft_dev} == {p["prompt"] for p in splits["dev"]}
+
+    def mean_gold(rows):
+        return np.mean([r["gold"] for r in rows])
 
     for trainer in trainers:
-        gains = {lr: mean_gold(samples, f"{trainer}@{lr:g}") - mean_gold(samples, "sft") for lr in (3e-3, 3e-2)}
+        gains = {lr: mean_gold(archived(f"lr-grid/{trainer}-lr{lr:g}")) - mean_gold(sft_dev) for lr in (3e-3, 3e-2)}
         assert len(set(gains.values())) == 2  # no tie: the choice means something
         assert grid["chosen"][trainer]["learning_rate"] == max(gains, key=gains.get)
         assert grid["chosen"][trainer]["dev_gold_gain"] == pytest.approx(max(gains.values()))
@@ -198,23 +243,34 @@ def test_rl_quality_picks_each_rate_on_dev_trains_seeds_within_budget_and_tests_
     for name in ("salsa_train", "trl_train"):
         monkeypatch.setattr(rl_quality, name, slowly_prepared(getattr(rl_quality, name), 0.6))
     rl_quality.main([*common, "--phase", "seeds", "--seeds", "2", "--minutes", "0.01"])
-    summary = json.loads((out / "seeds-gold.json").read_text())
-    samples = read_jsonl(out / "seeds-gold/eval/samples.jsonl")
-    assert {r["prompt"] for r in samples} == {p["prompt"] for p in splits["eval"]}
+    summary = json.loads((archive / "seeds-gold.json").read_text())
+    sft_eval = archived("sft-eval")
+    assert {r["prompt"] for r in sft_eval} == {p["prompt"] for p in splits["eval"]}
     for trainer in trainers:
         row = summary["trainers"][trainer]
         assert row["learning_rate"] == grid["chosen"][trainer]["learning_rate"] and row["seed"] == [0, 1]
         # The budget runs from the trainer's entry: spent by the preparation, the first step was the last.
-        records = [json.loads((out / f"seeds-gold/{trainer}-seed{s}/trained.json").read_text()) for s in (0, 1)]
+        records = [json.loads((archive / f"seeds-gold/{trainer}-seed{s}.json").read_text()) for s in (0, 1)]
         for record in records:
             assert record["budget_s"] == pytest.approx(0.6) and record["preparation_s"] >= 0.6
             assert record["steps"] == 1 and record["stopped_s"] > record["preparation_s"]
         # The seeds differ: each trained its own policy.
-        weights = [load_file(Path(record["policy"]) / "model.safetensors") for record in records]
+        policies = [json.loads((out / f"seeds-gold/{trainer}-seed{s}/trained.json").read_text()) for s in (0, 1)]
+        weights = [load_file(Path(record["policy"]) / "model.safetensors") for record in policies]
         assert any(not torch.equal(weights[0][name], weights[1][name]) for name in weights[0])
-        by_hand = [mean_gold(samples, trainer, s) - mean_gold(samples, "sft") for s in (0, 1)]
+        by_hand = [mean_gold(archived(f"seeds-gold/{trainer}-seed{s}")) - mean_gold(sft_eval) for s in (0, 1)]
         assert row["per_seed_gain"] == pytest.approx(by_hand)
         assert 0 <= row["kl_sft"] and row["per_seed_kl"] != [0.0, 0.0]
+
+    # On another machine (the policies gone), both phases rerun from the archive alone: nothing trained or sampled,
+    # the same tables.
+    tables = {name: (archive / name).read_text() for name in ("lr-grid.json", "seeds-gold.json", "report.md")}
+    shutil.rmtree(out)
+    for name in ("train", "evaluate_policies"):
+        monkeypatch.setattr(rl_quality, name, lambda *a, **k: pytest.fail("rerun from the archive trained or sampled"))
+    rl_quality.main([*common, "--phase", "lr-grid", "--grid", "3e-3,3e-2", "--grid-minutes", "0.001"])
+    rl_quality.main([*common, "--phase", "seeds", "--seeds", "2", "--minutes", "0.01"])
+    assert {name: (archive / name).read_text() for name in tables} == tables
     if "trl-grpo" not in trainers:
         pytest.skip("TRL is not installed: no salsa-against-TRL test")
 
@@ -236,5 +292,5 @@ def test_rl_quality_picks_each_rate_on_dev_trains_seeds_within_budget_and_tests_
     critical = stats.t.ppf(0.975, 2)
     power = stats.nct.sf(critical, 2, test["mde"] / se) + stats.nct.cdf(-critical, 2, test["mde"] / se)
     assert power == pytest.approx(0.8, abs=1e-6)
-    text = (out / "report.md").read_text()
+    text = (archive / "report.md").read_text()
     assert "dev split" in text and "two-sample t(2)" in text and f"{test['permutation_p']:.3f}" in text
