@@ -84,6 +84,15 @@ def test_every_committed_study_doc_is_what_its_data_renders(tmp_path):
         assert rendered == (study_folder / doc_name).read_text(), f"re-render {study_folder} and commit the doc"
 
 
+def test_an_archived_jsonl_file_is_the_same_bytes_each_time_it_is_written(tmp_path):
+    from salsa.study import _read, _write
+
+    text = '{"policy": "ppo", "gold": 0.5}\n' * 3
+    first, second = (_write(tmp_path / name / "samples.jsonl", text) for name in ("a", "b"))
+    assert first.name == "samples.jsonl.gz" and first.read_bytes() == second.read_bytes()
+    assert _read(first) == text
+
+
 def test_the_studys_figures_quoted_outside_its_doc_are_its_docs():
     """The README's row for the study and the extension rule's outcome quote the committed doc: every figure of the
     README's row (3 decimals) is in the doc, and the outcome's result rows are the doc's rows verbatim."""

@@ -59,11 +59,13 @@ WITHHELD = "withheld: the study is incomplete"
 
 
 def _write(target: Path, text: str) -> Path:
-    """Write an archived text file: JSONL gzip-compressed (mtime 0: the same data gives the same bytes)."""
+    """Write an archived text file: JSONL gzip-compressed, the same data to the same bytes (mtime 0, and no file name
+    in the header: given one, gzip stores the temporary file's random name)."""
     if target.suffix == ".jsonl":
         target = target.with_name(target.name + ".gz")
-        with atomic_file(target) as tmp, gzip.GzipFile(tmp, "wb", mtime=0) as compressed:
-            compressed.write(text.encode("utf-8"))
+        with atomic_file(target) as tmp, open(tmp, "wb") as raw:
+            with gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as compressed:
+                compressed.write(text.encode("utf-8"))
     else:
         atomic_write_text(target, text)
     return target
