@@ -46,7 +46,6 @@ both places, to train it again).
 from __future__ import annotations
 
 import argparse
-import gzip
 import importlib.util
 import itertools
 import json
@@ -222,16 +221,16 @@ def evaluate_policies(run: Path, split: str, policies: dict[str, list[str]], out
 
 
 def _write_rows(path: Path, rows: list[dict]) -> None:
-    from salsa.io import atomic_file
+    """Rows as a study archives them (`salsa.study._write`: gzip-compressed JSONL, the same rows to the same bytes)."""
+    from salsa.study import _write
 
-    text = "".join(json.dumps(row) + "\n" for row in rows)
-    with atomic_file(path) as tmp, gzip.GzipFile(tmp, "wb", mtime=0) as compressed:  # mtime 0: reproducible bytes
-        compressed.write(text.encode("utf-8"))
+    _write(path.with_suffix(""), "".join(json.dumps(row) + "\n" for row in rows))  # x.jsonl -> x.jsonl.gz
 
 
 def _read_rows(path: Path) -> list[dict]:
-    with gzip.open(path, "rt", encoding="utf-8") as f:
-        return [json.loads(line) for line in f]
+    from salsa.study import _read  # decompresses within a bound, as for a study's archive
+
+    return [json.loads(line) for line in _read(path).splitlines()]
 
 
 def sft_rows(args, split: str) -> list[dict]:

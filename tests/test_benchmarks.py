@@ -159,7 +159,6 @@ def test_the_trl_comparison_in_the_docs_is_what_its_committed_archive_computes(t
     """docs/benchmarks.md's TRL tables are the report of benchmarks/results/rl-quality, whose tables are recomputed
     here from its archived sample rows alone (no model)."""
     import argparse
-    import shutil
 
     rl_quality = load_script("rl_quality")
     archive = tmp_path / "archive"
